@@ -1,0 +1,101 @@
+"""Sessions. `nox -s tests` is CI's; `nox -s ablations` regenerates every table in results/.
+
+    tests      pytest + Hypothesis (CI profile), CPU, under 10 minutes on 2 cores (default)
+    lint       ruff
+    ablations  the classifier grid (runs what is missing or stale), the theory suite, reports
+    report     re-render reports, figures and the ledger from stored runs (seconds)
+    theory     the theory checks alone -> results/theory/
+    llm        the LLM arm on a GPU; on a CPU, the tiny random config (and says so)
+    bench      GPU benchmarks (optimizer step; attention) -> results/bench/
+
+CPU installs pin torch through constraints-cpu.txt (the CPU wheel); the package itself asks for
+a range. On a GPU machine with torch already installed, run the same commands without nox:
+`python -m ablations run ablations/configs/llm.toml`, `python -m ablations.bench_optimizer`.
+"""
+
+import os
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PY = "3.11" if os.environ.get("CI") else None
+CONSTRAINTS = ("-c", "constraints-cpu.txt")
+
+
+def _install(session, extras="test"):
+    session.install(*CONSTRAINTS, "-e", f".[{extras}]")
+
+
+@nox.session(python=PY)
+def tests(session):
+    """Unit, property and end-to-end tests (CPU)."""
+    _install(session)
+    session.run("pytest", "-q", *session.posargs, env={"HYPOTHESIS_PROFILE": "ci"})
+
+
+@nox.session(python=PY)
+def lint(session):
+    """Static checks."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", "qsgd", "ablations", "theory", "tests", "noxfile.py")
+
+
+@nox.session(python=PY)
+def ablations(session):
+    """Regenerate results/: classifier grid (missing or stale runs only), theory, reports."""
+    _install(session)
+    session.run("python", "-m", "ablations", "run", "ablations/configs/classifier.toml",
+                *session.posargs)
+    session.run("python", "-m", "theory", "run")
+    session.run("python", "-m", "ablations", "report", "all")
+
+
+@nox.session(python=PY)
+def report(session):
+    """Re-render reports, figures and the claims ledger from stored runs only."""
+    _install(session)
+    session.run("python", "-m", "ablations", "report", "all")
+
+
+@nox.session(python=PY)
+def theory(session):
+    """The theory suite alone."""
+    _install(session)
+    session.run("python", "-m", "theory", "run")
+
+
+def _in_this_python(session, extras):
+    """GPU sessions run in the current interpreter, whose torch (CUDA) is kept; a CPU machine
+    without torch gets the pinned CPU wheel."""
+    probe = "import importlib.util as u; print(int(u.find_spec('torch') is not None))"
+    has_torch = session.run("python", "-c", probe, silent=True, external=True).strip() == "1"
+    pins = [] if has_torch else list(CONSTRAINTS)
+    session.run("python", "-m", "pip", "install", "-q", *pins, "-e", f".[{extras}]",
+                external=True)
+
+
+@nox.session(python=False)
+def llm(session):
+    """The LLM arm: the real grid on a GPU, the tiny random config on a CPU."""
+    _in_this_python(session, "test,llm")
+    has_gpu = session.run("python", "-c", "import torch; print(int(torch.cuda.is_available()))",
+                          silent=True, external=True).strip().endswith("1")
+    if has_gpu:
+        session.run("python", "-m", "ablations", "run", "ablations/configs/llm.toml",
+                    external=True)
+    else:
+        session.log("no GPU: running the tiny random config; the real LLM arm needs a GPU "
+                    "(python -m ablations run ablations/configs/llm.toml on a CUDA machine)")
+        session.run("python", "-m", "ablations", "run", "ablations/configs/llm-smoke.toml",
+                    "--results", ".nox/llm-smoke-results", external=True)
+    session.run("python", "-m", "ablations", "report", "all", external=True)
+
+
+@nox.session(python=False)
+def bench(session):
+    """GPU benchmarks (in the current interpreter); on a CPU only the attention one runs."""
+    _in_this_python(session, "test")
+    session.run("python", "-m", "ablations.bench_attention", external=True)
+    session.run("python", "-m", "ablations.bench_optimizer", external=True)

@@ -1,0 +1,420 @@
+"""SuperpositionalAdamW: AdamW plus the perturbation term of Superpositional Gradient Descent.
+
+For each parameter tensor θ with gradient g at step t = 1, 2, … (Pamuk et al., arXiv 2511.01918,
+restated in PAPER.md; decoupled decay as Loshchilov & Hutter 2019)::
+
+    Q = perturbation(θ_t, g_t)                  # from θ before this step's weight decay
+    θ ← θ − lr·weight_decay·θ                    # decoupled, as torch.optim.AdamW
+    m ← β1·m + (1−β1)·g ;  v ← β2·v + (1−β2)·g²
+    m̂ = m/(1−β1^t) ;  v̂ = v/(1−β2^t)            # bias_correction=True; False: m̂ = m, v̂ = v
+    θ ← θ − lr·( m̂/(√v̂ + ε) + λ·Q )
+
+Perturbations of kind ``"gradient"`` (anneal) instead replace g by g + λ·ξ before the moments.
+
+:func:`reference_step` holds the maths for one tensor; the optimizer class handles groups, state,
+validation and the faster foreach path (tested equal to the reference).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .perturbations import Context, None_, Perturbation, get_perturbation
+
+__all__ = ["SuperpositionalAdamW", "NonFiniteGradientError", "reference_step", "SCOPES"]
+
+SCOPES = ("all", "first_n")
+NONFINITE = ("raise", "skip", "off")
+
+
+class NonFiniteGradientError(FloatingPointError, ValueError):
+    """A gradient holds NaN or ±inf. Raised before any parameter or state is touched."""
+
+
+def _check_group(group: dict[str, Any]) -> None:
+    """Validate one parameter group's hyperparameters with precise messages."""
+    lr = group["lr"]
+    if isinstance(lr, Tensor):
+        lr = float(lr)
+    if not (isinstance(lr, (int, float)) and lr >= 0.0 and math.isfinite(lr)):
+        raise ValueError(f"invalid lr: {group['lr']!r} (must be a finite number >= 0)")
+    betas = group["betas"]
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"invalid betas: {betas!r} (must be a pair (beta1, beta2))")
+    for i, b in enumerate(betas):
+        if not (isinstance(b, (int, float)) and 0.0 <= b < 1.0):
+            raise ValueError(f"invalid betas[{i}]: {b!r} (must lie in [0, 1))")
+    eps = group["eps"]
+    if not (isinstance(eps, (int, float)) and eps >= 0.0):
+        raise ValueError(f"invalid eps: {eps!r} (must be >= 0)")
+    wd = group["weight_decay"]
+    if not (isinstance(wd, (int, float)) and wd >= 0.0):
+        raise ValueError(f"invalid weight_decay: {wd!r} (must be >= 0)")
+    lam = group["quantum_weight"]
+    if not (isinstance(lam, (int, float)) and lam >= 0.0 and math.isfinite(lam)):
+        raise ValueError(f"invalid quantum_weight: {lam!r} (must be a finite number >= 0)")
+    if group["scope"] not in SCOPES:
+        raise ValueError(f"invalid scope: {group['scope']!r} (valid scopes: {', '.join(SCOPES)})")
+    n = group["n_qubits"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"invalid n_qubits: {n!r} (must be an integer >= 1)")
+    seed = group["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"invalid seed: {seed!r} (must be an integer)")
+    get_perturbation(group["perturbation"])  # raises with the list of valid names
+
+
+def _scoped(flat: Tensor, scope: str, n_qubits: int) -> Tensor:
+    """The in-scope part of a flattened tensor: everything, or the first n_qubits entries."""
+    return flat if scope == "all" else flat[:n_qubits]
+
+
+def _bias_corrections(step: int, beta1: float, beta2: float, on: bool) -> tuple[float, float]:
+    if not on:
+        return 1.0, 1.0
+    return 1.0 - beta1**step, 1.0 - beta2**step
+
+
+def reference_step(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    *,
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    quantum_weight: float,
+    perturbation: Perturbation,
+    scope: str,
+    n_qubits: int,
+    bias_correction: bool,
+    seed: int,
+    index: int,
+    stats: dict[str, Tensor] | None = None,
+) -> None:
+    """One SuperpositionalAdamW step for one tensor, in place. The reference for all paths.
+
+    ``step`` is this step's number t (≥ 1). ``index`` keys the noise streams. When ``stats`` is
+    a dict, the squared norms of λ·(term) and of the Adam direction m̂/(√v̂+ε) are added to its
+    entries ``"pert_sq"`` and ``"adam_sq"`` (0-dim tensors, created on first use).
+    Op order mirrors ``torch.optim.AdamW``'s single-tensor path, so λ = 0 matches it exactly.
+    """
+    lam = quantum_weight
+    active = lam != 0.0 and not isinstance(perturbation, None_)
+    q = None
+    if active:
+        ctx = Context(step=step, seed=seed, index=index, n_qubits=n_qubits)
+        theta_s = _scoped(param.reshape(-1), scope, n_qubits)
+        grad_s = _scoped(grad.reshape(-1), scope, n_qubits)
+        term = perturbation.term(theta_s, grad_s, ctx)
+        if perturbation.kind == "gradient":
+            grad = grad.clone()
+            _scoped(grad.view(-1), scope, n_qubits).add_(term, alpha=lam)
+        else:
+            q = term
+        if stats is not None:
+            _acc(stats, "pert_sq", term.double().pow(2).sum() * (lam * lam))
+
+    if weight_decay != 0.0:
+        param.mul_(1.0 - lr * weight_decay)
+    exp_avg.lerp_(grad, 1.0 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+    bc1, bc2 = _bias_corrections(step, beta1, beta2, bias_correction)
+    step_size = lr / bc1
+    denom = (exp_avg_sq.sqrt() / (bc2**0.5)).add_(eps)
+    if stats is not None:
+        _acc(stats, "adam_sq", (exp_avg / bc1).div_(denom).double().pow(2).sum())
+    param.addcdiv_(exp_avg, denom, value=-step_size)
+    if q is not None:
+        if param.is_contiguous():
+            _scoped(param.view(-1), scope, n_qubits).add_(q, alpha=-lr * lam)
+        else:
+            full = torch.zeros_like(param).reshape(-1)
+            _scoped(full, scope, n_qubits).copy_(q)
+            param.add_(full.view_as(param), alpha=-lr * lam)
+
+
+def _acc(stats: dict[str, Tensor], key: str, value: Tensor) -> None:
+    stats[key] = stats[key] + value if key in stats else value
+
+
+class SuperpositionalAdamW(Optimizer):
+    r"""AdamW with the perturbation term of Superpositional Gradient Descent.
+
+    Update rule (per tensor, step t = 1, 2, …; see the module docstring for the full form)::
+
+        θ ← (1 − lr·wd)·θ − lr·( m̂/(√v̂ + ε) + λ·Q(θ_before_decay, g) )
+
+    with Q_i = sin(π θ_i)·g_i for the paper's ``perturbation="sin"``.
+
+    Args:
+        params: parameters or parameter groups, as for any ``torch.optim`` optimizer. Every
+            argument below may be overridden per group.
+        lr: learning rate α (default 1e-3).
+        betas: (β1, β2) for the moment averages (default (0.9, 0.999)).
+        eps: ε added to √v̂ (default 1e-8).
+        weight_decay: decoupled weight decay, as ``torch.optim.AdamW`` (default 1e-2).
+        quantum_weight: λ, the weight of the perturbation (default 0.5, the paper's best).
+        perturbation: a registry name (``qsgd.perturbations.available()``: none, sin, cos,
+            taylor, gauss, unif, anneal, anti, circuit) or a ``Perturbation`` object
+            (default ``"sin"``).
+        scope: ``"all"`` (default): Q on every coordinate; ``"first_n"``: Q only on the first
+            ``n_qubits`` entries of each flattened tensor (the paper's literal scope); the other
+            coordinates get exactly the AdamW update.
+        n_qubits: n for the ``first_n`` scope and the circuit width (default 4).
+        bias_correction: divide the moments by (1 − β^t) (default True). The paper does not say.
+        seed: key of the noise streams of stochastic variants: noise depends only on
+            (seed, step, tensor index), so a resumed run is bit-identical (default 0).
+        foreach: use the multi-tensor path (default: when every tensor is on a CUDA device).
+        nonfinite: what a NaN/inf gradient does. ``"raise"`` (default): raise
+            :class:`NonFiniteGradientError` naming the parameter, before touching any state;
+            ``"skip"``: skip the whole step (no parameter, moment or step count changes), warn,
+            and count it in ``skipped_steps``; ``"off"``: no check (saves one host sync a step).
+        track_ratio: record ‖λ·Q‖/‖m̂/(√v̂+ε)‖ over all tensors each step (costs extra work);
+            read it with :meth:`perturbation_ratio`.
+
+    References:
+        A. E. Pamuk, E. K. Özdemir, Ş. T. Kocabay, "Superpositional Gradient Descent",
+        arXiv 2511.01918 (2025). I. Loshchilov, F. Hutter, "Decoupled Weight Decay
+        Regularization", ICLR 2019.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        quantum_weight: float = 0.5,
+        perturbation: str | Perturbation = "sin",
+        scope: str = "all",
+        n_qubits: int = 4,
+        bias_correction: bool = True,
+        seed: int = 0,
+        foreach: bool | None = None,
+        nonfinite: str = "raise",
+        track_ratio: bool = False,
+    ) -> None:
+        if nonfinite not in NONFINITE:
+            raise ValueError(
+                f"invalid nonfinite: {nonfinite!r} (valid: {', '.join(NONFINITE)})"
+            )
+        defaults = dict(
+            lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
+            weight_decay=weight_decay, quantum_weight=quantum_weight,
+            perturbation=perturbation, scope=scope, n_qubits=n_qubits,
+            bias_correction=bias_correction, seed=seed, foreach=foreach,
+        )
+        _check_group(defaults)
+        self.nonfinite = nonfinite
+        self.track_ratio = track_ratio
+        self.skipped_steps = 0
+        self._ratios: list[Tensor] = []
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        _check_group(self.param_groups[-1])
+
+    # state_dict carries the skip counter alongside torch's own layout
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["qsgd"] = {"skipped_steps": self.skipped_steps}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("qsgd", {})
+        super().load_state_dict(state_dict)
+        self.skipped_steps = int(extra.get("skipped_steps", 0))
+
+    def perturbation_ratio(self) -> float:
+        """Mean over tracked steps of ‖λ·Q‖/‖Adam direction‖ (NaN if nothing was tracked)."""
+        if not self._ratios:
+            return float("nan")
+        return float(torch.stack(self._ratios).mean())
+
+    def ratio_history(self) -> list[float]:
+        """Per-step ratios recorded with ``track_ratio=True``."""
+        return [float(r) for r in self._ratios]
+
+    def _param_name(self, gi: int, pi: int, p: Tensor) -> str:
+        names = self.param_groups[gi].get("param_names")
+        if names is not None and pi < len(names):
+            return f"{names[pi]!r}"
+        return f"param_groups[{gi}]['params'][{pi}] (shape {tuple(p.shape)})"
+
+    def _nonfinite_ok(self, entries: list[tuple[int, int, Tensor]]) -> bool:
+        """True if every gradient is finite; otherwise raise or report a skip."""
+        grads = [p.grad for _, _, p in entries]
+        if not grads:
+            return True
+        maxabs = torch._foreach_norm(grads, float("inf"))
+        dev = maxabs[0].device
+        if bool(torch.isfinite(torch.stack([x.float().to(dev) for x in maxabs])).all()):
+            return True
+        for gi, pi, p in entries:
+            if not bool(torch.isfinite(p.grad).all()):
+                where = self._param_name(gi, pi, p)
+                if self.nonfinite == "raise":
+                    raise NonFiniteGradientError(
+                        f"non-finite gradient (NaN or inf) in {where}; no parameter or optimizer "
+                        "state was changed. Pass nonfinite='skip' to skip such steps instead."
+                    )
+                self.skipped_steps += 1
+                warnings.warn(
+                    f"non-finite gradient in {where}: step skipped "
+                    f"({self.skipped_steps} skipped so far)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                return False
+        return True  # pragma: no cover - norms and elementwise checks disagree only on overflow
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one optimisation step. ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        entries: list[tuple[int, int, Tensor]] = []
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise ValueError(
+                        f"SuperpositionalAdamW does not support sparse gradients "
+                        f"({self._param_name(gi, pi, p)})"
+                    )
+                if torch.is_complex(p):
+                    raise ValueError(
+                        f"SuperpositionalAdamW does not support complex parameters "
+                        f"({self._param_name(gi, pi, p)})"
+                    )
+                entries.append((gi, pi, p))
+        if self.nonfinite != "off" and not self._nonfinite_ok(entries):
+            return loss
+
+        stats: dict[str, Tensor] | None = {} if self.track_ratio else None
+        index = 0
+        for group in self.param_groups:
+            params, grads, m, v, steps, idx = [], [], [], [], [], []
+            for p in group["params"]:
+                i, index = index, index + 1
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if len(state) == 0:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] = int(state["step"]) + 1
+                params.append(p)
+                grads.append(p.grad)
+                m.append(state["exp_avg"])
+                v.append(state["exp_avg_sq"])
+                steps.append(state["step"])
+                idx.append(i)
+            if not params:
+                continue
+            hyper = self._hyper(group)
+            use_foreach = group["foreach"]
+            if use_foreach is None:
+                use_foreach = all(p.is_cuda for p in params)
+            if use_foreach and all(p.is_contiguous() for p in params):
+                _foreach_group(params, grads, m, v, steps, idx, stats=stats, **hyper)
+            else:
+                for p, g, ea, eas, s, i in zip(params, grads, m, v, steps, idx):
+                    reference_step(p, g, ea, eas, step=s, index=i, stats=stats, **hyper)
+        if stats is not None and "adam_sq" in stats:
+            pert = stats.get("pert_sq", torch.zeros((), dtype=torch.float64))
+            self._ratios.append((pert.sqrt() / stats["adam_sq"].sqrt()).detach())
+        return loss
+
+    @staticmethod
+    def _hyper(group: dict[str, Any]) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        lr = group["lr"]
+        return dict(
+            lr=float(lr), beta1=beta1, beta2=beta2, eps=group["eps"],
+            weight_decay=group["weight_decay"], quantum_weight=float(group["quantum_weight"]),
+            perturbation=get_perturbation(group["perturbation"]), scope=group["scope"],
+            n_qubits=group["n_qubits"], bias_correction=group["bias_correction"],
+            seed=group["seed"],
+        )
+
+
+def _foreach_group(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[int],
+    indices: list[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    quantum_weight: float,
+    perturbation: Perturbation,
+    scope: str,
+    n_qubits: int,
+    bias_correction: bool,
+    seed: int,
+    stats: dict[str, Tensor] | None,
+) -> None:
+    """Multi-tensor form of :func:`reference_step` (same maths, ``torch._foreach_*`` kernels)."""
+    lam = quantum_weight
+    active = lam != 0.0 and not isinstance(perturbation, None_)
+    terms = None
+    if active:
+        ctxs = [Context(step=s, seed=seed, index=i, n_qubits=n_qubits)
+                for s, i in zip(steps, indices)]
+        thetas = [_scoped(p.view(-1), scope, n_qubits) for p in params]
+        gs = [_scoped(g.reshape(-1), scope, n_qubits) for g in grads]
+        terms = perturbation.terms(thetas, gs, ctxs)
+        if stats is not None:
+            norms = torch._foreach_norm([t.double() for t in terms])
+            _acc(stats, "pert_sq", torch.stack(norms).pow(2).sum() * (lam * lam))
+        if perturbation.kind == "gradient":
+            grads = [g.clone() for g in grads]
+            torch._foreach_add_([_scoped(g.view(-1), scope, n_qubits) for g in grads], terms,
+                                alpha=lam)
+            terms = None
+
+    if weight_decay != 0.0:
+        torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - beta2)
+    bcs = [_bias_corrections(s, beta1, beta2, bias_correction) for s in steps]
+    step_sizes = [-(lr / bc1) for bc1, _ in bcs]
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, [bc2**0.5 for _, bc2 in bcs])
+    torch._foreach_add_(denom, eps)
+    if stats is not None:
+        d = torch._foreach_div(exp_avgs, [bc1 for bc1, _ in bcs])
+        torch._foreach_div_(d, denom)
+        norms = torch._foreach_norm([t.double() for t in d])
+        _acc(stats, "adam_sq", torch.stack(norms).pow(2).sum())
+    torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
+    if terms is not None:
+        torch._foreach_add_([_scoped(p.view(-1), scope, n_qubits) for p in params], terms,
+                            alpha=-lr * lam)

@@ -1,0 +1,265 @@
+"""SuperpositionalAdamW: equivalences, resume, errors and non-finite gradients."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+import qsgd
+from qsgd import NonFiniteGradientError, SuperpositionalAdamW
+from qsgd.perturbations import available
+
+VARIANTS = [v for v in available() if v != "none"]
+
+
+def _params(dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(7, 5), (5,), (3, 4, 2), (1,)]
+    return [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for s in shapes]
+
+
+def _grads(params, step, seed=1):
+    g = torch.Generator().manual_seed(seed * 1000 + step)
+    return [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+
+
+def _groups(params, **over):
+    return [{"params": params[:2]}, {"params": params[2:], "lr": 3e-3, "weight_decay": 0.1, **over}]
+
+
+def _run(opt, params, steps, start=0):
+    for t in range(start, start + steps):
+        for p, g in zip(params, _grads(params, t)):
+            p.grad = g.clone()
+        opt.step()
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+@pytest.mark.parametrize("variant", ["none"] + [(v, 0.0) for v in VARIANTS])
+@pytest.mark.parametrize("foreach", [False, True])
+def test_equals_torch_adamw_in_float64(variant, weight_decay, foreach):
+    """perturbation='none', and every variant with λ = 0, is torch.optim.AdamW exactly."""
+    ref = _params()
+    ours = [p.detach().clone().requires_grad_() for p in ref]
+    torch_opt = torch.optim.AdamW(_groups(ref), lr=1e-2, weight_decay=weight_decay,
+                                  betas=(0.8, 0.95), eps=1e-7, foreach=foreach)
+    pert, lam = (variant, 0.0) if isinstance(variant, str) else variant
+    opt = SuperpositionalAdamW(_groups(ours), lr=1e-2, weight_decay=weight_decay,
+                               betas=(0.8, 0.95), eps=1e-7, perturbation=pert,
+                               quantum_weight=lam if pert != "none" else 0.5, foreach=foreach)
+    _run(torch_opt, ref, 6)
+    _run(opt, ours, 6)
+    for a, b in zip(ref, ours):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("scope", ["all", "first_n"])
+@pytest.mark.parametrize("bias_correction", [True, False])
+def test_foreach_equals_reference(variant, scope, bias_correction):
+    a = _params()
+    b = [p.detach().clone().requires_grad_() for p in a]
+    kw = dict(lr=1e-2, quantum_weight=0.5, perturbation=variant, scope=scope, n_qubits=3,
+              bias_correction=bias_correction, seed=11)
+    o1 = SuperpositionalAdamW(_groups(a), foreach=False, **kw)
+    o2 = SuperpositionalAdamW(_groups(b), foreach=True, **kw)
+    _run(o1, a, 5)
+    _run(o2, b, 5)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("foreach", [False, True])
+def test_resume_from_state_dict_is_bit_identical(variant, foreach):
+    """Noise is keyed on (seed, step, tensor), so save → load → continue equals never stopping."""
+    kw = dict(lr=1e-2, perturbation=variant, quantum_weight=0.5, seed=5, foreach=foreach)
+    a = _params(torch.float32)
+    o1 = SuperpositionalAdamW(_groups(a), **kw)
+    _run(o1, a, 8)
+
+    b = _params(torch.float32)
+    o2 = SuperpositionalAdamW(_groups(b), **kw)
+    _run(o2, b, 3)
+    saved_params = [p.detach().clone() for p in b]
+    saved_state = copy.deepcopy(o2.state_dict())
+
+    c = [p.clone().requires_grad_() for p in saved_params]
+    o3 = SuperpositionalAdamW(_groups(c), **kw)
+    o3.load_state_dict(saved_state)
+    _run(o3, c, 5, start=3)
+    for x, y in zip(a, c):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("variant", ["sin", "gauss", "anneal", "anti"])
+def test_lockstep_copies_stay_identical(variant):
+    """Two optimizers, the second built from the first's state_dict mid-run, move in lockstep."""
+    a = _params(torch.float32)
+    b = [p.detach().clone().requires_grad_() for p in a]
+    o1 = SuperpositionalAdamW(_groups(a), perturbation=variant, seed=3)
+    _run(o1, a, 2)
+    with torch.no_grad():
+        for x, y in zip(a, b):
+            y.copy_(x)
+    o2 = SuperpositionalAdamW(_groups(b), perturbation=variant, seed=3)
+    o2.load_state_dict(copy.deepcopy(o1.state_dict()))
+    for t in range(2, 6):
+        _run(o1, a, 1, start=t)
+        _run(o2, b, 1, start=t)
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+
+
+def test_seed_changes_noise_and_deterministic_variants_ignore_it():
+    for variant, should_differ in [("gauss", True), ("sin", False)]:
+        runs = []
+        for seed in (0, 1):
+            p = _params(torch.float32)
+            opt = SuperpositionalAdamW(p, perturbation=variant, seed=seed)
+            _run(opt, p, 2)
+            runs.append(p)
+        same = all(torch.equal(x, y) for x, y in zip(*runs))
+        assert same is not should_differ
+
+
+def test_state_holds_only_two_moment_buffers():
+    """Memory: no persistent buffers beyond AdamW's m and v, for every variant."""
+    for variant in VARIANTS:
+        p = _params(torch.float32)
+        opt = SuperpositionalAdamW(p, perturbation=variant)
+        _run(opt, p, 2)
+        for q in p:
+            st = opt.state[q]
+            tensors = [k for k, v in st.items() if isinstance(v, torch.Tensor)]
+            assert sorted(tensors) == ["exp_avg", "exp_avg_sq"], (variant, st.keys())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(lr=-1e-3), "invalid lr: -0.001"),
+        (dict(quantum_weight=-0.5), "invalid quantum_weight: -0.5"),
+        (dict(betas=(1.0, 0.999)), "invalid betas[0]: 1.0"),
+        (dict(betas=(0.9, -0.1)), "invalid betas[1]: -0.1"),
+        (dict(betas=(0.9,)), "invalid betas: (0.9,)"),
+        (dict(eps=-1.0), "invalid eps: -1.0"),
+        (dict(weight_decay=-0.1), "invalid weight_decay: -0.1"),
+        (dict(scope="first4"), "invalid scope: 'first4' (valid scopes: all, first_n)"),
+        (dict(n_qubits=0), "invalid n_qubits: 0"),
+        (dict(n_qubits=2.5), "invalid n_qubits: 2.5"),
+        (dict(perturbation="sine"), "unknown perturbation 'sine'; valid perturbations: anneal,"),
+        (dict(nonfinite="ignore"), "invalid nonfinite: 'ignore'"),
+        (dict(seed="a"), "invalid seed: 'a'"),
+    ],
+)
+def test_invalid_hyperparameters_name_argument_and_value(kwargs, message):
+    with pytest.raises(ValueError) as err:
+        SuperpositionalAdamW(_params(), **kwargs)
+    assert message in str(err.value)
+
+
+def test_invalid_group_override_is_caught():
+    p = _params()
+    with pytest.raises(ValueError, match=r"invalid quantum_weight: -1"):
+        SuperpositionalAdamW([{"params": p[:1]}, {"params": p[1:], "quantum_weight": -1}])
+
+
+def test_unknown_variant_lists_valid_ids():
+    with pytest.raises(ValueError, match=r"unknown variant 'sinus-l0.5'; valid ids: adamw, anneal"):
+        qsgd.parse_variant("sinus-l0.5")
+    with pytest.raises(ValueError, match=r"needs a weight"):
+        qsgd.parse_variant("sin")
+
+
+def test_parse_variant_ids():
+    v = qsgd.parse_variant("sin-l0.5-first4")
+    assert (v.perturbation, v.quantum_weight, v.scope, v.n_qubits) == ("sin", 0.5, "first_n", 4)
+    assert qsgd.parse_variant("adamw").optimizer_kwargs()["quantum_weight"] == 0.0
+    assert qsgd.parse_variant("anneal").quantum_weight == 1.0
+    assert qsgd.parse_variant("gauss-l0.05").quantum_weight == 0.05
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_nonfinite_gradient_raises_with_name_and_keeps_state(foreach):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    opt = SuperpositionalAdamW(list(model.named_parameters()), foreach=foreach)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    before = copy.deepcopy(opt.state_dict())
+    params_before = [p.detach().clone() for p in model.parameters()]
+    model[0].bias.grad[0] = float("nan")
+    with pytest.raises(NonFiniteGradientError, match=r"'0.bias'.*no parameter or optimizer"):
+        opt.step()
+    for p, q in zip(model.parameters(), params_before):
+        assert torch.equal(p, q)
+    after = opt.state_dict()
+    for k in before["state"]:
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(before["state"][k][name], after["state"][k][name])
+        assert before["state"][k]["step"] == after["state"][k]["step"]
+
+
+def test_nonfinite_skip_counts_and_survives_resume():
+    p = _params(torch.float32)
+    opt = SuperpositionalAdamW(p, nonfinite="skip")
+    _run(opt, p, 1)
+    snapshot = [x.detach().clone() for x in p]
+    for x in p:
+        x.grad = torch.zeros_like(x)
+    p[2].grad.view(-1)[3] = float("inf")
+    with pytest.warns(RuntimeWarning, match="step skipped"):
+        opt.step()
+    assert opt.skipped_steps == 1
+    assert all(torch.equal(a, b) for a, b in zip(p, snapshot))
+    assert opt.state[p[0]]["step"] == 1
+    opt2 = SuperpositionalAdamW(_params(torch.float32), nonfinite="skip")
+    opt2.load_state_dict(opt.state_dict())
+    assert opt2.skipped_steps == 1
+
+
+def test_first_n_touches_only_the_first_entries():
+    a = _params()
+    b = [p.detach().clone().requires_grad_() for p in a]
+    o1 = SuperpositionalAdamW(a, quantum_weight=0.0)
+    o2 = SuperpositionalAdamW(b, quantum_weight=0.7, scope="first_n", n_qubits=4)
+    _run(o1, a, 3)
+    _run(o2, b, 3)
+    for x, y in zip(a, b):
+        assert torch.equal(x.view(-1)[4:], y.view(-1)[4:])
+        if x.numel() > 0:
+            assert not torch.equal(x.view(-1)[:4], y.view(-1)[:4])
+
+
+def test_track_ratio_matches_hand_computation():
+    p = torch.tensor([0.3, -0.2, 0.7], dtype=torch.float64, requires_grad=True)
+    opt = SuperpositionalAdamW([p], lr=0.1, quantum_weight=0.5, weight_decay=0.0,
+                               track_ratio=True)
+    g = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    theta = p.detach().clone()
+    p.grad = g.clone()
+    opt.step()
+    q = torch.sin(math.pi * theta) * g
+    adam = (0.1 * g / 0.1) / ((0.001 * g * g / 0.001).sqrt() + 1e-8)
+    expected = float((0.5 * q).norm() / adam.norm())
+    assert opt.perturbation_ratio() == pytest.approx(expected, rel=1e-12)
+
+
+def test_closure_and_param_without_grad():
+    w = torch.nn.Parameter(torch.ones(3))
+    unused = torch.nn.Parameter(torch.ones(2))
+    opt = SuperpositionalAdamW([w, unused])
+
+    def closure():
+        opt.zero_grad()
+        loss = (w**2).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert float(loss.detach()) == 3.0
+    assert len(opt.state[unused]) == 0
+    assert torch.all(w < 1)
