@@ -68,6 +68,10 @@ def _check_group(group: dict[str, Any]) -> None:
     seed = group["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"invalid seed: {seed!r} (must be an integer)")
+    # [fused] the fused CUDA path's switch (qsgd.fused)
+    fused = group.get("fused")
+    if fused is not None and not isinstance(fused, bool):
+        raise ValueError(f"invalid fused: {fused!r} (must be True, False or None)")
     get_perturbation(group["perturbation"])  # raises with the list of valid names
 
 
@@ -177,6 +181,12 @@ class SuperpositionalAdamW(Optimizer):
         seed: key of the noise streams of stochastic variants: noise depends only on
             (seed, step, tensor index), so a resumed run is bit-identical (default 0).
         foreach: use the multi-tensor path (default: when every tensor is on a CUDA device).
+        fused: use the fused Triton kernel of :mod:`qsgd.fused` (one launch, one pass over
+            memory). ``None`` (default): whenever the group supports it (CUDA, contiguous,
+            float32/bfloat16; perturbations none, sin, cos, taylor, gauss, unif) unless
+            ``foreach=False``; ``True``: the same, also with ``foreach=False``; ``False``: never.
+            Unsupported groups, and every step with ``track_ratio=True``, fall back silently to
+            the foreach or per-tensor path.
         nonfinite: what a NaN/inf gradient does. ``"raise"`` (default): raise
             :class:`NonFiniteGradientError` naming the parameter, before touching any state;
             ``"skip"``: skip the whole step (no parameter, moment or step count changes), warn,
@@ -206,6 +216,7 @@ class SuperpositionalAdamW(Optimizer):
         foreach: bool | None = None,
         nonfinite: str = "raise",
         track_ratio: bool = False,
+        fused: bool | None = None,
     ) -> None:
         if nonfinite not in NONFINITE:
             raise ValueError(
@@ -215,7 +226,7 @@ class SuperpositionalAdamW(Optimizer):
             lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
             weight_decay=weight_decay, quantum_weight=quantum_weight,
             perturbation=perturbation, scope=scope, n_qubits=n_qubits,
-            bias_correction=bias_correction, seed=seed, foreach=foreach,
+            bias_correction=bias_correction, seed=seed, foreach=foreach, fused=fused,
         )
         _check_group(defaults)
         self.nonfinite = nonfinite
@@ -333,6 +344,16 @@ class SuperpositionalAdamW(Optimizer):
             if not params:
                 continue
             hyper = self._hyper(group)
+            # [fused] one Triton launch for the group when supported (qsgd.fused); else below.
+            use_fused = group.get("fused")
+            if use_fused is None:
+                use_fused = group["foreach"] is not False
+            if use_fused and stats is None and params[0].is_cuda:
+                from .fused import fused_group
+
+                if fused_group(params, grads, m, v, steps, idx, **hyper):
+                    continue
+            # [/fused]
             use_foreach = group["foreach"]
             if use_foreach is None:
                 use_foreach = all(p.is_cuda for p in params)

@@ -243,6 +243,23 @@ def _sin_rms(theta: Tensor) -> Tensor:
     return rms(sinpi(theta))
 
 
+# [cuda-noise] On CUDA, gauss/unif draw ξ from the Philox stream of qsgd.fused (the fused kernel
+# draws the very same numbers), so reference, foreach and fused steps agree there. Elsewhere, or
+# without Triton, a keyed torch.Generator. Both are keyed on (seed, step, tensor index).
+def _keyed_noise(grad: Tensor, ctx: Context, kind: str) -> Tensor:
+    """ξ ~ N(0, 1) (``kind="normal"``) or U[0, 1) (``"uniform"``), shaped and typed as grad."""
+    if grad.is_cuda:
+        from .fused import cuda_noise, triton_available
+
+        if triton_available():
+            key = noise_key(ctx.seed, ctx.step, ctx.index)
+            return cuda_noise(key, grad.numel(), kind, grad.device, grad.dtype).view(grad.shape)
+    draw = torch.randn if kind == "normal" else torch.rand
+    return draw(grad.shape, generator=ctx.generator(grad.device), dtype=grad.dtype,
+                device=grad.device)
+# [/cuda-noise]
+
+
 @register
 class Gauss(Perturbation):
     """Magnitude-matched noise: Q_i = ξ_i · g_i, ξ ~ N(0, s²), s = RMS of sin(π θ) over the
@@ -253,8 +270,7 @@ class Gauss(Perturbation):
 
     def term(self, theta, grad, ctx):
         s = _sin_rms(theta)
-        xi = torch.randn(grad.shape, generator=ctx.generator(grad.device), dtype=grad.dtype,
-                         device=grad.device)
+        xi = _keyed_noise(grad, ctx, "normal")
         return xi.mul_(s).mul_(grad)
 
 
@@ -267,8 +283,7 @@ class Unif(Perturbation):
 
     def term(self, theta, grad, ctx):
         a = _sin_rms(theta) * math.sqrt(3.0)
-        u = torch.rand(grad.shape, generator=ctx.generator(grad.device), dtype=grad.dtype,
-                       device=grad.device)
+        u = _keyed_noise(grad, ctx, "uniform")
         return u.mul_(2.0).sub_(1.0).mul_(a).mul_(grad)
 
 

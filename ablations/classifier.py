@@ -1,0 +1,214 @@
+"""The classifier arm: a synthetic sequence task that needs attention, and one training run.
+
+The task ("query count")
+------------------------
+A sequence is one query token followed by ``seq_len − 1`` content tokens. The query names one of
+``n_symbols`` symbols (query tokens and content tokens are different vocabulary entries: ids
+1…k for queries, k+1…2k for content). The label is 1 when the query's symbol occurs at least
+``threshold`` times among the content tokens. Sequences are generated balanced: the count is
+drawn uniformly from ``threshold − span … threshold − 1`` (label 0) or
+``threshold … threshold + span − 1`` (label 1), the other content tokens from the remaining
+symbols. Then a fraction ``label_noise`` of labels, in train and test alike, is flipped.
+
+Why this needs attention: whether a content token counts depends on the query, which sits at
+another position. Per-token features pooled over the sequence give a histogram of symbols and
+the query's identity, and the label (histogram[query] ≥ threshold) is not a linear function of
+those, so the linear head on the pooled vector cannot read it; the model must route the query
+to the content tokens (or the reverse) through attention.
+Why the noise: flipped labels put a ceiling of 1 − label_noise on test accuracy, so "final
+accuracy" measures how close an optimizer gets to the ceiling.
+
+Train and test sets are disjoint (duplicated sequences are dropped from the test set), both drawn
+from ``data_seed``: the data are the same for every run seed. Each run seed derives its own data
+order, model init and optimizer-noise streams (``derived_seeds``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from qsgd import SuperpositionalAdamW, parse_variant
+from qsgd.perturbations import noise_key
+
+__all__ = ["ClassifierOptions", "make_task", "derived_seeds", "run"]
+
+PAD = 0
+
+
+@dataclass(frozen=True)
+class ClassifierOptions:
+    """Arm options (the ``[classifier]`` table of a config)."""
+
+    seq_len: int = 16
+    n_symbols: int = 8
+    threshold: int = 1
+    span: int = 2
+    label_noise: float = 0.05
+    n_train: int = 3000
+    n_test: int = 1000
+    data_seed: int = 1234
+    epochs: int = 12
+    batch_size: int = 50
+    weight_decay: float = 0.01
+    d_model: int = 32
+    n_heads: int = 2
+    n_layers: int = 2
+    d_ff: int = 64
+    attn_qubits: int = 2
+    clip_grad: float = 1.0
+    target_acc: float = 0.90
+    ratio_every: int = 10
+    schedule: str = "cosine"
+    bias_correction: bool = True
+
+
+def derived_seeds(seed: int) -> dict[str, int]:
+    """Independent streams of one run seed: data order, init, optimizer noise."""
+    return {name: noise_key(seed, 0, 0, stream) % (2**31 - 1)
+            for stream, name in enumerate(("order", "init", "noise"), start=1)}
+
+
+def _sample(rng: np.random.Generator, n: int, o: ClassifierOptions) -> tuple[np.ndarray, np.ndarray]:
+    """n sequences of the query-count task (module docstring) and their noisy labels."""
+    L, k = o.seq_len, o.n_symbols
+    query = rng.integers(0, k, size=n)
+    # the count of the query's symbol among the L-1 content tokens: below or at/above threshold,
+    # half the sequences each, spread evenly over the counts on each side
+    low = rng.integers(max(0, o.threshold - o.span), o.threshold, size=n)
+    high = rng.integers(o.threshold, min(L - 1, o.threshold + o.span - 1) + 1, size=n)
+    labels = (rng.random(n) < 0.5).astype(np.int64)
+    count = np.where(labels == 1, high, low)
+    # content: symbols other than the query, then `count` copies of the query symbol planted
+    other = rng.integers(0, k - 1, size=(n, L - 1))
+    other = other + (other >= query[:, None])  # skip the query symbol
+    for i in range(n):
+        pos = rng.choice(L - 1, size=count[i], replace=False)
+        other[i, pos] = query[i]
+    x = np.concatenate([(1 + query)[:, None], (1 + k + other)], axis=1)
+    flip = rng.random(n) < o.label_noise
+    labels[flip] = 1 - labels[flip]
+    return x, labels
+
+
+def make_task(o: ClassifierOptions) -> dict[str, torch.Tensor]:
+    """Train and test tensors (tokens int64 [n, L], labels int64 [n]); disjoint sets."""
+    rng = np.random.default_rng(o.data_seed)
+    xtr, ytr = _sample(rng, o.n_train, o)
+    seen = {row.tobytes() for row in xtr}
+    xs, ys, need = [], [], o.n_test
+    while need > 0:
+        xt, yt = _sample(rng, need, o)
+        keep = np.array([row.tobytes() not in seen for row in xt])
+        xs.append(xt[keep])
+        ys.append(yt[keep])
+        need -= int(keep.sum())
+    xte, yte = np.concatenate(xs)[: o.n_test], np.concatenate(ys)[: o.n_test]
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).long()
+    return {"x_train": t(xtr), "y_train": t(ytr), "x_test": t(xte), "y_test": t(yte)}
+
+
+_TASK_CACHE: dict[ClassifierOptions, dict[str, torch.Tensor]] = {}
+
+
+def _task(o: ClassifierOptions) -> dict[str, torch.Tensor]:
+    if o not in _TASK_CACHE:
+        _TASK_CACHE[o] = make_task(o)
+    return _TASK_CACHE[o]
+
+
+def build_model(o: ClassifierOptions, attention: str) -> torch.nn.Module:
+    from qsgd.models import TransformerClassifier
+
+    return TransformerClassifier(
+        vocab_size=2 * o.n_symbols + 1, n_classes=2, max_len=o.seq_len, d_model=o.d_model,
+        n_heads=o.n_heads, n_layers=o.n_layers, d_ff=o.d_ff, attention=attention,
+        pad_id=PAD, n_qubits=o.attn_qubits,
+    )
+
+
+@torch.no_grad()
+def _accuracy(model, x, y, batch=500) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch):
+        correct += int((model(x[i:i + batch]).argmax(-1) == y[i:i + batch]).sum())
+    model.train()
+    return correct / len(x)
+
+
+def run(spec) -> dict[str, Any]:
+    """Train one classifier run; return metrics and the per-epoch curve.
+
+    ``spec`` needs: variant, attention, seed, lr, config (dict of ClassifierOptions fields).
+    All metrics except the wall-clock ones are bit-identical for equal specs on a CPU.
+    """
+    o = ClassifierOptions(**spec.config)
+    variant = parse_variant(spec.variant)
+    seeds = derived_seeds(spec.seed)
+    data = _task(o)
+    torch.manual_seed(seeds["init"])
+    model = build_model(o, spec.attention)
+    opt = SuperpositionalAdamW(model.parameters(), lr=spec.lr, weight_decay=o.weight_decay,
+                               seed=seeds["noise"], bias_correction=o.bias_correction,
+                               **variant.optimizer_kwargs())
+    if o.schedule not in ("cosine", "constant"):
+        raise ValueError(f"invalid schedule: {o.schedule!r} (valid: cosine, constant)")
+    order_gen = torch.Generator().manual_seed(seeds["order"])
+    loss_fn = torch.nn.CrossEntropyLoss()
+    n = len(data["x_train"])
+    steps_per_epoch = math.ceil(n / o.batch_size)
+    total_steps = steps_per_epoch * o.epochs
+    curve, losses, epoch_times = [], [], []
+    epochs_to_target, sec_to_target, train_time, step = None, None, 0.0, 0
+    diverged = False
+    for epoch in range(1, o.epochs + 1):
+        perm = torch.randperm(n, generator=order_gen)
+        t0 = time.perf_counter()
+        epoch_losses = []
+        for b in range(steps_per_epoch):
+            idx = perm[b * o.batch_size:(b + 1) * o.batch_size]
+            logits = model(data["x_train"][idx])
+            loss = loss_fn(logits, data["y_train"][idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if o.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
+            opt.track_ratio = o.ratio_every > 0 and step % o.ratio_every == 0
+            if o.schedule == "cosine":  # cosine decay to zero over the run, no warm-up
+                for group in opt.param_groups:
+                    group["lr"] = spec.lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+            opt.step()
+            step += 1
+            epoch_losses.append(float(loss.detach()))
+        dt_epoch = time.perf_counter() - t0
+        train_time += dt_epoch
+        epoch_times.append(dt_epoch)
+        losses.extend(epoch_losses)
+        acc = _accuracy(model, data["x_test"], data["y_test"])
+        curve.append({"epoch": epoch, "test_acc": acc, "train_loss": float(np.mean(epoch_losses)),
+                      "sec": round(train_time, 4)})
+        if epochs_to_target is None and acc >= o.target_acc:
+            epochs_to_target, sec_to_target = epoch, train_time
+        if not all(math.isfinite(v) for v in epoch_losses):
+            diverged = True
+            break
+    metrics = {
+        "final_test_acc": curve[-1]["test_acc"] if not diverged else float("nan"),
+        "epochs_to_90": float(epochs_to_target) if epochs_to_target else float("nan"),
+        "reached_90": epochs_to_target is not None,
+        "mean_train_loss": float(np.mean(losses)),
+        "final_train_loss": curve[-1]["train_loss"],
+        "sec_per_epoch": float(np.median(epoch_times)),
+        "sec_to_target": float(sec_to_target) if sec_to_target is not None else float("nan"),
+        "sec_total": float(train_time),
+        "perturbation_ratio": opt.perturbation_ratio(),
+        "steps": step,
+        "diverged": diverged,
+    }
+    return {"metrics": metrics, "curve": curve, "options": asdict(o)}

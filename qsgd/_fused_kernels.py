@@ -1,0 +1,277 @@
+"""Triton kernels of the fused CUDA step (imported lazily by :mod:`qsgd.fused`; never at
+``import qsgd``).
+
+Three kernels, all multi-tensor: every launch covers a whole list of tensors through small device
+tables (per tensor and buffer an int64 element offset from one base pointer, the element count,
+and a block → tensor map).
+
+* ``adamw_kernel``: one read of θ, g, m, v and one write of θ, m, v per element; the
+  perturbation term is computed from the loaded θ in registers, so sin/cos/taylor cost no memory
+  traffic. Noise (gauss/unif) is Philox keyed on (seed, step, tensor index), the key mixed in
+  the kernel with the same SplitMix64 as :func:`qsgd.perturbations.noise_key`.
+* ``sumsq_sin_kernel`` + ``finalize_rms_kernel``: s = RMS of sin(πθ) over each in-scope tensor
+  before the update (gauss/unif only): per-block partial sums, then one program per tensor adds
+  its partials in a fixed order (deterministic, no atomics).
+* ``noise_kernel``: the same Philox noise (``_noise``) written to a buffer; the reference path
+  on CUDA draws its gauss/unif noise here, so reference and fused steps see the same ξ.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+from triton.language import core as tlc
+from triton.language.extra import libdevice
+
+# Under TRITON_INTERPRET=1 (CPU tests of these kernels) libdevice is unavailable.
+_INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+# Perturbation codes (constexpr PERT).
+PERT_NONE, PERT_SIN, PERT_COS, PERT_TAYLOR, PERT_GAUSS, PERT_UNIF = 0, 1, 2, 3, 4, 5
+NOISE_NORMAL, NOISE_UNIFORM = 0, 1
+
+
+@triton.jit
+def _splitmix64(x):
+    x = x + 0x9E3779B97F4A7C15
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EB
+    return x ^ (x >> 31)
+
+
+@triton.jit
+def _rint(x):
+    """Round half to even, as torch.round."""
+    if _INTERPRET:
+        return tl.floor(x + 0.5)  # ties differ; only the CPU interpreter tests use this
+    else:
+        return libdevice.rint(x)
+
+
+@triton.jit
+def _reduce_pi(x):
+    """(x − r, (−1)^r) with r = round(x): qsgd.perturbations.sinpi/cospi's argument reduction."""
+    r = _rint(x)
+    sign = 1.0 - 2.0 * (r - 2.0 * tl.floor(r * 0.5))  # 1 − 2·remainder(r, 2)
+    return x - r, sign
+
+
+@triton.jit
+def sinpi(x):
+    """sin(πx) exactly as qsgd.perturbations.sinpi computes it (fp32)."""
+    y, sign = _reduce_pi(x)
+    return tl.sin(y * 3.141592653589793) * sign
+
+
+@triton.jit
+def cospi(x):
+    """cos(πx) exactly as qsgd.perturbations.cospi computes it (fp32)."""
+    y, sign = _reduce_pi(x)
+    return tl.cos(y * 3.141592653589793) * sign
+
+
+@triton.jit
+def noise_key_device(seed, step, index):
+    """qsgd.perturbations.noise_key(seed, step, index, stream=0), in uint64 arithmetic."""
+    h = _splitmix64(tlc.to_tensor(seed).to(tl.uint64))
+    h = _splitmix64(h ^ tlc.to_tensor(step).to(tl.uint64))
+    h = _splitmix64(h ^ tlc.to_tensor(index).to(tl.uint64))
+    h = _splitmix64(h)  # stream 0: h ^ 0
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+@triton.jit
+def _noise(key, start, BLOCK: tl.constexpr, KIND: tl.constexpr):
+    """The one definition of the CUDA noise, for elements start … start+BLOCK−1 of a tensor
+    (start and BLOCK multiples of 4): element i is word i % 4 of Philox-4x32-10 at counter
+    i // 4 under ``key``. KIND 0: N(0, 1) by Box–Muller on word pairs (0, 1) and (2, 3), using
+    both the cosine and the sine output; KIND 1: U[0, 1) (Triton's uint → float map). One Philox
+    call serves four elements, which keeps the kernel memory-bound."""
+    c = start // 4 + tl.arange(0, BLOCK // 4)
+    i1, i2, i3, i4 = tl.randint4x(key, c)
+    u1 = tl.random.uint_to_uniform_float(i1)
+    u2 = tl.random.uint_to_uniform_float(i2)
+    u3 = tl.random.uint_to_uniform_float(i3)
+    u4 = tl.random.uint_to_uniform_float(i4)
+    if KIND == 0:
+        u1, u2 = tl.random.pair_uniform_to_normal(u1, u2)
+        u3, u4 = tl.random.pair_uniform_to_normal(u3, u4)
+    # out[4c + k] = word k of counter c: join(join(w0, w2), join(w1, w3))[c, i, j] = w_{2i+j}
+    return tl.reshape(tl.join(tl.join(u1, u3), tl.join(u2, u4)), [BLOCK])
+
+
+@triton.jit(do_not_specialize=["key", "n"])
+def noise_kernel(out_ptr, key, n, KIND: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, _noise(key, pid * BLOCK, BLOCK, KIND), mask=offs < n)
+
+
+@triton.jit(do_not_specialize=["seed", "step", "index"])
+def key_kernel(out_ptr, seed, step, index):
+    """Test hook: the in-kernel noise key, for comparison with the host's noise_key."""
+    tl.store(out_ptr, noise_key_device(seed, step, index).to(tl.int64, bitcast=True))
+
+
+@triton.jit
+def _tensor_ptr(base, tab, tid, k, T, VEC: tl.constexpr):
+    """Pointer to tensor ``tid``'s buffer ``k`` (0 θ, 1 g, 2 m, 3 v): the group's base pointer
+    plus an element offset from the table. VEC > 1 (all buffers 16-byte aligned) tells the
+    compiler the offset is a multiple of VEC elements, so loads and stores are 16 bytes wide
+    (an address table cast to pointers would lose that: int-to-pointer casts drop alignment)."""
+    off = tl.load(tab + k * T + tid)
+    if VEC > 1:
+        off = tl.multiple_of(off, VEC)
+    return base + off
+
+
+@triton.jit
+def _sumsq_sin(tp, offs, n, MASKED: tl.constexpr):
+    if MASKED:
+        mask = offs < n
+        x = tl.load(tp + offs, mask=mask, other=0.0).to(tl.float32)
+        s = sinpi(x)
+        return tl.where(mask, s * s, 0.0)
+    else:
+        x = tl.load(tp + offs).to(tl.float32)
+        s = sinpi(x)
+        return s * s
+
+
+@triton.jit(do_not_specialize=["T", "n_qubits"])
+def sumsq_sin_kernel(base, off_tab, numel_tab, rblk_tensor, rblk_first, partial_ptr, T,
+                     n_qubits, FIRST_N: tl.constexpr, VEC: tl.constexpr, RB: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    """partial[b] = Σ sin(πθ)² over reduction block b (RB in-scope elements of one tensor)."""
+    pid = tl.program_id(0)
+    tid = tl.load(rblk_tensor + pid)
+    lb = pid - tl.load(rblk_first + tid)
+    n = tl.load(numel_tab + tid)
+    if FIRST_N:
+        n = tl.minimum(n, n_qubits)
+    tp = _tensor_ptr(base, off_tab, tid, 0, T, VEC)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    if (lb + 1) * RB <= n:
+        for i in range(0, RB, BLOCK):
+            acc += _sumsq_sin(tp, lb * RB + i + tl.arange(0, BLOCK), n, False)
+    else:
+        for i in range(0, RB, BLOCK):
+            acc += _sumsq_sin(tp, lb * RB + i + tl.arange(0, BLOCK), n, True)
+    tl.store(partial_ptr + pid, tl.sum(acc, axis=0))
+
+
+@triton.jit(do_not_specialize=["n_qubits"])
+def finalize_rms_kernel(partial_ptr, rblk_first, numel_tab, s_ptr, n_qubits,
+                        FIRST_N: tl.constexpr, MAX_PARTS: tl.constexpr, FB: tl.constexpr):
+    """s[t] = sqrt(Σ partials of tensor t / in-scope count), summed in float64, fixed order."""
+    tid = tl.program_id(0)
+    lo = tl.load(rblk_first + tid)
+    hi = tl.load(rblk_first + tid + 1)
+    n = tl.load(numel_tab + tid)
+    if FIRST_N:
+        n = tl.minimum(n, n_qubits)
+    acc = tl.zeros([FB], dtype=tl.float64)
+    for start in range(0, MAX_PARTS, FB):  # MAX_PARTS ≥ most partials of any one tensor
+        offs = lo + start + tl.arange(0, FB)
+        acc += tl.load(partial_ptr + offs, mask=offs < hi, other=0.0).to(tl.float64)
+    total = tl.sum(acc, axis=0)
+    s = tl.where(n > 0, tl.sqrt(total / tl.maximum(n, 1).to(tl.float64)), 0.0)
+    tl.store(s_ptr + tid, s.to(tl.float32))
+
+
+@triton.jit
+def _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid,
+                 seed, step, decay, w1, beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam,
+                 n_qubits, PERT: tl.constexpr, FIRST_N: tl.constexpr, LERP_LOW: tl.constexpr,
+                 BLOCK: tl.constexpr, MASKED: tl.constexpr):
+    offs = start + tl.arange(0, BLOCK)
+    if MASKED:
+        mask = offs < n
+        theta = tl.load(pp + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(gp + offs, mask=mask, other=0.0).to(tl.float32)
+        m = tl.load(mp + offs, mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(vp + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        theta = tl.load(pp + offs).to(tl.float32)
+        g = tl.load(gp + offs).to(tl.float32)
+        m = tl.load(mp + offs).to(tl.float32)
+        v = tl.load(vp + offs).to(tl.float32)
+
+    if PERT == 1:
+        q = sinpi(theta) * g
+    elif PERT == 2:
+        q = cospi(theta) * g
+    elif PERT == 3:
+        q = (theta * 3.141592653589793) * g
+    elif PERT == 4:
+        s = tl.load(s_ptr + tid)
+        key = noise_key_device(seed, step, tl.load(index_tab + tid))
+        q = (_noise(key, start, BLOCK, 0) * s) * g
+    elif PERT == 5:
+        a = tl.load(s_ptr + tid) * 1.7320508075688772
+        key = noise_key_device(seed, step, tl.load(index_tab + tid))
+        q = (((_noise(key, start, BLOCK, 1) * 2.0) - 1.0) * a) * g
+    else:
+        q = g  # unused
+
+    theta_new = theta * decay
+    if LERP_LOW:
+        m = m + w1 * (g - m)
+    else:
+        m = g - (g - m) * (1.0 - w1)
+    v = v * beta2
+    v = v + (c2 * g) * g
+    denom = tl.div_rn(tl.sqrt_rn(v), bc2s) + eps
+    theta_new = theta_new + neg_step_size * tl.div_rn(m, denom)
+    if PERT != 0:
+        if FIRST_N:
+            theta_new = tl.where(offs < n_qubits, theta_new + neg_lr_lam * q, theta_new)
+        else:
+            theta_new = theta_new + neg_lr_lam * q
+
+    dt = pp.dtype.element_ty
+    if MASKED:
+        tl.store(pp + offs, theta_new.to(dt), mask=mask)
+        tl.store(mp + offs, m.to(dt), mask=mask)
+        tl.store(vp + offs, v.to(dt), mask=mask)
+    else:
+        tl.store(pp + offs, theta_new.to(dt))
+        tl.store(mp + offs, m.to(dt))
+        tl.store(vp + offs, v.to(dt))
+
+
+# Scalars that change between steps or groups are not specialized on (no recompiles when the
+# step count happens to be a multiple of 16).
+@triton.jit(do_not_specialize=["T", "seed", "step", "decay", "w1", "beta2", "c2", "bc2s", "eps",
+                               "neg_step_size", "neg_lr_lam", "n_qubits"])
+def adamw_kernel(base, off_tab, numel_tab, index_tab, blk_tensor, blk_first, s_ptr, T,
+                 seed, step, decay, w1, beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam,
+                 n_qubits,
+                 PERT: tl.constexpr, FIRST_N: tl.constexpr, LERP_LOW: tl.constexpr,
+                 VEC: tl.constexpr, BLOCK: tl.constexpr):
+    """One SuperpositionalAdamW step over BLOCK elements of one tensor (see qsgd.fused).
+
+    Op order mirrors qsgd.optimizer.reference_step (itself torch.optim.AdamW's):
+    Q from θ before decay; θ·decay; m lerp; v·β2 + (1−β2)·g·g; denom = √v/√bc2 + ε;
+    θ + (−lr/bc1)·(m/denom); θ + (−lr·λ)·Q. Full blocks run unmasked (16-byte accesses);
+    only each tensor's last block is masked.
+    """
+    pid = tl.program_id(0)
+    tid = tl.load(blk_tensor + pid)
+    lb = pid - tl.load(blk_first + tid)
+    n = tl.load(numel_tab + tid)
+    start = lb * BLOCK
+    pp = _tensor_ptr(base, off_tab, tid, 0, T, VEC)
+    gp = _tensor_ptr(base, off_tab, tid, 1, T, VEC)
+    mp = _tensor_ptr(base, off_tab, tid, 2, T, VEC)
+    vp = _tensor_ptr(base, off_tab, tid, 3, T, VEC)
+    if (lb + 1) * BLOCK <= n:
+        _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid, seed, step, decay, w1,
+                     beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam, n_qubits,
+                     PERT, FIRST_N, LERP_LOW, BLOCK, False)
+    else:
+        _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid, seed, step, decay, w1,
+                     beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam, n_qubits,
+                     PERT, FIRST_N, LERP_LOW, BLOCK, True)

@@ -1,0 +1,211 @@
+"""Quantum attention: scaled dot-product attention with a circuit term added to the logits.
+
+The paper (Pamuk et al., arXiv 2511.01918; PAPER.md) adds to the attention logits a term
+Φ(Q, K, C): the scores drive a simulated circuit C (H, Ry, Rz, CNOT) whose amplitudes ψ_k are
+summed and added before the softmax. The exact encoding is not given; ours, for every score
+s = (q·k)/√d independently (batched over batch, heads, queries and keys, no loop)::
+
+    x_q   = a_q · s                                   encoding angle of qubit q, learned scale a_q
+    ψ     = C(x; w)                                   qsgd.circuit.simulate, hadamard=True,
+                                                      encoding="reupload" (x in every Ry and Rz),
+                                                      learned extra angles w (depth, 2, n), CNOT chain
+    Φ(s)  = Re Σ_k ψ_k / 2^{n/2} = Re ⟨+…+|ψ⟩         readout "amp" (default), |Φ| ≤ 1
+    logits = s + γ·Φ(s) ;  attention = softmax(logits + mask) · V
+
+Readout "amp" is the literal "amplitudes summed": a real logit needs a real number, and the
+real part is what an implicit complex-to-real cast keeps; dividing by 2^{n/2} bounds it by 1
+for every n (any other scale is absorbed by γ). It depends on the global phase, so it is a
+simulation quantity, not a measurable one; ``readout="z"`` (mean of ⟨Z_q⟩, measurable) is the
+alternative. As a function of s, Φ is a trigonometric polynomial: each of the 2·depth gates
+per qubit contributes a frequency ±a_q/2, so "amp" contains only ω = Σ_q m_q·a_q with integers
+|m_q| ≤ depth, hence |ω| ≤ depth·Σ_q|a_q|, and "z" (built on probabilities, products of two
+amplitudes) only |m_q| ≤ 2·depth, at most twice that. ``method="fourier"`` (default) uses this
+structure to compute Φ exactly and fast: see :class:`ScoreCircuit`.
+
+Initial values: a_q = 1 (angles of the order of the scores), w ~ U(−π, π) (a generic circuit,
+drawn from torch's global generator so a seeded model is reproducible), and γ = 0.1: the model
+starts near classical attention (|γΦ| ≤ 0.1 in the logits), yet γ ≠ 0, so the circuit weights
+get a gradient from the first step.
+
+``circuit="off"`` (or ``phi=None``) is exactly ``torch.nn.functional.scaled_dot_product_attention``
+(the same call with the same arguments), masks included.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .circuit import fourier_eval_line, fourier_series, simulate
+
+__all__ = ["ScoreCircuit", "quantum_attention", "QuantumAttention", "PHI_READOUTS",
+           "PHI_METHODS"]
+
+PHI_READOUTS = ("amp", "z")
+PHI_METHODS = ("auto", "fourier", "state")
+
+
+class ScoreCircuit(nn.Module):
+    """Φ: every entry s of a score tensor ↦ the readout of the circuit with angles a·s + w.
+
+    Args:
+        n_qubits: circuit width n (default 2: cheap, 4 amplitudes per score).
+        depth: layers L (default 2, the paper's).
+        entangle: CNOT chain after each layer (default True).
+        readout: ``"amp"`` (Re Σ_k ψ_k / 2^{n/2}, default) or ``"z"`` (mean_q ⟨Z_q⟩).
+        init_scale: initial encoding scale a_q (default 1.0).
+        method: how Φ is computed, both exact: ``"fourier"`` simulates the circuit once per
+            call on a grid of Nⁿ angle tuples (N = 4·depth+1 for "amp", 8·depth+1 for "z"),
+            takes its exact Fourier coefficients (``qsgd.circuit.fourier_series``) and
+            evaluates that trigonometric polynomial at every score; ``"state"`` simulates one
+            statevector per score (``qsgd.circuit.simulate``). They agree to rounding
+            (tested); "fourier" is several times faster at attention sizes for n ≤ 3, but its
+            grid grows as Nⁿ. ``"auto"`` (default): "fourier" for n ≤ 3, else "state".
+
+    Parameters: ``scale`` (n,), ``weights`` (L, 2, n). Output: same shape and dtype as the input.
+    """
+
+    def __init__(self, n_qubits: int = 2, depth: int = 2, *, entangle: bool = True,
+                 readout: str = "amp", init_scale: float = 1.0, method: str = "auto"):
+        super().__init__()
+        if isinstance(n_qubits, bool) or not isinstance(n_qubits, int) or n_qubits < 1:
+            raise ValueError(f"invalid n_qubits: {n_qubits!r} (must be an integer >= 1)")
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"invalid depth: {depth!r} (must be an integer >= 1)")
+        if readout not in PHI_READOUTS:
+            raise ValueError(f"invalid readout: {readout!r} (valid: {', '.join(PHI_READOUTS)})")
+        if method not in PHI_METHODS:
+            raise ValueError(f"invalid method: {method!r} (valid: {', '.join(PHI_METHODS)})")
+        self.n_qubits, self.depth, self.entangle, self.readout = n_qubits, depth, entangle, readout
+        self.method = method
+        self.scale = nn.Parameter(torch.full((n_qubits,), float(init_scale)))
+        self.weights = nn.Parameter(torch.empty(depth, 2, n_qubits).uniform_(-math.pi, math.pi))
+
+    def extra_repr(self) -> str:
+        return (f"n_qubits={self.n_qubits}, depth={self.depth}, entangle={self.entangle}, "
+                f"readout={self.readout!r}, method={self.method!r}")
+
+    def max_frequency(self) -> float:
+        """Largest frequency ω of Φ(s) = Σ c_ω e^{iωs} allowed by the current scales."""
+        amp = self.depth * float(self.scale.detach().abs().sum())
+        return amp if self.readout == "amp" else 2.0 * amp
+
+    def forward(self, scores: Tensor) -> Tensor:
+        w = self.weights.to(scores.dtype)
+        kw = dict(depth=self.depth, entangle=self.entangle, hadamard=True, encoding="reupload")
+        method = self.method
+        if method == "auto":
+            method = "fourier" if self.n_qubits <= 3 else "state"
+        if method == "fourier":
+            ro = "amp_sum" if self.readout == "amp" else "Z"
+            c, ks = fourier_series(w, self.n_qubits, readout=ro, **kw)
+            if self.readout == "z":
+                c = c.mean(-1)
+            return fourier_eval_line(c, ks, self.scale, scores)
+        x = scores.unsqueeze(-1) * self.scale.to(scores.dtype)  # (..., n)
+        if self.readout == "amp":
+            out = simulate(x, w, readout="amp_sum", **kw).real
+        else:
+            out = simulate(x, w, readout="Z", **kw).mean(-1)
+        return out.to(scores.dtype)
+
+
+def quantum_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    *,
+    phi: nn.Module | None = None,
+    gamma: Tensor | float | None = None,
+) -> Tensor:
+    """softmax(S + γ·Φ(S) + mask)·V with S = Q Kᵀ·scale; arguments as
+    ``torch.nn.functional.scaled_dot_product_attention`` (shapes (…, L, E), (…, S, E),
+    (…, S, Ev); ``attn_mask`` boolean, True = take part, or additive float; ``is_causal``:
+    the top-left lower-triangular mask; ``scale`` default 1/√E).
+
+    ``phi=None`` calls ``F.scaled_dot_product_attention`` with exactly these arguments.
+    Otherwise ``phi`` maps the score tensor elementwise and ``gamma`` (tensor or float) weighs it.
+    """
+    if phi is None:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask,
+                                              dropout_p=dropout_p, is_causal=is_causal,
+                                              scale=scale)
+    if is_causal and attn_mask is not None:
+        raise ValueError("pass either attn_mask or is_causal=True, not both (as SDPA)")
+    if gamma is None:
+        raise ValueError("gamma is required when phi is given")
+    L, S = query.size(-2), key.size(-2)
+    sc = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
+    scores = (query @ key.transpose(-2, -1)) * sc
+    logits = scores + gamma * phi(scores)
+    if is_causal:
+        keep = torch.ones(L, S, dtype=torch.bool, device=query.device).tril()
+        logits = logits.masked_fill(~keep, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            logits = logits.masked_fill(~attn_mask, float("-inf"))
+        else:
+            logits = logits + attn_mask
+    weights = torch.softmax(logits, dim=-1)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    return weights @ value
+
+
+class QuantumAttention(nn.Module):
+    """Multi-head self-attention with the optional circuit logit term.
+
+    Args:
+        d_model: model width (divisible by ``n_heads``).
+        n_heads: number of heads (default 2).
+        circuit: ``"on"`` (default; quantum attention) or ``"off"`` (exactly SDPA).
+        n_qubits, depth, entangle, readout: of the :class:`ScoreCircuit`, one per layer and
+            shared by its heads (defaults 2, 2, True, "amp").
+        gamma_init: initial γ (default 0.1; see the module docstring).
+        dropout: attention dropout probability in training (default 0).
+        bias: biases of the projections (default True).
+
+    ``forward(x, key_padding_mask=None, is_causal=False)``: x (B, T, d_model);
+    ``key_padding_mask`` (B, T) bool, True marks padding keys to ignore (as
+    ``nn.MultiheadAttention``). Returns (B, T, d_model).
+    """
+
+    def __init__(self, d_model: int, n_heads: int = 2, *, circuit: str = "on",
+                 n_qubits: int = 2, depth: int = 2, entangle: bool = True,
+                 readout: str = "amp", gamma_init: float = 0.1, dropout: float = 0.0,
+                 bias: bool = True):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        if circuit not in ("on", "off"):
+            raise ValueError(f"invalid circuit: {circuit!r} (valid: on, off)")
+        self.d_model, self.n_heads, self.dropout = d_model, n_heads, float(dropout)
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.out = nn.Linear(d_model, d_model, bias=bias)
+        if circuit == "on":
+            self.phi: ScoreCircuit | None = ScoreCircuit(n_qubits, depth, entangle=entangle,
+                                                         readout=readout)
+            self.gamma: nn.Parameter | None = nn.Parameter(torch.tensor(float(gamma_init)))
+        else:
+            self.phi = None
+            self.register_parameter("gamma", None)
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None,
+                is_causal: bool = False) -> Tensor:
+        B, T, D = x.shape
+        H = self.n_heads
+        q, k, v = self.qkv(x).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4).unbind(0)
+        mask = None
+        if key_padding_mask is not None:
+            mask = (~key_padding_mask)[:, None, None, :]  # SDPA: True = attend
+        y = quantum_attention(q, k, v, attn_mask=mask,
+                              dropout_p=self.dropout if self.training else 0.0,
+                              is_causal=is_causal, phi=self.phi, gamma=self.gamma)
+        return self.out(y.transpose(1, 2).reshape(B, T, D))

@@ -1,0 +1,363 @@
+"""The fused CUDA step of :class:`qsgd.SuperpositionalAdamW` (Triton), and the CUDA noise source.
+
+One kernel launch updates a whole list of tensors: it reads θ, g, m, v once and writes θ, m, v
+once (28 bytes per fp32 parameter, the memory floor of any AdamW step), and computes the
+perturbation term λ·Q from the θ it has already loaded, so the sine (and cos, taylor) costs no
+memory traffic at all. The maths and its op order are those of
+:func:`qsgd.optimizer.reference_step`; results agree with it to fp32 rounding
+(tests/test_fused.py, on a GPU).
+
+Supported, used automatically (``fused=None``) when every tensor of a parameter group is on one
+CUDA device, contiguous, of one dtype, float32 or bfloat16 (parameters, gradients, moments),
+has fewer than 2**31 − 2**20 elements, Triton can be imported, and ``track_ratio`` is off:
+
+* perturbations ``none``, ``sin``, ``cos``, ``taylor``, ``gauss``, ``unif`` (and any of them with
+  λ = 0), scopes ``all`` and ``first_n``, bias correction on or off, weight decay, per-tensor
+  step counts (tensors are batched by step), any number and sizes of tensors (one launch covers
+  them all: ~100 big ones or thousands of small ones).
+
+Anything else (``anneal``, ``anti``, ``circuit``, custom perturbations, CPU tensors, other dtypes,
+non-contiguous tensors, ``track_ratio=True``, no Triton) falls back silently to the foreach or
+per-tensor path; :func:`fused_unsupported_reason` says why for a given group.
+
+gauss and unif need s = RMS of sin(πθ) over each in-scope tensor *before* the update, a
+reduction: it is a first pass over θ (partial sums per block, then one fixed-order sum per
+tensor in float64: deterministic, no atomics), so these two move 32 bytes per fp32 parameter.
+
+Noise. On CUDA, the ξ of gauss and unif is Philox-4x32-10 keyed on
+:func:`qsgd.perturbations.noise_key` (seed, step, tensor index): element i of the in-scope slice
+is word i mod 4 of the Philox block at counter ⌊i/4⌋ (normal: Box–Muller on word pairs;
+uniform: Triton's uint → [0, 1) map). The fused kernel mixes the key in-kernel with the same
+SplitMix64; the reference and foreach paths on CUDA draw the same stream through
+:func:`cuda_noise` (same Triton code). So on CUDA reference ≡ fused for the noise, and a resumed
+run is bit-identical (the fused step is deterministic: fixed reduction order, keyed noise). On the
+CPU the noise comes from a keyed ``torch.Generator`` as before: CPU and CUDA runs draw
+different (equally distributed) noise.
+
+Numerics: the kernel computes in float32 (bfloat16 tensors are loaded to float32 and rounded
+once on store, as ``torch.optim.AdamW(fused=True)`` does); √ and ÷ are correctly rounded
+(``sqrt_rn``, ``div_rn``); sin(πθ) and cos(πθ) use the argument reduction of
+:func:`qsgd.perturbations.sinpi` and libdevice's precise sinf/cosf, like torch's CUDA kernels.
+The only differences from the reference are FMA contraction and, for gauss/unif, the summation
+order of s.
+
+This module imports Triton only inside the functions that launch kernels, so ``import qsgd`` and
+``import qsgd.fused`` work without it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from .perturbations import Cos, Gauss, None_, Perturbation, Sin, Taylor, Unif
+
+if TYPE_CHECKING:  # pragma: no cover
+    from types import ModuleType
+
+__all__ = [
+    "FUSED_PERTURBATIONS",
+    "triton_available",
+    "fused_unsupported_reason",
+    "fused_group",
+    "cuda_noise",
+]
+
+# Exact types only: a subclass may override term(), which the kernel would not see.
+_PERT_CODE: dict[type, int] = {None_: 0, Sin: 1, Cos: 2, Taylor: 3, Gauss: 4, Unif: 5}
+FUSED_PERTURBATIONS = ("none", "sin", "cos", "taylor", "gauss", "unif")
+_NOISY = (4, 5)
+_DTYPES = (torch.float32, torch.bfloat16)
+_MAX_NUMEL = 2**31 - 2**20  # int32 offsets inside the kernels, with a block to spare
+
+# Launch configuration of the update kernel (elements per program, warps per program), and of
+# the s reduction (elements per partial sum, inner block). Chosen by measurement on an H200
+# (ablations/bench_optimizer.py --sweep); see results/bench/optimizer_step.md.
+BLOCK = 2048
+NUM_WARPS = 4
+RED_RB = 16384
+RED_BLOCK = 2048
+RED_WARPS = 4
+_FIN_FB = 1024
+
+_CACHE_SIZE = 32
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels() -> ModuleType:
+    from . import _fused_kernels
+
+    return _fused_kernels
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """True when Triton imports (it ships with PyTorch's CUDA wheels on Linux)."""
+    try:
+        _kernels()
+    except Exception:  # noqa: BLE001 - any import failure means: no fused path
+        return False
+    return True
+
+
+def fused_unsupported_reason(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    perturbation: Perturbation,
+) -> str | None:
+    """None when the fused kernel can run this group, else a short reason (for docs and tests)."""
+    if type(perturbation) not in _PERT_CODE:
+        return (f"perturbation {perturbation!r} has no fused kernel "
+                f"(fused: {', '.join(FUSED_PERTURBATIONS)})")
+    if not params:
+        return "no parameters"
+    dev, dtype = params[0].device, params[0].dtype
+    if dev.type != "cuda":
+        return f"tensors on {dev.type}, not cuda"
+    if dtype not in _DTYPES:
+        return f"dtype {dtype} (fused: float32, bfloat16)"
+    for group in (params, grads, exp_avgs, exp_avg_sqs):
+        for t in group:
+            if t.device != dev:
+                return "tensors on more than one device"
+            if t.dtype != dtype:
+                return "tensors of more than one dtype (parameters, gradients, moments)"
+            if not t.is_contiguous():
+                return "non-contiguous tensor"
+            if t.numel() > _MAX_NUMEL:
+                return "tensor with 2**31 - 2**20 elements or more"
+    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+        if not (p.numel() == g.numel() == m.numel() == v.numel()):
+            return "gradient or moment of another size than its parameter"
+    if not triton_available():
+        return "Triton is not importable"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Device tables, cached: the block layout depends only on the sizes; the address table only on
+# the addresses (gradients are often re-allocated each step; a small LRU keeps the recent ones).
+
+class _LRU(OrderedDict):
+    def get_or(self, key, make):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        val = make()
+        self[key] = val
+        if len(self) > _CACHE_SIZE:
+            self.popitem(last=False)
+        return val
+
+
+_layouts = _LRU()
+_tables = _LRU()
+
+
+def _blocks(counts: list[int], per_block: int) -> tuple[list[int], list[int]]:
+    """Block → tensor map and each tensor's first block (with a final total)."""
+    blk_tensor: list[int] = []
+    first = [0]
+    for t, c in enumerate(counts):
+        nb = -(-c // per_block)
+        blk_tensor.extend([t] * nb)
+        first.append(first[-1] + nb)
+    return blk_tensor, first
+
+
+def _layout(device: torch.device, numels: tuple[int, ...], block: int):
+    def make():
+        blk_tensor, first = _blocks(list(numels), block)
+        i32 = dict(dtype=torch.int32, device=device)
+        return (torch.tensor(blk_tensor or [0], **i32), torch.tensor(first, **i32),
+                torch.tensor(list(numels), **i32), len(blk_tensor))
+    return _layouts.get_or(("upd", device, numels, block), make)
+
+
+def _red_layout(device: torch.device, numels: tuple[int, ...], first_n: bool, n_qubits: int,
+                rb: int):
+    def make():
+        counts = [min(n, n_qubits) if first_n else n for n in numels]
+        blk_tensor, first = _blocks(counts, rb)
+        i32 = dict(dtype=torch.int32, device=device)
+        most = max(b - a for a, b in zip(first, first[1:]))
+        return (torch.tensor(blk_tensor or [0], **i32), torch.tensor(first, **i32),
+                len(blk_tensor), most)
+    return _layouts.get_or(("red", device, numels, first_n, n_qubits, rb), make)
+
+
+def _int64_table(device: torch.device, values: tuple[int, ...]) -> Tensor:
+    return _tables.get_or((device, values),
+                          lambda: torch.tensor(list(values), dtype=torch.int64, device=device))
+
+
+# ---------------------------------------------------------------------------------------------
+
+def fused_group(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[int],
+    indices: list[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    quantum_weight: float,
+    perturbation: Perturbation,
+    scope: str,
+    n_qubits: int,
+    bias_correction: bool,
+    seed: int,
+) -> bool:
+    """In-place fused form of :func:`qsgd.optimizer.reference_step` for a list of tensors.
+
+    Returns False, touching nothing, when the group is not supported (the caller then runs
+    another path); :func:`fused_unsupported_reason` says why. ``steps`` are the tensors' step
+    numbers (this step's, ≥ 1), ``indices`` their global indices (the noise key). Tensors with
+    different step counts run in separate launches. Zero-size tensors are skipped.
+    """
+    code = _PERT_CODE.get(type(perturbation))
+    if code is None or not params:
+        return False
+    # One pass validates and collects (this runs every step: keep it cheap).
+    p0 = params[0]
+    dtype = p0.dtype
+    dev_index = p0.get_device()
+    if not p0.is_cuda or dtype not in _DTYPES:
+        return False
+    numels: list[int] = []
+    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+        n = p.numel()
+        for t in (p, g, m, v):
+            if (t.dtype != dtype or t.get_device() != dev_index or not t.is_contiguous()
+                    or t.numel() != n):
+                return False
+        if n > _MAX_NUMEL:
+            return False
+        numels.append(n)
+    if not triton_available():
+        return False
+    _dispatch(params, grads, exp_avgs, exp_avg_sqs, steps, indices, numels, code,
+              lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+              lam=quantum_weight, first_n=scope == "first_n", n_qubits=n_qubits,
+              bias_correction=bias_correction, seed=seed)
+    return True
+
+
+def _dispatch(params, grads, exp_avgs, exp_avg_sqs, steps, indices, numels, code, *,
+              lam, **hyper) -> None:
+    """Launch per step-count bucket, on the tensors' device (no validation: see fused_group;
+    tests call this directly on CPU tensors under TRITON_INTERPRET=1)."""
+    if lam == 0.0:
+        code = 0
+    if len(set(steps)) == 1:
+        buckets = {int(steps[0]): [i for i, n in enumerate(numels) if n]}
+    else:
+        buckets = {}
+        for i, (n, st) in enumerate(zip(numels, steps)):
+            if n:
+                buckets.setdefault(int(st), []).append(i)
+    device = params[0].device
+    switch = device.type == "cuda" and device.index != torch.cuda.current_device()
+    prev = torch.cuda.current_device() if switch else None
+    if switch:
+        torch.cuda.set_device(device)
+    try:
+        for step, sel in buckets.items():
+            if not sel:
+                continue
+            if len(sel) == len(params):
+                P, G, M, V, I, N = params, grads, exp_avgs, exp_avg_sqs, indices, numels
+            else:
+                P, G, M, V, I, N = ([L[i] for i in sel] for L in
+                                    (params, grads, exp_avgs, exp_avg_sqs, indices, numels))
+            _launch(P, G, M, V, I, tuple(N), device, step, code, lam=lam, **hyper)
+    finally:
+        if switch:
+            torch.cuda.set_device(prev)
+
+
+def _launch(params, grads, exp_avgs, exp_avg_sqs, indices, numels, device, step, code, *,
+            lr, beta1, beta2, eps, weight_decay, lam, first_n, n_qubits, bias_correction,
+            seed) -> None:
+    K = _kernels()
+    T = len(params)
+    buffers = (params, grads, exp_avgs, exp_avg_sqs)
+    addrs = tuple(t.data_ptr() for group in buffers for t in group)
+    elsize = params[0].element_size()
+    base = params[0]  # every buffer is addressed as base + element offset
+    vec = 16 // elsize if all(a % 16 == 0 for a in addrs) else 1
+    off_tab = _int64_table(device, tuple((a - addrs[0]) // elsize for a in addrs))
+    blk_tensor, blk_first, numel_tab, nblocks = _layout(device, numels, BLOCK)
+
+    if code in _NOISY:
+        index_tab = _int64_table(device, tuple(indices))
+        rblk_tensor, rblk_first, nrblocks, most = _red_layout(device, numels, first_n, n_qubits,
+                                                        RED_RB)
+        partial = torch.empty(max(nrblocks, 1), dtype=torch.float32, device=device)
+        s_buf = torch.empty(T, dtype=torch.float32, device=device)
+        if nrblocks:
+            K.sumsq_sin_kernel[(nrblocks,)](
+                base, off_tab, numel_tab, rblk_tensor, rblk_first, partial, T, n_qubits,
+                FIRST_N=first_n, VEC=vec, RB=RED_RB, BLOCK=RED_BLOCK, num_warps=RED_WARPS)
+        # a power of two ≥ the most partials of one tensor: few compiled variants
+        max_parts = max(_FIN_FB, 1 << max(most - 1, 0).bit_length())
+        K.finalize_rms_kernel[(T,)](partial, rblk_first, numel_tab, s_buf, n_qubits,
+                                    FIRST_N=first_n, MAX_PARTS=max_parts, FB=_FIN_FB,
+                                    num_warps=4)
+    else:
+        index_tab = off_tab  # unused by the kernel
+        s_buf = numel_tab
+
+    if bias_correction:
+        bc1, bc2 = 1.0 - beta1**step, 1.0 - beta2**step
+    else:
+        bc1, bc2 = 1.0, 1.0
+    w1 = 1.0 - beta1
+    K.adamw_kernel[(nblocks,)](
+        base, off_tab, numel_tab, index_tab, blk_tensor, blk_first, s_buf, T,
+        int(seed) & 0xFFFFFFFFFFFFFFFF, int(step),
+        1.0 - lr * weight_decay, w1, beta2, 1.0 - beta2, bc2**0.5, eps, -(lr / bc1),
+        -lr * lam, n_qubits,
+        PERT=code, FIRST_N=first_n, LERP_LOW=abs(w1) < 0.5, VEC=vec, BLOCK=BLOCK,
+        num_warps=NUM_WARPS)
+
+
+def cuda_noise(key: int, n: int, kind: str, device: torch.device | str,
+               dtype: torch.dtype = torch.float32) -> Tensor:
+    """The CUDA noise stream: n draws of Philox keyed on ``key`` (from ``noise_key``).
+
+    ``kind`` is ``"normal"`` (N(0, 1), Triton's ``tl.randn``) or ``"uniform"`` (U[0, 1),
+    ``tl.rand``). Element i uses counter i, as in the fused kernel, so both see the same ξ.
+    Drawn in float32, then cast to ``dtype``.
+    """
+    if kind not in ("normal", "uniform"):
+        raise ValueError(f"invalid noise kind {kind!r} (valid: normal, uniform)")
+    if n > _MAX_NUMEL:
+        raise ValueError(f"cuda_noise: n = {n} is over {_MAX_NUMEL}")
+    K = _kernels()
+    out = torch.empty(n, dtype=torch.float32, device=device)
+    if n:
+        blk = 1024
+        K.noise_kernel[(-(-n // blk),)](out, int(key), n, KIND=0 if kind == "normal" else 1,
+                                        BLOCK=blk, num_warps=4)
+    return out if dtype == torch.float32 else out.to(dtype)
+
+
+def _device_noise_key(seed: int, step: int, index: int, device) -> int:
+    """The key the fused kernel mixes on the device (test hook: must equal noise_key)."""
+    K = _kernels()
+    out = torch.empty(1, dtype=torch.int64, device=device)
+    K.key_kernel[(1,)](out, int(seed) & 0xFFFFFFFFFFFFFFFF, int(step), int(index))
+    return int(out.item()) & 0xFFFFFFFFFFFFFFFF
+

@@ -1,0 +1,358 @@
+"""The fused CUDA step (qsgd.fused) against the reference step.
+
+GPU tests need a CUDA device and are skipped on CPU CI with the reason. The CPU tests check the
+dispatch rules, that ``import qsgd`` does not import Triton, and (when Triton is installed) run
+the kernels under Triton's CPU interpreter against the reference.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from qsgd import SuperpositionalAdamW
+from qsgd.fused import FUSED_PERTURBATIONS, fused_unsupported_reason
+from qsgd.perturbations import get_perturbation, noise_key
+
+CUDA = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device (fused Triton kernels)")
+NOISY = ("gauss", "unif")
+
+# odd sizes: tails, tensors shorter than n_qubits, one longer than a block, a matrix
+SHAPES = [(7, 5), (5,), (3, 4, 2), (1,), (4099,), (64, 33), (3,)]
+
+
+def _make(shapes, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(s, generator=g) * 0.8).to(dtype=dtype, device=device).requires_grad_()
+            for s in shapes]
+
+
+def _grads(params, step, seed=1):
+    g = torch.Generator().manual_seed(seed * 1000 + step)
+    return [torch.randn(p.shape, generator=g).to(dtype=p.dtype, device=p.device) for p in params]
+
+
+def _run(opt, params, steps, start=0):
+    for t in range(start, start + steps):
+        for p, g in zip(params, _grads(params, t)):
+            p.grad = g
+        opt.step()
+
+
+def _pair(shapes=SHAPES, dtype=torch.float32, device="cuda", **kw):
+    """(fused params, fused opt, reference params, reference opt) from the same start."""
+    a = _make(shapes, dtype, device)
+    b = [p.detach().clone().requires_grad_() for p in a]
+    kw.setdefault("lr", 1e-2)
+    kw.setdefault("weight_decay", 0.1)
+    fused = SuperpositionalAdamW(a, fused=True, **kw)
+    ref = SuperpositionalAdamW(b, fused=False, foreach=False, **kw)
+    return a, fused, b, ref
+
+
+def _close_step(a, b, start, rtol):
+    """The steps taken (θ_now − θ_start) agree to rtol of their norm, tensor by tensor."""
+    for x, y, s in zip(a, b, start):
+        dx, dy = (x.detach().double() - s), (y.detach().double() - s)
+        err = (dx - dy).norm() / dy.norm().clamp_min(1e-30)
+        assert err <= rtol, f"relative step error {float(err):.2e} > {rtol:.0e}"
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU: dispatch rules and import hygiene (always run)
+
+def test_import_qsgd_does_not_import_triton():
+    code = "import sys, qsgd, qsgd.fused; assert 'triton' not in sys.modules, 'triton imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_invalid_fused_flag_names_the_argument():
+    p = [torch.zeros(3, requires_grad=True)]
+    with pytest.raises(ValueError, match="invalid fused: 'yes'"):
+        SuperpositionalAdamW(p, fused="yes")
+
+
+def test_unsupported_reasons():
+    p = [torch.zeros(4)]
+    assert "not cuda" in fused_unsupported_reason(p, p, p, p, get_perturbation("sin"))
+    msg = fused_unsupported_reason(p, p, p, p, get_perturbation("anneal"))
+    assert "no fused kernel" in msg and "sin" in msg
+    assert set(FUSED_PERTURBATIONS) == {"none", "sin", "cos", "taylor", "gauss", "unif"}
+
+
+@pytest.mark.parametrize("variant", ["sin", "gauss"])
+def test_fused_true_on_cpu_falls_back_to_the_reference(variant):
+    a = _make(SHAPES, torch.float64, "cpu")
+    b = [p.detach().clone().requires_grad_() for p in a]
+    kw = dict(perturbation=variant, lr=1e-2)
+    _run(SuperpositionalAdamW(a, fused=True, **kw), a, 3)
+    _run(SuperpositionalAdamW(b, fused=False, foreach=False, **kw), b, 3)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+_INTERP_SCRIPT = textwrap.dedent("""
+    import math, torch
+    from qsgd import fused
+    from qsgd.optimizer import reference_step
+    from qsgd.perturbations import get_perturbation, noise_key, rms, sinpi
+    for seed, step, idx in [(0, 1, 0), (123, 7, 42), (2**64 - 5, 3, 1), (-3, 100, 9)]:
+        assert fused._device_noise_key(seed, step, idx, "cpu") == noise_key(seed, step, idx)
+    key = noise_key(1, 2, 3)
+    for kind in ("normal", "uniform"):
+        long, short = fused.cuda_noise(key, 4099, kind, "cpu"), fused.cuda_noise(key, 6, kind, "cpu")
+        assert torch.equal(long[:6], short), "noise of element i must not depend on n"
+    shapes = [(37,), (1,), (3, 3), (2050,)]
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, n_qubits=4,
+                 seed=7)
+    def mk():
+        g = torch.Generator().manual_seed(5)
+        return [[torch.randn(s, generator=g) * sc for s in shapes] for sc in (0.8, 1.0, 0.1)] + \\
+               [[torch.rand(s, generator=g) * 1e-2 for s in shapes]]
+    for pert in ["none", "sin", "cos", "taylor", "gauss", "unif"]:
+        for scope in ["all", "first_n"]:
+            for bc in (True, False):
+                A, R = mk(), mk()
+                P = get_perturbation(pert)
+                idx = list(range(3, 3 + len(shapes)))
+                fused._dispatch(*A, [5] * len(shapes), idx, [t.numel() for t in A[0]],
+                                fused._PERT_CODE[type(P)], lam=0.5, first_n=scope == "first_n",
+                                bias_correction=bc, **hyper)
+                for i, (p, g, m, v) in enumerate(zip(*R)):
+                    p0 = p.clone()
+                    n = p.numel() if scope == "all" else min(4, p.numel())
+                    q = None
+                    if pert in ("gauss", "unif"):  # the CUDA noise source, run by the interpreter
+                        th, gg = p.reshape(-1)[:n], g.reshape(-1)[:n]
+                        s = rms(sinpi(th))
+                        kind = "normal" if pert == "gauss" else "uniform"
+                        xi = fused.cuda_noise(noise_key(7, 5, idx[i]), n, kind, "cpu")
+                        q = (xi * s if pert == "gauss" else (xi * 2 - 1) * (s * math.sqrt(3))) * gg
+                        P_ref = get_perturbation("none")
+                    else:
+                        P_ref = P
+                    reference_step(p, g, m, v, step=5, index=idx[i], perturbation=P_ref,
+                                   scope=scope, bias_correction=bc, quantum_weight=0.5, **hyper)
+                    if q is not None:
+                        p.reshape(-1)[:n].add_(q, alpha=-hyper["lr"] * 0.5)
+                    d_ref, d_fused = (p - p0).double(), (A[0][i] - p0).double()
+                    err = float((d_ref - d_fused).norm() / d_ref.norm())
+                    assert err < 1e-4, (pert, scope, bc, i, err)
+                    for x, y in ((A[2][i], m), (A[3][i], v)):
+                        assert float((x - y).abs().max()) <= 1e-6 * float(y.abs().max())
+    print("interpreter ok")
+""")
+
+
+def test_kernels_under_the_triton_interpreter():
+    """The kernels' maths on CPU (TRITON_INTERPRET=1), when Triton is installed."""
+    pytest.importorskip("triton", reason="Triton not installed (CPU CI); the GPU tests cover it")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", _INTERP_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "interpreter ok" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: fused ≡ reference
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", FUSED_PERTURBATIONS)
+@pytest.mark.parametrize("scope", ["all", "first_n"])
+@pytest.mark.parametrize("bias_correction", [True, False])
+def test_fused_matches_reference_fp32(variant, scope, bias_correction):
+    a, fo, b, ro = _pair(perturbation=variant, scope=scope, bias_correction=bias_correction,
+                         seed=11)
+    start = [p.detach().double().clone() for p in a]
+    _run(fo, a, 3)
+    _run(ro, b, 3)
+    _close_step(a, b, start, rtol=2e-5)
+    for pa, pb in zip(a, b):
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(fo.state[pa][key], ro.state[pb][key], rtol=2e-6,
+                                       atol=1e-9)
+        assert fo.state[pa]["step"] == ro.state[pb]["step"] == 3
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["sin", "cos", "taylor"])
+def test_deterministic_terms_match_bit_for_bit_or_within_one_rounding(variant):
+    """One step: θ differs from the reference by at most a few fp32 ulps (FMA contraction)."""
+    a, fo, b, ro = _pair(perturbation=variant)
+    _run(fo, a, 1)
+    _run(ro, b, 1)
+    for x, y in zip(a, b):
+        ulp = torch.finfo(torch.float32).eps * y.detach().abs().clamp_min(1e-2)
+        assert bool(((x - y).abs() <= 4 * ulp).all())
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["none", "sin", "gauss", "unif"])
+def test_fused_matches_reference_bf16(variant):
+    """bf16 tensors: the kernel computes in fp32 and rounds once; the reference on fp32 copies,
+    rounded to bf16, agrees to bf16 rounding after one step."""
+    a = _make(SHAPES, torch.bfloat16, "cuda")
+    b = [p.detach().float().clone().requires_grad_() for p in a]
+    kw = dict(perturbation=variant, lr=1e-2, weight_decay=0.1)
+    fo = SuperpositionalAdamW(a, fused=True, **kw)
+    ro = SuperpositionalAdamW(b, fused=False, foreach=False, **kw)
+    grads = _grads(a, 0)
+    for p, q, g in zip(a, b, grads):
+        p.grad, q.grad = g, g.float()
+    fo.step()
+    ro.step()
+    for x, y in zip(a, b):
+        # one bf16 rounding apart at most (2**-7 relative)
+        torch.testing.assert_close(x.float(), y.detach().bfloat16().float(), rtol=8e-3,
+                                   atol=1e-6)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", NOISY)
+def test_noise_is_one_definition_on_cuda(variant):
+    """reference, foreach and fused steps on CUDA draw the same ξ (cuda_noise ≡ the kernel)."""
+    a, fo, b, ro = _pair(perturbation=variant, quantum_weight=1.0)
+    c = [p.detach().clone().requires_grad_() for p in a]
+    fe = SuperpositionalAdamW(c, fused=False, foreach=True, perturbation=variant,
+                              quantum_weight=1.0, lr=1e-2, weight_decay=0.1)
+    start = [p.detach().double().clone() for p in a]
+    _run(fo, a, 2)
+    _run(ro, b, 2)
+    _run(fe, c, 2)
+    _close_step(a, b, start, rtol=2e-5)
+    _close_step(c, b, start, rtol=2e-5)
+
+
+@gpu
+@pytest.mark.gpu
+def test_cuda_noise_key_and_distribution():
+    from qsgd.fused import _device_noise_key, cuda_noise
+
+    for seed, step, idx in [(0, 1, 0), (123, 7, 42), (2**64 - 5, 3, 1), (-3, 100, 9),
+                            (2**40 + 17, 2**20, 12345)]:
+        assert _device_noise_key(seed, step, idx, "cuda") == noise_key(seed, step, idx)
+    key = noise_key(5, 1, 0)
+    z = cuda_noise(key, 1 << 20, "normal", "cuda").double()
+    assert abs(float(z.mean())) < 5e-3 and abs(float(z.std()) - 1) < 5e-3
+    assert abs(float(((z - z.mean()) ** 4).mean() / z.var() ** 2) - 3) < 0.05
+    u = cuda_noise(key, 1 << 20, "uniform", "cuda").double()
+    assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
+    assert abs(float(u.mean()) - 0.5) < 3e-3 and abs(float(u.var()) * 12 - 1) < 1e-2
+    assert abs(float(torch.corrcoef(torch.stack([z[:-1], z[1:]]))[0, 1])) < 5e-3
+    assert torch.equal(cuda_noise(key, 5, "normal", "cuda"), z[:5].float())
+    assert not torch.equal(cuda_noise(noise_key(5, 2, 0), 5, "normal", "cuda"), z[:5].float())
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["sin", "gauss", "unif"])
+def test_fused_resume_is_bit_identical(variant):
+    kw = dict(perturbation=variant, lr=1e-2, seed=3)
+    a = _make(SHAPES, torch.float32, "cuda")
+    b = [p.detach().clone().requires_grad_() for p in a]
+    oa = SuperpositionalAdamW(a, fused=True, **kw)
+    _run(oa, a, 6)
+    ob = SuperpositionalAdamW(b, fused=True, **kw)
+    _run(ob, b, 3)
+    sd = ob.state_dict()
+    c = [p.detach().clone().requires_grad_() for p in b]
+    oc = SuperpositionalAdamW(c, fused=True, **kw)
+    oc.load_state_dict(sd)
+    _run(oc, c, 3, start=3)
+    for x, y in zip(a, c):
+        assert torch.equal(x, y)
+
+
+@gpu
+@pytest.mark.gpu
+def test_many_small_tensors_and_mixed_step_counts():
+    """300 tensors of sizes 1…300 in one launch; one tensor misses a gradient on a step, so
+    the group holds two step counts (two launches)."""
+    g = torch.Generator().manual_seed(2)
+    shapes = [(int(n),) for n in torch.randint(1, 300, (300,), generator=g)]
+    for variant in ("sin", "gauss"):
+        a, fo, b, ro = _pair(shapes, perturbation=variant, scope="first_n")
+        start = [p.detach().double().clone() for p in a]
+        for t in range(3):
+            for params in (a, b):
+                for i, (p, gr) in enumerate(zip(params, _grads(params, t))):
+                    p.grad = None if (t == 1 and i == 5) else gr
+            fo.step()
+            ro.step()
+        assert fo.state[a[5]]["step"] == 2 and fo.state[a[0]]["step"] == 3
+        _close_step(a, b, start, rtol=2e-5)
+
+
+@gpu
+@pytest.mark.gpu
+def test_dispatch_uses_the_fused_kernel_only_when_supported(monkeypatch):
+    import qsgd.fused as F
+
+    calls = []
+    real = F.fused_group
+
+    def spy(*args, **kwargs):
+        ok = real(*args, **kwargs)
+        calls.append(ok)
+        return ok
+
+    monkeypatch.setattr(F, "fused_group", spy)
+
+    def steps(**kw):
+        calls.clear()
+        p = _make(SHAPES, torch.float32, "cuda")
+        _run(SuperpositionalAdamW(p, **kw), p, 1)
+        return list(calls)
+
+    assert steps() == [True]                                   # auto on CUDA
+    assert steps(fused=False) == []
+    assert steps(foreach=False) == []                          # auto respects foreach=False
+    assert steps(foreach=False, fused=True) == [True]
+    assert steps(perturbation="anneal") == [False]             # falls back, silently
+    assert steps(track_ratio=True) == []                       # ratio uses the foreach path
+    p = _make(SHAPES, torch.float64, "cuda")
+    assert fused_unsupported_reason(p, p, p, p, get_perturbation("sin")).startswith("dtype")
+
+
+@gpu
+@pytest.mark.gpu
+def test_non_contiguous_falls_back_and_still_matches():
+    base = torch.randn(8, 6, device="cuda")
+    a = [base.t().contiguous().t().requires_grad_()]  # non-contiguous leaf
+    assert not a[0].is_contiguous()
+    b = [a[0].detach().clone().requires_grad_()]
+    _run(SuperpositionalAdamW(a, fused=True), a, 2)
+    _run(SuperpositionalAdamW(b, fused=False, foreach=False), b, 2)
+    torch.testing.assert_close(a[0], b[0], rtol=1e-6, atol=1e-7)
+
+
+@gpu
+@pytest.mark.gpu
+def test_track_ratio_and_nonfinite_still_work_on_cuda():
+    from qsgd import NonFiniteGradientError
+
+    p = _make(SHAPES, torch.float32, "cuda")
+    opt = SuperpositionalAdamW(p, track_ratio=True)
+    _run(opt, p, 2)
+    assert math.isfinite(opt.perturbation_ratio()) and opt.perturbation_ratio() > 0
+    p = _make(SHAPES, torch.float32, "cuda")
+    opt = SuperpositionalAdamW(p, fused=True)
+    before = [x.detach().clone() for x in p]
+    for x, g in zip(p, _grads(p, 0)):
+        x.grad = g
+    p[2].grad[0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteGradientError):
+        opt.step()
+    assert all(torch.equal(x, y) for x, y in zip(p, before))

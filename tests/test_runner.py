@@ -1,0 +1,168 @@
+"""Configs, the runner's resume/kill safety, determinism, and the smoke path end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ablations.config import ConfigError, RunSpec, load_config
+from ablations.runner import append_record, load_records, run_grid, run_one
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "ablations" / "configs" / "smoke.toml"
+
+TINY = """
+[grid]
+arm = "classifier"
+results = "{results}"
+
+[classifier]
+seq_len = 10
+n_train = 100
+n_test = 60
+epochs = 2
+batch_size = 50
+d_model = 16
+d_ff = 16
+{extra}
+
+[[cells]]
+attention = {attention}
+variants = {variants}
+seeds = {seeds}
+"""
+
+
+def _write(tmp_path, extra="", attention='"classical"', variants='["adamw", "sin-l0.5"]',
+           seeds=2, name="grid.toml"):
+    path = tmp_path / name
+    path.write_text(TINY.format(results=tmp_path / "res", extra=extra, attention=attention,
+                                variants=variants, seeds=seeds))
+    return path
+
+
+class SerialExecutor:
+    """A drop-in Executor that runs in this process (any concurrent.futures.Executor works)."""
+
+    def __init__(self):
+        import concurrent.futures as cf
+
+        self._cf = cf
+
+    def submit(self, fn, *args):
+        fut = self._cf.Future()
+        try:
+            fut.set_result(fn(*args))
+        except Exception as err:  # pragma: no cover
+            fut.set_exception(err)
+        return fut
+
+    def shutdown(self, **_):
+        pass
+
+
+def test_config_expands_cells_with_shared_seeds(tmp_path):
+    cfg = load_config(_write(tmp_path, attention='["classical", "quantum"]', seeds=3))
+    assert len(cfg.specs) == 2 * 2 * 3
+    assert {s.seed for s in cfg.specs} == {0, 1, 2}
+    assert len({s.key for s in cfg.specs}) == len(cfg.specs)
+
+
+def test_malformed_toml_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[grid]\narm = "classifier"\nname = \n')
+    with pytest.raises(ConfigError, match=r"bad\.toml: malformed TOML: .*line 3"):
+        load_config(path)
+
+
+def test_unknown_variant_lists_valid_ids(tmp_path):
+    with pytest.raises(ConfigError, match=r"grid\.toml: cells\[0\]: unknown variant 'sine-l0.5'; "
+                                          r"valid ids: adamw, anneal"):
+        load_config(_write(tmp_path, variants='["sine-l0.5"]'))
+
+
+def test_unknown_option_key_is_a_typo(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[classifier\]: epoch "):
+        load_config(_write(tmp_path, extra="epoch = 3"))
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="config file not found: nowhere.toml"):
+        load_config("nowhere.toml")
+
+
+def test_changed_option_changes_the_key():
+    a = RunSpec("classifier", "adamw", "classical", 0, 1e-3, (("epochs", 2),))
+    b = RunSpec("classifier", "adamw", "classical", 0, 1e-3, (("epochs", 3),))
+    assert a.key != b.key and a.run_id != b.run_id
+
+
+def test_same_spec_same_metrics_bit_for_bit(tmp_path):
+    cfg = load_config(_write(tmp_path, variants='["gauss-l0.5"]', seeds=1))
+    r1, r2 = run_one(cfg.specs[0]), run_one(cfg.specs[0])
+    timing = {"sec_per_epoch", "sec_to_target"}
+    m1 = {k: v for k, v in r1["metrics"].items() if k not in timing}
+    m2 = {k: v for k, v in r2["metrics"].items() if k not in timing}
+    assert json.dumps(m1) == json.dumps(m2)
+    assert [c["test_acc"] for c in r1["curve"]] == [c["test_acc"] for c in r2["curve"]]
+    assert set(r1["provenance"]) >= {"commit", "utc", "python", "torch", "device",
+                                     "wall_seconds"}
+
+
+def test_rerun_skips_finished_runs_and_ignores_torn_lines(tmp_path):
+    cfg = load_config(_write(tmp_path))
+    counts = run_grid(cfg, SerialExecutor(), progress=False, limit=3)
+    assert counts["ran"] == 3
+    runs = cfg.results / "runs.jsonl"
+    with open(runs, "a") as fh:
+        fh.write('{"key": "torn-in-the-middle", "metr')  # a run killed mid-write
+    with pytest.warns(RuntimeWarning, match="torn record"):
+        counts = run_grid(cfg, SerialExecutor(), progress=False)
+    assert counts["ran"] == 1 and counts["done_before"] == 3
+    with pytest.warns(RuntimeWarning):
+        keys = [r["key"] for r in load_records(runs)]
+    assert sorted(keys) == sorted(s.key for s in cfg.specs)
+
+
+def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
+    """Kill a real `python -m ablations run` mid-grid, rerun it, and count the records."""
+    cfg_path = _write(tmp_path, seeds=3)
+    cfg = load_config(cfg_path)
+    runs = cfg.results / "runs.jsonl"
+    cmd = [sys.executable, "-m", "ablations", "run", str(cfg_path), "--workers", "1",
+           "--no-report", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(load_records(runs)) < 2:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_before = len(load_records(runs))
+    assert 2 <= n_before < len(cfg.specs), "the kill should land mid-grid"
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    keys = [r["key"] for r in load_records(runs)]
+    assert len(keys) == len(set(keys)) == len(cfg.specs)
+
+
+def test_changed_config_never_mixes_old_runs(tmp_path):
+    cfg = load_config(_write(tmp_path, seeds=1))
+    run_grid(cfg, SerialExecutor(), progress=False)
+    cfg2 = load_config(_write(tmp_path, seeds=1, extra="label_noise = 0.1"))
+    counts = run_grid(cfg2, SerialExecutor(), progress=False)
+    assert counts["done_before"] == 0 and counts["ran"] == len(cfg2.specs)
+
+
+def test_append_record_writes_whole_lines(tmp_path):
+    path = tmp_path / "r.jsonl"
+    for i in range(3):
+        append_record(path, {"key": str(i), "metrics": {"x": float("nan")}})
+    assert [r["key"] for r in load_records(path)] == ["0", "1", "2"]
