@@ -74,7 +74,8 @@ def derived_seeds(seed: int) -> dict[str, int]:
             for stream, name in enumerate(("order", "init", "noise"), start=1)}
 
 
-def _sample(rng: np.random.Generator, n: int, o: ClassifierOptions) -> tuple[np.ndarray, np.ndarray]:
+def _sample(rng: np.random.Generator, n: int,
+            o: ClassifierOptions) -> tuple[np.ndarray, np.ndarray]:
     """n sequences of the query-count task (module docstring) and their noisy labels."""
     L, k = o.seq_len, o.n_symbols
     query = rng.integers(0, k, size=n)

@@ -232,7 +232,11 @@ def _classifier_sections(cfg, runs, curves, table, figs):
     cellq = (runs["attention"] == "quantum") & np.isclose(runs["lr"], lr0)
     horizon = float(cfg.options.get("epochs", 12))
     body, claims = [], {}
-    o = cfg.options
+    from dataclasses import asdict
+
+    from .classifier import ClassifierOptions
+
+    o = asdict(ClassifierOptions(**cfg.options))
     body.append("## Setup\n")
     body.append(
         f"Task: query count (`ablations/classifier.py`), sequences of {o.get('seq_len')} tokens, "
@@ -440,7 +444,8 @@ def _classifier_sections(cfg, runs, curves, table, figs):
             "test": f"log-rank (never-reached runs censored) p={_p(t5['p_logrank'])}",
             "verdict": v5,
         }
-        body.append(f"Seconds of training to reach 90%: sin-l0.5 {_f(t5['reached_mean_variant'], 2)}"
+        body.append(f"Seconds of training to reach 90%: sin-l0.5 "
+                    f"{_f(t5['reached_mean_variant'], 2)}"
                     f" vs AdamW {_f(t5['reached_mean_baseline'], 2)} among runs that reached it "
                     f"({_pct(rel5)}; paper −16%); log-rank p={_p(t5['p_logrank'])}. Verdict: "
                     f"**{v5}**.\n")
@@ -501,7 +506,8 @@ def _llm_sections(cfg, runs, curves, table, figs):
                           f"({_pct(rel)}, n={int(r['n'])} seeds)")
         body.append("## C6: mean training loss over the epoch\n")
         body.append(
-            f"sin-l0.5: {r['mean_variant']:.4f}; AdamW: {r['mean_baseline']:.4f}; paired difference "
+            f"sin-l0.5: {r['mean_variant']:.4f}; AdamW: {r['mean_baseline']:.4f}; "
+            f"paired difference "
             f"{r['diff']:+.4f} ({_pct(rel)}; 95% CI {r['ci_low']:+.4f} to {r['ci_high']:+.4f}; "
             f"paired t p={_p(r['p_ttest'])}, Holm p={_p(r['p_holm'])}; TOST ±0.005 "
             f"p={_p(r['p_tost'])}). The paper: 0.2097 vs 0.2188 (−4.1%) from one run each. "

@@ -54,7 +54,8 @@ def provenance(wall_seconds: float, device: str | None = None) -> dict[str, Any]
         device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
                   else f"cpu ({platform.processor() or platform.machine()}, "
                        f"{torch.get_num_threads()} threads)")
-    return dict(commit=_commit(), utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    utc = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dict(commit=_commit(), utc=utc,
                 python=platform.python_version(), torch=torch.__version__, device=device,
                 host=platform.node(), wall_seconds=round(wall_seconds, 3))
 

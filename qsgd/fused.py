@@ -132,7 +132,7 @@ def fused_unsupported_reason(
                 return "non-contiguous tensor"
             if t.numel() > _MAX_NUMEL:
                 return "tensor with 2**31 - 2**20 elements or more"
-    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=False):
         if not (p.numel() == g.numel() == m.numel() == v.numel()):
             return "gradient or moment of another size than its parameter"
     if not triton_available():
@@ -186,7 +186,7 @@ def _red_layout(device: torch.device, numels: tuple[int, ...], first_n: bool, n_
         counts = [min(n, n_qubits) if first_n else n for n in numels]
         blk_tensor, first = _blocks(counts, rb)
         i32 = dict(dtype=torch.int32, device=device)
-        most = max(b - a for a, b in zip(first, first[1:]))
+        most = max(b - a for a, b in zip(first, first[1:], strict=False))
         return (torch.tensor(blk_tensor or [0], **i32), torch.tensor(first, **i32),
                 len(blk_tensor), most)
     return _layouts.get_or(("red", device, numels, first_n, n_qubits, rb), make)
@@ -236,7 +236,7 @@ def fused_group(
     if not p0.is_cuda or dtype not in _DTYPES:
         return False
     numels: list[int] = []
-    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=False):
         n = p.numel()
         for t in (p, g, m, v):
             if (t.dtype != dtype or t.get_device() != dev_index or not t.is_contiguous()
@@ -264,7 +264,7 @@ def _dispatch(params, grads, exp_avgs, exp_avg_sqs, steps, indices, numels, code
         buckets = {int(steps[0]): [i for i, n in enumerate(numels) if n]}
     else:
         buckets = {}
-        for i, (n, st) in enumerate(zip(numels, steps)):
+        for i, (n, st) in enumerate(zip(numels, steps, strict=False)):
             if n:
                 buckets.setdefault(int(st), []).append(i)
     device = params[0].device

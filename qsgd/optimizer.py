@@ -296,7 +296,7 @@ class SuperpositionalAdamW(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """Perform one optimisation step. ``closure`` re-evaluates the model and returns the loss."""
+        """One optimisation step; ``closure`` re-evaluates the model and returns the loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -41,7 +41,7 @@ def _grads(params, step, seed=1):
 
 def _run(opt, params, steps, start=0):
     for t in range(start, start + steps):
-        for p, g in zip(params, _grads(params, t)):
+        for p, g in zip(params, _grads(params, t), strict=False):
             p.grad = g
         opt.step()
 
@@ -59,7 +59,7 @@ def _pair(shapes=SHAPES, dtype=torch.float32, device="cuda", **kw):
 
 def _close_step(a, b, start, rtol):
     """The steps taken (θ_now − θ_start) agree to rtol of their norm, tensor by tensor."""
-    for x, y, s in zip(a, b, start):
+    for x, y, s in zip(a, b, start, strict=False):
         dx, dy = (x.detach().double() - s), (y.detach().double() - s)
         err = (dx - dy).norm() / dy.norm().clamp_min(1e-30)
         assert err <= rtol, f"relative step error {float(err):.2e} > {rtol:.0e}"
@@ -94,7 +94,7 @@ def test_fused_true_on_cpu_falls_back_to_the_reference(variant):
     kw = dict(perturbation=variant, lr=1e-2)
     _run(SuperpositionalAdamW(a, fused=True, **kw), a, 3)
     _run(SuperpositionalAdamW(b, fused=False, foreach=False, **kw), b, 3)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         assert torch.equal(x, y)
 
 
@@ -107,7 +107,8 @@ _INTERP_SCRIPT = textwrap.dedent("""
         assert fused._device_noise_key(seed, step, idx, "cpu") == noise_key(seed, step, idx)
     key = noise_key(1, 2, 3)
     for kind in ("normal", "uniform"):
-        long, short = fused.cuda_noise(key, 4099, kind, "cpu"), fused.cuda_noise(key, 6, kind, "cpu")
+        long = fused.cuda_noise(key, 4099, kind, "cpu")
+        short = fused.cuda_noise(key, 6, kind, "cpu")
         assert torch.equal(long[:6], short), "noise of element i must not depend on n"
     shapes = [(37,), (1,), (3, 3), (2050,)]
     hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, n_qubits=4,
@@ -176,7 +177,7 @@ def test_fused_matches_reference_fp32(variant, scope, bias_correction):
     _run(fo, a, 3)
     _run(ro, b, 3)
     _close_step(a, b, start, rtol=2e-5)
-    for pa, pb in zip(a, b):
+    for pa, pb in zip(a, b, strict=False):
         for key in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(fo.state[pa][key], ro.state[pb][key], rtol=2e-6,
                                        atol=1e-9)
@@ -191,7 +192,7 @@ def test_deterministic_terms_match_bit_for_bit_or_within_one_rounding(variant):
     a, fo, b, ro = _pair(perturbation=variant)
     _run(fo, a, 1)
     _run(ro, b, 1)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         ulp = torch.finfo(torch.float32).eps * y.detach().abs().clamp_min(1e-2)
         assert bool(((x - y).abs() <= 4 * ulp).all())
 
@@ -208,11 +209,11 @@ def test_fused_matches_reference_bf16(variant):
     fo = SuperpositionalAdamW(a, fused=True, **kw)
     ro = SuperpositionalAdamW(b, fused=False, foreach=False, **kw)
     grads = _grads(a, 0)
-    for p, q, g in zip(a, b, grads):
+    for p, q, g in zip(a, b, grads, strict=False):
         p.grad, q.grad = g, g.float()
     fo.step()
     ro.step()
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         # one bf16 rounding apart at most (2**-7 relative)
         torch.testing.assert_close(x.float(), y.detach().bfloat16().float(), rtol=8e-3,
                                    atol=1e-6)
@@ -271,7 +272,7 @@ def test_fused_resume_is_bit_identical(variant):
     oc = SuperpositionalAdamW(c, fused=True, **kw)
     oc.load_state_dict(sd)
     _run(oc, c, 3, start=3)
-    for x, y in zip(a, c):
+    for x, y in zip(a, c, strict=False):
         assert torch.equal(x, y)
 
 
@@ -287,7 +288,7 @@ def test_many_small_tensors_and_mixed_step_counts():
         start = [p.detach().double().clone() for p in a]
         for t in range(3):
             for params in (a, b):
-                for i, (p, gr) in enumerate(zip(params, _grads(params, t))):
+                for i, (p, gr) in enumerate(zip(params, _grads(params, t), strict=False)):
                     p.grad = None if (t == 1 and i == 5) else gr
             fo.step()
             ro.step()
@@ -350,9 +351,9 @@ def test_track_ratio_and_nonfinite_still_work_on_cuda():
     p = _make(SHAPES, torch.float32, "cuda")
     opt = SuperpositionalAdamW(p, fused=True)
     before = [x.detach().clone() for x in p]
-    for x, g in zip(p, _grads(p, 0)):
+    for x, g in zip(p, _grads(p, 0), strict=False):
         x.grad = g
     p[2].grad[0, 0, 0] = float("nan")
     with pytest.raises(NonFiniteGradientError):
         opt.step()
-    assert all(torch.equal(x, y) for x, y in zip(p, before))
+    assert all(torch.equal(x, y) for x, y in zip(p, before, strict=False))

@@ -1,0 +1,337 @@
+"""Benchmark of one optimizer step on a GPU: torch AdamW (fused, foreach) against
+SuperpositionalAdamW's fused Triton step, for each perturbation, at 10M, 100M and 1B fp32
+parameters in 100 equal tensors.
+
+    python -m ablations.bench_optimizer                 # writes results/bench/optimizer_step.*
+    python -m ablations.bench_optimizer --sizes 1e9 --compiled --sweep   # also: torch.compile
+                                                        # row and a launch-configuration sweep
+
+Method: every variant runs on the same random data (θ ~ N(0, 0.5²), g ~ N(0, 10⁻⁶), moments
+from warm-up steps), after ``--warmup`` untimed steps (compilation, state creation); each timed
+step is preceded by a device synchronize and a write of a buffer larger than the L2 cache (the
+step never starts with its data in L2), and is timed with CUDA events around
+``optimizer.step()``; median, min and max over ``--reps`` steps. Host overhead is inside the
+events: where launching takes longer than the GPU work (small sizes), that is what a step costs.
+qsgd rows use ``nonfinite="off"`` (torch's AdamW does no such check); the row ``…-check`` shows
+the default ``nonfinite="raise"``, which adds a max-norm pass over the gradients and a host sync.
+
+Columns of optimizer_step.csv: variant, params, ms_median, ms_min, ms_max,
+ratio_to_adamw_fused (ms_median over torch's fused AdamW in the same run, same size),
+bytes_per_param (the fewest bytes the step must move per parameter: θ, g, m, v read and θ, m, v
+written = 28 for fp32; gauss/unif read θ once more for their RMS, 32), achieved_tb_s
+(bytes_per_param × params / ms_median: useful bandwidth; foreach paths move more bytes than
+that). The markdown adds the device, versions, the measured copy bandwidth and the memory floor.
+On a machine without CUDA it says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+CSV_COLUMNS = ["variant", "params", "ms_median", "ms_min", "ms_max", "ratio_to_adamw_fused",
+               "bytes_per_param", "achieved_tb_s"]
+QSGD_FUSED = ["none", "sin", "cos", "taylor", "gauss", "unif"]
+TARGETS = {"sin": 1.05, "cos": 1.05, "taylor": 1.05, "gauss": 1.15, "unif": 1.15}
+LR, WD, LAM = 1e-3, 1e-2, 0.5
+
+
+def _fmt_params(n: int) -> str:
+    for unit, div in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= div:
+            return f"{n / div:g}{unit}"
+    return str(n)
+
+
+class Bench:
+    """Tensors of one size, shared by every variant (each variant gets fresh moments)."""
+
+    def __init__(self, total: int, n_tensors: int, device: torch.device, flush_bytes: int):
+        per = total // n_tensors
+        self.total = per * n_tensors
+        gen = torch.Generator(device=device).manual_seed(0)
+        self.params = []
+        for _ in range(n_tensors):
+            p = torch.empty(per, device=device).normal_(0.0, 0.5, generator=gen)
+            p.requires_grad_(True)
+            p.grad = torch.empty(per, device=device).normal_(0.0, 1e-3, generator=gen)
+            self.params.append(p)
+        self.flush = torch.empty(flush_bytes // 4, dtype=torch.float32, device=device)
+
+    def time(self, make_opt: Callable[[list], object], warmup: int,
+             reps: int) -> tuple[list[float], list[float]]:
+        """(device ms per step from CUDA events, host ms spent inside step())."""
+        opt = make_opt(self.params)
+        for _ in range(warmup):
+            opt.step()
+        torch.cuda.synchronize()
+        times, host = [], []
+        for _ in range(reps):
+            self.flush.fill_(1.0)  # evict the step's data from L2
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            t0 = time.perf_counter()
+            opt.step()
+            host.append((time.perf_counter() - t0) * 1e3)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        del opt
+        torch.cuda.empty_cache()
+        return times, host
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 4 << 30, reps: int = 10) -> float:
+    """Device-to-device copy, bytes read + written per second (TB/s), median of reps."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        dst.copy_(src)
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * nbytes / (statistics.median(times) * 1e-3) / 1e12
+
+
+def _qsgd(perturbation: str, **kw):
+    from qsgd import SuperpositionalAdamW
+
+    kw.setdefault("nonfinite", "off")
+    kw.setdefault("fused", True)
+    return lambda params: SuperpositionalAdamW(params, lr=LR, weight_decay=WD,
+                                               quantum_weight=LAM, perturbation=perturbation,
+                                               **kw)
+
+
+class _CompiledSin:
+    """The sin step as one torch.compile'd elementwise function, launched per tensor (the
+    alternative to the Triton kernel; same maths as qsgd.optimizer.reference_step)."""
+
+    def __init__(self, params):
+        from qsgd.perturbations import sinpi
+
+        self.params = params
+        self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+        self.t = 0
+
+        def body(p, g, m, v, sc):
+            q = sinpi(p) * g
+            new = p * sc[0]
+            m.lerp_(g, sc[1])
+            v.mul_(sc[2]).add_(g * g * sc[3])
+            denom = v.sqrt() / sc[4] + sc[5]
+            new = new + sc[6] * (m / denom) + sc[7] * q
+            p.copy_(new)
+
+        self.fn = torch.compile(body, dynamic=False, fullgraph=True)
+
+    def step(self):
+        self.t += 1
+        b1, b2 = 0.9, 0.999
+        bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
+        sc = torch.tensor([1 - LR * WD, 1 - b1, b2, 1 - b2, math.sqrt(bc2), 1e-8, -LR / bc1,
+                           -LR * LAM], dtype=torch.float32).to(self.params[0].device,
+                                                               non_blocking=True)
+        with torch.no_grad():
+            for p, (m, v) in zip(self.params, self.state, strict=False):
+                self.fn(p, p.grad, m, v, sc)
+
+
+def variants(compiled: bool) -> list[tuple[str, Callable, int]]:
+    """(name, optimizer factory, bytes per parameter)."""
+    rows: list[tuple[str, Callable, int]] = [
+        ("torch-adamw-fused",
+         lambda ps: torch.optim.AdamW(ps, lr=LR, weight_decay=WD, fused=True), 28),
+        ("torch-adamw-foreach",
+         lambda ps: torch.optim.AdamW(ps, lr=LR, weight_decay=WD, foreach=True), 28),
+    ]
+    for name in QSGD_FUSED:
+        rows.append((f"qsgd-{name}-fused", _qsgd(name), 32 if name in ("gauss", "unif") else 28))
+    rows += [
+        ("qsgd-sin-first4-fused", _qsgd("sin", scope="first_n"), 28),
+        ("qsgd-gauss-first4-fused", _qsgd("gauss", scope="first_n"), 28),
+        ("qsgd-sin-fused-check", _qsgd("sin", nonfinite="raise"), 28),
+        ("qsgd-sin-foreach", _qsgd("sin", fused=False, foreach=True), 28),
+        ("qsgd-gauss-foreach", _qsgd("gauss", fused=False, foreach=True), 32),
+    ]
+    if compiled:
+        rows.append(("qsgd-sin-compiled", _CompiledSin, 28))
+    return rows
+
+
+def sweep(bench: Bench, warmup: int, reps: int, log) -> None:
+    """Time the update and reduction kernels' launch configurations (prints; changes nothing)."""
+    import qsgd.fused as F
+
+    saved = (F.BLOCK, F.NUM_WARPS, F.RED_RB, F.RED_BLOCK, F.RED_WARPS)
+    try:
+        for block, warps in [(1024, 4), (2048, 4), (2048, 8), (4096, 4), (4096, 8), (8192, 8)]:
+            F.BLOCK, F.NUM_WARPS = block, warps
+            for name in ("sin", "gauss"):
+                t = statistics.median(bench.time(_qsgd(name), warmup, reps)[0])
+                log(f"sweep update BLOCK={block} warps={warps} {name}: {t:.3f} ms")
+        F.BLOCK, F.NUM_WARPS = saved[0], saved[1]
+        for rb, blk, warps in [(8192, 1024, 4), (16384, 2048, 4), (32768, 4096, 8),
+                               (65536, 4096, 8)]:
+            F.RED_RB, F.RED_BLOCK, F.RED_WARPS = rb, blk, warps
+            t = statistics.median(bench.time(_qsgd("gauss"), warmup, reps)[0])
+            log(f"sweep reduce RB={rb} BLOCK={blk} warps={warps} gauss: {t:.3f} ms")
+    finally:
+        F.BLOCK, F.NUM_WARPS, F.RED_RB, F.RED_BLOCK, F.RED_WARPS = saved
+
+
+def write_markdown(path: Path, rows: list[dict], meta: dict) -> None:
+    lines = ["# Optimizer step benchmark", "",
+             f"Device: {meta['device']}. torch {meta['torch']}, triton {meta['triton']}, "
+             f"Python {meta['python']}. Generated by `python -m ablations.bench_optimizer` "
+             f"({meta['date']}).", "",
+             f"fp32, {meta['n_tensors']} equal tensors; median of {meta['reps']} steps after "
+             f"{meta['warmup']} warm-up steps, CUDA events, L2 flushed before each step; "
+             "qsgd rows with `nonfinite=\"off\"` unless marked `-check`. "
+             f"λ = {LAM}, lr = {LR}, weight decay = {WD}.", "",
+             f"Measured device-to-device copy: {meta['copy_tb_s']:.2f} TB/s (read + write). "
+             "Memory floor of an AdamW step = 28 bytes/param at that bandwidth"
+             + "".join(f"; {_fmt_params(n)}: {28 * n / (meta['copy_tb_s'] * 1e12) * 1e3:.3f} ms"
+                       for n in meta["sizes"]) + ".", "",
+             f"Fused kernel launch configuration: {meta['config']}.", ""]
+    sizes = meta["sizes"]
+    lines.append("| variant | " + " | ".join(f"{_fmt_params(n)} ms (×fused AdamW)"
+                                            for n in sizes) + f" | {_fmt_params(sizes[-1])} TB/s |")
+    lines.append("|---|" + "---|" * (len(sizes) + 1))
+    by = {(r["variant"], r["params"]): r for r in rows}
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        cells = []
+        for n in sizes:
+            r = by.get((name, n))
+            cells.append(f"{r['ms_median']:.3f} ({r['ratio_to_adamw_fused']:.2f})" if r else "")
+        last = by.get((name, sizes[-1]))
+        cells.append(f"{last['achieved_tb_s']:.2f}" if last else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    big = sizes[-1]
+    lines += ["", f"Targets at {_fmt_params(big)} (ratio to torch's fused AdamW, same run):"]
+    for name, target in TARGETS.items():
+        r = by.get((f"qsgd-{name}-fused", big))
+        if r:
+            ok = "met" if r["ratio_to_adamw_fused"] <= target else "NOT met"
+            lines.append(f"- {name}: {r['ratio_to_adamw_fused']:.3f} (target ≤ {target}): {ok}")
+    if meta.get("notes"):
+        lines += ["", *meta["notes"]]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ablations.bench_optimizer",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="1e7,1e8,1e9", help="total parameters, comma-separated")
+    ap.add_argument("--tensors", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--out", type=Path, default=Path("results/bench"))
+    ap.add_argument("--compiled", action="store_true",
+                    help="add the torch.compile'd sin step at the largest size")
+    ap.add_argument("--sweep", action="store_true",
+                    help="first time launch configurations at the largest size")
+    ap.add_argument("--only", default=None, help="comma-separated variant names to run")
+    ap.add_argument("--log", type=Path, default=None, help="also write the log to this file")
+    args = ap.parse_args(argv)
+
+    if not torch.cuda.is_available():
+        print("bench_optimizer: no CUDA device; nothing to measure (this benchmark needs a GPU)")
+        return 0
+    import triton
+
+    import qsgd.fused as F
+
+    device = torch.device("cuda")
+    sizes = [int(float(s)) for s in args.sizes.split(",")]
+    props = torch.cuda.get_device_properties(device)
+    l2 = getattr(props, "L2_cache_size", 64 << 20)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_lines: list[str] = []
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        log_lines.append(msg)
+
+    log(f"device {props.name}, {props.multi_processor_count} SMs, L2 {l2 >> 20} MiB, "
+        f"torch {torch.__version__}, triton {triton.__version__}")
+    copy_bw = copy_bandwidth(device)
+    log(f"copy bandwidth {copy_bw:.3f} TB/s")
+    rows: list[dict] = []
+    notes: list[str] = []
+    only = set(args.only.split(",")) if args.only else None
+    for total in sizes:
+        bench = Bench(total, args.tensors, device, flush_bytes=max(4 * l2, 256 << 20))
+        n = bench.total
+        if args.sweep and total == sizes[-1]:
+            sweep(bench, args.warmup, max(10, args.reps // 2), log)
+        base = None
+        for name, make, bpp in variants(args.compiled and total == sizes[-1]):
+            if only and name not in only and name != "torch-adamw-fused":
+                continue
+            t0 = time.perf_counter()
+            try:
+                times, host = bench.time(make, args.warmup, args.reps)
+            except Exception as exc:  # a failed row is reported, not fatal
+                log(f"{name} @ {_fmt_params(n)}: FAILED {type(exc).__name__}: {exc}")
+                notes.append(f"- {name} at {_fmt_params(n)} failed: {type(exc).__name__}")
+                continue
+            wall = time.perf_counter() - t0
+            med = statistics.median(times)
+            if name == "torch-adamw-fused":
+                base = med
+            row = dict(variant=name, params=n, ms_median=med, ms_min=min(times),
+                       ms_max=max(times), ratio_to_adamw_fused=med / base,
+                       bytes_per_param=bpp, achieved_tb_s=bpp * n / (med * 1e-3) / 1e12)
+            rows.append(row)
+            log(f"{name:26s} {_fmt_params(n):>5s}  median {med:8.3f} ms  min {min(times):8.3f}"
+                f"  max {max(times):8.3f}  x{row['ratio_to_adamw_fused']:.3f}"
+                f"  {row['achieved_tb_s']:.2f} TB/s  host {statistics.median(host):.3f} ms"
+                f"  (wall {wall:.1f} s incl. warm-up)")
+            if name == "qsgd-sin-compiled":
+                notes.append(f"- qsgd-sin-compiled at {_fmt_params(n)}: torch.compile of the "
+                             f"per-tensor step, {wall:.0f} s wall for warm-up and timing "
+                             "(compilation included), launched once per tensor.")
+        del bench
+        torch.cuda.empty_cache()
+
+    with open(args.out / "optimizer_step.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    meta = dict(device=f"{props.name} ({props.multi_processor_count} SMs, "
+                f"{props.total_memory / 2**30:.0f} GiB, L2 {l2 >> 20} MiB)",
+                torch=torch.__version__, triton=triton.__version__,
+                python=platform.python_version(), date=time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                     time.gmtime()),
+                n_tensors=args.tensors, reps=args.reps, warmup=args.warmup, copy_tb_s=copy_bw,
+                sizes=sorted({r["params"] for r in rows}),
+                config=f"update BLOCK={F.BLOCK}, num_warps={F.NUM_WARPS}; reduction "
+                       f"RB={F.RED_RB}, BLOCK={F.RED_BLOCK}, num_warps={F.RED_WARPS}",
+                notes=notes)
+    write_markdown(args.out / "optimizer_step.md", rows, meta)
+    if args.log:
+        args.log.write_text("\n".join(log_lines) + "\n")
+    log(f"wrote {args.out / 'optimizer_step.csv'} and {args.out / 'optimizer_step.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
