@@ -15,6 +15,9 @@ events: where launching takes longer than the GPU work (small sizes), that is wh
 qsgd rows use ``nonfinite="off"`` (torch's AdamW does no such check); the row ``…-check`` shows
 the default ``nonfinite="raise"``, which adds a max-norm pass over the gradients and a host sync.
 
+The row torch-adamw-fused-again repeats the baseline last: its spread from the first is the
+run's noise.
+
 Columns of optimizer_step.csv: variant, params, ms_median, ms_min, ms_max,
 ratio_to_adamw_fused (ms_median over torch's fused AdamW in the same run, same size),
 bytes_per_param (the fewest bytes the step must move per parameter: θ, g, m, v read and θ, m, v
@@ -172,28 +175,42 @@ def variants(compiled: bool) -> list[tuple[str, Callable, int]]:
     ]
     if compiled:
         rows.append(("qsgd-sin-compiled", _CompiledSin, 28))
+    # the baseline once more, last: the spread between the two is the run's noise
+    rows.append(("torch-adamw-fused-again", rows[0][1], 28))
     return rows
 
 
-def sweep(bench: Bench, warmup: int, reps: int, log) -> None:
-    """Time the update and reduction kernels' launch configurations (prints; changes nothing)."""
+UPDATE_CONFIGS = [(512, 2), (512, 4), (1024, 2), (1024, 4), (1024, 8), (2048, 4), (2048, 8)]
+REDUCE_CONFIGS = [(8192, 1024, 4), (16384, 1024, 4), (16384, 2048, 4), (32768, 4096, 8)]
+
+
+def sweep(bench: Bench, warmup: int, reps: int, log) -> str:
+    """Time the kernels' launch configurations and keep the fastest for the rest of the run
+    (update: by the sum of the none, sin and gauss medians; reduction: gauss). Returns a note."""
     import qsgd.fused as F
 
-    saved = (F.BLOCK, F.NUM_WARPS, F.RED_RB, F.RED_BLOCK, F.RED_WARPS)
-    try:
-        for block, warps in [(1024, 4), (2048, 4), (2048, 8), (4096, 4), (4096, 8), (8192, 8)]:
-            F.BLOCK, F.NUM_WARPS = block, warps
-            for name in ("sin", "gauss"):
-                t = statistics.median(bench.time(_qsgd(name), warmup, reps)[0])
-                log(f"sweep update BLOCK={block} warps={warps} {name}: {t:.3f} ms")
-        F.BLOCK, F.NUM_WARPS = saved[0], saved[1]
-        for rb, blk, warps in [(8192, 1024, 4), (16384, 2048, 4), (32768, 4096, 8),
-                               (65536, 4096, 8)]:
-            F.RED_RB, F.RED_BLOCK, F.RED_WARPS = rb, blk, warps
-            t = statistics.median(bench.time(_qsgd("gauss"), warmup, reps)[0])
-            log(f"sweep reduce RB={rb} BLOCK={blk} warps={warps} gauss: {t:.3f} ms")
-    finally:
-        F.BLOCK, F.NUM_WARPS, F.RED_RB, F.RED_BLOCK, F.RED_WARPS = saved
+    best, best_t = None, math.inf
+    for block, warps in UPDATE_CONFIGS:
+        F.BLOCK, F.NUM_WARPS = block, warps
+        ts = [statistics.median(bench.time(_qsgd(name), warmup, reps)[0])
+              for name in ("none", "sin", "gauss")]
+        log(f"sweep update BLOCK={block} warps={warps}: none {ts[0]:.3f} sin {ts[1]:.3f} "
+            f"gauss {ts[2]:.3f} ms")
+        if sum(ts) < best_t:
+            best, best_t = (block, warps), sum(ts)
+    F.BLOCK, F.NUM_WARPS = best
+    rbest, rbest_t = None, math.inf
+    for rb, blk, warps in REDUCE_CONFIGS:
+        F.RED_RB, F.RED_BLOCK, F.RED_WARPS = rb, blk, warps
+        t = statistics.median(bench.time(_qsgd("gauss"), warmup, reps)[0])
+        log(f"sweep reduce RB={rb} BLOCK={blk} warps={warps}: gauss {t:.3f} ms")
+        if t < rbest_t:
+            rbest, rbest_t = (rb, blk, warps), t
+    F.RED_RB, F.RED_BLOCK, F.RED_WARPS = rbest
+    msg = (f"sweep chose update BLOCK={best[0]}, num_warps={best[1]}; reduction RB={rbest[0]}, "
+           f"BLOCK={rbest[1]}, num_warps={rbest[2]} (see the log)")
+    log(msg)
+    return msg
 
 
 def write_markdown(path: Path, rows: list[dict], meta: dict) -> None:
@@ -209,7 +226,14 @@ def write_markdown(path: Path, rows: list[dict], meta: dict) -> None:
              "Memory floor of an AdamW step = 28 bytes/param at that bandwidth"
              + "".join(f"; {_fmt_params(n)}: {28 * n / (meta['copy_tb_s'] * 1e12) * 1e3:.3f} ms"
                        for n in meta["sizes"]) + ".", "",
-             f"Fused kernel launch configuration: {meta['config']}.", ""]
+             f"Fused kernel launch configuration: {meta['config']}.", "",
+             "Rows: `torch-adamw-*`: torch.optim.AdamW (fused / foreach); `qsgd-<p>-fused`: "
+             "SuperpositionalAdamW with perturbation p through the fused Triton kernel "
+             "(qsgd/fused.py; `first4`: scope first_n, n = 4; `-check`: with the default "
+             "nonfinite=\"raise\"); `qsgd-<p>-foreach`: the same optimizer through its "
+             "torch._foreach path; `qsgd-sin-compiled`: the sin step as a torch.compile'd "
+             "per-tensor function (the alternative to the Triton kernel); "
+             "`torch-adamw-fused-again`: the baseline repeated last (run noise).", ""]
     sizes = meta["sizes"]
     lines.append("| variant | " + " | ".join(f"{_fmt_params(n)} ms (×fused AdamW)"
                                             for n in sizes) + f" | {_fmt_params(sizes[-1])} TB/s |")
@@ -276,14 +300,20 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     notes: list[str] = []
     only = set(args.only.split(",")) if args.only else None
+    flush = max(4 * l2, 256 << 20)
+    if args.sweep:  # first, so that every row runs with the chosen configuration
+        bench = Bench(max(sizes), args.tensors, device, flush)
+        notes.append("- Launch configuration: " + sweep(bench, args.warmup,
+                                                      max(10, args.reps // 2), log)
+                     + f", measured at {_fmt_params(bench.total)} before all rows.")
+        del bench
+        torch.cuda.empty_cache()
     for total in sizes:
-        bench = Bench(total, args.tensors, device, flush_bytes=max(4 * l2, 256 << 20))
+        bench = Bench(total, args.tensors, device, flush)
         n = bench.total
-        if args.sweep and total == sizes[-1]:
-            sweep(bench, args.warmup, max(10, args.reps // 2), log)
         base = None
         for name, make, bpp in variants(args.compiled and total == sizes[-1]):
-            if only and name not in only and name != "torch-adamw-fused":
+            if only and name not in only and not name.startswith("torch-adamw-fused"):
                 continue
             t0 = time.perf_counter()
             try:

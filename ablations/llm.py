@@ -640,7 +640,10 @@ class CompactLlama(nn.Module):
         self.amp = amp
 
     def _autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp)
+        # no cast cache: each weight is cast once per forward anyway, and CUDA graph capture
+        # (greedy decoding) needs it off
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp,
+                              cache_enabled=False)
 
     def _dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.amp else torch.float32
@@ -691,11 +694,20 @@ class CompactLlama(nn.Module):
 
 @torch.no_grad()
 def greedy_generate(model: CompactLlama, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                    eos_id: int, pad_id: int, batch_size: int = 512) -> list[list[int]]:
+                    eos_id: int, pad_id: int, batch_size: int = 512,
+                    cuda_graph: bool | None = None) -> list[list[int]]:
     """Greedy decoding with a KV cache; returns the new tokens of each prompt (up to and
-    excluding the first ``eos_id``). Prompts are left-padded within a batch; padding is masked
-    out of attention and positions start at 0 at each prompt's first token."""
+    excluding the first ``eos_id``).
+
+    Prompts are left-padded within a batch; padding is masked out of attention and positions
+    start at 0 at each prompt's first token. Each decoding step works on static buffers (the
+    whole cache, a key mask, the token, its position and cache slot as device tensors), so on
+    CUDA it is captured once per batch as a CUDA graph and replayed (``cuda_graph=None``: on
+    CUDA; the eager step computes the same thing). Every 16 steps the host checks whether
+    all sequences have ended.
+    """
     dev = next(model.parameters()).device
+    use_graph = dev.type == "cuda" if cuda_graph is None else cuda_graph
     s = model.shape
     group = s.num_heads // s.num_kv_heads
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -709,24 +721,46 @@ def greedy_generate(model: CompactLlama, prompts: Sequence[Sequence[int]], max_n
             ids[r, P - len(prompts[i]):] = torch.tensor(prompts[i], dtype=torch.long)
         ids = ids.to(dev)
         ar = torch.arange(P + N, device=dev)
-        key_ok = ar.unsqueeze(0) >= npad.unsqueeze(1)  # [b, P+N]; future slots become valid
-        pos = (ar[:P].unsqueeze(0) - npad.unsqueeze(1)).clamp(min=0)
+        # valid keys: the prompt's own tokens now, each generated token once written
+        key_ok = (ar.unsqueeze(0) >= npad.unsqueeze(1)) & (ar < P)
+        pos0 = (ar[:P].unsqueeze(0) - npad.unsqueeze(1)).clamp(min=0)
         cache: list[list[Tensor]] = []
         causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
         eye = torch.eye(P, dtype=torch.bool, device=dev)
         pmask = ((causal & key_ok[:, None, :P]) | eye).unsqueeze(1)  # padding sees itself only
 
         def prefill(q, k, v, i):
-            kc = k.new_empty(b, s.num_kv_heads, P + N, s.head_dim)
-            vc = v.new_empty(b, s.num_kv_heads, P + N, s.head_dim)
+            kc = k.new_zeros(b, s.num_kv_heads, P + N, s.head_dim)
+            vc = v.new_zeros(b, s.num_kv_heads, P + N, s.head_dim)
             kc[:, :, :P], vc[:, :, :P] = k, v
             cache.append([kc, vc])
             return F.scaled_dot_product_attention(q, k, v, attn_mask=pmask, enable_gqa=True)
 
         with model._autocast(dev):
-            h = model.hidden(ids, pos, prefill)
+            h = model.hidden(ids, pos0, prefill)
         tok = model.logits(h[:, -1]).argmax(-1)
-        last = pos[:, -1]
+        pos = pos0[:, -1] + 1                                  # position of the token fed next
+        cur = torch.full((1,), P, dtype=torch.long, device=dev)  # its cache slot
+
+        def attend(q, k, v, i):
+            kc, vc = cache[i]
+            kc.index_copy_(2, cur, k)
+            vc.index_copy_(2, cur, v)
+            # one query per sequence: fold each KV head's query heads into the query-length
+            # axis, so no KV head is repeated
+            qg = q.reshape(b, s.num_kv_heads, group, s.head_dim)
+            o = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=key_ok[:, None, None, :])
+            return o.reshape(b, s.num_heads, 1, s.head_dim)
+
+        def step():
+            key_ok.index_fill_(1, cur, True)
+            with model._autocast(dev):
+                hh = model.hidden(tok.unsqueeze(1), pos.unsqueeze(1), attend)
+            tok.copy_(model.logits(hh[:, -1]).argmax(-1))
+            pos.add_(1)
+            cur.add_(1)
+
+        graph = None
         gen = torch.full((b, N), pad_id, dtype=torch.long, device=dev)
         done = torch.zeros(b, dtype=torch.bool, device=dev)
         for t in range(N):
@@ -734,27 +768,39 @@ def greedy_generate(model: CompactLlama, prompts: Sequence[Sequence[int]], max_n
             done |= tok == eos_id
             if t == N - 1 or (t % 16 == 15 and bool(done.all())):
                 break
-            cur = P + t
-
-            def step_attend(q, k, v, i, cur=cur):
-                kc, vc = cache[i]
-                kc[:, :, cur:cur + 1], vc[:, :, cur:cur + 1] = k, v
-                # one new query per sequence: fold the query heads of each KV head into the
-                # query-length axis, so no KV head is repeated
-                qg = q.reshape(b, s.num_kv_heads, group, s.head_dim)
-                o = F.scaled_dot_product_attention(
-                    qg, kc[:, :, :cur + 1], vc[:, :, :cur + 1],
-                    attn_mask=key_ok[:, None, None, :cur + 1])
-                return o.reshape(b, s.num_heads, 1, s.head_dim)
-
-            with model._autocast(dev):
-                h = model.hidden(tok.unsqueeze(1), (last + 1 + t).unsqueeze(1), step_attend)
-            tok = model.logits(h[:, -1]).argmax(-1)
+            if use_graph and graph is None:
+                graph = _capture(step, [tok, pos, cur, key_ok])
+            if graph is not None:
+                graph.replay()
+            else:
+                step()
+        del graph
         gen = gen.cpu().tolist()
         for r, i in enumerate(chunk):
             row = gen[r]
             out[i] = row[:row.index(eos_id)] if eos_id in row else [x for x in row if x != pad_id]
     return out
+
+
+def _capture(step: Callable[[], None], state: list[Tensor]):
+    """Capture ``step`` as a CUDA graph. The warm-up runs (needed before a capture) change
+    ``state`` and the cache slot they write; the state is restored, and the slot is rewritten
+    by the first replay."""
+    saved = [x.clone() for x in state]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+            for x, y in zip(state, saved):
+                x.copy_(y)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for x, y in zip(state, saved):
+        x.copy_(y)
+    return graph
 
 
 # --------------------------------------------------------------------------------------------
@@ -1413,6 +1459,72 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
 
 
 
+def decode_check(o: LLMOptions, n: int = 64) -> dict[str, Any]:
+    """Greedy decoding of the first ``n`` test questions with the CUDA-graph step and with the
+    eager step (same tokens expected), then of ``eval_questions`` questions with the graph;
+    prints and returns the timings. The base model, untrained."""
+    sess = _session(o, derived_seeds(0)["init"])
+    tok = sess.base.tokenizer
+    prompts = tok.encode_prompts([e.question for e in sess.test_data[:n]])
+    res: dict[str, Any] = {}
+    for graph in ((True, False) if sess.device.type == "cuda" else (False,)):
+        _sync(sess.device)
+        t = time.perf_counter()
+        out = greedy_generate(sess.model, prompts, o.max_new_tokens, tok.eos_id, tok.pad_id,
+                              o.eval_batch, cuda_graph=graph)
+        _sync(sess.device)
+        res["graph" if graph else "eager"] = (out, time.perf_counter() - t)
+    res.setdefault("graph", res["eager"])
+    same = sum(a == b for a, b in zip(res["graph"][0], res["eager"][0]))
+    t = time.perf_counter()
+    em = _exact_match(sess, o)
+    full = time.perf_counter() - t
+    summary = dict(n=n, identical=same, graph_s=round(res["graph"][1], 2),
+                   eager_s=round(res["eager"][1], 2), eval_questions=o.eval_questions,
+                   eval_s=round(full, 2), exact_match_base_model=em)
+    print(f"[decode-check] {json.dumps(summary)}", flush=True)
+    return summary
+
+
+def throughput_summary(runs: Path, out_dir: Path, bench_csv: Path | None = None) -> str:
+    """Per-variant throughput of a grid (mean over its runs of tokens_per_s, optimizer_share,
+    mfu; ratio to adamw) as ``throughput_grid.csv`` and a markdown table (returned and written
+    as ``throughput_grid.md``), with the baseline rows of a ``bench`` CSV when given."""
+    import csv
+
+    recs = [json.loads(line) for line in Path(runs).read_text().splitlines() if line.strip()]
+    by: dict[str, list[dict]] = {}
+    dev = {r["provenance"]["device"] for r in recs}
+    for r in recs:
+        by.setdefault(r["variant"], []).append(r["metrics"])
+    ref = np.mean([m["tokens_per_s"] for m in by.get("adamw", [])]) if "adamw" in by else None
+    rows = []
+    for vid, ms in by.items():
+        tps = np.array([m["tokens_per_s"] for m in ms])
+        rows.append(dict(variant=vid, runs=len(ms), tokens_per_s=round(float(tps.mean())),
+                         tokens_per_s_sd=round(float(tps.std(ddof=1))) if len(ms) > 1 else "",
+                         ratio_to_adamw=round(float(tps.mean() / ref), 4) if ref else "",
+                         optimizer_share=round(float(np.mean([m["optimizer_share"]
+                                                              for m in ms])), 4),
+                         mfu=round(float(np.nanmean([m.get("mfu", float("nan"))
+                                                     for m in ms])), 4),
+                         train_seconds=round(float(np.mean([m["train_seconds"] for m in ms])), 2),
+                         eval_seconds=round(float(np.mean([m["eval_seconds"] for m in ms])), 2)))
+    cols = list(rows[0]) if rows else []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "throughput_grid.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    md = [f"Device(s): {', '.join(sorted(dev))}. Means over each variant's grid runs "
+          "(one epoch each, evaluation excluded from tokens_per_s).", "",
+          "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    text = "\n".join(md) + "\n"
+    (out_dir / "throughput_grid.md").write_text(text)
+    return text
+
+
 # --------------------------------------------------------------------------------------------
 # command line: one (possibly data-parallel) run, and the throughput benchmark
 # --------------------------------------------------------------------------------------------
@@ -1461,10 +1573,23 @@ def main(argv: list[str] | None = None) -> int:
                     "gauss-l0.5,unif-l0.5,taylor-l0.5,circuit-l0.5,anneal")
     bn.add_argument("--baseline-steps", type=int, default=40,
                     help="steps of the plain padded HF loop (0: skip it)")
+    dc = sub.add_parser("decode-check", help="CUDA-graph vs eager greedy decoding, timed")
+    dc.add_argument("--config", type=Path, default=None)
+    dc.add_argument("--set", action="append", default=[])
+    dc.add_argument("--n", type=int, default=64)
+    su = sub.add_parser("summary", help="per-variant throughput of a grid's runs.jsonl")
+    su.add_argument("runs", type=Path)
+    su.add_argument("--out", type=Path, default=Path("results/llm"))
     bn.add_argument("--lrs", default="", help="extra adamw epochs at these lrs (comma list)")
     bn.add_argument("--out", type=Path, default=Path("results/llm"))
     args = ap.parse_args(argv)
+    if args.cmd == "summary":
+        print(throughput_summary(args.runs, args.out))
+        return 0
     opts = _options_from(args.config, args.set)
+    if args.cmd == "decode-check":
+        decode_check(LLMOptions.from_dict(opts), args.n)
+        return 0
     if args.cmd == "train":
         from types import SimpleNamespace
 

@@ -104,9 +104,10 @@ def _noise(key, start, BLOCK: tl.constexpr, KIND: tl.constexpr):
 
 @triton.jit(do_not_specialize=["key", "n"])
 def noise_kernel(out_ptr, key, n, KIND: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    tl.store(out_ptr + offs, _noise(key, pid * BLOCK, BLOCK, KIND), mask=offs < n)
+    # int64 positions: any n (counters below 2**32 are the same as the fused kernel's int32)
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offs = start + tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, _noise(key, start, BLOCK, KIND), mask=offs < n)
 
 
 @triton.jit(do_not_specialize=["seed", "step", "index"])

@@ -7,8 +7,9 @@ s = (q·k)/√d independently (batched over batch, heads, queries and keys, no l
 
     x_q   = a_q · s                                   encoding angle of qubit q, learned scale a_q
     ψ     = C(x; w)                                   qsgd.circuit.simulate, hadamard=True,
-                                                      encoding="reupload" (x in every Ry and Rz),
-                                                      learned extra angles w (depth, 2, n), CNOT chain
+                                                      encoding="reupload" (x in every Ry, Rz),
+                                                      learned extra angles w (depth, 2, n),
+                                                      CNOT chain after each layer
     Φ(s)  = Re Σ_k ψ_k / 2^{n/2} = Re ⟨+…+|ψ⟩         readout "amp" (default), |Φ| ≤ 1
     logits = s + γ·Φ(s) ;  attention = softmax(logits + mask) · V
 
@@ -19,8 +20,9 @@ simulation quantity, not a measurable one; ``readout="z"`` (mean of ⟨Z_q⟩, m
 alternative. As a function of s, Φ is a trigonometric polynomial: each of the 2·depth gates
 per qubit contributes a frequency ±a_q/2, so "amp" contains only ω = Σ_q m_q·a_q with integers
 |m_q| ≤ depth, hence |ω| ≤ depth·Σ_q|a_q|, and "z" (built on probabilities, products of two
-amplitudes) only |m_q| ≤ 2·depth, at most twice that. ``method="fourier"`` (default) uses this
-structure to compute Φ exactly and fast: see :class:`ScoreCircuit`.
+amplitudes) only |m_q| ≤ 2·depth, at most twice that. ``method="fourier"`` (chosen by the
+default ``"auto"`` up to 3 qubits) uses this structure to compute Φ exactly and several times
+faster than one statevector per score: see :class:`ScoreCircuit`.
 
 Initial values: a_q = 1 (angles of the order of the scores), w ~ U(−π, π) (a generic circuit,
 drawn from torch's global generator so a seeded model is reproducible), and γ = 0.1: the model

@@ -48,6 +48,7 @@ This module imports Triton only inside the functions that launch kernels, so ``i
 from __future__ import annotations
 
 import functools
+import operator
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -67,6 +68,7 @@ __all__ = [
     "cuda_noise",
 ]
 
+_dtype_of = operator.attrgetter("dtype")
 # Exact types only: a subclass may override term(), which the kernel would not see.
 _PERT_CODE: dict[type, int] = {None_: 0, Sin: 1, Cos: 2, Taylor: 3, Gauss: 4, Unif: 5}
 FUSED_PERTURBATIONS = ("none", "sin", "cos", "taylor", "gauss", "unif")
@@ -77,7 +79,7 @@ _MAX_NUMEL = 2**31 - 2**20  # int32 offsets inside the kernels, with a block to 
 # Launch configuration of the update kernel (elements per program, warps per program), and of
 # the s reduction (elements per partial sum, inner block). Chosen by measurement on an H200
 # (ablations/bench_optimizer.py --sweep); see results/bench/optimizer_step.md.
-BLOCK = 2048
+BLOCK = 1024
 NUM_WARPS = 4
 RED_RB = 16384
 RED_BLOCK = 2048
@@ -197,6 +199,16 @@ def _int64_table(device: torch.device, values: tuple[int, ...]) -> Tensor:
                           lambda: torch.tensor(list(values), dtype=torch.int64, device=device))
 
 
+def _offsets(device: torch.device, addrs: tuple[int, ...], elsize: int) -> tuple[Tensor, int]:
+    """Element offsets of every buffer from the first (a device table) and the vector width:
+    16 bytes when every buffer is 16-byte aligned, else 1 element. Cached by the addresses."""
+    def make():
+        vec = 16 // elsize if all(a % 16 == 0 for a in addrs) else 1
+        offs = [(a - addrs[0]) // elsize for a in addrs]
+        return torch.tensor(offs, dtype=torch.int64, device=device), vec
+    return _tables.get_or(("off", device, addrs, elsize), make)
+
+
 # ---------------------------------------------------------------------------------------------
 
 def fused_group(
@@ -229,38 +241,41 @@ def fused_group(
     code = _PERT_CODE.get(type(perturbation))
     if code is None or not params:
         return False
-    # One pass validates and collects (this runs every step: keep it cheap).
+    # This runs every step: the checks map C-level accessors over all tensors (no Python loop).
     p0 = params[0]
     dtype = p0.dtype
-    dev_index = p0.get_device()
     if not p0.is_cuda or dtype not in _DTYPES:
         return False
-    numels: list[int] = []
-    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=False):
-        n = p.numel()
-        for t in (p, g, m, v):
-            if (t.dtype != dtype or t.get_device() != dev_index or not t.is_contiguous()
-                    or t.numel() != n):
-                return False
-        if n > _MAX_NUMEL:
-            return False
-        numels.append(n)
+    tensors = (*params, *grads, *exp_avgs, *exp_avg_sqs)
+    if (set(map(_dtype_of, tensors)) != {dtype}
+            or set(map(Tensor.get_device, tensors)) != {p0.get_device()}
+            or not all(map(Tensor.is_contiguous, tensors))):
+        return False
+    numels = tuple(map(Tensor.numel, params))
+    if (max(numels) > _MAX_NUMEL or tuple(map(Tensor.numel, grads)) != numels
+            or tuple(map(Tensor.numel, exp_avgs)) != numels
+            or tuple(map(Tensor.numel, exp_avg_sqs)) != numels):
+        return False
     if not triton_available():
         return False
     _dispatch(params, grads, exp_avgs, exp_avg_sqs, steps, indices, numels, code,
               lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
               lam=quantum_weight, first_n=scope == "first_n", n_qubits=n_qubits,
-              bias_correction=bias_correction, seed=seed)
+              bias_correction=bias_correction, seed=seed,
+              addrs=tuple(map(Tensor.data_ptr, tensors)))
     return True
 
 
 def _dispatch(params, grads, exp_avgs, exp_avg_sqs, steps, indices, numels, code, *,
-              lam, **hyper) -> None:
+              lam, addrs=None, **hyper) -> None:
     """Launch per step-count bucket, on the tensors' device (no validation: see fused_group;
-    tests call this directly on CPU tensors under TRITON_INTERPRET=1)."""
+    tests call this directly on CPU tensors under TRITON_INTERPRET=1). ``addrs``: the data
+    pointers of params, grads, exp_avgs, exp_avg_sqs in that order, if already at hand."""
     if lam == 0.0:
         code = 0
-    if len(set(steps)) == 1:
+    if len(set(steps)) == 1 and all(numels):
+        buckets = {int(steps[0]): None}  # everything, in one launch
+    elif len(set(steps)) == 1:
         buckets = {int(steps[0]): [i for i, n in enumerate(numels) if n]}
     else:
         buckets = {}
@@ -274,14 +289,13 @@ def _dispatch(params, grads, exp_avgs, exp_avg_sqs, steps, indices, numels, code
         torch.cuda.set_device(device)
     try:
         for step, sel in buckets.items():
-            if not sel:
-                continue
-            if len(sel) == len(params):
-                P, G, M, V, I, N = params, grads, exp_avgs, exp_avg_sqs, indices, numels
-            else:
+            if sel is None:
+                _launch(params, grads, exp_avgs, exp_avg_sqs, indices, tuple(numels), device,
+                        step, code, lam=lam, addrs=addrs, **hyper)
+            elif sel:
                 P, G, M, V, I, N = ([L[i] for i in sel] for L in
                                     (params, grads, exp_avgs, exp_avg_sqs, indices, numels))
-            _launch(P, G, M, V, I, tuple(N), device, step, code, lam=lam, **hyper)
+                _launch(P, G, M, V, I, tuple(N), device, step, code, lam=lam, **hyper)
     finally:
         if switch:
             torch.cuda.set_device(prev)
@@ -289,15 +303,13 @@ def _dispatch(params, grads, exp_avgs, exp_avg_sqs, steps, indices, numels, code
 
 def _launch(params, grads, exp_avgs, exp_avg_sqs, indices, numels, device, step, code, *,
             lr, beta1, beta2, eps, weight_decay, lam, first_n, n_qubits, bias_correction,
-            seed) -> None:
+            seed, addrs=None) -> None:
     K = _kernels()
     T = len(params)
-    buffers = (params, grads, exp_avgs, exp_avg_sqs)
-    addrs = tuple(t.data_ptr() for group in buffers for t in group)
-    elsize = params[0].element_size()
+    if addrs is None:
+        addrs = tuple(map(Tensor.data_ptr, (*params, *grads, *exp_avgs, *exp_avg_sqs)))
     base = params[0]  # every buffer is addressed as base + element offset
-    vec = 16 // elsize if all(a % 16 == 0 for a in addrs) else 1
-    off_tab = _int64_table(device, tuple((a - addrs[0]) // elsize for a in addrs))
+    off_tab, vec = _offsets(device, addrs, params[0].element_size())
     blk_tensor, blk_first, numel_tab, nblocks = _layout(device, numels, BLOCK)
 
     if code in _NOISY:
@@ -335,16 +347,14 @@ def _launch(params, grads, exp_avgs, exp_avg_sqs, indices, numels, device, step,
 
 def cuda_noise(key: int, n: int, kind: str, device: torch.device | str,
                dtype: torch.dtype = torch.float32) -> Tensor:
-    """The CUDA noise stream: n draws of Philox keyed on ``key`` (from ``noise_key``).
+    """The CUDA noise stream: n draws keyed on ``key`` (from ``noise_key``).
 
-    ``kind`` is ``"normal"`` (N(0, 1), Triton's ``tl.randn``) or ``"uniform"`` (U[0, 1),
-    ``tl.rand``). Element i uses counter i, as in the fused kernel, so both see the same ξ.
-    Drawn in float32, then cast to ``dtype``.
+    ``kind`` is ``"normal"`` (N(0, 1)) or ``"uniform"`` (U[0, 1)). Element i is word i mod 4 of
+    Philox-4x32-10 at counter ⌊i/4⌋ (normals by Box–Muller on word pairs), the definition the
+    fused kernel uses, so both see the same ξ. Drawn in float32, then cast to ``dtype``.
     """
     if kind not in ("normal", "uniform"):
         raise ValueError(f"invalid noise kind {kind!r} (valid: normal, uniform)")
-    if n > _MAX_NUMEL:
-        raise ValueError(f"cuda_noise: n = {n} is over {_MAX_NUMEL}")
     K = _kernels()
     out = torch.empty(n, dtype=torch.float32, device=device)
     if n:

@@ -301,6 +301,15 @@ def test_two_qubits_closed_forms():
     assert torch.allclose(Circuit(depth=2).readout(theta, 2), s, atol=1e-14)
 
 
+def test_four_qubit_default_closed_form():
+    """The ``circuit`` variant's default register (4 qubits, depth 2):
+    r = (s0·s2, s1·s3, s2, s3) with s_j = sin(πθ_j); checked against Qiskit elsewhere."""
+    theta = torch.tensor([0.3, -0.7, 1.1, 0.25, 0.6, 0.05, -0.4, 0.9], dtype=F64)
+    s = torch.sin(math.pi * theta).reshape(2, 4)
+    ref = torch.stack([s[:, 0] * s[:, 2], s[:, 1] * s[:, 3], s[:, 2], s[:, 3]], 1).reshape(-1)
+    assert torch.allclose(get_perturbation("circuit").readout(theta, 4), ref, atol=1e-14)
+
+
 def test_circuit_term_groups_padding_and_foreach():
     pytest.importorskip("qiskit", reason="qiskit is not installed")
     from qiskit.quantum_info import SparsePauliOp, Statevector

@@ -1,0 +1,353 @@
+"""Benchmark of quantum attention and of the circuit simulators, on CPU.
+
+    python -m ablations.bench_attention              # writes results/bench/attention.{csv,md}
+    python -m ablations.bench_attention --quick      # fewer repeats (a smoke run)
+
+What is timed (median of ``--reps`` timed calls after ``--warmup`` untimed ones; p25/p75 too;
+the variants of one comparison run in interleaved rounds, one call of each per round, so that a
+change of load on a shared machine affects them alike):
+
+1. ``attention``: forward + backward of one attention layer (``qsgd.attention.QuantumAttention``)
+   at the classifier's shapes (batch 64, sequence 24, d_model 32, 2 heads, 2 qubits, depth 2),
+   circuit off (exactly SDPA), on with Φ by its exact Fourier form (the default), and on with
+   one simulated statevector per score.
+2. ``classifier``: one training step's forward + backward of the whole 2-layer
+   ``qsgd.models.TransformerClassifier`` at the same shapes, for the same three settings.
+3. ``circuits``: circuits per second for the same batch of circuits (the attention layer's
+   64·2·24·24 = 73,728 scores, each one circuit with angles a·s + w, 2 and 4 qubits, depth 2,
+   amplitudes read out, no gradient): the torch statevector simulator on the full batch, Qiskit
+   Aer (``qsgd.circuit.simulate(backend="aer")``: one experiment per circuit, parameters bound
+   to one transpiled template, the most favourable way to call Aer) on ``--aer-batch`` circuits,
+   and ``qiskit.quantum_info.Statevector`` built circuit by circuit (what a straightforward
+   Qiskit implementation does) on fewer. Aer and Statevector rates are scaled from their smaller
+   batches (rate = circuits / seconds); the markdown gives the torch/Aer ratio.
+4. ``perturbation``: one call of the circuit perturbation's term (``qsgd.circuit.Circuit``,
+   4 qubits) against the closed-form ``sin`` term, at 10⁵ and 10⁶ parameters.
+
+Threads: ``--threads`` (default 1) sets ``torch.set_num_threads``; on a small shared machine one
+thread avoids contention between OpenMP workers and gives steadier numbers. Aer uses its own
+thread pool (``max_parallel_threads`` is set to the same number).
+
+Columns of attention.csv: group, variant, items, unit, ms_median, ms_p25, ms_p75, reps,
+items_per_s (items / median seconds), ratio (ms_median over the group's reference row: classical
+attention, the torch simulator, or the sin term; for ``circuits`` it is the torch rate over this
+row's rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+CSV_COLUMNS = ["group", "variant", "items", "unit", "ms_median", "ms_p25", "ms_p75", "reps",
+               "items_per_s", "ratio"]
+B, T, D, H = 64, 24, 32, 2
+
+
+def _stats(ts: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
+    return statistics.median(ts), q[0], q[2]
+
+
+def _time(fn: Callable[[], object], warmup: int, reps: int) -> tuple[float, float, float]:
+    """Median, 25th and 75th percentile wall time of ``fn`` in milliseconds."""
+    return _time_rounds({"fn": fn}, warmup, reps)["fn"]
+
+
+def _time_rounds(fns: dict[str, Callable[[], object]], warmup: int,
+                 reps: int) -> dict[str, tuple[float, float, float]]:
+    """Time several functions in interleaved rounds (one call of each per round), so that a
+    change of machine load during the run hits all of them alike; median, p25, p75 in ms."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    ts: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            ts[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: _stats(v) for k, v in ts.items()}
+
+
+def _row(group, variant, items, unit, timing, reps):
+    med, p25, p75 = timing
+    return {"group": group, "variant": variant, "items": items, "unit": unit,
+            "ms_median": med, "ms_p25": p25, "ms_p75": p75, "reps": reps,
+            "items_per_s": items / (med / 1e3), "ratio": float("nan")}
+
+
+def bench_attention(warmup: int, reps: int) -> list[dict]:
+    from qsgd.attention import QuantumAttention
+    from qsgd.models import TransformerClassifier
+
+    rows = []
+    torch.manual_seed(0)
+    x = torch.randn(B, T, D)
+    settings = [("classical", "off", None), ("quantum-fourier", "on", "fourier"),
+                ("quantum-state", "on", "state")]
+    steps = {}
+    for name, circuit, method in settings:
+        att = QuantumAttention(D, H, circuit=circuit, n_qubits=2, depth=2)
+        if method is not None:
+            att.phi.method = method
+        xx = x.clone().requires_grad_()
+
+        def step(att=att, xx=xx):
+            att.zero_grad(set_to_none=True)
+            xx.grad = None
+            att(xx).sum().backward()
+
+        steps[name] = step
+    for name, timing in _time_rounds(steps, warmup, reps).items():
+        rows.append(_row("attention", name, B, "sequences", timing, reps))
+    tok = torch.randint(1, 17, (B, T))
+    y = torch.randint(0, 2, (B,))
+    steps = {}
+    for name, attention, method in [("classical", "classical", None),
+                                     ("quantum-fourier", "quantum", "fourier"),
+                                     ("quantum-state", "quantum", "state")]:
+        torch.manual_seed(0)
+        model = TransformerClassifier(17, 2, max_len=T, d_model=D, n_heads=H, d_ff=2 * D,
+                                      attention=attention, n_qubits=2)
+        if method is not None:
+            for blk in model.blocks:
+                blk.attn.phi.method = method
+
+        def train_step(model=model):
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(tok), y).backward()
+
+        steps[name] = train_step
+    for name, timing in _time_rounds(steps, warmup, reps).items():
+        rows.append(_row("classifier", name, B, "sequences", timing, reps))
+    for group in ("attention", "classifier"):
+        ref = next(r for r in rows if r["group"] == group and r["variant"] == "classical")
+        for r in rows:
+            if r["group"] == group:
+                r["ratio"] = r["ms_median"] / ref["ms_median"]
+    return rows
+
+
+def bench_circuits(warmup: int, reps: int, aer_batch: int, sv_batch: int,
+                   threads: int) -> list[dict]:
+    from qsgd.circuit import simulate, to_qiskit
+
+    rows = []
+    n_scores = B * H * T * T
+    for n in (2, 4):
+        g = torch.Generator().manual_seed(n)
+        s = torch.randn(n_scores, generator=g)
+        scale = torch.ones(n)
+        w = torch.rand(2, 2, n, generator=g) * 2 * math.pi - math.pi
+        x = s[:, None] * scale
+        kw = dict(depth=2, entangle=True, hadamard=True, encoding="reupload")
+        with torch.no_grad():
+            t_torch = _time(lambda x=x, w=w, kw=kw: simulate(x, w, **kw), warmup, reps)
+        rows.append(_row("circuits", f"torch n={n}", n_scores, "circuits", t_torch, reps))
+        torch_rate = rows[-1]["items_per_s"]
+        rows[-1]["ratio"] = 1.0
+        try:
+            import qiskit_aer  # noqa: F401
+        except ImportError:
+            print("qiskit-aer not installed: Aer rows skipped", file=sys.stderr)
+        else:
+            from qsgd.circuit import _aer_template
+
+            sim = _aer_template(n, 2, True, True, "reupload", True)[0]
+            sim.set_options(max_parallel_threads=threads)
+            xa = x[:aer_batch].double()
+            a_reps = max(3, reps // 3)
+            t_aer = _time(lambda xa=xa, w=w, kw=kw: simulate(xa, w.double(), backend="aer", **kw),
+                          1, a_reps)
+            rows.append(_row("circuits", f"aer n={n}", aer_batch, "circuits", t_aer, a_reps))
+            rows[-1]["ratio"] = torch_rate / rows[-1]["items_per_s"]
+        try:
+            from qiskit.quantum_info import Statevector
+        except ImportError:
+            print("qiskit not installed: Statevector rows skipped", file=sys.stderr)
+        else:
+            xs = x[:sv_batch].double()
+            wd = w.double()
+
+            def loop(xs=xs, wd=wd, n=n):
+                for b in range(xs.shape[0]):
+                    Statevector(to_qiskit(xs[b], wd, n, 2, True))
+
+            s_reps = max(3, reps // 5)
+            rows.append(_row("circuits", f"qiskit-statevector n={n}", sv_batch, "circuits",
+                             _time(loop, 1, s_reps), s_reps))
+            rows[-1]["ratio"] = torch_rate / rows[-1]["items_per_s"]
+    # the attention's Φ evaluated through its exact Fourier form (same circuits, n = 2)
+    from qsgd.attention import ScoreCircuit
+
+    phi = ScoreCircuit(2, 2, method="fourier")
+    s = torch.randn(n_scores, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        t_f = _time(lambda: phi(s), warmup, reps)
+    torch_rate = next(r for r in rows if r["variant"] == "torch n=2")["items_per_s"]
+    rows.append(_row("circuits", "fourier-form n=2 (Φ only)", n_scores, "circuits", t_f, reps))
+    rows[-1]["ratio"] = torch_rate / rows[-1]["items_per_s"]
+    return rows
+
+
+def bench_perturbation(warmup: int, reps: int) -> list[dict]:
+    from qsgd.circuit import Circuit
+    from qsgd.perturbations import Context, get_perturbation
+
+    rows = []
+    ctx = Context(step=1, seed=0, index=0, n_qubits=4)
+    for size in (10**5, 10**6):
+        g = torch.Generator().manual_seed(size)
+        theta = torch.randn(size, generator=g) * 0.1
+        grad = torch.randn(size, generator=g)
+        fns = {name: (lambda p=p, th=theta, gr=grad: p.term(th, gr, ctx))
+               for name, p in (("sin", get_perturbation("sin")), ("circuit n=4", Circuit()))}
+        timings = _time_rounds(fns, warmup, reps)
+        for name, timing in timings.items():
+            r = _row("perturbation", name, size, "parameters", timing, reps)
+            r["ratio"] = r["ms_median"] / timings["sin"][0]
+            rows.append(r)
+    return rows
+
+
+def machine_info(threads: int) -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "logical cores": str(os.cpu_count()),
+        "torch threads": str(threads),
+        "load average (1 min) at start": f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg")
+        else "n/a",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    for mod in ("qiskit", "qiskit_aer"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            info[mod] = "not installed"
+    return info
+
+
+def _fmt(v: float, digits: int = 3) -> str:
+    if isinstance(v, float) and math.isnan(v):
+        return ""
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}g}"
+
+
+def write_outputs(rows: list[dict], info: dict[str, str], out: Path, args) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "attention.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k])
+                        for k in CSV_COLUMNS})
+    get = {(r["group"], r["variant"]): r for r in rows}
+    lines = ["# Quantum attention and circuit simulation: CPU benchmark", "",
+             "Generated by `python -m ablations.bench_attention"
+             + (" --quick" if args.quick else "") + "`. Median wall time over "
+             f"{args.reps} timed calls after {args.warmup} warm-up calls (Aer and Statevector: "
+             "fewer), with the variants of each table timed in interleaved rounds; p25–p75 in "
+             "its own column. Shapes: batch 64, sequence 24, d_model 32, 2 heads; circuit "
+             "2 qubits, depth 2 unless said.", ""]
+    lines += ["## Machine", ""] + [f"- {k}: {v}" for k, v in info.items()] + [""]
+    titles = {
+        "attention": ("One attention layer, forward + backward", "vs classical"),
+        "classifier": ("Whole 2-layer classifier, forward + backward (one training step "
+                       "without the optimizer)", "vs classical"),
+        "circuits": ("Circuits per second, same circuits (angles a·s + w, amplitudes, no "
+                     "gradient)", "torch rate / this rate"),
+        "perturbation": ("Perturbation term, one call (4 qubits, groups of 4 parameters)",
+                         "vs sin"),
+    }
+    for group, (title, ratio_name) in titles.items():
+        grp = [r for r in rows if r["group"] == group]
+        if not grp:
+            continue
+        lines += [f"## {title}", "", f"| variant | items | ms (median) | p25–p75 | items/s | "
+                  f"{ratio_name} |", "|---|---:|---:|---:|---:|---:|"]
+        for r in grp:
+            lines.append(f"| {r['variant']} | {r['items']:,} {r['unit']} | "
+                         f"{_fmt(r['ms_median'])} | {_fmt(r['ms_p25'])}–{_fmt(r['ms_p75'])} | "
+                         f"{_fmt(r['items_per_s'])} | {_fmt(r['ratio'])} |")
+        lines.append("")
+    summary = []
+    for n in (2, 4):
+        t, a = get.get(("circuits", f"torch n={n}")), get.get(("circuits", f"aer n={n}"))
+        if t and a:
+            summary.append(f"- {n} qubits: torch simulator {_fmt(t['items_per_s'])} circuits/s "
+                           f"vs Qiskit Aer {_fmt(a['items_per_s'])} circuits/s: torch is "
+                           f"**{_fmt(a['ratio'])}×** faster.")
+    c, q = get.get(("classifier", "classical")), get.get(("classifier", "quantum-fourier"))
+    qs = get.get(("classifier", "quantum-state"))
+    if c and q and qs:
+        summary.append(f"- Classifier step: quantum attention costs {_fmt(q['ratio'])}× the "
+                       f"classical step with Φ in Fourier form, {_fmt(qs['ratio'])}× with one "
+                       "statevector per score (both exact, same function).")
+    a2 = get.get(("circuits", "aer n=2"))
+    if a2:
+        per_step = 2 * B * H * T * T  # circuits in one classifier forward (2 layers)
+        summary.append(f"- Estimate: the {per_step:,} circuits of one classifier forward pass "
+                       f"(2 layers × {B * H * T * T:,} scores) would take about "
+                       f"{_fmt(per_step / a2['items_per_s'])} s through Aer at the rate above, "
+                       "without gradients.")
+    if summary:
+        lines += ["## Summary", ""] + summary + [""]
+    lines += ["Notes: the Aer rate is measured on a smaller batch and scaled linearly; Aer runs "
+              "every circuit as its own experiment, so its cost per circuit does not fall with "
+              "the batch the way a batched torch simulation does. All timings are wall clock on "
+              "a possibly shared machine: compare rows of one run, not runs of different "
+              "machines.", ""]
+    (out / "attention.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("results/bench"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=21)
+    ap.add_argument("--aer-batch", type=int, default=256)
+    ap.add_argument("--sv-batch", type=int, default=64)
+    ap.add_argument("--quick", action="store_true", help="3 warm-up and 5 timed calls")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.warmup, args.reps = 3, 5
+    torch.set_num_threads(args.threads)
+    info = machine_info(args.threads)
+    rows = bench_attention(args.warmup, args.reps)
+    rows += bench_circuits(args.warmup, args.reps, args.aer_batch, args.sv_batch, args.threads)
+    rows += bench_perturbation(args.warmup, args.reps)
+    for r in rows:
+        print(f"{r['group']:<13} {r['variant']:<28} {r['ms_median']:>10.3f} ms  "
+              f"{r['items_per_s']:>14,.0f} {r['unit']}/s  ratio {_fmt(r['ratio'])}")
+    write_outputs(rows, info, args.out, args)
+    print(f"wrote {args.out / 'attention.csv'} and {args.out / 'attention.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""GSM8K loading and answer extraction, on generated fixtures (never the real data)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ablations import gsm8k
+from ablations.gsm8k import GSM8KFormatError, extract_answer, is_correct, load_split, read_jsonl
+
+
+def _example(i: int) -> dict:
+    a, b = 3 + i, 4 + 2 * i
+    return {"question": f"Ann has {a} pens and buys {b} more. How many pens does she have?",
+            "answer": f"She has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} pens.\n#### {a + b}"}
+
+
+def write_split(directory, split: str, n: int, extra_lines: list[str] = ()) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(_example(i)) for i in range(n)] + list(extra_lines)
+    (directory / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "gsm8k"
+    write_split(d, "train", 6)
+    write_split(d, "test", 3)
+    return d
+
+
+def test_load_from_dir_keeps_order_and_fields(data_dir):
+    train = load_split("train", data_dir)
+    assert len(train) == 6
+    assert train[0] == gsm8k.Example(**_example(0))
+    assert [e.final for e in train] == [str(7 + 3 * i) for i in range(6)]
+    assert len(load_split("test", str(data_dir))) == 3
+
+
+def test_env_var_is_the_fallback(data_dir, monkeypatch):
+    monkeypatch.setenv(gsm8k.ENV_VAR, str(data_dir))
+    assert len(load_split("test")) == 3
+    assert gsm8k.resolve_dir(None) == data_dir
+    # an explicit directory wins over the environment
+    other = data_dir.parent / "other"
+    write_split(other, "test", 2)
+    assert len(load_split("test", other)) == 2
+
+
+def test_blank_lines_are_skipped(tmp_path):
+    write_split(tmp_path, "train", 2, extra_lines=["", "   "])
+    assert len(read_jsonl(tmp_path / "train.jsonl")) == 2
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    (json.dumps({"question": "q?"}), "missing field 'answer'"),
+    (json.dumps({"question": 3, "answer": "#### 3"}), "field 'question' must be a non-empty"),
+    (json.dumps({"question": "q?", "answer": "no final marker 3"}), "does not end in '####"),
+    (json.dumps({"question": "q?", "answer": "#### many"}), "does not end in '####"),
+])
+def test_malformed_line_names_file_and_line(tmp_path, bad, message):
+    write_split(tmp_path, "train", 3, extra_lines=[bad])
+    path = tmp_path / "train.jsonl"
+    with pytest.raises(GSM8KFormatError) as err:
+        read_jsonl(path)
+    assert f"{path}:4:" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_empty_file_is_an_error(tmp_path):
+    (tmp_path / "test.jsonl").write_text("\n")
+    with pytest.raises(GSM8KFormatError, match="no examples"):
+        load_split("test", tmp_path)
+
+
+def test_missing_file_says_how_to_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="QSGD_GSM8K_DIR"):
+        load_split("train", tmp_path)
+
+
+def test_unknown_split():
+    with pytest.raises(ValueError, match="valid: train, test"):
+        load_split("validation", "/nonexistent")
+
+
+def test_no_source_says_how_to_fix(monkeypatch):
+    monkeypatch.delenv(gsm8k.ENV_VAR, raising=False)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import fails
+    with pytest.raises(RuntimeError, match="QSGD_GSM8K_DIR"):
+        load_split("train")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("so 48 + 24 = 72\n#### 72", "72"),
+    ("#### 1,000", "1000"),
+    ("#### $5.50", "5.5"),
+    ("#### -3", "-3"),
+    ("#### 18.00", "18"),
+    ("#### 0.0", "0"),
+    ("#### -0", "0"),
+    ("#### .5", "0.5"),
+    ("#### 7.", "7"),
+    ("####12 apples", "12"),
+    ("first #### 3 then #### 4", "4"),
+    ("#### 10\n<|im_end|>", "10"),
+    ("no marker, 12", None),
+    ("#### twelve", None),
+    ("", None),
+])
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_is_correct_compares_normalised_numbers():
+    assert is_correct("blah\n#### 1,250", "x\n#### 1250")
+    assert is_correct("#### 3.0", "#### 3")
+    assert not is_correct("the answer is 3", "#### 3")  # no marker: wrong
+    assert not is_correct("#### 4", "#### 3")
+
+
+@given(st.integers(min_value=-10**9, max_value=10**9))
+def test_extract_roundtrips_formatted_integers(n):
+    assert extract_answer(f"work...\n#### {n:,}") == str(n)
+    assert extract_answer(f"#### {n}.00") == str(n)

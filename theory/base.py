@@ -1,0 +1,133 @@
+"""The check record every theory function returns, and the registry that runs them.
+
+A check compares one measured figure with what a derivation predicts::
+
+    Check(id="T1", claim="...", measured=0.9999, expected=1.0, tolerance=1e-9,
+          relation="<=", passed=True, ...)
+
+``relation`` says how ``measured`` is compared with ``expected`` (within ``tolerance``):
+
+    "<="  measured <= expected + tolerance          (a bound)
+    "=="  |measured - expected| <= tolerance          (an identity; tolerance absolute)
+    ">="  measured >= expected - tolerance
+    "x"   max(measured/expected, expected/measured) <= tolerance   (within a factor)
+
+``passed`` is ``None`` when the check could not run (its ``status`` then says why, e.g.
+"classifier arm not run yet"). Beyond the six CSV fields a check carries a one-line
+``summary`` (printed by the CLI), the ``derivation`` and ``survives`` paragraphs of the
+report (markdown), result ``tables`` (lists of row dicts) and ``data`` for its figures.
+Checks compute only; :mod:`theory.plots` draws and :mod:`theory.report` writes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Check", "SIZES", "RELATIONS", "register", "CHECKS", "run_checks", "compare"]
+
+SIZES = ("small", "full")
+RELATIONS = ("<=", "==", ">=", "x")
+
+
+def compare(measured: float, expected: float, tolerance: float, relation: str) -> bool:
+    """Whether ``measured`` satisfies ``relation`` against ``expected`` within ``tolerance``."""
+    if relation not in RELATIONS:
+        raise ValueError(f"invalid relation: {relation!r} (valid: {', '.join(RELATIONS)})")
+    if not (math.isfinite(measured) and math.isfinite(expected)):
+        return False
+    if relation == "<=":
+        return measured <= expected + tolerance
+    if relation == ">=":
+        return measured >= expected - tolerance
+    if relation == "==":
+        return abs(measured - expected) <= tolerance
+    if measured <= 0 or expected <= 0:
+        return False
+    return max(measured / expected, expected / measured) <= tolerance
+
+
+@dataclass
+class Check:
+    """One theory check: a claim, its measured figure and what theory expects.
+
+    The first six fields are the columns of ``results/theory/checks.csv``.
+    """
+
+    id: str
+    claim: str
+    measured: float
+    expected: float
+    tolerance: float
+    passed: bool | None
+    relation: str = "<="
+    quantity: str = ""
+    summary: str = ""
+    status: str = "ran"
+    derivation: str = ""
+    survives: str = ""
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    claims: dict[str, dict[str, str]] = field(default_factory=dict)
+    size: str = "full"
+    seconds: float = math.nan
+
+    def row(self) -> dict[str, Any]:
+        """The CSV row: the six contract columns, then extras."""
+        return {
+            "id": self.id, "claim": self.claim, "measured": self.measured,
+            "expected": self.expected, "tolerance": self.tolerance,
+            "passed": "" if self.passed is None else bool(self.passed),
+            "relation": self.relation, "quantity": self.quantity, "status": self.status,
+            "summary": self.summary, "size": self.size, "seconds": round(self.seconds, 2),
+        }
+
+
+CheckFn = Callable[..., Check]
+CHECKS: dict[str, CheckFn] = {}
+
+
+def register(check_id: str) -> Callable[[CheckFn], CheckFn]:
+    """Decorator: make a check function available under ``check_id`` (run in id order)."""
+
+    def wrap(fn: CheckFn) -> CheckFn:
+        CHECKS[check_id] = fn
+        return fn
+
+    return wrap
+
+
+def _load_all() -> None:
+    # the modules register their checks on import
+    from . import bounds, circuits, escape, power, scale  # noqa: F401
+
+
+def run_checks(ids: list[str] | None = None, size: str = "full",
+               results_root: str = "results",
+               on_done: Callable[[Check], None] | None = None) -> list[Check]:
+    """Run the checks ``ids`` (default: all, in id order) at ``size``; return them.
+
+    Every check function has the signature ``fn(size="full", results_root="results")``;
+    ``results_root`` is where the arms' results are read from (T3, T8). ``on_done`` is
+    called with each finished check (the CLI prints its summary).
+    """
+    if size not in SIZES:
+        raise ValueError(f"invalid size: {size!r} (valid: {', '.join(SIZES)})")
+    _load_all()
+    wanted = sorted(CHECKS) if ids is None else list(ids)
+    unknown = [i for i in wanted if i not in CHECKS]
+    if unknown:
+        raise ValueError(f"unknown check ids {unknown}; valid: {', '.join(sorted(CHECKS))}")
+    out = []
+    for cid in wanted:
+        t0 = time.perf_counter()
+        check = CHECKS[cid](size=size, results_root=results_root)
+        check.seconds = time.perf_counter() - t0
+        check.size = size
+        out.append(check)
+        if on_done is not None:
+            on_done(check)
+    return out
