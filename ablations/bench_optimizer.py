@@ -3,8 +3,8 @@ SuperpositionalAdamW's fused Triton step, for each perturbation, at 10M, 100M an
 parameters in 100 equal tensors.
 
     python -m ablations.bench_optimizer                 # writes results/bench/optimizer_step.*
-    python -m ablations.bench_optimizer --sizes 1e9 --compiled --sweep   # also: torch.compile
-                                                        # row and a launch-configuration sweep
+    python -m ablations.bench_optimizer --compiled --sweep   # also: a torch.compile'd step
+                                               # (at 1B) and a launch-configuration sweep
 
 Method: every variant runs on the same random data (θ ~ N(0, 0.5²), g ~ N(0, 10⁻⁶), moments
 from warm-up steps), after ``--warmup`` untimed steps (compilation, state creation); each timed
@@ -184,33 +184,34 @@ UPDATE_CONFIGS = [(512, 2), (512, 4), (1024, 2), (1024, 4), (1024, 8), (2048, 4)
 REDUCE_CONFIGS = [(8192, 1024, 4), (16384, 1024, 4), (16384, 2048, 4), (32768, 4096, 8)]
 
 
-def sweep(bench: Bench, warmup: int, reps: int, log) -> str:
-    """Time the kernels' launch configurations and keep the fastest for the rest of the run
-    (update: by the sum of the none, sin and gauss medians; reduction: gauss). Returns a note."""
+def sweep(bench: Bench, warmup: int, reps: int, log) -> list[str]:
+    """Time the kernels' launch configurations (update: none, sin, gauss; reduction: gauss) and
+    return markdown lines; the rows then run with the defaults of qsgd/fused.py."""
     import qsgd.fused as F
 
-    best, best_t = None, math.inf
-    for block, warps in UPDATE_CONFIGS:
-        F.BLOCK, F.NUM_WARPS = block, warps
-        ts = [statistics.median(bench.time(_qsgd(name), warmup, reps)[0])
-              for name in ("none", "sin", "gauss")]
-        log(f"sweep update BLOCK={block} warps={warps}: none {ts[0]:.3f} sin {ts[1]:.3f} "
-            f"gauss {ts[2]:.3f} ms")
-        if sum(ts) < best_t:
-            best, best_t = (block, warps), sum(ts)
-    F.BLOCK, F.NUM_WARPS = best
-    rbest, rbest_t = None, math.inf
-    for rb, blk, warps in REDUCE_CONFIGS:
-        F.RED_RB, F.RED_BLOCK, F.RED_WARPS = rb, blk, warps
-        t = statistics.median(bench.time(_qsgd("gauss"), warmup, reps)[0])
-        log(f"sweep reduce RB={rb} BLOCK={blk} warps={warps}: gauss {t:.3f} ms")
-        if t < rbest_t:
-            rbest, rbest_t = (rb, blk, warps), t
-    F.RED_RB, F.RED_BLOCK, F.RED_WARPS = rbest
-    msg = (f"sweep chose update BLOCK={best[0]}, num_warps={best[1]}; reduction RB={rbest[0]}, "
-           f"BLOCK={rbest[1]}, num_warps={rbest[2]} (see the log)")
-    log(msg)
-    return msg
+    saved = (F.BLOCK, F.NUM_WARPS, F.RED_RB, F.RED_BLOCK, F.RED_WARPS)
+    lines = [f"Launch-configuration sweep at {_fmt_params(bench.total)} (median ms; the rows "
+             f"above use the defaults, update BLOCK={saved[0]}, num_warps={saved[1]}, "
+             f"reduction RB={saved[2]}, BLOCK={saved[3]}, num_warps={saved[4]}):", "",
+             "| update BLOCK, warps | none | sin | gauss |", "|---|---|---|---|"]
+    try:
+        for block, warps in UPDATE_CONFIGS:
+            F.BLOCK, F.NUM_WARPS = block, warps
+            ts = [statistics.median(bench.time(_qsgd(name), warmup, reps)[0])
+                  for name in ("none", "sin", "gauss")]
+            log(f"sweep update BLOCK={block} warps={warps}: none {ts[0]:.3f} sin {ts[1]:.3f} "
+                f"gauss {ts[2]:.3f} ms")
+            lines.append(f"| {block}, {warps} | " + " | ".join(f"{t:.3f}" for t in ts) + " |")
+        F.BLOCK, F.NUM_WARPS = saved[0], saved[1]
+        lines += ["", "| reduction RB, BLOCK, warps | gauss |", "|---|---|"]
+        for rb, blk, warps in REDUCE_CONFIGS:
+            F.RED_RB, F.RED_BLOCK, F.RED_WARPS = rb, blk, warps
+            t = statistics.median(bench.time(_qsgd("gauss"), warmup, reps)[0])
+            log(f"sweep reduce RB={rb} BLOCK={blk} warps={warps}: gauss {t:.3f} ms")
+            lines.append(f"| {rb}, {blk}, {warps} | {t:.3f} |")
+    finally:
+        F.BLOCK, F.NUM_WARPS, F.RED_RB, F.RED_BLOCK, F.RED_WARPS = saved
+    return lines
 
 
 def write_markdown(path: Path, rows: list[dict], meta: dict) -> None:
@@ -236,7 +237,8 @@ def write_markdown(path: Path, rows: list[dict], meta: dict) -> None:
              "`torch-adamw-fused-again`: the baseline repeated last (run noise).", ""]
     sizes = meta["sizes"]
     lines.append("| variant | " + " | ".join(f"{_fmt_params(n)} ms (×fused AdamW)"
-                                            for n in sizes) + f" | {_fmt_params(sizes[-1])} TB/s |")
+                                            for n in sizes)
+                 + f" | {_fmt_params(sizes[-1])} TB/s (% of copy) |")
     lines.append("|---|" + "---|" * (len(sizes) + 1))
     by = {(r["variant"], r["params"]): r for r in rows}
     for name in dict.fromkeys(r["variant"] for r in rows):
@@ -245,7 +247,11 @@ def write_markdown(path: Path, rows: list[dict], meta: dict) -> None:
             r = by.get((name, n))
             cells.append(f"{r['ms_median']:.3f} ({r['ratio_to_adamw_fused']:.2f})" if r else "")
         last = by.get((name, sizes[-1]))
-        cells.append(f"{last['achieved_tb_s']:.2f}" if last else "")
+        if last:
+            tb = last["achieved_tb_s"]
+            cells.append(f"{tb:.2f} ({100 * tb / meta['copy_tb_s']:.0f}%)")
+        else:
+            cells.append("")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     big = sizes[-1]
     lines += ["", f"Targets at {_fmt_params(big)} (ratio to torch's fused AdamW, same run):"]
@@ -270,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compiled", action="store_true",
                     help="add the torch.compile'd sin step at the largest size")
     ap.add_argument("--sweep", action="store_true",
-                    help="first time launch configurations at the largest size")
+                    help="also time the kernels' launch configurations at the largest size")
     ap.add_argument("--only", default=None, help="comma-separated variant names to run")
     ap.add_argument("--log", type=Path, default=None, help="also write the log to this file")
     args = ap.parse_args(argv)
@@ -301,17 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     only = set(args.only.split(",")) if args.only else None
     flush = max(4 * l2, 256 << 20)
-    if args.sweep:  # first, so that every row runs with the chosen configuration
-        bench = Bench(max(sizes), args.tensors, device, flush)
-        notes.append("- Launch configuration: " + sweep(bench, args.warmup,
-                                                      max(10, args.reps // 2), log)
-                     + f", measured at {_fmt_params(bench.total)} before all rows.")
-        del bench
-        torch.cuda.empty_cache()
     for total in sizes:
         bench = Bench(total, args.tensors, device, flush)
         n = bench.total
         base = None
+        hosts: dict[str, float] = {}
         for name, make, bpp in variants(args.compiled and total == sizes[-1]):
             if only and name not in only and not name.startswith("torch-adamw-fused"):
                 continue
@@ -334,10 +334,20 @@ def main(argv: list[str] | None = None) -> int:
                 f"  max {max(times):8.3f}  x{row['ratio_to_adamw_fused']:.3f}"
                 f"  {row['achieved_tb_s']:.2f} TB/s  host {statistics.median(host):.3f} ms"
                 f"  (wall {wall:.1f} s incl. warm-up)")
+            hosts[name] = statistics.median(host)
             if name == "qsgd-sin-compiled":
-                notes.append(f"- qsgd-sin-compiled at {_fmt_params(n)}: torch.compile of the "
-                             f"per-tensor step, {wall:.0f} s wall for warm-up and timing "
-                             "(compilation included), launched once per tensor.")
+                notes.append(
+                    f"- qsgd-sin-compiled at {_fmt_params(n)}: torch.compile (inductor) of the "
+                    f"per-tensor sin step, one launch per tensor: {med:.3f} ms on the GPU, "
+                    f"{hosts[name]:.2f} ms of host time per step (qsgd-sin-fused: "
+                    f"{hosts.get('qsgd-sin-fused', float('nan')):.2f} ms, one launch), "
+                    f"{wall:.0f} s for compilation, warm-up and timing.")
+        del bench
+        torch.cuda.empty_cache()
+
+    if args.sweep:
+        bench = Bench(max(sizes), args.tensors, device, flush)
+        notes += ["", *sweep(bench, args.warmup, max(10, args.reps // 2), log)]
         del bench
         torch.cuda.empty_cache()
 

@@ -27,9 +27,10 @@ Protocol (equal for every variant; the options are :class:`LLMOptions`, the ``[l
 * Optimizer: :class:`qsgd.SuperpositionalAdamW` with the variant's settings, one parameter
   group, betas (0.9, 0.999), ε = 1e-8, decoupled weight decay ``weight_decay`` (0.01), bias
   correction on; gradients clipped to global norm ``clip_grad`` (1.0).
-* Learning rate: ``lr`` (1e-4; the spec's ``lr`` wins), linear warm-up over ``warmup`` steps
-  (10), then ``schedule`` (``cosine`` down to ``min_lr_ratio`` × lr at the last step; or
-  ``linear`` to the same floor, or ``constant``).
+* Learning rate: ``lr`` (3e-4, the best of 3e-5, 1e-4 and 3e-4 for AdamW on one epoch; the
+  spec's ``lr`` wins), linear warm-up over ``warmup`` steps (10), then ``schedule``
+  (``cosine`` down to ``min_lr_ratio`` × lr at the last step; or ``linear`` to the same floor,
+  or ``constant``). With 8,192-token steps an epoch is 210 steps of about 36 examples.
 * Precision: float32 weights, gradients and optimizer state; the forward and backward run under
   bfloat16 autocast (``amp``), with the residual stream, norms, RoPE and the loss in float32.
 
@@ -56,6 +57,13 @@ document-causal block mask (``attn_impl = "flex"``; ``"sdpa"`` is the dense-mask
 the CPU path), computes logits only at the answer positions, keeps all batches on the device
 from the start, and is compiled with ``torch.compile``; the step has no host synchronisation.
 
+Reproducibility: the data order, the noise and (on a CPU) every number are fixed by the seed.
+On a GPU the backward passes of FlexAttention, of the embedding and of the logit gather
+accumulate with atomics, so two runs of one spec differ in the last digits. On SmolLM2, runs
+that share seed and data and differ only by a negligible perturbation (sin-l0.5-first4, whose
+‖λQ‖/‖Adam direction‖ is 2e-6) differ from adamw by up to 3e-4 in mean training loss: read
+smaller differences as noise.
+
 Several GPUs: the runner gives each GPU its own runs; ``torchrun --nproc-per-node N -m
 ablations.llm train ...`` trains one run data-parallel (each rank takes its share of every
 step's rows; gradients are summed, so the update equals the single-GPU one up to rounding).
@@ -64,7 +72,6 @@ step's rows; gradients are summed, so the update equals the single-GPU one up to
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -139,7 +146,7 @@ class LLMOptions:
     data_dir: str = ""
     max_len: int = 2048
     tokens_per_batch: int = 8192
-    lr: float = 1e-4
+    lr: float = 3e-4
     schedule: str = "cosine"
     warmup: int = 10
     min_lr_ratio: float = 0.1
@@ -246,7 +253,8 @@ class LlamaShape:
     tie_embeddings: bool = True
 
     def layer_matmul_params(self) -> int:
-        d, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        d, q = self.hidden_size, self.num_heads * self.head_dim
+        kv = self.num_kv_heads * self.head_dim
         return d * q + 2 * d * kv + q * d + 3 * d * self.intermediate_size
 
     def n_params(self) -> int:
@@ -708,78 +716,86 @@ def greedy_generate(model: CompactLlama, prompts: Sequence[Sequence[int]], max_n
     """
     dev = next(model.parameters()).device
     use_graph = dev.type == "cuda" if cuda_graph is None else cuda_graph
-    s = model.shape
-    group = s.num_heads // s.num_kv_heads
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        b, P, N = len(chunk), max(len(prompts[i]) for i in chunk), max_new_tokens
-        npad = torch.tensor([P - len(prompts[i]) for i in chunk], device=dev)
-        ids = torch.full((b, P), pad_id, dtype=torch.long)
-        for r, i in enumerate(chunk):
-            ids[r, P - len(prompts[i]):] = torch.tensor(prompts[i], dtype=torch.long)
-        ids = ids.to(dev)
-        ar = torch.arange(P + N, device=dev)
-        # valid keys: the prompt's own tokens now, each generated token once written
-        key_ok = (ar.unsqueeze(0) >= npad.unsqueeze(1)) & (ar < P)
-        pos0 = (ar[:P].unsqueeze(0) - npad.unsqueeze(1)).clamp(min=0)
-        cache: list[list[Tensor]] = []
-        causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
-        eye = torch.eye(P, dtype=torch.bool, device=dev)
-        pmask = ((causal & key_ok[:, None, :P]) | eye).unsqueeze(1)  # padding sees itself only
-
-        def prefill(q, k, v, i):
-            kc = k.new_zeros(b, s.num_kv_heads, P + N, s.head_dim)
-            vc = v.new_zeros(b, s.num_kv_heads, P + N, s.head_dim)
-            kc[:, :, :P], vc[:, :, :P] = k, v
-            cache.append([kc, vc])
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=pmask, enable_gqa=True)
-
-        with model._autocast(dev):
-            h = model.hidden(ids, pos0, prefill)
-        tok = model.logits(h[:, -1]).argmax(-1)
-        pos = pos0[:, -1] + 1                                  # position of the token fed next
-        cur = torch.full((1,), P, dtype=torch.long, device=dev)  # its cache slot
-
-        def attend(q, k, v, i):
-            kc, vc = cache[i]
-            kc.index_copy_(2, cur, k)
-            vc.index_copy_(2, cur, v)
-            # one query per sequence: fold each KV head's query heads into the query-length
-            # axis, so no KV head is repeated
-            qg = q.reshape(b, s.num_kv_heads, group, s.head_dim)
-            o = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=key_ok[:, None, None, :])
-            return o.reshape(b, s.num_heads, 1, s.head_dim)
-
-        def step():
-            key_ok.index_fill_(1, cur, True)
-            with model._autocast(dev):
-                hh = model.hidden(tok.unsqueeze(1), pos.unsqueeze(1), attend)
-            tok.copy_(model.logits(hh[:, -1]).argmax(-1))
-            pos.add_(1)
-            cur.add_(1)
-
-        graph = None
-        gen = torch.full((b, N), pad_id, dtype=torch.long, device=dev)
-        done = torch.zeros(b, dtype=torch.bool, device=dev)
-        for t in range(N):
-            gen[:, t] = torch.where(done, torch.full_like(tok, pad_id), tok)
-            done |= tok == eos_id
-            if t == N - 1 or (t % 16 == 15 and bool(done.all())):
-                break
-            if use_graph and graph is None:
-                graph = _capture(step, [tok, pos, cur, key_ok])
-            if graph is not None:
-                graph.replay()
-            else:
-                step()
-        del graph
-        gen = gen.cpu().tolist()
-        for r, i in enumerate(chunk):
-            row = gen[r]
+        rows = _generate_batch(model, [prompts[i] for i in chunk], max_new_tokens, eos_id,
+                               pad_id, use_graph)
+        for i, row in zip(chunk, rows):
             out[i] = row[:row.index(eos_id)] if eos_id in row else [x for x in row if x != pad_id]
     return out
+
+
+def _generate_batch(model: CompactLlama, prompts: Sequence[Sequence[int]], N: int, eos_id: int,
+                    pad_id: int, use_graph: bool) -> list[list[int]]:
+    """One batch of :func:`greedy_generate`: the N generated tokens of each prompt (padding
+    after an end-of-sequence token)."""
+    dev = next(model.parameters()).device
+    s = model.shape
+    group = s.num_heads // s.num_kv_heads
+    b, P = len(prompts), max(len(p) for p in prompts)
+    npad = torch.tensor([P - len(p) for p in prompts], device=dev)
+    ids = torch.full((b, P), pad_id, dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, P - len(p):] = torch.tensor(p, dtype=torch.long)
+    ids = ids.to(dev)
+    ar = torch.arange(P + N, device=dev)
+    # valid keys: the prompt's own tokens now, each generated token once written
+    key_ok = (ar.unsqueeze(0) >= npad.unsqueeze(1)) & (ar < P)
+    pos0 = (ar[:P].unsqueeze(0) - npad.unsqueeze(1)).clamp(min=0)
+    cache: list[list[Tensor]] = []
+    causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
+    eye = torch.eye(P, dtype=torch.bool, device=dev)
+    pmask = ((causal & key_ok[:, None, :P]) | eye).unsqueeze(1)  # padding sees itself only
+
+    def prefill(q, k, v, i):
+        kc = k.new_zeros(b, s.num_kv_heads, P + N, s.head_dim)
+        vc = v.new_zeros(b, s.num_kv_heads, P + N, s.head_dim)
+        kc[:, :, :P], vc[:, :, :P] = k, v
+        cache.append([kc, vc])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=pmask, enable_gqa=True)
+
+    with model._autocast(dev):
+        h = model.hidden(ids, pos0, prefill)
+    tok = model.logits(h[:, -1]).argmax(-1)
+    pos = pos0[:, -1] + 1                                  # position of the token fed next
+    cur = torch.full((1,), P, dtype=torch.long, device=dev)  # its cache slot
+
+    def attend(q, k, v, i):
+        kc, vc = cache[i]
+        kc.index_copy_(2, cur, k)
+        vc.index_copy_(2, cur, v)
+        # one query per sequence: fold each KV head's query heads into the query-length
+        # axis, so no KV head is repeated
+        qg = q.reshape(b, s.num_kv_heads, group, s.head_dim)
+        o = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=key_ok[:, None, None, :])
+        return o.reshape(b, s.num_heads, 1, s.head_dim)
+
+    def step():
+        key_ok.index_fill_(1, cur, True)
+        with model._autocast(dev):
+            hh = model.hidden(tok.unsqueeze(1), pos.unsqueeze(1), attend)
+        tok.copy_(model.logits(hh[:, -1]).argmax(-1))
+        pos.add_(1)
+        cur.add_(1)
+
+    graph = None
+    gen = torch.full((b, N), pad_id, dtype=torch.long, device=dev)
+    done = torch.zeros(b, dtype=torch.bool, device=dev)
+    for t in range(N):
+        gen[:, t] = torch.where(done, torch.full_like(tok, pad_id), tok)
+        done |= tok == eos_id
+        if t == N - 1 or (t % 16 == 15 and bool(done.all())):
+            break
+        if use_graph and graph is None:
+            graph = _capture(step, [tok, pos, cur, key_ok])
+        if graph is not None:
+            graph.replay()
+        else:
+            step()
+    del graph
+    return gen.cpu().tolist()
 
 
 def _capture(step: Callable[[], None], state: list[Tensor]):
@@ -972,8 +988,9 @@ def _dist() -> _Dist:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -1359,7 +1376,7 @@ def _hf_padded_baseline(sess: _Session, o: LLMOptions, steps: int, batch: int = 
 
 def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
               out_dir: Path, lrs: Sequence[float] = ()) -> list[dict[str, Any]]:
-    """Measure the arm's throughput and write ``throughput.csv`` and ``throughput.md``.
+    """Measure the arm's throughput; write ``throughput_bench.csv`` and ``throughput_bench.md``.
 
     Rows: the plain padded HF loop (``baseline_steps`` steps after 5 warm-up steps); then one
     full epoch of the arm's loop per variant (seed 0 data order, no evaluation), each with its
@@ -1441,16 +1458,17 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
     out_dir.mkdir(parents=True, exist_ok=True)
     cols = ["config", "variant", "tokens_per_s", "step_ms", "ratio_to_adamw", "optimizer_share",
             "mfu", "mean_train_loss", "warmup_s", "value", "seconds", "device"]
-    with open(out_dir / "throughput.csv", "w", newline="") as fh:
+    with open(out_dir / "throughput_bench.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
         for r in rows:
             w.writerow({c: r.get(c, "") for c in cols})
     lines = ["| " + " | ".join(cols[:-1]) + " |", "|" + "---|" * (len(cols) - 1)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols[:-1]) + " |" for r in rows]
-    (out_dir / "throughput.md").write_text(
-        f"# LLM arm throughput\n\nDevice: {name}. Model: {o.model} ({sess.base.shape.n_params()/1e6:.1f}M "
-        f"parameters). One epoch = {p.n_real} non-padding tokens in {p.steps} steps of "
+    (out_dir / "throughput_bench.md").write_text(
+        f"# LLM arm throughput benchmark\n\nDevice: {name}. Model: {o.model} "
+        f"({sess.base.shape.n_params() / 1e6:.1f}M parameters). One epoch = {p.n_real} "
+        f"non-padding tokens in {p.steps} steps of "
         f"{o.tokens_per_batch} token slots. tokens_per_s counts non-padding tokens over the "
         f"timed loop (compilation excluded); MFU = model FLOPs (6·N per token for the decoder, "
         f"the LM head on scored tokens only, causal attention) over time and the dense bf16 "
@@ -1486,10 +1504,13 @@ def decode_check(o: LLMOptions, n: int = 64) -> dict[str, Any]:
     return summary
 
 
-def throughput_summary(runs: Path, out_dir: Path, bench_csv: Path | None = None) -> str:
-    """Per-variant throughput of a grid (mean over its runs of tokens_per_s, optimizer_share,
-    mfu; ratio to adamw) as ``throughput_grid.csv`` and a markdown table (returned and written
-    as ``throughput_grid.md``), with the baseline rows of a ``bench`` CSV when given."""
+def throughput_summary(runs: Path, out_dir: Path, bench_csv: Path | None = None,
+                       decode_log: Path | None = None) -> str:
+    """The arm's throughput report from stored files: per variant, the mean over its grid runs
+    (``runs.jsonl``) of tokens_per_s, optimizer_share and MFU, and the ratio to adamw, as
+    ``throughput.csv``; ``throughput.md`` adds the plain-loop baseline and the learning-rate
+    check of a ``bench`` CSV and the decoding check's timings, when given. Returns the markdown.
+    """
     import csv
 
     recs = [json.loads(line) for line in Path(runs).read_text().splitlines() if line.strip()]
@@ -1501,27 +1522,56 @@ def throughput_summary(runs: Path, out_dir: Path, bench_csv: Path | None = None)
     rows = []
     for vid, ms in by.items():
         tps = np.array([m["tokens_per_s"] for m in ms])
+        def mean(k, ms=ms):
+            return float(np.nanmean([m.get(k, float("nan")) for m in ms]))
+
         rows.append(dict(variant=vid, runs=len(ms), tokens_per_s=round(float(tps.mean())),
                          tokens_per_s_sd=round(float(tps.std(ddof=1))) if len(ms) > 1 else "",
                          ratio_to_adamw=round(float(tps.mean() / ref), 4) if ref else "",
-                         optimizer_share=round(float(np.mean([m["optimizer_share"]
-                                                              for m in ms])), 4),
-                         mfu=round(float(np.nanmean([m.get("mfu", float("nan"))
-                                                     for m in ms])), 4),
-                         train_seconds=round(float(np.mean([m["train_seconds"] for m in ms])), 2),
-                         eval_seconds=round(float(np.mean([m["eval_seconds"] for m in ms])), 2)))
+                         within_5pct=bool(tps.mean() >= 0.95 * ref) if ref else "",
+                         optimizer_share=round(mean("optimizer_share"), 4),
+                         mfu=round(mean("mfu"), 4), train_seconds=round(mean("train_seconds"), 2),
+                         eval_seconds=round(mean("eval_seconds"), 2)))
     cols = list(rows[0]) if rows else []
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "throughput_grid.csv", "w", newline="") as fh:
+    with open(out_dir / "throughput.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
         w.writerows(rows)
-    md = [f"Device(s): {', '.join(sorted(dev))}. Means over each variant's grid runs "
-          "(one epoch each, evaluation excluded from tokens_per_s).", "",
+    md = ["# LLM arm: throughput", "",
+          f"Training throughput of the grid's runs ({len(recs)} runs on "
+          f"{', '.join(sorted(dev))}): tokens_per_s counts the non-padding tokens of the epoch "
+          "(prompt and answer) over the timed training loop (compilation warm-up and "
+          "evaluation excluded); optimizer_share is the share of GPU step time inside "
+          "optimizer.step (CUDA events); MFU = model FLOPs (forward + backward of the decoder on "
+          "every token, the LM head on the scored tokens, causal attention) over time and the "
+          "dense bf16 peak (989 TFLOP/s). Means over seeds; ratio_to_adamw = mean tokens/s over "
+          "adamw's; within_5pct: ratio ≥ 0.95.", "",
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    if bench_csv is not None and Path(bench_csv).is_file():
+        with open(bench_csv, newline="") as fh:
+            bench = list(csv.DictReader(fh))
+        keep = [r for r in bench if r["config"].startswith(("HF ", "lr check", "check:"))
+                or (r["config"].startswith("arm loop") and r["variant"] == "adamw")]
+        bcols = ["config", "variant", "tokens_per_s", "step_ms", "mfu", "mean_train_loss",
+                 "value", "device"]
+        md += ["", f"Baseline and checks from `{Path(bench_csv).name}` (`python -m ablations.llm "
+               "bench`, one process, seed-0 data order; its per-variant rows predate the fused "
+               "optimizer step and are superseded by the table above):", "",
+               "| " + " | ".join(bcols) + " |", "|" + "---|" * len(bcols)]
+        md += ["| " + " | ".join(r.get(c, "") for c in bcols) + " |" for r in keep]
+    if decode_log is not None and Path(decode_log).is_file():
+        for line in Path(decode_log).read_text().splitlines():
+            if line.startswith("[decode-check]"):
+                d = json.loads(line.split(" ", 1)[1])
+                md += ["", f"Greedy decoding (`python -m ablations.llm decode-check`): "
+                       f"{d['n']} questions in {d['graph_s']} s with the CUDA-graph step against "
+                       f"{d['eager_s']} s eager ({d['identical']}/{d['n']} identical outputs); "
+                       f"{d['eval_questions']} questions, as in each run's evaluation, in "
+                       f"{d['eval_s']} s."]
     text = "\n".join(md) + "\n"
-    (out_dir / "throughput_grid.md").write_text(text)
+    (out_dir / "throughput.md").write_text(text)
     return text
 
 
@@ -1580,11 +1630,13 @@ def main(argv: list[str] | None = None) -> int:
     su = sub.add_parser("summary", help="per-variant throughput of a grid's runs.jsonl")
     su.add_argument("runs", type=Path)
     su.add_argument("--out", type=Path, default=Path("results/llm"))
+    su.add_argument("--bench", type=Path, default=None, help="a throughput_bench.csv")
+    su.add_argument("--decode-log", type=Path, default=None, help="a decode-check log")
     bn.add_argument("--lrs", default="", help="extra adamw epochs at these lrs (comma list)")
     bn.add_argument("--out", type=Path, default=Path("results/llm"))
     args = ap.parse_args(argv)
     if args.cmd == "summary":
-        print(throughput_summary(args.runs, args.out))
+        print(throughput_summary(args.runs, args.out, args.bench, args.decode_log))
         return 0
     opts = _options_from(args.config, args.set)
     if args.cmd == "decode-check":

@@ -33,17 +33,20 @@ RUNS_FILE = "runs.jsonl"
 
 @functools.lru_cache(maxsize=1)
 def _commit() -> str:
+    """The code's commit (with ``-dirty`` for uncommitted tracked changes). Where the tree has no
+    git history (a copy on another machine), ``QSGD_COMMIT`` names it, else "unknown"."""
     root = Path(__file__).resolve().parent.parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=root,
+                              capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True, timeout=10).stdout
+                               cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    if not sha:
+        head = dirty = None
+    sha = head.stdout.strip() if head is not None and head.returncode == 0 else ""
+    if len(sha) != 40:
         return os.environ.get("QSGD_COMMIT", "unknown")
-    return sha + ("-dirty" if dirty.strip() else "")
+    return sha + ("-dirty" if dirty is not None and dirty.stdout.strip() else "")
 
 
 def provenance(wall_seconds: float, device: str | None = None) -> dict[str, Any]:

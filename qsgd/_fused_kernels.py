@@ -257,7 +257,8 @@ def adamw_kernel(base, off_tab, numel_tab, index_tab, blk_tensor, blk_first, s_p
     Op order mirrors qsgd.optimizer.reference_step (itself torch.optim.AdamW's):
     Q from θ before decay; θ·decay; m lerp; v·β2 + (1−β2)·g·g; denom = √v/√bc2 + ε;
     θ + (−lr/bc1)·(m/denom); θ + (−lr·λ)·Q. Full blocks run unmasked (16-byte accesses);
-    only each tensor's last block is masked.
+    only each tensor's last block is masked. With scope first_n, blocks past the first
+    n_qubits entries skip the perturbation entirely.
     """
     pid = tl.program_id(0)
     tid = tl.load(blk_tensor + pid)
@@ -268,7 +269,18 @@ def adamw_kernel(base, off_tab, numel_tab, index_tab, blk_tensor, blk_first, s_p
     gp = _tensor_ptr(base, off_tab, tid, 1, T, VEC)
     mp = _tensor_ptr(base, off_tab, tid, 2, T, VEC)
     vp = _tensor_ptr(base, off_tab, tid, 3, T, VEC)
-    if (lb + 1) * BLOCK <= n:
+    full = (lb + 1) * BLOCK <= n
+    if FIRST_N and start >= n_qubits:
+        # a block past the first n_qubits entries: plain AdamW (no noise drawn)
+        if full:
+            _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid, seed, step, decay, w1,
+                         beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam, n_qubits,
+                         0, FIRST_N, LERP_LOW, BLOCK, False)
+        else:
+            _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid, seed, step, decay, w1,
+                         beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam, n_qubits,
+                         0, FIRST_N, LERP_LOW, BLOCK, True)
+    elif full:
         _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid, seed, step, decay, w1,
                      beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam, n_qubits,
                      PERT, FIRST_N, LERP_LOW, BLOCK, False)

@@ -80,7 +80,7 @@ _MAX_NUMEL = 2**31 - 2**20  # int32 offsets inside the kernels, with a block to 
 # the s reduction (elements per partial sum, inner block). Chosen by measurement on an H200
 # (ablations/bench_optimizer.py --sweep); see results/bench/optimizer_step.md.
 BLOCK = 1024
-NUM_WARPS = 4
+NUM_WARPS = 8
 RED_RB = 16384
 RED_BLOCK = 2048
 RED_WARPS = 4

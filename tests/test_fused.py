@@ -361,3 +361,15 @@ def test_track_ratio_and_nonfinite_still_work_on_cuda():
     with pytest.raises(NonFiniteGradientError):
         opt.step()
     assert all(torch.equal(x, y) for x, y in zip(p, before, strict=False))
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["sin", "gauss"])
+def test_first_n_wider_than_a_block(variant):
+    """n_qubits past the kernel's block size: the in-scope part spans several blocks."""
+    a, fo, b, ro = _pair(perturbation=variant, scope="first_n", n_qubits=2500)
+    start = [p.detach().double().clone() for p in a]
+    _run(fo, a, 2)
+    _run(ro, b, 2)
+    _close_step(a, b, start, rtol=2e-5)

@@ -1,0 +1,168 @@
+"""T8: how many seeds each claimed effect needs for 80% power, from the measured seed spread,
+against the single-run comparisons the paper reports.
+
+Reads ``results/classifier/runs.csv`` (C1, C2) and ``results/llm/runs.csv`` (C6) when they
+exist; the statistics are :mod:`ablations.stats`' (paired t test power, exact in n).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .base import Check, compare, register
+
+__all__ = ["CLAIMED", "single_run_power", "t8_power"]
+
+#: The paper's claimed effects (variant − baseline), in the metric's units (PAPER.md).
+CLAIMED = {
+    "C1": {"arm": "classifier", "metric": "final_test_acc", "effect": 0.023,
+           "cell": {"attention": "quantum"}, "paper": "93.8% vs 91.5% (+2.3 pp)",
+           "unit": "accuracy (0–1)"},
+    "C2": {"arm": "classifier", "metric": "epochs_to_90", "effect": -2.8,
+           "cell": {"attention": "quantum"}, "paper": "4.6 vs 7.4 epochs to 90%",
+           "unit": "epochs"},
+    "C6": {"arm": "llm", "metric": "mean_train_loss", "effect": -0.0091, "cell": None,
+           "paper": "mean training loss 0.2097 vs 0.2188", "unit": "loss"},
+}
+Z95 = 1.959963984540054
+
+
+def single_run_power(effect: float, sd_diff: float, alpha: float = 0.05) -> float:
+    """Power of one paired run (one seed per arm) to detect ``effect`` with a two-sided z test
+    whose standard deviation is *known* to be ``sd_diff`` — the most favourable reading of a
+    single-run comparison (with the sd estimated, one pair allows no test at all)."""
+    from scipy import stats
+
+    if not (math.isfinite(effect) and math.isfinite(sd_diff)) or sd_diff <= 0:
+        return math.nan
+    z = stats.norm.ppf(1 - alpha / 2)
+    d = abs(effect) / sd_diff
+    return float(stats.norm.cdf(d - z) + stats.norm.cdf(-d - z))
+
+
+def _pairs(runs, spec: dict):
+    """Paired differences sin-l0.5 − adamw in the (attention, lr) cell with the most pairs."""
+    from ablations import stats
+
+    df = runs
+    if spec["cell"]:
+        for k, v in spec["cell"].items():
+            if k in df.columns:
+                df = df[df[k] == v]
+    pairs = stats.paired_differences(df, spec["metric"], "sin-l0.5", "adamw")
+    if pairs.empty or "lr" not in pairs.columns:
+        return pairs, None
+    counts = pairs.groupby("lr").size()
+    lr = float(counts.idxmax())
+    return pairs[pairs["lr"] == lr], lr
+
+
+@register("T8")
+def t8_power(size: str = "full", results_root: str = "results") -> Check:
+    """T8: seeds needed for 80% power for C1, C2 and C6 from the arms' measured seed spread."""
+    import numpy as np
+    import pandas as pd
+
+    from ablations import stats
+
+    root = Path(results_root)
+    rows, curves = [], {}
+    have = {}
+    for cid, spec in CLAIMED.items():
+        path = root / spec["arm"] / "runs.csv"
+        row = {"claim": cid, "metric": spec["metric"], "claimed_effect": spec["effect"],
+               "paper": spec["paper"], "unit": spec["unit"]}
+        if not path.is_file():
+            row["status"] = f"{spec['arm']} arm not run yet"
+            rows.append(row)
+            continue
+        runs = pd.read_csv(path)
+        pairs, lr = _pairs(runs, spec)
+        n = len(pairs)
+        if n < 2:
+            row["status"] = (f"{spec['arm']} arm: fewer than 2 seeds paired sin-l0.5/adamw "
+                             f"with {spec['metric']}")
+            rows.append(row)
+            continue
+        d = pairs["diff"].to_numpy(dtype=float)
+        sd = float(np.std(d, ddof=1))
+        need = stats.seeds_needed(spec["effect"], sd)
+        mde = stats.min_detectable_effect(n, sd)
+        p1 = single_run_power(spec["effect"], sd)
+        z_null = abs(spec["effect"]) / sd if sd > 0 else math.inf
+        from scipy import stats as sps
+
+        row.update({"status": "ran", "lr": lr, "n_pairs": n, "mean_diff": float(d.mean()),
+                    "sd_diff": sd, "seeds_needed_80": need, "mde_at_n": mde,
+                    "single_run_power": p1,
+                    "p_single_run_this_large_by_chance": float(2 * sps.norm.sf(z_null)),
+                    "d_z_claimed": abs(spec["effect"]) / sd if sd > 0 else math.inf})
+        have[cid] = row
+        rows.append(row)
+        ns = list(range(2, 61))
+        curves[cid] = {"n": ns, "power": [stats.paired_t_power(abs(spec["effect"]) / sd, k)
+                                          if sd > 0 else 1.0 for k in ns]}
+    # the paper's own "± 0.7" read as the seed sd of one run (independent runs: sd_diff √2·0.7)
+    sd_paper = math.sqrt(2) * 0.007
+    paper_row = {"claim": "C1 (paper's ±0.7 pp as seed sd)", "metric": "final_test_acc",
+                 "claimed_effect": 0.023, "paper": "93.8% ± 0.7 vs 91.5%", "unit":
+                 "accuracy (0–1)", "status": "scenario", "sd_diff": sd_paper,
+                 "seeds_needed_80": stats.seeds_needed(0.023, sd_paper),
+                 "single_run_power": single_run_power(0.023, sd_paper),
+                 "d_z_claimed": 0.023 / sd_paper}
+    rows.append(paper_row)
+    if "C1" not in have:
+        measured, passed, status = math.nan, None, "classifier arm not run yet"
+        summary = ("classifier arm not run yet (no results/classifier/runs.csv): not run. "
+                   f"Scenario from the paper's own ±0.7 pp read as the seed sd: "
+                   f"{paper_row['seeds_needed_80']:.0f} seeds for 80% power, single-run power "
+                   f"{paper_row['single_run_power']:.2f}")
+        if "C6" in have:
+            r = have["C6"]
+            summary += (f"; C6: sd of paired differences {r['sd_diff']:.4g} over "
+                        f"{r['n_pairs']} seeds, {r['seeds_needed_80']:.0f} seeds needed")
+    else:
+        c1 = have["C1"]
+        measured, status = c1["single_run_power"], "ran"
+        passed = compare(measured, 0.8, 0.0, ">=")
+        parts = []
+        for cid in ("C1", "C2", "C6"):
+            if cid in have:
+                r = have[cid]
+                parts.append(f"{cid}: sd of paired differences {r['sd_diff']:.4g} "
+                             f"({r['n_pairs']} seeds) → {r['seeds_needed_80']:.0f} seeds for "
+                             f"80% power (single run: power {r['single_run_power']:.2f}; MDE at "
+                             f"n = {r['n_pairs']}: {r['mde_at_n']:.3g})")
+            else:
+                parts.append(f"{cid}: {next(x['status'] for x in rows if x['claim'] == cid)}")
+        summary = "; ".join(parts)
+    derivation = """\
+**Power of a paired comparison.** With per-seed differences D_s = metric(sin-l0.5, s) −
+metric(adamw, s) (same data order, initialization and noise streams per seed), mean μ and
+standard deviation σ_D, the paired t test on n seeds has power
+P(|T'| > t_(0.975, n−1)) with T' noncentral t, noncentrality (μ/σ_D)·√n (Cohen 1988). The
+seeds needed for 80% power at α = 0.05 are the smallest such n (`ablations.stats.seeds_needed`,
+exact over integers); the minimum detectable effect at the grid's n is the μ that reaches
+80% (`min_detectable_effect`). σ_D is the arm's measured spread of paired differences, taken
+in the quantum-attention cell at the learning rate with the most pairs (C1, C2) and in the
+LLM arm (C6); for C2 only seeds where both runs reached 90% are paired.
+
+**A single run.** The paper reports one comparison per claim. One pair allows no t test
+(σ_D cannot be estimated); even granting a known σ_D, a z test on one pair has power
+Φ(μ/σ_D − 1.96) + Φ(−μ/σ_D − 1.96), which reaches 80% only when the claimed effect is at
+least 2.8·σ_D. The check passes if the paper's single-run design has 80% power for C1."""
+    survives = (
+        "Not run yet: the classifier arm's runs are needed for the seed spread." if passed is None
+        else "Yes: a single run has enough power for C1's claimed effect." if passed
+        else "No: one run per arm cannot detect effects of the claimed size against the "
+             "seed-to-seed spread measured here; the paper's single-run differences are within "
+             "what seeds alone produce (see p_single_run_this_large_by_chance), so they are "
+             "not evidence either way.")
+    return Check(
+        id="T8", claim="seeds each claimed effect (C1 +2.3 pp, C2 −2.8 epochs, C6 −0.0091 loss) "
+        "needs for 80% power, against the paper's single-run comparisons", measured=measured,
+        expected=0.8, tolerance=0.0, passed=passed, relation=">=", status=status,
+        quantity="power of a single paired run (known-σ z test) for C1's +2.3 pp",
+        summary=summary, derivation=derivation, survives=survives, tables={"power": rows},
+        data={"curves": curves})
