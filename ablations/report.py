@@ -211,6 +211,10 @@ def _claim_from_row(row: dict | None, scale: float = 1.0, unit: str = "") -> dic
     v = row["verdict"]
     mapped = ("supported" if v == "better" else "contradicted" if v == "worse"
               else v if v.startswith("equivalent") else "no detectable difference")
+    claimed = row.get("claimed_effect")
+    if mapped.startswith("equivalent") and claimed is not None and np.isfinite(claimed) \
+            and abs(claimed) > row["tost_margin"]:
+        mapped += f" (excludes the paper's {claimed * scale:+.3g}{unit})"
     return {
         "measured": f"{_f(row['mean_variant'] * scale)}{unit} vs {_f(row['mean_baseline'] * scale)}"
                     f"{unit} (diff {row['diff'] * scale:+.3g}{unit}, n={int(row['n'])} seeds)",

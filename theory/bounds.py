@@ -170,7 +170,7 @@ def t1_update_bound(size: str = "full", results_root: str = "results") -> Check:
     by = {r["variant"]: r for r in rows}
     summary = (f"worst |Δθ|/bound = {worst:.12f} (≤ 1); a-priori bound lr·(B_t + λ|g|) + "
                f"lr·wd·|θ|: worst {prior:.6f}; max |Q|/|g| sin/cos/circuit = {q_bounded:.6f} "
-               f"(taylor {by['taylor-l0.5']['max_Q_over_g']:.1f}, gauss "
+               f"(taylor {by['taylor-l0.5']['max_Q_over_g']:.3g}, gauss "
                f"{by['gauss-l0.5']['max_Q_over_g']:.2f}, anti "
                f"{by['anti-l0.5']['max_Q_over_g']:.3g}); Adam bound B_∞ = {b_inf:.3f} "
                f"attained to {ramp:.4f} on the ramp; {len(rows)} configs × {steps} steps")
@@ -254,6 +254,23 @@ def _adam_core_ok(theta_star: float, theta0: float, lam: float, grad) -> bool:
     """Adam prediction: attracted iff λ·sin(πθ)·|f'(θ)| > −1 everywhere between θ0 and θ*."""
     path = np.linspace(theta_star, theta0, 2001)
     return bool(np.all(lam * np.sin(np.pi * path) * np.abs(grad(path)) > -1.0))
+
+
+def _regime_summary(rows: list[dict]) -> list[dict]:
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["optimizer"], r["lambda"], r["max_grad"])
+        d = out.setdefault(key, {"optimizer": r["optimizer"], "lambda": r["lambda"],
+                                 "max |f'|": r["max_grad"], "rule": r["rule"], "runs": 0,
+                                 "predicted repel": 0, "measured repel": 0, "agree": 0,
+                                 "repelled minima θ*": []})
+        d["runs"] += 1
+        d["predicted repel"] += r["predicted"] == "repel"
+        d["measured repel"] += r["measured"] == "repel"
+        d["agree"] += r["predicted"] == r["measured"]
+        if r["measured"] == "repel" and r["theta_star"] not in d["repelled minima θ*"]:
+            d["repelled minima θ*"].append(r["theta_star"])
+    return list(out.values())
 
 
 @register("T4")
@@ -350,4 +367,5 @@ no weight decay): small gradients (G = 0.5) with λ ∈ {0.5, 2}, and large grad
         passed=frac == 1.0, relation="==",
         quantity="fraction of runs whose outcome (attract/repel) matches the prediction",
         summary=summary, derivation=derivation, survives=survives,
-        tables={"runs": rows}, data={"regimes": traj, "p": p})
+        tables={"summary per regime": _regime_summary(rows), "runs": rows},
+        data={"regimes": traj, "p": p})

@@ -179,7 +179,16 @@ random θ ∈ [−3, 3], against the `Circuit` perturbation's readout on a 10-en
         "product of sines (closed form for the 4-qubit circuit)", measured=worst, expected=0.0,
         tolerance=tol, passed=worst <= tol and perm_ok, relation="==",
         quantity="max |simulator − closed form| (float64)", summary=summary,
-        derivation=derivation, survives=survives, tables={"cases": rows},
+        derivation=derivation, survives=survives,
+        tables={"max error per width": [
+            {"n_qubits": n, "cases": sum(r["n_qubits"] == n for r in rows),
+             "max_abs_error": max(r["max_abs_error"] for r in rows if r["n_qubits"] == n)}
+            for n in sorted({r["n_qubits"] for r in rows})]
+            + [{"n_qubits": "perturbation object (4, padded)", "cases": 1,
+                "max_abs_error": err_pert},
+               {"n_qubits": "one qubit vs sin(πθ)", "cases": 1, "max_abs_error": err_one},
+               {"n_qubits": "Qiskit Statevector (4)", "cases": 1, "max_abs_error": err_qk}],
+            "cases": rows},
         data={"forms": forms, "forms_hadamard": forms_h})
 
 

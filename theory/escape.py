@@ -202,6 +202,25 @@ def _run_batch(land: Landscape, cond: str, variant: str, n: int, steps: int,
             "displacement": disp}
 
 
+def _summary(rows: list[dict]) -> list[dict]:
+    """One row per (landscape, variant): the escape rate of each condition side by side."""
+    out: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        key = (r["landscape"], r["variant"])
+        d = out.setdefault(key, {"landscape": r["landscape"], "variant": r["variant"]})
+        c = r["condition"]
+        if c == "at":
+            d["at: max |θ−θ*|"] = r["max_displacement"]
+        else:
+            d[f"{c}"] = r["escape_rate"]
+        if c == "noisy":
+            d["noisy 95% CI"] = f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+            d["noisy ever left"] = r["ever_left_rate"]
+            d["p McNemar"] = r["p_mcnemar_vs_adamw"]
+            d["p Fisher"] = r["p_fisher_vs_adamw"]
+    return list(out.values())
+
+
 @register("T2")
 def t2_escape(size: str = "full", results_root: str = "results") -> Check:
     """T2: where g = 0 the sin, cos, taylor and circuit terms vanish, so no run leaves an
@@ -349,5 +368,7 @@ if sin escapes significantly more on at least one landscape and significantly le
         "perturbation cannot move a run out of an exact minimum; additive noise can",
         measured=disp_mult, expected=0.0, tolerance=0.0, passed=ok, relation="==",
         quantity="max |θ_T − θ*| of the multiplicative variants started at an exact minimum",
-        summary=summary, derivation=derivation, survives=survives, tables={"escape": rows},
+        summary=summary, derivation=derivation, survives=survives,
+        tables={"summary (escape rate per condition; p: noisy, vs adamw)": _summary(rows),
+                "all cells": rows},
         data={"rows": rows, "short": short}, claims=claims)

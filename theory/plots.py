@@ -40,8 +40,8 @@ def escape_rates(check: Check):
                    and r["condition"] == cond}
             xs = [i + (j - (len(conds) - 1) / 2) * width for i in range(len(variants))]
             ys = [sub[v]["escape_rate"] for v in variants]
-            lo = [sub[v]["escape_rate"] - sub[v]["ci_low"] for v in variants]
-            hi = [sub[v]["ci_high"] - sub[v]["escape_rate"] for v in variants]
+            lo = [max(0.0, sub[v]["escape_rate"] - sub[v]["ci_low"]) for v in variants]
+            hi = [max(0.0, sub[v]["ci_high"] - sub[v]["escape_rate"]) for v in variants]
             ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, color=colors[cond], label=cond)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("escaped")

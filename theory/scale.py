@@ -282,7 +282,7 @@ def classifier_trace(size: str = "full", variant: str = "sin-l0.5") -> dict:
     from qsgd import SuperpositionalAdamW, parse_variant
 
     o = ClassifierOptions() if size == "full" else ClassifierOptions(n_train=200, n_test=50)
-    steps = 240 if size == "full" else 6
+    steps = 120 if size == "full" else 6
     every = 4 if size == "full" else 1
     data = make_task(o)
     seeds = derived_seeds(0)

@@ -1,0 +1,208 @@
+"""I/O of the theory suite: store finished checks, render checks.csv, report.md, claims.json
+and the figures from the stored checks.
+
+Layout of ``results/theory/`` (the data contract, DESIGN.md)::
+
+    raw/<id>.json      every field of one check (re-rendering needs no re-run)
+    checks.csv         id, claim, measured, expected, tolerance, passed, then extras
+    claims.json        {"C7": {"measured", "ci", "test", "verdict"}} for the claims ledger
+    report.md          derivations, measurements, figures, verdicts
+    figures/*.png
+    tables/<id>_<name>.csv   tables too long to show in the report
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+from dataclasses import asdict, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .base import Check
+
+__all__ = ["CSV_COLUMNS", "save_check", "load_checks", "render", "write_csv"]
+
+CSV_COLUMNS = ("id", "claim", "measured", "expected", "tolerance", "passed", "relation",
+               "quantity", "status", "summary", "size", "seconds")
+INLINE_ROWS = 40
+
+
+def _json_default(x: Any):
+    try:
+        import numpy as np
+
+        if isinstance(x, np.generic):
+            return x.item()
+        if isinstance(x, np.ndarray):
+            return x.tolist()
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        pass
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serializable: {type(x).__name__}")
+
+
+def save_check(check: Check, out: Path) -> Path:
+    """Write one check to ``out/raw/<id>.json``."""
+    raw = Path(out) / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    path = raw / f"{check.id}.json"
+    path.write_text(json.dumps(asdict(check), indent=1, default=_json_default,
+                               ensure_ascii=False) + "\n")
+    return path
+
+
+def load_checks(out: Path) -> list[Check]:
+    """All checks stored under ``out/raw``, in id order."""
+    raw = Path(out) / "raw"
+    names = {f.name for f in fields(Check)}
+    checks = []
+    for path in sorted(raw.glob("*.json")):
+        d = json.loads(path.read_text())
+        checks.append(Check(**{k: v for k, v in d.items() if k in names}))
+    return sorted(checks, key=lambda c: c.id)
+
+
+def write_csv(checks: list[Check], path: Path) -> Path:
+    import pandas as pd
+
+    df = pd.DataFrame([c.row() for c in checks], columns=list(CSV_COLUMNS))
+    df.to_csv(path, index=False)
+    return path
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "–"
+        if math.isinf(x):
+            return "∞" if x > 0 else "−∞"
+        if x == 0:
+            return "0"
+        if abs(x) >= 1e4 or abs(x) < 1e-3:
+            return f"{x:.3g}"
+        return f"{x:.4g}"
+    if isinstance(x, (list, tuple)):
+        return ", ".join(_fmt(v) for v in x)
+    if x is None:
+        return "–"
+    return str(x).replace("|", "/").replace("\n", " ")
+
+
+def _md_table(rows: list[dict]) -> str:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _passed(c: Check) -> str:
+    return "not run" if c.passed is None else ("**pass**" if c.passed else "**fail**")
+
+
+def _first_sentence(text: str) -> str:
+    text = text.strip()
+    for sep in (". ", ": "):
+        if sep in text:
+            return text.split(sep)[0] + "."
+    return text
+
+
+def _provenance() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    try:
+        import torch
+
+        tv = torch.__version__
+    except ImportError:  # pragma: no cover - torch is a dependency
+        tv = "none"
+    return (f"commit {commit}, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
+            f"Python {platform.python_version()}, torch {tv}, {platform.machine()}")
+
+
+def render(out: Path | str, checks: list[Check] | None = None) -> list[Path]:
+    """Write checks.csv, claims.json, report.md, figures and long tables under ``out`` from
+    ``checks`` (default: every check stored under ``out/raw``). Returns the files written."""
+    from .plots import figures_for
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    checks = load_checks(out) if checks is None else checks
+    written = [write_csv(checks, out / "checks.csv")]
+    claims: dict[str, dict] = {}
+    for c in checks:
+        claims.update(c.claims)
+    cpath = out / "claims.json"
+    cpath.write_text(json.dumps(claims, indent=2, ensure_ascii=False, default=_json_default)
+                     + "\n")
+    written.append(cpath)
+    figdir, tabdir = out / "figures", out / "tables"
+    total = sum(c.seconds for c in checks if math.isfinite(c.seconds))
+    sizes = sorted({c.size for c in checks})
+    md = ["# Theory checks\n",
+          f"Generated by `python -m theory run` ({'/'.join(sizes)} size; {_provenance()}; "
+          f"checks took {total:.0f} s in all). Do not edit: re-run, or re-render from "
+          "`raw/` with `python -m theory report`.\n",
+          "Each check derives a statement of the paper (or one its argument needs) on paper, "
+          "then measures it with the project's own optimizer, circuit simulator and models. "
+          "*measured* is compared with *expected* by *relation* within *tolerance* "
+          "(`x`: within a factor); `checks.csv` holds the same rows.\n",
+          "| id | statement | measured | relation | expected | tolerance | result | does the "
+          "paper's reasoning survive? |", "|---|---|---|---|---|---|---|---|"]
+    for c in checks:
+        md.append("| " + " | ".join([c.id, _fmt(c.claim), _fmt(c.measured), c.relation,
+                                     _fmt(c.expected), _fmt(c.tolerance), _passed(c),
+                                     _fmt(_first_sentence(c.survives))]) + " |")
+    if claims:
+        md.append("\n## Claims ledger entries\n")
+        md.append(_md_table([{"claim": k, **v} for k, v in claims.items()]))
+    for c in checks:
+        md.append(f"\n## {c.id}: {c.claim}\n")
+        md.append(f"**Result ({_passed(c)}, {c.seconds:.0f} s).** {c.summary}\n")
+        md.append(f"*measured*: {c.quantity} = {_fmt(c.measured)}; *expected* {c.relation} "
+                  f"{_fmt(c.expected)} (tolerance {_fmt(c.tolerance)}).\n")
+        if c.status != "ran":
+            md.append(f"*status*: {c.status}\n")
+        md.append("### Derivation\n")
+        md.append(c.derivation.strip() + "\n")
+        for name, fig in figures_for(c):
+            figdir.mkdir(parents=True, exist_ok=True)
+            fig.savefig(figdir / name, dpi=120)
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+            written.append(figdir / name)
+            md.append(f"![{c.id}](figures/{name})\n")
+        for key, rows in c.tables.items():
+            if not rows:
+                continue
+            slug = key.replace(" ", "_").replace("/", "_")
+            if len(rows) > INLINE_ROWS:
+                import pandas as pd
+
+                tabdir.mkdir(parents=True, exist_ok=True)
+                path = tabdir / f"{c.id}_{slug}.csv"
+                pd.DataFrame(rows).to_csv(path, index=False)
+                written.append(path)
+                md.append(f"*Table {key}*: {len(rows)} rows in "
+                          f"[`tables/{path.name}`](tables/{path.name}).\n")
+            else:
+                md.append(f"*Table {key}*\n")
+                md.append(_md_table(rows) + "\n")
+        md.append("### Does the paper's reasoning survive?\n")
+        md.append(c.survives.strip() + "\n")
+    rpath = out / "report.md"
+    rpath.write_text("\n".join(md) + "\n")
+    written.append(rpath)
+    return written
