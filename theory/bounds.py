@@ -149,7 +149,7 @@ def _t1_run(variant_id: str, extra: dict, steps: int, seed: int) -> dict:
 def t1_update_bound(size: str = "full", results_root: str = "results") -> Check:
     """T1: |Δθ_i| ≤ lr·(|m̂_i|/(√v̂_i+ε) + λ|Q_i|) + lr·wd·|θ_i|, and |Q_i| ≤ |g_i| for the
     sine and cosine (and the circuit), over long random runs of every variant."""
-    steps = 600 if size == "full" else 150
+    steps = 600 if size == "full" else 80
     rows = []
     for k, (label, vid, extra) in enumerate(T1_CONFIGS):
         r = _t1_run(vid, extra, steps, seed=100 + k)
