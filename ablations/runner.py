@@ -60,7 +60,8 @@ def provenance(wall_seconds: float, device: str | None = None) -> dict[str, Any]
     utc = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     return dict(commit=_commit(), utc=utc,
                 python=platform.python_version(), torch=torch.__version__, device=device,
-                host=platform.node(), wall_seconds=round(wall_seconds, 3))
+                host=platform.node(), wall_seconds=round(wall_seconds, 3),
+                load_avg_1min=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None)
 
 
 def run_one(spec: RunSpec) -> dict[str, Any]:
