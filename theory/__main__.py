@@ -3,7 +3,8 @@ runs the theory checks and writes ``results/theory/`` (checks.csv, report.md, cl
 figures/); ``python -m theory report [--out DIR]`` re-renders them from the stored checks.
 
 ``--quick`` runs every check at its small size (seconds, for a smoke test) and writes to
-``results/theory/quick/`` unless ``--out`` is given, so it never replaces the full results.
+``.nox/theory-quick/`` (git-ignored) unless ``--out`` is given, so it never replaces or adds to
+the committed results.
 ``--only`` runs some checks and re-renders the report with the others as last stored.
 """
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     run.add_argument("--only", default="", help="comma-separated check ids, e.g. T2,T8")
     run.add_argument("--out", default=None, help="output directory (default results/theory, "
-                     "or results/theory/quick with --quick)")
+                     "or .nox/theory-quick with --quick)")
     run.add_argument("--results-root", default="results",
                      help="where the arms' runs.csv are read from (default results)")
     rep = sub.add_parser("report", help="re-render the report from stored checks")
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             print(path)
         return 0
     size = "small" if args.quick else "full"
-    out = Path(args.out or ("results/theory/quick" if args.quick else "results/theory"))
+    out = Path(args.out or (".nox/theory-quick" if args.quick else "results/theory"))
     ids = [s.strip() for s in args.only.split(",") if s.strip()] or None
     from .base import run_checks
 

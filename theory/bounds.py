@@ -203,13 +203,17 @@ signs, 10% exact zeros), a 16-entry block whose gradient grows as (β2/β1)^s fo
 |Δθ_i| is divided by both bounds, with Q recomputed from the same Context (so the noise
 of gauss, unif and anti is the optimizer's own)."""
     survives = (
-        "Yes, with a qualification the paper does not make. Every step obeys the bound "
+        "Yes, with a qualification the paper does not make: the perturbation is bounded by "
+        "|g| but, unlike Adam's step, not normalized. Every step obeys the bound "
         "(worst ratio within rounding of 1), |Q_i| ≤ |g_i| holds for the sine, the cosine and "
         "the circuit, and Q_i = 0 wherever g_i = 0. But the bound shows the perturbation is "
         "*not* normalized: Adam's part of a step is at most lr·B_t whatever the gradient, "
         "while λ|Q_i| scales with |g_i| (and taylor's with |θ_i| too). Where gradients are "
         "large the perturbation can dominate the step (T2 uses gradient clipping for that "
-        "reason); where they are small (real networks, T3) it is negligible.")
+        "reason); where they are small (real networks, T3) it is negligible. The taylor "
+        "control, π·θ·g, is not even bounded by |g|: each step multiplies a large θ by about "
+        "1 − lr·λ·π·g, so θ random-walks geometrically and here |Q|/|g| = π|θ| reached "
+        f"{by['taylor-l0.5']['max_Q_over_g']:.2g}.")
     return Check(
         id="T1", claim="|Δθ_i| ≤ lr·(|m̂_i|/(√v̂_i+ε) + λ|Q_i|) + lr·wd·|θ_i|, and |Q_i| ≤ |g_i| "
         "for sin and cos", measured=worst, expected=1.0, tolerance=tol, passed=ok,
@@ -352,10 +356,13 @@ started at θ* ± p/8. GD: lr·h = 0.4, λ ∈ {0.5, 2}. Adam (the real optimize
 no weight decay): small gradients (G = 0.5) with λ ∈ {0.5, 2}, and large gradients
 (G = 20) with λ = 0.5. A run is "attracted" if it ends within p/16 of θ*."""
     survives = (
-        "Partly. The local picture is right in sign — the term adds ascent where sin(πθ*) < 0 "
-        "— but at λ = 0.5 it never overturns a minimum under gradient descent (it only "
-        "rescales the learning rate by 1 ± 0.5), and under Adam it can repel only where "
-        "λ·|sin(πθ)|·|g| > 1, i.e. where per-coordinate gradients exceed about 2–3. Where it "
+        "Partly: the term does add ascent where sin(πθ*) < 0, but at λ = 0.5 it never "
+        "overturns a minimum under gradient descent, and under Adam only where "
+        "λ·|sin(πθ)|·|g| > 1. Under gradient descent it only rescales the learning rate by "
+        "a factor between 0.5 and 1.5 (so it can destabilize a minimum only by overshoot, as "
+        "a 1.5× larger learning rate would); under Adam it can repel only where per-coordinate "
+        "gradients exceed about 2–3 (1/(λ|sin πθ|)), far above those of trained networks "
+        "(T3). Where it "
         "does, it does not free the run: it creates spurious resting points with f' ≠ 0 where "
         "the perturbation cancels Adam's step. Whether a well is left depends on the sign of "
         "sin(πθ) at that coordinate, an arbitrary property of the parametrization, not on "

@@ -167,8 +167,9 @@ random θ ∈ [−3, 3], against the `Circuit` perturbation's readout on a 10-en
 `to_qiskit` for the 4-qubit circuit. The simulator's basis permutation equals M⁻¹ as stated:
 {perm_ok}."""
     survives = (
-        "Yes for the single qubit: the sine is exactly the one-qubit circuit, so the "
-        "'quantum' perturbation is classical closed form and needs no simulation. For the "
+        "Yes for one qubit, no for the paper's circuit: the sine is exactly the one-qubit "
+        "circuit (so the 'quantum' perturbation is a classical closed form needing no "
+        "simulation), while the 4-qubit circuit gives products of sines. For the "
         "paper's 4-qubit entangled circuit the readout is not the sine: it is sin(πθ_q) for "
         "the last two qubits and a product of two sines for the first two, and with the "
         "paper's Hadamards all sines become cosines (the `cos` control). The entanglement "
@@ -251,11 +252,13 @@ def t6_spectrum(size: str = "full", results_root: str = "results") -> Check:
     attained = sum(r["attained"] for r in rows)
     sharp = sum(r["sharp_attained"] for r in rows)
     leak = max(r["energy_above_bound"] for r in rows)
+    deg_cls = next(r["measured_max_freq"] for r in rows if r["n_qubits"] == 2 and r["depth"] == 2
+                   and r["readout"] == "amp" and r["scales"] == [1.0, 1.0])
     summary = (f"highest frequency / predicted degree ≤ {worst:.3f} in all {len(rows)} "
                f"configurations, bound attained in {attained}/{len(rows)} (the sharper "
                f"(2·depth−1)·Σa for z: {sharp}/{len(rows)} attained); energy above the "
                f"bound ≤ {leak:.1e}; the classifier's Φ (2 qubits, depth 2, amp, a = 1) has "
-               f"degree {next(r['measured_max_freq'] for r in rows if r['n_qubits'] == 2 and r['depth'] == 2 and r['readout'] == 'amp' and r['scales'] == [1.0, 1.0]):.0f}")
+               f"degree {deg_cls:.0f}")
     derivation = """\
 **Frequencies.** In `ScoreCircuit` every Ry and Rz of every layer gets the angle a_q·s + w
 (re-uploading), so s enters each qubit through G = 2·depth gates. A rotation
@@ -275,7 +278,8 @@ one period, FFT; the highest frequency with |c_ω| > 1e-9·max|c| is compared wi
 degree predicted above, for n = 1…3 qubits, depth 1…3, both readouts, and one case with
 unequal scales a = (1, 0.5) (frequencies m_0 + 0.5·m_1, period 4π)."""
     survives = (
-        "The paper does not give this structure; it holds exactly. The 'quantum attention' "
+        "The structure holds exactly (the paper does not state it): Φ is a trigonometric "
+        "polynomial of degree depth·Σ|a_q|. The 'quantum attention' "
         "term is a low-degree trigonometric polynomial of each score — degree 4 for the "
         "classifier's 2-qubit, depth-2 circuit — added to the logits with a learned weight γ. "
         "It is a smooth, bounded, learned elementwise function of the score, computable in "

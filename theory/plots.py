@@ -63,12 +63,14 @@ def ratio_trace(check: Check):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4))
     ax.semilogy(tr["step"], tr["measured"], "k-", lw=2, label="measured (optimizer)")
-    ax.semilogy(tr["step"], tr["sine_scale"], "C0--", label="estimate: per-tensor rms(sin πθ)·rms(g)")
+    ax.semilogy(tr["step"], tr["sine_scale"], "C0--",
+                label="estimate: per-tensor rms(sin πθ)·rms(g)")
     ax.semilogy(tr["step"], tr["per_tensor"], "C1:", label="estimate: per-tensor π·rms(θ)·rms(g)")
     ax.semilogy(tr["step"], tr["global"], "C2-.", label="estimate: global π·θ_rms·g_rms")
     llm = check.data.get("llm_ratio")
     if llm is not None and math.isfinite(llm):
-        ax.axhline(llm, color="C3", lw=1.5, label=f"{check.data.get('llm_name')}, step 1: {llm:.1e}")
+        ax.axhline(llm, color="C3", lw=1.5,
+                   label=f"{check.data.get('llm_name')}, step 1: {llm:.1e}")
     ax.set_xlabel("classifier training step")
     ax.set_ylabel("‖λQ‖ / ‖m̂/(√v̂+ε)‖")
     ax.set_title("T3: size of the sine term relative to Adam's step (λ = 0.5)")
@@ -86,7 +88,7 @@ def stability_map(check: Check):
     import numpy as np
 
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 6), gridspec_kw={"height_ratios": [2, 1.2]})
-    for i, (name, r) in enumerate(reg.items()):
+    for i, r in enumerate(reg.values()):
         stars = np.array(r["theta_star"])
         pred = np.array(r["predicted"])
         att = np.array(r["attracted"])

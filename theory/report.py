@@ -79,6 +79,8 @@ def _fmt(x: Any) -> str:
     if isinstance(x, bool):
         return "yes" if x else "no"
     if isinstance(x, float):
+        if 0.999 < x < 1.001 and x != 1.0:
+            return f"{x:.15g}"
         if math.isnan(x):
             return "–"
         if math.isinf(x):
@@ -92,12 +94,12 @@ def _fmt(x: Any) -> str:
         return ", ".join(_fmt(v) for v in x)
     if x is None:
         return "–"
-    return str(x).replace("|", "/").replace("\n", " ")
+    return str(x).replace("|", "\\|").replace("\n", " ")
 
 
 def _md_table(rows: list[dict]) -> str:
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(_fmt(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
     return "\n".join(lines)
@@ -109,10 +111,7 @@ def _passed(c: Check) -> str:
 
 def _first_sentence(text: str) -> str:
     text = text.strip()
-    for sep in (". ", ": "):
-        if sep in text:
-            return text.split(sep)[0] + "."
-    return text
+    return text.split(". ")[0] + "." if ". " in text else text
 
 
 def _provenance() -> str:
@@ -169,9 +168,10 @@ def render(out: Path | str, checks: list[Check] | None = None) -> list[Path]:
         md.append(_md_table([{"claim": k, **v} for k, v in claims.items()]))
     for c in checks:
         md.append(f"\n## {c.id}: {c.claim}\n")
-        md.append(f"**Result ({_passed(c)}, {c.seconds:.0f} s).** {c.summary}\n")
-        md.append(f"*measured*: {c.quantity} = {_fmt(c.measured)}; *expected* {c.relation} "
-                  f"{_fmt(c.expected)} (tolerance {_fmt(c.tolerance)}).\n")
+        md.append(f"**Result:** {_passed(c)} ({c.seconds:.0f} s). {c.summary}\n")
+        want = (f"within a factor {_fmt(c.tolerance)} of {_fmt(c.expected)}" if c.relation == "x"
+                else f"{c.relation} {_fmt(c.expected)} (tolerance {_fmt(c.tolerance)})")
+        md.append(f"*measured* ({c.quantity}): {_fmt(c.measured)}; *expected*: {want}.\n")
         if c.status != "ran":
             md.append(f"*status*: {c.status}\n")
         md.append("### Derivation\n")
