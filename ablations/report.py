@@ -163,7 +163,7 @@ def render_arm(cfg: GridConfig) -> Path:
                               tost_margins=_margins(runs, metrics), n_boot=4000)
     table.to_csv(out / "stats.csv", index=False)
     if cfg.arm == "classifier":
-        body, claims = _classifier_sections(cfg, runs, curves, table, figs)
+        body, claims = _classifier_sections(cfg, runs, curves, table, figs, records)
     else:
         body, claims = _llm_sections(cfg, runs, curves, table, figs)
     (out / "claims.json").write_text(json.dumps(claims, indent=2, default=_json_default) + "\n")
@@ -228,7 +228,7 @@ def _claim_from_row(row: dict | None, scale: float = 1.0, unit: str = "") -> dic
     }
 
 
-def _classifier_sections(cfg, runs, curves, table, figs):
+def _classifier_sections(cfg, runs, curves, table, figs, records):
     from . import plots
 
     lr0 = cfg.baseline_lr
@@ -252,6 +252,28 @@ def _classifier_sections(cfg, runs, curves, table, figs):
         f"{o.get('weight_decay')}, gradient clipping 1.0, cosine learning-rate decay; "
         f"reference lr {lr0:g}. Seeds pair runs: seed s fixes data order, init and noise "
         f"for every variant.\n")
+    cal = runs[(runs["attention"] == "classical") & (runs["variant"] == "adamw")
+               & np.isclose(runs["lr"], lr0)]
+    if len(cal):
+        t, e = stats.time_to_event(cal, horizon=horizon)
+        med = stats.km_median(t, e)[0]
+        acc_mean = float(cal["final_test_acc"].mean())
+        ok = (3 <= med <= 10 if np.isfinite(med) else False) and 0.90 <= acc_mean <= 0.97
+        body.append(
+            f"Calibration (AdamW, classical attention, lr {lr0:g}, {len(cal)} seeds): Kaplan–Meier "
+            f"median epochs to 90% = {_f(med, 1)}, mean final accuracy {100 * acc_mean:.2f}% — "
+            f"{'inside' if ok else 'OUTSIDE'} the targets (median 3–10 epochs, final 90–97%).\n")
+    stamps = pd.to_datetime([r["provenance"]["utc"] for r in records], utc=True)
+    if len(stamps):
+        span = (stamps.max() - stamps.min()).total_seconds()
+        loads = [r["provenance"].get("load_avg_1min") for r in records]
+        loads = [x for x in loads if x is not None]
+        body.append(
+            f"Cost: {len(records)} runs, {runs['wall_seconds'].sum() / 60:.1f} min of run time "
+            f"in all; finished within {span / 60:.1f} min of wall clock from the first record to "
+            f"the last (plus the first runs' own time)"
+            + (f"; mean 1-minute load average at record time {np.mean(loads):.2f} on "
+               f"{runs['device'].iloc[0]}" if loads else "") + ".\n")
     counts = runs.groupby(["attention", "variant", "lr"]).size().rename("runs").reset_index()
     body.append("<details><summary>Runs per cell</summary>\n\n" + _md_table(counts) +
                 "\n</details>\n")
@@ -269,7 +291,7 @@ def _classifier_sections(cfg, runs, curves, table, figs):
             f"difference of {100 * r1['diff']:+.2f} pp (95% CI {100 * r1['ci_low']:+.2f} to "
             f"{100 * r1['ci_high']:+.2f}; paired t p={_p(r1['p_ttest'])}, Holm-adjusted "
             f"p={_p(r1['p_holm'])}; TOST ±1 pp p={_p(r1['p_tost'])}). The paper claims +2.3 pp; "
-            f"detecting +2.3 pp at this spread needs {_f(r1.get('n_for_claim'))} seeds, and the "
+            f"detecting +2.3 pp at this spread needs {_f(r1.get('n_for_claim'), 0)} seeds, and the "
             f"smallest effect detectable with {int(r1['n'])} seeds is "
             f"{100 * r1.get('mde', float('nan')):.2f} pp. Verdict: **{c1['verdict']}**.\n")
     claims["C1"] = c1
