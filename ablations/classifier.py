@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from qsgd import SuperpositionalAdamW, parse_variant
-from qsgd.perturbations import noise_key
+
+from .config import derived_seeds
 
 __all__ = ["ClassifierOptions", "make_task", "derived_seeds", "run", "TIMING_METRICS"]
 
@@ -69,12 +70,6 @@ class ClassifierOptions:
     ratio_every: int = 10
     schedule: str = "cosine"
     bias_correction: bool = True
-
-
-def derived_seeds(seed: int) -> dict[str, int]:
-    """Independent streams of one run seed: data order, init, optimizer noise."""
-    return {name: noise_key(seed, 0, 0, stream) % (2**31 - 1)
-            for stream, name in enumerate(("order", "init", "noise"), start=1)}
 
 
 def _sample(rng: np.random.Generator, n: int,

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qsgd.perturbations import noise_key
 from qsgd.variants import parse_variant
 
 if sys.version_info >= (3, 11):
@@ -38,7 +39,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ConfigError", "RunSpec", "GridConfig", "load_config", "expand"]
+__all__ = ["ConfigError", "RunSpec", "GridConfig", "load_config", "expand", "derived_seeds"]
 
 ARMS = ("classifier", "llm")
 ATTENTIONS = ("quantum", "classical", "none")
@@ -206,6 +207,12 @@ def _check_arm_options(arm: str, options: Any, path: Path) -> None:
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) in [{arm}]: {', '.join(sorted(unknown))} "
                           f"(valid: {', '.join(sorted(valid))})")
+
+
+def derived_seeds(seed: int) -> dict[str, int]:
+    """Independent streams of one run seed, shared by every arm: data order, init, noise."""
+    return {name: noise_key(seed, 0, 0, stream) % (2**31 - 1)
+            for stream, name in enumerate(("order", "init", "noise"), start=1)}
 
 
 def expand(specs: Iterable[RunSpec]) -> list[RunSpec]:

@@ -91,9 +91,9 @@ from torch import Tensor, nn
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from qsgd import SuperpositionalAdamW, parse_variant
-from qsgd.perturbations import noise_key
 
 from . import gsm8k
+from .config import derived_seeds
 
 __all__ = [
     "LLMOptions",
@@ -210,12 +210,6 @@ class LLMOptions:
             raise ValueError(f"[llm].ratio_every must be >= 0, got {self.ratio_every}")
         if self.clip_grad < 0 or self.weight_decay < 0:
             raise ValueError("[llm].clip_grad and [llm].weight_decay must be >= 0")
-
-
-def derived_seeds(seed: int) -> dict[str, int]:
-    """Independent streams of one run seed: data order, init (random models), optimizer noise."""
-    return {name: noise_key(seed, 0, 0, stream) % (2**31 - 1)
-            for stream, name in enumerate(("order", "init", "noise"), start=1)}
 
 
 def lr_at(step: int, steps: int, o: LLMOptions, lr: float) -> float:

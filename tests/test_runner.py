@@ -134,7 +134,7 @@ def test_rerun_skips_finished_runs_and_ignores_torn_lines(tmp_path):
 
 def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
     """Kill a real `python -m ablations run` mid-grid, rerun it, and count the records."""
-    cfg_path = _write(tmp_path, seeds=3)
+    cfg_path = _write(tmp_path, seeds=12)  # enough runs that the kill lands mid-grid
     cfg = load_config(cfg_path)
     runs = cfg.results / "runs.jsonl"
     cmd = [sys.executable, "-m", "ablations", "run", str(cfg_path), "--workers", "1",
