@@ -132,7 +132,7 @@ def build_model(o: ClassifierOptions, attention: str) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def _accuracy(model, x, y, batch=500) -> float:
+def _accuracy(model, x, y, batch=1000) -> float:
     model.eval()
     correct = 0
     for i in range(0, len(x), batch):

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .circuit import fourier_eval_line, fourier_series, simulate
+from .circuit import line_coefficients, line_series, simulate
 
 __all__ = ["ScoreCircuit", "quantum_attention", "QuantumAttention", "PHI_READOUTS",
            "PHI_METHODS"]
@@ -61,8 +61,10 @@ class ScoreCircuit(nn.Module):
         init_scale: initial encoding scale a_q (default 1.0).
         method: how Φ is computed, both exact: ``"fourier"`` simulates the circuit once per
             call on a grid of Nⁿ angle tuples (N = 4·depth+1 for "amp", 8·depth+1 for "z"),
-            takes its exact Fourier coefficients (``qsgd.circuit.fourier_series``) and
-            evaluates that trigonometric polynomial at every score; ``"state"`` simulates one
+            takes its exact Fourier coefficients in a real basis
+            (``qsgd.circuit.line_coefficients``; their gradient in the circuit weights by the
+            parameter-shift rule, from the same batched simulation) and evaluates that
+            trigonometric polynomial at every score (``qsgd.circuit.line_series``); ``"state"`` simulates one
             statevector per score (``qsgd.circuit.simulate``). They agree to rounding
             (tested); "fourier" is several times faster at attention sizes for n ≤ 3, but its
             grid grows as Nⁿ. ``"auto"`` (default): "fourier" for n ≤ 3, else "state".
@@ -103,10 +105,8 @@ class ScoreCircuit(nn.Module):
             method = "fourier" if self.n_qubits <= 3 else "state"
         if method == "fourier":
             ro = "amp_sum" if self.readout == "amp" else "Z"
-            c, ks = fourier_series(w, self.n_qubits, readout=ro, **kw)
-            if self.readout == "z":
-                c = c.mean(-1)
-            return fourier_eval_line(c, ks, self.scale, scores)
+            M, ks = line_coefficients(w, self.n_qubits, readout=ro, **kw)
+            return line_series(M, ks, self.scale, scores)
         x = scores.unsqueeze(-1) * self.scale.to(scores.dtype)  # (..., n)
         if self.readout == "amp":
             out = simulate(x, w, readout="amp_sum", **kw).real
@@ -203,7 +203,10 @@ class QuantumAttention(nn.Module):
                 is_causal: bool = False) -> Tensor:
         B, T, D = x.shape
         H = self.n_heads
-        q, k, v = self.qkv(x).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = self.qkv(x).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)
+        if self.phi is not None:  # the explicit path's matmuls want contiguous heads (SDPA not)
+            qkv = qkv.contiguous()
+        q, k, v = qkv.unbind(0)
         mask = None
         if key_padding_mask is not None:
             mask = (~key_padding_mask)[:, None, None, :]  # SDPA: True = attend

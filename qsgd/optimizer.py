@@ -12,7 +12,9 @@ restated in PAPER.md; decoupled decay as Loshchilov & Hutter 2019)::
 Perturbations of kind ``"gradient"`` (anneal) instead replace g by g + λ·ξ before the moments.
 
 :func:`reference_step` holds the maths for one tensor; the optimizer class handles groups, state,
-validation and the faster foreach path (tested equal to the reference).
+validation and the faster paths, each tested equal to the reference: multi-tensor
+(``torch._foreach_*``), flat (a CPU group concatenated, :func:`_flat_group`) and fused (one
+Triton kernel on CUDA, :mod:`qsgd.fused`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ __all__ = ["SuperpositionalAdamW", "NonFiniteGradientError", "reference_step", "
 
 SCOPES = ("all", "first_n")
 NONFINITE = ("raise", "skip", "off")
+#: the flat CPU path (:func:`_flat_group`) is taken for groups of at most this many entries
+FLAT_MAX_NUMEL = 1 << 24
 
 
 class NonFiniteGradientError(FloatingPointError, ValueError):
@@ -180,7 +184,9 @@ class SuperpositionalAdamW(Optimizer):
         bias_correction: divide the moments by (1 − β^t) (default True). The paper does not say.
         seed: key of the noise streams of stochastic variants: noise depends only on
             (seed, step, tensor index), so a resumed run is bit-identical (default 0).
-        foreach: use the multi-tensor path (default: when every tensor is on a CUDA device).
+        foreach: use the multi-tensor path (default: when every tensor of the group is on one
+            device, CPU included; on CPU its parameters equal the per-tensor reference path's
+            bit for bit, tested for every variant).
         fused: use the fused Triton kernel of :mod:`qsgd.fused` (one launch, one pass over
             memory). ``None`` (default): whenever the group supports it (CUDA, contiguous,
             float32/bfloat16; perturbations none, sin, cos, taylor, gauss, unif) unless
@@ -323,7 +329,7 @@ class SuperpositionalAdamW(Optimizer):
 
         stats: dict[str, Tensor] | None = {} if self.track_ratio else None
         index = 0
-        for group in self.param_groups:
+        for gi, group in enumerate(self.param_groups):
             params, grads, m, v, steps, idx = [], [], [], [], [], []
             for p in group["params"]:
                 i, index = index, index + 1
@@ -355,10 +361,15 @@ class SuperpositionalAdamW(Optimizer):
                     continue
             # [/fused]
             use_foreach = group["foreach"]
-            if use_foreach is None:
-                use_foreach = all(p.is_cuda for p in params)
+            if use_foreach is None:  # on CPU too: fewer Python-level ops for small models
+                use_foreach = len({p.device for p in params}) == 1
             if use_foreach and all(p.is_contiguous() for p in params):
-                _foreach_group(params, grads, m, v, steps, idx, stats=stats, **hyper)
+                if self._flat_ok(params, group, steps):
+                    m_flat, v_flat = self._flat_state(gi, params)
+                    _flat_group(params, grads, m_flat, v_flat, steps[0], idx, stats=stats,
+                                **hyper)
+                else:
+                    _foreach_group(params, grads, m, v, steps, idx, stats=stats, **hyper)
             else:
                 for p, g, ea, eas, s, i in zip(params, grads, m, v, steps, idx):
                     reference_step(p, g, ea, eas, step=s, index=i, stats=stats, **hyper)
@@ -366,6 +377,46 @@ class SuperpositionalAdamW(Optimizer):
             pert = stats.get("pert_sq", torch.zeros((), dtype=torch.float64))
             self._ratios.append((pert.sqrt() / stats["adam_sq"].sqrt()).detach())
         return loss
+
+    @staticmethod
+    def _flat_ok(params: list[Tensor], group: dict[str, Any], steps: list[int]) -> bool:
+        """Whether the flat CPU path applies: one CPU dtype, scope "all", one step count,
+        and few enough entries that a concatenated copy is cheap (see :func:`_flat_group`)."""
+        return (params[0].device.type == "cpu" and group["scope"] == "all"
+                and len({p.dtype for p in params}) == 1 and len(set(steps)) == 1
+                and sum(p.numel() for p in params) <= FLAT_MAX_NUMEL)
+
+    def _flat_state(self, gi: int, params: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The group's moments as two flat buffers whose slices *are* the per-parameter state
+        tensors (so state_dict, resume and the other paths see the usual layout). Rebuilt
+        from the current state whenever a state tensor is no longer such a slice (first
+        step, load_state_dict, a user's replacement)."""
+        cache = self.__dict__.setdefault("_flat_cache", {})
+        bufs = cache.get(gi)
+        if bufs is not None and self._flat_views_intact(params, bufs):
+            return bufs
+        bufs = tuple(torch.cat([self.state[p][k].reshape(-1) for p in params])
+                     for k in ("exp_avg", "exp_avg_sq"))
+        off = 0
+        for p in params:
+            for k, buf in zip(("exp_avg", "exp_avg_sq"), bufs):
+                self.state[p][k] = buf[off:off + p.numel()].view_as(p)
+            off += p.numel()
+        cache[gi] = bufs
+        return bufs
+
+    def _flat_views_intact(self, params: list[Tensor], bufs: tuple[Tensor, ...]) -> bool:
+        if bufs[0].numel() != sum(p.numel() for p in params) or bufs[0].dtype != params[0].dtype:
+            return False
+        size = bufs[0].element_size()
+        for k, buf in zip(("exp_avg", "exp_avg_sq"), bufs):
+            base, off = buf.data_ptr(), 0
+            for p in params:
+                t = self.state[p][k]
+                if t.data_ptr() != base + off * size or t.shape != p.shape or not t.is_contiguous():
+                    return False
+                off += p.numel()
+        return True
 
     @staticmethod
     def _hyper(group: dict[str, Any]) -> dict[str, Any]:
@@ -439,3 +490,69 @@ def _foreach_group(
     if terms is not None:
         torch._foreach_add_([_scoped(p.view(-1), scope, n_qubits) for p in params], terms,
                             alpha=-lr * lam)
+
+
+def _flat_group(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: int,
+    indices: list[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    quantum_weight: float,
+    perturbation: Perturbation,
+    scope: str,
+    n_qubits: int,
+    bias_correction: bool,
+    seed: int,
+    stats: dict[str, Tensor] | None,
+) -> None:
+    """:func:`reference_step` for a whole CPU group at once (scope "all", one step count).
+
+    Parameters and gradients are concatenated into one flat tensor each, the moments already
+    are flat (``exp_avg``, ``exp_avg_sq``: their slices are the per-parameter state), the same
+    elementwise operations as the reference run once over everything, and the parameters are
+    copied back. On CPU a small model's step is dominated by per-operation overhead (dozens of
+    tensors × a dozen operations); this is ~5× faster than the multi-tensor kernels there, and
+    the parameters equal the reference path's bit for bit (tested). Elementwise perturbations
+    (``Perturbation.elementwise``) run once on the flat tensors; the others per tensor, keyed
+    by each tensor's index, as everywhere.
+    """
+    del scope  # "all" (checked by the caller)
+    sizes = [p.numel() for p in params]
+    theta = torch.cat([p.reshape(-1) for p in params])
+    grad = torch.cat([g.reshape(-1) for g in grads])
+    lam = quantum_weight
+    q = None
+    if lam != 0.0 and not isinstance(perturbation, None_):
+        if perturbation.elementwise:
+            term = perturbation.term(theta, grad, Context(step=step, seed=seed,
+                                                          index=indices[0], n_qubits=n_qubits))
+        else:
+            ctxs = [Context(step=step, seed=seed, index=i, n_qubits=n_qubits) for i in indices]
+            term = torch.cat(perturbation.terms(list(theta.split(sizes)),
+                                                list(grad.split(sizes)), ctxs))
+        if stats is not None:
+            _acc(stats, "pert_sq", term.double().pow(2).sum() * (lam * lam))
+        if perturbation.kind == "gradient":
+            grad.add_(term, alpha=lam)  # grad is this function's own copy
+        else:
+            q = term
+    if weight_decay != 0.0:
+        theta.mul_(1.0 - lr * weight_decay)
+    exp_avg.lerp_(grad, 1.0 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+    bc1, bc2 = _bias_corrections(step, beta1, beta2, bias_correction)
+    denom = (exp_avg_sq.sqrt() / (bc2**0.5)).add_(eps)
+    if stats is not None:
+        _acc(stats, "adam_sq", (exp_avg / bc1).div_(denom).double().pow(2).sum())
+    theta.addcdiv_(exp_avg, denom, value=-(lr / bc1))
+    if q is not None:
+        theta.add_(q, alpha=-lr * lam)
+    torch._foreach_copy_([p.view(-1) for p in params], list(theta.split(sizes)))

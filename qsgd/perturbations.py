@@ -95,6 +95,33 @@ def cospi(x: Tensor) -> Tensor:
     return out.mul_(1.0 - 2.0 * torch.remainder(r, 2.0))
 
 
+def _foreach_pi_reduced(xs: list[Tensor], fn) -> list[Tensor]:
+    """[fn(π(x − round x))·(−1)^round(x) for x in xs] with multi-tensor kernels: the same
+    operations, so the same bits, as :func:`sinpi` / :func:`cospi` tensor by tensor
+    ((−1)^r = 1 − 4·|frac(r/2)| is exact, as 1 − 2·(r mod 2) is)."""
+    r = torch._foreach_round(xs)
+    out = torch._foreach_sub(xs, r)
+    torch._foreach_mul_(out, math.pi)
+    fn(out)
+    sign = torch._foreach_mul(r, 0.5)
+    torch._foreach_frac_(sign)
+    torch._foreach_abs_(sign)
+    torch._foreach_mul_(sign, -4.0)
+    torch._foreach_add_(sign, 1.0)
+    torch._foreach_mul_(out, sign)
+    return out
+
+
+def foreach_sinpi(xs: list[Tensor]) -> list[Tensor]:
+    """:func:`sinpi` of every tensor of a list (multi-tensor kernels, same bits)."""
+    return _foreach_pi_reduced(xs, torch._foreach_sin_)
+
+
+def foreach_cospi(xs: list[Tensor]) -> list[Tensor]:
+    """:func:`cospi` of every tensor of a list (multi-tensor kernels, same bits)."""
+    return _foreach_pi_reduced(xs, torch._foreach_cos_)
+
+
 def rms(x: Tensor) -> Tensor:
     """Root mean square of all entries (0-dim tensor, no host sync)."""
     if x.numel() == 0:
@@ -134,6 +161,9 @@ class Perturbation(abc.ABC):
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "direction"  # or "gradient"
     stochastic: ClassVar[bool] = False
+    #: Q_i depends on (θ_i, g_i) alone (no per-tensor statistic, no noise stream), so one call
+    #: on several tensors concatenated equals the calls tensor by tensor (the flat CPU path)
+    elementwise: ClassVar[bool] = False
 
     @abc.abstractmethod
     def term(self, theta: Tensor, grad: Tensor, ctx: Context) -> Tensor:
@@ -196,6 +226,7 @@ class None_(Perturbation):
     """Q = 0: plain AdamW."""
 
     name = "none"
+    elementwise = True
 
     def term(self, theta, grad, ctx):
         return torch.zeros_like(grad)
@@ -209,9 +240,15 @@ class Sin(Perturbation):
     """The paper's term: Q_i = sin(π θ_i) · g_i."""
 
     name = "sin"
+    elementwise = True
 
     def term(self, theta, grad, ctx):
         return sinpi(theta).mul_(grad)
+
+    def terms(self, thetas, grads, ctxs):
+        q = foreach_sinpi(thetas)
+        torch._foreach_mul_(q, grads)
+        return q
 
 
 @register
@@ -219,9 +256,15 @@ class Cos(Perturbation):
     """Phase-shifted control: Q_i = cos(π θ_i) · g_i (large where the sine is small)."""
 
     name = "cos"
+    elementwise = True
 
     def term(self, theta, grad, ctx):
         return cospi(theta).mul_(grad)
+
+    def terms(self, thetas, grads, ctxs):
+        q = foreach_cospi(thetas)
+        torch._foreach_mul_(q, grads)
+        return q
 
 
 @register
@@ -229,6 +272,7 @@ class Taylor(Perturbation):
     """Small-weight limit of the sine: Q_i = π θ_i · g_i."""
 
     name = "taylor"
+    elementwise = True
 
     def term(self, theta, grad, ctx):
         return (theta * math.pi).mul_(grad)

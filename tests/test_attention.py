@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qsgd.attention import QuantumAttention, ScoreCircuit, quantum_attention
-from qsgd.circuit import fourier_eval_line, fourier_series
+import qsgd.circuit as circuit
+from qsgd.circuit import fourier_eval_line, fourier_series, line_coefficients, line_series
 
 F64 = torch.float64
 
@@ -175,6 +176,58 @@ def test_line_series_gradcheck(n):
     t = torch.randn(7, dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda c_, a_, t_: fourier_eval_line(c_, ks, a_, t_),
                                     (c, a, t))
+
+
+@pytest.mark.parametrize("readout", ["amp_sum", "Z", "X"])
+@pytest.mark.parametrize("n", [1, 2])
+def test_line_coefficients_table_and_shift_rule_agree_with_autograd(monkeypatch, n, readout):
+    # M(w) three ways: autograd through fourier_series (the definition), the cached corner
+    # table, and the parameter-shift rule (forced by a zero table limit); values and dM/dw
+    g = torch.Generator().manual_seed(n)
+    w = (torch.rand(2, 2, n, generator=g, dtype=F64) * 6 - 3).requires_grad_()
+    probe = torch.randn((5 if readout == "amp_sum" else 9,) * n, generator=g, dtype=F64)
+    c, ks = fourier_series(w, n, readout=readout)
+    if readout != "amp_sum":
+        c = c.mean(-1)
+    ref = circuit._to_real_basis(c, ks)
+    ref_grad, = torch.autograd.grad((ref * probe).sum(), w)
+    assert circuit._coefficient_table(n, 2, True, True, "reupload", readout, F64,
+                                      torch.device("cpu")) is not None
+    got = {}
+    for path in ("table", "shift"):
+        if path == "shift":
+            monkeypatch.setattr(circuit, "_TABLE_LIMIT", 0)
+            circuit._coefficient_table.cache_clear()
+        M, ks2 = line_coefficients(w, n, readout=readout)
+        assert torch.equal(ks2, ks)
+        got[path] = (M, torch.autograd.grad((M * probe).sum(), w)[0])
+        assert torch.allclose(M, ref, atol=1e-12), path
+        assert torch.allclose(got[path][1], ref_grad, atol=1e-11), path
+        with torch.no_grad():  # no gradient wanted: the same M, by the cheaper route
+            assert torch.allclose(line_coefficients(w, n, readout=readout)[0], M, atol=1e-13)
+    circuit._coefficient_table.cache_clear()
+
+
+def test_line_coefficients_errors():
+    w = torch.zeros(2, 2, 2)
+    with pytest.raises(ValueError, match="invalid readout: 'probabilities'"):
+        line_coefficients(w, 2, readout="probabilities")
+    with pytest.raises(ValueError, match="must have shape"):
+        line_coefficients(torch.zeros(3, 2, 2, 2), 2)
+    M, ks = line_coefficients(w, 2)
+    with pytest.raises(ValueError, match=r"M must have shape \(5, 5\)"):
+        line_series(M[:3], ks, torch.ones(2), torch.zeros(4))
+
+
+def test_line_series_inference_path_equals_training_path():
+    g = torch.Generator().manual_seed(3)
+    M, ks = line_coefficients(torch.randn(2, 2, 2, generator=g), 2)
+    a, t = torch.randn(2, generator=g), torch.randn(6, 7, generator=g) * 3
+    with_grad = line_series(M, ks, a.requires_grad_(), t)
+    with torch.no_grad():
+        without = line_series(M, ks, a, t)
+    assert with_grad.requires_grad and not without.requires_grad
+    assert torch.equal(with_grad.detach(), without)
 
 
 def test_phi_bounded_and_dtype():

@@ -136,3 +136,19 @@ def test_anneal_variance_schedule():
     assert float(xi.var()) == pytest.approx(0.01, rel=0.02)
     xi = an.term(torch.zeros(200_000), torch.zeros(200_000), Context(step=100, seed=0, index=0))
     assert float(xi.var()) == pytest.approx(0.01 / 100**0.55, rel=0.02)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.floats(-1e9, 1e9, allow_nan=False, width=32), min_size=1,
+                         max_size=40), min_size=1, max_size=5),
+       st.sampled_from([torch.float32, torch.float64]))
+def test_multi_tensor_sinpi_cospi_have_the_same_bits(values, dtype):
+    # the foreach path (the CPU default) must not change a single bit of the sine term
+    from qsgd.perturbations import cospi, foreach_cospi, foreach_sinpi, sinpi
+
+    xs = [torch.tensor(v, dtype=dtype) for v in values]
+    xs.append(torch.tensor([0.0, -0.0, 1.0, -1.0, 0.5, -2.5, 3.5, 2.0**30], dtype=dtype))
+    view = torch.int32 if dtype == torch.float32 else torch.int64
+    for one, many in ((sinpi, foreach_sinpi), (cospi, foreach_cospi)):
+        for x, y in zip((one(x) for x in xs), many(xs)):
+            assert torch.equal(x.view(view), y.view(view))
