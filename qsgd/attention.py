@@ -64,10 +64,11 @@ class ScoreCircuit(nn.Module):
             takes its exact Fourier coefficients in a real basis
             (``qsgd.circuit.line_coefficients``; their gradient in the circuit weights by the
             parameter-shift rule, from the same batched simulation) and evaluates that
-            trigonometric polynomial at every score (``qsgd.circuit.line_series``); ``"state"`` simulates one
-            statevector per score (``qsgd.circuit.simulate``). They agree to rounding
-            (tested); "fourier" is several times faster at attention sizes for n ≤ 3, but its
-            grid grows as Nⁿ. ``"auto"`` (default): "fourier" for n ≤ 3, else "state".
+            trigonometric polynomial at every score (``qsgd.circuit.line_series``);
+            ``"state"`` simulates one statevector per score (``qsgd.circuit.simulate``). They
+            agree to rounding (tested); "fourier" is several times faster at attention sizes
+            for n ≤ 3, but its grid grows as Nⁿ. ``"auto"`` (default): "fourier" for n ≤ 3,
+            else "state".
 
     Parameters: ``scale`` (n,), ``weights`` (L, 2, n). Output: same shape and dtype as the input.
     """

@@ -643,7 +643,8 @@ def line_coefficients(
     ``"Z"``; with it, ``line_series(M, ks, a, t)`` is that readout of C(a·t; w). M equals
     :func:`fourier_series` followed by the real-basis change, computed without differentiating
     a simulation. Every weight w_j (``weights`` (depth, 2, n), W = 2·depth·n of them) is the
-    extra angle of exactly one Ry or Rz, exp(−i(x + w_j)P/2) = cos(w_j/2)·R(x) − i·sin(w_j/2)·P·R(x), so:
+    extra angle of exactly one Ry or Rz, and
+    exp(−i(x + w_j)P/2) = cos(w_j/2)·R(x) − i·sin(w_j/2)·P·R(x) with R(x) = exp(−ixP/2), so:
 
     * ``"amp_sum"`` (linear in the state) is multilinear in the pairs (cos w_j/2, sin w_j/2),
       and the Pauli readouts (quadratic) in the triples (1, cos w_j, sin w_j). M is then one

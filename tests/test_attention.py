@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qsgd.attention import QuantumAttention, ScoreCircuit, quantum_attention
 import qsgd.circuit as circuit
+from qsgd.attention import QuantumAttention, ScoreCircuit, quantum_attention
 from qsgd.circuit import fourier_eval_line, fourier_series, line_coefficients, line_series
 
 F64 = torch.float64
