@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from .config import ConfigError, load_config
@@ -34,9 +35,12 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = load_config(args.config, args.results)
             ex = default_executor(args.workers, arm=cfg.arm) if args.workers else None
+            t0 = time.perf_counter()
             counts = run_grid(cfg, ex, progress=not args.no_progress, limit=args.limit)
-            print(f"{cfg.name}: {counts['ran']} run(s) done now, {counts['done_before']} "
-                  f"already stored, {counts['total']} in the grid -> {cfg.results}")
+            print(f"{cfg.name}: {counts['ran']} run(s) done now in "
+                  f"{(time.perf_counter() - t0) / 60:.1f} min of wall clock, "
+                  f"{counts['done_before']} already stored, {counts['total']} in the grid "
+                  f"-> {cfg.results}")
             if not args.no_report:
                 from .report import render_arm, render_ledger
 

@@ -37,7 +37,15 @@ from qsgd import SuperpositionalAdamW, parse_variant
 
 from .config import derived_seeds
 
-__all__ = ["ClassifierOptions", "make_task", "derived_seeds", "run", "TIMING_METRICS"]
+__all__ = ["ClassifierOptions", "make_task", "derived_seeds", "run", "TIMING_METRICS",
+           "NUMERICS"]
+
+#: Version of this arm's numerics, part of every run's key (ablations.config.RunSpec): bump it
+#: whenever a code change alters the metrics of an unchanged spec, so the stored runs become
+#: stale and ``nox -s ablations`` reruns them. 2: Φ's coefficients from the cached corner
+#: table, contiguous attention heads, the test set in one batch (the same maths as version 1,
+#: rounded differently).
+NUMERICS = 2
 
 #: Wall-clock metrics: they vary between equal runs; every other metric is bit-reproducible.
 TIMING_METRICS = ("sec_per_epoch", "sec_to_target", "sec_total")

@@ -24,6 +24,7 @@ Typos fail loudly: an unknown key or variant id names the file (and the line, fo
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import sys
 from collections.abc import Iterable
@@ -78,6 +79,9 @@ class RunSpec:
     seed: int
     lr: float
     options: tuple = field(default=(), repr=False)  # frozen arm options
+    #: the arm's NUMERICS version (module constant, bumped when a code change alters the
+    #: metrics of an unchanged spec): part of the key, so such runs count as stale
+    numerics: int = 0
 
     @property
     def config(self) -> dict[str, Any]:
@@ -85,8 +89,11 @@ class RunSpec:
         return _thaw(self.options) if self.options else {}
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(arm=self.arm, variant=self.variant, attention=self.attention,
-                    seed=self.seed, lr=self.lr, config=self.config)
+        d = dict(arm=self.arm, variant=self.variant, attention=self.attention,
+                 seed=self.seed, lr=self.lr, config=self.config)
+        if self.numerics:  # absent at 0, so arms without a version keep their old keys
+            d["numerics"] = self.numerics
+        return d
 
     @property
     def key(self) -> str:
@@ -158,6 +165,7 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
     if not isinstance(cells, list) or not cells:
         raise ConfigError(f"{path}: at least one [[cells]] table is required")
     frozen_opts = _freeze(options)
+    numerics = int(getattr(importlib.import_module(f"ablations.{arm}"), "NUMERICS", 0))
     specs: dict[str, RunSpec] = {}
     for i, cell in enumerate(cells):
         where = f"{path}: cells[{i}]" + (f" ({cell['name']})" if "name" in cell else "")
@@ -185,7 +193,7 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
             for vid in _as_list(cell["variants"]):
                 for lr in lrs:
                     for seed in _seeds(cell.get("seeds", 1), where):
-                        spec = RunSpec(arm, vid, a, seed, lr, frozen_opts)
+                        spec = RunSpec(arm, vid, a, seed, lr, frozen_opts, numerics)
                         specs.setdefault(spec.key, spec)
     res = Path(results) if results is not None else Path(grid.get("results", f"results/{arm}"))
     return GridConfig(path=path, arm=arm, name=str(grid.get("name", arm)), results=res,
@@ -196,8 +204,6 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
 def _check_arm_options(arm: str, options: Any, path: Path) -> None:
     if not isinstance(options, dict):
         raise ConfigError(f"{path}: [{arm}] must be a table")
-    import importlib
-
     module = importlib.import_module(f"ablations.{arm}")
     opts = getattr(module, f"{arm.upper() if arm == 'llm' else arm.capitalize()}Options", None)
     if opts is None:

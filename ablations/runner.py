@@ -70,10 +70,13 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     t0 = time.perf_counter()
     out = module.run(spec)
     wall = time.perf_counter() - t0
-    return dict(run_id=spec.run_id, key=spec.key, arm=spec.arm, variant=spec.variant,
-                attention=spec.attention, seed=spec.seed, lr=spec.lr, config=spec.config,
-                metrics=out["metrics"], curve=out.get("curve", []),
-                provenance=provenance(wall, out.get("device")))
+    record = dict(run_id=spec.run_id, key=spec.key, arm=spec.arm, variant=spec.variant,
+                  attention=spec.attention, seed=spec.seed, lr=spec.lr, config=spec.config,
+                  metrics=out["metrics"], curve=out.get("curve", []),
+                  provenance=provenance(wall, out.get("device")))
+    if spec.numerics:
+        record["numerics"] = spec.numerics
+    return record
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:

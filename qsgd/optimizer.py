@@ -278,10 +278,16 @@ class SuperpositionalAdamW(Optimizer):
         grads = [p.grad for _, _, p in entries]
         if not grads:
             return True
-        maxabs = torch._foreach_norm(grads, float("inf"))
-        dev = maxabs[0].device
-        if bool(torch.isfinite(torch.stack([x.float().to(dev) for x in maxabs])).all()):
-            return True
+        if (all(g.device.type == "cpu" for g in grads)
+                and sum(g.numel() for g in grads) <= FLAT_MAX_NUMEL):
+            # small CPU models: one concatenation beats dozens of per-tensor reductions
+            if bool(torch.isfinite(torch.cat([g.reshape(-1) for g in grads])).all()):
+                return True
+        else:
+            maxabs = torch._foreach_norm(grads, float("inf"))
+            dev = maxabs[0].device
+            if bool(torch.isfinite(torch.stack([x.float().to(dev) for x in maxabs])).all()):
+                return True
         for gi, pi, p in entries:
             if not bool(torch.isfinite(p.grad).all()):
                 where = self._param_name(gi, pi, p)

@@ -105,6 +105,20 @@ def test_changed_option_changes_the_key():
     assert a.key != b.key and a.run_id != b.run_id
 
 
+def test_numerics_version_is_part_of_the_key(tmp_path, monkeypatch):
+    # a code change that alters metrics bumps the arm's NUMERICS: stored runs become stale
+    import ablations.classifier as arm
+
+    old = RunSpec("classifier", "adamw", "classical", 0, 1e-3, (("epochs", 2),))
+    assert "numerics" not in old.as_dict()  # version 0 keeps the keys of arms without one
+    path = _write(tmp_path, variants='["adamw"]', seeds=1)
+    first = load_config(path).specs[0]
+    assert first.numerics == arm.NUMERICS >= 1 and first.as_dict()["numerics"] == arm.NUMERICS
+    monkeypatch.setattr(arm, "NUMERICS", arm.NUMERICS + 1)
+    bumped = load_config(path).specs[0]
+    assert bumped.key != first.key and bumped.as_dict()["config"] == first.as_dict()["config"]
+
+
 def test_same_spec_same_metrics_bit_for_bit(tmp_path):
     cfg = load_config(_write(tmp_path, variants='["gauss-l0.5"]', seeds=1))
     r1, r2 = run_one(cfg.specs[0]), run_one(cfg.specs[0])
