@@ -23,6 +23,11 @@ change of load on a shared machine affects them alike):
    batches (rate = circuits / seconds); the markdown gives the torch/Aer ratio.
 4. ``perturbation``: one call of the circuit perturbation's term (``qsgd.circuit.Circuit``,
    4 qubits) against the closed-form ``sin`` term, at 10⁵ and 10⁶ parameters.
+5. ``optimizer``: one optimizer step on the quantum classifier's 36 parameter tensors: torch's
+   AdamW (per-tensor loop, its CPU default, and foreach) against SuperpositionalAdamW's
+   reference (``foreach=False``), multi-tensor and flat (the CPU default) paths, for adamw
+   (λ = 0), sin-l0.5 and gauss-l0.5. With tensors this small a CPU step is per-operation
+   overhead, which the flat path removes.
 
 Threads: ``--threads`` (default 1) sets ``torch.set_num_threads``; on a small shared machine one
 thread avoids contention between OpenMP workers and gives steadier numbers. Aer uses its own
@@ -30,8 +35,8 @@ thread pool (``max_parallel_threads`` is set to the same number).
 
 Columns of attention.csv: group, variant, items, unit, ms_median, ms_p25, ms_p75, reps,
 items_per_s (items / median seconds), ratio (ms_median over the group's reference row: classical
-attention, the torch simulator, or the sin term; for ``circuits`` it is the torch rate over this
-row's rate).
+attention, the torch simulator, the sin term, or torch's AdamW loop; for ``circuits`` it is the
+torch rate over this row's rate).
 """
 
 from __future__ import annotations
@@ -221,6 +226,67 @@ def bench_perturbation(warmup: int, reps: int) -> list[dict]:
     return rows
 
 
+def bench_optimizer_cpu(warmup: int, reps: int) -> list[dict]:
+    """One optimizer step on the quantum-attention classifier's parameters (36 small tensors,
+    ~18k entries): torch's AdamW (per-tensor loop, the CPU default, and foreach) against
+    SuperpositionalAdamW's reference, multi-tensor and flat paths (the flat one is the CPU
+    default). Every optimizer gets its own copy of the parameters and the same gradients."""
+    import qsgd.optimizer as qopt
+    from qsgd import SuperpositionalAdamW
+    from qsgd.models import TransformerClassifier
+
+    torch.manual_seed(0)
+    model = TransformerClassifier(17, 2, max_len=T, d_model=D, n_heads=H, d_ff=2 * D,
+                                  attention="quantum", n_qubits=2)
+    base = [p.detach().clone() for p in model.parameters()]
+    g = torch.Generator().manual_seed(1)
+    grads = [torch.randn(p.shape, generator=g) * 1e-3 for p in base]
+    n_params = sum(p.numel() for p in base)
+
+    def make(factory, flat_max=None):
+        params = [torch.nn.Parameter(p.clone()) for p in base]
+        for p, gr in zip(params, grads):
+            p.grad = gr.clone()
+        opt = factory(params)
+
+        def step():
+            if flat_max is None:
+                opt.step()
+                return
+            saved, qopt.FLAT_MAX_NUMEL = qopt.FLAT_MAX_NUMEL, flat_max
+            try:
+                opt.step()
+            finally:
+                qopt.FLAT_MAX_NUMEL = saved
+        return step
+
+    kw = dict(lr=1e-9, weight_decay=0.01)  # a tiny lr keeps the state steady over the reps
+    fns = {
+        "torch AdamW (loop, CPU default)": make(
+            lambda ps: torch.optim.AdamW(ps, foreach=False, **kw)),
+        "torch AdamW (foreach)": make(lambda ps: torch.optim.AdamW(ps, foreach=True, **kw)),
+    }
+    for pert in ("none", "sin", "gauss"):
+        lam = 0.0 if pert == "none" else 0.5
+        label = "adamw" if pert == "none" else f"{pert}-l0.5"
+
+        def factory(ps, foreach, pert=pert, lam=lam):
+            return SuperpositionalAdamW(ps, perturbation=pert, quantum_weight=lam,
+                                        foreach=foreach, **kw)
+
+        fns[f"qsgd {label} reference"] = make(lambda ps, f=factory: f(ps, False))
+        fns[f"qsgd {label} multi-tensor"] = make(lambda ps, f=factory: f(ps, True), flat_max=0)
+        fns[f"qsgd {label} flat (default)"] = make(lambda ps, f=factory: f(ps, None))
+    timings = _time_rounds(fns, warmup, reps)
+    ref = timings["torch AdamW (loop, CPU default)"][0]
+    rows = []
+    for name, timing in timings.items():
+        r = _row("optimizer", name, n_params, "parameters", timing, reps)
+        r["ratio"] = r["ms_median"] / ref
+        rows.append(r)
+    return rows
+
+
 def machine_info(threads: int) -> dict[str, str]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -282,6 +348,8 @@ def write_outputs(rows: list[dict], info: dict[str, str], out: Path, args) -> No
                      "gradient)", "torch rate / this rate"),
         "perturbation": ("Perturbation term, one call (4 qubits, groups of 4 parameters)",
                          "vs sin"),
+        "optimizer": ("One optimizer step on the quantum classifier's parameters (36 tensors)",
+                      "vs torch AdamW loop"),
     }
     for group, (title, ratio_name) in titles.items():
         grp = [r for r in rows if r["group"] == group]
@@ -341,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = bench_attention(args.warmup, args.reps)
     rows += bench_circuits(args.warmup, args.reps, args.aer_batch, args.sv_batch, args.threads)
     rows += bench_perturbation(args.warmup, args.reps)
+    rows += bench_optimizer_cpu(args.warmup, max(args.reps, 5 * args.reps // 2))
     for r in rows:
         print(f"{r['group']:<13} {r['variant']:<28} {r['ms_median']:>10.3f} ms  "
               f"{r['items_per_s']:>14,.0f} {r['unit']}/s  ratio {_fmt(r['ratio'])}")

@@ -525,8 +525,9 @@ def _flat_group(
     are flat (``exp_avg``, ``exp_avg_sq``: their slices are the per-parameter state), the same
     elementwise operations as the reference run once over everything, and the parameters are
     copied back. On CPU a small model's step is dominated by per-operation overhead (dozens of
-    tensors × a dozen operations); this is ~5× faster than the multi-tensor kernels there, and
-    the parameters equal the reference path's bit for bit (tested). Elementwise perturbations
+    tensors × a dozen operations), which this removes (measured in
+    ``results/bench/attention.md``, table "optimizer"); the parameters equal the reference
+    path's bit for bit (tested). Elementwise perturbations
     (``Perturbation.elementwise``) run once on the flat tensors; the others per tensor, keyed
     by each tensor's index, as everywhere.
     """
