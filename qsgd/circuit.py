@@ -501,15 +501,27 @@ def fourier_series(
     dtype = dtype or torch.get_default_dtype()
     if dtype not in (torch.float32, torch.float64):
         dtype = torch.float32
-    grid1 = torch.arange(N, dtype=dtype, device=device) * (4 * math.pi / N)
-    grid = torch.stack(torch.meshgrid(*([grid1] * n), indexing="ij"), dim=-1)  # (N,)*n + (n,)
+    grid = _angle_grid(N, n, dtype, device)  # (N,)*n + (n,)
     r = simulate(grid, None if weights is None else weights.to(dtype), depth=depth,
                  entangle=entangle, hadamard=hadamard, encoding=encoding, readout=readout)
-    c = torch.fft.fftn(r, dim=tuple(range(n))) / N**n
+    return _grid_dft(r, N, ks, first=0, n=n), ks
+
+
+def _angle_grid(N: int, n: int, dtype: torch.dtype, device) -> Tensor:
+    """The (N,)*n + (n,) grid of data angles over one 4π period, N points per qubit."""
+    grid1 = torch.arange(N, dtype=dtype, device=device) * (4 * math.pi / N)
+    return torch.stack(torch.meshgrid(*([grid1] * n), indexing="ij"), dim=-1)
+
+
+def _grid_dft(r: Tensor, N: int, ks: Tensor, *, first: int, n: int) -> Tensor:
+    """Exact Fourier coefficients at the frequencies ks from readouts sampled on the grid,
+    whose n qubit axes (N points each) start at axis ``first`` of ``r``."""
+    axes = tuple(range(first, first + n))
+    c = torch.fft.fftn(r, dim=axes) / N**n
     idx = (ks % N).to(c.device)
-    for q in range(n):
+    for q in axes:
         c = c.index_select(q, idx)
-    return c, ks
+    return c
 
 
 def fourier_eval(coeffs: Tensor, ks: Tensor, angles: Tensor) -> Tensor:
@@ -568,14 +580,15 @@ def _ks_tuple(ks: Tensor) -> tuple[int, ...]:
     return tuple(int(k) for k in ks)
 
 
-def _to_real_basis(coeffs: Tensor, ks: Tensor) -> Tensor:
+def _to_real_basis(coeffs: Tensor, ks: Tensor, lead: int = 0) -> Tensor:
     """The complex coefficients c (m,)*n of a real readout → the real-basis tensor M (r,)*n
-    with Re Σ_j c_j Π_q exp(i k[j_q] θ_q/2) = Σ_i M[i] Π_q b(θ_q)[i_q]."""
+    with Re Σ_j c_j Π_q exp(i k[j_q] θ_q/2) = Σ_i M[i] Π_q b(θ_q)[i_q]. ``lead`` batch axes
+    in front are kept."""
     dt = torch.float64 if coeffs.dtype in (torch.complex128, torch.float64) else torch.float32
     T = _basis_tables(_ks_tuple(ks), dt, coeffs.device)[2]
     M = coeffs.to(T.dtype)
-    for _ in range(coeffs.dim()):  # contract each qubit's axis with T; the new axis goes last
-        M = torch.tensordot(M, T, dims=([0], [0]))
+    for _ in range(coeffs.dim() - lead):  # contract each qubit axis; the new axis goes last
+        M = torch.tensordot(M, T, dims=([lead], [0]))
     return M.real
 
 
@@ -729,21 +742,14 @@ def _coefficients_batch(wb: Tensor, *, n: int, ks: Tensor, depth: int, entangle:
     """M for every weight setting of a batch wb (S, depth, 2, n) → (S, r, …, r)."""
     dtype = wb.dtype if wb.dtype in (torch.float32, torch.float64) else torch.float32
     N = 2 * int(ks[-1]) + 1
-    grid1 = torch.arange(N, dtype=dtype, device=wb.device) * (4 * math.pi / N)
-    grid = torch.stack(torch.meshgrid(*([grid1] * n), indexing="ij"), dim=-1).reshape(1, -1, n)
+    grid = _angle_grid(N, n, dtype, wb.device).reshape(1, -1, n)
     S = wb.shape[0]
     r = simulate(grid, wb.to(dtype).reshape(S, 1, depth, 2, n), depth=depth, entangle=entangle,
                  hadamard=hadamard, encoding=encoding, readout=readout)  # (S, Nⁿ[, n])
     if readout != "amp_sum":
         r = r.mean(-1)
-    c = torch.fft.fftn(r.reshape(S, *([N] * n)), dim=tuple(range(1, n + 1))) / N**n
-    idx = (ks % N).to(c.device)
-    for q in range(1, n + 1):
-        c = c.index_select(q, idx)
-    T = _basis_tables(_ks_tuple(ks), dtype, wb.device)[2]
-    for _ in range(n):  # contract qubit axes (always axis 1) with T; the new axis goes last
-        c = torch.tensordot(c, T, dims=([1], [0]))
-    return c.real.contiguous()
+    c = _grid_dft(r.reshape(S, *([N] * n)), N, ks, first=1, n=n)
+    return _to_real_basis(c, ks, lead=1).contiguous()
 
 
 class _ShiftCoefficients(torch.autograd.Function):

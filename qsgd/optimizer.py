@@ -395,34 +395,27 @@ class SuperpositionalAdamW(Optimizer):
     def _flat_state(self, gi: int, params: list[Tensor]) -> tuple[Tensor, Tensor]:
         """The group's moments as two flat buffers whose slices *are* the per-parameter state
         tensors (so state_dict, resume and the other paths see the usual layout). Rebuilt
-        from the current state whenever a state tensor is no longer such a slice (first
-        step, load_state_dict, a user's replacement)."""
+        from the current state whenever a state tensor is no longer one of those slices
+        (first step, load_state_dict, a user's replacement)."""
         cache = self.__dict__.setdefault("_flat_cache", {})
-        bufs = cache.get(gi)
-        if bufs is not None and self._flat_views_intact(params, bufs):
-            return bufs
-        bufs = tuple(torch.cat([self.state[p][k].reshape(-1) for p in params])
-                     for k in ("exp_avg", "exp_avg_sq"))
-        off = 0
+        keys = ("exp_avg", "exp_avg_sq")
+        hit = cache.get(gi)
+        if hit is not None:
+            bufs, views = hit
+            if len(views) == len(params) and all(
+                    self.state[p][k] is v for p, pv in zip(params, views)
+                    for k, v in zip(keys, pv)):
+                return bufs
+        bufs = tuple(torch.cat([self.state[p][k].reshape(-1) for p in params]) for k in keys)
+        views, off = [], 0
         for p in params:
-            for k, buf in zip(("exp_avg", "exp_avg_sq"), bufs):
-                self.state[p][k] = buf[off:off + p.numel()].view_as(p)
+            pv = tuple(buf[off:off + p.numel()].view_as(p) for buf in bufs)
+            for k, v in zip(keys, pv):
+                self.state[p][k] = v
+            views.append(pv)
             off += p.numel()
-        cache[gi] = bufs
+        cache[gi] = (bufs, views)
         return bufs
-
-    def _flat_views_intact(self, params: list[Tensor], bufs: tuple[Tensor, ...]) -> bool:
-        if bufs[0].numel() != sum(p.numel() for p in params) or bufs[0].dtype != params[0].dtype:
-            return False
-        size = bufs[0].element_size()
-        for k, buf in zip(("exp_avg", "exp_avg_sq"), bufs):
-            base, off = buf.data_ptr(), 0
-            for p in params:
-                t = self.state[p][k]
-                if t.data_ptr() != base + off * size or t.shape != p.shape or not t.is_contiguous():
-                    return False
-                off += p.numel()
-        return True
 
     @staticmethod
     def _hyper(group: dict[str, Any]) -> dict[str, Any]:
