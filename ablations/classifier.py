@@ -44,8 +44,9 @@ __all__ = ["ClassifierOptions", "make_task", "derived_seeds", "run", "TIMING_MET
 #: whenever a code change alters the metrics of an unchanged spec, so the stored runs become
 #: stale and ``nox -s ablations`` reruns them. 2: Φ's coefficients from the cached corner
 #: table, contiguous attention heads, the test set in one batch (the same maths as version 1,
-#: rounded differently).
-NUMERICS = 2
+#: rounded differently). 3: Φ's weight gradient from the table's Jacobian
+#: (``qsgd.circuit.circuit_line``), the test set in batches of 500.
+NUMERICS = 3
 
 #: Wall-clock metrics: they vary between equal runs; every other metric is bit-reproducible.
 TIMING_METRICS = ("sec_per_epoch", "sec_to_target", "sec_total")
@@ -66,7 +67,7 @@ class ClassifierOptions:
     n_test: int = 1000
     data_seed: int = 1234
     epochs: int = 12
-    batch_size: int = 50
+    batch_size: int = 75
     weight_decay: float = 0.01
     d_model: int = 32
     n_heads: int = 2
@@ -140,7 +141,7 @@ def build_model(o: ClassifierOptions, attention: str) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def _accuracy(model, x, y, batch=1000) -> float:
+def _accuracy(model, x, y, batch=500) -> float:
     model.eval()
     correct = 0
     for i in range(0, len(x), batch):
@@ -185,7 +186,7 @@ def run(spec) -> dict[str, Any]:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if o.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad, foreach=True)
             opt.track_ratio = o.ratio_every > 0 and step % o.ratio_every == 0
             if o.schedule == "cosine":  # cosine decay to zero over the run, no warm-up
                 for group in opt.param_groups:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .circuit import line_coefficients, line_series, simulate
+from .circuit import circuit_line, simulate
 
 __all__ = ["ScoreCircuit", "quantum_attention", "QuantumAttention", "PHI_READOUTS",
            "PHI_METHODS"]
@@ -59,15 +59,16 @@ class ScoreCircuit(nn.Module):
         entangle: CNOT chain after each layer (default True).
         readout: ``"amp"`` (Re Σ_k ψ_k / 2^{n/2}, default) or ``"z"`` (mean_q ⟨Z_q⟩).
         init_scale: initial encoding scale a_q (default 1.0).
-        method: how Φ is computed, both exact: ``"fourier"`` simulates the circuit once per
-            call on a grid of Nⁿ angle tuples (N = 4·depth+1 for "amp", 8·depth+1 for "z"),
-            takes its exact Fourier coefficients in a real basis
-            (``qsgd.circuit.line_coefficients``; their gradient in the circuit weights by the
-            parameter-shift rule, from the same batched simulation) and evaluates that
-            trigonometric polynomial at every score (``qsgd.circuit.line_series``);
-            ``"state"`` simulates one statevector per score (``qsgd.circuit.simulate``). They
-            agree to rounding (tested); "fourier" is several times faster at attention sizes
-            for n ≤ 3, but its grid grows as Nⁿ. ``"auto"`` (default): "fourier" for n ≤ 3,
+        method: how Φ is computed, both exact: ``"fourier"`` uses that Φ(s) is a
+            trigonometric polynomial in s: its real-basis coefficients M(w) come from a table
+            of the circuit simulated once per shape at corner weights, or, where that table
+            would be too large, from one batched simulation on a grid of Nⁿ angle tuples with
+            parameter-shift gradients (``qsgd.circuit.line_coefficients``), and the
+            polynomial is evaluated at every score; coefficients, their Jacobian and the
+            series are one ``autograd.Function`` (``qsgd.circuit.circuit_line``). ``"state"``
+            simulates one statevector per score (``qsgd.circuit.simulate``). They agree to
+            rounding (tested); "fourier" is several times faster at attention sizes for
+            n ≤ 3, but its grid grows as Nⁿ. ``"auto"`` (default): "fourier" for n ≤ 3,
             else "state".
 
     Parameters: ``scale`` (n,), ``weights`` (L, 2, n). Output: same shape and dtype as the input.
@@ -106,8 +107,7 @@ class ScoreCircuit(nn.Module):
             method = "fourier" if self.n_qubits <= 3 else "state"
         if method == "fourier":
             ro = "amp_sum" if self.readout == "amp" else "Z"
-            M, ks = line_coefficients(w, self.n_qubits, readout=ro, **kw)
-            return line_series(M, ks, self.scale, scores)
+            return circuit_line(w, self.scale, scores, readout=ro, **kw)
         x = scores.unsqueeze(-1) * self.scale.to(scores.dtype)  # (..., n)
         if self.readout == "amp":
             out = simulate(x, w, readout="amp_sum", **kw).real

@@ -58,6 +58,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -81,6 +82,7 @@ __all__ = [
     "fourier_eval_line",
     "line_coefficients",
     "line_series",
+    "circuit_line",
     "cnot_chain_permutation",
     "to_qiskit",
     "Circuit",
@@ -614,23 +616,64 @@ def line_series(M: Tensor, ks: Tensor, scales: Tensor, t: Tensor) -> Tensor:
     output has that shape and ``t``'s dtype), with b the real basis of the frequencies ``ks``
     (r = len(ks) features per qubit) and a = ``scales`` (n,).
 
-    Per qubit one outer product, one add and one cosine give the features of every t; one
-    ((n+1)·rⁿ⁻¹, r)×(r, B) matrix product and n−1 weighted sums contract them. The forward pass
-    also contracts the n derivative tensors (b' = b·K with a fixed sparse K), so the backward
-    pass needs no further transcendental or (B, r)-sized work: it is a hand-written
-    ``autograd.Function`` (first derivatives only), checked by ``torch.autograd.gradcheck`` in
-    the tests. Differentiable in ``M``, ``scales`` and ``t``.
+    Per qubit one outer product, one add and one cosine give the features of every t (the
+    constant feature cos(0·θ) is filled, not computed); one ((n+1)·rⁿ⁻¹, r)×(r, B) matrix
+    product and n−1 weighted sums contract them. The forward pass also contracts the n
+    derivative tensors (b' = b·K with a fixed sparse K, applied to M as one cached linear
+    map), so the backward pass needs no further transcendental or (B, r)-sized work: it is a
+    hand-written ``autograd.Function`` (first derivatives only), checked by
+    ``torch.autograd.gradcheck`` in the tests. Differentiable in ``M``, ``scales`` and ``t``.
     """
     n, r = scales.numel(), ks.numel()
     if tuple(M.shape) != (r,) * n:
         raise ValueError(f"M must have shape {(r,) * n}, got {tuple(M.shape)}")
-    dt, dev = t.dtype, t.device
-    nu, off, _, K = _basis_tables(_ks_tuple(ks), dt, dev)
-    args = (t.reshape(-1), scales.to(dt), M.to(dt), nu, off, K)
-    if torch.is_grad_enabled() and any(x.requires_grad for x in args[:3]):
-        out = _LineSeries.apply(*args)
+    plan = _series_plan(_ks_tuple(ks), n, t.dtype, t.device)
+    args = (t.reshape(-1), scales.to(t.dtype), M.to(t.dtype))
+    if torch.is_grad_enabled() and any(x.requires_grad for x in args):
+        out = _LineSeries.apply(*args, plan)
     else:  # inference: f alone, no derivative contractions
-        out = _line_eval(*args, derivatives=False)[0]
+        out = _line_eval(args[0], args[1], _stacked(args[2], plan, False), plan,
+                         derivatives=False)[0]
+    return out.reshape(t.shape)
+
+
+def circuit_line(
+    weights: Tensor,
+    scales: Tensor,
+    t: Tensor,
+    *,
+    depth: int = 2,
+    entangle: bool = True,
+    hadamard: bool = True,
+    encoding: str = "reupload",
+    readout: str = "amp_sum",
+) -> Tensor:
+    """The scalar readout of C(a·t; w) at every entry of ``t``: exactly
+    ``line_series(*line_coefficients(weights, n, …), scales, t)`` with n = ``scales.numel()``
+    (bit for bit in the forward pass), fused into one ``autograd.Function`` when the
+    coefficient table exists: M(w), its Jacobian dM/dw and the series are computed together
+    and the backward pass is a few small products, with no autograd graph to walk. This is
+    the attention's Φ (qsgd.attention.ScoreCircuit). Differentiable in ``weights``,
+    ``scales`` and ``t``; output of ``t``'s shape and dtype.
+    """
+    n = scales.numel()
+    dt = t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
+    w = weights.to(dt)
+    table = (_coefficient_table(n, depth, entangle, hadamard, encoding, readout, dt, t.device)
+             if readout in _SCALAR_READOUTS and tuple(w.shape) == (depth, 2, n) else None)
+    if table is None or t.dtype != dt:  # the general route (validates its arguments)
+        M, ks = line_coefficients(w, n, depth=depth, entangle=entangle, hadamard=hadamard,
+                                  encoding=encoding, readout=readout)
+        return line_series(M, ks, scales, t)
+    ks = _ks_tuple(fourier_frequencies(depth, encoding, readout))
+    plan = _series_plan(ks, n, dt, t.device)
+    a, tf = scales.to(dt), t.reshape(-1)
+    linear = readout in _LINEAR_READOUTS
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (tf, a, w)):
+        out = _CircuitLine.apply(tf, a, w, table, linear, plan)
+    else:
+        M = _table_coefficients(w, table, linear, jacobian=False)[0]
+        out = _line_eval(tf, a, _stacked(M, plan, False), plan, derivatives=False)[0]
     return out.reshape(t.shape)
 
 
@@ -663,7 +706,9 @@ def line_coefficients(
       and the Pauli readouts (quadratic) in the triples (1, cos w_j, sin w_j). M is then one
       fixed table (simulated once per circuit shape, dtype and device, and cached: the
       readout at the corners w ∈ {0, π}^W, or {0, π/2, π}^W solved per axis) times the
-      Kronecker product of those small vectors: a few tiny ops, differentiated by autograd.
+      Kronecker product of those small vectors: a few tiny ops. The same few ops give the
+      Jacobian dM/dw (the Kronecker products with one vector replaced by its derivative), so
+      the backward pass is one matrix-vector product.
     * When that table would be large (3^W·rⁿ above 2²⁰ entries, e.g. Pauli readouts at
       n = 3), M comes from one batched simulation of the Nⁿ grid and its gradient from the
       exact parameter-shift rule (the same batch also simulates the shifted weights: 1 + W
@@ -684,16 +729,13 @@ def line_coefficients(
     table = _coefficient_table(n, depth, entangle, hadamard, encoding, readout, dtype,
                                weights.device)
     if table is not None:
-        w = weights.to(dtype).reshape(-1)
-        if readout in _LINEAR_READOUTS:
-            h = w * 0.5
-            v = torch.stack([torch.cos(h), torch.sin(h)], dim=-1)  # (W, 2)
+        linear = readout in _LINEAR_READOUTS
+        w = weights.to(dtype)
+        if torch.is_grad_enabled() and w.requires_grad:
+            M = _TableCoefficients.apply(w, table, linear)
         else:
-            v = torch.stack([torch.ones_like(w), torch.cos(w), torch.sin(w)], dim=-1)  # (W, 3)
-        f = v[0]
-        for j in range(1, v.shape[0]):  # Kronecker product, weight 0 the slowest index
-            f = torch.outer(f, v[j]).reshape(-1)
-        return (table @ f).reshape((ks.numel(),) * n), ks
+            M = _table_coefficients(w, table, linear, jacobian=False)[0]
+        return M.reshape((ks.numel(),) * n), ks
     if torch.is_grad_enabled() and weights.requires_grad:
         return _ShiftCoefficients.apply(weights, kw), ks
     with torch.no_grad():
@@ -737,6 +779,54 @@ def _coefficient_table(n: int, depth: int, entangle: bool, hadamard: bool, encod
     return Ms.t().contiguous().to(device=device, dtype=dtype)
 
 
+def _table_coefficients(w: Tensor, table: Tensor, linear: bool, *,
+                        jacobian: bool) -> tuple[Tensor, Tensor | None]:
+    """M(w) = table @ ⊗_j v(w_j) (flat, rⁿ) and, with ``jacobian``, dM/dw (rⁿ, W).
+
+    v(w) = (cos w/2, sin w/2) for a linear readout, else (1, cos w, sin w). Column j of the
+    Jacobian is the table times the Kronecker product with v(w_j) replaced by v'(w_j); all W
+    of them and M come from one batched Kronecker product (row 0 is M's, op for op the
+    product M alone would take, so M has the same bits with or without the Jacobian)."""
+    wf = w.reshape(-1)
+    W = wf.numel()
+    if linear:
+        h = wf * 0.5
+        c, s = torch.cos(h), torch.sin(h)
+        v = torch.stack([c, s], dim=-1)  # (W, 2)
+        dv = torch.stack([-s, c], dim=-1) * 0.5
+    else:
+        c, s = torch.cos(wf), torch.sin(wf)
+        v = torch.stack([torch.ones_like(wf), c, s], dim=-1)  # (W, 3)
+        dv = torch.stack([torch.zeros_like(wf), -s, c], dim=-1)
+    if jacobian:  # batch row 0: v; row 1 + j: v with v_j replaced by v_j'
+        V = v.expand(1 + W, *v.shape).clone()
+        idx = torch.arange(W, device=w.device)
+        V[1 + idx, idx] = dv
+    else:
+        V = v[None]
+    F = V[:, 0]
+    for j in range(1, W):  # Kronecker product, weight 0 the slowest index
+        F = (F[:, :, None] * V[:, j, None, :]).reshape(V.shape[0], -1)
+    M = table @ F[0]
+    return M, (table @ F[1:].t() if jacobian else None)
+
+
+class _TableCoefficients(torch.autograd.Function):
+    """M(w) from the corner table, with dM/dw from the same batched Kronecker product."""
+
+    @staticmethod
+    def forward(ctx, w, table, linear):
+        M, J = _table_coefficients(w, table, linear, jacobian=True)
+        ctx.save_for_backward(J)
+        ctx.wshape = w.shape
+        return M
+
+    @staticmethod
+    def backward(ctx, gM):
+        (J,) = ctx.saved_tensors
+        return (gM.reshape(-1).to(J.dtype) @ J).reshape(ctx.wshape), None, None
+
+
 def _coefficients_batch(wb: Tensor, *, n: int, ks: Tensor, depth: int, entangle: bool,
                         hadamard: bool, encoding: str, readout: str) -> Tensor:
     """M for every weight setting of a batch wb (S, depth, 2, n) → (S, r, …, r)."""
@@ -776,21 +866,58 @@ class _ShiftCoefficients(torch.autograd.Function):
         return (J @ gM.reshape(-1).to(J.dtype)).reshape(ctx.wshape), None
 
 
-def _line_eval(t: Tensor, a: Tensor, M: Tensor, nu: Tensor, off: Tensor, K: Tensor, *,
+class _SeriesPlan(NamedTuple):
+    """What a line series of one frequency set needs, built once (:func:`_series_plan`)."""
+
+    n: int
+    r: int
+    nu: Tensor  # (r,) frequencies of the basis b_i(θ) = cos(nu_i·θ + off_i)
+    off: Tensor  # (r, 1)
+    zero: int  # 1 if b_0 ≡ 1 (ν = 0, no offset): filled, not computed
+    L: Tensor  # ((n+1)·rⁿ, rⁿ): M ↦ (M, ∂_0 M, …) in the contraction's layout
+
+
+@functools.lru_cache(maxsize=64)
+def _series_plan(ks: tuple[int, ...], n: int, dtype: torch.dtype,
+                 device: torch.device) -> _SeriesPlan:
+    """The basis of ``ks`` and the linear map L from M to the stacked coefficients of f and
+    of ∂f/∂θ_q (M with its axis q mapped by K, b' = b·K), laid out (n+1, r, …, r, r) with
+    qubit 0's feature index last, so one matrix product with qubit 0's features starts the
+    contraction. L's entries are 0, 1 and ±ν: every stacked coefficient is one exact product."""
+    nu, off, _, K = _basis_tables(ks, torch.float64, torch.device("cpu"))
+    r = len(ks)
+    E = torch.eye(r**n, dtype=torch.float64).reshape(r**n, *([r] * n))
+    stack = [E] + [torch.movedim(torch.tensordot(E, K, dims=([q + 1], [1])), -1, q + 1)
+                   for q in range(n)]
+    S = torch.movedim(torch.stack(stack, dim=1), 2, -1)  # (rⁿ, n+1, r_1, …, r_{n−1}, r_0)
+    L = S.reshape(r**n, -1).t().contiguous()
+    zero = int(float(nu[0]) == 0.0 and float(off[0]) == 0.0)
+    real = dict(device=device, dtype=dtype)
+    return _SeriesPlan(n, r, nu.to(**real), off.reshape(-1, 1).to(**real), zero, L.to(**real))
+
+
+def _stacked(M: Tensor, plan: _SeriesPlan, derivatives: bool) -> Tensor:
+    """M (rⁿ) → the ((1 or n+1)·rⁿ⁻¹, r) coefficient rows of :func:`_line_eval`."""
+    rows = plan.L.shape[0] if derivatives else plan.r**plan.n
+    return (plan.L[:rows] @ M.reshape(-1)).reshape(-1, plan.r)
+
+
+def _line_eval(t: Tensor, a: Tensor, S: Tensor, plan: _SeriesPlan, *,
                derivatives: bool) -> tuple[Tensor, Tensor | None, list[Tensor]]:
-    """f(t) (B,) of :class:`_LineSeries`; with ``derivatives`` also ∂f/∂θ_q (n, B) and the
-    per-qubit features (r, B) the backward pass needs."""
-    n, r, B = a.numel(), nu.numel(), t.numel()
-    offc = off.reshape(-1, 1)
-    # (r, B) features; outer + add_ + cos_ is ~3× faster on CPU than a broadcast addcmul
-    feats = [torch.outer(a[q] * nu, t).add_(offc).cos_() for q in range(n)]
-    stack = [M]
-    if derivatives:  # ∂f/∂θ_q is the same contraction with M's axis q mapped by K
-        stack += [torch.movedim(torch.tensordot(K, M, dims=([1], [q])), 0, q)
-                  for q in range(n)]
-    h = len(stack)
-    S = torch.stack(stack, dim=0)  # (h, r, …, r)
-    P = torch.movedim(S, 1, -1).reshape(-1, r) @ feats[0]  # (h·rⁿ⁻¹, B)
+    """f(t) (B,) of :class:`_LineSeries` from the stacked coefficients S (:func:`_stacked`);
+    with ``derivatives`` also ∂f/∂θ_q (n, B); and the per-qubit features (r, B)."""
+    n, r, z, B = plan.n, plan.r, plan.zero, t.numel()
+    A = torch.outer(a, plan.nu[z:])  # (n, r − z): the nonzero frequencies of each qubit
+    feats = []
+    for q in range(n):  # (r, B); outer + add_ + cos_ is ~3× faster than a broadcast addcmul
+        F = t.new_empty(r, B)
+        if z:
+            F[0].fill_(1.0)
+        torch.outer(A[q], t, out=F[z:])
+        F[z:].add_(plan.off[z:]).cos_()
+        feats.append(F)
+    h = n + 1 if derivatives else 1
+    P = S @ feats[0]  # (h·rⁿ⁻¹, B)
     for q in range(1, n):
         Pv = P.reshape(h, r, -1, B)  # axis 1 is qubit q's feature index
         acc = Pv[:, 0] * feats[q][0]
@@ -801,6 +928,27 @@ def _line_eval(t: Tensor, a: Tensor, M: Tensor, nu: Tensor, off: Tensor, K: Tens
     return (P[0].clone(), P[1:], feats) if derivatives else (P[0], None, feats)
 
 
+def _series_grads(ctx, g: Tensor, i_t: int, i_a: int, i_m: int):
+    """∂L/∂t, ∂L/∂a and ∂L/∂M (flat) of a line series from the saved forward tensors."""
+    t, a, dtheta, *feats = ctx.saved_tensors[:3 + ctx.n]
+    g = g.reshape(-1).contiguous()  # e.g. an expanded ones from .sum(); strided products are slow
+    gt = ga = gM = None
+    gth = dtheta * g  # (n, B): ∂L/∂θ_q with θ_q = a_q·t
+    if ctx.needs_input_grad[i_t]:
+        gt = a @ gth
+    if ctx.needs_input_grad[i_a]:
+        ga = gth @ t
+    if ctx.needs_input_grad[i_m]:
+        G = feats[0] * g  # (r, B): Σ_B g·Π_q b_q[i_q]
+        if len(feats) == 1:
+            gM = G.sum(1)
+        else:
+            for f in feats[1:-1]:
+                G = (G[:, None, :] * f[None, :, :]).reshape(-1, G.shape[-1])
+            gM = (G @ feats[-1].t()).reshape(-1)
+    return gt, ga, gM
+
+
 class _LineSeries(torch.autograd.Function):
     """f(t) = Σ M[i] Π_q b(a_q t)[i_q], b(θ)_i = cos(ν_i θ + off_i), with its exact gradient.
 
@@ -808,32 +956,35 @@ class _LineSeries(torch.autograd.Function):
     batch rows (several times faster than (B, r) with r ≈ 5 on CPU)."""
 
     @staticmethod
-    def forward(ctx, t, a, M, nu, off, K):
-        f, dtheta, feats = _line_eval(t, a, M, nu, off, K, derivatives=True)
+    def forward(ctx, t, a, M, plan):
+        f, dtheta, feats = _line_eval(t, a, _stacked(M, plan, True), plan, derivatives=True)
         ctx.save_for_backward(t, a, dtheta, *feats)
+        ctx.n, ctx.mshape = plan.n, M.shape
         return f
 
     @staticmethod
     def backward(ctx, g):
-        t, a, dtheta, *feats = ctx.saved_tensors
-        g = g.contiguous()  # e.g. an expanded ones from .sum(); strided matvecs are slow
-        gt = ga = gM = None
-        gth = dtheta * g  # (n, B): ∂L/∂θ_q with θ_q = a_q·t
-        if ctx.needs_input_grad[0]:
-            gt = a @ gth
-        if ctx.needs_input_grad[1]:
-            ga = gth @ t
-        if ctx.needs_input_grad[2]:
-            # Σ_B g·Π_q b_q[i_q]
-            n, r = len(feats), feats[0].shape[0]
-            G = feats[0] * g  # (r, B)
-            if n == 1:
-                gM = G.sum(1)
-            else:
-                for f in feats[1:-1]:
-                    G = (G[:, None, :] * f[None, :, :]).reshape(-1, G.shape[-1])
-                gM = (G @ feats[-1].t()).reshape((r,) * n)
-        return gt, ga, gM, None, None, None
+        gt, ga, gM = _series_grads(ctx, g, 0, 1, 2)
+        return gt, ga, None if gM is None else gM.reshape(ctx.mshape), None
+
+
+class _CircuitLine(torch.autograd.Function):
+    """:func:`circuit_line` on the table route: M(w) and dM/dw (:func:`_table_coefficients`),
+    then the series (:class:`_LineSeries`); ∂L/∂w = (dM/dw)ᵀ·∂L/∂M."""
+
+    @staticmethod
+    def forward(ctx, t, a, w, table, linear, plan):
+        M, J = _table_coefficients(w, table, linear, jacobian=ctx.needs_input_grad[2])
+        f, dtheta, feats = _line_eval(t, a, _stacked(M, plan, True), plan, derivatives=True)
+        ctx.save_for_backward(t, a, dtheta, *feats, *([] if J is None else [J]))
+        ctx.n, ctx.wshape = plan.n, w.shape
+        return f
+
+    @staticmethod
+    def backward(ctx, g):
+        gt, ga, gM = _series_grads(ctx, g, 0, 1, 2)
+        gw = None if gM is None else (gM @ ctx.saved_tensors[-1]).reshape(ctx.wshape)
+        return gt, ga, gw, None, None, None
 
 
 # ----------------------------------------------------------------------------- Qiskit

@@ -20,12 +20,14 @@ Triton kernel on CUDA, :mod:`qsgd.fused`).
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.optim import Optimizer
 
 from .perturbations import Context, None_, Perturbation, get_perturbation
@@ -82,6 +84,14 @@ def _check_group(group: dict[str, Any]) -> None:
 def _scoped(flat: Tensor, scope: str, n_qubits: int) -> Tensor:
     """The in-scope part of a flattened tensor: everything, or the first n_qubits entries."""
     return flat if scope == "all" else flat[:n_qubits]
+
+
+def _concat(tensors: list[Tensor]) -> Tensor:
+    """A new flat tensor holding ``tensors`` one after the other (one C++ call; unlike
+    ``_flatten_dense_tensors`` alone, never a view of a single input)."""
+    if len(tensors) == 1:
+        return tensors[0].reshape(-1).clone()
+    return _flatten_dense_tensors(tensors)
 
 
 def _bias_corrections(step: int, beta1: float, beta2: float, on: bool) -> tuple[float, float]:
@@ -273,38 +283,50 @@ class SuperpositionalAdamW(Optimizer):
             return f"{names[pi]!r}"
         return f"param_groups[{gi}]['params'][{pi}] (shape {tuple(p.shape)})"
 
-    def _nonfinite_ok(self, entries: list[tuple[int, int, Tensor]]) -> bool:
-        """True if every gradient is finite; otherwise raise or report a skip."""
-        grads = [p.grad for _, _, p in entries]
-        if not grads:
-            return True
-        if (all(g.device.type == "cpu" for g in grads)
-                and sum(g.numel() for g in grads) <= FLAT_MAX_NUMEL):
-            # small CPU models: one concatenation beats dozens of per-tensor reductions
-            if bool(torch.isfinite(torch.cat([g.reshape(-1) for g in grads])).all()):
-                return True
-        else:
-            maxabs = torch._foreach_norm(grads, float("inf"))
+    def _flat_candidate(self, group: dict[str, Any], params: list[Tensor],
+                        grads: list[Tensor]) -> bool:
+        """Whether a group may take the flat CPU path (:func:`_flat_group`): foreach allowed,
+        scope "all", one CPU dtype, contiguous, and few enough entries that a concatenated
+        copy is cheap. (The path also needs one step count; :meth:`step` checks that.)"""
+        return (group["foreach"] is not False and group["scope"] == "all"
+                and params[0].device.type == "cpu"
+                and len({p.dtype for p in params} | {g.dtype for g in grads}) == 1
+                and all(p.is_contiguous() for p in params)
+                and sum(p.numel() for p in params) <= FLAT_MAX_NUMEL)
+
+    def _nonfinite_ok(self, work: list[tuple], flat: dict[int, Tensor]) -> bool:
+        """True if every gradient is finite; otherwise raise or report a skip. ``flat`` holds
+        the concatenated gradients of the flat-path groups: one sum checks each (NaN and ±inf
+        propagate through it; an overflow to inf only sends us to the exact check below)."""
+        checks = [torch.isfinite(g.sum(dtype=torch.float64)) for g in flat.values()]
+        rest = [g for gi, _, _, grads, _ in work if gi not in flat for g in grads]
+        if rest:
+            maxabs = torch._foreach_norm(rest, float("inf"))
             dev = maxabs[0].device
-            if bool(torch.isfinite(torch.stack([x.float().to(dev) for x in maxabs])).all()):
-                return True
-        for gi, pi, p in entries:
-            if not bool(torch.isfinite(p.grad).all()):
-                where = self._param_name(gi, pi, p)
-                if self.nonfinite == "raise":
-                    raise NonFiniteGradientError(
-                        f"non-finite gradient (NaN or inf) in {where}; no parameter or optimizer "
-                        "state was changed. Pass nonfinite='skip' to skip such steps instead."
+            checks.append(torch.isfinite(torch.stack([x.float().to(dev) for x in maxabs])).all())
+        if all(bool(c) for c in checks):
+            return True
+        for gi, _, params, _, _ in work:
+            group_params = self.param_groups[gi]["params"]
+            for p in params:
+                if not bool(torch.isfinite(p.grad).all()):
+                    pi = next(i for i, q in enumerate(group_params) if q is p)
+                    where = self._param_name(gi, pi, p)
+                    if self.nonfinite == "raise":
+                        raise NonFiniteGradientError(
+                            f"non-finite gradient (NaN or inf) in {where}; no parameter or "
+                            "optimizer state was changed. Pass nonfinite='skip' to skip such "
+                            "steps instead."
+                        )
+                    self.skipped_steps += 1
+                    warnings.warn(
+                        f"non-finite gradient in {where}: step skipped "
+                        f"({self.skipped_steps} skipped so far)",
+                        RuntimeWarning,
+                        stacklevel=3,
                     )
-                self.skipped_steps += 1
-                warnings.warn(
-                    f"non-finite gradient in {where}: step skipped "
-                    f"({self.skipped_steps} skipped so far)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                return False
-        return True  # pragma: no cover - norms and elementwise checks disagree only on overflow
+                    return False
+        return True  # the sum overflowed, every value is finite
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -314,48 +336,49 @@ class SuperpositionalAdamW(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        entries: list[tuple[int, int, Tensor]] = []
+        work: list[tuple[int, dict[str, Any], list[Tensor], list[Tensor], list[int]]] = []
+        index = 0
         for gi, group in enumerate(self.param_groups):
+            params, grads, idx = [], [], []
             for pi, p in enumerate(group["params"]):
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise ValueError(
-                        f"SuperpositionalAdamW does not support sparse gradients "
-                        f"({self._param_name(gi, pi, p)})"
-                    )
-                if torch.is_complex(p):
-                    raise ValueError(
-                        f"SuperpositionalAdamW does not support complex parameters "
-                        f"({self._param_name(gi, pi, p)})"
-                    )
-                entries.append((gi, pi, p))
-        if self.nonfinite != "off" and not self._nonfinite_ok(entries):
+                g = p.grad
+                if g is not None:
+                    if g.is_sparse or torch.is_complex(p):
+                        what = "sparse gradients" if g.is_sparse else "complex parameters"
+                        raise ValueError(f"SuperpositionalAdamW does not support {what} "
+                                         f"({self._param_name(gi, pi, p)})")
+                    params.append(p)
+                    grads.append(g)
+                    idx.append(index)
+                index += 1
+            if params:
+                work.append((gi, group, params, grads, idx))
+        # the flat CPU groups' gradients, concatenated once (one C++ call), serve both the
+        # non-finite check and the update
+        flat = {gi: _concat(grads) for gi, group, params, grads, _ in work
+                if self._flat_candidate(group, params, grads)}
+        if self.nonfinite != "off" and not self._nonfinite_ok(work, flat):
             return loss
 
         stats: dict[str, Tensor] | None = {} if self.track_ratio else None
-        index = 0
-        for gi, group in enumerate(self.param_groups):
-            params, grads, m, v, steps, idx = [], [], [], [], [], []
-            for p in group["params"]:
-                i, index = index, index + 1
-                if p.grad is None:
-                    continue
+        for gi, group, params, grads, idx in work:
+            m, v, steps = [], [], []
+            for p in params:
                 state = self.state[p]
                 if len(state) == 0:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] = int(state["step"]) + 1
-                params.append(p)
-                grads.append(p.grad)
                 m.append(state["exp_avg"])
                 v.append(state["exp_avg_sq"])
                 steps.append(state["step"])
-                idx.append(i)
-            if not params:
-                continue
             hyper = self._hyper(group)
+            if gi in flat and steps.count(steps[0]) == len(steps):
+                m_flat, v_flat = self._flat_state(gi, params, m, v)
+                _flat_group(params, flat[gi], m_flat, v_flat, steps[0], idx, stats=stats,
+                            **hyper)
+                continue
             # [fused] one Triton launch for the group when supported (qsgd.fused); else below.
             use_fused = group.get("fused")
             if use_fused is None:
@@ -370,12 +393,7 @@ class SuperpositionalAdamW(Optimizer):
             if use_foreach is None:  # on CPU too: fewer Python-level ops for small models
                 use_foreach = len({p.device for p in params}) == 1
             if use_foreach and all(p.is_contiguous() for p in params):
-                if self._flat_ok(params, group, steps):
-                    m_flat, v_flat = self._flat_state(gi, params)
-                    _flat_group(params, grads, m_flat, v_flat, steps[0], idx, stats=stats,
-                                **hyper)
-                else:
-                    _foreach_group(params, grads, m, v, steps, idx, stats=stats, **hyper)
+                _foreach_group(params, grads, m, v, steps, idx, stats=stats, **hyper)
             else:
                 for p, g, ea, eas, s, i in zip(params, grads, m, v, steps, idx):
                     reference_step(p, g, ea, eas, step=s, index=i, stats=stats, **hyper)
@@ -384,37 +402,27 @@ class SuperpositionalAdamW(Optimizer):
             self._ratios.append((pert.sqrt() / stats["adam_sq"].sqrt()).detach())
         return loss
 
-    @staticmethod
-    def _flat_ok(params: list[Tensor], group: dict[str, Any], steps: list[int]) -> bool:
-        """Whether the flat CPU path applies: one CPU dtype, scope "all", one step count,
-        and few enough entries that a concatenated copy is cheap (see :func:`_flat_group`)."""
-        return (params[0].device.type == "cpu" and group["scope"] == "all"
-                and len({p.dtype for p in params}) == 1 and len(set(steps)) == 1
-                and sum(p.numel() for p in params) <= FLAT_MAX_NUMEL)
-
-    def _flat_state(self, gi: int, params: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def _flat_state(self, gi: int, params: list[Tensor], m: list[Tensor],
+                    v: list[Tensor]) -> tuple[Tensor, Tensor]:
         """The group's moments as two flat buffers whose slices *are* the per-parameter state
-        tensors (so state_dict, resume and the other paths see the usual layout). Rebuilt
-        from the current state whenever a state tensor is no longer one of those slices
-        (first step, load_state_dict, a user's replacement)."""
+        tensors ``m``, ``v`` (so state_dict, resume and the other paths see the usual layout).
+        Rebuilt from the current state whenever a state tensor is no longer one of those
+        slices (first step, load_state_dict, a user's replacement)."""
         cache = self.__dict__.setdefault("_flat_cache", {})
-        keys = ("exp_avg", "exp_avg_sq")
         hit = cache.get(gi)
         if hit is not None:
-            bufs, views = hit
-            if len(views) == len(params) and all(
-                    self.state[p][k] is v for p, pv in zip(params, views)
-                    for k, v in zip(keys, pv)):
+            bufs, views_m, views_v = hit
+            if (len(views_m) == len(m) and all(map(operator.is_, m, views_m))
+                    and all(map(operator.is_, v, views_v))):
                 return bufs
-        bufs = tuple(torch.cat([self.state[p][k].reshape(-1) for p in params]) for k in keys)
-        views, off = [], 0
-        for p in params:
-            pv = tuple(buf[off:off + p.numel()].view_as(p) for buf in bufs)
-            for k, v in zip(keys, pv):
-                self.state[p][k] = v
-            views.append(pv)
-            off += p.numel()
-        cache[gi] = (bufs, views)
+        bufs = (_concat(m), _concat(v))
+        views = []
+        for buf, key in zip(bufs, ("exp_avg", "exp_avg_sq")):
+            vs = _unflatten_dense_tensors(buf, params)
+            for p, t in zip(params, vs):
+                self.state[p][key] = t
+            views.append(list(vs))
+        cache[gi] = (bufs, *views)
         return bufs
 
     @staticmethod
@@ -493,7 +501,7 @@ def _foreach_group(
 
 def _flat_group(
     params: list[Tensor],
-    grads: list[Tensor],
+    grad: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     step: int,
@@ -514,20 +522,19 @@ def _flat_group(
 ) -> None:
     """:func:`reference_step` for a whole CPU group at once (scope "all", one step count).
 
-    Parameters and gradients are concatenated into one flat tensor each, the moments already
-    are flat (``exp_avg``, ``exp_avg_sq``: their slices are the per-parameter state), the same
-    elementwise operations as the reference run once over everything, and the parameters are
-    copied back. On CPU a small model's step is dominated by per-operation overhead (dozens of
-    tensors × a dozen operations), which this removes (measured in
-    ``results/bench/attention.md``, table "optimizer"); the parameters equal the reference
-    path's bit for bit (tested). Elementwise perturbations
-    (``Perturbation.elementwise``) run once on the flat tensors; the others per tensor, keyed
-    by each tensor's index, as everywhere.
+    Parameters are concatenated into one flat tensor (``grad`` already is: the caller's own
+    copy, which this function may modify), the moments already are flat (``exp_avg``,
+    ``exp_avg_sq``: their slices are the per-parameter state), the same elementwise operations
+    as the reference run once over everything, and the parameters are copied back. On CPU a
+    small model's step is dominated by per-operation overhead (dozens of tensors × a dozen
+    operations), which this removes (measured in ``results/bench/attention.md``, table
+    "optimizer"); the parameters equal the reference path's bit for bit (tested). Elementwise
+    perturbations (``Perturbation.elementwise``) run once on the flat tensors; the others per
+    tensor, keyed by each tensor's index, as everywhere.
     """
     del scope  # "all" (checked by the caller)
     sizes = [p.numel() for p in params]
-    theta = torch.cat([p.reshape(-1) for p in params])
-    grad = torch.cat([g.reshape(-1) for g in grads])
+    theta = _concat(params)
     lam = quantum_weight
     q = None
     if lam != 0.0 and not isinstance(perturbation, None_):
@@ -555,4 +562,4 @@ def _flat_group(
     theta.addcdiv_(exp_avg, denom, value=-(lr / bc1))
     if q is not None:
         theta.add_(q, alpha=-lr * lam)
-    torch._foreach_copy_([p.view(-1) for p in params], list(theta.split(sizes)))
+    torch._foreach_copy_(params, _unflatten_dense_tensors(theta, params))

@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 
 import qsgd.circuit as circuit
 from qsgd.attention import QuantumAttention, ScoreCircuit, quantum_attention
-from qsgd.circuit import fourier_eval_line, fourier_series, line_coefficients, line_series
+from qsgd.circuit import (
+    circuit_line,
+    fourier_eval_line,
+    fourier_series,
+    line_coefficients,
+    line_series,
+)
 
 F64 = torch.float64
 
@@ -228,6 +234,65 @@ def test_line_series_inference_path_equals_training_path():
         without = line_series(M, ks, a, t)
     assert with_grad.requires_grad and not without.requires_grad
     assert torch.equal(with_grad.detach(), without)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("readout", ["amp_sum", "Z"])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_circuit_line_is_line_series_of_line_coefficients(n, readout, dtype):
+    # the fused route (coefficients, Jacobian and series in one Function) against the two
+    # public steps: the same forward bits, the same gradients up to rounding
+    g = torch.Generator().manual_seed(10 * n + len(readout))
+    w0 = torch.rand(2, 2, n, generator=g, dtype=F64) * 6 - 3
+    a0 = torch.rand(n, generator=g, dtype=F64) + 0.5
+    t0 = torch.randn(3, 17, generator=g, dtype=F64) * 2
+    probe = torch.randn(3, 17, generator=g, dtype=dtype)
+    out, grads = {}, {}
+    for route in ("fused", "steps"):
+        w, a, t = (x.to(dtype).requires_grad_() for x in (w0, a0, t0))
+        if route == "fused":
+            y = circuit_line(w, a, t, readout=readout)
+        else:
+            y = line_series(*line_coefficients(w, n, readout=readout), a, t)
+        out[route] = y
+        grads[route] = torch.autograd.grad((y * probe).sum(), (w, a, t))
+    assert out["fused"].dtype == dtype and out["fused"].shape == t0.shape
+    assert torch.equal(out["fused"], out["steps"])
+    tol = 1e-10 if dtype == F64 else 2e-4
+    for x, y in zip(grads["fused"], grads["steps"]):
+        assert torch.allclose(x, y, rtol=tol, atol=tol), (x - y).abs().max()
+    with torch.no_grad():  # inference route: no graph, the same values; the same bits at the
+        # attention's n = 2 (at n = 1 a one-row product may take BLAS's matrix-vector kernel;
+        # at n = 3 "amp_sum" has no table, and the shift route simulates a smaller batch)
+        y = circuit_line(w0.to(dtype), a0.to(dtype), t0.to(dtype), readout=readout)
+    assert not y.requires_grad
+    if n == 2:
+        assert torch.equal(y, out["fused"].detach())
+    assert torch.allclose(y, out["fused"].detach(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_circuit_line_gradcheck_and_fallback(monkeypatch, n):
+    g = torch.Generator().manual_seed(n)
+    w = torch.randn(2, 2, n, generator=g, dtype=F64, requires_grad=True)
+    a = torch.randn(n, generator=g, dtype=F64, requires_grad=True)
+    t = torch.randn(5, generator=g, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda w_, a_, t_: circuit_line(w_, a_, t_), (w, a, t))
+    fused = circuit_line(w, a, t, readout="Z")
+    monkeypatch.setattr(circuit, "_TABLE_LIMIT", 0)  # no table: the shift-rule route
+    circuit._coefficient_table.cache_clear()
+    try:
+        assert torch.allclose(circuit_line(w, a, t, readout="Z"), fused, atol=1e-12)
+        assert torch.autograd.gradcheck(lambda w_, a_, t_: circuit_line(w_, a_, t_), (w, a, t))
+    finally:
+        circuit._coefficient_table.cache_clear()
+
+
+def test_circuit_line_errors():
+    with pytest.raises(ValueError, match="invalid readout: 'probabilities'"):
+        circuit_line(torch.zeros(2, 2, 2), torch.ones(2), torch.zeros(3), readout="probabilities")
+    with pytest.raises(ValueError, match="must have trailing shape"):
+        circuit_line(torch.zeros(3, 2, 2), torch.ones(2), torch.zeros(3))
 
 
 def test_phi_bounded_and_dtype():

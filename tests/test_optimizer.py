@@ -318,3 +318,42 @@ def test_every_variant_lowers_a_regression_loss_in_float32(variant):
         opt.step()
     last = float(loss_fn(model(x), y))
     assert last < 0.5 * first, (variant, first, last)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_huge_finite_gradients_are_not_mistaken_for_nonfinite(foreach):
+    # the flat CPU path checks one float64 sum per group; a sum that overflows to inf must fall
+    # back to the exact check instead of raising
+    p = [torch.zeros(4, dtype=torch.float64, requires_grad=True),
+         torch.zeros(3, dtype=torch.float64, requires_grad=True)]
+    opt = SuperpositionalAdamW(p, foreach=foreach, lr=0.1)
+    p[0].grad = torch.full((4,), 1e308, dtype=torch.float64)
+    p[1].grad = torch.full((3,), 1e308, dtype=torch.float64)
+    opt.step()
+    assert opt.state[p[0]]["step"] == 1 and opt.skipped_steps == 0
+    assert torch.allclose(opt.state[p[1]]["exp_avg"], torch.full((3,), 1e307, dtype=torch.float64))
+
+
+def test_sparse_and_complex_are_rejected_with_the_parameter_name():
+    emb = torch.nn.Embedding(5, 3, sparse=True)
+    opt = SuperpositionalAdamW(list(emb.named_parameters()))
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(ValueError, match=r"sparse gradients \('weight'\)"):
+        opt.step()
+    z = torch.zeros(2, dtype=torch.complex64, requires_grad=True)
+    opt = SuperpositionalAdamW([torch.zeros(1, requires_grad=True), z])
+    z.grad = torch.ones_like(z)
+    where = r"complex parameters \(param_groups\[0\]\['params'\]\[1\]"
+    with pytest.raises(ValueError, match=where):
+        opt.step()
+
+
+@pytest.mark.parametrize("variant", ["anneal", "sin-l0.5"])
+def test_step_never_writes_into_the_gradient(variant):
+    # one tensor in the group: the flat path's concatenation must still be a copy
+    p = torch.randn(6, requires_grad=True)
+    opt = SuperpositionalAdamW([p], **qsgd.parse_variant(variant).optimizer_kwargs())
+    p.grad = torch.randn(6)
+    g = p.grad.clone()
+    opt.step()
+    assert torch.equal(p.grad, g)
