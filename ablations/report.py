@@ -212,9 +212,10 @@ def _claim_from_row(row: dict | None, scale: float = 1.0, unit: str = "") -> dic
     mapped = ("supported" if v == "better" else "contradicted" if v == "worse"
               else v if v.startswith("equivalent") else "no detectable difference")
     claimed = row.get("claimed_effect")
-    if mapped.startswith("equivalent") and claimed is not None and np.isfinite(claimed) \
-            and abs(claimed) > row["tost_margin"]:
-        mapped += f" (excludes the paper's {claimed * scale:+.3g}{unit})"
+    if mapped.startswith("equivalent"):  # the margin in the claim's unit (stats.csv: raw)
+        mapped = f"equivalent within ±{row['tost_margin'] * scale:g}{unit}"
+        if claimed is not None and np.isfinite(claimed) and abs(claimed) > row["tost_margin"]:
+            mapped += f" (excludes the paper's {claimed * scale:+.3g}{unit})"
     return {
         "measured": f"{_f(row['mean_variant'] * scale)}{unit} vs {_f(row['mean_baseline'] * scale)}"
                     f"{unit} (diff {row['diff'] * scale:+.3g}{unit}, n={int(row['n'])} seeds)",
@@ -392,13 +393,17 @@ def _classifier_sections(cfg, runs, curves, table, figs, records):
         claims["C3"] = {"measured": "not run yet", "ci": "–", "test": "–",
                         "verdict": "not run yet"}
     else:
+        # stats.compare_all's Holm family: one metric, one baseline, every cell
+        n_fam = int(((table["metric"] == "final_test_acc")
+                     & (table["baseline"] == "sin-l0.5")).sum())
         v3 = ("contradicted" if beaten else
               "supported" if "sin-l0.1" in worse_than_05 else "no detectable difference")
         claims["C3"] = {
             "measured": f"best mean at λ={best['lam']:g} ({100 * best['mean']:.2f}%); "
                         f"λ=0.1 − λ=0.5: {100 * r01['diff']:+.2f} pp",
             "ci": f"[{100 * r01['ci_low']:+.2f}, {100 * r01['ci_high']:+.2f}] pp",
-            "test": f"paired t vs λ=0.5, Holm over the sweep: λ=0.1 p={_p(r01['p_holm'])}; "
+            "test": f"paired t vs λ=0.5, Holm over all {n_fam} comparisons with sin-l0.5: "
+                    f"λ=0.1 p={_p(r01['p_holm'])} (unadjusted {_p(r01['p_ttest'])}); "
                     f"λ significantly better than 0.5: {beaten or 'none'}",
             "verdict": v3,
         }
