@@ -928,17 +928,18 @@ def _line_eval(t: Tensor, a: Tensor, S: Tensor, plan: _SeriesPlan, *,
     return (P[0].clone(), P[1:], feats) if derivatives else (P[0], None, feats)
 
 
-def _series_grads(ctx, g: Tensor, i_t: int, i_a: int, i_m: int):
-    """∂L/∂t, ∂L/∂a and ∂L/∂M (flat) of a line series from the saved forward tensors."""
+def _series_grads(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """∂L/∂t, ∂L/∂a and ∂L/∂M (flat) of a line series from the saved forward tensors (inputs
+    0, 1 and 2 of the Function: t, a, and M or the weights M is computed from)."""
     t, a, dtheta, *feats = ctx.saved_tensors[:3 + ctx.n]
     g = g.reshape(-1).contiguous()  # e.g. an expanded ones from .sum(); strided products are slow
     gt = ga = gM = None
     gth = dtheta * g  # (n, B): ∂L/∂θ_q with θ_q = a_q·t
-    if ctx.needs_input_grad[i_t]:
+    if ctx.needs_input_grad[0]:
         gt = a @ gth
-    if ctx.needs_input_grad[i_a]:
+    if ctx.needs_input_grad[1]:
         ga = gth @ t
-    if ctx.needs_input_grad[i_m]:
+    if ctx.needs_input_grad[2]:
         G = feats[0] * g  # (r, B): Σ_B g·Π_q b_q[i_q]
         if len(feats) == 1:
             gM = G.sum(1)
@@ -964,7 +965,7 @@ class _LineSeries(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        gt, ga, gM = _series_grads(ctx, g, 0, 1, 2)
+        gt, ga, gM = _series_grads(ctx, g)
         return gt, ga, None if gM is None else gM.reshape(ctx.mshape), None
 
 
@@ -982,7 +983,7 @@ class _CircuitLine(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        gt, ga, gM = _series_grads(ctx, g, 0, 1, 2)
+        gt, ga, gM = _series_grads(ctx, g)
         gw = None if gM is None else (gM @ ctx.saved_tensors[-1]).reshape(ctx.wshape)
         return gt, ga, gw, None, None, None
 
