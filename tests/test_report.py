@@ -43,3 +43,20 @@ def test_smoke_grid_to_report_and_ledger(tmp_path):
     # re-rendering from stored runs is idempotent for the tables
     render_arm(cfg)
     assert pd.read_csv(tmp_path / "classifier" / "stats.csv").equals(stats)
+
+
+def test_a_grid_of_the_baseline_alone_reports_its_calibration(tmp_path):
+    # configs/calibration.toml's shape (AdamW, classical attention, two learning rates), tiny
+    text = (ROOT / "ablations" / "configs" / "smoke.toml").read_text()
+    text = text[: text.index("[[cells]]")] + (
+        '[[cells]]\nname = "calibration"\nattention = "classical"\nvariants = ["adamw"]\n'
+        "lr = [6e-3, 8e-3]\nseeds = 2\n")
+    path = tmp_path / "cal.toml"
+    path.write_text(text)
+    cfg = load_config(path, results=tmp_path / "cal")
+    assert run_grid(cfg, progress=False)["ran"] == 4
+    report = render_arm(cfg).read_text()
+    assert report.count("Calibration (AdamW, classical attention, lr ") == 2
+    assert "lr 0.006 (the reference), 2 seeds" in report
+    assert "No comparisons" in report
+    assert json.loads((tmp_path / "cal" / "claims.json").read_text()) == {}
