@@ -582,6 +582,12 @@ def _ks_tuple(ks: Tensor) -> tuple[int, ...]:
     return tuple(int(k) for k in ks)
 
 
+@functools.lru_cache(maxsize=64)
+def _frequency_tuple(depth: int, encoding: str, readout: str) -> tuple[int, ...]:
+    """:func:`fourier_frequencies` as a tuple, cached (it is read on every forward pass)."""
+    return _ks_tuple(fourier_frequencies(depth, encoding, readout))
+
+
 def _to_real_basis(coeffs: Tensor, ks: Tensor, lead: int = 0) -> Tensor:
     """The complex coefficients c (m,)*n of a real readout → the real-basis tensor M (r,)*n
     with Re Σ_j c_j Π_q exp(i k[j_q] θ_q/2) = Σ_i M[i] Π_q b(θ_q)[i_q]. ``lead`` batch axes
@@ -665,8 +671,7 @@ def circuit_line(
         M, ks = line_coefficients(w, n, depth=depth, entangle=entangle, hadamard=hadamard,
                                   encoding=encoding, readout=readout)
         return line_series(M, ks, scales, t)
-    ks = _ks_tuple(fourier_frequencies(depth, encoding, readout))
-    plan = _series_plan(ks, n, dt, t.device)
+    plan = _series_plan(_frequency_tuple(depth, encoding, readout), n, dt, t.device)
     a, tf = scales.to(dt), t.reshape(-1)
     linear = readout in _LINEAR_READOUTS
     if torch.is_grad_enabled() and any(x.requires_grad for x in (tf, a, w)):
@@ -732,12 +737,14 @@ def line_coefficients(
         linear = readout in _LINEAR_READOUTS
         w = weights.to(dtype)
         if torch.is_grad_enabled() and w.requires_grad:
-            M = _TableCoefficients.apply(w, table, linear)
+            compute = functools.partial(_table_coefficients, table=table, linear=linear,
+                                        jacobian=True)
+            M = _WithJacobian.apply(w, compute)
         else:
             M = _table_coefficients(w, table, linear, jacobian=False)[0]
         return M.reshape((ks.numel(),) * n), ks
     if torch.is_grad_enabled() and weights.requires_grad:
-        return _ShiftCoefficients.apply(weights, kw), ks
+        return _WithJacobian.apply(weights, functools.partial(_shift_coefficients, kw=kw)), ks
     with torch.no_grad():
         return _coefficients_batch(weights[None], **kw)[0], ks
 
@@ -811,12 +818,14 @@ def _table_coefficients(w: Tensor, table: Tensor, linear: bool, *,
     return M, (table @ F[1:].t() if jacobian else None)
 
 
-class _TableCoefficients(torch.autograd.Function):
-    """M(w) from the corner table, with dM/dw from the same batched Kronecker product."""
+class _WithJacobian(torch.autograd.Function):
+    """M(w) computed together with its Jacobian J = dM/dw (rⁿ, W) by ``compute(w) -> (M, J)``
+    (the table's batched Kronecker product, or the parameter-shift rule); the backward pass is
+    one vector-matrix product."""
 
     @staticmethod
-    def forward(ctx, w, table, linear):
-        M, J = _table_coefficients(w, table, linear, jacobian=True)
+    def forward(ctx, w, compute):
+        M, J = compute(w)
         ctx.save_for_backward(J)
         ctx.wshape = w.shape
         return M
@@ -824,7 +833,7 @@ class _TableCoefficients(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gM):
         (J,) = ctx.saved_tensors
-        return (gM.reshape(-1).to(J.dtype) @ J).reshape(ctx.wshape), None, None
+        return (gM.reshape(-1).to(J.dtype) @ J).reshape(ctx.wshape), None
 
 
 def _coefficients_batch(wb: Tensor, *, n: int, ks: Tensor, depth: int, entangle: bool,
@@ -842,28 +851,19 @@ def _coefficients_batch(wb: Tensor, *, n: int, ks: Tensor, depth: int, entangle:
     return _to_real_basis(c, ks, lead=1).contiguous()
 
 
-class _ShiftCoefficients(torch.autograd.Function):
-    """M(w) with dM/dw from the parameter-shift rule (see :func:`line_coefficients`)."""
-
-    @staticmethod
-    def forward(ctx, w, kw):
-        W = w.numel()
-        eye = torch.eye(W, dtype=w.dtype, device=w.device).reshape(W, *w.shape)
-        if kw["readout"] in _LINEAR_READOUTS:
-            Ms = _coefficients_batch(torch.cat([w[None], w + math.pi * eye]), **kw)
-            J = Ms[1:] * 0.5
-        else:
-            half = (math.pi / 2) * eye
-            Ms = _coefficients_batch(torch.cat([w[None], w + half, w - half]), **kw)
-            J = (Ms[1:1 + W] - Ms[1 + W:]) * 0.5
-        ctx.save_for_backward(J.reshape(W, -1))
-        ctx.wshape = w.shape
-        return Ms[0]
-
-    @staticmethod
-    def backward(ctx, gM):
-        (J,) = ctx.saved_tensors
-        return (J @ gM.reshape(-1).to(J.dtype)).reshape(ctx.wshape), None
+def _shift_coefficients(w: Tensor, kw: dict) -> tuple[Tensor, Tensor]:
+    """M(w) (r,)*n and dM/dw (rⁿ, W) by the parameter-shift rule, all settings simulated in one
+    batch (see :func:`line_coefficients`)."""
+    W = w.numel()
+    eye = torch.eye(W, dtype=w.dtype, device=w.device).reshape(W, *w.shape)
+    if kw["readout"] in _LINEAR_READOUTS:
+        Ms = _coefficients_batch(torch.cat([w[None], w + math.pi * eye]), **kw)
+        J = Ms[1:] * 0.5
+    else:
+        half = (math.pi / 2) * eye
+        Ms = _coefficients_batch(torch.cat([w[None], w + half, w - half]), **kw)
+        J = (Ms[1:1 + W] - Ms[1 + W:]) * 0.5
+    return Ms[0], J.reshape(W, -1).t()
 
 
 class _SeriesPlan(NamedTuple):

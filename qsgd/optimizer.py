@@ -144,6 +144,18 @@ def reference_step(
         if stats is not None:
             _acc(stats, "pert_sq", term.double().pow(2).sum() * (lam * lam))
 
+    _adam_update(param, grad, exp_avg, exp_avg_sq, q, step=step, lr=lr, beta1=beta1,
+                 beta2=beta2, eps=eps, weight_decay=weight_decay, lam=lam, scope=scope,
+                 n_qubits=n_qubits, bias_correction=bias_correction, stats=stats)
+
+
+def _adam_update(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
+                 q: Tensor | None, *, step: int, lr: float, beta1: float, beta2: float,
+                 eps: float, weight_decay: float, lam: float, scope: str, n_qubits: int,
+                 bias_correction: bool, stats: dict[str, Tensor] | None) -> None:
+    """The rest of :func:`reference_step` once the term is known, in place on one tensor (a
+    parameter, or the flat path's concatenated group): decay, moments, the Adam step, and
+    −lr·λ·q on the in-scope entries when ``q`` is given."""
     if weight_decay != 0.0:
         param.mul_(1.0 - lr * weight_decay)
     exp_avg.lerp_(grad, 1.0 - beta1)
@@ -533,7 +545,6 @@ def _flat_group(
     tensor, keyed by each tensor's index, as everywhere.
     """
     del scope  # "all" (checked by the caller)
-    sizes = [p.numel() for p in params]
     theta = _concat(params)
     lam = quantum_weight
     q = None
@@ -543,6 +554,7 @@ def _flat_group(
                                                           index=indices[0], n_qubits=n_qubits))
         else:
             ctxs = [Context(step=step, seed=seed, index=i, n_qubits=n_qubits) for i in indices]
+            sizes = [p.numel() for p in params]
             term = torch.cat(perturbation.terms(list(theta.split(sizes)),
                                                 list(grad.split(sizes)), ctxs))
         if stats is not None:
@@ -551,15 +563,7 @@ def _flat_group(
             grad.add_(term, alpha=lam)  # grad is this function's own copy
         else:
             q = term
-    if weight_decay != 0.0:
-        theta.mul_(1.0 - lr * weight_decay)
-    exp_avg.lerp_(grad, 1.0 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-    bc1, bc2 = _bias_corrections(step, beta1, beta2, bias_correction)
-    denom = (exp_avg_sq.sqrt() / (bc2**0.5)).add_(eps)
-    if stats is not None:
-        _acc(stats, "adam_sq", (exp_avg / bc1).div_(denom).double().pow(2).sum())
-    theta.addcdiv_(exp_avg, denom, value=-(lr / bc1))
-    if q is not None:
-        theta.add_(q, alpha=-lr * lam)
+    _adam_update(theta, grad, exp_avg, exp_avg_sq, q, step=step, lr=lr, beta1=beta1,
+                 beta2=beta2, eps=eps, weight_decay=weight_decay, lam=lam, scope="all",
+                 n_qubits=n_qubits, bias_correction=bias_correction, stats=stats)
     torch._foreach_copy_(params, _unflatten_dense_tensors(theta, params))
