@@ -4,7 +4,7 @@ A config has one ``[grid]`` table, one table of arm options named after the arm,
 ``[[cells]]``. Each cell crosses its variants, seeds and learning rates::
 
     [grid]
-    arm = "classifier"            # or "llm"
+    arm = "classifier"            # a registered arm (ablations.arms): classifier, llm, ...
     results = "results/classifier"
     baseline_lr = 3e-3            # the reference learning rate of the comparisons
 
@@ -19,12 +19,13 @@ A config has one ``[grid]`` table, one table of arm options named after the arm,
     lr = [3e-3]                   # optional; default [grid].baseline_lr
 
 Typos fail loudly: an unknown key or variant id names the file (and the line, for TOML syntax).
+The arm's table is parsed into its options dataclass when the config loads
+(:meth:`ablations.arms.Arm.parse_options`), so a wrong option fails before any run starts.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import sys
 from collections.abc import Iterable
@@ -32,18 +33,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qsgd.perturbations import noise_key
 from qsgd.variants import parse_variant
+
+from .arms import Arm, ArmError, get_arm
+from .seeds import derived_seeds
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ConfigError", "RunSpec", "GridConfig", "load_config", "expand", "derived_seeds"]
+__all__ = ["ConfigError", "RunSpec", "GridConfig", "load_config", "read_toml", "expand",
+           "derived_seeds"]
 
-ARMS = ("classifier", "llm")
-ATTENTIONS = ("quantum", "classical", "none")
 _GRID_KEYS = {"arm", "name", "results", "baseline_lr", "description"}
 _CELL_KEYS = {"name", "attention", "variants", "seeds", "lr"}
 
@@ -109,6 +111,9 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class GridConfig:
+    """A loaded grid: ``options`` is the arm's table as written, ``arm_options`` the parsed
+    options dataclass; ``specs`` every run of every cell, deduplicated by key."""
+
     path: Path
     arm: str
     name: str
@@ -117,6 +122,11 @@ class GridConfig:
     options: dict[str, Any]
     specs: tuple[RunSpec, ...]
     cells: tuple[dict[str, Any], ...]
+    arm_options: Any = None
+
+    @property
+    def arm_obj(self) -> Arm:
+        return get_arm(self.arm)
 
 
 def _as_list(value: Any) -> list:
@@ -135,15 +145,22 @@ def _seeds(value: Any, where: str) -> list[int]:
     raise ConfigError(f"{where}: seeds must be a positive count or a list of ints, got {value!r}")
 
 
-def load_config(path: str | Path, results: str | Path | None = None) -> GridConfig:
-    """Parse and validate a grid config; ``results`` overrides ``[grid].results``."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict; a missing file or a syntax error raises ConfigError naming the
+    file (and the line, for syntax)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: malformed TOML: {err}") from None
+
+
+def load_config(path: str | Path, results: str | Path | None = None) -> GridConfig:
+    """Parse and validate a grid config; ``results`` overrides ``[grid].results``."""
+    path = Path(path)
+    raw = read_toml(path)
     grid = raw.get("grid")
     if not isinstance(grid, dict):
         raise ConfigError(f"{path}: missing [grid] table")
@@ -152,20 +169,27 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
         raise ConfigError(f"{path}: unknown key(s) in [grid]: {', '.join(sorted(unknown))} "
                           f"(valid: {', '.join(sorted(_GRID_KEYS))})")
     arm = grid.get("arm")
-    if arm not in ARMS:
-        raise ConfigError(f"{path}: [grid].arm must be one of {', '.join(ARMS)}, got {arm!r}")
+    try:
+        arm_obj = get_arm(arm)
+    except ArmError as err:
+        raise ConfigError(f"{path}: [grid].arm: {err}") from None
     top_unknown = set(raw) - {"grid", "cells", arm}
     if top_unknown:
         raise ConfigError(f"{path}: unknown table(s): {', '.join(sorted(top_unknown))} "
                           f"(valid: grid, cells, {arm})")
     options = raw.get(arm, {})
-    _check_arm_options(arm, options, path)
+    if not isinstance(options, dict):
+        raise ConfigError(f"{path}: [{arm}] must be a table")
+    try:
+        arm_options = arm_obj.parse_options(options)
+    except ArmError as err:
+        raise ConfigError(f"{path}: {err}") from None
     baseline_lr = float(grid.get("baseline_lr", options.get("lr", 1e-3)))
     cells = raw.get("cells")
     if not isinstance(cells, list) or not cells:
         raise ConfigError(f"{path}: at least one [[cells]] table is required")
     frozen_opts = _freeze(options)
-    numerics = int(getattr(importlib.import_module(f"ablations.{arm}"), "NUMERICS", 0))
+    numerics = int(arm_obj.numerics)
     specs: dict[str, RunSpec] = {}
     for i, cell in enumerate(cells):
         where = f"{path}: cells[{i}]" + (f" ({cell['name']})" if "name" in cell else "")
@@ -180,11 +204,11 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
                 parse_variant(vid)
             except ValueError as err:
                 raise ConfigError(f"{where}: {err}") from None
-        attentions = _as_list(cell.get("attention", "none" if arm == "llm" else "quantum"))
+        attentions = _as_list(cell.get("attention", arm_obj.attentions[0]))
         for a in attentions:
-            if a not in ATTENTIONS:
+            if a not in arm_obj.attentions:
                 raise ConfigError(f"{where}: attention {a!r} is not one of "
-                                  f"{', '.join(ATTENTIONS)}")
+                                  f"{', '.join(arm_obj.attentions)} (arm {arm})")
         lrs = [float(x) for x in _as_list(cell.get("lr", baseline_lr))]
         for lr in lrs:
             if not lr > 0:
@@ -198,27 +222,7 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
     res = Path(results) if results is not None else Path(grid.get("results", f"results/{arm}"))
     return GridConfig(path=path, arm=arm, name=str(grid.get("name", arm)), results=res,
                       baseline_lr=baseline_lr, options=options, specs=tuple(specs.values()),
-                      cells=tuple(cells))
-
-
-def _check_arm_options(arm: str, options: Any, path: Path) -> None:
-    if not isinstance(options, dict):
-        raise ConfigError(f"{path}: [{arm}] must be a table")
-    module = importlib.import_module(f"ablations.{arm}")
-    opts = getattr(module, f"{arm.upper() if arm == 'llm' else arm.capitalize()}Options", None)
-    if opts is None:
-        return
-    valid = set(opts.__dataclass_fields__)
-    unknown = set(options) - valid
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) in [{arm}]: {', '.join(sorted(unknown))} "
-                          f"(valid: {', '.join(sorted(valid))})")
-
-
-def derived_seeds(seed: int) -> dict[str, int]:
-    """Independent streams of one run seed, shared by every arm: data order, init, noise."""
-    return {name: noise_key(seed, 0, 0, stream) % (2**31 - 1)
-            for stream, name in enumerate(("order", "init", "noise"), start=1)}
+                      cells=tuple(cells), arm_options=arm_options)
 
 
 def expand(specs: Iterable[RunSpec]) -> list[RunSpec]:

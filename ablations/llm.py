@@ -93,7 +93,9 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from qsgd import SuperpositionalAdamW, parse_variant
 
 from . import gsm8k
-from .config import derived_seeds
+from .schedules import SCHEDULES
+from .schedules import lr_at as _lr_at
+from .seeds import derived_seeds
 
 __all__ = [
     "LLMOptions",
@@ -116,7 +118,6 @@ GGUF_ENV = "QSGD_SMOLLM2_GGUF"
 IGNORE = -100
 #: dense bf16 peak of the GPUs we report MFU on (vendor datasheets, SXM parts), FLOP/s
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-SCHEDULES = ("cosine", "linear", "constant")
 ATTN_IMPLS = ("auto", "flex", "sdpa")
 
 
@@ -213,17 +214,10 @@ class LLMOptions:
 
 
 def lr_at(step: int, steps: int, o: LLMOptions, lr: float) -> float:
-    """Learning rate of 0-based ``step`` of ``steps``: linear warm-up, then the schedule."""
-    if o.warmup and step < o.warmup:
-        return lr * (step + 1) / o.warmup
-    if o.schedule == "constant":
-        return lr
-    span = max(1, steps - 1 - o.warmup)
-    frac = min(1.0, max(0.0, (step - o.warmup) / span))
-    floor = o.min_lr_ratio * lr
-    if o.schedule == "linear":
-        return lr - (lr - floor) * frac
-    return floor + 0.5 * (lr - floor) * (1.0 + math.cos(math.pi * frac))
+    """Learning rate of 0-based ``step`` of ``steps``: linear warm-up, then the schedule down
+    to ``min_lr_ratio`` × lr at the last step (:func:`ablations.schedules.lr_at`)."""
+    return _lr_at(step, lr, schedule=o.schedule, horizon=steps - 1, warmup=o.warmup,
+                  min_ratio=o.min_lr_ratio)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1577,12 +1571,9 @@ def throughput_summary(runs: Path, out_dir: Path, bench_csv: Path | None = None,
 def _options_from(config: Path | None, sets: list[str]) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     if config is not None:
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover
-            import tomli as tomllib
-        raw = tomllib.loads(Path(config).read_text())
-        opts.update(raw.get("llm", {}))
+        from .config import read_toml
+
+        opts.update(read_toml(config).get("llm", {}))
     for item in sets:
         k, _, v = item.partition("=")
         if not _:

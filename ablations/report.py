@@ -21,7 +21,7 @@ import pandas as pd
 
 from . import stats
 from .config import GridConfig, load_config
-from .runner import RUNS_FILE, load_records
+from .records import RUNS_FILE, load_records
 
 __all__ = ["runs_table", "curves_table", "render_arm", "render_ledger", "render_all"]
 
@@ -248,7 +248,7 @@ def _classifier_sections(cfg, runs, curves, table, figs, records):
     body, claims = [], {}
     from dataclasses import asdict
 
-    from .classifier import ClassifierOptions
+    from .arms.classifier import ClassifierOptions
 
     o = asdict(ClassifierOptions(**cfg.options))
     body.append("## Setup\n")

@@ -32,7 +32,7 @@ from torch.optim import Optimizer
 
 from .perturbations import Context, None_, Perturbation, get_perturbation
 
-__all__ = ["SuperpositionalAdamW", "NonFiniteGradientError", "reference_step", "SCOPES"]
+__all__ = ["SuperpositionalAdamW", "NonFiniteGradientError", "reference_step", "in_scope", "SCOPES"]
 
 SCOPES = ("all", "first_n")
 NONFINITE = ("raise", "skip", "off")
@@ -81,7 +81,7 @@ def _check_group(group: dict[str, Any]) -> None:
     get_perturbation(group["perturbation"])  # raises with the list of valid names
 
 
-def _scoped(flat: Tensor, scope: str, n_qubits: int) -> Tensor:
+def in_scope(flat: Tensor, scope: str, n_qubits: int) -> Tensor:
     """The in-scope part of a flattened tensor: everything, or the first n_qubits entries."""
     return flat if scope == "all" else flat[:n_qubits]
 
@@ -133,12 +133,12 @@ def reference_step(
     q = None
     if active:
         ctx = Context(step=step, seed=seed, index=index, n_qubits=n_qubits)
-        theta_s = _scoped(param.reshape(-1), scope, n_qubits)
-        grad_s = _scoped(grad.reshape(-1), scope, n_qubits)
+        theta_s = in_scope(param.reshape(-1), scope, n_qubits)
+        grad_s = in_scope(grad.reshape(-1), scope, n_qubits)
         term = perturbation.term(theta_s, grad_s, ctx)
         if perturbation.kind == "gradient":
             grad = grad.clone()
-            _scoped(grad.view(-1), scope, n_qubits).add_(term, alpha=lam)
+            in_scope(grad.view(-1), scope, n_qubits).add_(term, alpha=lam)
         else:
             q = term
         if stats is not None:
@@ -168,10 +168,10 @@ def _adam_update(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tenso
     param.addcdiv_(exp_avg, denom, value=-step_size)
     if q is not None:
         if param.is_contiguous():
-            _scoped(param.view(-1), scope, n_qubits).add_(q, alpha=-lr * lam)
+            in_scope(param.view(-1), scope, n_qubits).add_(q, alpha=-lr * lam)
         else:
             full = torch.zeros_like(param).reshape(-1)
-            _scoped(full, scope, n_qubits).copy_(q)
+            in_scope(full, scope, n_qubits).copy_(q)
             param.add_(full.view_as(param), alpha=-lr * lam)
 
 
@@ -478,15 +478,15 @@ def _foreach_group(
     if active:
         ctxs = [Context(step=s, seed=seed, index=i, n_qubits=n_qubits)
                 for s, i in zip(steps, indices)]
-        thetas = [_scoped(p.view(-1), scope, n_qubits) for p in params]
-        gs = [_scoped(g.reshape(-1), scope, n_qubits) for g in grads]
+        thetas = [in_scope(p.view(-1), scope, n_qubits) for p in params]
+        gs = [in_scope(g.reshape(-1), scope, n_qubits) for g in grads]
         terms = perturbation.terms(thetas, gs, ctxs)
         if stats is not None:
             norms = torch._foreach_norm([t.double() for t in terms])
             _acc(stats, "pert_sq", torch.stack(norms).pow(2).sum() * (lam * lam))
         if perturbation.kind == "gradient":
             grads = [g.clone() for g in grads]
-            torch._foreach_add_([_scoped(g.view(-1), scope, n_qubits) for g in grads], terms,
+            torch._foreach_add_([in_scope(g.view(-1), scope, n_qubits) for g in grads], terms,
                                 alpha=lam)
             terms = None
 
@@ -507,7 +507,7 @@ def _foreach_group(
         _acc(stats, "adam_sq", torch.stack(norms).pow(2).sum())
     torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
     if terms is not None:
-        torch._foreach_add_([_scoped(p.view(-1), scope, n_qubits) for p in params], terms,
+        torch._foreach_add_([in_scope(p.view(-1), scope, n_qubits) for p in params], terms,
                             alpha=-lr * lam)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ablations.classifier import TIMING_METRICS
+from ablations.arms.classifier import TIMING_METRICS
 from ablations.config import ConfigError, RunSpec, load_config
 from ablations.runner import append_record, load_records, run_grid, run_one
 
@@ -107,14 +107,14 @@ def test_changed_option_changes_the_key():
 
 def test_numerics_version_is_part_of_the_key(tmp_path, monkeypatch):
     # a code change that alters metrics bumps the arm's NUMERICS: stored runs become stale
-    import ablations.classifier as arm
+    from ablations.arms.classifier import Classifier as arm
 
     old = RunSpec("classifier", "adamw", "classical", 0, 1e-3, (("epochs", 2),))
     assert "numerics" not in old.as_dict()  # version 0 keeps the keys of arms without one
     path = _write(tmp_path, variants='["adamw"]', seeds=1)
     first = load_config(path).specs[0]
-    assert first.numerics == arm.NUMERICS >= 1 and first.as_dict()["numerics"] == arm.NUMERICS
-    monkeypatch.setattr(arm, "NUMERICS", arm.NUMERICS + 1)
+    assert first.numerics == arm.numerics >= 1 and first.as_dict()["numerics"] == arm.numerics
+    monkeypatch.setattr(arm, "numerics", arm.numerics + 1)
     bumped = load_config(path).specs[0]
     assert bumped.key != first.key and bumped.as_dict()["config"] == first.as_dict()["config"]
 

@@ -80,7 +80,7 @@ def _t1_grads(gen, t: int, shapes, signs, beta1, beta2, ramp_len) -> list[torch.
 
 def _t1_run(variant_id: str, extra: dict, steps: int, seed: int) -> dict:
     from qsgd import SuperpositionalAdamW, parse_variant
-    from qsgd.optimizer import _scoped
+    from qsgd.optimizer import in_scope
     from qsgd.perturbations import Context, get_perturbation
 
     v = parse_variant(variant_id)
@@ -113,9 +113,9 @@ def _t1_run(variant_id: str, extra: dict, steps: int, seed: int) -> dict:
             q = torch.zeros_like(th)
             if direction:
                 ctx = Context(step=t, seed=seed, index=i, n_qubits=v.n_qubits)
-                term = pert.term(_scoped(th.reshape(-1), v.scope, v.n_qubits),
-                                 _scoped(g.reshape(-1), v.scope, v.n_qubits), ctx)
-                _scoped(q.view(-1), v.scope, v.n_qubits).copy_(term)
+                term = pert.term(in_scope(th.reshape(-1), v.scope, v.n_qubits),
+                                 in_scope(g.reshape(-1), v.scope, v.n_qubits), ctx)
+                in_scope(q.view(-1), v.scope, v.n_qubits).copy_(term)
             delta = (p.detach() - th).abs()
             bound = lr * (adam.abs() + lam * q.abs()) + lr * wd * th.abs()
             tiny = 1e-300

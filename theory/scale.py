@@ -295,7 +295,7 @@ def classifier_trace(size: str = "full", variant: str = "sin-l0.5") -> dict:
     lr 6e-3 constant, clip 1, wd 0.01). Every 4th step the optimizer's ratio is tracked and
     compared with the estimates from that step's θ and clipped g (cached; treat the returned
     tensors as read-only)."""
-    from ablations.classifier import ClassifierOptions, build_model, derived_seeds, make_task
+    from ablations.arms.classifier import ClassifierOptions, build_model, derived_seeds, make_task
     from qsgd import SuperpositionalAdamW, parse_variant
 
     o = ClassifierOptions() if size == "full" else ClassifierOptions(n_train=200, n_test=50)
@@ -526,7 +526,7 @@ def _facts(st: dict[str, float], lam: float = LAMBDA) -> dict:
 def t7_scope(size: str = "full", results_root: str = "results") -> Check:
     """T7: the fraction of coordinates the paper's literal scope (first 4 entries of each
     tensor) touches in the classifier, SmolLM2-135M and Llama-3.2-1B, and what follows."""
-    from ablations.classifier import ClassifierOptions, build_model
+    from ablations.arms.classifier import ClassifierOptions, build_model
     from ablations.llm import PRESETS
 
     rows = []

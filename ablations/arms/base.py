@@ -1,0 +1,227 @@
+"""What an arm is: its options, its metrics, its resources and one pure ``run(spec) -> record``.
+
+An arm is one task family on which variants are compared (DESIGN.md, principle 3). Config,
+runner, statistics, plots and report know arms only through this interface and the registry
+below: adding an arm is one module with one ``@register_arm`` class, and nothing else changes.
+
+    @register_arm
+    class Toy(Arm):
+        name = "toy"
+        options = ToyOptions                      # a frozen dataclass: the [toy] table
+        metrics = (Metric("loss", "lower", label="final loss", margin=0.01),)
+
+        def run(self, spec):                      # spec: ablations.config.RunSpec
+            o = self.parse_options(spec.config)
+            ...
+            return {"metrics": {"loss": ...}, "curve": [...]}
+
+The built-in arms (``classifier``, ``llm``) register when first asked for by name, so
+``import ablations`` stays light.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+__all__ = ["Metric", "Arm", "ArmError", "register_arm", "get_arm", "arm_names", "DIRECTIONS"]
+
+DIRECTIONS = ("higher", "lower", "none")
+
+
+class ArmError(ValueError):
+    """An arm's options or name are invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One scalar a run reports, and how comparisons read it.
+
+    name: the key in a record's ``metrics`` and the column of ``runs.csv``.
+    direction: ``"higher"`` or ``"lower"`` is better, or ``"none"`` (no preferred direction:
+        verdicts then say "higher"/"lower" instead of "better"/"worse").
+    label: axis label and prose name. unit: the unit as reports print it after ``scale``
+        (e.g. ``" pp"`` with ``scale = 100`` for an accuracy stored in 0–1).
+    margin: the equivalence margin of TOST, in the metric's own (stored) unit; or None, with
+        ``relative_margin`` a fraction of the baseline's mean instead (timings).
+    claimed: the paper's claimed effect (variant − AdamW) in the stored unit, if any: the
+        effect whose detectability the power columns report.
+    compared: whether ``stats.csv`` compares it between variants.
+    timing: a wall-clock figure, which differs between equal runs (every other metric is
+        bit-reproducible on a CPU).
+    """
+
+    name: str
+    direction: str
+    label: str = ""
+    unit: str = ""
+    scale: float = 1.0
+    margin: float | None = None
+    relative_margin: float | None = None
+    claimed: float | None = None
+    compared: bool = True
+    timing: bool = False
+
+    def __post_init__(self):
+        if self.direction not in DIRECTIONS:
+            raise ArmError(f"metric {self.name!r}: direction must be one of "
+                           f"{', '.join(DIRECTIONS)}, got {self.direction!r}")
+        if self.margin is not None and not (self.margin > 0 and math.isfinite(self.margin)):
+            raise ArmError(f"metric {self.name!r}: margin must be a positive number")
+
+    @property
+    def higher_is_better(self) -> bool | None:
+        return {"higher": True, "lower": False, "none": None}[self.direction]
+
+    @property
+    def display(self) -> str:
+        """The prose label (the name when no label is given)."""
+        return self.label or self.name
+
+    def tost_margin(self, baseline_mean: float) -> float:
+        """The absolute equivalence margin, given the baseline's mean for relative margins."""
+        if self.margin is not None:
+            return self.margin
+        rel = 0.05 if self.relative_margin is None else self.relative_margin
+        v = abs(baseline_mean)
+        return float(rel * v) if math.isfinite(v) and v > 0 else 1e-12
+
+
+class Arm:
+    """Base class of an arm. Subclasses set the class attributes and implement :meth:`run`.
+
+    name: the arm's id (``[grid].arm`` of a config, ``arm`` of a record).
+    options: a frozen dataclass; the config's table named after the arm fills it.
+    numerics: version of the arm's numerics, part of every run's key: bump it when a code
+        change alters the metrics of an unchanged spec, so stored runs become stale.
+    metrics: every metric a run reports that reports should know about.
+    resources: ``"cpu"`` (one process per core) or ``"gpu"`` (one process per GPU).
+    attentions: the values a cell's ``attention`` may take; the first is the default.
+    cell_keys: the columns that define a cell: comparisons pair seeds within a cell only.
+    baselines: the variants every other variant is compared with in ``stats.csv``.
+    curve_x, curve_value, curve_label: the learning curve's x column, value column and label.
+    """
+
+    name: ClassVar[str] = ""
+    options: ClassVar[type] = type(None)
+    numerics: ClassVar[int] = 0
+    metrics: ClassVar[tuple[Metric, ...]] = ()
+    resources: ClassVar[str] = "cpu"
+    attentions: ClassVar[tuple[str, ...]] = ("none",)
+    cell_keys: ClassVar[tuple[str, ...]] = ("attention", "lr")
+    baselines: ClassVar[tuple[str, ...]] = ("adamw", "sin-l0.5")
+    curve_x: ClassVar[str] = "epoch"
+    curve_value: ClassVar[str] = "train_loss"
+    curve_label: ClassVar[str] = "training loss"
+
+    # ------------------------------------------------------------------ options
+    def parse_options(self, table: Mapping[str, Any] | None) -> Any:
+        """The options dataclass from a config table: unknown keys and values of the wrong
+        type raise :class:`ArmError` naming ``[arm].key``; the dataclass may validate more
+        in its ``__post_init__`` (raising ValueError, re-raised as ArmError)."""
+        table = dict(table or {})
+        if not dataclasses.is_dataclass(self.options):
+            if table:
+                raise ArmError(f"[{self.name}] takes no options, got {', '.join(sorted(table))}")
+            return None
+        fields = {f.name: f for f in dataclasses.fields(self.options)}
+        unknown = set(table) - set(fields)
+        if unknown:
+            raise ArmError(f"unknown key(s) in [{self.name}]: {', '.join(sorted(unknown))} "
+                           f"(valid: {', '.join(sorted(fields))})")
+        values = {}
+        for key, value in table.items():
+            default = fields[key].default
+            want = type(default) if default is not dataclasses.MISSING else None
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            elif want is not None and want is not type(None) and (
+                    not isinstance(value, want) or (want is int and isinstance(value, bool))):
+                raise ArmError(f"[{self.name}].{key} must be {want.__name__}, got {value!r}")
+            values[key] = value
+        try:
+            return self.options(**values)
+        except (TypeError, ValueError) as err:
+            raise ArmError(f"[{self.name}]: {err}") from None
+
+    # ------------------------------------------------------------------ metrics
+    def metric(self, name: str) -> Metric:
+        for m in self.metrics:
+            if m.name == name:
+                return m
+        raise KeyError(f"arm {self.name!r} has no metric {name!r} "
+                       f"(metrics: {', '.join(m.name for m in self.metrics)})")
+
+    @property
+    def compared_metrics(self) -> tuple[Metric, ...]:
+        return tuple(m for m in self.metrics if m.compared)
+
+    @property
+    def timing_metrics(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.metrics if m.timing)
+
+    def directions(self) -> dict[str, bool | None]:
+        """metric → higher is better (True/False) or None."""
+        return {m.name: m.higher_is_better for m in self.metrics}
+
+    # ------------------------------------------------------------------ running
+    def run(self, spec) -> dict[str, Any]:
+        """Train and evaluate one spec; return ``{"metrics": {...}, "curve": [...]}`` and
+        optionally ``"device"`` (a name for the provenance). Pure: everything it depends on is
+        in ``spec`` (variant, attention, seed, lr, config)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ reporting
+    def describe(self, cfg, runs) -> str:
+        """The report's setup paragraph, from the grid config (``cfg.arm_options`` parsed,
+        ``cfg.options`` as written) and the runs table."""
+        import json
+
+        return (f"Arm `{self.name}`, reference lr {cfg.baseline_lr:g}, options "
+                f"`{json.dumps(cfg.options, sort_keys=True)}`.\n")
+
+    def sections(self, ctx) -> list[str]:
+        """Arm-specific report sections (markdown blocks) after the setup; none by default.
+        ``ctx`` is the report's :class:`ablations.report.ArmContext`."""
+        return []
+
+    def __repr__(self) -> str:
+        return f"<arm {self.name}>"
+
+
+_REGISTRY: dict[str, Arm] = {}
+#: built-in arms, imported when first asked for by name (their modules import torch)
+_BUILTIN = {"classifier": "ablations.arms.classifier", "llm": "ablations.arms.llm"}
+
+
+def register_arm(cls: type[Arm]) -> type[Arm]:
+    """Class decorator: make an instance of ``cls`` available under ``cls.name``."""
+    if not cls.name:
+        raise ArmError(f"{cls.__name__} has no name")
+    names = [m.name for m in cls.metrics]
+    if len(set(names)) != len(names):
+        raise ArmError(f"arm {cls.name!r} lists a metric twice: {names}")
+    if not cls.attentions:
+        raise ArmError(f"arm {cls.name!r} has no attentions")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def arm_names() -> list[str]:
+    """Every arm's name, the built-in ones included."""
+    return sorted(set(_REGISTRY) | set(_BUILTIN))
+
+
+def get_arm(name: str) -> Arm:
+    """The registered arm of that name; an unknown name raises ArmError listing the valid."""
+    if not isinstance(name, str):
+        raise ArmError(f"arm must be a name, got {name!r} (valid: {', '.join(arm_names())})")
+    if name not in _REGISTRY and name in _BUILTIN:
+        importlib.import_module(_BUILTIN[name])
+    if name not in _REGISTRY:
+        raise ArmError(f"unknown arm {name!r} (valid: {', '.join(arm_names())})")
+    return _REGISTRY[name]

@@ -1,0 +1,61 @@
+"""The LLM arm (claim C6) as a registered arm: its options, metrics and resources.
+
+The training loop, data, model loading and benchmark live in :mod:`ablations.llm`; this
+module is what config, runner, statistics and report know of it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..llm import LLMOptions
+from .base import Arm, ArmError, Metric, register_arm
+
+__all__ = ["LLM"]
+
+
+@register_arm
+class LLM(Arm):
+    """Full fine-tuning of a small Llama for one epoch (GSM8K by default), one run per spec."""
+
+    name = "llm"
+    options = LLMOptions
+    resources = "gpu"
+    attentions = ("none",)
+    curve_x = "step"
+    curve_value = "train_loss"
+    curve_label = "training loss"
+    metrics = (
+        Metric("mean_train_loss", "lower", "mean training loss", margin=0.005,
+               claimed=0.2097 - 0.2188),
+        Metric("final_train_loss", "lower", "final training loss", margin=0.005),
+        Metric("test_loss", "lower", "test loss", margin=0.005),
+        Metric("test_exact_match", "higher", "test exact match", margin=0.02),
+        Metric("tokens_per_s", "higher", "tokens per second", timing=True),
+        Metric("optimizer_share", "lower", "optimizer share of step time", timing=True),
+        Metric("perturbation_ratio", "none", "‖λ·Q‖ / ‖Adam step‖", compared=False),
+        Metric("train_seconds", "lower", "seconds of training", " s", timing=True,
+               compared=False),
+        Metric("eval_seconds", "lower", "seconds of evaluation", " s", timing=True,
+               compared=False),
+        Metric("mfu", "higher", "model FLOPs utilisation", timing=True, compared=False),
+    )
+
+    def parse_options(self, table) -> LLMOptions:
+        try:
+            return LLMOptions.from_dict(dict(table or {}))
+        except ValueError as err:
+            raise ArmError(str(err)) from None
+
+    def run(self, spec) -> dict[str, Any]:
+        from ..llm import run
+
+        return run(spec)
+
+    def describe(self, cfg, runs) -> str:
+        o = cfg.options
+        devices = ", ".join(sorted(set(map(str, runs["device"].dropna()))))
+        return (f"Model `{o.get('model', 'smollm2-135m-instruct')}`, GSM8K train (7,473 "
+                f"examples), one epoch, lr {cfg.baseline_lr:g}, options: "
+                f"`{json.dumps(o, sort_keys=True)}`. Devices: {devices}.\n")

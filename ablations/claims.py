@@ -1,0 +1,461 @@
+"""The paper's claims C1…C7 as objects: what each reads, its margin and family, its verdict.
+
+A :class:`Claim` names the arm (or ``"theory"``) whose results it reads, the metric, the
+variant and baseline, the cell, the paper's figure, the equivalence margin and the family of
+comparisons its p value is adjusted over. Its verdict is a pure function of tidy tables
+(:class:`Evidence`: the runs table, the ``stats.csv`` table, extra tables such as the theory
+suite's escape rates) returning a :class:`ClaimResult`; the report turns results into
+markdown and the ledger (``results/README.md``) into one row per claim. Every branch of every
+verdict is unit-tested on hand-made tables (``tests/test_claims.py``).
+
+Verdicts (the ledger's legend):
+
+* ``supported``: significant after Holm correction, in the paper's direction (C4, a cost:
+  the 95% interval contains the paper's figure);
+* ``contradicted``: significant in the other direction (C4: the interval excludes the
+  paper's figure);
+* ``equivalent within ±margin``: TOST at the claim's margin, p < α; the text adds when the
+  margin excludes the paper's effect;
+* ``no detectable difference``: neither;
+* ``not run yet``: the arm has no runs of the claim's cell.
+
+Adding a claim is one :func:`register_claim` call with a verdict function; the report, the
+ledger and the tests pick it up by id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .fmt import finite, num, pct, pval
+
+__all__ = ["Claim", "ClaimResult", "Evidence", "register_claim", "get_claim", "claims",
+           "claims_for", "not_run", "VERDICTS", "ALPHA"]
+
+ALPHA = 0.05
+VERDICTS = ("supported", "contradicted", "equivalent", "no detectable difference",
+            "not run yet")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a verdict reads: tidy tables, no files.
+
+    runs: the runs table (one row a run; identity columns and metrics). stats: the
+    ``stats.csv`` table of :func:`ablations.stats.compare_all`. lr: the grid's reference
+    learning rate (the claim's cell). horizon: the epochs every run trained for (censoring
+    time of epochs to target). tables: extra named tables, e.g. ``"escape"`` (theory T2).
+    """
+
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    stats: pd.DataFrame = field(default_factory=pd.DataFrame)
+    lr: float | None = None
+    horizon: float | None = None
+    tables: Mapping[str, pd.DataFrame] = field(default_factory=dict)
+    alpha: float = ALPHA
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """A claim's verdict and the numbers behind it, as the ledger shows them."""
+
+    claim: str
+    verdict: str
+    measured: str = "–"
+    ci: str = "–"
+    test: str = "–"
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """The verdict's family (one of :data:`VERDICTS`)."""
+        return "equivalent" if self.verdict.startswith("equivalent") else self.verdict
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"measured": self.measured, "ci": self.ci, "test": self.test,
+               "verdict": self.verdict}
+        out.update({k: v for k, v in self.values.items() if k not in out})
+        return out
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One row of the paper's claims (PAPER.md).
+
+    id, text, paper: the claim, as the ledger prints it, and the paper's numbers.
+    source: the arm whose results it reads, or ``"theory"``.
+    title: the heading of its report section.
+    metric, variant, baseline, cell: the comparison (``cell`` fixes cell keys besides lr,
+        which is the grid's reference lr).
+    claimed: the paper's effect (variant − baseline) in the metric's stored unit.
+    margin: the equivalence margin (stored unit); scale, unit: how texts print the metric.
+    family: the set of comparisons its p value is Holm-adjusted over (text).
+    judge: the verdict function ``(claim, evidence) -> ClaimResult``.
+    exhibits: names of the report exhibits shown in its section (``ablations.report``).
+    """
+
+    id: str
+    text: str
+    paper: str
+    source: str
+    judge: Callable[[Claim, Evidence], ClaimResult]
+    title: str = ""
+    metric: str | None = None
+    variant: str | None = None
+    baseline: str | None = None
+    cell: tuple[tuple[str, Any], ...] = ()
+    claimed: float | None = None
+    margin: float | None = None
+    scale: float = 1.0
+    unit: str = ""
+    family: str = ""
+    exhibits: tuple[str, ...] = ()
+
+    def verdict(self, evidence: Evidence) -> ClaimResult:
+        return self.judge(self, evidence)
+
+    def cell_of(self, evidence: Evidence) -> dict[str, Any]:
+        """The claim's cell: its fixed keys, and the reference lr when the evidence has one."""
+        cell = dict(self.cell)
+        if evidence.lr is not None:
+            cell["lr"] = evidence.lr
+        return cell
+
+
+_CLAIMS: dict[str, Claim] = {}
+
+
+def register_claim(claim: Claim) -> Claim:
+    """Add (or replace) a claim under its id; the ledger lists claims in registration order."""
+    _CLAIMS[claim.id] = claim
+    return claim
+
+
+def get_claim(claim_id: str) -> Claim:
+    if claim_id not in _CLAIMS:
+        raise KeyError(f"unknown claim {claim_id!r} (claims: {', '.join(_CLAIMS)})")
+    return _CLAIMS[claim_id]
+
+
+def claims() -> list[Claim]:
+    """Every registered claim, in registration order (C1…C7 first)."""
+    return list(_CLAIMS.values())
+
+
+def claims_for(source: str) -> list[Claim]:
+    """The claims that read one arm's (or the theory suite's) results."""
+    return [c for c in _CLAIMS.values() if c.source == source]
+
+
+def not_run(claim: Claim, why: str = "not run yet") -> ClaimResult:
+    return ClaimResult(claim.id, "not run yet", measured=why)
+
+
+# ----------------------------------------------------------------------------- table access
+def stats_row(table: pd.DataFrame, metric: str, variant: str, baseline: str,
+              **cell: Any) -> dict | None:
+    """The ``stats.csv`` row of one comparison in one cell, or None."""
+    if table is None or table.empty:
+        return None
+    sel = ((table["metric"] == metric) & (table["variant"] == variant)
+           & (table["baseline"] == baseline))
+    for k, v in cell.items():
+        if k in table.columns:
+            sel &= np.isclose(table[k], v) if isinstance(v, float) else (table[k] == v)
+    rows = table[sel]
+    return None if rows.empty else rows.iloc[0].to_dict()
+
+
+def _select(runs: pd.DataFrame, cell: Mapping[str, Any]) -> pd.DataFrame:
+    mask = np.ones(len(runs), dtype=bool)
+    for k, v in cell.items():
+        if k in runs.columns:
+            mask &= np.isclose(runs[k], v) if isinstance(v, float) else (runs[k] == v).to_numpy()
+    return runs[mask]
+
+
+def _significant(row: Mapping, alpha: float) -> bool:
+    return finite(row.get("p_holm")) and row["p_holm"] < alpha and finite(row.get("diff")) \
+        and row["diff"] != 0
+
+
+def paired_verdict(claim: Claim, row: Mapping, alpha: float) -> str:
+    """The verdict of a paired comparison against the paper's claimed direction: significant
+    after Holm in its direction (supported) or against it (contradicted), else TOST
+    equivalence at the row's margin, else no detectable difference."""
+    if _significant(row, alpha):
+        return "supported" if np.sign(row["diff"]) == np.sign(claim.claimed) else "contradicted"
+    if finite(row.get("p_tost")) and row["p_tost"] < alpha:
+        m = row["tost_margin"]
+        text = f"equivalent within ±{m * claim.scale:g}{claim.unit}"
+        if claim.claimed is not None and abs(claim.claimed) > m:
+            text += f" (excludes the paper's {claim.claimed * claim.scale:+.3g}{claim.unit})"
+        return text
+    return "no detectable difference"
+
+
+def _paired_texts(claim: Claim, row: Mapping) -> dict[str, str]:
+    s, u = claim.scale, claim.unit
+    return {
+        "measured": f"{num(row['mean_variant'] * s)}{u} vs {num(row['mean_baseline'] * s)}{u} "
+                    f"(diff {row['diff'] * s:+.3g}{u}, n={int(row['n'])} seeds)",
+        "ci": f"[{row['ci_low'] * s:+.3g}, {row['ci_high'] * s:+.3g}]{u}",
+        "test": f"paired t p={pval(row['p_ttest'])}, Holm p={pval(row['p_holm'])}, Wilcoxon "
+                f"p={pval(row['p_wilcoxon'])}, d_z={num(row['d_z'], 2)}; TOST ±"
+                f"{row['tost_margin'] * s:g}{u} p={pval(row['p_tost'])}",
+    }
+
+
+def _row_values(row: Mapping, keys=("n", "diff", "ci_low", "ci_high", "p_holm", "p_tost",
+                                    "n_for_claim", "mde", "power")) -> dict[str, Any]:
+    return {k: row.get(k) for k in keys if k in row}
+
+
+# ----------------------------------------------------------------------------- verdicts
+def judge_paired(claim: Claim, ev: Evidence) -> ClaimResult:
+    """A paired comparison (C1, C6): the claim's stats row in its cell."""
+    cell = claim.cell_of(ev)
+    if claim.source == "llm" and "attention" in ev.runs.columns and len(ev.runs):
+        cell.setdefault("attention", ev.runs["attention"].iloc[0])
+    row = stats_row(ev.stats, claim.metric, claim.variant, claim.baseline, **cell)
+    if row is None:
+        return not_run(claim)
+    texts = _paired_texts(claim, row)
+    if claim.id == "C6":  # the paper reports a relative change
+        rel = row["diff"] / row["mean_baseline"]
+        texts["measured"] = (f"{row['mean_variant']:.4f} vs {row['mean_baseline']:.4f} "
+                             f"({pct(rel)}, n={int(row['n'])} seeds)")
+    elif claim.unit == " pp":
+        texts["measured"] = (f"{100 * row['mean_variant']:.2f}% vs "
+                             f"{100 * row['mean_baseline']:.2f}% (diff {100 * row['diff']:+.2f}"
+                             f" pp, n={int(row['n'])} seeds)")
+    return ClaimResult(claim.id, paired_verdict(claim, row, ev.alpha), **texts,
+                       values=_row_values(row))
+
+
+def judge_time_to_target(claim: Claim, ev: Evidence) -> ClaimResult:
+    """Epochs to target (C2): Kaplan–Meier medians and the log-rank test, censored runs kept;
+    supported when the log-rank p < α and the variant's median is lower."""
+    from . import stats
+
+    if ev.runs.empty or ev.horizon is None or not {claim.variant, claim.baseline} <= set(
+            ev.runs["variant"]):
+        return not_run(claim)
+    cell = claim.cell_of(ev)
+    if _select(ev.runs, cell).empty:
+        return not_run(claim)
+    tt = stats.time_to_target(ev.runs, claim.variant, claim.baseline, horizon=ev.horizon,
+                              cell=cell)
+    sig = finite(tt["p_logrank"]) and tt["p_logrank"] < ev.alpha
+    faster = (tt["median_variant"] < tt["median_baseline"]
+              if finite(tt["median_variant"]) and finite(tt["median_baseline"]) else None)
+    verdict = ("supported" if sig and faster else "contradicted" if sig and faster is False
+               else "no detectable difference")
+    return ClaimResult(
+        claim.id, verdict,
+        measured=f"KM median {num(tt['median_variant'], 1)} vs {num(tt['median_baseline'], 1)} "
+                 f"epochs; reached 90%: {tt['events_variant']}/{tt['n_variant']} vs "
+                 f"{tt['events_baseline']}/{tt['n_baseline']}; mean among reached "
+                 f"{num(tt['reached_mean_variant'], 2)} vs {num(tt['reached_mean_baseline'], 2)}",
+        ci=f"medians [{num(tt['median_variant_low'], 1)}, {num(tt['median_variant_high'], 1)}]"
+           f" vs [{num(tt['median_baseline_low'], 1)}, {num(tt['median_baseline_high'], 1)}]",
+        test=f"log-rank χ²={num(tt['logrank_chi2'], 2)}, p={pval(tt['p_logrank'])}",
+        values={k: tt[k] for k in ("median_variant", "median_baseline", "p_logrank")})
+
+
+def judge_best_weight(claim: Claim, ev: Evidence) -> ClaimResult:
+    """C3, λ = 0.5 is the best quantum weight: contradicted when some λ beats 0.5 after Holm;
+    supported when λ = 0.1 is significantly worse than 0.5 and none better; else no
+    detectable difference. The family: every comparison with sin-l0.5 on the metric."""
+    from qsgd import parse_variant
+
+    from . import stats
+
+    cell = claim.cell_of(ev)
+    if ev.runs.empty or ev.stats.empty:
+        return not_run(claim)
+    in_cell = _select(ev.runs, cell)
+    sweep = stats.lambda_sweep(in_cell, claim.metric, families=["sin"])
+    sweep_sin = sweep[sweep["family"] == "sin"].dropna(subset=["mean"])
+    r01 = stats_row(ev.stats, claim.metric, "sin-l0.1", claim.baseline, **cell)
+    if sweep_sin.empty or r01 is None:
+        return not_run(claim)
+    best = sweep_sin.loc[sweep_sin["mean"].idxmax()]
+    fam = ev.stats[(ev.stats["metric"] == claim.metric) & (ev.stats["baseline"] == claim.baseline)]
+    vs = _select(fam, cell)
+
+    def plain_sin(v: str) -> bool:
+        p = parse_variant(v)
+        return p.perturbation == "sin" and p.scope == "all"
+
+    vs = vs[vs["variant"].map(plain_sin)]
+    higher = claim.claimed is None or claim.claimed >= 0  # the metric's better direction
+    better = [r["variant"] for _, r in vs.iterrows()
+              if _significant(r, ev.alpha) and (r["diff"] > 0) == higher]
+    worse = [r["variant"] for _, r in vs.iterrows()
+             if _significant(r, ev.alpha) and (r["diff"] > 0) != higher]
+    verdict = ("contradicted" if better else "supported" if "sin-l0.1" in worse
+               else "no detectable difference")
+    s = claim.scale
+    return ClaimResult(
+        claim.id, verdict,
+        measured=f"best mean at λ={best['lam']:g} ({s * best['mean']:.2f}%); "
+                 f"λ=0.1 − λ=0.5: {s * r01['diff']:+.2f} pp",
+        ci=f"[{s * r01['ci_low']:+.2f}, {s * r01['ci_high']:+.2f}] pp",
+        test=f"paired t vs λ=0.5, Holm over all {len(fam)} comparisons with sin-l0.5: "
+             f"λ=0.1 p={pval(r01['p_holm'])} (unadjusted {pval(r01['p_ttest'])}); "
+             f"λ significantly better than 0.5: {better or 'none'}",
+        values={"best_lambda": float(best["lam"]), "better": better, "worse": worse})
+
+
+def judge_cost(claim: Claim, ev: Evidence) -> ClaimResult:
+    """C4, the per-epoch cost: supported when the 95% interval of the relative cost contains
+    the paper's figure, contradicted when it lies wholly above or below it."""
+    cell = claim.cell_of(ev)
+    row = stats_row(ev.stats, claim.metric, claim.variant, claim.baseline, **cell)
+    if row is None:
+        return not_run(claim)
+    base = row["mean_baseline"]
+    rel, lo, hi = row["diff"] / base, row["ci_low"] / base, row["ci_high"] / base
+    verdict = "supported" if lo <= claim.claimed <= hi else "contradicted"
+    return ClaimResult(
+        claim.id, verdict,
+        measured=f"{pct(rel)} per epoch ({claim.variant} {row['mean_variant']:.3f} s vs AdamW "
+                 f"{row['mean_baseline']:.3f} s)",
+        ci=f"[{pct(lo)}, {pct(hi)}]",
+        test=f"paired t p={pval(row['p_ttest'])} (wall clock, 2-core CPU)",
+        values={"rel": rel, "rel_low": lo, "rel_high": hi})
+
+
+def judge_time_to_target_seconds(claim: Claim, ev: Evidence) -> ClaimResult:
+    """C5, total time to target: log-rank on seconds to 90% (never-reached runs censored at
+    their own training time); supported when p < α and the variant's median is lower."""
+    from . import stats
+
+    cell = claim.cell_of(ev)
+    if ev.runs.empty or _select(ev.runs, cell).empty or not {claim.variant, claim.baseline} \
+            <= set(ev.runs["variant"]):
+        return not_run(claim)
+    t5 = stats.time_to_target(ev.runs, claim.variant, claim.baseline, horizon="sec_total",
+                              time_col="sec_to_target", cell=cell)
+    if not finite(t5["reached_mean_baseline"]):
+        return ClaimResult(claim.id, "no detectable difference",
+                           measured="no AdamW run reached the target")
+    sig = finite(t5["p_logrank"]) and t5["p_logrank"] < ev.alpha
+    faster = (finite(t5["median_variant"]) and finite(t5["median_baseline"])
+              and t5["median_variant"] < t5["median_baseline"])
+    verdict = ("supported" if sig and faster else "contradicted" if sig
+               else "no detectable difference")
+    return ClaimResult(
+        claim.id, verdict,
+        measured=f"mean seconds to 90% among runs that reached it: "
+                 f"{num(t5['reached_mean_variant'], 2)} vs "
+                 f"{num(t5['reached_mean_baseline'], 2)} ({pct(t5['reached_rel_change'])}); KM "
+                 f"median {num(t5['median_variant'], 2)} vs {num(t5['median_baseline'], 2)} s",
+        ci=f"diff [{num(t5['reached_ci_low'], 2)}, {num(t5['reached_ci_high'], 2)}] s (Welch)",
+        test=f"log-rank (never-reached runs censored) p={pval(t5['p_logrank'])}",
+        values={"rel": t5["reached_rel_change"], "p_logrank": t5["p_logrank"]})
+
+
+def judge_escape(claim: Claim, ev: Evidence) -> ClaimResult:
+    """C7, escape from shallow wells (theory T2's table ``escape``): sin-l0.5 against adamw in
+    the noisy condition, one exact McNemar test per landscape, Holm over the landscapes;
+    supported if sin escapes significantly more on at least one and significantly less on
+    none, contradicted if significantly less on any, else no detectable difference."""
+    from statsmodels.stats.multitest import multipletests
+
+    rows = ev.tables.get("escape")
+    if rows is None or len(rows) == 0:
+        return not_run(claim, "the theory suite has not run yet")
+    rows = pd.DataFrame(rows)
+    noisy = rows[rows["condition"] == "noisy"]
+    prim = noisy[noisy["variant"] == claim.variant]
+    base = noisy[noisy["variant"] == claim.baseline].set_index("landscape")
+    if prim.empty or base.empty:
+        return not_run(claim, "the theory suite has not run yet")
+    p_holm = multipletests(prim["p_mcnemar_vs_adamw"].to_numpy(float), method="holm")[1]
+    diffs = prim["escape_rate"].to_numpy() - base.loc[prim["landscape"], "escape_rate"].to_numpy()
+    favour = int(((p_holm < ev.alpha) & (diffs > 0)).sum())
+    against = int(((p_holm < ev.alpha) & (diffs < 0)).sum())
+    verdict = ("contradicted" if against else "supported" if favour
+               else "no detectable difference")
+    lands = list(dict.fromkeys(rows["landscape"]))
+    short = {name: f"L{i + 1}" for i, name in enumerate(lands)}
+    gauss = noisy[noisy["variant"] == "gauss-l0.5"].set_index("landscape")
+    scaled = rows[rows["condition"] == "noisy ×1e-3"]
+    sc_v = scaled[scaled["variant"] == claim.variant].set_index("landscape")
+    sc_b = scaled[scaled["variant"] == claim.baseline].set_index("landscape")
+    n = int(prim["n"].iloc[0])
+
+    def one(r) -> str:
+        name = r["landscape"]
+        txt = (f"{short[name]}: sin {r['escape_rate']:.2f} vs adamw "
+               f"{base.loc[name, 'escape_rate']:.2f}")
+        if name in gauss.index:
+            txt += f" (gauss {gauss.loc[name, 'escape_rate']:.2f}"
+        if name in sc_v.index and name in sc_b.index:
+            txt += (f"; ×1e-3 scale: sin {sc_v.loc[name, 'escape_rate']:.2f} vs "
+                    f"{sc_b.loc[name, 'escape_rate']:.2f}")
+        return txt + (")" if name in gauss.index else "")
+
+    return ClaimResult(
+        claim.id, verdict,
+        measured=f"escape rates from a shallow well, toy functions, noisy start, n = {n} seeds "
+                 f"each ({', '.join(f'{v} = {k}' for k, v in short.items())}): "
+                 + "; ".join(one(r) for _, r in prim.iterrows()),
+        ci="Wilson 95%: " + "; ".join(
+            f"{short[r['landscape']]}: [{r['ci_low']:.2f}, {r['ci_high']:.2f}] vs "
+            f"[{base.loc[r['landscape'], 'ci_low']:.2f}, "
+            f"{base.loc[r['landscape'], 'ci_high']:.2f}]" for _, r in prim.iterrows()),
+        test=f"exact McNemar, sin-l0.5 vs adamw paired by seed, Holm over {len(prim)} "
+             "landscapes: p = " + ", ".join(f"{p:.2g}" for p in p_holm)
+             + "; gauss-l0.5 = magnitude-matched noise without the sine; ×1e-3 = same "
+               "landscape at realistic gradient scale (theory/report.md, T2)",
+        values={"p_holm": [float(p) for p in p_holm], "favour": favour, "against": against})
+
+
+# ----------------------------------------------------------------------------- C1…C7
+_Q = (("attention", "quantum"),)
+_HOLM = "every variant against the baseline on the metric, all cells (stats.compare_all)"
+
+register_claim(Claim(
+    "C1", "better final accuracy (synthetic classification), λ=0.5 vs AdamW",
+    "93.8% vs 91.5% (+2.3 pp)", "classifier", judge_paired, title="final test accuracy",
+    metric="final_test_acc", variant="sin-l0.5", baseline="adamw", cell=_Q, claimed=0.023,
+    margin=0.01, scale=100.0, unit=" pp", family=_HOLM,
+    exhibits=("comparisons", "paired", "forest", "aggregate", "poi")))
+register_claim(Claim(
+    "C2", "faster to 90% accuracy", "4.6 vs 7.4 epochs (−37.8%)", "classifier",
+    judge_time_to_target, title="epochs to 90% test accuracy (censored runs kept)",
+    metric="epochs_to_90", variant="sin-l0.5", baseline="adamw", cell=_Q, claimed=4.6 - 7.4,
+    margin=1.0, unit=" epochs", family="one log-rank test", exhibits=("time_to_target",)))
+register_claim(Claim(
+    "C3", "λ=0.5 is the best quantum weight", "0.5 better than 0.1", "classifier",
+    judge_best_weight, title="the quantum weight λ", metric="final_test_acc",
+    variant="sin-l0.1", baseline="sin-l0.5", cell=_Q, claimed=0.0, scale=100.0, unit=" pp",
+    family="every variant against sin-l0.5 on the metric, all cells", exhibits=("lambda",)))
+register_claim(Claim(
+    "C4", "per-epoch cost about +35%", "+35% per epoch", "classifier", judge_cost,
+    title="cost per epoch", metric="sec_per_epoch", variant="sin-l0.5", baseline="adamw",
+    cell=_Q, claimed=0.35, family="none (a cost, read from its interval)",
+    exhibits=("cost",)))
+register_claim(Claim(
+    "C5", "total time to target about −16%", "−16% time to target", "classifier",
+    judge_time_to_target_seconds, title="time to target", metric="sec_to_target",
+    variant="sin-l0.5", baseline="adamw", cell=_Q, claimed=-0.16,
+    family="one log-rank test"))
+register_claim(Claim(
+    "C6", "LLM fine-tune (GSM8K, 1 epoch): lower mean training loss, λ=0.5 vs AdamW",
+    "0.2097 vs 0.2188 (−4.1%), one run each", "llm", judge_paired,
+    title="mean training loss over the epoch", metric="mean_train_loss", variant="sin-l0.5",
+    baseline="adamw", claimed=0.2097 - 0.2188, margin=0.005, family=_HOLM,
+    exhibits=("comparisons_all", "summary", "paired", "forest")))
+register_claim(Claim(
+    "C7", "the sinusoid helps escape shallow local minima", "argued, not measured", "theory",
+    judge_escape, title="escape from shallow minima", variant="sin-l0.5", baseline="adamw",
+    family="exact McNemar per landscape, Holm over the landscapes"))

@@ -1,0 +1,46 @@
+"""Number formatting shared by reports and claim texts (one place, so every table and ledger
+row prints a number the same way)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["num", "pval", "pct", "finite"]
+
+
+def finite(x: Any) -> bool:
+    """True for a finite real number (not None, NaN, inf, or a non-number)."""
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def num(x: Any, digits: int = 3) -> str:
+    """A number for prose and tables: "–" when missing; integers as integers; scientific
+    notation below 1e-3 and from 1e5; else ``digits`` decimals."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    if isinstance(x, (bool, np.bool_)):
+        return str(bool(x))
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    ax = abs(float(x))
+    if ax != 0 and (ax < 1e-3 or ax >= 1e5):
+        return f"{float(x):.2e}"
+    return f"{float(x):.{digits}f}"
+
+
+def pval(x: Any) -> str:
+    """A p value: two significant digits, scientific below 1e-4, "–" when missing."""
+    if x is None or not np.isfinite(x):
+        return "–"
+    return f"{x:.2g}" if x >= 1e-4 else f"{x:.1e}"
+
+
+def pct(x: float) -> str:
+    """A relative change as a signed percentage with one decimal."""
+    return "–" if not np.isfinite(x) else f"{100 * x:+.1f}%"
