@@ -180,12 +180,15 @@ def llm_gradients(size: str = "full") -> LLMGradients:
     if size == "full":
         try:
             base = load_base("smollm2-135m-instruct")
+            source = base.source
         except (RuntimeError, FileNotFoundError, ValueError) as err:
             fallback = True
             base = load_base("random:135m")
-            base.source += f" (SmolLM2 unavailable: {err})"
+            # a new string: the loader caches base, whose source must stay its own
+            source = f"{base.source} (SmolLM2 unavailable: {err})"
     else:
         base = load_base("random:tiny")
+        source = base.source
     qs, ans, data = _examples(8 if size == "full" else 4)
     enc = base.tokenizer.encode_examples(qs, ans)
     max_len = max(len(e[0]) for e in enc)
@@ -206,7 +209,7 @@ def llm_gradients(size: str = "full") -> LLMGradients:
     names = [n for n, _ in named]
     thetas = [q.detach() for _, q in named]
     grads = [q.grad.detach() * clip for _, q in named]
-    return LLMGradients(base.spec, portable_source(base.source), names, thetas, grads, raw,
+    return LLMGradients(base.spec, portable_source(source), names, thetas, grads, raw,
                         float(loss.detach()), int(idx.numel()), data,
                         fallback or base.spec.startswith("random:"))
 
