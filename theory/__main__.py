@@ -5,6 +5,7 @@ figures/); ``python -m theory report [--out DIR]`` re-renders them from the stor
 ``--quick`` runs every check at its small size (seconds, for a smoke test) and writes to
 ``.nox/theory-quick/`` (git-ignored) unless ``--out`` is given, so it never replaces or adds to
 the committed results.
+``--results-root`` is where the arms' runs are read from (:func:`theory.inputs.load_inputs`).
 ``--only`` runs some checks and re-renders the report with the others as last stored.
 """
 
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", default=None, help="output directory (default results/theory, "
                      "or .nox/theory-quick with --quick)")
     run.add_argument("--results-root", default="results",
-                     help="where the arms' runs.csv are read from (default results)")
+                     help="where the arms' runs.csv (or runs.jsonl) are read from "
+                          "(default results)")
     rep = sub.add_parser("report", help="re-render the report from stored checks")
     rep.add_argument("--out", default="results/theory")
     args = parser.parse_args(argv)
@@ -45,9 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or (".nox/theory-quick" if args.quick else "results/theory"))
     ids = [s.strip() for s in args.only.split(",") if s.strip()] or None
     from .base import run_checks
+    from .inputs import load_inputs
 
     t0 = time.perf_counter()
-    checks = run_checks(ids, size=size, results_root=args.results_root,
+    inputs = load_inputs(args.results_root)  # the one place the checks' data is read
+    checks = run_checks(ids, size=size, inputs=inputs,
                         on_done=lambda c: (_print(c), save_check(c, out)))
     paths = render(out)
     failed = [c.id for c in checks if c.passed is False]

@@ -12,6 +12,13 @@ A check compares one measured figure with what a derivation predicts::
     ">="  measured >= expected - tolerance
     "x"   max(measured/expected, expected/measured) <= tolerance   (within a factor)
 
+Every check is registered with :func:`register` and has the signature
+``fn(size: str, inputs: TheoryInputs) -> Check``: ``size`` is one of :data:`SIZES`
+(``"small"`` runs in seconds, for smoke tests; ``"full"`` is what ``results/theory/`` holds),
+``inputs`` (:class:`theory.inputs.TheoryInputs`) is all it reads from outside the code: the
+arms' runs tables, their reference learning rates, the claims. A check reads no file;
+:func:`theory.inputs.load_inputs` does that, once, for ``python -m theory run``.
+
 ``passed`` is ``None`` when the check could not run (its ``status`` then says why, e.g.
 "classifier arm not run yet"). Beyond the six CSV fields a check carries a one-line
 ``summary`` (printed by the CLI), the ``derivation`` and ``survives`` paragraphs of the
@@ -25,7 +32,10 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .inputs import TheoryInputs
 
 __all__ = ["Check", "SIZES", "RELATIONS", "register", "CHECKS", "run_checks", "compare"]
 
@@ -105,14 +115,15 @@ def _load_all() -> None:
     from . import bounds, circuits, escape, power, scale  # noqa: F401
 
 
-def run_checks(ids: list[str] | None = None, size: str = "full",
-               results_root: str = "results",
+def run_checks(ids: list[str] | None = None, size: str = "full", *, inputs: TheoryInputs,
                on_done: Callable[[Check], None] | None = None) -> list[Check]:
-    """Run the checks ``ids`` (default: all, in id order) at ``size``; return them.
+    """Run the checks ``ids`` (default: all, in id order) at ``size`` on ``inputs``; return
+    them.
 
-    Every check function has the signature ``fn(size="full", results_root="results")``;
-    ``results_root`` is where the arms' results are read from (T3, T8). ``on_done`` is
-    called with each finished check (the CLI prints its summary).
+    Every check function is called as ``fn(size, inputs)`` (module docstring). ``inputs`` is
+    a :class:`theory.inputs.TheoryInputs` (``load_inputs(results_root)`` for the stored
+    results, or one built by hand). ``on_done`` is called with each finished check (the CLI
+    prints its summary).
     """
     if size not in SIZES:
         raise ValueError(f"invalid size: {size!r} (valid: {', '.join(SIZES)})")
@@ -124,7 +135,7 @@ def run_checks(ids: list[str] | None = None, size: str = "full",
     out = []
     for cid in wanted:
         t0 = time.perf_counter()
-        check = CHECKS[cid](size=size, results_root=results_root)
+        check = CHECKS[cid](size, inputs)
         check.seconds = time.perf_counter() - t0
         check.size = size
         out.append(check)

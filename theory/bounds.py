@@ -1,7 +1,8 @@
 """T1 (the update bound) and T4 (which minima attract under the perturbation).
 
 Both run the real :class:`qsgd.SuperpositionalAdamW` (T4 also plain gradient descent with the
-sine term, written out here because the optimizer is Adam-based).
+sine term, written out here because the optimizer is Adam-based). Both are self-contained:
+they take the suite's ``inputs`` (:class:`theory.inputs.TheoryInputs`) and read nothing from it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from .base import Check, compare, register
+from .inputs import TheoryInputs
 
 __all__ = ["adam_ratio_bound", "t1_update_bound", "t4_local_stability", "T1_CONFIGS"]
 
@@ -33,6 +35,7 @@ T1_CONFIGS: tuple[tuple[str, str, dict], ...] = (
 )
 # sup |Q_i| / |g_i| where a finite one exists (sin, cos: |sin|, |cos| <= 1; circuit: a Pauli
 # expectation, |<X>| <= 1; unif: |ξ| <= √3·s <= √3 since s = RMS of sin(πθ) <= 1)
+# TODO(lead): get_perturbation(name).q_over_g_bound (math.inf = unbounded) replaces this table
 _Q_OVER_G = {"none": 0.0, "sin": 1.0, "cos": 1.0, "circuit": 1.0, "unif": math.sqrt(3.0)}
 
 
@@ -146,7 +149,7 @@ def _t1_run(variant_id: str, extra: dict, steps: int, seed: int) -> dict:
 
 
 @register("T1")
-def t1_update_bound(size: str = "full", results_root: str = "results") -> Check:
+def t1_update_bound(size: str, inputs: TheoryInputs) -> Check:
     """T1: |Δθ_i| ≤ lr·(|m̂_i|/(√v̂_i+ε) + λ|Q_i|) + lr·wd·|θ_i|, and |Q_i| ≤ |g_i| for the
     sine and cosine (and the circuit), over long random runs of every variant."""
     steps = 600 if size == "full" else 80
@@ -278,7 +281,7 @@ def _regime_summary(rows: list[dict]) -> list[dict]:
 
 
 @register("T4")
-def t4_local_stability(size: str = "full", results_root: str = "results") -> Check:
+def t4_local_stability(size: str, inputs: TheoryInputs) -> Check:
     """T4: which minima of a 1-D periodic function attract and which repel, predicted for
     gradient descent + sine term and for the Adam-normalized update, then simulated."""
     p = 0.25

@@ -1,6 +1,8 @@
 """T5 (the circuit perturbation in closed form) and T6 (the spectrum of the attention term).
 
-Both use only the public functions of :mod:`qsgd.circuit` and :mod:`qsgd.attention`.
+Both use only the public functions of :mod:`qsgd.circuit` and :mod:`qsgd.attention`, and are
+self-contained: they take the suite's ``inputs`` (:class:`theory.inputs.TheoryInputs`) and read
+nothing from it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import numpy as np
 import torch
 
 from .base import Check, register
+from .inputs import TheoryInputs
 
 __all__ = ["chain_matrix", "heisenberg_supports", "closed_form", "closed_form_text",
            "t5_circuit_closed_form", "t6_spectrum"]
@@ -73,7 +76,7 @@ def closed_form_text(n: int, depth: int, hadamard: bool = False) -> list[str]:
 
 
 @register("T5")
-def t5_circuit_closed_form(size: str = "full", results_root: str = "results") -> Check:
+def t5_circuit_closed_form(size: str, inputs: TheoryInputs) -> Check:
     """T5: ⟨X⟩ of Ry(πθ)|0⟩ = sin(πθ); with the CNOT chains the readout is a product of
     sines (cosines with the leading Hadamards). Closed form vs the simulator."""
     from qsgd.circuit import Circuit, cnot_chain_permutation, simulate, to_qiskit
@@ -216,7 +219,7 @@ def _spectrum(n: int, depth: int, readout: str, scales: list[float] | None, peri
 
 
 @register("T6")
-def t6_spectrum(size: str = "full", results_root: str = "results") -> Check:
+def t6_spectrum(size: str, inputs: TheoryInputs) -> Check:
     """T6: Φ(s) is a trigonometric polynomial whose degree is set by how often s is
     encoded: highest frequency depth·Σ|a_q| ("amp") or twice that ("z")."""
     points = 512 if size == "full" else 128

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import Check, register
+from .inputs import TheoryInputs
 
 __all__ = ["Landscape", "LANDSCAPES", "CONDITIONS", "T2_VARIANTS", "wilson", "mcnemar_exact",
            "t2_escape"]
@@ -117,36 +118,26 @@ LANDSCAPES = (
 )
 
 
-def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion k/n (95% by default)."""
+def wilson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion k/n, 95% by default
+    (``statsmodels.stats.proportion.proportion_confint(method="wilson")``; (nan, nan) at n=0)."""
+    from statsmodels.stats.proportion import proportion_confint
+
     if n == 0:
         return (math.nan, math.nan)
-    p = k / n
-    den = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, center - half), min(1.0, center + half))
+    lo, hi = proportion_confint(k, n, alpha=alpha, method="wilson")
+    return (float(lo), float(hi))
 
 
 def mcnemar_exact(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int, float]:
-    """Exact (binomial) McNemar test of paired outcomes a, b (bool): (n10, n01, p two-sided)."""
-    from scipy import stats
+    """Exact McNemar test of paired outcomes a, b (bool tensors): (n10, n01, p two-sided), p
+    the binomial test of n10 among the n10 + n01 discordant pairs at 1/2
+    (``statsmodels.stats.contingency_tables.mcnemar(exact=True)``; 1 without discordance)."""
+    from statsmodels.stats.contingency_tables import mcnemar
 
     n10 = int((a & ~b).sum())
     n01 = int((~a & b).sum())
-    if n10 + n01 == 0:
-        return n10, n01, 1.0
-    return n10, n01, float(stats.binomtest(n10, n10 + n01, 0.5).pvalue)
-
-
-def _holm(p: list[float]) -> list[float]:
-    order = sorted(range(len(p)), key=lambda i: p[i])
-    out = [0.0] * len(p)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(p) - rank) * p[i]))
-        out[i] = running
-    return out
+    return n10, n01, float(mcnemar([[0, n10], [n01, 0]], exact=True).pvalue)
 
 
 def _run_batch(land: Landscape, cond: str, variant: str, n: int, steps: int,
@@ -222,10 +213,17 @@ def _summary(rows: list[dict]) -> list[dict]:
 
 
 @register("T2")
-def t2_escape(size: str = "full", results_root: str = "results") -> Check:
+def t2_escape(size: str, inputs: TheoryInputs) -> Check:
     """T2: where g = 0 the sin, cos, taylor and circuit terms vanish, so no run leaves an
-    exact minimum; escape rates from shallow wells per variant (claim C7)."""
+    exact minimum; escape rates from shallow wells per variant (claim C7).
+
+    Reads only claim C7 from ``inputs``: its verdict function (``ablations.claims``) judges
+    the table of escape rates and gives the claims-ledger entry.
+    """
+    import pandas as pd
     from scipy import stats
+
+    from ablations.claims import Evidence
 
     n = 400 if size == "full" else 16
     steps = 300 if size == "full" else 50
@@ -269,57 +267,26 @@ def t2_escape(size: str = "full", results_root: str = "results") -> Check:
     disp_anti = max(r["max_displacement"] for r in at if r["variant"] == "anti-l0.5")
     disp_anneal = max(r["max_displacement"] for r in at if r["variant"] == "anneal")
     esc_at = max(r["escape_rate"] for r in at if r["variant"] != "anneal")
-    # C7, pre-specified: sin-l0.5 vs adamw in the noisy condition, one exact McNemar test per
-    # landscape (paired by seed: same start, same gradient noise), Holm over the landscapes
-    prim = [r for r in rows if r["condition"] == "noisy" and r["variant"] == "sin-l0.5"]
-    base_rates = {r["landscape"]: r for r in rows
-                  if r["condition"] == "noisy" and r["variant"] == "adamw"}
-    p_holm = _holm([r["p_mcnemar_vs_adamw"] for r in prim])
-    favour = against = 0
-    for r, ph in zip(prim, p_holm):
+    # C7, pre-specified (the claim's rule, ablations.claims.judge_escape): sin-l0.5 vs adamw
+    # in the noisy condition, one exact McNemar test per landscape (paired by seed: same
+    # start, same gradient noise), Holm over the landscapes
+    c7 = inputs.claim("C7")
+    result = c7.verdict(Evidence(tables={"escape": pd.DataFrame(rows)}))
+    verdict = result.verdict
+    prim = [r for r in rows if r["condition"] == "noisy" and r["variant"] == c7.variant]
+    for r, ph in zip(prim, result.values.get("p_holm", ())):
         r["p_holm"] = ph
-        diff = r["escape_rate"] - base_rates[r["landscape"]]["escape_rate"]
-        if ph < 0.05:
-            favour += diff > 0
-            against += diff < 0
-    verdict = ("contradicted" if against else "supported" if favour
-               else "no detectable difference")
     scaled = {r["landscape"]: r for r in rows
               if r["condition"] == "noisy ×1e-3" and r["variant"] == "sin-l0.5"}
     scaled_base = {r["landscape"]: r for r in rows
                    if r["condition"] == "noisy ×1e-3" and r["variant"] == "adamw"}
-    gauss = {r["landscape"]: r for r in rows
-             if r["condition"] == "noisy" and r["variant"] == "gauss-l0.5"}
     short = {land.name: f"L{i + 1}" for i, land in enumerate(LANDSCAPES)}
-    def _one(r: dict) -> str:
-        name = r["landscape"]
-        txt = (f"{short[name]}: sin {r['escape_rate']:.2f} vs adamw "
-               f"{base_rates[name]['escape_rate']:.2f} (gauss {gauss[name]['escape_rate']:.2f}")
-        if name in scaled:
-            txt += (f"; ×1e-3 scale: sin {scaled[name]['escape_rate']:.2f} vs "
-                    f"{scaled_base[name]['escape_rate']:.2f}")
-        return txt + ")"
-
-    measured_txt = "; ".join(_one(r) for r in prim)
-    ci_txt = "; ".join(
-        f"{short[r['landscape']]}: [{r['ci_low']:.2f}, {r['ci_high']:.2f}] vs "
-        f"[{base_rates[r['landscape']]['ci_low']:.2f}, "
-        f"{base_rates[r['landscape']]['ci_high']:.2f}]" for r in prim)
-    claims = {"C7": {
-        "measured": f"escape rates from a shallow well, toy functions, noisy start, n = {n} "
-                    f"seeds each ({', '.join(f'{v} = {k}' for k, v in short.items())}): "
-                    + measured_txt,
-        "ci": "Wilson 95%: " + ci_txt,
-        "test": "exact McNemar, sin-l0.5 vs adamw paired by seed, Holm over 4 landscapes: p = "
-                + ", ".join(f"{ph:.2g}" for ph in p_holm)
-                + "; gauss-l0.5 = magnitude-matched noise without the sine; ×1e-3 = same "
-                  "landscape at realistic gradient scale (theory/report.md, T2)",
-        "verdict": verdict}}
+    claims = {"C7": {k: getattr(result, k) for k in ("measured", "ci", "test", "verdict")}}
     ok = disp_mult == 0.0 and disp_adamw == 0.0 and disp_anneal > 0.0
     summary = (f"from the exact minimum: max displacement sin/cos/taylor/gauss/unif/circuit = "
                f"{disp_mult:g}, adamw = {disp_adamw:g}, anti = {disp_anti:g}, anneal = "
                f"{disp_anneal:.3g} (escape rate at the minimum, all but anneal: {esc_at:.2f}); "
-               f"C7 (noisy start, n = {n}): " + measured_txt + f" → {verdict}")
+               f"C7: {result.measured} → {verdict}")
     derivation = f"""\
 **Stationary points.** For sin, cos, taylor, circuit, gauss and unif, Q_i = r_i·g_i with a
 finite factor r_i (sin(πθ_i), cos(πθ_i), πθ_i, ⟨X_i⟩, ξ_i). At an exact stationary point

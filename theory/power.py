@@ -1,30 +1,28 @@
 """T8: how many seeds each claimed effect needs for 80% power, from the measured seed spread,
 against the single-run comparisons the paper reports.
 
-Reads ``results/classifier/runs.csv`` (C1, C2) and ``results/llm/runs.csv`` (C6) when they
-exist; the statistics are :mod:`ablations.stats`' (paired t test power, exact in n).
+The claims C1, C2 (classifier arm) and C6 (llm arm) come from the claims registry
+(:mod:`ablations.claims`: arm, metric, variant, baseline, cell, the paper's effect); their
+arms' runs tables and reference learning rates from the check's ``inputs``
+(:class:`theory.inputs.TheoryInputs`). The statistics are :mod:`ablations.stats`' (paired t
+test power, exact in n).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .base import Check, compare, register
+from .inputs import TheoryInputs
 
-__all__ = ["CLAIMED", "single_run_power", "t8_power"]
+if TYPE_CHECKING:
+    from ablations.claims import Claim
 
-#: The paper's claimed effects (variant − baseline), in the metric's units (PAPER.md).
-CLAIMED = {
-    "C1": {"arm": "classifier", "metric": "final_test_acc", "effect": 0.023,
-           "cell": {"attention": "quantum"}, "paper": "93.8% vs 91.5% (+2.3 pp)",
-           "unit": "accuracy (0–1)"},
-    "C2": {"arm": "classifier", "metric": "epochs_to_90", "effect": -2.8,
-           "cell": {"attention": "quantum"}, "paper": "4.6 vs 7.4 epochs to 90%",
-           "unit": "epochs"},
-    "C6": {"arm": "llm", "metric": "mean_train_loss", "effect": -0.0091, "cell": None,
-           "paper": "mean training loss 0.2097 vs 0.2188", "unit": "loss"},
-}
+__all__ = ["POWER_CLAIMS", "single_run_power", "t8_power"]
+
+#: the claims whose seed requirements T8 reports, in this order (the first is the tested one)
+POWER_CLAIMS = ("C1", "C2", "C6")
 Z95 = 1.959963984540054
 MIN_PAIRS = 5  # fewer paired seeds give no usable estimate of the spread
 
@@ -42,109 +40,97 @@ def single_run_power(effect: float, sd_diff: float, alpha: float = 0.05) -> floa
     return float(stats.norm.cdf(d - z) + stats.norm.cdf(-d - z))
 
 
-def _load_runs(root: Path, arm: str):
-    """The arm's runs table: ``runs.csv``, else flattened from ``runs.jsonl`` (a grid still
-    running, newest record per run kept). (DataFrame or None, where it came from)."""
-    import json
-
-    import pandas as pd
-
-    csv_path = root / arm / "runs.csv"
-    if csv_path.is_file():
-        return pd.read_csv(csv_path), str(csv_path)
-    jl = root / arm / "runs.jsonl"
-    if not jl.is_file():
-        return None, ""
-    from ablations.report import runs_table
-
-    records = [json.loads(line) for line in jl.read_text().splitlines() if line.strip()]
-    df = runs_table(records)
-    if df.empty:
-        return None, ""
-    keys = [k for k in ("variant", "attention", "lr", "seed") if k in df.columns]
-    df = df.drop_duplicates(subset=keys, keep="last")
-    return df, f"{jl} ({len(df)} runs; no runs.csv yet, the grid may be incomplete)"
+def _unit(claim: Claim) -> str:
+    """The unit of a claim's stored figures (the claim prints them ×scale in its unit)."""
+    unit = claim.unit.strip()
+    return unit if claim.scale == 1 else f"{unit} after ×{claim.scale:g}"
 
 
-def _pairs(runs, spec: dict):
-    """Paired differences sin-l0.5 − adamw in the (attention, lr) cell with the most pairs
-    (ties: the arm's reference learning rate)."""
+def _pairs(runs, claim: Claim, ref_lr: float):
+    """Paired differences variant − baseline (sin-l0.5 − adamw) of the claim's metric in its
+    cell, at the learning rate with the most pairs (ties: the arm's reference rate
+    ``ref_lr``)."""
     from ablations import stats
 
     df = runs
-    if spec["cell"]:
-        for k, v in spec["cell"].items():
-            if k in df.columns:
-                df = df[df[k] == v]
-    pairs = stats.paired_differences(df, spec["metric"], "sin-l0.5", "adamw")
+    for k, v in claim.cell:
+        if k in df.columns:
+            df = df[df[k] == v]
+    pairs = stats.paired_differences(df, claim.metric, claim.variant, claim.baseline)
     if pairs.empty or "lr" not in pairs.columns:
         return pairs, None
-    from .scale import CLS_LR, LLM_LR
-
-    ref = CLS_LR if spec["arm"] == "classifier" else LLM_LR
     counts = pairs.groupby("lr").size()
     # the most pairs; among equals, the arm's reference learning rate (its config)
-    lr = float(min(counts.index, key=lambda v: (-int(counts[v]), abs(math.log(v / ref)))))
+    lr = float(min(counts.index, key=lambda v: (-int(counts[v]), abs(math.log(v / ref_lr)))))
     return pairs[pairs["lr"] == lr], lr
 
 
 @register("T8")
-def t8_power(size: str = "full", results_root: str = "results") -> Check:
-    """T8: seeds needed for 80% power for C1, C2 and C6 from the arms' measured seed spread."""
+def t8_power(size: str, inputs: TheoryInputs) -> Check:
+    """T8: seeds needed for 80% power for C1, C2 and C6 from the arms' measured seed spread.
+
+    Reads from ``inputs`` the claims :data:`POWER_CLAIMS`, their arms' runs tables and
+    reference learning rates; an arm without runs gives its claims a "not run yet" row.
+    ``size`` does not matter (the check only computes statistics of stored runs).
+    """
     import numpy as np
 
     from ablations import stats
 
-    root = Path(results_root)
     rows, curves = [], {}
     have = {}
-    for cid, spec in CLAIMED.items():
-        row = {"claim": cid, "metric": spec["metric"], "claimed_effect": spec["effect"],
-               "paper": spec["paper"], "unit": spec["unit"]}
-        runs, source = _load_runs(root, spec["arm"])
-        if runs is None:
-            row["status"] = f"{spec['arm']} arm not run yet"
+    for cid in POWER_CLAIMS:
+        claim = inputs.claim(cid)
+        arm, metric, effect = claim.source, claim.metric, claim.claimed
+        row = {"claim": cid, "metric": metric, "claimed_effect": effect,
+               "paper": claim.paper, "unit": _unit(claim)}
+        arm_runs = inputs.runs_of(arm)
+        if arm_runs is None:
+            row["status"] = f"{arm} arm not run yet"
             rows.append(row)
             continue
+        runs, source = arm_runs.table, arm_runs.source
         row["source"] = source
-        if spec["metric"] not in runs.columns:
-            row["status"] = f"{spec['arm']} arm: no {spec['metric']} column yet"
+        if metric not in runs.columns:
+            row["status"] = f"{arm} arm: no {metric} column yet"
             rows.append(row)
             continue
-        pairs, lr = _pairs(runs, spec)
+        pairs, lr = _pairs(runs, claim, inputs.reference_lr(arm))
         n = len(pairs)
         if n < MIN_PAIRS:
-            row["status"] = (f"{spec['arm']} arm: {n} seeds paired sin-l0.5/adamw with "
-                             f"{spec['metric']} so far, fewer than {MIN_PAIRS}")
+            row["status"] = (f"{arm} arm: {n} seeds paired {claim.variant}/{claim.baseline} "
+                             f"with {metric} so far, fewer than {MIN_PAIRS}")
             rows.append(row)
             continue
         d = pairs["diff"].to_numpy(dtype=float)
         sd = float(np.std(d, ddof=1))
-        need = stats.seeds_needed(spec["effect"], sd)
+        need = stats.seeds_needed(effect, sd)
         mde = stats.min_detectable_effect(n, sd)
-        p1 = single_run_power(spec["effect"], sd)
-        z_null = abs(spec["effect"]) / sd if sd > 0 else math.inf
+        p1 = single_run_power(effect, sd)
+        z_null = abs(effect) / sd if sd > 0 else math.inf
         from scipy import stats as sps
 
-        done = "ran" if source.endswith("runs.csv") else "ran on an incomplete grid (runs.jsonl)"
+        done = "ran" if arm_runs.complete else "ran on an incomplete grid (runs.jsonl)"
         row.update({"status": done, "lr": lr, "n_pairs": n, "mean_diff": float(d.mean()),
                     "sd_diff": sd, "seeds_needed_80": need, "mde_at_n": mde,
                     "single_run_power": p1,
                     "p_single_run_this_large_by_chance": float(2 * sps.norm.sf(z_null)),
-                    "d_z_claimed": abs(spec["effect"]) / sd if sd > 0 else math.inf})
+                    "d_z_claimed": abs(effect) / sd if sd > 0 else math.inf})
         have[cid] = row
         rows.append(row)
         ns = list(range(2, 61))
-        curves[cid] = {"n": ns, "power": [stats.paired_t_power(abs(spec["effect"]) / sd, k)
+        curves[cid] = {"n": ns, "power": [stats.paired_t_power(abs(effect) / sd, k)
                                           if sd > 0 else 1.0 for k in ns]}
     # the paper's own "± 0.7" read as the seed sd of one run (independent runs: sd_diff √2·0.7)
+    c1_claim = inputs.claim("C1")
+    c1_effect = c1_claim.claimed
     sd_paper = math.sqrt(2) * 0.007
-    paper_row = {"claim": "C1 (paper's ±0.7 pp as seed sd)", "metric": "final_test_acc",
-                 "claimed_effect": 0.023, "paper": "93.8% ± 0.7 vs 91.5%", "unit":
-                 "accuracy (0–1)", "status": "scenario", "sd_diff": sd_paper,
-                 "seeds_needed_80": stats.seeds_needed(0.023, sd_paper),
-                 "single_run_power": single_run_power(0.023, sd_paper),
-                 "d_z_claimed": 0.023 / sd_paper}
+    paper_row = {"claim": "C1 (paper's ±0.7 pp as seed sd)", "metric": c1_claim.metric,
+                 "claimed_effect": c1_effect, "paper": "93.8% ± 0.7 vs 91.5%",
+                 "unit": _unit(c1_claim), "status": "scenario", "sd_diff": sd_paper,
+                 "seeds_needed_80": stats.seeds_needed(c1_effect, sd_paper),
+                 "single_run_power": single_run_power(c1_effect, sd_paper),
+                 "d_z_claimed": c1_effect / sd_paper}
     rows.append(paper_row)
     if "C1" not in have:
         c1_status = next(x["status"] for x in rows if x["claim"] == "C1")
@@ -164,7 +150,7 @@ def t8_power(size: str = "full", results_root: str = "results") -> Check:
         measured, status = c1["single_run_power"], c1["status"]
         passed = compare(measured, 0.8, 0.0, ">=")
         parts = []
-        for cid in ("C1", "C2", "C6"):
+        for cid in POWER_CLAIMS:
             if cid in have:
                 r = have[cid]
                 parts.append(f"{cid}: sd of paired differences {r['sd_diff']:.4g} "
@@ -208,7 +194,7 @@ least 2.8·σ_D. The check passes if the paper's single-run design has 80% power
                        f"power {have[cid]['single_run_power']:.2f}, chance of the paper's "
                        f"difference under no effect "
                        f"{have[cid]['p_single_run_this_large_by_chance']:.2f}."
-                       for cid in ("C2", "C6") if cid in have)
+                       for cid in POWER_CLAIMS[1:] if cid in have)
             + " (C6's sd comes from SmolLM2-135M, not the paper's Llama-3.2-1B.)" * ("C6" in have)
             + (f" Provisional: {c1['n_pairs']} pairs from a grid still running; re-run with "
                "`python -m theory run --only T8` when it is done." if "incomplete" in status

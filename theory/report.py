@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import math
 import platform
-import subprocess
 from dataclasses import asdict, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from ablations.records import json_default
 
 from .base import Check
 
@@ -31,27 +32,12 @@ CSV_COLUMNS = ("id", "claim", "measured", "expected", "tolerance", "passed", "re
 INLINE_ROWS = 40
 
 
-def _json_default(x: Any):
-    try:
-        import numpy as np
-
-        if isinstance(x, np.generic):
-            return x.item()
-        if isinstance(x, np.ndarray):
-            return x.tolist()
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        pass
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serializable: {type(x).__name__}")
-
-
 def save_check(check: Check, out: Path) -> Path:
     """Write one check to ``out/raw/<id>.json``."""
     raw = Path(out) / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     path = raw / f"{check.id}.json"
-    path.write_text(json.dumps(asdict(check), indent=1, default=_json_default,
+    path.write_text(json.dumps(asdict(check), indent=1, default=json_default,
                                ensure_ascii=False) + "\n")
     return path
 
@@ -114,12 +100,18 @@ def _first_sentence(text: str) -> str:
     return text.split(". ")[0] + "." if ". " in text else text
 
 
+def _short_commit(full: str) -> str:
+    """``ablations.provenance.commit()`` shortened to 7 hex digits, keeping ``-dirty``."""
+    sha, sep, rest = full.partition("-")
+    if len(sha) != 40:  # "unknown", or a name given by $QSGD_COMMIT
+        return full
+    return sha[:7] + sep + rest
+
+
 def _provenance() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
+    from ablations.provenance import commit as full_commit
+
+    commit = _short_commit(full_commit())
     try:
         import torch
 
@@ -143,7 +135,7 @@ def render(out: Path | str, checks: list[Check] | None = None) -> list[Path]:
     for c in checks:
         claims.update(c.claims)
     cpath = out / "claims.json"
-    cpath.write_text(json.dumps(claims, indent=2, ensure_ascii=False, default=_json_default)
+    cpath.write_text(json.dumps(claims, indent=2, ensure_ascii=False, default=json_default)
                      + "\n")
     written.append(cpath)
     figdir, tabdir = out / "figures", out / "tables"

