@@ -179,7 +179,6 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
     return rows
 
 
-
 def decode_check(o: LLMOptions, n: int = 64) -> dict[str, Any]:
     """Greedy decoding of the first ``n`` test questions with the CUDA-graph step and with the
     eager step (same tokens expected), then of ``eval_questions`` questions with the graph;

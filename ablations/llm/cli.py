@@ -24,7 +24,6 @@ from .options import LLMOptions
 __all__ = ["main"]
 
 
-
 def _options_from(config: Path | None, sets: list[str]) -> dict[str, Any]:
     # the [llm] table as a dict (validated later, by LLMOptions.from_dict)
     opts: dict[str, Any] = {}

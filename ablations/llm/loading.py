@@ -132,7 +132,6 @@ def _load_hf(name: str, where: str, gguf_file: str | None) -> BaseModel:
     return BaseModel(name, shape, state, inv_freq, HFChatTokenizer(tok, name), where)
 
 
-
 def load_base(model: str = DEFAULT_MODEL, tokenizer: str = "auto", init_seed: int = 0,
               cache: bool = True) -> BaseModel:
     """Load (or build) a model spec's base weights and tokenizer; cached per process.
