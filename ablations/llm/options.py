@@ -1,0 +1,126 @@
+"""The LLM arm's options (the ``[llm]`` table of a config), their validation, and the
+learning-rate schedule they define.
+
+Light on purpose: the arm registry (:mod:`ablations.arms.llm`) imports this module when a
+config is loaded, so it imports neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..schedules import SCHEDULES
+from ..schedules import lr_at as _lr_at
+from .data import task_names
+
+__all__ = ["LLMOptions", "lr_at", "DEFAULT_MODEL", "ATTN_IMPLS"]
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+ATTN_IMPLS = ("auto", "flex", "sdpa")
+
+
+@dataclass(frozen=True)
+class LLMOptions:
+    """Arm options (the ``[llm]`` table of a config). 0 or "" means "the default source/all".
+
+    model: model spec (see :mod:`ablations.llm`). tokenizer: ``"auto"`` (the model's own; a
+    byte-level chat tokenizer for ``random:`` models), ``"byte"``, or a model spec whose
+    tokenizer to use. task: the data set (a registered :class:`ablations.llm.data.LMTask`,
+    default ``"gsm8k"``). data_dir: the task's data directory (for GSM8K: "" →
+    ``$QSGD_GSM8K_DIR`` → the hub).
+    max_len: tokens per packed row. tokens_per_batch: tokens per step (a multiple of max_len).
+    lr, schedule, warmup, min_lr_ratio, weight_decay, clip_grad, bias_correction: optimisation.
+    train_examples / test_loss_examples: use only the first N (0: all). eval_questions: test
+    questions decoded greedily for exact match. max_new_tokens, eval_batch: decoding limits.
+    curve_every, ratio_every: sampling of the curve and of the perturbation ratio (steps).
+    compile: torch.compile the training forward. attn_impl: auto (flex on CUDA, sdpa on CPU),
+    flex, sdpa. amp: bfloat16 autocast. device: auto, cpu, cuda, cuda:N.
+
+    A run's key hashes the table as written, so ``task`` left at its default keeps the keys
+    of runs made before the option existed.
+    """
+
+    model: str = DEFAULT_MODEL
+    tokenizer: str = "auto"
+    task: str = "gsm8k"
+    data_dir: str = ""
+    max_len: int = 2048
+    tokens_per_batch: int = 8192
+    lr: float = 3e-4
+    schedule: str = "cosine"
+    warmup: int = 10
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    clip_grad: float = 1.0
+    bias_correction: bool = True
+    train_examples: int = 0
+    test_loss_examples: int = 0
+    eval_questions: int = 500
+    max_new_tokens: int = 320
+    eval_batch: int = 512
+    curve_every: int = 10
+    ratio_every: int = 50
+    compile: bool = True
+    attn_impl: str = "auto"
+    amp: bool = True
+    device: str = "auto"
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any] | None) -> LLMOptions:
+        """Build from a config table; unknown keys and wrong types raise with the key named."""
+        options = dict(options or {})
+        valid = {f.name: f for f in fields(cls)}
+        unknown = set(options) - set(valid)
+        if unknown:
+            raise ValueError(f"unknown [llm] option(s): {', '.join(sorted(unknown))} "
+                             f"(valid: {', '.join(sorted(valid))})")
+        for key, value in options.items():
+            want = type(getattr(cls, key))
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                options[key] = float(value)
+            elif not isinstance(value, want) or (want is int and isinstance(value, bool)):
+                raise ValueError(f"[llm].{key} must be {want.__name__}, got {value!r}")
+        o = cls(**options)
+        o.validate()
+        return o
+
+    def validate(self) -> None:
+        """Raise ValueError naming ``[llm].<key>`` for the first invalid value."""
+        if self.max_len < 8:
+            raise ValueError(f"[llm].max_len must be >= 8, got {self.max_len}")
+        if self.tokens_per_batch < self.max_len or self.tokens_per_batch % self.max_len:
+            raise ValueError(f"[llm].tokens_per_batch ({self.tokens_per_batch}) must be a "
+                             f"positive multiple of max_len ({self.max_len})")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"[llm].lr must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"[llm].schedule must be one of {', '.join(SCHEDULES)}, "
+                             f"got {self.schedule!r}")
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"[llm].attn_impl must be one of {', '.join(ATTN_IMPLS)}, "
+                             f"got {self.attn_impl!r}")
+        if self.task not in task_names():
+            raise ValueError(f"[llm].task must be one of {', '.join(task_names())}, "
+                             f"got {self.task!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"[llm].min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        for key in ("warmup", "train_examples", "test_loss_examples", "eval_questions"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"[llm].{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("max_new_tokens", "eval_batch", "curve_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"[llm].{key} must be >= 1, got {getattr(self, key)}")
+        if self.ratio_every < 0:
+            raise ValueError(f"[llm].ratio_every must be >= 0, got {self.ratio_every}")
+        if self.clip_grad < 0 or self.weight_decay < 0:
+            raise ValueError("[llm].clip_grad and [llm].weight_decay must be >= 0")
+
+
+def lr_at(step: int, steps: int, o: LLMOptions, lr: float) -> float:
+    """Learning rate of 0-based ``step`` of ``steps``: linear warm-up, then the schedule down
+    to ``min_lr_ratio`` × lr at the last step (:func:`ablations.schedules.lr_at`)."""
+    return _lr_at(step, lr, schedule=o.schedule, horizon=steps - 1, warmup=o.warmup,
+                  min_ratio=o.min_lr_ratio)
+

@@ -1,0 +1,212 @@
+"""Sessions of the LLM arm: everything that survives across the runs of one process (the
+loaded model, its compiled loss, the encoded data, the packed batches), and the process's
+place in a data-parallel group.
+
+A worker process runs many specs; those that share the session's key (model, tokenizer, task,
+data, shapes, compile and attention settings, device, rank) reuse one session, and each run
+starts from the stored base weights (:func:`ablations.llm.train.reset_weights`). Batches are
+cached per data-order seed (the two most recent), so the variants of one seed share them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from qsgd.models.llama import CompactLlama
+
+from .data import LMTask, get_task
+from .loading import BaseModel, load_base
+from .options import LLMOptions
+from .packing import DeviceBatches, FlexMasks, loss_capacity, pack, to_device
+
+__all__ = ["Dist", "dist_info", "Session", "open_session", "epoch_batches", "eval_batches",
+           "sync", "device_name", "peak_flops", "PEAK_BF16"]
+
+#: dense bf16 peak of the GPUs we report MFU on (vendor datasheets, SXM parts), FLOP/s
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+@dataclass
+class Dist:
+    """This process's place in a data-parallel group (torchrun's environment)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+
+def dist_info() -> Dist:
+    """Rank, world size and local rank from ``$WORLD_SIZE``/``$LOCAL_RANK``; under torchrun
+    (world > 1) the process group is initialised here on first use (NCCL on CUDA, else gloo)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _pick_device(o: LLMOptions, d: Dist) -> torch.device:
+    # data-parallel ranks each take the GPU of their local rank, whatever [llm].device says
+    if o.device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", d.local_rank)
+        return torch.device("cpu")
+    dev = torch.device(o.device)
+    if dev.type == "cuda" and d.world > 1:
+        return torch.device("cuda", d.local_rank)
+    return dev
+
+
+@dataclass
+class Session:
+    """One process's loaded state for runs that share its key (see :func:`open_session`).
+
+    train_examples, test_examples: encoded ``(ids, a, b)`` of the training set and of the
+    test-loss set; test_data: the task's test examples (the exact-match questions);
+    base_params: device copies of the base weights that every run starts from; train_cache:
+    packed training batches per data-order seed; warm: (variant, capacity) pairs whose step
+    is compiled.
+    """
+
+    key: tuple
+    opts: LLMOptions
+    base: BaseModel
+    device: torch.device
+    dist: Dist
+    model: CompactLlama
+    base_params: list[Tensor]
+    loss_fn: Callable
+    flex: FlexMasks | None
+    train_examples: list
+    test_examples: list
+    test_data: list
+    task: LMTask
+    train_cache: dict = field(default_factory=dict)
+    test_batches: DeviceBatches | None = None
+    warm: set = field(default_factory=set)
+
+
+_SESSIONS: dict[str, Session] = {}
+
+
+def open_session(o: LLMOptions, init_seed: int) -> Session:
+    """The session for options ``o`` (and, for ``random:`` models, the init seed): the current
+    one when its key matches, else a new one that replaces it. Loads the base model, builds
+    and optionally compiles the loss, and reads and encodes the task's examples."""
+    d = dist_info()
+    device = _pick_device(o, d)
+    key = (o.model, o.tokenizer, o.task, o.data_dir, o.max_len, o.tokens_per_batch,
+           o.train_examples, o.test_loss_examples, o.compile, o.attn_impl, o.amp, str(device),
+           d.world, d.rank, init_seed if o.model.startswith("random:") else None)
+    cur = _SESSIONS.get("current")
+    if cur is not None and cur.key == key:
+        return cur
+    _SESSIONS.pop("current", None)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.cuda.empty_cache()
+        torch.backends.cuda.matmul.allow_tf32 = True
+    base = load_base(o.model, o.tokenizer, init_seed)
+    model = CompactLlama(base.shape, base.inv_freq, amp=o.amp)
+    model.load_state_dict(base.state, strict=False)
+    missing = set(model.state_dict()) - set(base.state) - (
+        {"lm_head.weight"} if base.shape.tie_embeddings else set())
+    if missing:
+        raise ValueError(f"{o.model}: weights missing for {sorted(missing)[:5]}")
+    model.to(device)
+    base_params = [p.detach().clone() for p in model.parameters()]
+    impl = o.attn_impl
+    if impl == "auto":
+        impl = "flex" if device.type == "cuda" else "sdpa"
+    if impl == "flex" and device.type != "cuda":
+        raise ValueError("[llm].attn_impl = 'flex' needs a CUDA device (FlexAttention has no "
+                         "CPU backward); use 'sdpa' on a CPU")
+    if (o.tokens_per_batch // o.max_len) % d.world:
+        raise ValueError(f"{o.tokens_per_batch // o.max_len} rows per step do not split over "
+                         f"{d.world} ranks")
+    rows = o.tokens_per_batch // o.max_len // d.world
+    flex = FlexMasks(rows, o.max_len, device) if impl == "flex" else None
+    loss_fn = model.loss
+    if o.compile:
+        loss_fn = torch.compile(model.loss, dynamic=False)
+    tok = base.tokenizer
+    task = get_task(o.task).from_options(o)
+    train = list(task.train_examples())
+    test = list(task.test_examples())
+    if o.train_examples:
+        train = train[:o.train_examples]
+    test_loss_set = test[:o.test_loss_examples] if o.test_loss_examples else test
+    enc_train = tok.encode_examples([e.question for e in train], [e.answer for e in train])
+    enc_test = tok.encode_examples([e.question for e in test_loss_set],
+                                   [e.answer for e in test_loss_set])
+    sess = Session(key, o, base, device, d, model, base_params, loss_fn, flex, enc_train,
+                   enc_test, test, task)
+    _SESSIONS["current"] = sess
+    return sess
+
+
+def epoch_batches(sess: Session, order_seed: int) -> DeviceBatches:
+    """The training examples in the order of ``order_seed`` (a permutation by numpy's
+    default generator), packed and on this rank's device."""
+    if order_seed not in sess.train_cache:
+        o = sess.opts
+        order = np.random.default_rng(order_seed).permutation(len(sess.train_examples))
+        p = pack(sess.train_examples, order, o.max_len, o.tokens_per_batch // o.max_len,
+                 sess.base.tokenizer.pad_id)
+        while len(sess.train_cache) >= 2:
+            sess.train_cache.pop(next(iter(sess.train_cache)))
+        sess.train_cache[order_seed] = to_device(p, sess.device, sess.dist.rank, sess.dist.world,
+                                                 sess.flex)
+    return sess.train_cache[order_seed]
+
+
+def eval_batches(sess: Session, capacity: int) -> DeviceBatches:
+    """The test set packed like a training step of this rank (same shapes: the compiled graph
+    is reused), with the training capacity unless a test step scores more tokens."""
+    o = sess.opts
+    if sess.test_batches is None or sess.test_batches.capacity < capacity:
+        rows = o.tokens_per_batch // o.max_len // sess.dist.world
+        p = pack(sess.test_examples, range(len(sess.test_examples)), o.max_len, rows,
+                 sess.base.tokenizer.pad_id)
+        need = int(p.n_loss.max())
+        cap = capacity if need <= capacity else loss_capacity(need, rows * o.max_len)
+        sess.test_batches = to_device(p, sess.device, 0, 1, sess.flex, capacity=cap)
+    return sess.test_batches
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA; a no-op on a CPU): before reading a clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or ``cpu (<machine>, <threads> threads)``: a record's device."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The dense bf16 peak (:data:`PEAK_BF16`) of a known GPU, else None (no MFU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for k, v in PEAK_BF16.items():
+        if k in name:
+            return v
+    return None
+

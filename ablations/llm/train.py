@@ -1,0 +1,248 @@
+"""The LLM arm's training loop and evaluation, and its entry point :func:`run`.
+
+One run: the session's base weights (:mod:`ablations.llm.session`), one epoch over the packed
+training examples of the run seed's data order with :class:`qsgd.SuperpositionalAdamW` and
+the options' lr schedule, then the test loss and the greedy exact match of the session's task
+(:mod:`ablations.llm.data`). The loop knows no data set: a task only supplies the examples and
+the scoring of a completion.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from qsgd import SuperpositionalAdamW, parse_variant
+
+from ..seeds import derived_seeds
+from .generate import greedy_generate
+from .options import LLMOptions, lr_at
+from .packing import DeviceBatches
+from .session import (
+    Session,
+    device_name,
+    epoch_batches,
+    eval_batches,
+    open_session,
+    peak_flops,
+    sync,
+)
+
+__all__ = ["run", "train_epoch", "reset_weights", "warm_up", "evaluate_loss",
+           "evaluate_exact_match"]
+
+
+def _step_loss(sess: Session, b: DeviceBatches, s: int) -> Tensor:
+    # the mean answer-token loss of step s (over all ranks' scored tokens: b.n_loss is global)
+    bm = None
+    if b.block_masks is not None:
+        bm = b.block_masks[s]
+        sess.flex.buf.copy_(b.doc[s])  # the mask_mod reads this step's example ids
+    return sess.loss_fn(b.ids[s], b.pos[s], b.doc[s], b.loss_idx[s], b.loss_tgt[s], b.n_loss[s],
+                        bm)
+
+
+def reset_weights(sess: Session) -> None:
+    """Copy the base weights back into the model and drop the gradients: each run starts
+    from the same weights."""
+    with torch.no_grad():
+        torch._foreach_copy_(list(sess.model.parameters()), sess.base_params)
+    for p in sess.model.parameters():
+        p.grad = None
+
+
+def _allreduce_grads(params: list[Tensor]) -> None:
+    # one flat all-reduce (sum: each rank's loss is its share of the global mean)
+    import torch.distributed as dist
+
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    torch._foreach_copy_(grads, [c.view_as(g) for c, g in
+                                 zip(flat.split([g.numel() for g in grads]), grads)])
+
+
+def _make_optimizer(params, variant, lr: float, o: LLMOptions, noise_seed: int):
+    # nonfinite="off": a non-finite gradient shows in the loss; the check would synchronise
+    return SuperpositionalAdamW(params, lr=lr, weight_decay=o.weight_decay, seed=noise_seed,
+                                bias_correction=o.bias_correction, nonfinite="off",
+                                **variant.optimizer_kwargs())
+
+
+def warm_up(sess: Session, b: DeviceBatches, variant, o: LLMOptions) -> None:
+    """Compile the step and the optimizer's kernels outside the timed loop; weights unchanged
+    (lr = 0 makes every update exactly zero) and reset afterwards anyway."""
+    key = (variant.id, b.capacity)
+    if key in sess.warm:
+        return
+    params = list(sess.model.parameters())
+    opt = _make_optimizer(params, variant, 0.0, o, 0)
+    for _ in range(2):
+        loss = _step_loss(sess, b, 0)
+        loss.backward()
+        if sess.dist.world > 1:
+            _allreduce_grads(params)
+        torch.nn.utils.clip_grad_norm_(params, o.clip_grad or float("inf"))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    del opt
+    reset_weights(sess)
+    sync(sess.device)
+    sess.warm.add(key)
+
+
+def train_epoch(sess: Session, b: DeviceBatches, variant, lr: float, noise_seed: int,
+                o: LLMOptions) -> dict[str, Any]:
+    """One epoch over ``b`` from the base weights.
+
+    Args:
+        sess: the session (model, compiled loss, device, data-parallel group).
+        b: this rank's packed batches (:func:`ablations.llm.session.epoch_batches`).
+        variant: a :class:`qsgd.Variant` (the optimizer's settings).
+        lr: the peak learning rate; the step's rate is :func:`ablations.llm.options.lr_at`.
+        noise_seed: the optimizer's noise seed.
+        o: the options (schedule, clipping, weight decay, ratio sampling).
+
+    Returns a dict: ``losses`` (float64 array of the per-step losses), ``seconds`` (wall
+    time of the loop, the warm-up excluded), ``optimizer_share`` (optimizer.step's share of
+    step time; CUDA events on a GPU, host clocks on a CPU; steps that track the ratio left
+    out), ``perturbation_ratio`` and ``steps``.
+    """
+    warm_up(sess, b, variant, o)
+    reset_weights(sess)
+    params = list(sess.model.parameters())
+    opt = _make_optimizer(params, variant, lr, o, noise_seed)
+    S, dev = b.steps, sess.device
+    losses = torch.zeros(S, dtype=torch.float32, device=dev)
+    cuda = dev.type == "cuda"
+    ev = [[torch.cuda.Event(enable_timing=True) for _ in range(3)] for _ in range(S)] if cuda \
+        else None
+    host_opt, host_step = [], []
+    tracked = []
+    sync(dev)
+    t0 = time.perf_counter()
+    for s in range(S):
+        opt.param_groups[0]["lr"] = lr_at(s, S, o, lr)
+        track = o.ratio_every > 0 and ((s + 1) % o.ratio_every == 0 or s == S - 1)
+        opt.track_ratio = track
+        tracked.append(track)
+        h0 = time.perf_counter()
+        if cuda:
+            ev[s][0].record()
+        loss = _step_loss(sess, b, s)
+        loss.backward()
+        if sess.dist.world > 1:
+            _allreduce_grads(params)
+        if o.clip_grad:
+            torch.nn.utils.clip_grad_norm_(params, o.clip_grad)
+        h1 = time.perf_counter()
+        if cuda:
+            ev[s][1].record()
+        opt.step()
+        if cuda:
+            ev[s][2].record()
+        h2 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        losses[s] = loss.detach()
+        host_opt.append(h2 - h1)
+        host_step.append(h2 - h0)
+    sync(dev)
+    seconds = time.perf_counter() - t0
+    keep = [s for s in range(S) if not tracked[s]] or list(range(S))
+    if cuda:
+        opt_ms = sum(ev[s][1].elapsed_time(ev[s][2]) for s in keep)
+        step_ms = sum(ev[s][0].elapsed_time(ev[s][2]) for s in keep)
+    else:
+        opt_ms = sum(host_opt[s] for s in keep)
+        step_ms = sum(host_step[s] for s in keep)
+    if sess.dist.world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(losses)  # each rank holds its share of each step's loss
+    return dict(losses=losses.cpu().double().numpy(), seconds=seconds,
+                optimizer_share=opt_ms / step_ms if step_ms > 0 else float("nan"),
+                perturbation_ratio=opt.perturbation_ratio(), steps=S)
+
+
+@torch.no_grad()
+def evaluate_loss(sess: Session, capacity: int) -> float:
+    """Token-weighted mean answer-token loss over the test-loss set, through the training
+    step's graph (``capacity``: the training batches' loss slots, so the graph is reused)."""
+    b = eval_batches(sess, capacity)
+    total = torch.zeros((), dtype=torch.float64, device=sess.device)
+    with torch.enable_grad():  # the training graph, reused without a second compilation
+        for s in range(b.steps):
+            loss = _step_loss(sess, b, s)
+            total += loss.detach().double() * b.n_loss[s].double()
+    return float(total) / float(b.packed.n_loss.sum())
+
+
+def evaluate_exact_match(sess: Session, o: LLMOptions) -> float:
+    """Share of the first ``eval_questions`` test questions whose greedy completion the task
+    scores as correct (NaN when ``eval_questions`` is 0)."""
+    if o.eval_questions == 0:
+        return float("nan")
+    qs = sess.test_data[:o.eval_questions]
+    tok = sess.base.tokenizer
+    prompts = tok.encode_prompts([e.question for e in qs])
+    sess.model.eval()
+    gen = greedy_generate(sess.model, prompts, o.max_new_tokens, tok.eos_id, tok.pad_id,
+                          o.eval_batch)
+    sess.model.train()
+    hits = sum(sess.task.is_correct(tok.decode(g), e.answer) for g, e in zip(gen, qs))
+    return hits / len(qs)
+
+
+def run(spec) -> dict[str, Any]:
+    """Fine-tune for one epoch and evaluate; the runner's entry point for arm "llm".
+
+    ``spec`` needs ``variant``, ``seed``, ``lr`` (None or 0: the options' lr) and ``config``
+    (the ``[llm]`` table as a dict; ``task`` picks the data set). Returns ``{"metrics",
+    "curve", "device"}``; the metrics are listed in :mod:`ablations.llm`.
+    """
+    o = LLMOptions.from_dict(getattr(spec, "config", None))
+    variant = parse_variant(spec.variant)
+    seeds = derived_seeds(int(spec.seed))
+    lr = float(getattr(spec, "lr", 0) or o.lr)
+    sess = open_session(o, seeds["init"])
+    b = epoch_batches(sess, seeds["order"])
+    res = train_epoch(sess, b, variant, lr, seeds["noise"], o)
+    losses = res["losses"]
+    S = len(losses)
+    tail = max(1, math.ceil(0.05 * S))
+    t_eval = time.perf_counter()
+    if sess.dist.rank == 0:
+        test_loss = evaluate_loss(sess, b.capacity)
+        em = evaluate_exact_match(sess, o)
+    else:
+        test_loss = em = float("nan")
+    eval_seconds = time.perf_counter() - t_eval
+    p = b.packed
+    tokens_per_s = p.n_real / res["seconds"]
+    peak = peak_flops(sess.device)
+    flops = sess.base.shape.train_flops(p.n_real, float(p.n_loss.sum()), p.attn_pairs)
+    world = sess.dist.world
+    mfu = flops / res["seconds"] / (peak * world) if peak else float("nan")
+    curve = [{"step": min(lo + o.curve_every, S),
+              "train_loss": float(np.mean(losses[lo:lo + o.curve_every]))}
+             for lo in range(0, S, o.curve_every)]
+    metrics = {
+        "mean_train_loss": float(np.mean(losses)),
+        "final_train_loss": float(np.mean(losses[-tail:])),
+        "test_loss": test_loss,
+        "test_exact_match": em,
+        "tokens_per_s": tokens_per_s,
+        "optimizer_share": res["optimizer_share"],
+        "perturbation_ratio": res["perturbation_ratio"],
+        "steps": S,
+        "train_seconds": res["seconds"],
+        "eval_seconds": eval_seconds,
+        "mfu": mfu,
+    }
+    dev = device_name(sess.device) + (f" x{world} (DDP)" if world > 1 else "")
+    return {"metrics": metrics, "curve": curve, "device": dev}
