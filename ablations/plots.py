@@ -1,39 +1,50 @@
-"""Figures of the ablation results; plotting only.
+"""Figures of the ablation results; drawing only.
 
 Every function takes tables (the runs table, or tables computed by :mod:`ablations.stats`),
-draws one figure, writes it as a PNG to ``path`` (parent folders are created) and returns
-``path`` as a :class:`pathlib.Path`. No statistics are computed here beyond what display
-needs (choosing rows, a median tick): intervals, Kaplan–Meier curves and the like arrive
-precomputed (DESIGN.md: statistics compute, plots draw, the report does the I/O).
+draws one figure with seaborn on explicit axes and returns it as a
+:class:`matplotlib.figure.Figure`; none writes a file (the report saves figures:
+``ablations.report.save_figure``). No statistics are computed here beyond what display needs
+(choosing rows, a median tick): intervals, Kaplan–Meier curves and the like arrive
+precomputed (DESIGN.md principle 9: statistics compute, plots draw, the report does the I/O).
 
-Figures are built on :class:`matplotlib.figure.Figure` with the Agg canvas directly, never
-through ``pyplot``: no global figure registry, no backend switching, nothing left open, and
-it works on a headless machine.
+Figures are built by :func:`ablations.style.new_figure` (Agg canvas, never ``pyplot``: no
+global figure registry, nothing left open, works headless) under the project theme
+(:func:`ablations.style.themed`); a variant has one colour in every figure
+(:func:`ablations.style.variant_color`, AdamW dark grey).
 
-Colours are stable across figures: :func:`variant_colors` maps variant ids to colours
-(AdamW is always dark grey), so a variant has one colour in every figure of a report.
+Labels come from the caller (an arm's ``Metric.display``); without one, a column name is
+shown with its underscores as spaces.
+
+Comparisons with a baseline are drawn as small multiples: with ``baseline`` present, each
+other variant gets its own panel with the baseline repeated in it as the reference, so
+fifteen variants do not pile onto one axis.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 
-import matplotlib as mpl
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from . import stats
+from .style import (
+    REFERENCE_COLOR,
+    VERDICT_COLORS,
+    level_colors,
+    new_figure,
+    themed,
+    variant_color,
+    variant_colors,
+    verdict_color,
+)
 
 __all__ = [
-    "STYLE",
-    "VERDICT_COLORS",
-    "variant_colors",
     "plot_learning_curves",
     "plot_paired_seeds",
     "plot_lambda_sweep",
@@ -42,106 +53,95 @@ __all__ = [
     "plot_forest",
 ]
 
-#: rcParams applied (locally, through ``rc_context``) to every figure.
-STYLE: dict = {
-    "font.size": 10,
-    "axes.titlesize": 11,
-    "axes.labelsize": 10,
-    "legend.fontsize": 8,
-    "xtick.labelsize": 9,
-    "ytick.labelsize": 9,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "grid.linewidth": 0.6,
-    "figure.dpi": 100,
-    "savefig.bbox": "tight",
-    "savefig.facecolor": "white",
-}
 
-#: Colour of each verdict family in forest plots (matched by prefix).
-VERDICT_COLORS: dict[str, str] = {
-    "better": "#1a9850",
-    "worse": "#d73027",
-    "equivalent": "#4575b4",
-    "higher": "#762a83",
-    "lower": "#762a83",
-    "no detectable difference": "#7f7f7f",
-}
-
-_BASELINE_COLOR = "#404040"
-_PALETTE = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
-    "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
-    "#dbdb8d", "#9edae5",
-]
-_LABELS = {
-    "final_test_acc": "final test accuracy",
-    "epochs_to_90": "epochs to 90 % accuracy",
-    "reached_90": "reached 90 % accuracy",
-    "mean_train_loss": "mean training loss",
-    "final_train_loss": "final training loss",
-    "sec_per_epoch": "seconds per epoch",
-    "sec_to_target": "seconds to 90 % accuracy",
-    "perturbation_ratio": "‖λ·Q‖ / ‖Adam step‖",
-    "test_loss": "test loss",
-    "test_exact_match": "test exact match",
-    "tokens_per_s": "tokens per second",
-    "optimizer_share": "optimizer share of step time",
-    "test_acc": "test accuracy",
-    "train_loss": "training loss",
-}
+def _neutral(column: str) -> str:
+    """The fallback label of a column: its name with underscores as spaces."""
+    return str(column).replace("_", " ")
 
 
-def _label(metric: str, label: str | None = None) -> str:
-    return label if label is not None else _LABELS.get(metric, metric.replace("_", " "))
+def _require(df: pd.DataFrame, columns: Sequence[str], where: str) -> None:
+    """ValueError naming the function and the missing columns, before any drawing."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{where}: column(s) {', '.join(map(repr, missing))} missing; "
+                         f"columns: {list(df.columns)}")
+    if df.empty:
+        raise ValueError(f"{where}: empty table, nothing to draw")
 
 
-def variant_colors(variants: Sequence[str]) -> dict[str, str]:
-    """A stable colour per variant id: AdamW dark grey, the rest from a fixed palette.
-
-    Colours are assigned in sorted order of the ids, so the same set of variants always gets
-    the same colours whatever order the rows come in.
-    """
-    out: dict[str, str] = {}
-    others = sorted({str(v) for v in variants if str(v) != "adamw"})
-    for i, v in enumerate(others):
-        out[v] = _PALETTE[i % len(_PALETTE)]
-    if "adamw" in {str(v) for v in variants}:
-        out["adamw"] = _BASELINE_COLOR
-    return out
+@dataclass
+class _Panel:
+    facet: object  # the facet level, or None
+    focus: str | None  # the variant compared with the baseline, or None (all in one)
+    data: pd.DataFrame
 
 
-def _figure(nrows: int, ncols: int, width: float, height: float, **kw):
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
-    return fig, axes
-
-
-def _save(fig: Figure, path, dpi: int) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
-    return path
-
-
-def _facets(df: pd.DataFrame, facet: str | None) -> list[tuple[object, pd.DataFrame]]:
-    """Split ``df`` by ``facet`` (one panel per level), or one panel when absent."""
+def _facet_levels(df: pd.DataFrame, facet: str | None) -> list[tuple[object, pd.DataFrame]]:
+    """Split ``df`` by ``facet`` (one part per level), or one part when absent."""
     if facet is None or facet not in df.columns or df[facet].isna().all():
         return [(None, df)]
     return [(k, sub) for k, sub in df.groupby(facet, sort=True, dropna=False)]
 
 
-def _grid_shape(n: int, max_cols: int = 3) -> tuple[int, int]:
-    ncols = min(n, max_cols)
+def _panels(df: pd.DataFrame, group: str, facet: str | None,
+            baseline: str | None) -> list[_Panel]:
+    """One panel per facet level and, when ``baseline`` is among the groups, per other group
+    (each with the baseline's rows as reference); otherwise one panel per facet level."""
+    out = []
+    for level, sub in _facet_levels(df, facet):
+        names = sorted(map(str, sub[group].dropna().unique()))
+        others = [n for n in names if n != baseline]
+        if baseline in names and others:
+            for name in others:
+                out.append(_Panel(level, name, sub[sub[group].astype(str).isin([baseline,
+                                                                               name])]))
+        else:
+            out.append(_Panel(level, None, sub))
+    return out
+
+
+def _titles(panels: Sequence[_Panel], facet: str | None, fallback: str) -> tuple[list[str], str]:
+    """Panel titles (the compared group, then the facet level) and a suffix for the figure
+    title: a facet with one level is named once there instead of in every panel."""
+    levels = {str(p.facet) for p in panels if p.facet is not None}
+    single = len(levels) == 1 and all(p.facet is not None for p in panels)
+    # one compared group in several panels: the legend names it (see _group_handles)
+    same_focus = len(panels) > 1 and len({p.focus for p in panels}) == 1
+    out = []
+    for p in panels:
+        parts = [p.focus] if p.focus is not None and not same_focus else []
+        if p.facet is not None and not single:
+            parts.append(f"{facet}: {p.facet}")
+        out.append(", ".join(parts) if parts else fallback)
+    return out, (f" ({facet}: {levels.pop()})" if single else "")
+
+
+def _grid(n: int, col_wrap: int) -> tuple[int, int]:
+    ncols = max(1, min(n, col_wrap))
     return math.ceil(n / ncols), ncols
 
 
-def _hide_unused(axes, used: int) -> None:
-    for ax in axes.flat[used:]:
-        ax.set_visible(False)
+def _share(axes: np.ndarray, used: int, *, x: bool, y: bool) -> None:
+    """Share x and/or y among the first ``used`` axes, hide the rest, and hide tick labels
+    only where a visible neighbour repeats them (Figure.subplots(sharex=...) would also hide
+    them above an empty slot of the last row)."""
+    flat = list(axes.flat)
+    ncols = axes.shape[1]
+    for i, ax in enumerate(flat):
+        if i >= used:
+            ax.set_visible(False)
+            continue
+        if i:
+            if x:
+                ax.sharex(flat[0])
+            if y:
+                ax.sharey(flat[0])
+        if x and i + ncols < used:  # a visible panel below carries the x ticks
+            ax.tick_params(labelbottom=False)
+            ax.set_xlabel("")
+        if y and i % ncols:
+            ax.tick_params(labelleft=False)
+            ax.set_ylabel("")
 
 
 def _cell_label(row: Mapping, keys: Sequence[str]) -> str:
@@ -154,366 +154,531 @@ def _cell_label(row: Mapping, keys: Sequence[str]) -> str:
     return ", ".join(parts)
 
 
+def _line_handle(color: str, label: str, **kw):
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], color=color, label=label, **kw)
+
+
+def _group_handles(colors: Mapping[str, str], baseline: str | None,
+                   panels: Sequence[_Panel]) -> list:
+    """Legend lines of the groups: all of them without small multiples; with them the
+    baseline, plus the compared groups when there are at most four (otherwise the panel
+    titles, in each line's colour, name them)."""
+    shown = {p.focus for p in panels if p.focus}
+    names = sorted(colors, key=lambda n: (n != baseline, n))
+    if shown:
+        names = [n for n in names if n == baseline or (n in shown and len(shown) <= 4)]
+    return [_line_handle(colors[n], n, lw=2) for n in names]
+
+
+def _band(ax, x, lo, hi, color, *, step: str | None = None, alpha: float = 0.2) -> None:
+    ax.fill_between(np.asarray(x, float), np.asarray(lo, float), np.asarray(hi, float),
+                    color=color, alpha=alpha, lw=0, step=step)
+
+
 # --------------------------------------------------------------------------------------------
 
 
-def plot_learning_curves(summary: pd.DataFrame, path, *, value_label: str = "test accuracy",
-                         x: str = "epoch", group: str = "variant",
-                         facet: str | None = "attention", target: float | None = None,
-                         title: str | None = None, dpi: int = 150) -> Path:
-    """Mean learning curve per variant with its confidence band, one panel per facet.
+@themed
+def plot_learning_curves(summary: pd.DataFrame, *, value_label: str | None = None,
+                         x: str = "epoch", x_label: str | None = None, group: str = "variant",
+                         facet: str | None = "attention", baseline: str | None = "adamw",
+                         target: float | None = None, complete_only: bool = True,
+                         col_wrap: int = 5, title: str | None = None) -> Figure:
+    """Mean learning curve per variant with its confidence band; small multiples.
+
+    With ``baseline`` among the groups, one panel per other group and facet level, the
+    baseline drawn in each as the reference; otherwise one panel per facet level with every
+    group. Panels share both axes.
 
     Args:
         summary: output of :func:`ablations.stats.curve_summary` (columns ``group``, ``x``,
             mean, ci_low, ci_high, optionally n and the facet column).
-        path: PNG file to write.
-        value_label: y-axis label.
-        x: the x column (epoch or step).
+        value_label: y-axis label (default: "mean").
+        x: the x column (epoch or step); x_label its label (default: the column name).
         group: the column giving one line per level (variant).
-        facet: column giving one panel per level (attention); ignored when absent.
+        facet: column giving panels per level (attention); ignored when absent.
+        baseline: the reference group repeated in every panel, or None for one panel per facet.
         target: draw a dotted horizontal line here (e.g. 0.9 for the 90 % target).
+        complete_only: drop the x values where a line averages fewer runs than at its other
+            x values (a ragged last logging step mixes different runs and jumps).
+        col_wrap: panels per row.
         title: figure title.
-        dpi: resolution.
+
+    Raises:
+        ValueError: a needed column is missing, or no row has a finite mean.
     """
-    colors = variant_colors(summary[group].dropna().unique())
-    panels = _facets(summary, facet)
-    with mpl.rc_context(STYLE):
-        nrows, ncols = _grid_shape(len(panels))
-        fig, axes = _figure(nrows, ncols, 4.6 * ncols, 3.4 * nrows + 0.4, sharey=True)
-        for ax, (level, sub) in zip(axes.flat, panels, strict=False):
-            for name, g in sub.groupby(group, sort=True):
-                g = g.sort_values(x)
-                c = colors[str(name)]
-                ax.plot(g[x], g["mean"], color=c, lw=1.6, label=str(name),
-                        zorder=3 if name == "adamw" else 2)
-                ax.fill_between(g[x].to_numpy(float), g["ci_low"].to_numpy(float),
-                                g["ci_high"].to_numpy(float), color=c, alpha=0.18, lw=0)
-            if target is not None:
-                ax.axhline(target, color="black", ls=":", lw=1)
-            ax.set_xlabel(x)
-            ax.set_title(f"{facet}: {level}" if level is not None else value_label)
-        for row in axes:
-            row[0].set_ylabel(value_label)
-        _hide_unused(axes, len(panels))
-        axes.flat[0].legend(loc="best", frameon=False, ncols=1 + len(colors) // 8)
-        fig.suptitle(title or f"{value_label}: mean over seeds with 95 % CI")
-        return _save(fig, path, dpi)
+    import seaborn as sns
+
+    _require(summary, [group, x, "mean", "ci_low", "ci_high"], "plot_learning_curves")
+    data = summary[np.isfinite(pd.to_numeric(summary["mean"], errors="coerce"))]
+    if complete_only and "n" in data.columns and not data.empty:
+        keys = [group] + ([facet] if facet in data.columns else [])
+        full = data.groupby(keys, dropna=False)["n"].transform("max")
+        data = data[data["n"] >= full]
+    if data.empty:
+        raise ValueError("plot_learning_curves: no row with a finite mean")
+    ylabel = value_label or "mean"
+    xlabel = x_label or _neutral(x)
+    panels = _panels(data, group, facet, baseline)
+    colors = variant_colors(data[group].dropna().unique())
+    nrows, ncols = _grid(len(panels), col_wrap)
+    small = len(panels) > 2
+    w, h = (2.9, 2.3) if small else (4.6, 3.4)
+    fig, axes = new_figure(nrows, ncols, w * ncols + 0.3, h * nrows + 0.9)
+    titles, where = _titles(panels, facet, ylabel)
+    for ax, p, head in zip(axes.flat, panels, titles, strict=False):
+        # baseline first, so the compared variant is drawn on top of it
+        names = sorted(map(str, p.data[group].unique()), key=lambda n: (n != baseline, n))
+        for name in names:
+            g = p.data[p.data[group].astype(str) == name].sort_values(x)
+            c = colors[name]
+            sns.lineplot(data=g, x=x, y="mean", color=c, estimator=None, sort=False,
+                         lw=1.5 if small else 1.7, ax=ax, legend=False)
+            _band(ax, g[x], g["ci_low"], g["ci_high"], c)
+        if target is not None:
+            ax.axhline(target, color="black", ls=":", lw=1)
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        ax.set_title(head, color=colors[p.focus] if p.focus else "black")
+    _share(axes, len(panels), x=True, y=True)
+    from matplotlib.patches import Patch
+
+    handles = _group_handles(colors, baseline, panels)
+    handles.append(Patch(color=REFERENCE_COLOR, alpha=0.35, label="95 % CI over seeds"))
+    if target is not None:
+        handles.append(_line_handle("black", f"target {target:g}", ls=":", lw=1))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
+    fig.suptitle(title or f"{ylabel}: mean over seeds with 95 % CI{where}")
+    return fig
 
 
-def plot_paired_seeds(runs: pd.DataFrame, metric: str, path, *, baseline: str = "adamw",
+@themed
+def plot_paired_seeds(runs: pd.DataFrame, metric: str, *, baseline: str = "adamw",
                       variants: Sequence[str] | None = None, cell: Mapping | None = None,
                       cell_keys: Sequence[str] = ("attention", "lr"),
                       stats_table: pd.DataFrame | None = None,
-                      metric_label: str | None = None, title: str | None = None,
-                      dpi: int = 150) -> Path:
+                      metric_label: str | None = None, sharey: bool = False,
+                      col_wrap: int = 5, title: str | None = None) -> Figure:
     """Per-seed values of each variant next to the baseline, paired seeds joined by lines.
 
     One panel per variant: the baseline's runs on the left, the variant's on the right, a
     grey line joining the two runs of each seed (pairs from
     :func:`ablations.stats.paired_differences`), and a black bar at each side's mean. With a
     ``stats_table`` (:func:`ablations.stats.compare_all`) each panel title gives the paired
-    difference, its CI, p_holm and the verdict.
+    difference Δ, its CI, p_holm and the verdict.
 
     Args:
         runs: the runs table.
         metric: metric column.
-        path: PNG file to write.
         baseline: the baseline variant id.
         variants: variants to show (default: all others in ``runs``).
         cell: optional ``{column: value}`` restricting to one cell (e.g. quantum attention).
         cell_keys: columns defining a cell (pairs never cross cells).
         stats_table: optional comparison table for the annotations.
-        metric_label, title, dpi: labels and resolution.
+        metric_label: y-axis label (default: ``metric`` with spaces).
+        sharey: one y scale for all panels; off by default, since one far-off variant would
+            flatten every other panel (the titles give the differences).
+        col_wrap: panels per row.
+        title: figure title.
+
+    Raises:
+        ValueError: ``metric`` or ``variant`` is missing, there is no variant besides the
+            baseline, or the baseline has no run (in ``cell``).
     """
+    import seaborn as sns
+
+    _require(runs, [metric, "variant", "seed"], "plot_paired_seeds")
     if variants is None:
         variants = sorted(v for v in runs["variant"].dropna().unique() if v != baseline)
     variants = [v for v in variants if v != baseline]
     if not variants:
-        raise ValueError(f"no variant to compare with {baseline!r}")
+        raise ValueError(f"plot_paired_seeds: no variant to compare with {baseline!r}")
+    if not (runs["variant"] == baseline).any():
+        raise ValueError(f"plot_paired_seeds: the baseline {baseline!r} has no run")
     colors = variant_colors([baseline, *variants])
-    ylabel = _label(metric, metric_label)
+    ylabel = metric_label or _neutral(metric)
     keys = [k for k in cell_keys if k in runs.columns]
-    with mpl.rc_context(STYLE):
-        nrows, ncols = _grid_shape(len(variants), 4)
-        fig, axes = _figure(nrows, ncols, 2.9 * ncols, 3.3 * nrows + 0.4, sharey=True)
-        for ax, name in zip(axes.flat, variants, strict=False):
-            pairs = stats.paired_differences(runs, metric, name, baseline, cell_keys=keys,
-                                             cell=cell)
-            xb = pairs["baseline_value"].to_numpy(float)
-            xv = pairs["variant_value"].to_numpy(float)
-            for b, v in zip(xb, xv, strict=True):
-                ax.plot([0, 1], [b, v], color="0.6", lw=0.8, alpha=0.7, zorder=1)
-            ax.scatter(np.zeros_like(xb), xb, s=18, color=colors[baseline], zorder=2)
-            ax.scatter(np.ones_like(xv), xv, s=18, color=colors[name], zorder=2)
-            for xpos, vals in ((0, xb), (1, xv)):
-                if vals.size:
-                    ax.hlines(vals.mean(), xpos - 0.18, xpos + 0.18, color="black", lw=2,
-                              zorder=3)
-            ax.set_xticks([0, 1], [baseline, name])
-            ax.set_xlim(-0.5, 1.5)
-            ax.grid(axis="x", visible=False)
-            head = f"{name} (n = {len(pairs)})"
-            if stats_table is not None and len(stats_table):
-                sel = stats_table[(stats_table["metric"] == metric)
-                                  & (stats_table["variant"] == name)
-                                  & (stats_table["baseline"] == baseline)]
-                for k, v in (cell or {}).items():
-                    if k in sel.columns:
-                        sel = sel[sel[k] == v]
-                if len(sel) == 1:
-                    r = sel.iloc[0]
-                    head += (f"\nΔ = {r['diff']:.3g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]"
-                             f"\np_holm = {r['p_holm']:.2g}, {r['verdict']}")
-            ax.set_title(head, fontsize=9)
-        for row in axes:
-            row[0].set_ylabel(ylabel)
-        _hide_unused(axes, len(variants))
-        where = f" ({_cell_label(cell, list(cell))})" if cell else ""
-        fig.suptitle(title or f"{ylabel} per seed, paired with {baseline}{where}")
-        return _save(fig, path, dpi)
+    nrows, ncols = _grid(len(variants), col_wrap)
+    fig, axes = new_figure(nrows, ncols, 2.8 * ncols + 0.3, 2.9 * nrows + 0.5)
+    for ax, name in zip(axes.flat, variants, strict=False):
+        pairs = stats.paired_differences(runs, metric, name, baseline, cell_keys=keys,
+                                         cell=cell).reset_index(drop=True)
+        long = pd.concat([
+            pd.DataFrame({"pair": pairs.index, "side": 0.0, "value": pairs["baseline_value"],
+                          "who": baseline}),
+            pd.DataFrame({"pair": pairs.index, "side": 1.0, "value": pairs["variant_value"],
+                          "who": name})], ignore_index=True)
+        if len(pairs):
+            sns.lineplot(data=long, x="side", y="value", units="pair", estimator=None,
+                         color=REFERENCE_COLOR, lw=0.8, alpha=0.7, ax=ax, legend=False)
+            sns.scatterplot(data=long, x="side", y="value", hue="who",
+                            palette={baseline: colors[baseline], name: colors[name]}, s=22,
+                            linewidth=0, zorder=3, ax=ax, legend=False)
+            for xpos, vals in ((0, pairs["baseline_value"]), (1, pairs["variant_value"])):
+                ax.hlines(vals.mean(), xpos - 0.2, xpos + 0.2, color="black", lw=2, zorder=4)
+        else:
+            ax.text(0.5, 0.5, "no paired seeds", transform=ax.transAxes, ha="center",
+                    va="center", color=REFERENCE_COLOR)
+        ax.set_xticks([0, 1], [baseline, name])
+        ax.set_xlim(-0.5, 1.5)
+        ax.grid(axis="x", visible=False)
+        ax.set(xlabel="", ylabel=ylabel)
+        ax.set_title(f"{name} (n = {len(pairs)})" + _paired_stats(stats_table, metric, name,
+                                                                   baseline, cell),
+                     fontsize=8.5)
+    _share(axes, len(variants), x=False, y=sharey)
+    if not sharey:
+        for i, ax in enumerate(axes.flat[:len(variants)]):
+            if i % ncols:
+                ax.set_ylabel("")
+    where = f" ({_cell_label(cell, list(cell))})" if cell else ""
+    fig.suptitle(title or f"{ylabel} per seed, paired with {baseline}{where}")
+    return fig
 
 
-def plot_lambda_sweep(sweep: pd.DataFrame, path, *, metric_label: str = "final test accuracy",
-                      facet: str | None = "attention", title: str | None = None,
-                      dpi: int = 150) -> Path:
+def _paired_stats(table: pd.DataFrame | None, metric: str, variant: str, baseline: str,
+                  cell: Mapping | None) -> str:
+    """The title lines of one paired panel from its row of the stats table ("" if none)."""
+    if table is None or table.empty:
+        return ""
+    sel = table[(table["metric"] == metric) & (table["variant"] == variant)
+                & (table["baseline"] == baseline)]
+    for k, v in (cell or {}).items():
+        if k in sel.columns:
+            sel = sel[sel[k] == v]
+    if len(sel) != 1:
+        return ""
+    r = sel.iloc[0]
+    return (f"\nΔ = {r['diff']:.3g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]"
+            f"\np_holm = {r['p_holm']:.2g}, {r['verdict']}")
+
+
+@themed
+def plot_lambda_sweep(sweep: pd.DataFrame, *, metric_label: str | None = None,
+                      facet: str | None = "attention", title: str | None = None) -> Figure:
     """Metric against the quantum weight λ with CIs, one line per perturbation family.
 
     Args:
         sweep: output of :func:`ablations.stats.lambda_sweep` (family, lam, mean, ci_low,
             ci_high, optionally the facet column).
-        path: PNG file to write.
-        metric_label: y-axis label.
+        metric_label: y-axis label (default: "mean").
         facet: column giving one panel per level; ignored when absent.
-        title, dpi: title and resolution.
+        title: figure title.
+
+    Raises:
+        ValueError: a needed column is missing or the sweep is empty.
     """
-    families = sorted(sweep["family"].dropna().unique())
-    colors = {f: _PALETTE[i % len(_PALETTE)] for i, f in enumerate(families)}
-    panels = _facets(sweep, facet)
+    import seaborn as sns
+
+    _require(sweep, ["family", "lam", "mean", "ci_low", "ci_high"], "plot_lambda_sweep")
+    ylabel = metric_label or "mean"
+    families = sorted(map(str, sweep["family"].dropna().unique()))
+    colors = {f: variant_color(f) for f in families}
+    panels = [_Panel(level, None, sub) for level, sub in _facet_levels(sweep, facet)]
+    titles, where = _titles(panels, facet, "")
     lam = sweep["lam"].to_numpy(float)
     positive = lam[lam > 0]
     wide = positive.size > 0 and positive.max() / positive.min() > 50
-    with mpl.rc_context(STYLE):
-        nrows, ncols = _grid_shape(len(panels))
-        fig, axes = _figure(nrows, ncols, 4.4 * ncols, 3.4 * nrows + 0.4, sharey=True)
-        for ax, (level, sub) in zip(axes.flat, panels, strict=False):
-            offsets = np.linspace(-0.01, 0.01, len(families)) if len(families) > 1 else [0.0]
-            for off, fam in zip(offsets, families, strict=True):
-                g = sub[sub["family"] == fam].sort_values("lam")
-                if g.empty:
-                    continue
-                xs = g["lam"].to_numpy(float)
-                # A small horizontal dodge keeps overlapping error bars readable.
-                xs = xs * (1 + off) if wide else xs + off * (np.nanmax(lam) or 1.0)
-                m = g["mean"].to_numpy(float)
-                err = np.vstack([m - g["ci_low"].to_numpy(float),
-                                 g["ci_high"].to_numpy(float) - m])
-                ax.errorbar(xs, m, yerr=np.nan_to_num(err, nan=0.0), color=colors[fam],
-                            marker="o", ms=4, lw=1.4, capsize=3, label=fam)
-            if wide:
-                ax.set_xscale("symlog", linthresh=positive.min())
-            ax.set_xlabel("quantum weight λ (λ = 0: AdamW)")
-            ax.set_title(f"{facet}: {level}" if level is not None else metric_label)
-        for row in axes:
-            row[0].set_ylabel(metric_label)
-        _hide_unused(axes, len(panels))
-        axes.flat[0].legend(loc="best", frameon=False)
-        fig.suptitle(title or f"{metric_label} against λ (mean, 95 % CI)")
-        return _save(fig, path, dpi)
+    nrows, ncols = _grid(len(panels), 3)
+    fig, axes = new_figure(nrows, ncols, max(5.6, 4.6 * ncols), 3.4 * nrows + 0.5)
+    for ax, p, head in zip(axes.flat, panels, titles, strict=False):
+        sub = p.data
+        offsets = np.linspace(-0.01, 0.01, len(families)) if len(families) > 1 else [0.0]
+        for off, fam in zip(offsets, families, strict=True):
+            g = sub[sub["family"].astype(str) == fam].sort_values("lam")
+            if g.empty:
+                continue
+            xs = g["lam"].to_numpy(float)
+            # A small horizontal dodge keeps overlapping error bars readable.
+            xs = xs * (1 + off) if wide else xs + off * (np.nanmax(lam) or 1.0)
+            m = g["mean"].to_numpy(float)
+            err = np.vstack([m - g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float) - m])
+            ax.errorbar(xs, m, yerr=np.nan_to_num(err, nan=0.0), fmt="none", ecolor=colors[fam],
+                        elinewidth=1.2, capsize=3)
+            sns.lineplot(x=xs, y=m, color=colors[fam], marker="o", markersize=5, lw=1.5,
+                         estimator=None, sort=False, label=fam, ax=ax)
+        if wide:
+            ax.set_xscale("symlog", linthresh=positive.min())
+        ax.set(xlabel="quantum weight λ (λ = 0: AdamW)", ylabel=ylabel)
+        ax.set_title(head)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    _share(axes, len(panels), x=False, y=True)
+    handles = [_line_handle(colors[f], f"family {f}", marker="o", lw=1.5) for f in families]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5))
+    fig.suptitle(title or f"{ylabel} against λ (mean, 95 % CI){where}")
+    return fig
 
 
-def plot_kaplan_meier(km: pd.DataFrame, path, *, group: str = "variant",
-                      facet: str | None = None, horizon: float | None = None,
-                      medians: Mapping[str, float] | None = None,
-                      xlabel: str = "epoch", title: str | None = None,
-                      dpi: int = 150) -> Path:
-    """Kaplan–Meier curves of time to target per variant, with log-log CI bands.
+@themed
+def plot_kaplan_meier(km: pd.DataFrame, *, group: str = "variant", facet: str | None = None,
+                      baseline: str | None = "adamw", horizon: float | None = None,
+                      medians: Mapping[str, float] | None = None, time_label: str = "epoch",
+                      target_label: str = "target", col_wrap: int = 5,
+                      title: str | None = None) -> Figure:
+    """Kaplan–Meier curves of time to target per variant with their CI bands; small multiples.
 
     The y axis is the fraction of runs that have not yet reached the target. Censored runs
-    are marked with "+" on their curve; the curves are carried on to ``horizon``.
+    are marked with "+" on their curve; curves are carried on to ``horizon``. With
+    ``baseline`` among the groups, one panel per other group (and facet level) with the
+    baseline as reference; otherwise one panel per facet level with every group.
 
     Args:
         km: output of :func:`ablations.stats.kaplan_meier_by_group` (``group``, time,
-            survival, ci_low, ci_high, n_censored; optionally the facet column).
-        path: PNG file to write.
+            survival, ci_low, ci_high, optionally n_censored and the facet column).
         group: column giving one curve per level.
-        facet: optional column giving one panel per level.
+        facet: optional column giving panels per level.
+        baseline: the reference group repeated in every panel, or None.
         horizon: last time of the x axis (the training length).
         medians: optional ``{group level: median}`` drawn as dotted vertical lines (e.g. from
             :func:`ablations.stats.km_median`); NaN medians are skipped.
-        xlabel, title, dpi: labels and resolution.
+        time_label: x-axis label; target_label: what the target is ("fraction not yet at …").
+        col_wrap: panels per row.
+        title: figure title.
+
+    Raises:
+        ValueError: a needed column is missing or the table is empty.
     """
+    import seaborn as sns
+
+    _require(km, [group, "time", "survival", "ci_low", "ci_high"], "plot_kaplan_meier")
     colors = variant_colors(km[group].dropna().unique())
-    panels = _facets(km, facet)
-    with mpl.rc_context(STYLE):
-        nrows, ncols = _grid_shape(len(panels))
-        fig, axes = _figure(nrows, ncols, 4.6 * ncols, 3.4 * nrows + 0.4, sharey=True)
-        for ax, (level, sub) in zip(axes.flat, panels, strict=False):
-            for name, g in sub.groupby(group, sort=True):
-                g = g.sort_values("time")
-                c = colors[str(name)]
-                t = g["time"].to_numpy(float)
-                s = g["survival"].to_numpy(float)
-                lo = g["ci_low"].to_numpy(float)
-                hi = g["ci_high"].to_numpy(float)
-                if horizon is not None and t[-1] < horizon:
-                    t, s = np.append(t, horizon), np.append(s, s[-1])
-                    lo, hi = np.append(lo, lo[-1]), np.append(hi, hi[-1])
-                ax.step(t, s, where="post", color=c, lw=1.6, label=str(name))
-                ax.fill_between(t, lo, hi, step="post", color=c, alpha=0.15, lw=0)
-                if "n_censored" in g.columns:
-                    cens = g[g["n_censored"] > 0]
-                    ax.scatter(cens["time"], cens["survival"], marker="+", s=40, color=c,
-                               zorder=3)
-                if medians is not None and np.isfinite(medians.get(str(name), np.nan)):
-                    ax.axvline(medians[str(name)], color=c, ls=":", lw=1)
-            ax.axhline(0.5, color="black", lw=0.6, ls="--", alpha=0.5)
-            ax.set_ylim(-0.02, 1.02)
-            if horizon is not None:
-                ax.set_xlim(0, horizon)
-            ax.set_xlabel(xlabel)
-            if level is not None:
-                ax.set_title(f"{facet}: {level}")
-        for row in axes:
-            row[0].set_ylabel("fraction not yet at target")
-        _hide_unused(axes, len(panels))
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        handles.append(Line2D([], [], marker="+", ls="none", color="black"))
-        labels.append("censored (never reached)")
-        axes.flat[0].legend(handles, labels, loc="best", frameon=False)
-        fig.suptitle(title or "Time to target: Kaplan–Meier estimate with 95 % CI")
-        return _save(fig, path, dpi)
+    panels = _panels(km, group, facet, baseline)
+    nrows, ncols = _grid(len(panels), col_wrap)
+    small = len(panels) > 2
+    w, h = (2.9, 2.3) if small else (4.6, 3.4)
+    fig, axes = new_figure(nrows, ncols, w * ncols + 0.3, h * nrows + 0.9)
+    titles, where = _titles(panels, facet, "")
+    for ax, p, head in zip(axes.flat, panels, titles, strict=False):
+        names = sorted(map(str, p.data[group].unique()), key=lambda n: (n != baseline, n))
+        for name in names:
+            g = p.data[p.data[group].astype(str) == name].sort_values("time")
+            c = colors[name]
+            t, s = g["time"].to_numpy(float), g["survival"].to_numpy(float)
+            lo, hi = g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float)
+            if horizon is not None and t.size and t[-1] < horizon:
+                t, s = np.append(t, horizon), np.append(s, s[-1])
+                lo, hi = np.append(lo, lo[-1]), np.append(hi, hi[-1])
+            sns.lineplot(x=t, y=s, color=c, drawstyle="steps-post", estimator=None, sort=False,
+                         lw=1.6, ax=ax, legend=False)
+            _band(ax, t, lo, hi, c, step="post", alpha=0.15)
+            if "n_censored" in g.columns:
+                cens = g[g["n_censored"] > 0]
+                if len(cens):
+                    sns.scatterplot(x=cens["time"].to_numpy(float),
+                                    y=cens["survival"].to_numpy(float), marker="+", s=45,
+                                    color=c, linewidth=1.3, zorder=3, ax=ax, legend=False)
+            med = (medians or {}).get(name, np.nan)
+            if med is not None and np.isfinite(med):
+                ax.axvline(med, color=c, ls=":", lw=1.2)
+        ax.axhline(0.5, color="black", lw=0.6, ls="--", alpha=0.5)
+        ax.set_ylim(-0.02, 1.02)
+        if horizon is not None:  # a little room so the "+" of runs censored there shows
+            ax.set_xlim(0, horizon * 1.03)
+        ax.set(xlabel=time_label, ylabel=f"fraction not yet at {target_label}")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        ax.set_title(head, color=colors[p.focus] if p.focus else "black")
+    _share(axes, len(panels), x=True, y=True)
+    handles = _group_handles(colors, baseline, panels)
+    handles.append(_line_handle("black", "censored (never reached)", marker="+", ms=8,
+                                ls="none"))
+    if medians:
+        handles.append(_line_handle("black", "median", ls=":", lw=1.2))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
+    fig.suptitle(title or f"Time to target: Kaplan–Meier estimate with 95 % CI{where}")
+    return fig
 
 
-def plot_perturbation_ratio(runs: pd.DataFrame, path, *, metric: str = "perturbation_ratio",
-                            group: str = "variant", hue: str | None = "attention",
-                            title: str | None = None, dpi: int = 150) -> Path:
+@themed
+def plot_perturbation_ratio(runs: pd.DataFrame, *, metric: str = "perturbation_ratio",
+                            metric_label: str | None = None, group: str = "variant",
+                            hue: str | None = "attention", title: str | None = None) -> Figure:
     """Size of the perturbation relative to the Adam step, per variant, on a log axis.
 
-    One dot per run (deterministic horizontal jitter), a black tick at each variant's median.
-    Runs with a non-positive ratio (AdamW: no perturbation) cannot sit on a log axis; they
-    are left out and counted in the x label.
+    One dot per run (a beeswarm, deterministic), a black bar at each median. Runs with a
+    non-positive ratio (AdamW: no perturbation) cannot sit on a log axis; they are left out
+    and counted in the x label.
 
     Args:
         runs: the runs table (``group``, ``metric``, optionally ``hue``).
-        path: PNG file to write.
-        metric: the ratio column.
+        metric: the ratio column; metric_label its axis label (default: the name with spaces).
         group: one column of dots per level (variant).
-        hue: optional column coloured by level (attention).
-        title, dpi: title and resolution.
+        hue: optional column coloured by level (attention); without it dots take the
+            variant's colour.
+        title: figure title.
+
+    Raises:
+        ValueError: a needed column is missing or no run has a positive ratio.
     """
+    import seaborn as sns
+
+    _require(runs, [group, metric], "plot_perturbation_ratio")
     vals = pd.to_numeric(runs[metric], errors="coerce")
     ok = vals > 0
     dropped = int((vals.notna() & ~ok).sum())
     data = runs[ok].assign(_y=vals[ok])
-    names = sorted(data[group].dropna().unique())
+    data = data[data[group].notna()].assign(**{group: lambda d: d[group].astype(str)})
+    names = sorted(data[group].unique())
     if not names:
-        raise ValueError(f"no run has a positive {metric}")
+        raise ValueError(f"plot_perturbation_ratio: no run has a positive {metric}")
     use_hue = hue is not None and hue in data.columns and data[hue].notna().any()
-    hue_levels = sorted(data[hue].dropna().unique()) if use_hue else [None]
-    hue_colors = {h: _PALETTE[i % len(_PALETTE)] for i, h in enumerate(hue_levels)}
-    rng = np.random.default_rng(0)
-    with mpl.rc_context(STYLE):
-        fig, axes = _figure(1, 1, max(4.0, 0.9 * len(names) + 2), 3.8)
-        ax = axes[0, 0]
-        width = 0.6 / len(hue_levels)
-        for i, name in enumerate(names):
-            sub = data[data[group] == name]
-            for j, h in enumerate(hue_levels):
-                part = sub if h is None else sub[sub[hue] == h]
-                if part.empty:
-                    continue
-                center = i + (j - (len(hue_levels) - 1) / 2) * width
-                xs = center + rng.uniform(-0.35, 0.35, len(part)) * width
-                ax.scatter(xs, part["_y"], s=14, alpha=0.75,
-                           color=hue_colors[h] if h is not None else _PALETTE[0],
-                           label=str(h) if (h is not None and i == 0) else None)
-                ax.hlines(np.median(part["_y"]), center - width / 2, center + width / 2,
-                          color="black", lw=1.8, zorder=3)
-        ax.set_yscale("log")
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-        ax.grid(axis="x", visible=False)
-        ax.set_ylabel(_label(metric))
-        xl = group if dropped == 0 else f"{group} ({dropped} runs with ratio ≤ 0 not shown)"
-        ax.set_xlabel(xl)
-        if use_hue:
-            handles = [Line2D([], [], marker="o", ls="none", color=hue_colors[h], label=str(h))
-                       for h in hue_levels]
-            handles.append(Line2D([], [], color="black", lw=1.8, label="median"))
-            ax.legend(handles=handles, title=hue, frameon=False, loc="best")
-        ax.set_title(title or "Perturbation size relative to the Adam step")
-        return _save(fig, path, dpi)
+    if use_hue:
+        data = data.assign(**{hue: data[hue].astype(str)})
+        levels = sorted(data[hue].unique())
+        palette, hue_col = level_colors(levels), hue
+    else:
+        levels, palette, hue_col = names, variant_colors(names), group
+    dodge = use_hue and len(levels) > 1
+    fig, axes = new_figure(1, 1, max(4.5, 0.9 * len(names) + 2.0), 4.2)
+    ax = axes[0, 0]
+    common = dict(data=data, x=group, y="_y", order=names, hue=hue_col, hue_order=levels,
+                  dodge=dodge, log_scale=True, ax=ax, legend=False)
+    dense = int(data.groupby(group).size().max()) > 20  # a swarm of 60 needs small dots
+    sns.swarmplot(**common, palette=palette, size=2.8 if dense else 4.0, alpha=0.9, zorder=3)
+    # A box plot reduced to its median line sits exactly on seaborn's dodge positions.
+    with warnings.catch_warnings():
+        # seaborn 0.13.2 passes vert= to Axes.bxp, deprecated since Matplotlib 3.11
+        warnings.filterwarnings("ignore", message=".*vert: bool", category=DeprecationWarning)
+        sns.boxplot(**common, showbox=False, showcaps=False, showfliers=False, whis=0,
+                    whiskerprops={"visible": False}, medianprops={"color": "black", "lw": 1.8},
+                    width=0.5, zorder=2, fill=False)
+    ax.tick_params(axis="x", rotation=30)
+    for lab in ax.get_xticklabels():
+        lab.set_ha("right")
+        lab.set_rotation_mode("anchor")
+    ax.grid(axis="x", visible=False)
+    ax.set_ylabel(metric_label or _neutral(metric))
+    ax.set_xlabel(group if dropped == 0 else f"{group} ({dropped} runs with ratio ≤ 0 not shown)")
+    if use_hue:
+        handles = [_line_handle(palette[h], h, marker="o", ls="none") for h in levels]
+        handles.append(_line_handle("black", "median", lw=1.8))
+        ax.legend(handles=handles, title=hue, loc="best")
+    else:
+        ax.legend(handles=[_line_handle("black", "median", lw=1.8)], loc="best")
+    ax.set_title(title or "Perturbation size relative to the Adam step")
+    return fig
 
 
-def _verdict_color(v: str) -> str:
-    v = str(v)
-    for key, color in VERDICT_COLORS.items():
-        if v.startswith(key):
-            return color
-    return VERDICT_COLORS["no detectable difference"]
+def _core_limits(lo: np.ndarray, hi: np.ndarray, diff: np.ndarray,
+                 margin: float | None) -> tuple[float, float] | None:
+    """x limits of a forest panel that leave out far-off rows, or None to keep them all.
+
+    A row is far off when its extent (largest |value| of diff and CI) exceeds 4× the next
+    largest; such rows are peeled one at a time, at most a quarter of the rows, and never
+    below two rows kept. The kept rows, 0 and ±margin fix the limits.
+    """
+    vals = np.column_stack([lo, hi, diff]).astype(float)
+    ext = np.where(np.isfinite(vals), np.abs(vals), np.nan)
+    ext = np.nanmax(np.where(np.isnan(ext), -np.inf, ext), axis=1)
+    order = list(np.argsort(-ext))
+    order = [i for i in order if np.isfinite(ext[i])]
+    peeled = 0
+    while (len(order) - peeled > 2 and peeled < len(order) // 4
+           and ext[order[peeled]] > 4 * ext[order[peeled + 1]]):
+        peeled += 1
+    if not peeled:
+        return None
+    kept = vals[order[peeled:]]
+    kept = kept[np.isfinite(kept)]
+    pts = np.concatenate([kept, [0.0]] + ([[-margin, margin]] if margin else []))
+    a, b = float(pts.min()), float(pts.max())
+    pad = 0.08 * (b - a or 1.0)
+    return a - pad, b + pad
 
 
-def plot_forest(stats_table: pd.DataFrame, path, *, metrics: Sequence[str] | None = None,
-                baseline: str | None = None, cell_keys: Sequence[str] = ("attention", "lr"),
-                title: str | None = None, dpi: int = 150) -> Path:
+@themed
+def plot_forest(stats_table: pd.DataFrame, *, metrics: Sequence[str] | None = None,
+                metric_labels: Mapping[str, str] | None = None, baseline: str | None = None,
+                cell_keys: Sequence[str] = ("attention", "lr"), title: str | None = None) -> Figure:
     """Forest plot of paired differences with CIs, one panel per metric.
 
     Each row is one comparison of the stats table: a dot at ``diff`` and a bar from
     ``ci_low`` to ``ci_high``, coloured by the verdict; a vertical line at 0 and, where a
-    TOST margin is set, a shaded ±margin band.
+    TOST margin is set, a shaded ±margin band. A row far off the others (an extent over 4×
+    the next, :func:`_core_limits`) would squeeze every other row to a point: the axis then
+    covers the other rows and the far row is marked by an arrow at the edge with its value.
 
     Args:
         stats_table: output of :func:`ablations.stats.compare_all`.
-        path: PNG file to write.
         metrics: metrics to show (default: all, in table order).
+        metric_labels: ``{metric: label}`` for panel titles and x labels (default: the name
+            with spaces).
         baseline: show only comparisons against this baseline.
         cell_keys: columns added to the row labels when they vary.
-        title, dpi: title and resolution.
+        title: figure title.
+
+    Raises:
+        ValueError: a needed column is missing or no comparison is left to plot.
     """
+    import seaborn as sns
+    from matplotlib.patches import Patch
+
+    _require(stats_table, ["metric", "variant", "baseline", "n", "diff", "ci_low", "ci_high",
+                           "verdict"], "plot_forest")
     df = stats_table
     if baseline is not None:
         df = df[df["baseline"] == baseline]
     if metrics is None:
         metrics = list(dict.fromkeys(df["metric"]))
+    metrics = [m for m in metrics if (df["metric"] == m).any()]
     df = df[df["metric"].isin(metrics)]
     if df.empty:
-        raise ValueError("no comparison to plot")
+        raise ValueError("plot_forest: no comparison to plot")
+    labels_of = dict(metric_labels or {})
     keys = [k for k in cell_keys if k in df.columns and df[k].nunique(dropna=True) > 1]
     sizes = [int((df["metric"] == m).sum()) for m in metrics]
-    heights = [max(1.2, 0.32 * s + 0.7) for s in sizes]
-    with mpl.rc_context(STYLE):
-        fig = Figure(figsize=(7.0, sum(heights) + 0.8), layout="constrained")
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(len(metrics), 1, squeeze=False,
-                            gridspec_kw={"height_ratios": heights})[:, 0]
-        for ax, metric in zip(axes, metrics, strict=True):
-            sub = df[df["metric"] == metric].reset_index(drop=True)
-            ys = np.arange(len(sub))[::-1]
-            labels = []
-            for y, (_, r) in zip(ys, sub.iterrows(), strict=True):
-                c = _verdict_color(r["verdict"])
-                lo, hi = r["ci_low"], r["ci_high"]
-                if np.isfinite(lo) and np.isfinite(hi):
-                    ax.hlines(y, lo, hi, color=c, lw=2)
-                ax.plot(r["diff"], y, "o", color=c, ms=5)
-                where = _cell_label(r.to_dict(), keys)
-                labels.append(f"{r['variant']} − {r['baseline']}"
-                              + (f" [{where}]" if where else "") + f"  (n={int(r['n'])})")
+    heights = [max(1.3, 0.3 * s + 0.8) for s in sizes]
+    fig, axes = new_figure(len(metrics), 1, 9.0, sum(heights) + 1.0,
+                           gridspec_kw={"height_ratios": heights})
+    for ax, metric in zip(axes[:, 0], metrics, strict=True):
+        label = labels_of.get(metric) or _neutral(metric)
+        sub = df[df["metric"] == metric].reset_index(drop=True)
+        sub = sub.assign(_y=np.arange(len(sub))[::-1],
+                         _color=[verdict_color(v) for v in sub["verdict"]])
+        lo, hi, d = (sub[c].to_numpy(float) for c in ("ci_low", "ci_high", "diff"))
+        ok = np.isfinite(lo) & np.isfinite(hi)
+        ax.hlines(sub["_y"][ok], lo[ok], hi[ok], colors=sub["_color"][ok], lw=2)
+        sns.scatterplot(data=sub[np.isfinite(d)], x="diff", y="_y", hue="_color",
+                        palette={c: c for c in sub["_color"]}, s=32, linewidth=0, zorder=3,
+                        ax=ax, legend=False)
+        margin = None
+        if "tost_margin" in sub.columns:
             margins = pd.to_numeric(sub["tost_margin"], errors="coerce").dropna().unique()
             if margins.size == 1:
-                ax.axvspan(-margins[0], margins[0], color=VERDICT_COLORS["equivalent"],
-                           alpha=0.08, lw=0)
-            ax.axvline(0, color="black", lw=0.8)
-            ax.set_yticks(ys, labels[::1])
-            ax.set_ylim(-0.7, len(sub) - 0.3)
-            ax.grid(axis="y", visible=False)
-            ax.set_title(_label(metric), loc="left")
-            ax.set_xlabel(f"difference in {_label(metric)} (variant − baseline), 95 % CI")
-        handles = [Patch(color=VERDICT_COLORS[k], label=k)
-                   for k in ("better", "worse", "equivalent", "no detectable difference")]
-        if df["verdict"].astype(str).str.match(r"^(higher|lower)$").any():
-            handles.append(Patch(color=VERDICT_COLORS["higher"], label="higher / lower"))
-        handles.append(Patch(color=VERDICT_COLORS["equivalent"], alpha=0.15,
-                             label="± equivalence margin"))
-        fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
-        fig.suptitle(title or "Paired differences against the baseline (Holm-corrected verdicts)")
-        return _save(fig, path, dpi)
+                margin = float(margins[0])
+                ax.axvspan(-margin, margin, color=VERDICT_COLORS["equivalent"], alpha=0.08,
+                           lw=0)
+        ax.axvline(0, color="black", lw=0.8)
+        limits = _core_limits(lo, hi, d, margin)
+        if limits is not None:
+            ax.set_xlim(*limits)
+            for y, v, a, b, c in zip(sub["_y"], d, lo, hi, sub["_color"], strict=True):
+                if np.isfinite(v) and not limits[0] <= v <= limits[1]:
+                    right = v > limits[1]
+                    edge = limits[1] if right else limits[0]
+                    ax.plot(edge, y, marker=">" if right else "<", color=c, ms=7,
+                            clip_on=False, zorder=4)
+                    ax.annotate(f"off scale: {v:.3g} [{a:.3g}, {b:.3g}]", (edge, y),
+                                xytext=(-9 if right else 9, 0), textcoords="offset points",
+                                ha="right" if right else "left", va="center", fontsize=8,
+                                color=c)
+        rows = [f"{r['variant']} − {r['baseline']}"
+                + (f" [{_cell_label(r.to_dict(), keys)}]" if keys else "")
+                + f"  (n={int(r['n'])})" for _, r in sub.iterrows()]
+        ax.set_yticks(sub["_y"], rows)
+        ax.set_ylim(-0.7, len(sub) - 0.3)
+        ax.grid(axis="y", visible=False)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=7, steps=[1, 2, 2.5, 5, 10]))
+        ax.set_title(label, loc="left", fontweight="bold")
+        ax.set(xlabel=f"difference in {label} (variant − baseline), 95 % CI", ylabel="")
+    handles = [Patch(color=VERDICT_COLORS[k], label=k)
+               for k in ("better", "worse", "equivalent", "no detectable difference")]
+    if df["verdict"].astype(str).str.match(r"^(higher|lower)$").any():
+        handles.append(Patch(color=VERDICT_COLORS["higher"], label="higher / lower"))
+    handles.append(Patch(color=VERDICT_COLORS["equivalent"], alpha=0.15,
+                         label="± equivalence margin"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=3)
+    fig.suptitle(title or "Paired differences against the baseline (Holm-corrected verdicts)")
+    return fig

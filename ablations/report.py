@@ -23,7 +23,8 @@ from . import stats
 from .config import GridConfig, load_config
 from .records import RUNS_FILE, load_records
 
-__all__ = ["runs_table", "curves_table", "render_arm", "render_ledger", "render_all"]
+__all__ = ["runs_table", "curves_table", "render_arm", "render_ledger", "render_all",
+           "save_figure"]
 
 IDENTITY = ["run_id", "arm", "variant", "attention", "seed", "lr"]
 METRICS = {
@@ -238,8 +239,26 @@ def _claim_from_row(row: dict | None, scale: float = 1.0, unit: str = "") -> dic
     }
 
 
+def save_figure(fig, path, dpi: int = 150) -> Path:
+    """Write a figure of :mod:`ablations.plots` as a PNG (parent folders are created) and
+    return ``path``; white background, tight bounding box."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png", bbox_inches="tight", facecolor="white")
+    return path
+
+
+def _metric_labels(arm: str) -> dict[str, str]:
+    """``{metric name: axis label}`` from the arm's Metric objects."""
+    from .arms import get_arm
+
+    return {m.name: m.display for m in get_arm(arm).metrics}
+
+
 def _classifier_sections(cfg, runs, curves, table, figs, records):
     from . import plots
+
+    labels = _metric_labels(cfg.arm)
 
     lr0 = cfg.baseline_lr
     q = dict(attention="quantum", lr=lr0)
@@ -316,11 +335,13 @@ def _classifier_sections(cfg, runs, curves, table, figs, records):
     body.append(_md_table(acc, ["variant", "attention", "lr", "n", "mean_variant", "mean_baseline",
                                 "diff", "ci_low", "ci_high", "p_ttest", "p_holm", "d_z",
                                 "p_tost", "verdict"], 4))
-    plots.plot_paired_seeds(runs, "final_test_acc", figs / "paired_final_acc.png",
-                            baseline="adamw", cell=q, stats_table=table,
-                            metric_label="final test accuracy")
-    plots.plot_forest(table[table["baseline"] == "adamw"], figs / "forest_vs_adamw.png",
-                      metrics=["final_test_acc", "epochs_to_90", "mean_train_loss"])
+    save_figure(plots.plot_paired_seeds(runs, "final_test_acc", baseline="adamw", cell=q,
+                                        stats_table=table, metric_label="final test accuracy"),
+                figs / "paired_final_acc.png")
+    save_figure(plots.plot_forest(table[table["baseline"] == "adamw"],
+                                  metrics=["final_test_acc", "epochs_to_90", "mean_train_loss"],
+                                  metric_labels=labels),
+                figs / "forest_vs_adamw.png")
     body.append("![paired](figures/paired_final_acc.png)\n\n![forest](figures/forest_vs_adamw.png)\n")
 
     agg = stats.aggregate_metrics(runs[cellq], "final_test_acc", group="variant", n_boot=2000)
@@ -387,13 +408,14 @@ def _classifier_sections(cfg, runs, curves, table, figs, records):
     body.append(_md_table(pd.DataFrame(tt_rows), None, 2))
     sub = runs[cellq]
     km = stats.kaplan_meier_by_group(sub, horizon=horizon)
-    plots.plot_kaplan_meier(km, figs / "kaplan_meier.png", horizon=horizon)
+    save_figure(plots.plot_kaplan_meier(km, horizon=horizon), figs / "kaplan_meier.png")
     body.append("![km](figures/kaplan_meier.png)\n")
 
     # --- C3 lambda sweep
     body.append("## C3: the quantum weight λ\n")
     sweep = stats.lambda_sweep(runs[cellq], "final_test_acc", families=["sin"])
-    plots.plot_lambda_sweep(sweep, figs / "lambda_sweep.png", metric_label="final test accuracy")
+    save_figure(plots.plot_lambda_sweep(sweep, metric_label="final test accuracy"),
+                figs / "lambda_sweep.png")
     body.append(_md_table(sweep, None, 4))
     body.append("![lambda](figures/lambda_sweep.png)\n")
     vs05 = table[(table["metric"] == "final_test_acc") & (table["baseline"] == "sin-l0.5")
@@ -505,7 +527,9 @@ def _classifier_sections(cfg, runs, curves, table, figs, records):
                             "variant")
     body.append("‖λ·Q‖ / ‖Adam direction‖ averaged over sampled steps (every 10th):\n")
     body.append(_md_table(ratio, None, 4))
-    plots.plot_perturbation_ratio(runs[runs["variant"] != "adamw"], figs / "perturbation_ratio.png")
+    save_figure(plots.plot_perturbation_ratio(runs[runs["variant"] != "adamw"],
+                                              metric_label=labels["perturbation_ratio"]),
+                figs / "perturbation_ratio.png")
     body.append("![ratio](figures/perturbation_ratio.png)\n")
 
     # --- learning curves
@@ -514,12 +538,12 @@ def _classifier_sections(cfg, runs, curves, table, figs, records):
         cur = curves[np.isclose(curves["lr"], lr0)]
         fac_cur = cur[cur["variant"].isin(["adamw", "sin-l0.5"])]
         summ = stats.curve_summary(fac_cur, "test_acc", by=("variant", "attention"))
-        plots.plot_learning_curves(summ, figs / "learning_curves_factorial.png",
-                                   value_label="test accuracy", target=0.9)
+        save_figure(plots.plot_learning_curves(summ, value_label="test accuracy", target=0.9),
+                    figs / "learning_curves_factorial.png")
         ctl = cur[cur["attention"] == "quantum"]
         summ2 = stats.curve_summary(ctl, "test_acc", by=("variant", "attention"))
-        plots.plot_learning_curves(summ2, figs / "learning_curves_all.png",
-                                   value_label="test accuracy", target=0.9)
+        save_figure(plots.plot_learning_curves(summ2, value_label="test accuracy", target=0.9),
+                    figs / "learning_curves_all.png")
         body.append("![curves](figures/learning_curves_factorial.png)\n\n"
                     "![curves](figures/learning_curves_all.png)\n")
 
@@ -535,6 +559,8 @@ def _classifier_sections(cfg, runs, curves, table, figs, records):
 
 def _llm_sections(cfg, runs, curves, table, figs):
     from . import plots
+
+    labels = _metric_labels(cfg.arm)
 
     lr0 = cfg.baseline_lr
     cell = dict(attention=runs["attention"].iloc[0], lr=lr0)
@@ -569,21 +595,25 @@ def _llm_sections(cfg, runs, curves, table, figs):
     summ = stats.summarize(runs, "mean_train_loss", "variant")
     body.append("### Mean training loss per variant\n")
     body.append(_md_table(summ, None, 4))
-    plots.plot_paired_seeds(runs, "mean_train_loss", figs / "paired_mean_train_loss.png",
-                            baseline="adamw", cell=cell, stats_table=table,
-                            metric_label="mean training loss")
-    plots.plot_forest(table[table["baseline"] == "adamw"], figs / "forest_vs_adamw.png",
-                      metrics=["mean_train_loss", "test_loss", "test_exact_match"])
+    save_figure(plots.plot_paired_seeds(runs, "mean_train_loss", baseline="adamw", cell=cell,
+                                        stats_table=table, metric_label="mean training loss"),
+                figs / "paired_mean_train_loss.png")
+    save_figure(plots.plot_forest(table[table["baseline"] == "adamw"],
+                                  metrics=["mean_train_loss", "test_loss", "test_exact_match"],
+                                  metric_labels=labels),
+                figs / "forest_vs_adamw.png")
     body.append("![paired](figures/paired_mean_train_loss.png)\n\n"
                 "![forest](figures/forest_vs_adamw.png)\n")
     if not curves.empty and "step" in curves.columns:
         summ = stats.curve_summary(curves, "train_loss", by=("variant", "attention"), x="step")
-        plots.plot_learning_curves(summ, figs / "loss_curves.png", x="step",
-                                   value_label="training loss", facet=None)
+        save_figure(plots.plot_learning_curves(summ, x="step", value_label="training loss",
+                                               facet=None),
+                    figs / "loss_curves.png")
         body.append("![curves](figures/loss_curves.png)\n")
     if "perturbation_ratio" in runs.columns:
-        plots.plot_perturbation_ratio(runs[runs["variant"] != "adamw"],
-                                      figs / "perturbation_ratio.png", hue=None)
+        save_figure(plots.plot_perturbation_ratio(runs[runs["variant"] != "adamw"], hue=None,
+                                                  metric_label=labels["perturbation_ratio"]),
+                    figs / "perturbation_ratio.png")
         body.append("![ratio](figures/perturbation_ratio.png)\n")
     tp = stats.summarize(runs, "tokens_per_s", "variant")
     body.append("### Throughput (tokens/s) per variant\n")

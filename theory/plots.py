@@ -1,25 +1,22 @@
 """Figures of the theory report. Each function takes a finished :class:`~theory.base.Check`
 and returns a matplotlib Figure (or None when the check has nothing to draw); the report
-saves them. Nothing here computes a result or writes a file."""
+saves them. Nothing here computes a result or writes a file.
+
+Figures share the ablation reports' look: drawn under :func:`ablations.style.themed` on a
+:func:`ablations.style.new_figure` (Agg canvas, no ``pyplot`` state, constrained layout)."""
 
 from __future__ import annotations
 
 import math
+
+from ablations.style import new_figure, themed
 
 from .base import Check
 
 __all__ = ["FIGURES", "figures_for"]
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
+@themed
 def escape_rates(check: Check):
     """T2: escape rates with Wilson 95% intervals, per landscape and variant."""
     rows = check.data.get("rows", [])
@@ -27,11 +24,10 @@ def escape_rates(check: Check):
                                                                  for r in rows)]
     if not rows or not conds:
         return None
-    plt = _plt()
     lands = list(dict.fromkeys(r["landscape"] for r in rows))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
-    fig, axes = plt.subplots(len(lands), 1, figsize=(10, 2.4 * len(lands)), sharex=True)
-    axes = [axes] if len(lands) == 1 else list(axes)
+    fig, axes = new_figure(len(lands), 1, 10, 2.4 * len(lands) + 0.4, sharex=True)
+    axes = list(axes[:, 0])
     width = 0.8 / len(conds)
     colors = {"near": "#999999", "noisy": "#1f77b4", "noisy ×1e-3": "#ff7f0e"}
     for ax, land in zip(axes, lands):
@@ -44,6 +40,7 @@ def escape_rates(check: Check):
             hi = [max(0.0, sub[v]["ci_high"] - sub[v]["escape_rate"]) for v in variants]
             ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, color=colors[cond], label=cond)
         ax.set_ylim(0, 1.05)
+        ax.grid(axis="x", visible=False)  # grid lines through the bars read as data
         ax.set_ylabel("escaped")
         ax.set_title(land, fontsize=9)
         ax.axhline(0, color="k", lw=0.5)
@@ -51,17 +48,17 @@ def escape_rates(check: Check):
     axes[-1].set_xticks(range(len(variants)))
     axes[-1].set_xticklabels(variants, rotation=30, ha="right", fontsize=8)
     fig.suptitle("T2: share of runs ending outside the starting well (Wilson 95% CI)")
-    fig.tight_layout()
     return fig
 
 
+@themed
 def ratio_trace(check: Check):
     """T3: ‖λQ‖/‖A‖ during classifier training, measured and estimated."""
     tr = check.data.get("trace")
     if not tr or not tr.get("step"):
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+    fig, axes = new_figure(1, 1, 7.5, 4)
+    ax = axes[0, 0]
     ax.semilogy(tr["step"], tr["measured"], "k-", lw=2, label="measured (optimizer)")
     ax.semilogy(tr["step"], tr["sine_scale"], "C0--",
                 label="estimate: per-tensor rms(sin πθ)·rms(g)")
@@ -74,20 +71,22 @@ def ratio_trace(check: Check):
     ax.set_xlabel("classifier training step")
     ax.set_ylabel("‖λQ‖ / ‖m̂/(√v̂+ε)‖")
     ax.set_title("T3: size of the sine term relative to Adam's step (λ = 0.5)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    # below the axes: inside, the legend covered the LLM's line near the bottom
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2,
+               fontsize=8)
     return fig
 
 
+@themed
 def stability_map(check: Check):
     """T4: predicted and simulated outcome per minimum and regime."""
     reg = check.data.get("regimes")
     if not reg:
         return None
-    plt = _plt()
     import numpy as np
 
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 6), gridspec_kw={"height_ratios": [2, 1.2]})
+    fig, axes = new_figure(2, 1, 8, 6, gridspec_kw={"height_ratios": [2, 1.2]})
+    ax, ax2 = axes[:, 0]
     for i, r in enumerate(reg.values()):
         stars = np.array(r["theta_star"])
         pred = np.array(r["predicted"])
@@ -112,20 +111,25 @@ def stability_map(check: Check):
     ax2.set_xlabel("θ")
     ax2.legend(fontsize=8, ncol=3)
     ax2.set_title("GD + sine repels a minimum iff sin(πθ*) < −1/λ", fontsize=9)
-    fig.tight_layout()
     return fig
 
 
+@themed
 def spectra(check: Check):
     """T6: |c_ω| of Φ(s) for several circuits; the predicted degree as a dashed line."""
     sp = check.data.get("spectra")
     if not sp:
         return None
-    plt = _plt()
     keys = [k for k in sp if k.endswith("amp") and k.startswith("n=2")]
     keys += [k for k in sp if k.startswith("n=3, depth=2") or k == "n=1, depth=2, amp"]
     keys = list(dict.fromkeys(keys))[:5]
-    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(3.2 * (len(keys) + 1), 3.2))
+    # at most three panels a row: six in one row made a strip too wide to read
+    ncols = min(3, len(keys) + 1)
+    nrows = math.ceil((len(keys) + 1) / ncols)
+    fig, grid = new_figure(nrows, ncols, 3.6 * ncols, 2.9 * nrows + 0.4)
+    axes = list(grid.flat)
+    for ax in axes[len(keys) + 1:]:
+        ax.set_visible(False)
     for ax, k in zip(axes, keys):
         s = sp[k]
         ax.bar(s["omega"], s["amp"], width=0.35)
@@ -134,24 +138,27 @@ def spectra(check: Check):
         ax.set_ylim(1e-18, 2)
         ax.set_title(k, fontsize=8)
         ax.set_xlabel("ω")
-    axes[0].set_ylabel("|c_ω|")
+    for row in grid:
+        row[0].set_ylabel("|c_ω|")
     main = next((v for v in sp.values() if v.get("phi")), None)
+    last = axes[len(keys)]
     if main:
-        axes[-1].plot(main["s"], main["phi"], "k-")
-        axes[-1].set_title("Φ(s), 2 qubits, depth 2 (classifier)", fontsize=8)
-        axes[-1].set_xlabel("score s")
+        last.plot(main["s"], main["phi"], "k-")
+        last.set_title("Φ(s), 2 qubits, depth 2 (classifier)", fontsize=8)
+        last.set_xlabel("score s")
+        last.set_ylabel("Φ(s)")
     fig.suptitle("T6: spectrum of the attention term; dashed: predicted degree", fontsize=10)
-    fig.tight_layout()
     return fig
 
 
+@themed
 def power_curves(check: Check):
     """T8: power of the paired t test against the number of seeds, per claim."""
     cur = check.data.get("curves")
     if not cur:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, axes = new_figure(1, 1, 6.5, 4)
+    ax = axes[0, 0]
     for cid, c in cur.items():
         ax.plot(c["n"], c["power"], label=cid)
     ax.axhline(0.8, color="k", ls="--", lw=1)
@@ -160,7 +167,6 @@ def power_curves(check: Check):
     ax.set_ylim(0, 1.02)
     ax.set_title("T8: seeds needed for the paper's claimed effects")
     ax.legend()
-    fig.tight_layout()
     return fig
 
 
