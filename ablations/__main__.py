@@ -10,7 +10,6 @@ from pathlib import Path
 from .config import ConfigError, load_config
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-DEFAULT_REPORTS = ("classifier.toml", "llm.toml")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--no-report", action="store_true")
     run_p.add_argument("--no-progress", action="store_true")
     rep_p = sub.add_parser("report", help="re-render reports from stored runs")
-    rep_p.add_argument("config", help="a config path, or 'all' (every arm, then the ledger)")
+    rep_p.add_argument("config", help="a config path, or 'all' (every grid of ablations/configs "
+                       "whose results exist, then the ledger results/README.md)")
     rep_p.add_argument("--results", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -48,14 +48,13 @@ def main(argv: list[str] | None = None) -> int:
                 if args.results is None:
                     render_ledger()
         else:
-            from .report import render_all, render_arm, render_ledger
+            from .report import render_all, render_arm
 
             if args.config == "all":
-                for path in render_all(CONFIG_DIR, DEFAULT_REPORTS):
+                for path in render_all(CONFIG_DIR):
                     print(f"wrote {path}")
-            else:
+            else:  # one grid: writes under its results folder only (the ledger: `report all`)
                 print(f"wrote {render_arm(load_config(args.config, args.results))}")
-                render_ledger()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ ledger and the tests pick it up by id.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +36,7 @@ import pandas as pd
 from .fmt import finite, num, pct, pval
 
 __all__ = ["Claim", "ClaimResult", "Evidence", "register_claim", "get_claim", "claims",
-           "claims_for", "not_run", "VERDICTS", "ALPHA"]
+           "claims_for", "claimed_effects", "not_run", "VERDICTS", "ALPHA"]
 
 ALPHA = 0.05
 VERDICTS = ("supported", "contradicted", "equivalent", "no detectable difference",
@@ -50,6 +51,7 @@ class Evidence:
     ``stats.csv`` table of :func:`ablations.stats.compare_all`. lr: the grid's reference
     learning rate (the claim's cell). horizon: the epochs every run trained for (censoring
     time of epochs to target). tables: extra named tables, e.g. ``"escape"`` (theory T2).
+    directions: metric → higher is better (True/False/None), from the arm's metrics.
     """
 
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -57,6 +59,7 @@ class Evidence:
     lr: float | None = None
     horizon: float | None = None
     tables: Mapping[str, pd.DataFrame] = field(default_factory=dict)
+    directions: Mapping[str, bool | None] = field(default_factory=dict)
     alpha: float = ALPHA
 
 
@@ -92,11 +95,16 @@ class Claim:
     title: the heading of its report section.
     metric, variant, baseline, cell: the comparison (``cell`` fixes cell keys besides lr,
         which is the grid's reference lr).
-    claimed: the paper's effect (variant − baseline) in the metric's stored unit.
+    claimed: the paper's effect (variant − baseline) in the metric's stored unit, or with
+        ``relative`` a relative change of the baseline's mean (C4's +35%); None when the
+        paper gives no size. ``stats.csv`` reports the seeds each metric's claimed absolute
+        effect needs (``n_for_claim``, ``power``).
     margin: the equivalence margin (stored unit); scale, unit: how texts print the metric.
     family: the set of comparisons its p value is Holm-adjusted over (text).
     judge: the verdict function ``(claim, evidence) -> ClaimResult``.
-    exhibits: names of the report exhibits shown in its section (``ablations.report``).
+    exhibits: names of the report exhibits shown in its section (``ablations.exhibits``).
+    style: how the measured values print: ``plain``, ``percent`` (a 0–1 metric as %) or
+        ``relative`` (means to 4 decimals and the relative change, as the paper gives C6).
     """
 
     id: str
@@ -110,11 +118,13 @@ class Claim:
     baseline: str | None = None
     cell: tuple[tuple[str, Any], ...] = ()
     claimed: float | None = None
+    relative: bool = False
     margin: float | None = None
     scale: float = 1.0
     unit: str = ""
     family: str = ""
     exhibits: tuple[str, ...] = ()
+    style: str = "plain"
 
     def verdict(self, evidence: Evidence) -> ClaimResult:
         return self.judge(self, evidence)
@@ -150,6 +160,13 @@ def claims() -> list[Claim]:
 def claims_for(source: str) -> list[Claim]:
     """The claims that read one arm's (or the theory suite's) results."""
     return [c for c in _CLAIMS.values() if c.source == source]
+
+
+def claimed_effects(source: str, baseline: str = "adamw") -> dict[str, float]:
+    """metric → the paper's claimed absolute effect against ``baseline``, from the claims of
+    one arm (the effects whose detectability ``stats.csv`` reports)."""
+    return {c.metric: c.claimed for c in claims_for(source)
+            if c.metric and c.claimed is not None and not c.relative and c.baseline == baseline}
 
 
 def not_run(claim: Claim, why: str = "not run yet") -> ClaimResult:
@@ -220,22 +237,29 @@ def _row_values(row: Mapping, keys=("n", "diff", "ci_low", "ci_high", "p_holm", 
 def judge_paired(claim: Claim, ev: Evidence) -> ClaimResult:
     """A paired comparison (C1, C6): the claim's stats row in its cell."""
     cell = claim.cell_of(ev)
-    if claim.source == "llm" and "attention" in ev.runs.columns and len(ev.runs):
-        cell.setdefault("attention", ev.runs["attention"].iloc[0])
     row = stats_row(ev.stats, claim.metric, claim.variant, claim.baseline, **cell)
     if row is None:
         return not_run(claim)
     texts = _paired_texts(claim, row)
-    if claim.id == "C6":  # the paper reports a relative change
+    if claim.style == "relative":  # as the paper reports it: a relative change
         rel = row["diff"] / row["mean_baseline"]
         texts["measured"] = (f"{row['mean_variant']:.4f} vs {row['mean_baseline']:.4f} "
                              f"({pct(rel)}, n={int(row['n'])} seeds)")
-    elif claim.unit == " pp":
+    elif claim.style == "percent":
         texts["measured"] = (f"{100 * row['mean_variant']:.2f}% vs "
                              f"{100 * row['mean_baseline']:.2f}% (diff {100 * row['diff']:+.2f}"
                              f" pp, n={int(row['n'])} seeds)")
     return ClaimResult(claim.id, paired_verdict(claim, row, ev.alpha), **texts,
                        values=_row_values(row))
+
+
+def _faster(median_variant: float, median_baseline: float) -> bool | None:
+    """Whether the variant reaches the target sooner: a median that does not exist (fewer
+    than half the runs reached the target) counts as later than any; None when neither
+    exists or they are equal."""
+    v = median_variant if finite(median_variant) else math.inf
+    b = median_baseline if finite(median_baseline) else math.inf
+    return None if v == b else v < b
 
 
 def judge_time_to_target(claim: Claim, ev: Evidence) -> ClaimResult:
@@ -252,8 +276,7 @@ def judge_time_to_target(claim: Claim, ev: Evidence) -> ClaimResult:
     tt = stats.time_to_target(ev.runs, claim.variant, claim.baseline, horizon=ev.horizon,
                               cell=cell)
     sig = finite(tt["p_logrank"]) and tt["p_logrank"] < ev.alpha
-    faster = (tt["median_variant"] < tt["median_baseline"]
-              if finite(tt["median_variant"]) and finite(tt["median_baseline"]) else None)
+    faster = _faster(tt["median_variant"], tt["median_baseline"])
     verdict = ("supported" if sig and faster else "contradicted" if sig and faster is False
                else "no detectable difference")
     return ClaimResult(
@@ -294,7 +317,7 @@ def judge_best_weight(claim: Claim, ev: Evidence) -> ClaimResult:
         return p.perturbation == "sin" and p.scope == "all"
 
     vs = vs[vs["variant"].map(plain_sin)]
-    higher = claim.claimed is None or claim.claimed >= 0  # the metric's better direction
+    higher = ev.directions.get(claim.metric) is not False  # the metric's better direction
     better = [r["variant"] for _, r in vs.iterrows()
               if _significant(r, ev.alpha) and (r["diff"] > 0) == higher]
     worse = [r["variant"] for _, r in vs.iterrows()
@@ -347,9 +370,8 @@ def judge_time_to_target_seconds(claim: Claim, ev: Evidence) -> ClaimResult:
         return ClaimResult(claim.id, "no detectable difference",
                            measured="no AdamW run reached the target")
     sig = finite(t5["p_logrank"]) and t5["p_logrank"] < ev.alpha
-    faster = (finite(t5["median_variant"]) and finite(t5["median_baseline"])
-              and t5["median_variant"] < t5["median_baseline"])
-    verdict = ("supported" if sig and faster else "contradicted" if sig
+    faster = _faster(t5["median_variant"], t5["median_baseline"])
+    verdict = ("supported" if sig and faster else "contradicted" if sig and faster is False
                else "no detectable difference")
     return ClaimResult(
         claim.id, verdict,
@@ -427,7 +449,7 @@ register_claim(Claim(
     "C1", "better final accuracy (synthetic classification), λ=0.5 vs AdamW",
     "93.8% vs 91.5% (+2.3 pp)", "classifier", judge_paired, title="final test accuracy",
     metric="final_test_acc", variant="sin-l0.5", baseline="adamw", cell=_Q, claimed=0.023,
-    margin=0.01, scale=100.0, unit=" pp", family=_HOLM,
+    margin=0.01, scale=100.0, unit=" pp", family=_HOLM, style="percent",
     exhibits=("comparisons", "paired", "forest", "aggregate", "poi")))
 register_claim(Claim(
     "C2", "faster to 90% accuracy", "4.6 vs 7.4 epochs (−37.8%)", "classifier",
@@ -437,24 +459,25 @@ register_claim(Claim(
 register_claim(Claim(
     "C3", "λ=0.5 is the best quantum weight", "0.5 better than 0.1", "classifier",
     judge_best_weight, title="the quantum weight λ", metric="final_test_acc",
-    variant="sin-l0.1", baseline="sin-l0.5", cell=_Q, claimed=0.0, scale=100.0, unit=" pp",
+    variant="sin-l0.1", baseline="sin-l0.5", cell=_Q, scale=100.0, unit=" pp",
     family="every variant against sin-l0.5 on the metric, all cells", exhibits=("lambda",)))
 register_claim(Claim(
     "C4", "per-epoch cost about +35%", "+35% per epoch", "classifier", judge_cost,
     title="cost per epoch", metric="sec_per_epoch", variant="sin-l0.5", baseline="adamw",
-    cell=_Q, claimed=0.35, family="none (a cost, read from its interval)",
+    cell=_Q, claimed=0.35, relative=True, family="none (a cost, read from its interval)",
     exhibits=("cost",)))
 register_claim(Claim(
     "C5", "total time to target about −16%", "−16% time to target", "classifier",
     judge_time_to_target_seconds, title="time to target", metric="sec_to_target",
-    variant="sin-l0.5", baseline="adamw", cell=_Q, claimed=-0.16,
+    variant="sin-l0.5", baseline="adamw", cell=_Q, claimed=-0.16, relative=True,
     family="one log-rank test"))
 register_claim(Claim(
     "C6", "LLM fine-tune (GSM8K, 1 epoch): lower mean training loss, λ=0.5 vs AdamW",
     "0.2097 vs 0.2188 (−4.1%), one run each", "llm", judge_paired,
     title="mean training loss over the epoch", metric="mean_train_loss", variant="sin-l0.5",
-    baseline="adamw", claimed=0.2097 - 0.2188, margin=0.005, family=_HOLM,
-    exhibits=("comparisons_all", "summary", "paired", "forest")))
+    baseline="adamw", cell=(("attention", "none"),), claimed=0.2097 - 0.2188, margin=0.005,
+    family=_HOLM, style="relative", exhibits=("comparisons_all", "summary", "paired",
+                                              "forest")))
 register_claim(Claim(
     "C7", "the sinusoid helps escape shallow local minima", "argued, not measured", "theory",
     judge_escape, title="escape from shallow minima", variant="sin-l0.5", baseline="adamw",

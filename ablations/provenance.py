@@ -37,14 +37,36 @@ def commit() -> str:
     return sha + ("-dirty" if dirty is not None and dirty.stdout.strip() else "")
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name and the instruction set torch's CPU kernels use (e.g. ``AMD EPYC,
+    AVX2``): CPU results are bit-reproducible only on the same kernels, so records name them."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        cap = torch.backends.cpu.get_cpu_capability()
+    except (ImportError, AttributeError):  # pragma: no cover - old torch
+        cap = "unknown"
+    return f"{name}, {cap}"
+
+
 def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def provenance(wall_seconds: float | None = None, device: str | None = None) -> dict[str, Any]:
     """Where and how a result was made: commit, UTC time, Python and torch versions, device,
-    host name, wall seconds and the 1-minute load average (timings from a loaded machine are
-    visible as such)."""
+    CPU model and kernel instruction set, host name, wall seconds and the 1-minute load
+    average (timings from a loaded machine are visible as such)."""
     import torch
 
     if device is None:
@@ -52,7 +74,7 @@ def provenance(wall_seconds: float | None = None, device: str | None = None) -> 
                   else f"cpu ({platform.processor() or platform.machine()}, "
                        f"{torch.get_num_threads()} threads)")
     out = dict(commit=commit(), utc=utc_now(), python=platform.python_version(),
-               torch=torch.__version__, device=device, host=platform.node(),
+               torch=torch.__version__, device=device, cpu=cpu_model(), host=platform.node(),
                load_avg_1min=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg")
                else None)
     if wall_seconds is not None:

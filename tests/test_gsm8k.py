@@ -155,9 +155,3 @@ def test_gsm8k_task_reads_the_options_data_dir(data_dir, monkeypatch):
     monkeypatch.setenv(gsm8k.ENV_VAR, str(data_dir))
     assert len(get_task("gsm8k").from_options(LLMOptions()).test_examples()) == 3
 
-
-def test_old_module_path_reexports_the_same_objects():
-    from ablations import gsm8k as old
-
-    assert set(old.__all__) == set(gsm8k.__all__)
-    assert all(getattr(old, name) is getattr(gsm8k, name) for name in gsm8k.__all__)

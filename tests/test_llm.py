@@ -72,7 +72,7 @@ def _causal(q, k, v, i):
 
 
 def test_options_reject_unknown_keys_and_types():
-    with pytest.raises(ValueError, match="unknown \\[llm\\] option.*tokens_per_step"):
+    with pytest.raises(ValueError, match="unknown key\\(s\\) in \\[llm\\]: tokens_per_step"):
         llm.LLMOptions.from_dict({"tokens_per_step": 3})
     with pytest.raises(ValueError, match="\\[llm\\].max_len must be int"):
         llm.LLMOptions.from_dict({"max_len": "long"})

@@ -22,7 +22,7 @@ def test_smoke_grid_to_report_and_ledger(tmp_path):
     assert counts["ran"] == len(cfg.specs) == 15
     report = render_arm(cfg)
     text = report.read_text()
-    for heading in ("## C1", "## C2", "## C3", "## C4, C5", "2×2 factorial"):
+    for heading in ("## C1", "## C2", "## C3", "## C4", "## C5", "2×2 factorial"):
         assert heading in text
     runs = pd.read_csv(tmp_path / "classifier" / "runs.csv")
     for col in ["run_id", "arm", "variant", "attention", "seed", "lr", "final_test_acc",
@@ -34,7 +34,8 @@ def test_smoke_grid_to_report_and_ledger(tmp_path):
     assert list(stats.columns[: len(STATS_COLUMNS)]) == list(STATS_COLUMNS)
     assert set(stats["baseline"]) == {"adamw", "sin-l0.5"}
     figs = sorted(p.name for p in (tmp_path / "classifier" / "figures").glob("*.png"))
-    assert "kaplan_meier.png" in figs and "paired_final_acc.png" in figs
+    assert "kaplan_meier.png" in figs and "paired_final_test_acc.png" in figs
+    assert all(f"(figures/{name})" in text for name in figs)  # every figure is linked
     claims = json.loads((tmp_path / "classifier" / "claims.json").read_text())
     assert set(claims) == {"C1", "C2", "C3", "C4", "C5"}
     ledger = render_ledger(tmp_path).read_text()

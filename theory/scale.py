@@ -154,7 +154,7 @@ class LLMGradients:
 
 
 def _examples(k: int) -> tuple[list[str], list[str], str]:
-    from ablations import gsm8k
+    from ablations.llm import gsm8k
 
     local = gsm8k.resolve_dir(None)
     if local is not None and (local / "train.jsonl").is_file():

@@ -28,7 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ["Metric", "Arm", "ArmError", "register_arm", "get_arm", "arm_names", "DIRECTIONS"]
+__all__ = ["Metric", "Arm", "ArmError", "register_arm", "get_arm", "arm_names", "DIRECTIONS",
+           "options_from_table"]
 
 DIRECTIONS = ("higher", "lower", "none")
 
@@ -48,8 +49,6 @@ class Metric:
         (e.g. ``" pp"`` with ``scale = 100`` for an accuracy stored in 0–1).
     margin: the equivalence margin of TOST, in the metric's own (stored) unit; or None, with
         ``relative_margin`` a fraction of the baseline's mean instead (timings).
-    claimed: the paper's claimed effect (variant − AdamW) in the stored unit, if any: the
-        effect whose detectability the power columns report.
     compared: whether ``stats.csv`` compares it between variants.
     timing: a wall-clock figure, which differs between equal runs (every other metric is
         bit-reproducible on a CPU).
@@ -62,7 +61,6 @@ class Metric:
     scale: float = 1.0
     margin: float | None = None
     relative_margin: float | None = None
-    claimed: float | None = None
     compared: bool = True
     timing: bool = False
 
@@ -91,6 +89,30 @@ class Metric:
         return float(rel * v) if math.isfinite(v) and v > 0 else 1e-12
 
 
+def options_from_table(cls: type, table: Mapping[str, Any] | None, section: str) -> Any:
+    """An options dataclass ``cls`` from a TOML table: unknown keys and values of the wrong
+    type raise ValueError naming ``[section].key`` (a TOML integer is accepted for a float
+    field; a bool is never an int); then the dataclass's own ``__post_init__`` validates
+    values (raising ValueError)."""
+    table = dict(table or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(table) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown key(s) in [{section}]: {', '.join(sorted(unknown))} "
+                         f"(valid: {', '.join(sorted(fields))})")
+    values = {}
+    for key, value in table.items():
+        default = fields[key].default
+        want = type(default) if default is not dataclasses.MISSING else None
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif want is not None and want is not type(None) and (
+                not isinstance(value, want) or (want is int and isinstance(value, bool))):
+            raise ValueError(f"[{section}].{key} must be {want.__name__}, got {value!r}")
+        values[key] = value
+    return cls(**values)
+
+
 class Arm:
     """Base class of an arm. Subclasses set the class attributes and implement :meth:`run`.
 
@@ -104,6 +126,8 @@ class Arm:
     cell_keys: the columns that define a cell: comparisons pair seeds within a cell only.
     baselines: the variants every other variant is compared with in ``stats.csv``.
     curve_x, curve_value, curve_label: the learning curve's x column, value column and label.
+    setup_exhibits, analyses: names of report exhibits (``ablations.exhibits``) shown after
+        the setup paragraph and after the claims' sections.
     """
 
     name: ClassVar[str] = ""
@@ -117,36 +141,23 @@ class Arm:
     curve_x: ClassVar[str] = "epoch"
     curve_value: ClassVar[str] = "train_loss"
     curve_label: ClassVar[str] = "training loss"
+    setup_exhibits: ClassVar[tuple[str, ...]] = ()
+    analyses: ClassVar[tuple[str, ...]] = ("perturbation", "curves")
 
     # ------------------------------------------------------------------ options
     def parse_options(self, table: Mapping[str, Any] | None) -> Any:
-        """The options dataclass from a config table: unknown keys and values of the wrong
-        type raise :class:`ArmError` naming ``[arm].key``; the dataclass may validate more
-        in its ``__post_init__`` (raising ValueError, re-raised as ArmError)."""
-        table = dict(table or {})
+        """The options dataclass from a config table (:func:`options_from_table`), errors as
+        :class:`ArmError` naming ``[arm].key``."""
         if not dataclasses.is_dataclass(self.options):
             if table:
                 raise ArmError(f"[{self.name}] takes no options, got {', '.join(sorted(table))}")
             return None
-        fields = {f.name: f for f in dataclasses.fields(self.options)}
-        unknown = set(table) - set(fields)
-        if unknown:
-            raise ArmError(f"unknown key(s) in [{self.name}]: {', '.join(sorted(unknown))} "
-                           f"(valid: {', '.join(sorted(fields))})")
-        values = {}
-        for key, value in table.items():
-            default = fields[key].default
-            want = type(default) if default is not dataclasses.MISSING else None
-            if want is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            elif want is not None and want is not type(None) and (
-                    not isinstance(value, want) or (want is int and isinstance(value, bool))):
-                raise ArmError(f"[{self.name}].{key} must be {want.__name__}, got {value!r}")
-            values[key] = value
         try:
-            return self.options(**values)
+            return options_from_table(self.options, table, self.name)
         except (TypeError, ValueError) as err:
-            raise ArmError(f"[{self.name}]: {err}") from None
+            msg = str(err)
+            raise ArmError(msg if msg.startswith(("unknown key", f"[{self.name}]"))
+                           else f"[{self.name}]: {msg}") from None
 
     # ------------------------------------------------------------------ metrics
     def metric(self, name: str) -> Metric:
@@ -184,10 +195,6 @@ class Arm:
         return (f"Arm `{self.name}`, reference lr {cfg.baseline_lr:g}, options "
                 f"`{json.dumps(cfg.options, sort_keys=True)}`.\n")
 
-    def sections(self, ctx) -> list[str]:
-        """Arm-specific report sections (markdown blocks) after the setup; none by default.
-        ``ctx`` is the report's :class:`ablations.report.ArmContext`."""
-        return []
 
     def __repr__(self) -> str:
         return f"<arm {self.name}>"

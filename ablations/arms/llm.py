@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from ..llm import LLMOptions
-from .base import Arm, ArmError, Metric, register_arm
+from .base import Arm, Metric, register_arm
 
 __all__ = ["LLM"]
 
@@ -26,9 +26,9 @@ class LLM(Arm):
     curve_x = "step"
     curve_value = "train_loss"
     curve_label = "training loss"
+    analyses = ("perturbation", "curves", "throughput")
     metrics = (
-        Metric("mean_train_loss", "lower", "mean training loss", margin=0.005,
-               claimed=0.2097 - 0.2188),
+        Metric("mean_train_loss", "lower", "mean training loss", margin=0.005),
         Metric("final_train_loss", "lower", "final training loss", margin=0.005),
         Metric("test_loss", "lower", "test loss", margin=0.005),
         Metric("test_exact_match", "higher", "test exact match", margin=0.02),
@@ -42,12 +42,6 @@ class LLM(Arm):
         Metric("mfu", "higher", "model FLOPs utilisation", timing=True, compared=False),
     )
 
-    def parse_options(self, table) -> LLMOptions:
-        try:
-            return LLMOptions.from_dict(dict(table or {}))
-        except ValueError as err:
-            raise ArmError(str(err)) from None
-
     def run(self, spec) -> dict[str, Any]:
         from ..llm import run
 
@@ -56,6 +50,10 @@ class LLM(Arm):
     def describe(self, cfg, runs) -> str:
         o = cfg.options
         devices = ", ".join(sorted(set(map(str, runs["device"].dropna()))))
-        return (f"Model `{o.get('model', 'smollm2-135m-instruct')}`, GSM8K train (7,473 "
-                f"examples), one epoch, lr {cfg.baseline_lr:g}, options: "
+        from ..llm.data import get_task
+
+        name = cfg.arm_options.task
+        task = get_task(name).description or f"task `{name}`"
+        return (f"Model `{o.get('model', 'smollm2-135m-instruct')}`, {task}, one epoch, lr "
+                f"{cfg.baseline_lr:g}, options: "
                 f"`{json.dumps(o, sort_keys=True)}`. Devices: {devices}.\n")

@@ -59,7 +59,8 @@ class QA:
 class LMTask(ABC):
     """A data set the LLM arm fine-tunes on; subclass, set :attr:`name`, register.
 
-    name: the id that ``[llm].task`` names.
+    name: the id that ``[llm].task`` names. description: how reports name the training data
+    (e.g. "GSM8K train (7,473 examples)").
 
     The example lists are read once per process (the session caches them) and used in the
     order returned: the run seed permutes the training examples; the first
@@ -69,6 +70,7 @@ class LMTask(ABC):
     """
 
     name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
 
     @classmethod
     def from_options(cls, options: LLMOptions) -> LMTask:

@@ -208,6 +208,7 @@ class GSM8K(LMTask):
     """
 
     name = "gsm8k"
+    description = "GSM8K train (7,473 examples)"
 
     def __init__(self, data_dir: str | os.PathLike | None = None):
         self.data_dir = data_dir

@@ -8,7 +8,7 @@ config is loaded, so it imports neither torch nor transformers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from ..schedules import SCHEDULES
@@ -69,22 +69,14 @@ class LLMOptions:
 
     @classmethod
     def from_dict(cls, options: dict[str, Any] | None) -> LLMOptions:
-        """Build from a config table; unknown keys and wrong types raise with the key named."""
-        options = dict(options or {})
-        valid = {f.name: f for f in fields(cls)}
-        unknown = set(options) - set(valid)
-        if unknown:
-            raise ValueError(f"unknown [llm] option(s): {', '.join(sorted(unknown))} "
-                             f"(valid: {', '.join(sorted(valid))})")
-        for key, value in options.items():
-            want = type(getattr(cls, key))
-            if want is float and isinstance(value, int) and not isinstance(value, bool):
-                options[key] = float(value)
-            elif not isinstance(value, want) or (want is int and isinstance(value, bool)):
-                raise ValueError(f"[llm].{key} must be {want.__name__}, got {value!r}")
-        o = cls(**options)
-        o.validate()
-        return o
+        """Build from a config table; unknown keys, wrong types and invalid values raise
+        ValueError naming ``[llm].<key>``."""
+        from ..arms.base import options_from_table
+
+        return options_from_table(cls, options, "llm")
+
+    def __post_init__(self):
+        self.validate()
 
     def validate(self) -> None:
         """Raise ValueError naming ``[llm].<key>`` for the first invalid value."""
