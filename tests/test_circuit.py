@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from qsgd import SuperpositionalAdamW, get_perturbation
 from qsgd.circuit import (
     READOUTS,
-    Circuit,
     cnot_chain_permutation,
     expectation,
     fourier_eval,
@@ -28,7 +27,7 @@ from qsgd.circuit import (
     simulate,
     to_qiskit,
 )
-from qsgd.perturbations import Context
+from qsgd.perturbations import Circuit, Context
 
 F64 = torch.float64
 angle = st.floats(-2 * math.pi, 2 * math.pi, allow_nan=False, width=64)

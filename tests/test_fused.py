@@ -104,15 +104,15 @@ def test_fused_true_on_cpu_falls_back_to_the_reference(variant):
 
 _INTERP_SCRIPT = textwrap.dedent("""
     import math, torch
-    from qsgd import fused
+    from qsgd import fused, noise
     from qsgd.optimizer import reference_step
     from qsgd.perturbations import get_perturbation, noise_key, rms, sinpi
     for seed, step, idx in [(0, 1, 0), (123, 7, 42), (2**64 - 5, 3, 1), (-3, 100, 9)]:
-        assert fused._device_noise_key(seed, step, idx, "cpu") == noise_key(seed, step, idx)
+        assert noise.device_noise_key(seed, step, idx, "cpu") == noise_key(seed, step, idx)
     key = noise_key(1, 2, 3)
     for kind in ("normal", "uniform"):
-        long = fused.cuda_noise(key, 4099, kind, "cpu")
-        short = fused.cuda_noise(key, 6, kind, "cpu")
+        long = noise.cuda_noise(key, 4099, kind, "cpu")
+        short = noise.cuda_noise(key, 6, kind, "cpu")
         assert torch.equal(long[:6], short), "noise of element i must not depend on n"
     shapes = [(37,), (1,), (3, 3), (2050,)]
     hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, n_qubits=4,
@@ -128,7 +128,7 @@ _INTERP_SCRIPT = textwrap.dedent("""
                 P = get_perturbation(pert)
                 idx = list(range(3, 3 + len(shapes)))
                 fused._dispatch(*A, [5] * len(shapes), idx, [t.numel() for t in A[0]],
-                                fused._PERT_CODE[type(P)], lam=0.5, first_n=scope == "first_n",
+                                fused.fused_code(P), lam=0.5, first_n=scope == "first_n",
                                 bias_correction=bc, **hyper)
                 for i, (p, g, m, v) in enumerate(zip(*R)):
                     p0 = p.clone()
@@ -138,7 +138,7 @@ _INTERP_SCRIPT = textwrap.dedent("""
                         th, gg = p.reshape(-1)[:n], g.reshape(-1)[:n]
                         s = rms(sinpi(th))
                         kind = "normal" if pert == "gauss" else "uniform"
-                        xi = fused.cuda_noise(noise_key(7, 5, idx[i]), n, kind, "cpu")
+                        xi = noise.cuda_noise(noise_key(7, 5, idx[i]), n, kind, "cpu")
                         q = (xi * s if pert == "gauss" else (xi * 2 - 1) * (s * math.sqrt(3))) * gg
                         P_ref = get_perturbation("none")
                     else:
@@ -243,11 +243,11 @@ def test_noise_is_one_definition_on_cuda(variant):
 @gpu
 @pytest.mark.gpu
 def test_cuda_noise_key_and_distribution():
-    from qsgd.fused import _device_noise_key, cuda_noise
+    from qsgd.noise import cuda_noise, device_noise_key
 
     for seed, step, idx in [(0, 1, 0), (123, 7, 42), (2**64 - 5, 3, 1), (-3, 100, 9),
                             (2**40 + 17, 2**20, 12345)]:
-        assert _device_noise_key(seed, step, idx, "cuda") == noise_key(seed, step, idx)
+        assert device_noise_key(seed, step, idx, "cuda") == noise_key(seed, step, idx)
     key = noise_key(5, 1, 0)
     z = cuda_noise(key, 1 << 20, "normal", "cuda").double()
     assert abs(float(z.mean())) < 5e-3 and abs(float(z.std()) - 1) < 5e-3
