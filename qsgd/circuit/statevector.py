@@ -40,6 +40,8 @@ __all__ = [
 
 
 def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """The dtype a batch is simulated in: float32 or float64 as promoted from the inputs,
+    float32 for half types (raises ``TypeError`` for non-floating angles)."""
     dt = None
     for t in tensors:
         if t is None:
@@ -48,7 +50,6 @@ def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
             raise TypeError(f"circuit angles must be real floating tensors, got {t.dtype}")
         dt = t.dtype if dt is None else torch.promote_types(dt, t.dtype)
     return dt if dt in (torch.float32, torch.float64) else torch.float32
-
 
 
 # ----------------------------------------------------------------------------- constant tables
@@ -265,7 +266,7 @@ def simulate(
     readout: str = "amplitudes",
     backend: str = "torch",
 ) -> Tensor:
-    """Simulate a batch of circuits C(x; w) (module docstring) and read them out.
+    """Simulate a batch of circuits C(x; w) (the family of :mod:`qsgd.circuit`) and read them out.
 
     Args:
         angles: data angles x, shape (…, n); n = number of qubits. Any batch shape.
@@ -291,7 +292,8 @@ def simulate(
 def simulate_spec(spec: CircuitSpec, angles: Tensor, weights: Tensor | None = None, *,
                   readout: str = "amplitudes", backend: str = "torch") -> Tensor:
     """:func:`simulate` of the circuits ``spec`` (``angles`` (…, spec.n)); the other arguments
-    as there. The entry point of the package's other modules."""
+    as there. The entry point for code that holds a spec (the Fourier form, Φ's coefficients,
+    the circuit perturbation)."""
     n = spec.n
     if angles.shape[-1] != n:
         raise ValueError(f"angles have {angles.shape[-1]} entries per circuit, the spec {n}")
