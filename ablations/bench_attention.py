@@ -167,9 +167,10 @@ def bench_circuits(warmup: int, reps: int, aer_batch: int, sv_batch: int,
         except ImportError:
             print("qiskit-aer not installed: Aer rows skipped", file=sys.stderr)
         else:
-            from qsgd.circuit import _aer_template
+            from qsgd.circuit import CircuitSpec
+            from qsgd.circuit.qiskit import _aer_template
 
-            sim = _aer_template(n, 2, True, True, "reupload", True)[0]
+            sim = _aer_template(CircuitSpec(n, 2, True, True, "reupload"), True)[0]
             sim.set_options(max_parallel_threads=threads)
             xa = x[:aer_batch].double()
             a_reps = max(3, reps // 3)

@@ -16,23 +16,27 @@ has fewer than 2**31 − 2**20 elements, Triton can be imported, and ``track_rat
   step counts (tensors are batched by step), any number and sizes of tensors (one launch covers
   them all: ~100 big ones or thousands of small ones).
 
-Anything else (``anneal``, ``anti``, ``circuit``, custom perturbations, CPU tensors, other dtypes,
-non-contiguous tensors, ``track_ratio=True``, no Triton) falls back silently to the foreach or
-per-tensor path; :func:`fused_unsupported_reason` says why for a given group.
+Which perturbations have a kernel is a property of their class: ``Perturbation.fused_code``
+(the kernel's constexpr ``PERT``), read from the exact class only, so a subclass that overrides
+``term`` never inherits a kernel that would not see its override. :data:`FUSED_PERTURBATIONS`
+is derived from the registry. Anything else (``anneal``, ``anti``, ``circuit``, custom
+perturbations, CPU tensors, other dtypes, non-contiguous tensors, ``track_ratio=True``, no
+Triton) falls back silently to the foreach or per-tensor path; :func:`fused_unsupported_reason`
+is the one support check, and says why for a given group.
 
 gauss and unif need s = RMS of sin(πθ) over each in-scope tensor *before* the update, a
 reduction: it is a first pass over θ (partial sums per block, then one fixed-order sum per
 tensor in float64: deterministic, no atomics), so these two move 32 bytes per fp32 parameter.
 
 Noise. On CUDA, the ξ of gauss and unif is Philox-4x32-10 keyed on
-:func:`qsgd.perturbations.noise_key` (seed, step, tensor index): element i of the in-scope slice
+:func:`qsgd.noise.noise_key` (seed, step, tensor index): element i of the in-scope slice
 is word i mod 4 of the Philox block at counter ⌊i/4⌋ (normal: Box–Muller on word pairs;
 uniform: Triton's uint → [0, 1) map). The fused kernel mixes the key in-kernel with the same
 SplitMix64; the reference and foreach paths on CUDA draw the same stream through
-:func:`cuda_noise` (same Triton code). So on CUDA reference ≡ fused for the noise, and a resumed
-run is bit-identical (the fused step is deterministic: fixed reduction order, keyed noise). On the
-CPU the noise comes from a keyed ``torch.Generator`` as before: CPU and CUDA runs draw
-different (equally distributed) noise.
+:func:`qsgd.noise.cuda_noise` (same Triton code). So on CUDA reference ≡ fused for the noise, and
+a resumed run is bit-identical (the fused step is deterministic: fixed reduction order, keyed
+noise). On the CPU the noise comes from a keyed ``torch.Generator`` as before: CPU and CUDA runs
+draw different (equally distributed) noise.
 
 Numerics: the kernel computes in float32 (bfloat16 tensors are loaded to float32 and rounded
 once on store, as ``torch.optim.AdamW(fused=True)`` does); √ and ÷ are correctly rounded
@@ -47,38 +51,33 @@ bandwidth (7.17 vs 7.21 ms) but needs one launch and one guard check per tensor,
 time per step against 0.6 ms here, so it is host-bound as soon as tensors are small or many;
 one compiled graph over all tensors would recompile for every model.
 
-This module imports Triton only inside the functions that launch kernels, so ``import qsgd`` and
-``import qsgd.fused`` work without it.
+This module imports Triton only inside the functions that launch kernels (through
+:func:`qsgd.noise.triton_kernels`), so ``import qsgd`` and ``import qsgd.fused`` work without it.
+It depends on the base of :mod:`qsgd.perturbations` (the class and the registry) and on
+:mod:`qsgd.noise`, and nothing imports it at module level: no import cycle.
 """
 
 from __future__ import annotations
 
-import functools
 import operator
 from collections import OrderedDict
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from .perturbations import Cos, Gauss, None_, Perturbation, Sin, Taylor, Unif
-
-if TYPE_CHECKING:  # pragma: no cover
-    from types import ModuleType
+from .noise import triton_available, triton_kernels
+from .perturbations import Perturbation, available, perturbation_class
 
 __all__ = [
     "FUSED_PERTURBATIONS",
     "triton_available",
+    "fused_code",
+    "fused_perturbations",
     "fused_unsupported_reason",
     "fused_group",
-    "cuda_noise",
 ]
 
 _dtype_of = operator.attrgetter("dtype")
-# Exact types only: a subclass may override term(), which the kernel would not see.
-_PERT_CODE: dict[type, int] = {None_: 0, Sin: 1, Cos: 2, Taylor: 3, Gauss: 4, Unif: 5}
-FUSED_PERTURBATIONS = ("none", "sin", "cos", "taylor", "gauss", "unif")
-_NOISY = (4, 5)
 _DTYPES = (torch.float32, torch.bfloat16)
 _MAX_NUMEL = 2**31 - 2**20  # int32 offsets inside the kernels, with a block to spare
 
@@ -95,21 +94,30 @@ _FIN_FB = 1024
 _CACHE_SIZE = 32
 
 
-@functools.lru_cache(maxsize=1)
-def _kernels() -> ModuleType:
-    from . import _fused_kernels
-
-    return _fused_kernels
+def _class_code(cls: type[Perturbation]) -> int | None:
+    # the class's own attribute, not an inherited one (see fused_code)
+    return cls.__dict__.get("fused_code")
 
 
-@functools.lru_cache(maxsize=1)
-def triton_available() -> bool:
-    """True when Triton imports (it ships with PyTorch's CUDA wheels on Linux)."""
-    try:
-        _kernels()
-    except Exception:  # noqa: BLE001 - any import failure means: no fused path
-        return False
-    return True
+def fused_code(perturbation: Perturbation) -> int | None:
+    """The fused kernel's code for ``perturbation``, or None when it has no kernel.
+
+    Read from ``type(perturbation).__dict__``, not by attribute lookup: only the class that
+    sets ``fused_code`` gets the kernel, never a subclass (which may override ``term``, and the
+    kernel would not see the override)."""
+    return _class_code(type(perturbation))
+
+
+def fused_perturbations() -> tuple[str, ...]:
+    """The registered names whose class has a fused kernel, in kernel-code order."""
+    coded = [(code, name) for name in available()
+             if (code := _class_code(perturbation_class(name))) is not None]
+    return tuple(name for _, name in sorted(coded))
+
+
+#: the names with a fused kernel among the perturbations registered when this module is
+#: imported (all built-in ones); :func:`fused_perturbations` reads the registry as it is now
+FUSED_PERTURBATIONS = fused_perturbations()
 
 
 def fused_unsupported_reason(
@@ -119,30 +127,39 @@ def fused_unsupported_reason(
     exp_avg_sqs: list[Tensor],
     perturbation: Perturbation,
 ) -> str | None:
-    """None when the fused kernel can run this group, else a short reason (for docs and tests)."""
-    if type(perturbation) not in _PERT_CODE:
+    """None when the fused kernel can run this group, else a short reason.
+
+    The one support check: :func:`fused_group` runs it on every step, so the common (supported)
+    case maps C-level accessors over all tensors with no Python loop; a reason string is only
+    built for an unsupported group. Requirements: a perturbation with a kernel
+    (:func:`fused_code`), at least one tensor, every tensor on one CUDA device, of one dtype
+    (float32 or bfloat16), contiguous, each gradient and moment of its parameter's size,
+    fewer than 2**31 − 2**20 elements, and Triton importable.
+    """
+    if fused_code(perturbation) is None:
         return (f"perturbation {perturbation!r} has no fused kernel "
-                f"(fused: {', '.join(FUSED_PERTURBATIONS)})")
+                f"(fused: {', '.join(fused_perturbations())})")
     if not params:
         return "no parameters"
-    dev, dtype = params[0].device, params[0].dtype
+    p0 = params[0]
+    dev, dtype = p0.device, p0.dtype
     if dev.type != "cuda":
         return f"tensors on {dev.type}, not cuda"
     if dtype not in _DTYPES:
         return f"dtype {dtype} (fused: float32, bfloat16)"
-    for group in (params, grads, exp_avgs, exp_avg_sqs):
-        for t in group:
-            if t.device != dev:
-                return "tensors on more than one device"
-            if t.dtype != dtype:
-                return "tensors of more than one dtype (parameters, gradients, moments)"
-            if not t.is_contiguous():
-                return "non-contiguous tensor"
-            if t.numel() > _MAX_NUMEL:
-                return "tensor with 2**31 - 2**20 elements or more"
-    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=False):
-        if not (p.numel() == g.numel() == m.numel() == v.numel()):
-            return "gradient or moment of another size than its parameter"
+    tensors = (*params, *grads, *exp_avgs, *exp_avg_sqs)
+    if set(map(Tensor.get_device, tensors)) != {p0.get_device()}:
+        return "tensors on more than one device"
+    if set(map(_dtype_of, tensors)) != {dtype}:
+        return "tensors of more than one dtype (parameters, gradients, moments)"
+    if not all(map(Tensor.is_contiguous, tensors)):
+        return "non-contiguous tensor"
+    numels = tuple(map(Tensor.numel, params))
+    if (tuple(map(Tensor.numel, grads)) != numels or tuple(map(Tensor.numel, exp_avgs)) != numels
+            or tuple(map(Tensor.numel, exp_avg_sqs)) != numels):
+        return "gradient or moment of another size than its parameter"
+    if max(numels) > _MAX_NUMEL:
+        return "tensor with 2**31 - 2**20 elements or more"
     if not triton_available():
         return "Triton is not importable"
     return None
@@ -244,26 +261,11 @@ def fused_group(
     numbers (this step's, ≥ 1), ``indices`` their global indices (the noise key). Tensors with
     different step counts run in separate launches. Zero-size tensors are skipped.
     """
-    code = _PERT_CODE.get(type(perturbation))
-    if code is None or not params:
+    if fused_unsupported_reason(params, grads, exp_avgs, exp_avg_sqs, perturbation) is not None:
         return False
-    # This runs every step: the checks map C-level accessors over all tensors (no Python loop).
-    p0 = params[0]
-    dtype = p0.dtype
-    if not p0.is_cuda or dtype not in _DTYPES:
-        return False
-    tensors = (*params, *grads, *exp_avgs, *exp_avg_sqs)
-    if (set(map(_dtype_of, tensors)) != {dtype}
-            or set(map(Tensor.get_device, tensors)) != {p0.get_device()}
-            or not all(map(Tensor.is_contiguous, tensors))):
-        return False
+    code = fused_code(perturbation)
     numels = tuple(map(Tensor.numel, params))
-    if (max(numels) > _MAX_NUMEL or tuple(map(Tensor.numel, grads)) != numels
-            or tuple(map(Tensor.numel, exp_avgs)) != numels
-            or tuple(map(Tensor.numel, exp_avg_sqs)) != numels):
-        return False
-    if not triton_available():
-        return False
+    tensors = (*params, *grads, *exp_avgs, *exp_avg_sqs)
     _dispatch(params, grads, exp_avgs, exp_avg_sqs, steps, indices, numels, code,
               lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
               lam=quantum_weight, first_n=scope == "first_n", n_qubits=n_qubits,
@@ -278,7 +280,7 @@ def _dispatch(params, grads, exp_avgs, exp_avg_sqs, steps, indices, numels, code
     tests call this directly on CPU tensors under TRITON_INTERPRET=1). ``addrs``: the data
     pointers of params, grads, exp_avgs, exp_avg_sqs in that order, if already at hand."""
     if lam == 0.0:
-        code = 0
+        code = 0  # PERT_NONE: λ·Q = 0
     if len(set(steps)) == 1 and all(numels):
         buckets = {int(steps[0]): None}  # everything, in one launch
     elif len(set(steps)) == 1:
@@ -310,7 +312,7 @@ def _dispatch(params, grads, exp_avgs, exp_avg_sqs, steps, indices, numels, code
 def _launch(params, grads, exp_avgs, exp_avg_sqs, indices, numels, device, step, code, *,
             lr, beta1, beta2, eps, weight_decay, lam, first_n, n_qubits, bias_correction,
             seed, addrs=None) -> None:
-    K = _kernels()
+    K = triton_kernels()
     T = len(params)
     if addrs is None:
         addrs = tuple(map(Tensor.data_ptr, (*params, *grads, *exp_avgs, *exp_avg_sqs)))
@@ -318,7 +320,7 @@ def _launch(params, grads, exp_avgs, exp_avg_sqs, indices, numels, device, step,
     off_tab, vec = _offsets(device, addrs, params[0].element_size())
     blk_tensor, blk_first, numel_tab, nblocks = _layout(device, numels, BLOCK)
 
-    if code in _NOISY:
+    if code in (K.PERT_GAUSS, K.PERT_UNIF):  # their term needs s = RMS of sin(πθ) first
         index_tab = _int64_table(device, tuple(indices))
         rblk_tensor, rblk_first, nrblocks, most = _red_layout(device, numels, first_n, n_qubits,
                                                         RED_RB)
@@ -349,31 +351,4 @@ def _launch(params, grads, exp_avgs, exp_avg_sqs, indices, numels, device, step,
         -lr * lam, n_qubits,
         PERT=code, FIRST_N=first_n, LERP_LOW=abs(w1) < 0.5, VEC=vec, BLOCK=BLOCK,
         num_warps=NUM_WARPS)
-
-
-def cuda_noise(key: int, n: int, kind: str, device: torch.device | str,
-               dtype: torch.dtype = torch.float32) -> Tensor:
-    """The CUDA noise stream: n draws keyed on ``key`` (from ``noise_key``).
-
-    ``kind`` is ``"normal"`` (N(0, 1)) or ``"uniform"`` (U[0, 1)). Element i is word i mod 4 of
-    Philox-4x32-10 at counter ⌊i/4⌋ (normals by Box–Muller on word pairs), the definition the
-    fused kernel uses, so both see the same ξ. Drawn in float32, then cast to ``dtype``.
-    """
-    if kind not in ("normal", "uniform"):
-        raise ValueError(f"invalid noise kind {kind!r} (valid: normal, uniform)")
-    K = _kernels()
-    out = torch.empty(n, dtype=torch.float32, device=device)
-    if n:
-        blk = 1024
-        K.noise_kernel[(-(-n // blk),)](out, int(key), n, KIND=0 if kind == "normal" else 1,
-                                        BLOCK=blk, num_warps=4)
-    return out if dtype == torch.float32 else out.to(dtype)
-
-
-def _device_noise_key(seed: int, step: int, index: int, device) -> int:
-    """The key the fused kernel mixes on the device (test hook: must equal noise_key)."""
-    K = _kernels()
-    out = torch.empty(1, dtype=torch.int64, device=device)
-    K.key_kernel[(1,)](out, int(seed) & 0xFFFFFFFFFFFFFFFF, int(step), int(index))
-    return int(out.item()) & 0xFFFFFFFFFFFFFFFF
 

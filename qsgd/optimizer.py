@@ -392,10 +392,12 @@ class SuperpositionalAdamW(Optimizer):
                             **hyper)
                 continue
             # [fused] one Triton launch for the group when supported (qsgd.fused); else below.
+            # Support (device, dtype, perturbation, Triton) is decided by fused_group alone, with
+            # qsgd.fused.fused_unsupported_reason; here only the user's switch and track_ratio.
             use_fused = group.get("fused")
             if use_fused is None:
                 use_fused = group["foreach"] is not False
-            if use_fused and stats is None and params[0].is_cuda:
+            if use_fused and stats is None:
                 from .fused import fused_group
 
                 if fused_group(params, grads, m, v, steps, idx, **hyper):

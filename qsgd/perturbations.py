@@ -11,18 +11,20 @@ kinds:
 
 Every perturbation sees the *flattened in-scope slice* of one parameter tensor: θ (before this
 step's weight decay) and g, both 1-D and of the same length, plus a :class:`Context` carrying
-the step, the run seed, the tensor's index and n_qubits. Noise is drawn from a generator keyed on
-(seed, step, tensor index, stream), so a resumed run reproduces an uninterrupted one bit for
-bit, and no noise state needs storing.
+the step, the run seed, the tensor's index and n_qubits. Noise is drawn from a stream keyed on
+(seed, step, tensor index, stream) (:mod:`qsgd.noise`; ``noise_key`` and ``keyed_generator``
+are re-exported here), so a resumed run reproduces an uninterrupted one bit for bit, and no
+noise state needs storing.
 
 Adding a variant is one class and one ``@register`` line: the optimizer, tests, grids and
-reports find it by name.
+reports find it by name, and read its properties (kind, fused kernel, bound on |Q|/|g|) from
+its class attributes (:class:`Perturbation`). The ``circuit`` variant imports its simulator
+(:mod:`qsgd.circuit`) only when one is made, so ``import qsgd`` needs torch alone.
 """
 
 from __future__ import annotations
 
 import abc
-import importlib
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -30,11 +32,14 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .noise import keyed_generator, keyed_noise, noise_key
+
 __all__ = [
     "Context",
     "Perturbation",
     "register",
     "get_perturbation",
+    "perturbation_class",
     "available",
     "keyed_generator",
     "rms",
@@ -49,37 +54,8 @@ __all__ = [
     "Unif",
     "Anneal",
     "Anti",
+    "Circuit",
 ]
-
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def noise_key(seed: int, step: int, index: int, stream: int = 0) -> int:
-    """A 63-bit key mixing (seed, step, tensor index, stream) with SplitMix64.
-
-    Distinct tuples give statistically independent streams; the same tuple always gives the
-    same key, on every machine.
-    """
-    h = _splitmix64(int(seed) & _MASK64)
-    for part in (step, index, stream):
-        h = _splitmix64(h ^ (int(part) & _MASK64))
-    return h & ((1 << 63) - 1)
-
-
-def keyed_generator(device: torch.device | str, seed: int, step: int, index: int,
-                    stream: int = 0) -> torch.Generator:
-    """A fresh ``torch.Generator`` on ``device`` seeded by :func:`noise_key`."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed(noise_key(seed, step, index, stream))
-    return gen
-
 
 def sinpi(x: Tensor) -> Tensor:
     """sin(π x), exactly 0 at integers and accurate for large |x| (argument reduced first)."""
@@ -156,14 +132,32 @@ class Perturbation(abc.ABC):
     ``term(theta, grad, ctx)`` returns Q (direction kind) or ξ (gradient kind) for 1-D
     ``theta`` and ``grad`` of equal length, in their dtype and device; the optimizer multiplies
     it by λ. It must not modify its inputs.
+
+    Class attributes (read by the optimizer, the fused dispatch and the theory checks, so a
+    variant's properties live on its class and nowhere else):
+
+    * ``name``: the registry name. ``kind``: ``"direction"`` or ``"gradient"`` (module
+      docstring). ``stochastic``: the term draws keyed noise.
+    * ``elementwise``: Q_i depends on (θ_i, g_i) alone, so one call on several tensors
+      concatenated equals the calls tensor by tensor (the flat CPU path uses this).
+    * ``fused_code``: the perturbation code (constexpr ``PERT``) of the fused Triton kernel
+      that computes this term in-kernel (:mod:`qsgd.fused`), or None: no kernel, the optimizer
+      takes another path. It holds for the class that sets it and for no subclass: a subclass
+      may override :meth:`term`, which the kernel would not see, so :mod:`qsgd.fused` reads it
+      from ``type(p).__dict__`` only; a subclass that keeps the maths may set it again.
+    * ``q_over_g_bound``: a bound B with |Q_i| ≤ B·|g_i| for every θ and every step (for the
+      direction kind), ``math.inf`` when there is none: 0 for none, 1 for sin, cos and circuit
+      (|sin|, |cos|, |⟨X⟩| ≤ 1), √3 for unif (|ξ| ≤ √3·RMS(sin πθ) ≤ √3), ∞ for taylor (π|θ|
+      grows with θ), gauss (unbounded normal), anti (additive, not a multiple of g) and the
+      gradient-kind anneal. Used by the theory checks' update-size bound.
     """
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "direction"  # or "gradient"
     stochastic: ClassVar[bool] = False
-    #: Q_i depends on (θ_i, g_i) alone (no per-tensor statistic, no noise stream), so one call
-    #: on several tensors concatenated equals the calls tensor by tensor (the flat CPU path)
     elementwise: ClassVar[bool] = False
+    fused_code: ClassVar[int | None] = None
+    q_over_g_bound: ClassVar[float] = math.inf
 
     @abc.abstractmethod
     def term(self, theta: Tensor, grad: Tensor, ctx: Context) -> Tensor:
@@ -185,8 +179,6 @@ class Perturbation(abc.ABC):
 
 
 _REGISTRY: dict[str, type[Perturbation]] = {}
-# Variants whose module carries heavier code register on first use.
-_LAZY: dict[str, str] = {"circuit": "qsgd.circuit"}
 
 
 def register(cls: type[Perturbation]) -> type[Perturbation]:
@@ -198,8 +190,17 @@ def register(cls: type[Perturbation]) -> type[Perturbation]:
 
 
 def available() -> list[str]:
-    """All registered perturbation names (lazy ones included)."""
-    return sorted(set(_REGISTRY) | set(_LAZY))
+    """All registered perturbation names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def perturbation_class(name: str) -> type[Perturbation]:
+    """The class registered under ``name`` (raises ``ValueError`` listing the valid names)."""
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown perturbation {name!r}; valid perturbations: {', '.join(available())}"
+        )
+    return _REGISTRY[name]
 
 
 def get_perturbation(spec: str | Perturbation | None) -> Perturbation:
@@ -212,13 +213,7 @@ def get_perturbation(spec: str | Perturbation | None) -> Perturbation:
         raise ValueError(
             f"perturbation must be a name or a Perturbation, got {type(spec).__name__}: {spec!r}"
         )
-    if spec not in _REGISTRY and spec in _LAZY:
-        importlib.import_module(_LAZY[spec])
-    if spec not in _REGISTRY:
-        raise ValueError(
-            f"unknown perturbation {spec!r}; valid perturbations: {', '.join(available())}"
-        )
-    return _REGISTRY[spec]()
+    return perturbation_class(spec)()
 
 
 @register
@@ -227,6 +222,8 @@ class None_(Perturbation):
 
     name = "none"
     elementwise = True
+    fused_code = 0  # PERT_NONE of qsgd._fused_kernels
+    q_over_g_bound = 0.0
 
     def term(self, theta, grad, ctx):
         return torch.zeros_like(grad)
@@ -241,6 +238,8 @@ class Sin(Perturbation):
 
     name = "sin"
     elementwise = True
+    fused_code = 1  # PERT_SIN of qsgd._fused_kernels
+    q_over_g_bound = 1.0
 
     def term(self, theta, grad, ctx):
         return sinpi(theta).mul_(grad)
@@ -257,6 +256,8 @@ class Cos(Perturbation):
 
     name = "cos"
     elementwise = True
+    fused_code = 2  # PERT_COS of qsgd._fused_kernels
+    q_over_g_bound = 1.0
 
     def term(self, theta, grad, ctx):
         return cospi(theta).mul_(grad)
@@ -273,6 +274,8 @@ class Taylor(Perturbation):
 
     name = "taylor"
     elementwise = True
+    fused_code = 3  # PERT_TAYLOR of qsgd._fused_kernels
+    q_over_g_bound = math.inf  # π|θ| grows with |θ|
 
     def term(self, theta, grad, ctx):
         return (theta * math.pi).mul_(grad)
@@ -287,20 +290,13 @@ def _sin_rms(theta: Tensor) -> Tensor:
     return rms(sinpi(theta))
 
 
-# [cuda-noise] On CUDA, gauss/unif draw ξ from the Philox stream of qsgd.fused (the fused kernel
-# draws the very same numbers), so reference, foreach and fused steps agree there. Elsewhere, or
-# without Triton, a keyed torch.Generator. Both are keyed on (seed, step, tensor index).
+# [cuda-noise] On CUDA (with Triton) gauss/unif draw ξ from the Philox stream the fused kernel
+# draws in-kernel (qsgd.noise.cuda_noise), so reference, foreach and fused steps agree there.
+# Elsewhere a keyed torch.Generator. Both are keyed on (seed, step, tensor index).
 def _keyed_noise(grad: Tensor, ctx: Context, kind: str) -> Tensor:
     """ξ ~ N(0, 1) (``kind="normal"``) or U[0, 1) (``"uniform"``), shaped and typed as grad."""
-    if grad.is_cuda:
-        from .fused import cuda_noise, triton_available
-
-        if triton_available():
-            key = noise_key(ctx.seed, ctx.step, ctx.index)
-            return cuda_noise(key, grad.numel(), kind, grad.device, grad.dtype).view(grad.shape)
-    draw = torch.randn if kind == "normal" else torch.rand
-    return draw(grad.shape, generator=ctx.generator(grad.device), dtype=grad.dtype,
-                device=grad.device)
+    return keyed_noise(grad.shape, kind, seed=ctx.seed, step=ctx.step, index=ctx.index,
+                       device=grad.device, dtype=grad.dtype)
 # [/cuda-noise]
 
 
@@ -311,6 +307,8 @@ class Gauss(Perturbation):
 
     name = "gauss"
     stochastic = True
+    fused_code = 4  # PERT_GAUSS of qsgd._fused_kernels
+    q_over_g_bound = math.inf  # ξ is normal, unbounded
 
     def term(self, theta, grad, ctx):
         s = _sin_rms(theta)
@@ -324,6 +322,8 @@ class Unif(Perturbation):
 
     name = "unif"
     stochastic = True
+    fused_code = 5  # PERT_UNIF of qsgd._fused_kernels
+    q_over_g_bound = math.sqrt(3.0)
 
     def term(self, theta, grad, ctx):
         a = _sin_rms(theta) * math.sqrt(3.0)
@@ -343,6 +343,7 @@ class Anneal(Perturbation):
     name = "anneal"
     kind = "gradient"
     stochastic = True
+    q_over_g_bound = math.inf  # gradient kind: ξ is added to g, not a multiple of it
 
     def __init__(self, eta: float = 0.01, gamma: float = 0.55):
         self.eta = float(eta)
@@ -372,6 +373,7 @@ class Anti(Perturbation):
 
     name = "anti"
     stochastic = True
+    q_over_g_bound = math.inf  # additive: Q is not a multiple of g
 
     def term(self, theta, grad, ctx):
         s = rms(sinpi(theta).mul_(grad))
@@ -382,3 +384,120 @@ class Anti(Perturbation):
                                  dtype=dt, device=dev)
             z.sub_(z_prev)
         return z.mul_(s / math.sqrt(2.0))
+
+
+@register
+class Circuit(Perturbation):
+    r"""The circuit perturbation: Q_i = r_i · g_i with r_i = ⟨X⟩ of qubit i's circuit.
+
+    The flattened in-scope θ is cut into groups of n = ``ctx.n_qubits`` consecutive entries
+    (the last group padded with zeros); entry j of a group is qubit j of that group's circuit,
+    whose data angles are x = π·θ_group. r_i is ⟨X_j⟩ of that circuit (Pauli X on qubit j).
+    All groups of all tensors are simulated as one batch.
+
+    Defaults (documented choices):
+        * ``hadamard=False``: the circuit starts from |0…0⟩. On |0⟩ the paper's leading
+          Hadamard equals Ry(π/2) (H|0⟩ = Ry(π/2)|0⟩ = |+⟩), i.e. a fixed π/2 offset on the first
+          encoding angle, which turns ⟨X⟩ = sin(πθ) into sin(πθ + π/2) = cos(πθ): the ``cos``
+          control, not the paper's sine. Dropping it makes the one-qubit limit
+          ⟨X⟩ of Ry(πθ)|0⟩ = sin(πθ), the identity PAPER.md states. ``hadamard=True`` gives
+          the literal paper circuit (one-qubit limit: cos(πθ)).
+        * ``encoding="once"``: πθ enters only the first layer's Ry. Re-uploading it into every
+          Ry and Rz would make even the one-qubit circuit a different function
+          (e.g. depth 2: Ry(a)Rz(a)Ry(a)Rz(a)|0⟩), so the sine limit would be lost.
+        * ``depth=2`` (the paper's), ``entangle=True`` (CNOT chain after each layer),
+          ``extra_ry = extra_rz = 0`` (fixed extra angles added to every Ry / Rz; at 0 those
+          gates are the identity and skipped).
+    With these defaults the circuit is Ry(πθ_q) on each qubit followed by two CNOT chains,
+    so for n = 1 (no CNOT exists) r = 2·cos(πθ/2)·sin(πθ/2) = sin(πθ) for every depth, and
+    ``SuperpositionalAdamW(perturbation="circuit", n_qubits=1)`` is the ``sin`` variant.
+    For n > 1 the state before the CNOTs is a product with Bloch vectors (sin πθ_q, 0, cos πθ_q)
+    and CNOT(c→t) maps X_c to X_c·X_t (Heisenberg picture), so every r_i is a product of sines
+    s_j = sin(πθ_j) of its group: n = 2, depth 2: the two CNOTs cancel and r = (s_0, s_1), the
+    sine again; n = 4, depth 2 (the ``circuit`` variant's default register):
+    r = (s_0·s_2, s_1·s_3, s_2, s_3); n = 4, depth 1: (s_0·s_1, s_1·s_2, s_2·s_3, s_3).
+
+    Computed without autograd in float32 or float64 (half types in float32), on θ's device,
+    by the statevector simulator of :mod:`qsgd.circuit` (encoding angles π·θ).
+    ``backend="aer"`` routes every group through Qiskit Aer instead (slow; for cost checks).
+
+    Args (the circuit, as :func:`qsgd.circuit.simulate`): depth, entangle, hadamard, encoding;
+    extra_ry, extra_rz: the fixed extra angles; backend: ``"torch"`` or ``"aer"``.
+    """
+
+    name = "circuit"
+    q_over_g_bound = 1.0  # |⟨X⟩| ≤ 1
+
+    def __init__(self, depth: int = 2, entangle: bool = True, hadamard: bool = False,
+                 encoding: str = "once", extra_ry: float = 0.0, extra_rz: float = 0.0,
+                 backend: str = "torch"):
+        # the simulator is imported here and in readout(), not at module level: ``import qsgd``
+        # stays free of the circuit package until a circuit perturbation is made
+        from .circuit.spec import CircuitSpec, check_backend
+
+        CircuitSpec(1, depth, entangle, hadamard, encoding)  # validates depth and encoding
+        check_backend(backend)
+        self.depth = int(depth)
+        self.entangle = bool(entangle)
+        self.hadamard = bool(hadamard)
+        self.encoding = encoding
+        self.extra_ry = float(extra_ry)
+        self.extra_rz = float(extra_rz)
+        self.backend = backend
+
+    def __repr__(self) -> str:
+        return (f"Circuit(depth={self.depth}, entangle={self.entangle}, "
+                f"hadamard={self.hadamard}, encoding={self.encoding!r}, "
+                f"extra_ry={self.extra_ry}, extra_rz={self.extra_rz}, "
+                f"backend={self.backend!r})")
+
+    def readout(self, theta: Tensor, n_qubits: int) -> Tensor:
+        """r for a 1-D θ: ⟨X⟩ per entry, same length, dtype and device as θ."""
+        from .circuit.spec import CircuitSpec
+        from .circuit.statevector import simulate_spec
+
+        n = int(n_qubits)
+        spec = CircuitSpec(n, self.depth, self.entangle, self.hadamard, self.encoding)
+        length = theta.numel()
+        dt = theta.dtype if theta.dtype in (torch.float32, torch.float64) else torch.float32
+        with torch.no_grad():
+            x = theta.detach().reshape(-1).to(dt)
+            pad = (-length) % n
+            if pad:
+                x = torch.cat((x, x.new_zeros(pad)))
+            x = (x * math.pi).reshape(-1, n)
+            w = None
+            if self.extra_ry != 0.0 or self.extra_rz != 0.0:
+                w = x.new_empty(self.depth, 2, n)
+                w[:, 0] = self.extra_ry
+                w[:, 1] = self.extra_rz
+            r = simulate_spec(spec, x, w, readout="X", backend=self.backend)
+            return r.reshape(-1)[:length].to(theta.dtype)
+
+    def term(self, theta: Tensor, grad: Tensor, ctx: Context) -> Tensor:
+        return self.readout(theta, ctx.n_qubits).mul_(grad)
+
+    def terms(self, thetas: list[Tensor], grads: list[Tensor],
+              ctxs: list[Context]) -> list[Tensor]:
+        """All tensors in one batch: each is padded to whole groups, concatenated, simulated
+        once and split back (groups never straddle two tensors)."""
+        if not thetas:
+            return []
+        ns = {c.n_qubits for c in ctxs}
+        dts = {t.dtype for t in thetas}
+        devs = {t.device for t in thetas}
+        if len(ns) != 1 or len(dts) != 1 or len(devs) != 1:
+            return super().terms(thetas, grads, ctxs)
+        n = ns.pop()
+        parts, lengths = [], []
+        for t in thetas:
+            flat = t.detach().reshape(-1)
+            pad = (-flat.numel()) % n
+            parts.append(torch.cat((flat, flat.new_zeros(pad))) if pad else flat)
+            lengths.append(flat.numel())
+        r = self.readout(torch.cat(parts), n)
+        out, start = [], 0
+        for length, g in zip(lengths, grads):
+            out.append(r[start:start + length].mul(g))
+            start += length + (-length) % n
+        return out

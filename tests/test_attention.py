@@ -11,15 +11,18 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import qsgd.circuit as circuit
-from qsgd.attention import QuantumAttention, ScoreCircuit, quantum_attention
-from qsgd.circuit import (
+import qsgd.attention.coefficients as coefficients
+from qsgd.attention import (
+    QuantumAttention,
+    ScoreCircuit,
     circuit_line,
     fourier_eval_line,
-    fourier_series,
     line_coefficients,
     line_series,
+    quantum_attention,
 )
+from qsgd.circuit import CircuitSpec, fourier_series
+from qsgd.circuit.fourier import to_real_basis
 
 F64 = torch.float64
 
@@ -195,15 +198,15 @@ def test_line_coefficients_table_and_shift_rule_agree_with_autograd(monkeypatch,
     c, ks = fourier_series(w, n, readout=readout)
     if readout != "amp_sum":
         c = c.mean(-1)
-    ref = circuit._to_real_basis(c, ks)
+    ref = to_real_basis(c, ks)
     ref_grad, = torch.autograd.grad((ref * probe).sum(), w)
-    assert circuit._coefficient_table(n, 2, True, True, "reupload", readout, F64,
-                                      torch.device("cpu")) is not None
+    assert coefficients.coefficient_table(CircuitSpec(n, 2, True, True, "reupload"), readout,
+                                          F64, torch.device("cpu")) is not None
     got = {}
     for path in ("table", "shift"):
         if path == "shift":
-            monkeypatch.setattr(circuit, "_TABLE_LIMIT", 0)
-            circuit._coefficient_table.cache_clear()
+            monkeypatch.setattr(coefficients, "TABLE_LIMIT", 0)
+            coefficients.coefficient_table.cache_clear()
         M, ks2 = line_coefficients(w, n, readout=readout)
         assert torch.equal(ks2, ks)
         got[path] = (M, torch.autograd.grad((M * probe).sum(), w)[0])
@@ -211,7 +214,7 @@ def test_line_coefficients_table_and_shift_rule_agree_with_autograd(monkeypatch,
         assert torch.allclose(got[path][1], ref_grad, atol=1e-11), path
         with torch.no_grad():  # no gradient wanted: the same M, by the cheaper route
             assert torch.allclose(line_coefficients(w, n, readout=readout)[0], M, atol=1e-13)
-    circuit._coefficient_table.cache_clear()
+    coefficients.coefficient_table.cache_clear()
 
 
 def test_line_coefficients_errors():
@@ -279,13 +282,13 @@ def test_circuit_line_gradcheck_and_fallback(monkeypatch, n):
     t = torch.randn(5, generator=g, dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda w_, a_, t_: circuit_line(w_, a_, t_), (w, a, t))
     fused = circuit_line(w, a, t, readout="Z")
-    monkeypatch.setattr(circuit, "_TABLE_LIMIT", 0)  # no table: the shift-rule route
-    circuit._coefficient_table.cache_clear()
+    monkeypatch.setattr(coefficients, "TABLE_LIMIT", 0)  # no table: the shift-rule route
+    coefficients.coefficient_table.cache_clear()
     try:
         assert torch.allclose(circuit_line(w, a, t, readout="Z"), fused, atol=1e-12)
         assert torch.autograd.gradcheck(lambda w_, a_, t_: circuit_line(w_, a_, t_), (w, a, t))
     finally:
-        circuit._coefficient_table.cache_clear()
+        coefficients.coefficient_table.cache_clear()
 
 
 def test_circuit_line_errors():

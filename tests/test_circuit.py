@@ -3,6 +3,7 @@ rule, its Fourier structure, and the circuit perturbation's one-qubit limit (the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from qsgd import SuperpositionalAdamW, get_perturbation
 from qsgd.circuit import (
     READOUTS,
-    Circuit,
+    CircuitSpec,
     cnot_chain_permutation,
     expectation,
     fourier_eval,
@@ -28,7 +29,7 @@ from qsgd.circuit import (
     simulate,
     to_qiskit,
 )
-from qsgd.perturbations import Context
+from qsgd.perturbations import Circuit, Context
 
 F64 = torch.float64
 angle = st.floats(-2 * math.pi, 2 * math.pi, allow_nan=False, width=64)
@@ -163,6 +164,40 @@ def test_validation_messages():
         expectation(x, pauli="W")
     with pytest.raises(TypeError, match="real floating"):
         simulate(torch.zeros(2, 3, dtype=torch.int64))
+
+
+def test_circuit_spec_validates_and_keys_caches():
+    spec = CircuitSpec(3, 2, 1, 0, "once")
+    assert (spec.entangle, spec.hadamard) == (True, False)  # plain bools: equal specs hash equal
+    assert spec == CircuitSpec(3, 2, True, False, "once")
+    assert hash(spec) == hash(CircuitSpec(3, 2, True, False, "once"))
+    assert spec.weight_shape == (2, 2, 3) and spec.data_gates == 1
+    assert CircuitSpec(3, 4).data_gates == 8
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.depth = 3
+    for kwargs, message in [(dict(n=0), "invalid n_qubits: 0"), (dict(n=True), "invalid n_qubits"),
+                            (dict(n=2, depth=0), "invalid depth: 0"),
+                            (dict(n=2, depth=1.5), "invalid depth: 1.5"),
+                            (dict(n=2, encoding="twice"), "invalid encoding: 'twice'")]:
+        with pytest.raises(ValueError, match=message):
+            CircuitSpec(**kwargs)
+    with pytest.raises(ValueError, match=r"trailing shape \(depth, 2, n_qubits\) = \(2, 2, 3\)"):
+        spec.check_weights(torch.zeros(2, 2, 2))
+    # the gate list skips exactly the identity gates of the plan (once, no weights: one Ry layer)
+    assert [g for g, _, _ in spec.gates(False)] == ["ry"] * 3 + ["cx"] * 4
+    assert [g for g, _, _ in CircuitSpec(1, 1).gates(True)] == ["h", "ry", "rz"]
+
+
+def test_import_qsgd_is_light_and_circuit_is_re_exported():
+    """``import qsgd`` loads no circuit, attention, model or fused code; ``qsgd.circuit.Circuit``
+    is the registered perturbation of qsgd.perturbations."""
+    code = ("import sys, qsgd; bad = [m for m in sys.modules if m.startswith(('qsgd.circuit', "
+            "'qsgd.attention', 'qsgd.models', 'qsgd.fused', 'qiskit'))]; assert not bad, bad; "
+            "import qsgd.circuit, qsgd.perturbations; "
+            "assert qsgd.circuit.Circuit is qsgd.perturbations.Circuit; "
+            "assert qsgd.perturbations.get_perturbation('circuit').__class__.__name__ == 'Circuit'")
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=root)
 
 
 def test_import_without_qiskit():

@@ -7,18 +7,20 @@ the kernels under Triton's CPU interpreter against the reference.
 
 from __future__ import annotations
 
+import ast
 import math
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
-from qsgd import SuperpositionalAdamW
+from qsgd import SuperpositionalAdamW, fused
 from qsgd.fused import FUSED_PERTURBATIONS, fused_unsupported_reason
-from qsgd.perturbations import get_perturbation, noise_key
+from qsgd.perturbations import _REGISTRY, Sin, available, get_perturbation, noise_key, register
 
 CUDA = torch.cuda.is_available()
 gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device (fused Triton kernels)")
@@ -91,6 +93,156 @@ def test_unsupported_reasons():
     assert set(FUSED_PERTURBATIONS) == {"none", "sin", "cos", "taylor", "gauss", "unif"}
 
 
+def test_noise_is_a_leaf_module():
+    """qsgd/noise.py imports torch alone: loaded on its own (outside the package) in a fresh
+    interpreter, no qsgd module and no Triton gets imported, and its key is the same."""
+    root = Path(__file__).resolve().parents[1]
+    path = str(root / "qsgd" / "noise.py")
+    code = textwrap.dedent(f"""
+        import importlib.util, sys
+        spec = importlib.util.spec_from_file_location("leaf_noise", {path!r})
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        bad = sorted(m for m in sys.modules if m == "qsgd" or m.startswith(("qsgd.", "triton")))
+        assert not bad, bad
+        print(mod.noise_key(1, 2, 3, 4))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, timeout=120, cwd=root)
+    assert int(out.stdout) == noise_key(1, 2, 3, 4)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """qsgd's module-level imports between its own modules (imports inside functions, which
+    run on first use, and ``if TYPE_CHECKING`` blocks are not edges)."""
+    root = Path(__file__).resolve().parents[1] / "qsgd"
+    graph = {}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent).with_suffix("")
+        parts = list(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        name = ".".join(parts)
+        package = parts if rel.name == "__init__" else parts[:-1]
+        edges = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name.startswith("qsgd")}
+            elif isinstance(node, ast.ImportFrom):
+                base = (".".join(package[:len(package) - node.level + 1]) if node.level
+                        else node.module or "")
+                if node.level and node.module:
+                    base = f"{base}.{node.module}"
+                if not base.startswith("qsgd"):
+                    continue
+                if node.module is None:  # from . import a, b: the modules a and b
+                    edges |= {f"{base}.{a.name}" for a in node.names}
+                else:
+                    edges.add(base)
+        graph[name] = edges
+    return graph
+
+
+def test_no_import_cycles_and_fused_imports_no_concrete_perturbation():
+    graph = _module_graph()
+    assert graph["qsgd.noise"] == set()
+    assert graph["qsgd.fused"] == {"qsgd.noise", "qsgd.perturbations"}
+    state: dict[str, int] = {}
+
+    def visit(m, path):
+        state[m] = 1
+        for dep in graph.get(m, ()):
+            assert state.get(dep) != 1, f"import cycle: {' -> '.join([*path, dep])}"
+            if dep not in state:
+                visit(dep, [*path, dep])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [m])
+    # and at run time: importing the fused module pulls in no circuit or attention code
+    code = ("import sys, qsgd.fused; bad = [m for m in sys.modules if m.startswith("
+            "('qsgd.circuit', 'qsgd.attention', 'qsgd.models'))]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_fused_codes_are_the_kernels_constants():
+    """Each class's fused_code is the kernel's PERT_<NAME> constant (read from the kernels'
+    source: Triton need not be installed), and FUSED_PERTURBATIONS lists exactly those."""
+    src = (Path(__file__).resolve().parents[1] / "qsgd" / "_fused_kernels.py").read_text()
+    consts = {}
+    for node in ast.parse(src).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple):
+            names = [t.id for t in node.targets[0].elts]
+            consts.update(zip(names, ast.literal_eval(node.value), strict=True))
+    codes = {name: type(get_perturbation(name)).__dict__.get("fused_code")
+             for name in available()}
+    kernel = {n: c for n, c in codes.items() if c is not None}
+    assert kernel == {n: consts[f"PERT_{n.upper()}"] for n in kernel}
+    assert set(FUSED_PERTURBATIONS) == set(kernel) == set(fused.fused_perturbations())
+    assert list(FUSED_PERTURBATIONS) == sorted(kernel, key=kernel.get)
+
+
+class _ShiftedSin(Sin):
+    """A subclass that changes the maths: must not run the sine kernel."""
+
+    def term(self, theta, grad, ctx):
+        return super().term(theta, grad, ctx) * 2
+
+
+class _PlainSin(Sin):
+    """A subclass that keeps the maths but does not opt in: no kernel either (exact classes)."""
+
+
+class _OptedInSin(Sin):
+    """A subclass that keeps the maths and says so."""
+
+    fused_code = Sin.fused_code
+
+
+def test_fused_support_follows_the_class_attribute():
+    assert fused.fused_code(Sin()) == 1 and fused.fused_code(get_perturbation("circuit")) is None
+    assert fused.fused_code(_ShiftedSin()) is None and fused.fused_code(_PlainSin()) is None
+    assert fused.fused_code(_OptedInSin()) == 1
+    p = [torch.zeros(4)]
+    for pert in (_ShiftedSin(), _PlainSin()):
+        assert "no fused kernel" in fused_unsupported_reason(p, p, p, p, pert)
+    assert "not cuda" in fused_unsupported_reason(p, p, p, p, _OptedInSin())
+    # the derived list follows the registry: a registered class with its own code joins it,
+    # one that only inherits a code does not
+    register(type("Sin2", (_OptedInSin,), {"name": "sin2", "fused_code": 1}))
+    register(type("Sin3", (_OptedInSin,), {"name": "sin3"}))
+    try:
+        names = fused.fused_perturbations()
+        assert "sin2" in names and "sin3" not in names
+    finally:
+        _REGISTRY.pop("sin2")
+        _REGISTRY.pop("sin3")
+    assert fused.fused_perturbations() == FUSED_PERTURBATIONS
+
+
+@pytest.mark.parametrize("pert", ["sin", "shifted"])
+def test_the_optimizer_asks_only_the_one_support_check(monkeypatch, pert):
+    """With fused_unsupported_reason forced to "supported", the optimizer launches the kernel
+    (here a spy of the launcher) even for CPU tensors: no other check stands in the way; and
+    the real check keeps a subclass that overrides term away from the kernel."""
+    launched = []
+    monkeypatch.setattr(fused, "_dispatch", lambda *a, **k: launched.append(a[7]))
+    perturbation = "sin" if pert == "sin" else _ShiftedSin()
+    a = _make(SHAPES, torch.float64, "cpu")
+    opt = SuperpositionalAdamW(a, perturbation=perturbation, scope="first_n")
+    _run(opt, a, 1)
+    assert launched == []  # CPU: unsupported, so the reference paths ran
+    real = fused.fused_unsupported_reason
+    monkeypatch.setattr(fused, "fused_unsupported_reason",
+                        lambda *args: None if real(*args).endswith("not cuda") else real(*args))
+    before = [p.detach().clone() for p in a]
+    _run(opt, a, 1)
+    if pert == "sin":
+        assert launched == [1]  # the group went to the kernel, with the sine's code
+        assert all(torch.equal(x, y) for x, y in zip(a, before, strict=True))
+    else:
+        assert launched == []
+
+
 @pytest.mark.parametrize("variant", ["sin", "gauss"])
 def test_fused_true_on_cpu_falls_back_to_the_reference(variant):
     a = _make(SHAPES, torch.float64, "cpu")
@@ -104,15 +256,15 @@ def test_fused_true_on_cpu_falls_back_to_the_reference(variant):
 
 _INTERP_SCRIPT = textwrap.dedent("""
     import math, torch
-    from qsgd import fused
+    from qsgd import fused, noise
     from qsgd.optimizer import reference_step
     from qsgd.perturbations import get_perturbation, noise_key, rms, sinpi
     for seed, step, idx in [(0, 1, 0), (123, 7, 42), (2**64 - 5, 3, 1), (-3, 100, 9)]:
-        assert fused._device_noise_key(seed, step, idx, "cpu") == noise_key(seed, step, idx)
+        assert noise.device_noise_key(seed, step, idx, "cpu") == noise_key(seed, step, idx)
     key = noise_key(1, 2, 3)
     for kind in ("normal", "uniform"):
-        long = fused.cuda_noise(key, 4099, kind, "cpu")
-        short = fused.cuda_noise(key, 6, kind, "cpu")
+        long = noise.cuda_noise(key, 4099, kind, "cpu")
+        short = noise.cuda_noise(key, 6, kind, "cpu")
         assert torch.equal(long[:6], short), "noise of element i must not depend on n"
     shapes = [(37,), (1,), (3, 3), (2050,)]
     hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, n_qubits=4,
@@ -128,7 +280,7 @@ _INTERP_SCRIPT = textwrap.dedent("""
                 P = get_perturbation(pert)
                 idx = list(range(3, 3 + len(shapes)))
                 fused._dispatch(*A, [5] * len(shapes), idx, [t.numel() for t in A[0]],
-                                fused._PERT_CODE[type(P)], lam=0.5, first_n=scope == "first_n",
+                                fused.fused_code(P), lam=0.5, first_n=scope == "first_n",
                                 bias_correction=bc, **hyper)
                 for i, (p, g, m, v) in enumerate(zip(*R)):
                     p0 = p.clone()
@@ -138,7 +290,7 @@ _INTERP_SCRIPT = textwrap.dedent("""
                         th, gg = p.reshape(-1)[:n], g.reshape(-1)[:n]
                         s = rms(sinpi(th))
                         kind = "normal" if pert == "gauss" else "uniform"
-                        xi = fused.cuda_noise(noise_key(7, 5, idx[i]), n, kind, "cpu")
+                        xi = noise.cuda_noise(noise_key(7, 5, idx[i]), n, kind, "cpu")
                         q = (xi * s if pert == "gauss" else (xi * 2 - 1) * (s * math.sqrt(3))) * gg
                         P_ref = get_perturbation("none")
                     else:
@@ -243,11 +395,11 @@ def test_noise_is_one_definition_on_cuda(variant):
 @gpu
 @pytest.mark.gpu
 def test_cuda_noise_key_and_distribution():
-    from qsgd.fused import _device_noise_key, cuda_noise
+    from qsgd.noise import cuda_noise, device_noise_key
 
     for seed, step, idx in [(0, 1, 0), (123, 7, 42), (2**64 - 5, 3, 1), (-3, 100, 9),
                             (2**40 + 17, 2**20, 12345)]:
-        assert _device_noise_key(seed, step, idx, "cuda") == noise_key(seed, step, idx)
+        assert device_noise_key(seed, step, idx, "cuda") == noise_key(seed, step, idx)
     key = noise_key(5, 1, 0)
     z = cuda_noise(key, 1 << 20, "normal", "cuda").double()
     assert abs(float(z.mean())) < 5e-3 and abs(float(z.std()) - 1) < 5e-3

@@ -70,6 +70,30 @@ def test_sin_and_cos_terms_are_bounded_by_the_gradient(state):
         assert torch.all(q.abs() <= grad.abs())
 
 
+BOUNDED = [v for v in available()
+           if math.isfinite(get_perturbation(v).q_over_g_bound)]
+
+
+def test_q_over_g_bounds_are_declared_on_the_classes():
+    """The attribute the theory checks read: finite exactly where a bound exists."""
+    bounds = {v: get_perturbation(v).q_over_g_bound for v in available()}
+    assert bounds == {"none": 0.0, "sin": 1.0, "cos": 1.0, "circuit": 1.0,
+                      "unif": math.sqrt(3.0), "taylor": math.inf, "gauss": math.inf,
+                      "anti": math.inf, "anneal": math.inf}
+
+
+@pytest.mark.parametrize("variant", BOUNDED)
+@settings(max_examples=30, deadline=None)
+@given(states(), st.integers(1, 10_000), st.integers(0, 2**40))
+def test_every_finite_q_over_g_bound_holds(variant, state, step, seed):
+    """|Q_i| ≤ q_over_g_bound·|g_i| for every perturbation that declares a finite bound."""
+    theta, grad, *_ = state
+    pert = get_perturbation(variant)
+    assert pert.kind == "direction"
+    q = pert.term(theta, grad, Context(step=step, seed=seed, index=3, n_qubits=3))
+    assert torch.all(q.abs() <= pert.q_over_g_bound * grad.abs() * (1 + 1e-12))
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(-50, 50), min_size=1, max_size=16), st.lists(finite, min_size=16,
                                                                            max_size=16))

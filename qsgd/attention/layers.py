@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .circuit import circuit_line, simulate
+from ..circuit import simulate
+from .series import circuit_line
 
 __all__ = ["ScoreCircuit", "quantum_attention", "QuantumAttention", "PHI_READOUTS",
            "PHI_METHODS"]
@@ -63,9 +64,9 @@ class ScoreCircuit(nn.Module):
             trigonometric polynomial in s: its real-basis coefficients M(w) come from a table
             of the circuit simulated once per shape at corner weights, or, where that table
             would be too large, from one batched simulation on a grid of Nⁿ angle tuples with
-            parameter-shift gradients (``qsgd.circuit.line_coefficients``), and the
+            parameter-shift gradients (``qsgd.attention.line_coefficients``), and the
             polynomial is evaluated at every score; coefficients, their Jacobian and the
-            series are one ``autograd.Function`` (``qsgd.circuit.circuit_line``). ``"state"``
+            series are one ``autograd.Function`` (``qsgd.attention.circuit_line``). ``"state"``
             simulates one statevector per score (``qsgd.circuit.simulate``). They agree to
             rounding (tested); "fourier" is several times faster at attention sizes for
             n ≤ 3, but its grid grows as Nⁿ. ``"auto"`` (default): "fourier" for n ≤ 3,
