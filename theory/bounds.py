@@ -33,11 +33,6 @@ T1_CONFIGS: tuple[tuple[str, str, dict], ...] = (
     ("sin-l2.0", "sin-l2.0", {}),
     ("sin-l0.5, no bias correction", "sin-l0.5", {"bias_correction": False}),
 )
-# sup |Q_i| / |g_i| where a finite one exists (sin, cos: |sin|, |cos| <= 1; circuit: a Pauli
-# expectation, |<X>| <= 1; unif: |ξ| <= √3·s <= √3 since s = RMS of sin(πθ) <= 1)
-# TODO(lead): get_perturbation(name).q_over_g_bound (math.inf = unbounded) replaces this table
-_Q_OVER_G = {"none": 0.0, "sin": 1.0, "cos": 1.0, "circuit": 1.0, "unif": math.sqrt(3.0)}
-
 
 def adam_ratio_bound(step: int, beta1: float, beta2: float, bias_correction: bool = True) -> float:
     """B_t: the largest |m̂_t|/√v̂_t over all gradient sequences (Cauchy–Schwarz, tight).
@@ -98,7 +93,9 @@ def _t1_run(variant_id: str, extra: dict, steps: int, seed: int) -> dict:
     pert = get_perturbation(v.perturbation)
     lam = v.quantum_weight
     direction = pert.kind == "direction" and lam != 0.0
-    q_cap = _Q_OVER_G.get(v.perturbation)
+    # sup |Q_i| / |g_i|, declared by the perturbation class (math.inf: no finite bound)
+    bound = pert.q_over_g_bound
+    q_cap = bound if math.isfinite(bound) else None
     worst_state, worst_prior, worst_q, q_at_zero = 0.0, 0.0, 0.0, 0.0
     worst_ramp = 0.0
     ramp_len = 150
