@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from .arms import get_arm
 from .config import GridConfig, load_config
 from .records import RUNS_FILE, load_records
 
@@ -160,7 +161,8 @@ def render_arm(cfg: GridConfig) -> Path:
     metrics = [m for m in COMPARED_METRICS[cfg.arm] if m in runs.columns]
     table = stats.compare_all(runs, metrics, baselines=("adamw", "sin-l0.5"),
                               claimed_effects={k: v for k, v in CLAIMED.items() if k in metrics},
-                              tost_margins=_margins(runs, metrics), n_boot=4000)
+                              tost_margins=_margins(runs, metrics), n_boot=4000,
+                              higher_is_better=get_arm(cfg.arm).directions())
     table.to_csv(out / "stats.csv", index=False)
     if cfg.arm == "classifier":
         body, claims = _classifier_sections(cfg, runs, curves, table, figs, records)
