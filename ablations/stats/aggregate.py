@@ -33,6 +33,10 @@ def iqm(x, axis: int | None = None) -> float | np.ndarray:
 
     As in rliable, ``scipy.stats.trim_mean(x, 0.25)``; with ``axis=None`` the values are
     flattened. Example: the IQM of 1..100 is the mean of 26..75, 50.5.
+
+    Args:
+        x: values.
+        axis: axis along which to trim and average, or None for all values.
     """
     a = np.asarray(x, dtype=float)
     if axis is None:
@@ -140,6 +144,14 @@ def probability_of_improvement(x_variant, x_baseline, *, higher_is_better: bool 
     are resampled jointly, keeping the seed pairing; otherwise the two samples are resampled
     independently. Non-finite values are dropped (pairwise when paired).
 
+    Args:
+        x_variant, x_baseline: 1-D values, or per-task mappings/sequences with the same tasks.
+        higher_is_better: direction of the metric.
+        paired: resample seeds jointly (arrays aligned by seed) or the samples independently.
+        n_boot: bootstrap replicates (0: no interval).
+        rng_seed: seed of ``numpy.random.default_rng``.
+        alpha: two-sided level of the interval.
+
     Returns:
         ``(poi, ci_low, ci_high)``; 1.0 when every variant run beats every baseline run.
     """
@@ -199,6 +211,7 @@ def aggregate_metrics(runs: pd.DataFrame, metric: str, *, group: str | Sequence[
         group: column(s) whose groups are summarised (default ``variant``).
         strata: columns defining the bootstrap strata (e.g. ``("attention", "lr")``); empty
             for one stratum.
+        n_boot, rng_seed, alpha: passed to :func:`stratified_bootstrap_ci`.
 
     Returns:
         DataFrame with the group column(s), n, mean, mean_low, mean_high, iqm, iqm_low,

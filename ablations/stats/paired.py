@@ -293,6 +293,9 @@ def holm(pvalues) -> np.ndarray:
     entries: with the m finite p values sorted ascending p_(1) ≤ … ≤ p_(m), the adjusted
     value is max_{j ≤ i} min(1, (m − j + 1)·p_(j)). Adapter: NaN entries are left NaN and do
     not count in m. Example: [0.01, 0.04, 0.03] → [0.03, 0.06, 0.06].
+
+    Args:
+        pvalues: p values of one family (any shape; NaN for "no test").
     """
     p = np.asarray(pvalues, dtype=float)
     out = np.full(p.shape, np.nan)
@@ -315,7 +318,16 @@ def holm(pvalues) -> np.ndarray:
 
 def verdict(diff: float, p_holm: float, p_tost: float, tost_margin: float,
             higher_is_better: bool | None, alpha: float = 0.05) -> str:
-    """The verdict of one comparison (see :func:`compare_all` for the rule)."""
+    """The verdict of one comparison (see :func:`compare_all` for the rule).
+
+    Args:
+        diff: mean paired difference.
+        p_holm: Holm-adjusted p value of the t test.
+        p_tost: TOST p value (NaN without a margin).
+        tost_margin: the equivalence margin, as printed in the verdict.
+        higher_is_better: the metric's direction, or None for none.
+        alpha: significance level.
+    """
     if np.isfinite(p_holm) and p_holm < alpha and np.isfinite(diff) and diff != 0:
         higher = diff > 0
         if higher_is_better is None:

@@ -86,8 +86,8 @@ def seeds_needed(effect: float, sd_diff: float, alpha: float = 0.05,
     searched exactly over the integers from the normal approximation n ≈ ((z_{1−α/2} +
     z_power)/d)². statsmodels' ``TTestPower().solve_power(nobs=None)`` returns the
     continuous root, whose ceiling this is (d = 0.5, α = 0.05, 80 %: 33.4 → 34 seeds); its
-    root finder is only accurate to about 1e-6, which can put the ceiling on the wrong
-    integer, hence the integer search on the power itself.
+    root finder is only accurate to about 1e-6, which could put the ceiling on the wrong
+    integer next to a whole number, hence the integer search on the power itself.
 
     Args:
         effect: the difference to detect, in metric units (its sign is ignored).
@@ -133,6 +133,12 @@ def min_detectable_effect(n: int, sd_diff: float, alpha: float = 0.05,
     ``TTestPower().solve_power(effect_size=None)`` does the same with a looser tolerance,
     about 1e-6 relative) and returns d·sd_diff, in metric units.
 
+    Args:
+        n: number of paired seeds.
+        sd_diff: standard deviation of the paired differences.
+        alpha: two-sided significance level.
+        power: target power.
+
     Returns:
         NaN for n < 2 or a non-finite ``sd_diff``; 0 when ``sd_diff`` is 0; ``inf`` when no
         d below 1e6 reaches the power.
@@ -162,6 +168,12 @@ def power_to_detect(effect: float | None, sd_diff: float, n: int,
     without an effect (None or NaN), with n < 2 or a non-finite ``sd_diff``; when
     ``sd_diff`` is 0 (all differences equal) the power is 1 for a non-zero effect; a zero
     effect has power alpha (the test's size).
+
+    Args:
+        effect: the difference to detect, metric units (sign ignored), or None.
+        sd_diff: standard deviation of the paired differences.
+        n: number of pairs.
+        alpha: two-sided significance level.
     """
     if effect is None or not np.isfinite(effect) or n is None or n < 2 \
             or sd_diff is None or not np.isfinite(sd_diff):

@@ -32,6 +32,10 @@ def t_interval(x, alpha: float = 0.05) -> tuple[float, float, float]:
     mean ± t_{1−alpha/2, n−1}·sd/√n, from ``scipy.stats.ttest_1samp(x, 0)
     .confidence_interval(1 − alpha)``.
 
+    Args:
+        x: values (anything :func:`pandas.to_numeric` reads; NaNs are dropped).
+        alpha: two-sided level.
+
     Returns:
         ``(mean, low, high)``; the interval is NaN for fewer than two values and collapses to
         the mean when all values are equal.
@@ -83,6 +87,12 @@ def summarize(df: pd.DataFrame, value: str, by: str | Sequence[str],
               alpha: float = 0.05) -> pd.DataFrame:
     """Mean and (1−alpha) t interval (:func:`t_interval`) of ``value`` per group of ``by``.
 
+    Args:
+        df: a table with the ``value`` and ``by`` columns.
+        value: the column summarised.
+        by: grouping column(s); missing values form their own group.
+        alpha: two-sided level.
+
     Returns:
         DataFrame with the ``by`` columns, n, mean, sd, ci_low, ci_high.
     """
@@ -105,6 +115,13 @@ def curve_summary(curves: pd.DataFrame, value: str = "test_acc", *,
     Input is the long curve table (one row per run and epoch). Group columns absent from
     ``curves`` are ignored.
 
+    Args:
+        curves: the long curve table.
+        value: the curve column (``test_acc``, ``train_loss``, ...).
+        by: grouping columns.
+        x: the step column (``epoch``, ``step``).
+        alpha: two-sided level.
+
     Returns:
         DataFrame with the group columns, ``x``, n, mean, sd, ci_low, ci_high.
     """
@@ -119,6 +136,9 @@ def parse_lambda(variant: str) -> tuple[str, float]:
     explicit weight of the id: ``sin-l0.5`` → ("sin", 0.5), ``sin-l0.1-first4`` →
     ("sin-first4", 0.1), ``adamw`` → ("adamw", 0.0); ids without an explicit weight (e.g.
     ``anneal``, whose implicit weight is no point of a λ sweep) give λ = NaN.
+
+    Args:
+        variant: a canonical variant id (DESIGN.md).
 
     Raises:
         ValueError: not a valid variant id (qsgd's message lists the valid forms).
@@ -144,6 +164,14 @@ def lambda_sweep(runs: pd.DataFrame, metric: str, *, families: Sequence[str] | N
     Each variant ``<family>-l<λ>`` contributes a point (mean and t CI over its runs). With
     ``include_adamw`` the AdamW runs are added to every family at λ = 0 (λ = 0 ≡ AdamW for
     every variant, DESIGN.md).
+
+    Args:
+        runs: the runs table.
+        metric: metric column.
+        families: the families to sweep (default: every family with an explicit λ).
+        by: further grouping columns (those absent from ``runs`` are ignored).
+        include_adamw: add AdamW at λ = 0 to every family.
+        alpha: two-sided level.
 
     Returns:
         DataFrame with family, lam, the ``by`` columns present in ``runs``, n, mean, sd,

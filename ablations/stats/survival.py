@@ -67,6 +67,12 @@ def time_to_event(runs: pd.DataFrame, *, time_col: str = "epochs_to_90",
     column holding each run's own censoring time (e.g. the run's total seconds, for
     ``sec_to_target``).
 
+    Args:
+        runs: the runs table (rows of one group).
+        time_col: time-to-target column (missing when never reached).
+        event_col: reached column; None (or absent) to treat a finite time as the event.
+        horizon: censoring time, a number or a column name.
+
     Returns:
         ``(times, events)`` as float and bool arrays.
 
@@ -93,8 +99,6 @@ def time_to_event(runs: pd.DataFrame, *, time_col: str = "epochs_to_90",
     if not np.all(np.isfinite(times)):
         raise ValueError("a censored run has no finite censoring time (horizon)")
     return times, e
-
-
 
 
 def _times_events(times, events) -> tuple[np.ndarray, np.ndarray]:
@@ -191,6 +195,10 @@ def km_median(times, events, *, alpha: float = 0.05) -> tuple[float, float, floa
     band counts as crossed (statsmodels: no interval). Any of the three is NaN when the curve
     (or band) never reaches ½ — e.g. fewer than half the runs reached the target.
 
+    Args:
+        times, events: as for :func:`kaplan_meier`.
+        alpha: the CI has level 1 − alpha.
+
     Returns:
         ``(median, ci_low, ci_high)``.
     """
@@ -220,6 +228,10 @@ def logrank_test(times_a, events_a, times_b, events_b) -> tuple[float, float]:
     V = Σ d_j (n_aj / n_j)(1 − n_aj / n_j)(n_j − d_j)/(n_j − 1). The statistic (O − E)² / V
     (``statsmodels.duration.survfunc.survdiff``, as R ``survdiff``) is χ² with 1 df under H0;
     the p value is ``scipy.stats.chi2.sf`` of it.
+
+    Args:
+        times_a, events_a: times and event indicators of group a (see :func:`kaplan_meier`).
+        times_b, events_b: the same for group b.
 
     Returns:
         ``(chi2, p)``; ``(nan, nan)`` when a group is empty or V = 0 (no event at all, or
@@ -254,6 +266,11 @@ def mean_time_among_reached(times_a, events_a, times_b, events_b, *,
     (``scipy.stats.ttest_ind(equal_var=False)``). Adapter: when both groups are constant
     the standard error is 0 and the interval collapses to the difference (p = 1 for equal
     means, else 0), where scipy returns NaN.
+
+    Args:
+        times_a, events_a, times_b, events_b: as for :func:`logrank_test`; only the times of
+            runs with an event count.
+        alpha: the Welch interval has level 1 − alpha.
 
     Returns:
         dict with n_a, n_b (all runs), reached_a, reached_b (counts), mean_a, mean_b,
@@ -296,6 +313,15 @@ def time_to_target(runs: pd.DataFrame, variant: str, baseline: str, *,
     Brookmeyer–Crowley CIs per group, a log-rank test, and the paper-style mean among runs
     that reached the target (:func:`mean_time_among_reached`, prefixed ``reached_``).
 
+    Args:
+        runs: the runs table.
+        variant, baseline: variant ids.
+        horizon: censoring time of runs that never reached the target, a number or a column
+            name (:func:`time_to_event`).
+        time_col, event_col: time-to-target and reached columns.
+        cell: optional ``{column: value}`` restricting to one cell.
+        alpha: level of the median CIs and of the Welch interval.
+
     Returns:
         dict with variant, baseline, n_variant, n_baseline, events_variant, events_baseline,
         median_variant, median_variant_low, median_variant_high, median_baseline (+ _low,
@@ -328,6 +354,13 @@ def kaplan_meier_by_group(runs: pd.DataFrame, *, horizon: float | str,
                           time_col: str = "epochs_to_90", event_col: str | None = "reached_90",
                           alpha: float = 0.05) -> pd.DataFrame:
     """:func:`kaplan_meier` per group, stacked in long form (input of ``plot_kaplan_meier``).
+
+    Args:
+        runs: the runs table.
+        horizon: censoring time (number or column name), see :func:`time_to_event`.
+        group: column(s) defining the groups (one curve each).
+        time_col, event_col: time-to-target and reached columns.
+        alpha: level of the log-log band.
 
     Returns:
         DataFrame with the group column(s) then the columns of :func:`kaplan_meier`.
