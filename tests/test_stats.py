@@ -1,4 +1,10 @@
-"""Known-answer and property tests of ablations.stats."""
+"""Known-answer, library-equivalence and property tests of ablations.stats.
+
+The oracle tests written against hand computations and textbook data sets (6-MP, Holm's
+example, Cohen's sample sizes) stay as regression tests of the package that now computes
+through scipy.stats and statsmodels; the adapters (NaN, zero differences, ties, all
+differences equal, the Kaplan–Meier median rule) are tested on their own.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +35,9 @@ def make_runs(values: dict[tuple[str, str], list[float]], metric: str = "final_t
                              **{metric: v}))
     return pd.DataFrame(rows)
 
+
+# Metric directions as an arm declares them (Arm.directions()).
+DIRECTIONS = {"final_test_acc": True, "epochs_to_90": False, "perturbation_ratio": None}
 
 # The 6-MP arm of Freireich et al. (1963): remission times in weeks, 0 = censored.
 MP_TIMES = [6, 6, 6, 6, 7, 9, 10, 10, 11, 13, 16, 17, 19, 20, 22, 23, 25, 32, 32, 34, 35]
@@ -143,9 +152,64 @@ def test_tost_declares_noisy_identical_equivalent_and_shifted_not():
     ref = ttost_paired(noisy, base, -0.005, 0.005)[0]
     assert eq["p_tost"] == pytest.approx(ref, rel=1e-8)
     table = S.compare_all(runs, ["final_test_acc"], baselines=("adamw",),
-                          tost_margins={"final_test_acc": 0.005}, n_boot=0)
+                          tost_margins={"final_test_acc": 0.005}, n_boot=0,
+                          higher_is_better=DIRECTIONS)
     verdicts = dict(zip(table["variant"], table["verdict"], strict=True))
     assert verdicts == {"same": "equivalent within ±0.005", "shift": "better"}
+
+
+def test_paired_intervals_are_scipys_at_the_requested_level():
+    base = [0.90, 0.91, 0.92, 0.905, 0.915, 0.895, 0.90, 0.925]
+    var = [0.93, 0.92, 0.95, 0.91, 0.93, 0.92, 0.905, 0.94]
+    runs = make_runs({("sin-l0.5", "quantum"): var, ("adamw", "quantum"): base})
+    res = S.paired_comparison(runs, "final_test_acc", "sin-l0.5", "adamw", tost_margin=None,
+                              alpha=0.1, n_boot=500, rng_seed=7)
+    ci = sps.ttest_rel(var, base).confidence_interval(confidence_level=0.9)
+    assert res["ci_low"] == pytest.approx(ci.low, rel=1e-12)
+    assert res["ci_high"] == pytest.approx(ci.high, rel=1e-12)
+    # The percentile bootstrap by its definition: resample the 8 pairs with the seeded
+    # generator, take the 5 % and 95 % quantiles of the resampled mean differences.
+    d = np.array(var) - np.array(base)
+    idx = np.random.default_rng(7).integers(0, 8, size=(500, 8))
+    lo, hi = np.quantile(d[idx].mean(axis=1), [0.05, 0.95])
+    assert res["boot_low"] == pytest.approx(lo, rel=1e-12)
+    assert res["boot_high"] == pytest.approx(hi, rel=1e-12)
+
+
+def test_wilcoxon_ties_above_the_exact_limit_use_scipys_normal_approximation():
+    d = np.array([1, -1, 2, 2, 3, 1, 1, -2, 3, 4, 1, 2, 2, 1, 0, 3, 1, 2], float)
+    runs = make_runs({("v", "q"): d, ("b", "q"): np.zeros(d.size)})
+    res = S.paired_comparison(runs, "final_test_acc", "v", "b", tost_margin=None, n_boot=0)
+    assert res["p_wilcoxon"] == pytest.approx(sps.wilcoxon(d[d != 0]).pvalue, rel=1e-12)
+    # one non-zero difference: no test
+    one = make_runs({("v", "q"): [0.0, 0.0, 1.0], ("b", "q"): [0.0, 0.0, 0.0]})
+    res = S.paired_comparison(one, "final_test_acc", "v", "b", tost_margin=None, n_boot=0)
+    assert math.isnan(res["p_wilcoxon"]) and res["p_ttest"] == pytest.approx(
+        sps.ttest_rel([0, 0, 1.0], [0, 0, 0.0]).pvalue)
+
+
+def test_power_column_is_statsmodels_power_at_the_observed_spread():
+    from statsmodels.stats.power import TTestPower
+
+    runs = _grid()
+    table = S.compare_all(runs, ["final_test_acc", "epochs_to_90"],
+                          claimed_effects={"final_test_acc": 0.023}, n_boot=0)
+    acc = table[table.metric == "final_test_acc"]
+    for r in acc.itertuples(index=False):
+        with np.errstate(all="ignore"):
+            ref = TTestPower().power(effect_size=0.023 / r.sd_diff, nobs=r.n, alpha=0.05)
+        # Far in the tail statsmodels' noncentral t gives NaN; the adapter integrates.
+        assert r.power == pytest.approx(ref, rel=1e-12) if np.isfinite(ref) else r.power > 0.999
+        # n_for_claim is where the power of the claim first reaches 80 %.
+        assert S.power_to_detect(0.023, r.sd_diff, int(r.n_for_claim)) >= 0.8
+        if r.n_for_claim > 2:
+            assert S.power_to_detect(0.023, r.sd_diff, int(r.n_for_claim) - 1) < 0.8
+    assert table[table.metric == "epochs_to_90"]["power"].isna().all()  # no claim
+    assert math.isnan(S.power_to_detect(None, 1.0, 10))
+    assert math.isnan(S.power_to_detect(0.5, 1.0, 1))
+    assert S.power_to_detect(0.5, 0.0, 5) == 1.0  # all differences equal
+    assert S.power_to_detect(0.0, 1.0, 5) == 0.05  # the size of the test
+    assert S.power_to_detect(-0.5, 1.0, 34) == pytest.approx(S.paired_t_power(0.5, 34))
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,9 +246,11 @@ def test_compare_all_columns_rows_and_verdicts():
     runs = _grid()
     table = S.compare_all(runs, ["final_test_acc", "epochs_to_90"],
                           claimed_effects={"final_test_acc": 0.023, "epochs_to_90": -2.8},
-                          tost_margins={"final_test_acc": 0.01}, n_boot=200)
-    assert list(table.columns[:16]) == list(S.STATS_COLUMNS)
-    assert list(table.columns[16:]) == ["boot_low", "boot_high", "n_for_claim", "mde",
+                          tost_margins={"final_test_acc": 0.01}, n_boot=200,
+                          higher_is_better=DIRECTIONS)
+    assert list(table.columns[:17]) == list(S.STATS_COLUMNS)
+    assert S.STATS_COLUMNS[14:17] == ("p_tost", "power", "verdict")
+    assert list(table.columns[17:]) == ["boot_low", "boot_high", "n_for_claim", "mde",
                                         "attention", "lr", "claimed_effect", "sd_diff"]
     q = table[(table.baseline == "adamw") & (table.attention == "quantum")]
     acc = q[q.metric == "final_test_acc"].set_index("variant")
@@ -233,6 +299,33 @@ def test_verdict_rule():
     assert S.verdict(0.001, 0.5, 0.01, 0.05, True) == "equivalent within ±0.05"
     assert S.verdict(0.001, 0.5, 0.2, 0.05, True) == "no detectable difference"
     assert S.verdict(0.001, np.nan, np.nan, np.nan, True) == "no detectable difference"
+
+
+def test_compare_all_directions_come_from_the_caller():
+    runs = _grid()
+    kw = dict(baselines=("adamw",), n_boot=0)
+    none = S.compare_all(runs, ["final_test_acc"], **kw)
+    q = none[none.attention == "quantum"].set_index("variant")["verdict"]
+    assert q["sin-l0.5"] == "higher" and q["sin-l0.1"] == "lower"  # no direction given
+    lower = S.compare_all(runs, ["final_test_acc"], higher_is_better={"final_test_acc": False},
+                          **kw)
+    q = lower[lower.attention == "quantum"].set_index("variant")["verdict"]
+    assert q["sin-l0.5"] == "worse" and q["sin-l0.1"] == "better"
+    from ablations.arms import get_arm
+
+    arm = S.compare_all(runs, ["final_test_acc"],
+                        higher_is_better=get_arm("classifier").directions(), **kw)
+    q = arm[arm.attention == "quantum"].set_index("variant")["verdict"]
+    assert q["sin-l0.5"] == "better" and q["sin-l0.1"] == "worse"
+
+
+def test_holm_leaves_the_garbage_collector_as_it_was():
+    import gc
+
+    frozen = gc.get_freeze_count()
+    assert S.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert gc.get_freeze_count() == frozen and gc.isenabled()
+    assert S.holm([]).shape == (0,) and np.isnan(S.holm([np.nan, np.nan])).all()
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,6 +420,17 @@ def test_power_is_finite_and_monotone_where_scipy_nct_fails():
         assert p[-1] == pytest.approx(1.0, abs=1e-9)
     d2 = S.min_detectable_effect(2, 1.0)
     assert np.isfinite(d2) and S.paired_t_power(d2, 2) == pytest.approx(0.8, abs=1e-6)
+
+
+def test_paired_t_power_is_statsmodels_ttest_power():
+    from statsmodels.stats.power import TTestPower
+
+    for n in (2, 5, 20, 100):
+        for d in (0.0, 0.2, 0.5, 1.3, -0.7):
+            ref = TTestPower().power(effect_size=abs(d), nobs=n, alpha=0.05)
+            assert S.paired_t_power(d, n) == pytest.approx(ref, rel=1e-12, abs=1e-15)
+    assert S.paired_t_power(0.0, 10) == pytest.approx(0.05)  # the size of the test
+    assert math.isnan(S.paired_t_power(np.nan, 10)) and math.isnan(S.paired_t_power(1.0, 1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,6 +583,91 @@ def test_time_to_target_and_paper_style_means():
         {"sin-l0.5": 0.0, "adamw": 0.2})
 
 
+def test_kaplan_meier_is_statsmodels_survfunc_carried_over_censoring_times():
+    from statsmodels.duration.survfunc import SurvfuncRight
+
+    km = S.kaplan_meier(MP_TIMES, MP_EVENTS).set_index("time")
+    fit = SurvfuncRight(np.array(MP_TIMES, float), MP_EVENTS.astype(float))
+    for t, s, se in zip(fit.surv_times, fit.surv_prob, fit.surv_prob_se, strict=True):
+        assert km.loc[t, "survival"] == s and km.loc[t, "std_err"] == se
+    # 9 and 11 are censoring times only: the curve is flat there.
+    assert km.loc[9, "survival"] == km.loc[7, "survival"]
+    assert km.loc[11, "ci_low"] == km.loc[10, "ci_low"]
+    assert km.loc[11, "n_at_risk"] == 13 and km.loc[11, "n_events"] == 0
+    assert km.loc[11, "n_censored"] == 1
+    # no event at all: a flat curve at 1 with a degenerate band
+    flat = S.kaplan_meier([3, 5], [False, False])
+    assert flat["survival"].tolist() == [1.0, 1.0, 1.0]
+    assert flat["ci_low"].tolist() == [1.0, 1.0, 1.0] and flat["time"].tolist() == [0, 3, 5]
+    # events at time 0 replace the starting row
+    zero = S.kaplan_meier([0, 0, 2, 3], [True, False, True, True])
+    assert zero["time"].tolist() == [0, 2, 3] and zero["survival"].iloc[0] == 0.75
+    with pytest.raises(ValueError, match="non-negative"):
+        S.kaplan_meier([-1, 2], [True, True])
+
+
+_km_samples = st.lists(st.tuples(st.integers(1, 12), st.booleans()), min_size=3, max_size=30)
+
+
+@settings(derandomize=True, max_examples=150, deadline=None)
+@given(_km_samples)
+def test_km_median_agrees_with_statsmodels_outside_its_conventions(sample):
+    from statsmodels.duration.survfunc import SurvfuncRight
+
+    t = np.array([x for x, _ in sample], float)
+    e = np.array([y for _, y in sample], bool)
+    if not e.any():
+        return
+    fit = SurvfuncRight(t, e.astype(float))
+    med, lo, hi = S.km_median(t, e)
+    if not np.any(np.abs(fit.surv_prob - 0.5) < 1e-9):  # else our midpoint rule applies
+        ref = fit.quantile(0.5)
+        assert med == ref or (math.isnan(med) and math.isnan(ref))
+    if np.all(fit.surv_prob > 0):  # else our "S = 0 has crossed" convention applies
+        with np.errstate(all="ignore"):
+            ref_lo, ref_hi = fit.quantile_ci(0.5, method="cloglog")
+        ref_hi = math.nan if np.isinf(ref_hi) else ref_hi
+        assert lo == ref_lo or (math.isnan(lo) and math.isnan(ref_lo))
+        assert hi == ref_hi or (math.isnan(hi) and math.isnan(ref_hi))
+
+
+def test_km_median_rule_is_one_stated_sentence():
+    rule = S.KM_MEDIAN_RULE
+    assert isinstance(rule, str) and "\n" not in rule and ". " not in rule
+    assert "midpoint" in rule and "½" in rule and "survfit" in rule
+    assert "midpoint" in S.km_median.__doc__ and "KM_MEDIAN_RULE" in S.km_median.__doc__
+    # S reaches 0 at the only event: the band has crossed there (statsmodels: no interval).
+    assert S.km_median([1, 4, 8], np.array([0, 0, 1], bool)) == (8.0, 8.0, 8.0)
+
+
+def test_logrank_is_survdiff_with_an_exact_tail():
+    from statsmodels.duration.survfunc import survdiff
+
+    t = np.array(MP_TIMES + PLACEBO_TIMES, float)
+    e = np.concatenate([MP_EVENTS, np.ones(21, bool)]).astype(float)
+    g = np.repeat([0, 1], 21)
+    chi2, p = S.logrank_test(MP_TIMES, MP_EVENTS, PLACEBO_TIMES, np.ones(21, bool))
+    assert chi2 == pytest.approx(survdiff(t, e, g)[0], rel=1e-12)
+    assert p == pytest.approx(sps.chi2.sf(chi2, 1), rel=1e-12)
+    # by hand: a = {1, 2} reached, b = {3} censored: O − E = 5/6, V = 17/36
+    assert S.logrank_test([1, 2], [True, True], [3], [False])[0] == pytest.approx(25 / 17)
+    # V = 0 (only one group at risk at the event) or an empty group: no test
+    assert all(math.isnan(v) for v in S.logrank_test([1], [True], [0.5], [False]))
+    assert all(math.isnan(v) for v in S.logrank_test([1, 2], [True, True], [], []))
+
+
+def test_welch_among_reached_is_scipys_and_constant_groups_collapse():
+    xa, xb = [4.0, 5.0, 6.0, 4.0], [7.0, 9.0, 8.0]
+    res = S.mean_time_among_reached(xa, [True] * 4, xb + [20.0], [True] * 3 + [False])
+    ref = sps.ttest_ind(xa, xb, equal_var=False)
+    ci = ref.confidence_interval(confidence_level=0.95)
+    assert res["p_welch"] == pytest.approx(ref.pvalue, rel=1e-12)
+    assert (res["ci_low"], res["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-12)
+    assert res["n_b"] == 4 and res["reached_b"] == 3
+    const = S.mean_time_among_reached([4, 4], [True, True], [7, 7], [True, True])
+    assert (const["ci_low"], const["ci_high"], const["p_welch"]) == (-3.0, -3.0, 0.0)
+
+
 # --------------------------------------------------------------------------------------------
 # rliable-style aggregates
 # --------------------------------------------------------------------------------------------
@@ -507,6 +696,25 @@ def test_stratified_bootstrap_ci():
     assert slow == pytest.approx(fast)
     const = S.stratified_bootstrap_ci([np.full(5, 3.0)], S.iqm, 100, 0)
     assert const == pytest.approx((3.0, 3.0, 3.0))
+
+
+def test_stratified_bootstrap_is_scipys_bootstrap_over_tasks_as_samples():
+    # rliable's stratified bootstrap resamples each task's runs independently and pools them:
+    # scipy.stats.bootstrap with the tasks as independent samples, same generator stream.
+    rng = np.random.default_rng(4)
+    tasks = [rng.normal(0, 1, 20), rng.normal(3, 2, 15)]
+
+    def pooled_mean(*samples, axis=-1):
+        return np.mean(np.concatenate(samples, axis=axis), axis=axis)
+
+    est, lo, hi = S.stratified_bootstrap_ci(tasks, np.mean, n_boot=1000, rng_seed=3)
+    ref = sps.bootstrap(tuple(tasks), pooled_mean, n_resamples=1000, method="percentile",
+                        vectorized=True, paired=False, rng=np.random.default_rng(3))
+    assert (lo, hi) == pytest.approx((ref.confidence_interval.low,
+                                      ref.confidence_interval.high), rel=1e-9)
+    # No run moves between tasks: constant tasks give a constant pooled mean.
+    const = S.stratified_bootstrap_ci({"a": np.zeros(5), "b": np.full(5, 10.0)}, np.mean, 500)
+    assert const == (5.0, 5.0, 5.0)
 
 
 def test_probability_of_improvement():
@@ -571,11 +779,53 @@ def test_curve_summary_and_lambda_sweep():
     assert set(sweep["family"]) == {"sin", "gauss"}
 
 
+def test_t_interval_is_scipys_and_degenerate_cases():
+    x = [0.61, 0.63, 0.58, 0.66, np.nan]
+    m, lo, hi = S.t_interval(x, alpha=0.1)
+    ci = sps.ttest_1samp(x[:4], 0.0).confidence_interval(confidence_level=0.9)
+    assert m == pytest.approx(np.mean(x[:4])) and (lo, hi) == pytest.approx((ci.low, ci.high))
+    m, lo, hi = S.t_interval([0.1, 0.1, 0.1])  # sd 0: the interval collapses to the mean
+    assert lo == m == hi == pytest.approx(0.1)
+    one = S.t_interval([2.0])
+    assert one[0] == 2.0 and math.isnan(one[1]) and math.isnan(one[2])
+    assert all(math.isnan(v) for v in S.t_interval([np.nan]))
+
+
+def test_wilson_known_values_and_statsmodels():
+    from statsmodels.stats.proportion import proportion_confint
+
+    lo, hi = S.wilson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = S.wilson(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    # by hand (Wilson 1927) at 90 %
+    k, n, z = 3, 17, sps.norm.ppf(0.95)
+    p = k / n
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert S.wilson(k, n, alpha=0.1) == pytest.approx((center - half, center + half))
+    assert S.wilson(7, 9) == pytest.approx(proportion_confint(7, 9, method="wilson"))
+    assert S.wilson(10, 10)[1] == 1.0
+    assert all(math.isnan(v) for v in S.wilson(0, 0))
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        S.wilson(11, 10)
+
+
+def test_parse_lambda_follows_qsgd_variant_ids():
+    assert S.parse_lambda("sin-l0.5-first4") == ("sin-first4", 0.5)
+    assert S.parse_lambda("gauss-l0.001") == ("gauss", 0.001)
+    assert S.parse_lambda("anneal-l0.3") == ("anneal", 0.3)  # an explicit weight
+    for bad in ("sin", "foo-l0.5", "sin-l0.5-first0", "adamw-l0.5"):
+        with pytest.raises(ValueError):
+            S.parse_lambda(bad)
+
+
 def test_import_is_light():
     import subprocess
     import sys
 
-    code = "import ablations.stats, sys; print('statsmodels' in sys.modules)"
+    code = ("import ablations.stats, sys; "
+            "print('statsmodels' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"

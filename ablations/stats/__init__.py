@@ -1,0 +1,92 @@
+"""Statistics for the ablation grids, on scipy.stats and statsmodels.
+
+Pure computation: every function takes arrays or DataFrames and returns numbers or
+DataFrames. Nothing here reads or writes files or draws (DESIGN.md, "Statistics compute,
+plots draw, the report does the I/O"). statsmodels is imported lazily, inside the functions
+that need it, so ``import ablations.stats`` only pulls in numpy, pandas and scipy.
+
+One module per concern, every name re-exported here (``from ablations import stats as S;
+S.compare_all(...)``):
+
+- :mod:`.paired`: paired differences, paired comparisons, :func:`compare_all` (the
+  ``stats.csv`` table), Holm's correction, the verdict rule;
+- :mod:`.power`: power, sample size and detectable effect of the paired t test;
+- :mod:`.survival`: time to target — Kaplan–Meier, its median (:data:`KM_MEDIAN_RULE`),
+  log-rank, the paper's mean among runs that reached the target;
+- :mod:`.aggregate`: IQM, stratified bootstrap, probability of improvement (rliable-style);
+- :mod:`.factorial`: the 2 × 2 attention × optimizer analysis;
+- :mod:`.summaries`: t and Wilson intervals, learning-curve summaries, the λ sweep.
+
+Inputs follow the data contract of ``results/`` (DESIGN.md):
+
+- a *runs* table, one row per run, with identity columns ``run_id, arm, variant, attention,
+  seed, lr`` and one column per scalar metric (``final_test_acc``, ``epochs_to_90``, ...);
+- a *curves* table, long format, one row per (run, epoch): ``run_id, variant, attention,
+  seed, epoch, test_acc, train_loss``.
+
+A *cell* is one combination of the cell keys (by default ``attention`` and ``lr``). Variants
+are only ever compared with a baseline inside the same cell, paired by ``seed``.
+Which direction of a metric is better is the arm's knowledge (``Arm.directions()``), passed
+to :func:`compare_all` by the caller.
+"""
+
+from __future__ import annotations
+
+from .aggregate import aggregate_metrics, iqm, probability_of_improvement, stratified_bootstrap_ci
+from .factorial import factorial_2x2
+from .paired import (
+    EXTRA_COLUMNS,
+    FAMILIES,
+    STATS_COLUMNS,
+    compare_all,
+    holm,
+    paired_comparison,
+    paired_differences,
+    verdict,
+)
+from .power import min_detectable_effect, paired_t_power, power_to_detect, seeds_needed
+from .summaries import curve_summary, lambda_sweep, parse_lambda, summarize, t_interval, wilson
+from .survival import (
+    KM_MEDIAN_RULE,
+    kaplan_meier,
+    kaplan_meier_by_group,
+    km_median,
+    logrank_test,
+    mean_time_among_reached,
+    time_to_event,
+    time_to_target,
+)
+
+__all__ = [
+    "STATS_COLUMNS",
+    "EXTRA_COLUMNS",
+    "FAMILIES",
+    "KM_MEDIAN_RULE",
+    "paired_differences",
+    "paired_comparison",
+    "compare_all",
+    "holm",
+    "verdict",
+    "factorial_2x2",
+    "time_to_event",
+    "kaplan_meier",
+    "km_median",
+    "logrank_test",
+    "mean_time_among_reached",
+    "time_to_target",
+    "kaplan_meier_by_group",
+    "iqm",
+    "stratified_bootstrap_ci",
+    "probability_of_improvement",
+    "aggregate_metrics",
+    "seeds_needed",
+    "min_detectable_effect",
+    "paired_t_power",
+    "power_to_detect",
+    "t_interval",
+    "wilson",
+    "summarize",
+    "curve_summary",
+    "parse_lambda",
+    "lambda_sweep",
+]
