@@ -289,17 +289,11 @@ def bench_optimizer_cpu(warmup: int, reps: int) -> list[dict]:
 
 
 def machine_info(threads: int) -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from .provenance import commit, cpu_model
+
     info = {
-        "cpu": cpu,
+        "commit": commit(),
+        "cpu": cpu_model(),
         "logical cores": str(os.cpu_count()),
         "torch threads": str(threads),
         "load average (1 min) at start": f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg")

@@ -262,6 +262,15 @@ def _faster(median_variant: float, median_baseline: float) -> bool | None:
     return None if v == b else v < b
 
 
+def _sooner_verdict(tt: Mapping, alpha: float) -> str:
+    """A time-to-target claim (the variant is faster): supported when the log-rank p < α and
+    the variant's median is earlier, contradicted when p < α and it is later."""
+    sig = finite(tt["p_logrank"]) and tt["p_logrank"] < alpha
+    faster = _faster(tt["median_variant"], tt["median_baseline"])
+    return ("supported" if sig and faster else "contradicted" if sig and faster is False
+            else "no detectable difference")
+
+
 def judge_time_to_target(claim: Claim, ev: Evidence) -> ClaimResult:
     """Epochs to target (C2): Kaplan–Meier medians and the log-rank test, censored runs kept;
     supported when the log-rank p < α and the variant's median is lower."""
@@ -275,12 +284,8 @@ def judge_time_to_target(claim: Claim, ev: Evidence) -> ClaimResult:
         return not_run(claim)
     tt = stats.time_to_target(ev.runs, claim.variant, claim.baseline, horizon=ev.horizon,
                               cell=cell)
-    sig = finite(tt["p_logrank"]) and tt["p_logrank"] < ev.alpha
-    faster = _faster(tt["median_variant"], tt["median_baseline"])
-    verdict = ("supported" if sig and faster else "contradicted" if sig and faster is False
-               else "no detectable difference")
     return ClaimResult(
-        claim.id, verdict,
+        claim.id, _sooner_verdict(tt, ev.alpha),
         measured=f"KM median {num(tt['median_variant'], 1)} vs {num(tt['median_baseline'], 1)} "
                  f"epochs; reached 90%: {tt['events_variant']}/{tt['n_variant']} vs "
                  f"{tt['events_baseline']}/{tt['n_baseline']}; mean among reached "
@@ -369,12 +374,8 @@ def judge_time_to_target_seconds(claim: Claim, ev: Evidence) -> ClaimResult:
     if not finite(t5["reached_mean_baseline"]):
         return ClaimResult(claim.id, "no detectable difference",
                            measured="no AdamW run reached the target")
-    sig = finite(t5["p_logrank"]) and t5["p_logrank"] < ev.alpha
-    faster = _faster(t5["median_variant"], t5["median_baseline"])
-    verdict = ("supported" if sig and faster else "contradicted" if sig and faster is False
-               else "no detectable difference")
     return ClaimResult(
-        claim.id, verdict,
+        claim.id, _sooner_verdict(t5, ev.alpha),
         measured=f"mean seconds to 90% among runs that reached it: "
                  f"{num(t5['reached_mean_variant'], 2)} vs "
                  f"{num(t5['reached_mean_baseline'], 2)} ({pct(t5['reached_rel_change'])}); KM "
@@ -389,7 +390,7 @@ def judge_escape(claim: Claim, ev: Evidence) -> ClaimResult:
     the noisy condition, one exact McNemar test per landscape, Holm over the landscapes;
     supported if sin escapes significantly more on at least one and significantly less on
     none, contradicted if significantly less on any, else no detectable difference."""
-    from statsmodels.stats.multitest import multipletests
+    from .stats import holm
 
     rows = ev.tables.get("escape")
     if rows is None or len(rows) == 0:
@@ -400,7 +401,7 @@ def judge_escape(claim: Claim, ev: Evidence) -> ClaimResult:
     base = noisy[noisy["variant"] == claim.baseline].set_index("landscape")
     if prim.empty or base.empty:
         return not_run(claim, "the theory suite has not run yet")
-    p_holm = multipletests(prim["p_mcnemar_vs_adamw"].to_numpy(float), method="holm")[1]
+    p_holm = holm(prim["p_mcnemar_vs_adamw"].to_numpy(float))
     diffs = prim["escape_rate"].to_numpy() - base.loc[prim["landscape"], "escape_rate"].to_numpy()
     favour = int(((p_holm < ev.alpha) & (diffs > 0)).sum())
     against = int(((p_holm < ev.alpha) & (diffs < 0)).sum())

@@ -219,9 +219,9 @@ def time_to_target(ctx: Context, claim: Claim) -> list[str]:
     km = stats.kaplan_meier_by_group(sub, horizon=horizon)
     fig = plots.plot_kaplan_meier(km, horizon=horizon, baseline=claim.baseline, medians=medians,
                                   time_label="epoch")
-    return [f"Kaplan–Meier medians (Brookmeyer–Crowley CIs; {getattr(stats, 'KM_MEDIAN_RULE', 'TMP')}), runs "
-            f"that never reached the target censored at {horizon:g} epochs; the paper's style "
-            "(mean among runs that reached it) beside them.\n",
+    return [f"Kaplan–Meier {stats.KM_MEDIAN_RULE}; runs that never reached the target are "
+            f"censored at {horizon:g} epochs; the paper's style (mean among runs that reached "
+            "it) beside them.\n",
             md_table(pd.DataFrame(rows), None, 2), figure_link(ctx, "kaplan_meier.png", fig)]
 
 

@@ -217,6 +217,10 @@ def render_arm(cfg: GridConfig) -> Path:
     figs = out / "figures"
     for name, fig in ctx.figures.items():
         save_figure(fig, figs / name)
+    # the folder holds this report's figures only: one that it no longer draws would be stale
+    for old in figs.glob("*.png") if figs.is_dir() else ():
+        if old.name not in ctx.figures:
+            old.unlink()
     claims_json = {cid: r.as_dict() for cid, r in ctx.results.items()}
     (out / "claims.json").write_text(json.dumps(claims_json, indent=2, default=json_default)
                                      + "\n")

@@ -334,7 +334,7 @@ def test_t2_statistics():
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
     lo, hi = wilson(5, 10)
     assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
-    assert wilson(3, 0) == pytest.approx((math.nan, math.nan), nan_ok=True)
+    assert wilson(0, 0) == pytest.approx((math.nan, math.nan), nan_ok=True)
     a = torch.tensor([True, True, True, False])
     b = torch.tensor([False, False, False, False])
     assert mcnemar_exact(a, b) == (3, 0, 0.25)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ablations.stats import wilson  # the one Wilson interval (re-exported here)
+
 from .base import Check, register
 from .inputs import TheoryInputs
 
@@ -116,17 +118,6 @@ LANDSCAPES = (
     Landscape("Rastrigin 2-D, cell (1, 1)", "rastrigin", 0.0, (1.0, 1.0)),
     Landscape("Rastrigin 2-D, cell (−1, −1)", "rastrigin", 0.0, (-1.0, -1.0)),
 )
-
-
-def wilson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion k/n, 95% by default
-    (``statsmodels.stats.proportion.proportion_confint(method="wilson")``; (nan, nan) at n=0)."""
-    from statsmodels.stats.proportion import proportion_confint
-
-    if n == 0:
-        return (math.nan, math.nan)
-    lo, hi = proportion_confint(k, n, alpha=alpha, method="wilson")
-    return (float(lo), float(hi))
 
 
 def mcnemar_exact(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int, float]:
