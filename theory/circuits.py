@@ -145,8 +145,9 @@ this into sin(πθ + π/2) = cos(πθ).
 
 **The chain.** CNOT(0→1), then CNOT(1→2), …, maps a basis state |b⟩ to |M b⟩ with M the
 lower-triangular all-ones matrix over GF(2) (bit k becomes b_0 ⊕ … ⊕ b_k). The
-`circuit` perturbation's convention (qsgd/circuit.py: no Hadamard, πθ only in the first
-layer's Ry, depth 2, extra angles 0) is U·⊗_q Ry(πθ_q)|0⟩ with U = M² as a permutation.
+`circuit` perturbation's convention (qsgd/perturbations.py, `Circuit`: no Hadamard, πθ only
+in the first layer's Ry, depth 2, extra angles 0) is U·⊗_q Ry(πθ_q)|0⟩ with U = M² as a
+permutation.
 In the Heisenberg picture U†X_jU|b⟩ = |b ⊕ M^−L e_j⟩, i.e. X on the support S_j of column j
 of M^−L, and U†Z_jU = Z on the support R_j of row j of M^L. The input is a product state,
 so expectations factorize:

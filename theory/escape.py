@@ -17,12 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ablations.stats import wilson  # the one Wilson interval (re-exported here)
-
 from .base import Check, register
 from .inputs import TheoryInputs
 
-__all__ = ["Landscape", "LANDSCAPES", "CONDITIONS", "T2_VARIANTS", "wilson", "mcnemar_exact",
+__all__ = ["Landscape", "LANDSCAPES", "CONDITIONS", "T2_VARIANTS", "mcnemar_exact",
            "t2_escape"]
 
 T2_VARIANTS = ("adamw", "sin-l0.5", "cos-l0.5", "taylor-l0.5", "gauss-l0.5", "unif-l0.5",
@@ -215,6 +213,7 @@ def t2_escape(size: str, inputs: TheoryInputs) -> Check:
     from scipy import stats
 
     from ablations.claims import Evidence
+    from ablations.stats import wilson
 
     n = 400 if size == "full" else 16
     steps = 300 if size == "full" else 50
@@ -234,7 +233,7 @@ def t2_escape(size: str, inputs: TheoryInputs) -> Check:
             for variant in T2_VARIANTS:
                 r = outcomes[(land.name, cond, variant)]
                 k = int(r["final_out"].sum())
-                lo, hi = wilson(k, n)
+                lo, hi = wilson(k, n)  # ablations.stats: the one Wilson interval
                 kb = int(base["final_out"].sum())
                 if variant == "adamw":
                     p_f = p_m = math.nan

@@ -40,19 +40,17 @@ from ..seeds import derived_seeds
 from .base import Arm, Metric, register_arm
 
 __all__ = ["ClassifierOptions", "Classifier", "make_task", "build_model", "derived_seeds", "run",
-           "TIMING_METRICS", "NUMERICS", "ATTENTIONS"]
+           "TIMING_METRICS", "NUMERICS"]
 
 #: Version of this arm's numerics, part of every run's key (ablations.config.RunSpec): bump it
 #: whenever a code change alters the metrics of an unchanged spec, so the stored runs become
 #: stale and ``nox -s ablations`` reruns them. 2: Φ's coefficients from the cached corner
 #: table, contiguous attention heads, the test set in one batch (the same maths as version 1,
 #: rounded differently). 3: Φ's weight gradient from the table's Jacobian
-#: (``qsgd.circuit.circuit_line``), the test set in batches of 500.
+#: (``qsgd.attention.circuit_line``), the test set in batches of 500.
 NUMERICS = 3
 
 PAD = 0
-#: the classifier's attention factor: the circuit term on (the default) or off
-ATTENTIONS = ("quantum", "classical")
 
 
 @dataclass(frozen=True)
@@ -237,7 +235,7 @@ class Classifier(Arm):
     options = ClassifierOptions
     numerics = NUMERICS
     resources = "cpu"
-    attentions = ATTENTIONS
+    attentions = ("quantum", "classical")  # the circuit term on (the default) or off
     curve_x = "epoch"
     curve_value = "test_acc"
     curve_label = "test accuracy"
