@@ -61,3 +61,33 @@ def test_a_grid_of_the_baseline_alone_reports_its_calibration(tmp_path):
     assert "lr 0.006 (the reference), 2 seeds" in report
     assert "No comparisons" in report
     assert json.loads((tmp_path / "cal" / "claims.json").read_text()) == {}
+
+
+def test_committed_reports_regenerate_from_the_stored_runs(tmp_path):
+    """Every committed stats.csv and claims.json of the classifier and llm grids comes out of
+    their stored runs.jsonl again (numbers to 1e-12 relative, claim texts exactly): nothing in
+    results/ is edited by hand or left behind by older code."""
+    import numpy as np
+
+    for name in ("classifier", "llm"):
+        cfg = load_config(ROOT / "ablations" / "configs" / f"{name}.toml",
+                          results=tmp_path / name)
+        (tmp_path / name).mkdir()
+        stored = ROOT / "results" / name
+        (tmp_path / name / "runs.jsonl").write_bytes((stored / "runs.jsonl").read_bytes())
+        render_arm(cfg)
+        new = pd.read_csv(tmp_path / name / "stats.csv")
+        old = pd.read_csv(stored / "stats.csv")
+        assert list(new.columns) == list(old.columns) and len(new) == len(old)
+        for col in old.columns:
+            if pd.api.types.is_numeric_dtype(old[col]):
+                np.testing.assert_allclose(new[col], old[col], rtol=1e-12, atol=0,
+                                           equal_nan=True, err_msg=f"{name}: {col}")
+            else:
+                assert new[col].fillna("").equals(old[col].fillna("")), (name, col)
+        new_claims = json.loads((tmp_path / name / "claims.json").read_text())
+        old_claims = json.loads((stored / "claims.json").read_text())
+        assert new_claims.keys() == old_claims.keys()
+        for cid, claim in old_claims.items():
+            for key in ("measured", "ci", "test", "verdict"):
+                assert new_claims[cid][key] == claim[key], (name, cid, key)
