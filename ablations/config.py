@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qsgd.variants import parse_variant
+from qsgd.variants import canonical_id
 
 from .arms import Arm, ArmError, get_arm
 from .seeds import derived_seeds
@@ -133,16 +134,42 @@ def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _seeds(value: Any, where: str) -> list[int]:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if _is_int(value):
         if value < 1:
             raise ConfigError(f"{where}: seeds must be >= 1, got {value}")
         return list(range(value))
-    if isinstance(value, list) and all(isinstance(s, int) for s in value) and value:
+    if isinstance(value, list) and value and all(_is_int(s) for s in value):
+        if any(s < 0 for s in value):
+            raise ConfigError(f"{where}: seeds must be >= 0, got {value}")
         if len(set(value)) != len(value):
             raise ConfigError(f"{where}: seeds list has duplicates: {value}")
         return value
-    raise ConfigError(f"{where}: seeds must be a positive count or a list of ints, got {value!r}")
+    raise ConfigError(f"{where}: seeds must be a positive count or a non-empty list of "
+                      f"non-negative integers, got {value!r}")
+
+
+def _lr(value: Any, where: str) -> float:
+    """A learning rate: a TOML number (not a string, not a bool), finite and > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{where} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _strings(value: Any, where: str, what: str) -> list[str]:
+    items = _as_list(value)
+    if not items:
+        raise ConfigError(f"{where}: {what} is empty: a cell needs at least one")
+    bad = [x for x in items if not isinstance(x, str)]
+    if bad:
+        raise ConfigError(f"{where}: {what} must be strings, got {bad[0]!r}")
+    return items
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -152,9 +179,12 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: malformed TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); TOML "
+                          "files are UTF-8") from None
 
 
 def load_config(path: str | Path, results: str | Path | None = None) -> GridConfig:
@@ -184,7 +214,13 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
         arm_options = arm_obj.parse_options(options)
     except ArmError as err:
         raise ConfigError(f"{path}: {err}") from None
-    baseline_lr = float(grid.get("baseline_lr", options.get("lr", 1e-3)))
+    for key in ("name", "results", "description"):
+        if key in grid and not isinstance(grid[key], str):
+            raise ConfigError(f"{path}: [grid].{key} must be a string, got {grid[key]!r}")
+    if "baseline_lr" in grid:
+        baseline_lr = _lr(grid["baseline_lr"], f"{path}: [grid].baseline_lr")
+    else:  # an arm whose options carry the lr (validated with them)
+        baseline_lr = float(getattr(arm_options, "lr", 1e-3))
     cells = raw.get("cells")
     if not isinstance(cells, list) or not cells:
         raise ConfigError(f"{path}: at least one [[cells]] table is required")
@@ -192,6 +228,8 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
     numerics = int(arm_obj.numerics)
     specs: dict[str, RunSpec] = {}
     for i, cell in enumerate(cells):
+        if not isinstance(cell, dict):
+            raise ConfigError(f"{path}: cells[{i}] must be a table ([[cells]]), got {cell!r}")
         where = f"{path}: cells[{i}]" + (f" ({cell['name']})" if "name" in cell else "")
         unknown = set(cell) - _CELL_KEYS
         if unknown:
@@ -199,24 +237,30 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
                               f"(valid: {', '.join(sorted(_CELL_KEYS))})")
         if "variants" not in cell:
             raise ConfigError(f"{where}: 'variants' is required")
-        for vid in _as_list(cell["variants"]):
+        variants = []
+        for vid in _strings(cell["variants"], where, "variants"):
             try:
-                parse_variant(vid)
+                canon = canonical_id(vid)  # sin-l0.50 and sin-l0.5 are one optimizer
             except ValueError as err:
                 raise ConfigError(f"{where}: {err}") from None
-        attentions = _as_list(cell.get("attention", arm_obj.attentions[0]))
+            if canon in variants:
+                raise ConfigError(f"{where}: variants list one optimizer twice: {vid!r} is "
+                                  f"{canon!r}")
+            variants.append(canon)
+        attentions = _strings(cell.get("attention", arm_obj.attentions[0]), where, "attention")
         for a in attentions:
             if a not in arm_obj.attentions:
                 raise ConfigError(f"{where}: attention {a!r} is not one of "
                                   f"{', '.join(arm_obj.attentions)} (arm {arm})")
-        lrs = [float(x) for x in _as_list(cell.get("lr", baseline_lr))]
-        for lr in lrs:
-            if not lr > 0:
-                raise ConfigError(f"{where}: lr must be > 0, got {lr}")
+        lr_values = _as_list(cell.get("lr", baseline_lr))
+        if not lr_values:
+            raise ConfigError(f"{where}: lr is empty: a cell needs at least one")
+        lrs = [_lr(x, f"{where}: lr") for x in lr_values]
+        seeds = _seeds(cell.get("seeds", 1), where)
         for a in attentions:
-            for vid in _as_list(cell["variants"]):
+            for vid in variants:
                 for lr in lrs:
-                    for seed in _seeds(cell.get("seeds", 1), where):
+                    for seed in seeds:
                         spec = RunSpec(arm, vid, a, seed, lr, frozen_opts, numerics)
                         specs.setdefault(spec.key, spec)
     res = Path(results) if results is not None else Path(grid.get("results", f"results/{arm}"))

@@ -336,7 +336,10 @@ def curves(ctx: Context, claim: Claim | None) -> list[str]:
         fig = plots.plot_learning_curves(summ, value_label=arm.curve_label, x=arm.curve_x,
                                          facet=facet, baseline=None, target=target)
         out.append(figure_link(ctx, "learning_curves_baselines.png", fig))
-    main = cur[cur["attention"] == arm.attentions[0]] if "attention" in cur.columns else cur
+    main = cur
+    if "attention" in cur.columns:  # the arm's main attention, else the one that has run
+        level = next((a for a in arm.attentions if (cur["attention"] == a).any()), None)
+        main = cur[cur["attention"] == level]
     summ = stats.curve_summary(main, arm.curve_value, by=("variant", "attention"), x=arm.curve_x)
     fig = plots.plot_learning_curves(summ, value_label=arm.curve_label, x=arm.curve_x,
                                      facet=None, baseline=arm.baselines[0], target=target)

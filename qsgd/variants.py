@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 
 from .perturbations import available, get_perturbation
 
-__all__ = ["Variant", "parse_variant"]
+__all__ = ["Variant", "parse_variant", "canonical_id"]
 
 _ID = re.compile(r"^(?P<name>[a-z]+)(?:-l(?P<lam>\d+(?:\.\d+)?))?(?:-first(?P<n>\d+))?$")
 _IMPLICIT_WEIGHT = {"adamw": ("none", 0.0), "none": ("none", 0.0), "anneal": ("anneal", 1.0)}
@@ -31,6 +32,23 @@ class Variant:
     quantum_weight: float
     scope: str = "all"
     n_qubits: int = 4
+
+    @property
+    def canonical(self) -> str:
+        """The canonical spelling of this configuration's id: ``adamw`` for no perturbation,
+        ``anneal`` for annealed noise at its implicit weight 1, else ``<name>-l<λ>`` with λ
+        written as the shortest decimal that round-trips (``0.5``, ``1.0``, ``0.00001``), then
+        ``-first<n>`` for the first-n scope (``adamw-first4`` is ``adamw``). ``sin-l0.50`` and
+        ``sin-l0.5``, or ``none`` and ``adamw``, name one optimizer and share one id."""
+        if self.perturbation == "none":  # no term: its scope changes nothing
+            return "adamw"
+        scope = f"-first{self.n_qubits}" if self.scope == "first_n" else ""
+        if self.perturbation == "anneal" and self.quantum_weight == 1.0:
+            return "anneal" + scope
+        lam = format(Decimal(repr(float(self.quantum_weight))), "f")
+        if "." not in lam:
+            lam += ".0"
+        return f"{self.perturbation}-l{lam}{scope}"
 
     def optimizer_kwargs(self) -> dict:
         """Keyword arguments for :class:`qsgd.SuperpositionalAdamW`."""
@@ -71,3 +89,9 @@ def parse_variant(variant_id: str) -> Variant:
             raise ValueError(f"variant {variant_id!r}: first<n> needs n >= 1")
         return Variant(variant_id, pert, weight, "first_n", int(n))
     return Variant(variant_id, pert, weight)
+
+
+def canonical_id(variant_id: str) -> str:
+    """The canonical id of a variant id (:attr:`Variant.canonical`); ValueError as
+    :func:`parse_variant` for a malformed or unknown id."""
+    return parse_variant(variant_id).canonical

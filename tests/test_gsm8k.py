@@ -155,3 +155,12 @@ def test_gsm8k_task_reads_the_options_data_dir(data_dir, monkeypatch):
     monkeypatch.setenv(gsm8k.ENV_VAR, str(data_dir))
     assert len(get_task("gsm8k").from_options(LLMOptions()).test_examples()) == 3
 
+
+
+def test_a_file_that_is_not_utf8_names_file_and_line(tmp_path):
+    write_split(tmp_path, "train", 2)
+    path = tmp_path / "train.jsonl"
+    with open(path, "ab") as fh:  # a latin-1 line after two good ones
+        fh.write('{"question": "café?", "answer": "#### 1"}\n'.encode("latin-1"))
+    with pytest.raises(GSM8KFormatError, match=r"train\.jsonl:3: not UTF-8 text \(byte \d+"):
+        read_jsonl(path)

@@ -55,7 +55,15 @@ PAD = 0
 
 @dataclass(frozen=True)
 class ClassifierOptions:
-    """Arm options (the ``[classifier]`` table of a config)."""
+    """Arm options (the ``[classifier]`` table of a config), validated when built.
+
+    Task: seq_len (tokens, the query included), n_symbols, threshold and span (the count
+    distribution, module docstring), label_noise (fraction of flipped labels, 0–0.5),
+    n_train, n_test, data_seed. Training: epochs, batch_size, weight_decay, clip_grad (0: off),
+    schedule (cosine or constant), bias_correction. Model: d_model, n_heads (dividing
+    d_model), n_layers, d_ff, attn_qubits. Metrics: target_acc (the accuracy of epochs to
+    target), ratio_every (steps between samples of the perturbation ratio; 0: never).
+    """
 
     seq_len: int = 16
     n_symbols: int = 8
@@ -80,8 +88,28 @@ class ClassifierOptions:
     bias_correction: bool = True
 
     def __post_init__(self):
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"invalid schedule: {self.schedule!r} (valid: cosine, constant)")
+        # ValueError naming [classifier].<key>; every check here runs when the config loads
+        def need(ok: bool, key: str, rule: str) -> None:
+            if not ok:
+                raise ValueError(f"[classifier].{key} must be {rule}, got "
+                                 f"{getattr(self, key)!r}")
+
+        for key in ("seq_len", "n_symbols"):
+            need(getattr(self, key) >= 2, key, ">= 2")
+        for key in ("threshold", "span", "n_train", "n_test", "epochs", "batch_size",
+                    "d_model", "n_heads", "n_layers", "d_ff", "attn_qubits"):
+            need(getattr(self, key) >= 1, key, ">= 1")
+        need(self.threshold <= self.seq_len - 1, "threshold",
+             f"<= seq_len - 1 = {self.seq_len - 1} (the count of content tokens)")
+        need(self.d_model % self.n_heads == 0, "n_heads", f"a divisor of d_model ({self.d_model})")
+        need(0.0 <= self.label_noise <= 0.5, "label_noise", "in [0, 0.5]")
+        need(0.0 < self.target_acc <= 1.0, "target_acc", "in (0, 1]")
+        for key in ("weight_decay", "clip_grad"):
+            value = getattr(self, key)
+            need(math.isfinite(value) and value >= 0, key, "finite and >= 0")
+        need(self.ratio_every >= 0, "ratio_every", ">= 0")
+        need(self.data_seed >= 0, "data_seed", ">= 0")
+        need(self.schedule in ("cosine", "constant"), "schedule", "cosine or constant")
 
 
 def _sample(rng: np.random.Generator, n: int,
@@ -112,8 +140,13 @@ def make_task(o: ClassifierOptions) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng(o.data_seed)
     xtr, ytr = _sample(rng, o.n_train, o)
     seen = {row.tobytes() for row in xtr}
-    xs, ys, need = [], [], o.n_test
+    xs, ys, need, tries = [], [], o.n_test, 0
     while need > 0:
+        tries += 1
+        if tries > 1000:  # the task has fewer distinct sequences than train + test need
+            raise ValueError(f"[classifier]: cannot draw {o.n_test} test sequences disjoint "
+                             f"from {o.n_train} training ones (seq_len {o.seq_len}, n_symbols "
+                             f"{o.n_symbols}): make the task larger or the sets smaller")
         xt, yt = _sample(rng, need, o)
         keep = np.array([row.tobytes() not in seen for row in xt])
         xs.append(xt[keep])

@@ -79,11 +79,17 @@ def resolve_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Example]:
-    """Read one GSM8K JSONL file; a malformed line raises with the file and line number."""
+    """Read one GSM8K JSONL file; a malformed line, or bytes that are not UTF-8, raise
+    :class:`GSM8KFormatError` with the file and line number."""
     path = Path(path)
     out: list[Example] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise GSM8KFormatError(f"{path}:{lineno}: not UTF-8 text (byte {err.start} of "
+                                       f"the line: {err.reason})") from None
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"

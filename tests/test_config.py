@@ -1,0 +1,110 @@
+"""Bad configs fail when they load, with one line naming the file and key, before any run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ablations.config import ConfigError, load_config, read_toml
+from qsgd.variants import canonical_id
+
+GRID = """
+[grid]
+arm = "{arm}"
+results = "{results}"
+{grid_extra}
+
+[{arm}]
+{options}
+
+[[cells]]
+{cell}
+"""
+CELL = 'variants = ["adamw", "sin-l0.5"]\nseeds = 2'
+
+
+def write(tmp_path, options="", cell=CELL, arm="classifier", grid_extra=""):
+    path = tmp_path / "grid.toml"
+    path.write_text(GRID.format(arm=arm, results=tmp_path / "res", options=options, cell=cell,
+                                grid_extra=grid_extra))
+    return path
+
+
+@pytest.mark.parametrize("options, message", [
+    ('epochs = "two"', r"\[classifier\]\.epochs must be int, got 'two'"),
+    ("epochs = 0", r"\[classifier\]\.epochs must be >= 1, got 0"),
+    ("epochs = 2.5", r"\[classifier\]\.epochs must be int, got 2\.5"),
+    ("batch_size = 0", r"\[classifier\]\.batch_size must be >= 1, got 0"),
+    ("n_train = 0", r"\[classifier\]\.n_train must be >= 1, got 0"),
+    ("label_noise = 1.5", r"\[classifier\]\.label_noise must be in \[0, 0\.5\], got 1\.5"),
+    ("d_model = 30\nn_heads = 4", r"\[classifier\]\.n_heads must be a divisor of d_model"),
+    ("weight_decay = inf", r"\[classifier\]\.weight_decay must be finite and >= 0, got inf"),
+    ("threshold = 40", r"\[classifier\]\.threshold must be <= seq_len - 1 = 15"),
+    ('schedule = "step"', r"\[classifier\]\.schedule must be cosine or constant"),
+    ("bias_correction = 1", r"\[classifier\]\.bias_correction must be bool, got 1"),
+])
+def test_classifier_options_are_checked_when_the_config_loads(tmp_path, options, message):
+    with pytest.raises(ConfigError, match=r"grid\.toml: " + message):
+        load_config(write(tmp_path, options))
+
+
+@pytest.mark.parametrize("cell, message", [
+    ('attention = "none"\n' + CELL, r"attention 'none' is not one of quantum, classical"),
+    ("lr = inf\n" + CELL, r"cells\[0\]: lr must be a finite number > 0, got inf"),
+    ('lr = "1e-3"\n' + CELL, r"cells\[0\]: lr must be a number, got '1e-3'"),
+    ("lr = -1e-3\n" + CELL, r"lr must be a finite number > 0, got -0\.001"),
+    ("lr = []\n" + CELL, r"lr is empty"),
+    ('variants = ["adamw"]\nseeds = [-1]', r"seeds must be >= 0, got \[-1\]"),
+    ('variants = ["adamw"]\nseeds = [true]', r"seeds must be a positive count or a non-empty "),
+    ('variants = ["adamw"]\nseeds = []', r"seeds must be a positive count"),
+    ('variants = ["adamw"]\nseeds = 0', r"seeds must be >= 1, got 0"),
+    ("variants = []\nseeds = 2", r"cells\[0\]: variants is empty: a cell needs at least one"),
+    ('variants = ["sin-l0.5", "sin-l0.50"]', r"variants list one optimizer twice: 'sin-l0\.50' "
+                                             r"is 'sin-l0\.5'"),
+    ('variants = ["adamw", "none"]', r"variants list one optimizer twice: 'none' is 'adamw'"),
+    ("variants = [0.5]", r"variants must be strings, got 0\.5"),
+])
+def test_cells_are_checked_when_the_config_loads(tmp_path, cell, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, cell=cell))
+
+
+def test_variant_ids_are_canonical_so_one_optimizer_is_one_run(tmp_path):
+    # the same optimizer spelled two ways in two cells is one spec, under its canonical id
+    cells = 'variants = ["sin-l0.50", "none"]\nseeds = 1\n\n[[cells]]\nvariants = ["sin-l0.5"]'
+    cfg = load_config(write(tmp_path, cell=cells))
+    assert sorted(s.variant for s in cfg.specs) == ["adamw", "sin-l0.5"]
+    assert [canonical_id(v) for v in ("sin-l1", "sin-l1.0", "anneal-l1.0", "adamw-first4",
+                                      "gauss-l0.00001")] == [
+        "sin-l1.0", "sin-l1.0", "anneal", "adamw", "gauss-l0.00001"]
+    # ids of the stored grids are already canonical: their run keys do not change
+    root = Path(__file__).resolve().parent.parent / "ablations" / "configs"
+    for name in ("classifier", "llm"):
+        text = read_toml(root / f"{name}.toml")
+        for cell in text["cells"]:
+            assert all(canonical_id(v) == v for v in cell["variants"])
+
+
+def test_llm_arm_rejects_an_attention_it_does_not_have(tmp_path):
+    cell = 'attention = "quantum"\nvariants = ["adamw"]'
+    with pytest.raises(ConfigError, match=r"attention 'quantum' is not one of none \(arm llm\)"):
+        load_config(write(tmp_path, options='model = "random:tiny"', cell=cell, arm="llm"))
+
+
+def test_grid_table_types(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[grid\]\.baseline_lr must be a number, got 'x'"):
+        load_config(write(tmp_path, grid_extra='baseline_lr = "x"'))
+    with pytest.raises(ConfigError, match=r"\[grid\]\.name must be a string, got 3"):
+        load_config(write(tmp_path, grid_extra="name = 3"))
+    path = tmp_path / "cells.toml"
+    path.write_text('[grid]\narm = "classifier"\ncells = [1]\n')
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[grid\]: cells"):
+        load_config(path)
+
+
+def test_a_config_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[grid]\narm = "classifier"\nname = "café"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.toml: not UTF-8 text \(byte \d+"):
+        load_config(path)
