@@ -108,3 +108,19 @@ def test_a_config_that_is_not_utf8_names_the_file(tmp_path):
     path.write_bytes('[grid]\narm = "classifier"\nname = "café"\n'.encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin1\.toml: not UTF-8 text \(byte \d+"):
         load_config(path)
+
+
+def test_classifier_validation_split_is_carved_from_the_training_data():
+    from ablations.arms.classifier import ClassifierOptions, make_task
+
+    base = dict(seq_len=10, n_train=200, n_test=60)
+    whole, carved = (make_task(ClassifierOptions(**base, n_val=v)) for v in (0, 50))
+    assert carved["x_train"].shape[0] == 150 and carved["x_val"].shape[0] == 50
+    # the same draw: train + validation are the old training set, the test set is unchanged
+    assert (carved["x_train"] == whole["x_train"][:150]).all()
+    assert (carved["x_val"] == whole["x_train"][150:]).all()
+    assert (carved["x_test"] == whole["x_test"]).all() and "x_val" not in whole
+    seen = {tuple(r.tolist()) for r in whole["x_train"]}
+    assert not any(tuple(r.tolist()) in seen for r in carved["x_test"])
+    with pytest.raises(ValueError, match=r"\[classifier\]\.n_val must be in \[0, n_train = 200"):
+        ClassifierOptions(**base, n_val=200)

@@ -61,8 +61,11 @@ class ClassifierOptions:
     distribution, module docstring), label_noise (fraction of flipped labels, 0–0.5),
     n_train, n_test, data_seed. Training: epochs, batch_size, weight_decay, clip_grad (0: off),
     schedule (cosine or constant), bias_correction. Model: d_model, n_heads (dividing
-    d_model), n_layers, d_ff, attn_qubits. Metrics: target_acc (the accuracy of epochs to
-    target), ratio_every (steps between samples of the perturbation ratio; 0: never).
+    d_model), n_layers, d_ff, dropout, attn_qubits and attn_depth (the circuit of quantum
+    attention). Validation: n_val examples carved from the n_train training examples (the last
+    n_val drawn; 0: none), scored every epoch: every choice (lr, difficulty, epochs) reads them,
+    never the test set. Metrics: target_acc (the accuracy of epochs to target), ratio_every
+    (steps between samples of the perturbation ratio; 0: never).
     """
 
     seq_len: int = 16
@@ -81,6 +84,9 @@ class ClassifierOptions:
     n_layers: int = 2
     d_ff: int = 64
     attn_qubits: int = 2
+    attn_depth: int = 2
+    dropout: float = 0.0
+    n_val: int = 0
     clip_grad: float = 1.0
     target_acc: float = 0.90
     ratio_every: int = 10
@@ -97,8 +103,10 @@ class ClassifierOptions:
         for key in ("seq_len", "n_symbols"):
             need(getattr(self, key) >= 2, key, ">= 2")
         for key in ("threshold", "span", "n_train", "n_test", "epochs", "batch_size",
-                    "d_model", "n_heads", "n_layers", "d_ff", "attn_qubits"):
+                    "d_model", "n_heads", "n_layers", "d_ff", "attn_qubits", "attn_depth"):
             need(getattr(self, key) >= 1, key, ">= 1")
+        need(0 <= self.n_val < self.n_train, "n_val", f"in [0, n_train = {self.n_train})")
+        need(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)")
         need(self.threshold <= self.seq_len - 1, "threshold",
              f"<= seq_len - 1 = {self.seq_len - 1} (the count of content tokens)")
         need(self.d_model % self.n_heads == 0, "n_heads", f"a divisor of d_model ({self.d_model})")
@@ -136,7 +144,12 @@ def _sample(rng: np.random.Generator, n: int,
 
 
 def make_task(o: ClassifierOptions) -> dict[str, torch.Tensor]:
-    """Train and test tensors (tokens int64 [n, L], labels int64 [n]); disjoint sets."""
+    """Train, validation and test tensors (tokens int64 [n, L], labels int64 [n]).
+
+    The n_train training examples are drawn first; the last n_val of them are the validation
+    split (``x_val``, ``y_val``, present when n_val > 0). The test set is drawn after, with
+    every sequence of the training data (validation included) left out.
+    """
     rng = np.random.default_rng(o.data_seed)
     xtr, ytr = _sample(rng, o.n_train, o)
     seen = {row.tobytes() for row in xtr}
@@ -154,7 +167,12 @@ def make_task(o: ClassifierOptions) -> dict[str, torch.Tensor]:
         need -= int(keep.sum())
     xte, yte = np.concatenate(xs)[: o.n_test], np.concatenate(ys)[: o.n_test]
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).long()
-    return {"x_train": t(xtr), "y_train": t(ytr), "x_test": t(xte), "y_test": t(yte)}
+    out = {"x_test": t(xte), "y_test": t(yte)}
+    cut = o.n_train - o.n_val
+    out.update(x_train=t(xtr[:cut]), y_train=t(ytr[:cut]))
+    if o.n_val:
+        out.update(x_val=t(xtr[cut:]), y_val=t(ytr[cut:]))
+    return out
 
 
 _TASK_CACHE: dict[ClassifierOptions, dict[str, torch.Tensor]] = {}
@@ -172,7 +190,7 @@ def build_model(o: ClassifierOptions, attention: str) -> torch.nn.Module:
     return TransformerClassifier(
         vocab_size=2 * o.n_symbols + 1, n_classes=2, max_len=o.seq_len, d_model=o.d_model,
         n_heads=o.n_heads, n_layers=o.n_layers, d_ff=o.d_ff, attention=attention,
-        pad_id=PAD, n_qubits=o.attn_qubits,
+        pad_id=PAD, n_qubits=o.attn_qubits, depth=o.attn_depth, dropout=o.dropout,
     )
 
 
@@ -208,6 +226,7 @@ def run(spec) -> dict[str, Any]:
     total_steps = steps_per_epoch * o.epochs
     curve, losses, epoch_times = [], [], []
     epochs_to_target, sec_to_target, train_time, step = None, None, 0.0, 0
+    has_val, epochs_to_target_val = "x_val" in data, None
     diverged = False
     for epoch in range(1, o.epochs + 1):
         perm = torch.randperm(n, generator=order_gen)
@@ -234,8 +253,13 @@ def run(spec) -> dict[str, Any]:
         epoch_times.append(dt_epoch)
         losses.extend(epoch_losses)
         acc = _accuracy(model, data["x_test"], data["y_test"])
-        curve.append({"epoch": epoch, "test_acc": acc, "train_loss": float(np.mean(epoch_losses)),
-                      "sec": round(train_time, 4)})
+        point = {"epoch": epoch, "test_acc": acc, "train_loss": float(np.mean(epoch_losses)),
+                 "sec": round(train_time, 4)}
+        if has_val:
+            point["val_acc"] = _accuracy(model, data["x_val"], data["y_val"])
+            if epochs_to_target_val is None and point["val_acc"] >= o.target_acc:
+                epochs_to_target_val = epoch
+        curve.append(point)
         if epochs_to_target is None and acc >= o.target_acc:
             epochs_to_target, sec_to_target = epoch, train_time
         if not all(math.isfinite(v) for v in epoch_losses):
@@ -254,6 +278,12 @@ def run(spec) -> dict[str, Any]:
         "steps": step,
         "diverged": diverged,
     }
+    if has_val:  # what every choice reads (lr, difficulty, epochs): never the test set
+        metrics.update(
+            final_val_acc=curve[-1]["val_acc"] if not diverged else float("nan"),
+            epochs_to_90_val=float(epochs_to_target_val) if epochs_to_target_val
+            else float("nan"),
+            reached_90_val=epochs_to_target_val is not None)
     return {"metrics": metrics, "curve": curve}
 
 
@@ -278,6 +308,10 @@ class Classifier(Arm):
         Metric("final_test_acc", "higher", "final test accuracy", margin=0.01, **_PP),
         Metric("epochs_to_90", "lower", "epochs to 90 % accuracy", " epochs", margin=1.0),
         Metric("reached_90", "higher", "reached 90 % accuracy", margin=0.1, compared=False),
+        Metric("final_val_acc", "higher", "final validation accuracy", margin=0.01, **_PP),
+        Metric("epochs_to_90_val", "lower", "epochs to 90 % validation accuracy", " epochs",
+               margin=1.0),
+        Metric("reached_90_val", "higher", "reached 90 % validation accuracy", compared=False),
         Metric("mean_train_loss", "lower", "mean training loss", margin=0.005),
         Metric("final_train_loss", "lower", "final training loss", margin=0.005),
         Metric("sec_per_epoch", "lower", "seconds per epoch", " s", timing=True),
