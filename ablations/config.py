@@ -18,6 +18,14 @@ A config has one ``[grid]`` table, one table of arm options named after the arm,
     seeds = 20                    # seeds 0..19, or an explicit list
     lr = [3e-3]                   # optional; default [grid].baseline_lr
 
+    [[cells]]                     # a cell may run its own task: arm options changed for it
+    task = "long"                 # its name: runs are compared within a task only
+    options = { seq_len = 24 }
+    variants = ["adamw", "sin-l0.5"]
+
+``[grid].protocol`` names the protocol the grid follows (``paper``: the paper's tables, nothing
+tuned; ``calibrated``: every choice made on validation data); records and reports carry it.
+
 Typos fail loudly: an unknown key or variant id names the file (and the line, for TOML syntax).
 The arm's table is parsed into its options dataclass when the config loads
 (:meth:`ablations.arms.Arm.parse_options`), so a wrong option fails before any run starts.
@@ -47,8 +55,10 @@ else:  # pragma: no cover
 __all__ = ["ConfigError", "RunSpec", "GridConfig", "load_config", "read_toml", "expand",
            "derived_seeds"]
 
-_GRID_KEYS = {"arm", "name", "results", "baseline_lr", "description"}
-_CELL_KEYS = {"name", "attention", "variants", "seeds", "lr"}
+_GRID_KEYS = {"arm", "name", "results", "baseline_lr", "description", "protocol"}
+_CELL_KEYS = {"name", "attention", "variants", "seeds", "lr", "task", "options"}
+#: the protocols a grid may follow (DESIGN.md: the paper's tables, or ours on validation data)
+PROTOCOLS = ("paper", "calibrated")
 
 
 class ConfigError(ValueError):
@@ -85,6 +95,8 @@ class RunSpec:
     #: the arm's NUMERICS version (module constant, bumped when a code change alters the
     #: metrics of an unchanged spec): part of the key, so such runs count as stale
     numerics: int = 0
+    #: the cell's task name ("" for the grid's own options): runs pair within a task only
+    task: str = ""
 
     @property
     def config(self) -> dict[str, Any]:
@@ -96,6 +108,8 @@ class RunSpec:
                  seed=self.seed, lr=self.lr, config=self.config)
         if self.numerics:  # absent at 0, so arms without a version keep their old keys
             d["numerics"] = self.numerics
+        if self.task:  # absent for the grid's own task, so older grids keep their keys
+            d["task"] = self.task
         return d
 
     @property
@@ -106,7 +120,8 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        return (f"{self.arm}-{self.attention}-{self.variant}-lr{self.lr:g}-s{self.seed}"
+        task = f"{self.task}-" if self.task else ""
+        return (f"{self.arm}-{task}{self.attention}-{self.variant}-lr{self.lr:g}-s{self.seed}"
                 f"-{self.key[:8]}")
 
 
@@ -124,6 +139,7 @@ class GridConfig:
     specs: tuple[RunSpec, ...]
     cells: tuple[dict[str, Any], ...]
     arm_options: Any = None
+    protocol: str = ""
 
     @property
     def arm_obj(self) -> Arm:
@@ -214,9 +230,13 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
         arm_options = arm_obj.parse_options(options)
     except ArmError as err:
         raise ConfigError(f"{path}: {err}") from None
-    for key in ("name", "results", "description"):
+    for key in ("name", "results", "description", "protocol"):
         if key in grid and not isinstance(grid[key], str):
             raise ConfigError(f"{path}: [grid].{key} must be a string, got {grid[key]!r}")
+    protocol = grid.get("protocol", "")
+    if protocol and protocol not in PROTOCOLS:
+        raise ConfigError(f"{path}: [grid].protocol must be one of {', '.join(PROTOCOLS)}, "
+                          f"got {protocol!r}")
     if "baseline_lr" in grid:
         baseline_lr = _lr(grid["baseline_lr"], f"{path}: [grid].baseline_lr")
     else:  # an arm whose options carry the lr (validated with them)
@@ -257,16 +277,39 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
             raise ConfigError(f"{where}: lr is empty: a cell needs at least one")
         lrs = [_lr(x, f"{where}: lr") for x in lr_values]
         seeds = _seeds(cell.get("seeds", 1), where)
+        task, cell_opts = _task(cell, where, options, arm_obj)
         for a in attentions:
             for vid in variants:
                 for lr in lrs:
                     for seed in seeds:
-                        spec = RunSpec(arm, vid, a, seed, lr, frozen_opts, numerics)
+                        spec = RunSpec(arm, vid, a, seed, lr, cell_opts or frozen_opts,
+                                       numerics, task)
                         specs.setdefault(spec.key, spec)
     res = Path(results) if results is not None else Path(grid.get("results", f"results/{arm}"))
     return GridConfig(path=path, arm=arm, name=str(grid.get("name", arm)), results=res,
                       baseline_lr=baseline_lr, options=options, specs=tuple(specs.values()),
-                      cells=tuple(cells), arm_options=arm_options)
+                      cells=tuple(cells), arm_options=arm_options, protocol=protocol)
+
+
+def _task(cell: dict, where: str, options: dict, arm_obj: Arm) -> tuple[str, tuple]:
+    """A cell's task name and, when it changes arm options, its frozen merged options
+    (validated like the grid's); ("", ()) for a cell of the grid's own task."""
+    task, extra = cell.get("task", ""), cell.get("options", {})
+    if not isinstance(task, str):
+        raise ConfigError(f"{where}: task must be a string, got {task!r}")
+    if not isinstance(extra, dict):
+        raise ConfigError(f"{where}: options must be a table, got {extra!r}")
+    if extra and not task:
+        raise ConfigError(f"{where}: a cell that changes options needs a task name "
+                          "(runs are compared within a task only)")
+    if not extra:
+        return task, ()
+    merged = {**options, **extra}
+    try:
+        arm_obj.parse_options(merged)
+    except ArmError as err:
+        raise ConfigError(f"{where}: options: {err}") from None
+    return task, _freeze(merged)
 
 
 def expand(specs: Iterable[RunSpec]) -> list[RunSpec]:

@@ -117,6 +117,8 @@ def test_toy_arm_grid_stats_report_and_ledger(tmp_path, toy_claim):
     row = stats[(stats["variant"] == "sin-l0.5") & (stats["baseline"] == "adamw")].iloc[0]
     assert row["n"] == 4 and math.isfinite(row["diff"])
     stored = json.loads((out / "claims.json").read_text())
+    assert stored["arm"] == "toy" and stored["grid"] == "toy" and stored["protocol"] == "earlier"
+    stored = stored["claims"]
     again = get_claim("X1").verdict(Evidence(stats=stats, lr=0.1)).verdict
     assert set(stored) == {"X1"} and stored["X1"]["verdict"] == again
     for png in ("paired_final_loss.png", "learning_curves.png"):

@@ -124,3 +124,26 @@ def test_classifier_validation_split_is_carved_from_the_training_data():
     assert not any(tuple(r.tolist()) in seen for r in carved["x_test"])
     with pytest.raises(ValueError, match=r"\[classifier\]\.n_val must be in \[0, n_train = 200"):
         ClassifierOptions(**base, n_val=200)
+
+
+def test_a_cell_may_run_its_own_task_and_the_grid_names_its_protocol(tmp_path):
+    cells = (CELL + '\n\n[[cells]]\ntask = "long"\noptions = { seq_len = 24 }\n'
+             'variants = ["adamw"]\nseeds = 2')
+    cfg = load_config(write(tmp_path, options="seq_len = 12", cell=cells,
+                            grid_extra='protocol = "paper"'))
+    assert cfg.protocol == "paper"
+    long = [s for s in cfg.specs if s.task == "long"]
+    assert len(long) == 2 and all(s.config["seq_len"] == 24 for s in long)
+    assert all(s.config["seq_len"] == 12 for s in cfg.specs if not s.task)
+    assert all(s.run_id.startswith("classifier-long-") for s in long)
+    # the task's name and options are part of the key; a grid without tasks keeps its keys
+    plain = next(s for s in cfg.specs if not s.task and s.variant == "adamw" and s.seed == 0)
+    assert "task" not in plain.as_dict() and long[0].as_dict()["task"] == "long"
+    with pytest.raises(ConfigError, match=r"cells\[1\]: options: \[classifier\]\.seq_len must "
+                                          r"be int, got 'x'"):
+        load_config(write(tmp_path, cell=cells.replace("seq_len = 24", 'seq_len = "x"')))
+    with pytest.raises(ConfigError, match=r"a cell that changes options needs a task name"):
+        load_config(write(tmp_path, cell=cells.replace('task = "long"\n', "")))
+    with pytest.raises(ConfigError, match=r"\[grid\]\.protocol must be one of paper, "
+                                          r"calibrated, got 'mine'"):
+        load_config(write(tmp_path, grid_extra='protocol = "mine"'))

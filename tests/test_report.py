@@ -37,10 +37,10 @@ def test_smoke_grid_to_report_and_ledger(tmp_path):
     figs = sorted(p.name for p in (tmp_path / "classifier" / "figures").glob("*.png"))
     assert "kaplan_meier.png" in figs and "paired_final_test_acc.png" in figs
     assert all(f"(figures/{name})" in text for name in figs)  # every figure is linked
-    claims = json.loads((tmp_path / "classifier" / "claims.json").read_text())
+    claims = json.loads((tmp_path / "classifier" / "claims.json").read_text())["claims"]
     assert set(claims) == {"C1", "C2", "C3", "C4", "C5"}
     ledger = render_ledger(tmp_path).read_text()
-    assert ledger.count("\n| C") == 7
+    assert ledger.count("\n| C") == 7  # one row per claim: one protocol
     assert "the llm arm has not run yet" in ledger
     # re-rendering from stored runs is idempotent for the tables
     render_arm(cfg)
@@ -61,7 +61,7 @@ def test_a_grid_of_the_baseline_alone_reports_its_calibration(tmp_path):
     assert report.count("Calibration (AdamW, classical attention, lr ") == 2
     assert "lr 0.006 (the reference), 2 seeds" in report
     assert "No comparisons" in report
-    assert json.loads((tmp_path / "cal" / "claims.json").read_text()) == {}
+    assert json.loads((tmp_path / "cal" / "claims.json").read_text())["claims"] == {}
 
 
 def test_committed_reports_regenerate_from_the_stored_runs(tmp_path):
@@ -86,8 +86,8 @@ def test_committed_reports_regenerate_from_the_stored_runs(tmp_path):
                                            equal_nan=True, err_msg=f"{name}: {col}")
             else:
                 assert new[col].fillna("").equals(old[col].fillna("")), (name, col)
-        new_claims = json.loads((tmp_path / name / "claims.json").read_text())
-        old_claims = json.loads((stored / "claims.json").read_text())
+        new_claims = json.loads((tmp_path / name / "claims.json").read_text())["claims"]
+        old_claims = json.loads((stored / "claims.json").read_text())["claims"]
         assert new_claims.keys() == old_claims.keys()
         for cid, claim in old_claims.items():
             for key in ("measured", "ci", "test", "verdict"):
@@ -122,5 +122,24 @@ def test_partial_and_small_grids_render_what_exists(tmp_path, name):
         assert f"**Partial grid: {len(cfg.specs) - limit} of {len(cfg.specs)} runs" in report
     if name == "no adamw":  # nothing to compare with AdamW: the claims say so
         assert "this grid has no runs of sin-l0.5 against adamw, attention quantum" in report
-    claims = json.loads((tmp_path / "res" / "claims.json").read_text())
+    claims = json.loads((tmp_path / "res" / "claims.json").read_text())["claims"]
     assert all(c["verdict"] for c in claims.values())
+
+
+def test_ledger_shows_each_protocol_of_a_claim_and_its_power(tmp_path):
+    def grid(folder, protocol, verdict, power):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "claims.json").write_text(json.dumps({
+            "grid": folder, "arm": "classifier", "protocol": protocol,
+            "claims": {"C1": {"measured": f"{folder} numbers", "ci": "[x]", "test": "t",
+                              "verdict": verdict, "power": power}}}))
+
+    grid("classifier-paper", "paper", "no detectable difference", 0.31)
+    grid("classifier-calibrated", "calibrated", "equivalent within ±1 pp", 0.83)
+    grid("calibration", "calibrated", "not run yet", None)  # adds nothing: another grid ran it
+    ledger = render_ledger(tmp_path).read_text()
+    rows = [line for line in ledger.splitlines() if line.startswith("| C1 |")]
+    assert len(rows) == 2
+    assert "| paper | classifier-paper numbers |" in rows[1] and "| 0.31 |" in rows[1]
+    assert "| calibrated | classifier-calibrated numbers |" in rows[0] and "| 0.83 |" in rows[0]
+    assert ledger.count("\n| C2 |") == 1 and "the classifier arm has not run yet" in ledger
