@@ -227,11 +227,11 @@ def time_to_target(ctx: Context, claim: Claim) -> list[str]:
 
 @exhibit("lambda")
 def lambda_sweep(ctx: Context, claim: Claim) -> list[str]:
-    from . import plots
+    from .sweep_plots import plot_lambda_sweep
 
     cell = _cell(ctx, claim)
     sweep = stats.lambda_sweep(ctx.runs[ctx.in_cell(cell)], claim.metric, families=["sin"])
-    fig = plots.plot_lambda_sweep(sweep, metric_label=ctx.label(claim.metric))
+    fig = plot_lambda_sweep(sweep, metric_label=ctx.label(claim.metric))
     return [md_table(sweep, None, 4), figure_link(ctx, "lambda_sweep.png", fig)]
 
 
@@ -386,3 +386,46 @@ def calibration(ctx: Context, claim: Claim | None) -> list[str]:
             f"{100 * acc:.2f}% — {'inside' if ok else 'OUTSIDE'} the targets (median "
             f"{m_lo:g}–{m_hi:g} epochs, final {100 * a_lo:g}–{100 * a_hi:g}%).\n")
     return out
+
+
+# ----------------------------------------------------------------------------- tuning
+def lr_selection(runs: pd.DataFrame, metric: str, higher_is_better: bool) -> pd.DataFrame:
+    """Per variant (and attention), the mean and t interval of a validation metric at every
+    learning rate, and the selected lr: the best mean (ties: the smaller lr).
+
+    Returns the :func:`ablations.stats.summarize` table with ``lr`` and a bool ``selected``.
+    """
+    keys = [k for k in ("task", "attention") if k in runs.columns]
+    summ = stats.summarize(runs, metric, [*keys, "variant", "lr"])
+    summ["selected"] = False
+    for _, grp in summ.groupby([*keys, "variant"], dropna=False):
+        ok = grp.dropna(subset=["mean"])
+        if ok.empty:
+            continue
+        best = ok.sort_values(["mean", "lr"], ascending=[not higher_is_better, True]).index[0]
+        summ.loc[best, "selected"] = True
+    return summ
+
+
+@exhibit("lr_sensitivity")
+def lr_sensitivity(ctx: Context, claim: Claim | None) -> list[str]:
+    """The selection metric against the learning rate per variant, and each variant's
+    selected lr (only for grids that ran more than one lr)."""
+    from .sweep_plots import plot_lr_sensitivity
+
+    metric = ctx.arm.selection_metric
+    runs = ctx.runs
+    if metric is None or metric not in runs.columns or runs["lr"].nunique() < 2:
+        return []
+    higher = ctx.arm.metric(metric).higher_is_better is not False
+    table = lr_selection(runs, metric, higher)
+    chosen = table[table["selected"]]
+    fig = plot_lr_sensitivity(table, metric_label=ctx.label(metric))
+    picks = "; ".join(f"{r['variant']}" + (f" ({r['attention']})" if "attention" in r and
+                                            runs["attention"].nunique() > 1 else "")
+                      + f": lr {r['lr']:g} ({num(r['mean'], 4)})" for _, r in chosen.iterrows())
+    return ["## Learning-rate sensitivity (validation)\n",
+            f"Mean {ctx.label(metric)} over seeds at each learning rate, 95% t interval; each "
+            f"variant's selected lr is its best mean ({'highest' if higher else 'lowest'}; ties: "
+            f"the smaller lr). The test set plays no part in it. Selected: {picks}.\n",
+            md_table(table, None, 4), figure_link(ctx, "lr_sensitivity.png", fig)]

@@ -22,10 +22,8 @@ fifteen variants do not pile onto one axis.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -33,13 +31,24 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from . import stats
+from .panels import (
+    band,
+    cell_label,
+    grid_shape,
+    group_handles,
+    line_handle,
+    make_panels,
+    neutral,
+    panel_titles,
+    require,
+    share_axes,
+)
 from .style import (
     REFERENCE_COLOR,
     VERDICT_COLORS,
     level_colors,
     new_figure,
     themed,
-    variant_color,
     variant_colors,
     verdict_color,
 )
@@ -47,134 +56,10 @@ from .style import (
 __all__ = [
     "plot_learning_curves",
     "plot_paired_seeds",
-    "plot_lambda_sweep",
     "plot_kaplan_meier",
     "plot_perturbation_ratio",
     "plot_forest",
 ]
-
-
-def _neutral(column: str) -> str:
-    """The fallback label of a column: its name with underscores as spaces."""
-    return str(column).replace("_", " ")
-
-
-def _require(df: pd.DataFrame, columns: Sequence[str], where: str) -> None:
-    """ValueError naming the function and the missing columns, before any drawing."""
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{where}: column(s) {', '.join(map(repr, missing))} missing; "
-                         f"columns: {list(df.columns)}")
-    if df.empty:
-        raise ValueError(f"{where}: empty table, nothing to draw")
-
-
-@dataclass
-class _Panel:
-    facet: object  # the facet level, or None
-    focus: str | None  # the variant compared with the baseline, or None (all in one)
-    data: pd.DataFrame
-
-
-def _facet_levels(df: pd.DataFrame, facet: str | None) -> list[tuple[object, pd.DataFrame]]:
-    """Split ``df`` by ``facet`` (one part per level), or one part when absent."""
-    if facet is None or facet not in df.columns or df[facet].isna().all():
-        return [(None, df)]
-    return [(k, sub) for k, sub in df.groupby(facet, sort=True, dropna=False)]
-
-
-def _panels(df: pd.DataFrame, group: str, facet: str | None,
-            baseline: str | None) -> list[_Panel]:
-    """One panel per facet level and, when ``baseline`` is among the groups, per other group
-    (each with the baseline's rows as reference); otherwise one panel per facet level."""
-    out = []
-    for level, sub in _facet_levels(df, facet):
-        names = sorted(map(str, sub[group].dropna().unique()))
-        others = [n for n in names if n != baseline]
-        if baseline in names and others:
-            for name in others:
-                out.append(_Panel(level, name, sub[sub[group].astype(str).isin([baseline,
-                                                                               name])]))
-        else:
-            out.append(_Panel(level, None, sub))
-    return out
-
-
-def _titles(panels: Sequence[_Panel], facet: str | None, fallback: str) -> tuple[list[str], str]:
-    """Panel titles (the compared group, then the facet level) and a suffix for the figure
-    title: a facet with one level is named once there instead of in every panel."""
-    levels = {str(p.facet) for p in panels if p.facet is not None}
-    single = len(levels) == 1 and all(p.facet is not None for p in panels)
-    # one compared group in several panels: the legend names it (see _group_handles)
-    same_focus = len(panels) > 1 and len({p.focus for p in panels}) == 1
-    out = []
-    for p in panels:
-        parts = [p.focus] if p.focus is not None and not same_focus else []
-        if p.facet is not None and not single:
-            parts.append(f"{facet}: {p.facet}")
-        out.append(", ".join(parts) if parts else fallback)
-    return out, (f" ({facet}: {levels.pop()})" if single else "")
-
-
-def _grid(n: int, col_wrap: int) -> tuple[int, int]:
-    ncols = max(1, min(n, col_wrap))
-    return math.ceil(n / ncols), ncols
-
-
-def _share(axes: np.ndarray, used: int, *, x: bool, y: bool) -> None:
-    """Share x and/or y among the first ``used`` axes, hide the rest, and hide tick labels
-    only where a visible neighbour repeats them (Figure.subplots(sharex=...) would also hide
-    them above an empty slot of the last row)."""
-    flat = list(axes.flat)
-    ncols = axes.shape[1]
-    for i, ax in enumerate(flat):
-        if i >= used:
-            ax.set_visible(False)
-            continue
-        if i:
-            if x:
-                ax.sharex(flat[0])
-            if y:
-                ax.sharey(flat[0])
-        if x and i + ncols < used:  # a visible panel below carries the x ticks
-            ax.tick_params(labelbottom=False)
-            ax.set_xlabel("")
-        if y and i % ncols:
-            ax.tick_params(labelleft=False)
-            ax.set_ylabel("")
-
-
-def _cell_label(row: Mapping, keys: Sequence[str]) -> str:
-    parts = []
-    for k in keys:
-        v = row.get(k)
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            continue
-        parts.append(f"{k}={v:g}" if isinstance(v, float) else str(v))
-    return ", ".join(parts)
-
-
-def _line_handle(color: str, label: str, **kw):
-    from matplotlib.lines import Line2D
-
-    return Line2D([], [], color=color, label=label, **kw)
-
-
-def _group_handles(colors: Mapping[str, str], baseline: str | None,
-                   panels: Sequence[_Panel]) -> list:
-    """Legend lines of the groups: all of them without small multiples; with them the
-    baseline, plus the compared groups when there are at most four (otherwise the panel
-    titles, in each line's colour, name them)."""
-    shown = {p.focus for p in panels if p.focus}
-    names = sorted(colors, key=lambda n: (n != baseline, n))
-    if shown:
-        names = [n for n in names if n == baseline or (n in shown and len(shown) <= 4)]
-    return [_line_handle(colors[n], n, lw=2) for n in names]
-
-
-def _band(ax, x, lo, hi, color, *, step: str | None = None, alpha: float = 0.2) -> None:
-    ax.fill_between(np.asarray(x, float), np.asarray(lo, float), np.asarray(hi, float),
-                    color=color, alpha=alpha, lw=0, step=step)
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,7 +96,7 @@ def plot_learning_curves(summary: pd.DataFrame, *, value_label: str | None = Non
     """
     import seaborn as sns
 
-    _require(summary, [group, x, "mean", "ci_low", "ci_high"], "plot_learning_curves")
+    require(summary, [group, x, "mean", "ci_low", "ci_high"], "plot_learning_curves")
     data = summary[np.isfinite(pd.to_numeric(summary["mean"], errors="coerce"))]
     if complete_only and "n" in data.columns and not data.empty:
         keys = [group] + ([facet] if facet in data.columns else [])
@@ -220,14 +105,14 @@ def plot_learning_curves(summary: pd.DataFrame, *, value_label: str | None = Non
     if data.empty:
         raise ValueError("plot_learning_curves: no row with a finite mean")
     ylabel = value_label or "mean"
-    xlabel = x_label or _neutral(x)
-    panels = _panels(data, group, facet, baseline)
+    xlabel = x_label or neutral(x)
+    panels = make_panels(data, group, facet, baseline)
     colors = variant_colors(data[group].dropna().unique())
-    nrows, ncols = _grid(len(panels), col_wrap)
+    nrows, ncols = grid_shape(len(panels), col_wrap)
     small = len(panels) > 2
     w, h = (2.9, 2.3) if small else (4.6, 3.4)
     fig, axes = new_figure(nrows, ncols, w * ncols + 0.3, h * nrows + 0.9)
-    titles, where = _titles(panels, facet, ylabel)
+    titles, where = panel_titles(panels, facet, ylabel)
     for ax, p, head in zip(axes.flat, panels, titles, strict=False):
         # baseline first, so the compared variant is drawn on top of it
         names = sorted(map(str, p.data[group].unique()), key=lambda n: (n != baseline, n))
@@ -236,19 +121,19 @@ def plot_learning_curves(summary: pd.DataFrame, *, value_label: str | None = Non
             c = colors[name]
             sns.lineplot(data=g, x=x, y="mean", color=c, estimator=None, sort=False,
                          lw=1.5 if small else 1.7, ax=ax, legend=False)
-            _band(ax, g[x], g["ci_low"], g["ci_high"], c)
+            band(ax, g[x], g["ci_low"], g["ci_high"], c)
         if target is not None:
             ax.axhline(target, color="black", ls=":", lw=1)
         ax.set(xlabel=xlabel, ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
         ax.set_title(head, color=colors[p.focus] if p.focus else "black")
-    _share(axes, len(panels), x=True, y=True)
+    share_axes(axes, len(panels), x=True, y=True)
     from matplotlib.patches import Patch
 
-    handles = _group_handles(colors, baseline, panels)
+    handles = group_handles(colors, baseline, panels)
     handles.append(Patch(color=REFERENCE_COLOR, alpha=0.35, label="95 % CI over seeds"))
     if target is not None:
-        handles.append(_line_handle("black", f"target {target:g}", ls=":", lw=1))
+        handles.append(line_handle("black", f"target {target:g}", ls=":", lw=1))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
     fig.suptitle(title or f"{ylabel}: mean over seeds with 95 % CI{where}")
     return fig
@@ -289,7 +174,7 @@ def plot_paired_seeds(runs: pd.DataFrame, metric: str, *, baseline: str = "adamw
     """
     import seaborn as sns
 
-    _require(runs, [metric, "variant", "seed"], "plot_paired_seeds")
+    require(runs, [metric, "variant", "seed"], "plot_paired_seeds")
     if variants is None:
         variants = sorted(v for v in runs["variant"].dropna().unique() if v != baseline)
     variants = [v for v in variants if v != baseline]
@@ -298,9 +183,9 @@ def plot_paired_seeds(runs: pd.DataFrame, metric: str, *, baseline: str = "adamw
     if not (runs["variant"] == baseline).any():
         raise ValueError(f"plot_paired_seeds: the baseline {baseline!r} has no run")
     colors = variant_colors([baseline, *variants])
-    ylabel = metric_label or _neutral(metric)
+    ylabel = metric_label or neutral(metric)
     keys = [k for k in cell_keys if k in runs.columns]
-    nrows, ncols = _grid(len(variants), col_wrap)
+    nrows, ncols = grid_shape(len(variants), col_wrap)
     fig, axes = new_figure(nrows, ncols, 2.8 * ncols + 0.3, 2.9 * nrows + 0.5)
     for ax, name in zip(axes.flat, variants, strict=False):
         pairs = stats.paired_differences(runs, metric, name, baseline, cell_keys=keys,
@@ -328,12 +213,12 @@ def plot_paired_seeds(runs: pd.DataFrame, metric: str, *, baseline: str = "adamw
         ax.set_title(f"{name} (n = {len(pairs)})" + _paired_stats(stats_table, metric, name,
                                                                    baseline, cell),
                      fontsize=8.5)
-    _share(axes, len(variants), x=False, y=sharey)
+    share_axes(axes, len(variants), x=False, y=sharey)
     if not sharey:
         for i, ax in enumerate(axes.flat[:len(variants)]):
             if i % ncols:
                 ax.set_ylabel("")
-    where = f" ({_cell_label(cell, list(cell))})" if cell else ""
+    where = f" ({cell_label(cell, list(cell))})" if cell else ""
     fig.suptitle(title or f"{ylabel} per seed, paired with {baseline}{where}")
     return fig
 
@@ -353,63 +238,6 @@ def _paired_stats(table: pd.DataFrame | None, metric: str, variant: str, baselin
     r = sel.iloc[0]
     return (f"\nΔ = {r['diff']:.3g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]"
             f"\np_holm = {r['p_holm']:.2g}, {r['verdict']}")
-
-
-@themed
-def plot_lambda_sweep(sweep: pd.DataFrame, *, metric_label: str | None = None,
-                      facet: str | None = "attention", title: str | None = None) -> Figure:
-    """Metric against the quantum weight λ with CIs, one line per perturbation family.
-
-    Args:
-        sweep: output of :func:`ablations.stats.lambda_sweep` (family, lam, mean, ci_low,
-            ci_high, optionally the facet column).
-        metric_label: y-axis label (default: "mean").
-        facet: column giving one panel per level; ignored when absent.
-        title: figure title.
-
-    Raises:
-        ValueError: a needed column is missing or the sweep is empty.
-    """
-    import seaborn as sns
-
-    _require(sweep, ["family", "lam", "mean", "ci_low", "ci_high"], "plot_lambda_sweep")
-    ylabel = metric_label or "mean"
-    families = sorted(map(str, sweep["family"].dropna().unique()))
-    colors = {f: variant_color(f) for f in families}
-    panels = [_Panel(level, None, sub) for level, sub in _facet_levels(sweep, facet)]
-    titles, where = _titles(panels, facet, "")
-    lam = sweep["lam"].to_numpy(float)
-    positive = lam[lam > 0]
-    wide = positive.size > 0 and positive.max() / positive.min() > 50
-    nrows, ncols = _grid(len(panels), 3)
-    fig, axes = new_figure(nrows, ncols, max(5.6, 4.6 * ncols), 3.4 * nrows + 0.5)
-    for ax, p, head in zip(axes.flat, panels, titles, strict=False):
-        sub = p.data
-        offsets = np.linspace(-0.01, 0.01, len(families)) if len(families) > 1 else [0.0]
-        for off, fam in zip(offsets, families, strict=True):
-            g = sub[sub["family"].astype(str) == fam].sort_values("lam")
-            if g.empty:
-                continue
-            xs = g["lam"].to_numpy(float)
-            # A small horizontal dodge keeps overlapping error bars readable.
-            xs = xs * (1 + off) if wide else xs + off * (np.nanmax(lam) or 1.0)
-            m = g["mean"].to_numpy(float)
-            err = np.vstack([m - g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float) - m])
-            ax.errorbar(xs, m, yerr=np.nan_to_num(err, nan=0.0), fmt="none", ecolor=colors[fam],
-                        elinewidth=1.2, capsize=3)
-            sns.lineplot(x=xs, y=m, color=colors[fam], marker="o", markersize=5, lw=1.5,
-                         estimator=None, sort=False, label=fam, ax=ax)
-        if wide:
-            ax.set_xscale("symlog", linthresh=positive.min())
-        ax.set(xlabel="quantum weight λ (λ = 0: AdamW)", ylabel=ylabel)
-        ax.set_title(head)
-        if ax.get_legend() is not None:
-            ax.get_legend().remove()
-    _share(axes, len(panels), x=False, y=True)
-    handles = [_line_handle(colors[f], f"family {f}", marker="o", lw=1.5) for f in families]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5))
-    fig.suptitle(title or f"{ylabel} against λ (mean, 95 % CI){where}")
-    return fig
 
 
 @themed
@@ -443,14 +271,14 @@ def plot_kaplan_meier(km: pd.DataFrame, *, group: str = "variant", facet: str | 
     """
     import seaborn as sns
 
-    _require(km, [group, "time", "survival", "ci_low", "ci_high"], "plot_kaplan_meier")
+    require(km, [group, "time", "survival", "ci_low", "ci_high"], "plot_kaplan_meier")
     colors = variant_colors(km[group].dropna().unique())
-    panels = _panels(km, group, facet, baseline)
-    nrows, ncols = _grid(len(panels), col_wrap)
+    panels = make_panels(km, group, facet, baseline)
+    nrows, ncols = grid_shape(len(panels), col_wrap)
     small = len(panels) > 2
     w, h = (2.9, 2.3) if small else (4.6, 3.4)
     fig, axes = new_figure(nrows, ncols, w * ncols + 0.3, h * nrows + 0.9)
-    titles, where = _titles(panels, facet, "")
+    titles, where = panel_titles(panels, facet, "")
     for ax, p, head in zip(axes.flat, panels, titles, strict=False):
         names = sorted(map(str, p.data[group].unique()), key=lambda n: (n != baseline, n))
         for name in names:
@@ -463,7 +291,7 @@ def plot_kaplan_meier(km: pd.DataFrame, *, group: str = "variant", facet: str | 
                 lo, hi = np.append(lo, lo[-1]), np.append(hi, hi[-1])
             sns.lineplot(x=t, y=s, color=c, drawstyle="steps-post", estimator=None, sort=False,
                          lw=1.6, ax=ax, legend=False)
-            _band(ax, t, lo, hi, c, step="post", alpha=0.15)
+            band(ax, t, lo, hi, c, step="post", alpha=0.15)
             if "n_censored" in g.columns:
                 cens = g[g["n_censored"] > 0]
                 if len(cens):
@@ -480,12 +308,12 @@ def plot_kaplan_meier(km: pd.DataFrame, *, group: str = "variant", facet: str | 
         ax.set(xlabel=time_label, ylabel=f"fraction not yet at {target_label}")
         ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
         ax.set_title(head, color=colors[p.focus] if p.focus else "black")
-    _share(axes, len(panels), x=True, y=True)
-    handles = _group_handles(colors, baseline, panels)
-    handles.append(_line_handle("black", "censored (never reached)", marker="+", ms=8,
+    share_axes(axes, len(panels), x=True, y=True)
+    handles = group_handles(colors, baseline, panels)
+    handles.append(line_handle("black", "censored (never reached)", marker="+", ms=8,
                                 ls="none"))
     if medians:
-        handles.append(_line_handle("black", "median", ls=":", lw=1.2))
+        handles.append(line_handle("black", "median", ls=":", lw=1.2))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
     fig.suptitle(title or f"Time to target: Kaplan–Meier estimate with 95 % CI{where}")
     return fig
@@ -514,7 +342,7 @@ def plot_perturbation_ratio(runs: pd.DataFrame, *, metric: str = "perturbation_r
     """
     import seaborn as sns
 
-    _require(runs, [group, metric], "plot_perturbation_ratio")
+    require(runs, [group, metric], "plot_perturbation_ratio")
     vals = pd.to_numeric(runs[metric], errors="coerce")
     ok = vals > 0
     dropped = int((vals.notna() & ~ok).sum())
@@ -549,14 +377,14 @@ def plot_perturbation_ratio(runs: pd.DataFrame, *, metric: str = "perturbation_r
         lab.set_ha("right")
         lab.set_rotation_mode("anchor")
     ax.grid(axis="x", visible=False)
-    ax.set_ylabel(metric_label or _neutral(metric))
+    ax.set_ylabel(metric_label or neutral(metric))
     ax.set_xlabel(group if dropped == 0 else f"{group} ({dropped} runs with ratio ≤ 0 not shown)")
     if use_hue:
-        handles = [_line_handle(palette[h], h, marker="o", ls="none") for h in levels]
-        handles.append(_line_handle("black", "median", lw=1.8))
+        handles = [line_handle(palette[h], h, marker="o", ls="none") for h in levels]
+        handles.append(line_handle("black", "median", lw=1.8))
         ax.legend(handles=handles, title=hue, loc="best")
     else:
-        ax.legend(handles=[_line_handle("black", "median", lw=1.8)], loc="best")
+        ax.legend(handles=[line_handle("black", "median", lw=1.8)], loc="best")
     ax.set_title(title or "Perturbation size relative to the Adam step")
     return fig
 
@@ -615,7 +443,7 @@ def plot_forest(stats_table: pd.DataFrame, *, metrics: Sequence[str] | None = No
     import seaborn as sns
     from matplotlib.patches import Patch
 
-    _require(stats_table, ["metric", "variant", "baseline", "n", "diff", "ci_low", "ci_high",
+    require(stats_table, ["metric", "variant", "baseline", "n", "diff", "ci_low", "ci_high",
                            "verdict"], "plot_forest")
     df = stats_table
     if baseline is not None:
@@ -633,7 +461,7 @@ def plot_forest(stats_table: pd.DataFrame, *, metrics: Sequence[str] | None = No
     fig, axes = new_figure(len(metrics), 1, 9.0, sum(heights) + 1.0,
                            gridspec_kw={"height_ratios": heights})
     for ax, metric in zip(axes[:, 0], metrics, strict=True):
-        label = labels_of.get(metric) or _neutral(metric)
+        label = labels_of.get(metric) or neutral(metric)
         sub = df[df["metric"] == metric].reset_index(drop=True)
         sub = sub.assign(_y=np.arange(len(sub))[::-1],
                          _color=[verdict_color(v) for v in sub["verdict"]])
@@ -665,7 +493,7 @@ def plot_forest(stats_table: pd.DataFrame, *, metrics: Sequence[str] | None = No
                                 ha="right" if right else "left", va="center", fontsize=8,
                                 color=c)
         rows = [f"{r['variant']} − {r['baseline']}"
-                + (f" [{_cell_label(r.to_dict(), keys)}]" if keys else "")
+                + (f" [{cell_label(r.to_dict(), keys)}]" if keys else "")
                 + f"  (n={int(r['n'])})" for _, r in sub.iterrows()]
         ax.set_yticks(sub["_y"], rows)
         ax.set_ylim(-0.7, len(sub) - 0.3)

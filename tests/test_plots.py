@@ -17,6 +17,7 @@ from matplotlib.collections import LineCollection, PathCollection, PolyCollectio
 from matplotlib.figure import Figure
 
 from ablations import plots as P
+from ablations import sweep_plots as SP
 from ablations import stats as S
 from ablations import style
 
@@ -203,7 +204,7 @@ def test_paired_seeds_fallback_label_and_degenerate_inputs():
 # ------------------------------------------------------------------- lambda sweep
 def test_lambda_sweep_lines_errorbars_and_labels():
     sweep = S.lambda_sweep(_runs(), "final_test_acc")
-    fig = P.plot_lambda_sweep(sweep, metric_label="accuracy label")
+    fig = SP.plot_lambda_sweep(sweep, metric_label="accuracy label")
     axes = _visible(fig)
     assert [ax.get_title() for ax in axes] == ["attention: classical", "attention: quantum"]
     for ax in axes:
@@ -215,9 +216,9 @@ def test_lambda_sweep_lines_errorbars_and_labels():
     assert "family sin" in _legend_texts(fig)
     # one λ per family with NaN intervals (a single run) still draws
     one = sweep[sweep.lam == 0.5].assign(ci_low=np.nan, ci_high=np.nan)
-    assert isinstance(P.plot_lambda_sweep(one, facet=None), Figure)
+    assert isinstance(SP.plot_lambda_sweep(one, facet=None), Figure)
     with pytest.raises(ValueError, match="empty"):
-        P.plot_lambda_sweep(sweep.iloc[:0])
+        SP.plot_lambda_sweep(sweep.iloc[:0])
 
 
 # ------------------------------------------------------------------- Kaplan-Meier
@@ -342,7 +343,7 @@ def test_figures_use_the_theme():
 def test_save_figure_writes_a_png(tmp_path):
     from ablations.report import save_figure
 
-    fig = P.plot_lambda_sweep(S.lambda_sweep(_runs(), "final_test_acc"))
+    fig = SP.plot_lambda_sweep(S.lambda_sweep(_runs(), "final_test_acc"))
     out = save_figure(fig, tmp_path / "figs" / "sweep.png", dpi=40)
     assert out == tmp_path / "figs" / "sweep.png"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -359,3 +360,22 @@ def test_theory_figures_are_themed_figures():
     assert len(ax.get_lines()) == 2  # the curve and the 80 % line
     assert not ax.spines["top"].get_visible()
     assert T.figures_for(SimpleNamespace(id="T8", data={})) == []
+
+
+def test_lr_sensitivity_marks_each_variants_selected_lr():
+    from ablations.exhibits import lr_selection
+
+    rows = [dict(variant=v, seed=s, attention="quantum", lr=lr,
+                 final_val_acc=0.9 - abs(np.log10(lr) - np.log10(best)) * 0.1 + 0.001 * s)
+            for v, best in (("adamw", 1e-3), ("sin-l0.5", 3e-3))
+            for lr in (3e-4, 1e-3, 3e-3, 1e-2) for s in range(3)]
+    table = lr_selection(pd.DataFrame(rows), "final_val_acc", higher_is_better=True)
+    chosen = table[table["selected"]].set_index("variant")["lr"].to_dict()
+    assert chosen == {"adamw": 1e-3, "sin-l0.5": 3e-3}
+    fig = SP.plot_lr_sensitivity(table, metric_label="val acc label")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_ylabel() == "val acc label"
+    rings = [c for c in ax.collections if list(getattr(c, "get_sizes", lambda: [])()) == [160]]
+    assert sum(c.get_offsets().shape[0] for c in rings) == 2  # one ring per variant
+    with pytest.raises(ValueError, match="plot_lr_sensitivity: column"):
+        SP.plot_lr_sensitivity(table.drop(columns="selected"))

@@ -128,6 +128,7 @@ class Arm:
     curve_x, curve_value, curve_label: the learning curve's x column, value column and label.
     setup_exhibits, analyses: names of report exhibits (``ablations.exhibits``) shown after
         the setup paragraph and after the claims' sections.
+    selection_metric: the validation metric every choice (lr, difficulty) reads, or None.
     """
 
     name: ClassVar[str] = ""
@@ -143,6 +144,7 @@ class Arm:
     curve_label: ClassVar[str] = "training loss"
     setup_exhibits: ClassVar[tuple[str, ...]] = ()
     analyses: ClassVar[tuple[str, ...]] = ("perturbation", "curves")
+    selection_metric: ClassVar[str | None] = None
 
     # ------------------------------------------------------------------ options
     def parse_options(self, table: Mapping[str, Any] | None) -> Any:

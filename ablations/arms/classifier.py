@@ -303,7 +303,8 @@ class Classifier(Arm):
     curve_value = "test_acc"
     curve_label = "test accuracy"
     setup_exhibits = ("calibration",)
-    analyses = ("factorial", "lr_check", "perturbation", "curves")
+    analyses = ("factorial", "lr_check", "lr_sensitivity", "perturbation", "curves")
+    selection_metric = "final_val_acc"
     metrics = (
         Metric("final_test_acc", "higher", "final test accuracy", margin=0.01, **_PP),
         Metric("epochs_to_90", "lower", "epochs to 90 % accuracy", " epochs", margin=1.0),

@@ -26,10 +26,12 @@ class LLM(Arm):
     curve_x = "step"
     curve_value = "train_loss"
     curve_label = "training loss"
-    analyses = ("perturbation", "curves", "throughput")
+    analyses = ("lr_sensitivity", "perturbation", "curves", "throughput")
+    selection_metric = "val_loss"
     metrics = (
         Metric("mean_train_loss", "lower", "mean training loss", margin=0.005),
         Metric("final_train_loss", "lower", "final training loss", margin=0.005),
+        Metric("val_loss", "lower", "validation loss", margin=0.005),
         Metric("test_loss", "lower", "test loss", margin=0.005),
         Metric("test_exact_match", "higher", "test exact match", margin=0.02),
         Metric("tokens_per_s", "higher", "tokens per second", timing=True),

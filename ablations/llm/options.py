@@ -32,6 +32,8 @@ class LLMOptions:
     ``$QSGD_GSM8K_DIR`` → the hub).
     max_len: tokens per packed row. tokens_per_batch: tokens per step (a multiple of max_len).
     lr, schedule, warmup, min_lr_ratio, weight_decay, clip_grad, bias_correction: optimisation.
+    val_examples: the last N of the task's training examples held out as the validation set
+    (0: none; every choice reads it, never the test set); its loss is ``val_loss``.
     train_examples / test_loss_examples: use only the first N (0: all). eval_questions: test
     questions decoded greedily for exact match. max_new_tokens, eval_batch: decoding limits.
     curve_every, ratio_every: sampling of the curve and of the perturbation ratio (steps).
@@ -55,6 +57,7 @@ class LLMOptions:
     weight_decay: float = 0.01
     clip_grad: float = 1.0
     bias_correction: bool = True
+    val_examples: int = 0
     train_examples: int = 0
     test_loss_examples: int = 0
     eval_questions: int = 500
@@ -98,7 +101,8 @@ class LLMOptions:
                              f"got {self.task!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"[llm].min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
-        for key in ("warmup", "train_examples", "test_loss_examples", "eval_questions"):
+        for key in ("warmup", "val_examples", "train_examples", "test_loss_examples",
+                    "eval_questions"):
             if getattr(self, key) < 0:
                 raise ValueError(f"[llm].{key} must be >= 0, got {getattr(self, key)}")
         for key in ("max_new_tokens", "eval_batch", "curve_every"):

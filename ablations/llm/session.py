@@ -72,8 +72,9 @@ def _pick_device(o: LLMOptions, d: Dist) -> torch.device:
 class Session:
     """One process's loaded state for runs that share its key (see :func:`open_session`).
 
-    train_examples, test_examples: encoded ``(ids, a, b)`` of the training set and of the
-    test-loss set; test_data: the task's test examples (the exact-match questions);
+    train_examples, test_examples, val_examples: encoded ``(ids, a, b)`` of the training set,
+    the test-loss set and the validation set (carved from the task's training examples; empty
+    without ``val_examples``); test_data: the task's test examples (the exact-match questions);
     base_params: device copies of the base weights that every run starts from; train_cache:
     packed training batches per data-order seed; warm: (variant, capacity) pairs whose step
     is compiled.
@@ -92,8 +93,9 @@ class Session:
     test_examples: list
     test_data: list
     task: LMTask
+    val_examples: list = field(default_factory=list)
     train_cache: dict = field(default_factory=dict)
-    test_batches: DeviceBatches | None = None
+    eval_cache: dict = field(default_factory=dict)
     warm: set = field(default_factory=set)
 
 
@@ -107,7 +109,8 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
     d = dist_info()
     device = _pick_device(o, d)
     key = (o.model, o.tokenizer, o.task, o.data_dir, o.max_len, o.tokens_per_batch,
-           o.train_examples, o.test_loss_examples, o.compile, o.attn_impl, o.amp, str(device),
+           o.val_examples, o.train_examples, o.test_loss_examples, o.compile, o.attn_impl,
+           o.amp, str(device),
            d.world, d.rank, init_seed if o.model.startswith("random:") else None)
     cur = _SESSIONS.get("current")
     if cur is not None and cur.key == key:
@@ -144,14 +147,21 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
     task = get_task(o.task).from_options(o)
     train = list(task.train_examples())
     test = list(task.test_examples())
+    if o.val_examples >= len(train):
+        raise ValueError(f"[llm].val_examples ({o.val_examples}) must be below the task's "
+                         f"{len(train)} training examples")
+    val = train[len(train) - o.val_examples:] if o.val_examples else []
+    train = train[:len(train) - o.val_examples]
     if o.train_examples:
         train = train[:o.train_examples]
     test_loss_set = test[:o.test_loss_examples] if o.test_loss_examples else test
     enc_train = tok.encode_examples([e.question for e in train], [e.answer for e in train])
     enc_test = tok.encode_examples([e.question for e in test_loss_set],
                                    [e.answer for e in test_loss_set])
+    enc_val = tok.encode_examples([e.question for e in val], [e.answer for e in val]) \
+        if val else []
     sess = Session(key, o, base, device, d, model, base_params, loss_fn, flex, enc_train,
-                   enc_test, test, task)
+                   enc_test, test, task, val_examples=enc_val)
     _SESSIONS["current"] = sess
     return sess
 
@@ -171,18 +181,20 @@ def epoch_batches(sess: Session, order_seed: int) -> DeviceBatches:
     return sess.train_cache[order_seed]
 
 
-def eval_batches(sess: Session, capacity: int) -> DeviceBatches:
-    """The test set packed like a training step of this rank (same shapes: the compiled graph
-    is reused), with the training capacity unless a test step scores more tokens."""
+def eval_batches(sess: Session, capacity: int, split: str = "test") -> DeviceBatches:
+    """The test (or validation) set packed like a training step of this rank (same shapes:
+    the compiled graph is reused), with the training capacity unless a step scores more."""
     o = sess.opts
-    if sess.test_batches is None or sess.test_batches.capacity < capacity:
+    cached = sess.eval_cache.get(split)
+    if cached is None or cached.capacity < capacity:
+        examples = sess.val_examples if split == "val" else sess.test_examples
         rows = o.tokens_per_batch // o.max_len // sess.dist.world
-        p = pack(sess.test_examples, range(len(sess.test_examples)), o.max_len, rows,
-                 sess.base.tokenizer.pad_id)
+        p = pack(examples, range(len(examples)), o.max_len, rows, sess.base.tokenizer.pad_id)
         need = int(p.n_loss.max())
         cap = capacity if need <= capacity else loss_capacity(need, rows * o.max_len)
-        sess.test_batches = to_device(p, sess.device, 0, 1, sess.flex, capacity=cap)
-    return sess.test_batches
+        sess.eval_cache[split] = cached = to_device(p, sess.device, 0, 1, sess.flex,
+                                                    capacity=cap)
+    return cached
 
 
 def sync(device: torch.device) -> None:

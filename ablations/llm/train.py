@@ -170,10 +170,11 @@ def train_epoch(sess: Session, b: DeviceBatches, variant, lr: float, noise_seed:
 
 
 @torch.no_grad()
-def evaluate_loss(sess: Session, capacity: int) -> float:
-    """Token-weighted mean answer-token loss over the test-loss set, through the training
-    step's graph (``capacity``: the training batches' loss slots, so the graph is reused)."""
-    b = eval_batches(sess, capacity)
+def evaluate_loss(sess: Session, capacity: int, split: str = "test") -> float:
+    """Token-weighted mean answer-token loss over the test-loss set (or the validation set),
+    through the training step's graph (``capacity``: the training batches' loss slots, so the
+    graph is reused)."""
+    b = eval_batches(sess, capacity, split)
     total = torch.zeros((), dtype=torch.float64, device=sess.device)
     with torch.enable_grad():  # the training graph, reused without a second compilation
         for s in range(b.steps):
@@ -216,8 +217,11 @@ def run(spec) -> dict[str, Any]:
     S = len(losses)
     tail = max(1, math.ceil(0.05 * S))
     t_eval = time.perf_counter()
+    val_loss = float("nan")
     if sess.dist.rank == 0:
         test_loss = evaluate_loss(sess, b.capacity)
+        if sess.val_examples:
+            val_loss = evaluate_loss(sess, b.capacity, "val")
         em = evaluate_exact_match(sess, o)
     else:
         test_loss = em = float("nan")
@@ -244,5 +248,7 @@ def run(spec) -> dict[str, Any]:
         "eval_seconds": eval_seconds,
         "mfu": mfu,
     }
+    if sess.val_examples:  # what every choice reads (the lr): never the test set
+        metrics["val_loss"] = val_loss
     dev = device_name(sess.device) + (f" x{world} (DDP)" if world > 1 else "")
     return {"metrics": metrics, "curve": curve, "device": dev}

@@ -1,0 +1,130 @@
+"""Figures of a metric against a swept setting: the quantum weight λ (claim C3) and the
+learning rate (the per-optimizer tuning on validation data). Drawing only, as
+:mod:`ablations.plots`; the tables arrive computed (:func:`ablations.stats.lambda_sweep`,
+:func:`ablations.exhibits.lr_selection`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .panels import Panel, facet_levels, grid_shape, line_handle, panel_titles, require, share_axes
+from .style import new_figure, themed, variant_color
+
+__all__ = ["plot_lambda_sweep", "plot_lr_sensitivity"]
+
+
+@themed
+def plot_lambda_sweep(sweep: pd.DataFrame, *, metric_label: str | None = None,
+                      facet: str | None = "attention", title: str | None = None) -> Figure:
+    """Metric against the quantum weight λ with CIs, one line per perturbation family.
+
+    Args:
+        sweep: output of :func:`ablations.stats.lambda_sweep` (family, lam, mean, ci_low,
+            ci_high, optionally the facet column).
+        metric_label: y-axis label (default: "mean").
+        facet: column giving one panel per level; ignored when absent.
+        title: figure title.
+
+    Raises:
+        ValueError: a needed column is missing or the sweep is empty.
+    """
+    import seaborn as sns
+
+    require(sweep, ["family", "lam", "mean", "ci_low", "ci_high"], "plot_lambda_sweep")
+    ylabel = metric_label or "mean"
+    families = sorted(map(str, sweep["family"].dropna().unique()))
+    colors = {f: variant_color(f) for f in families}
+    panels = [Panel(level, None, sub) for level, sub in facet_levels(sweep, facet)]
+    titles, where = panel_titles(panels, facet, "")
+    lam = sweep["lam"].to_numpy(float)
+    positive = lam[lam > 0]
+    wide = positive.size > 0 and positive.max() / positive.min() > 50
+    nrows, ncols = grid_shape(len(panels), 3)
+    fig, axes = new_figure(nrows, ncols, max(5.6, 4.6 * ncols), 3.4 * nrows + 0.5)
+    for ax, p, head in zip(axes.flat, panels, titles, strict=False):
+        sub = p.data
+        offsets = np.linspace(-0.01, 0.01, len(families)) if len(families) > 1 else [0.0]
+        for off, fam in zip(offsets, families, strict=True):
+            g = sub[sub["family"].astype(str) == fam].sort_values("lam")
+            if g.empty:
+                continue
+            xs = g["lam"].to_numpy(float)
+            # A small horizontal dodge keeps overlapping error bars readable.
+            xs = xs * (1 + off) if wide else xs + off * (np.nanmax(lam) or 1.0)
+            m = g["mean"].to_numpy(float)
+            err = np.vstack([m - g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float) - m])
+            ax.errorbar(xs, m, yerr=np.nan_to_num(err, nan=0.0), fmt="none", ecolor=colors[fam],
+                        elinewidth=1.2, capsize=3)
+            sns.lineplot(x=xs, y=m, color=colors[fam], marker="o", markersize=5, lw=1.5,
+                         estimator=None, sort=False, label=fam, ax=ax)
+        if wide:
+            ax.set_xscale("symlog", linthresh=positive.min())
+        ax.set(xlabel="quantum weight λ (λ = 0: AdamW)", ylabel=ylabel)
+        ax.set_title(head)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    share_axes(axes, len(panels), x=False, y=True)
+    handles = [line_handle(colors[f], f"family {f}", marker="o", lw=1.5) for f in families]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5))
+    fig.suptitle(title or f"{ylabel} against λ (mean, 95 % CI){where}")
+    return fig
+
+
+@themed
+def plot_lr_sensitivity(table: pd.DataFrame, *, metric_label: str | None = None,
+                        facet: str | None = "attention", title: str | None = None) -> Figure:
+    """A validation metric against the learning rate (log axis), one line per variant with
+    95% intervals, each variant's selected learning rate ringed.
+
+    Args:
+        table: output of :func:`ablations.exhibits.lr_selection` (variant, lr, mean, ci_low,
+            ci_high, selected; optionally the facet column).
+        metric_label: y-axis label (default: "mean").
+        facet: column giving one panel per level; ignored when absent or constant.
+        title: figure title.
+
+    Raises:
+        ValueError: a needed column is missing or the table is empty.
+    """
+    import seaborn as sns
+
+    require(table, ["variant", "lr", "mean", "ci_low", "ci_high", "selected"],
+            "plot_lr_sensitivity")
+    ylabel = metric_label or "mean"
+    if facet in table.columns and table[facet].nunique() < 2:
+        facet = None
+    variants = sorted(map(str, table["variant"].unique()))
+    colors = {v: variant_color(v) for v in variants}
+    panels = [Panel(level, None, sub) for level, sub in facet_levels(table, facet)]
+    heads, where = panel_titles(panels, facet, "")
+    nrows, ncols = grid_shape(len(panels), 3)
+    fig, axes = new_figure(nrows, ncols, max(5.6, 4.6 * ncols), 3.4 * nrows + 0.5)
+    for ax, p, head in zip(axes.flat, panels, heads, strict=False):
+        for i, v in enumerate(variants):
+            g = p.data[p.data["variant"].astype(str) == v].sort_values("lr")
+            if g.empty:
+                continue
+            # dodge overlapping intervals by a few percent of a factor on the log axis
+            xs = g["lr"].to_numpy(float) * (1 + 0.04 * (i - (len(variants) - 1) / 2))
+            m = g["mean"].to_numpy(float)
+            err = np.vstack([m - g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float) - m])
+            ax.errorbar(xs, m, yerr=np.nan_to_num(err, nan=0.0), fmt="none",
+                        ecolor=colors[v], elinewidth=1.1, capsize=3)
+            sns.lineplot(x=xs, y=m, color=colors[v], marker="o", markersize=5, lw=1.5,
+                         estimator=None, sort=False, ax=ax)
+            sel = g["selected"].to_numpy(bool)
+            ax.scatter(xs[sel], m[sel], s=160, facecolors="none", edgecolors=colors[v],
+                       linewidths=1.6, zorder=5)
+        ax.set_xscale("log")
+        ax.set(xlabel="learning rate", ylabel=ylabel)
+        ax.set_title(head)
+    share_axes(axes, len(panels), x=True, y=True)
+    handles = [line_handle(colors[v], v, marker="o", lw=1.5) for v in variants]
+    handles.append(line_handle("black", "selected lr", marker="o", lw=0, markersize=11,
+                               markerfacecolor="none"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5))
+    fig.suptitle(title or f"{ylabel} against the learning rate (mean, 95 % CI){where}")
+    return fig
