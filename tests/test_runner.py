@@ -179,5 +179,5 @@ def test_changed_config_never_mixes_old_runs(tmp_path):
 def test_append_record_writes_whole_lines(tmp_path):
     path = tmp_path / "r.jsonl"
     for i in range(3):
-        append_record(path, {"key": str(i), "metrics": {"x": float("nan")}})
+        append_record(path, {"key": str(i), "run_id": str(i), "metrics": {"x": float("nan")}})
     assert [r["key"] for r in load_records(path)] == ["0", "1", "2"]

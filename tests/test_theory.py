@@ -184,14 +184,17 @@ def test_loader_reads_a_results_folder(tmp_path):
     _synthetic_runs().to_csv(tmp_path / "classifier" / "runs.csv", index=False)
     jl = tmp_path / "llm" / "runs.jsonl"
     for seed, loss in ((0, 0.30), (1, 0.31), (0, 0.25)):  # seed 0 run twice: the last counts
-        append_record(jl, {"run_id": f"r{seed}", "arm": "llm", "task": "gsm8k",
+        append_record(jl, {"key": f"k{seed}", "run_id": f"r{seed}", "arm": "llm", "task": "gsm8k",
                            "protocol": "paper", "variant": "adamw", "attention": "none",
                            "seed": seed, "lr": 3e-4, "metrics": {"mean_train_loss": loss},
                            "provenance": {"commit": "x"}})
     with open(jl, "a") as fh:
         fh.write('{"run_id": "torn"')
-    with pytest.warns(RuntimeWarning, match="torn record"):
+    with pytest.warns(RuntimeWarning) as caught:
         inputs = load_inputs(tmp_path)
+    assert [str(w.message).split(": ", 1)[1] for w in caught] == [
+        "key k0 is stored on line 1 too; keeping line 3 (the newer)",
+        "skipping a torn record (a run killed mid-write)"]
     cls, llm = inputs.runs_of("classifier"), inputs.runs_of("llm")
     assert cls.complete and cls.source == str(tmp_path / "classifier" / "runs.csv")
     assert len(cls.table) == 24 and set(cls.table["variant"]) == {"adamw", "sin-l0.5"}
