@@ -347,7 +347,8 @@ def test_summary_command_averages_runs_per_variant(tmp_path, capsys):
     runs.write_text("".join(json.dumps({
         "key": f"k{i}", "run_id": f"r{i}", "variant": v, "provenance": {"device": "H200"},
         "metrics": {"tokens_per_s": t, "optimizer_share": 0.1, "mfu": 0.2,
-                    "train_seconds": 3.0, "eval_seconds": 1.0}}) + "\n" for i, (v, t) in enumerate(recs)))
+                    "train_seconds": 3.0, "eval_seconds": 1.0}}) + "\n"
+        for i, (v, t) in enumerate(recs)))
     assert main(["summary", str(runs), "--out", str(tmp_path / "out")]) == 0
     import csv
 
