@@ -1,64 +1,149 @@
-"""``python -m ablations run|report ...``"""
+"""``python -m ablations run|report ...``
+
+``run CONFIG`` runs the grid's missing runs into its results folder (``--results``, else the
+config's ``[grid].results``; ``~`` expanded), then renders that folder's report, and the claims
+ledger ``results/README.md`` when the folder is one of ``results/`` under the working directory
+and was not overridden. ``report CONFIG`` re-renders one grid's report (its folder only);
+``report all`` every grid of ``ablations/configs`` whose runs exist, then the ledger.
+
+Everything the command reads is checked before the first run starts: the config, and the
+results folder (a folder, writable, not in use by another ``run``).
+
+Exit status:
+
+* 0: done.
+* 1: a run raised (its traceback is printed; the runs finished before it are stored).
+* 2: bad input, one line ``error: ...`` naming the file, key or folder; nothing ran.
+* 3: ``run`` stored every run it started, but rendering the report failed (one line;
+  ``report CONFIG`` re-renders it once the cause is fixed).
+* 130: interrupted (SIGINT or SIGTERM): one line saying how many runs are stored; rerunning
+  resumes.
+
+``--debug`` shows the traceback instead of the one-line message (statuses 2, 3 and 130).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .cli_support import add_debug_flag, first_line, guarded
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+#: ``run`` stored every run, but the report failed
+EXIT_REPORT_FAILED = 3
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ablations", description=__doc__)
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
+
+def _workers(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def _parser() -> tuple[argparse.ArgumentParser, tuple[argparse.ArgumentParser, ...]]:
+    parser = argparse.ArgumentParser(prog="python -m ablations",
+                                     description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="run the missing runs of a grid, then its report")
     run_p.add_argument("config", type=Path)
     run_p.add_argument("--results", type=Path, default=None,
                        help="results folder (default: the config's [grid].results)")
-    run_p.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
-    run_p.add_argument("--limit", type=int, default=None, help="start at most N runs")
+    run_p.add_argument("--workers", type=_workers, default=None,
+                       help="processes (default: cores)")
+    run_p.add_argument("--limit", type=_count, default=None, help="start at most N runs")
     run_p.add_argument("--no-report", action="store_true")
     run_p.add_argument("--no-progress", action="store_true")
     rep_p = sub.add_parser("report", help="re-render reports from stored runs")
     rep_p.add_argument("config", help="a config path, or 'all' (every grid of ablations/configs "
                        "whose results exist, then the ledger results/README.md)")
     rep_p.add_argument("--results", type=Path, default=None)
-    args = parser.parse_args(argv)
+    return parser, (run_p, rep_p)
 
+
+def _load(args):
+    from .config import load_config
+
+    cfg = load_config(args.config, args.results)
+    # `~` of --results or [grid].results: the folder the user means, not ./~
+    return dataclasses.replace(cfg, results=Path(cfg.results).expanduser())
+
+
+def _feeds_ledger(args, cfg) -> bool:
+    # the ledger reads results/<arm>/claims.json of the working directory: a grid written
+    # elsewhere (--results, or a config's own folder) leaves it alone
+    return args.results is None and cfg.results.resolve().parent == Path("results").resolve()
+
+
+def _run(args) -> int:
+    from .runner import run_grid
+
+    cfg = _load(args)
+    t0 = time.perf_counter()
+    counts = run_grid(cfg, workers=args.workers, progress=not args.no_progress,
+                      limit=args.limit)
+    print(f"{cfg.name}: {counts['ran']} run(s) done now in "
+          f"{(time.perf_counter() - t0) / 60:.1f} min of wall clock, "
+          f"{counts['done_before']} already stored, {counts['total']} in the grid "
+          f"-> {cfg.results}")
+    if args.no_report:
+        return 0
     try:
-        if args.command == "run":
-            from .runner import default_executor, run_grid
+        from .report import render_arm, render_ledger
 
-            cfg = load_config(args.config, args.results)
-            ex = default_executor(args.workers, arm=cfg.arm) if args.workers else None
-            t0 = time.perf_counter()
-            counts = run_grid(cfg, ex, progress=not args.no_progress, limit=args.limit)
-            print(f"{cfg.name}: {counts['ran']} run(s) done now in "
-                  f"{(time.perf_counter() - t0) / 60:.1f} min of wall clock, "
-                  f"{counts['done_before']} already stored, {counts['total']} in the grid "
-                  f"-> {cfg.results}")
-            if not args.no_report:
-                from .report import render_arm, render_ledger
-
-                render_arm(cfg)
-                if args.results is None:
-                    render_ledger()
-        else:
-            from .report import render_all, render_arm
-
-            if args.config == "all":
-                for path in render_all(CONFIG_DIR):
-                    print(f"wrote {path}")
-            else:  # one grid: writes under its results folder only (the ledger: `report all`)
-                print(f"wrote {render_arm(load_config(args.config, args.results))}")
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        render_arm(cfg)
+        if _feeds_ledger(args, cfg):
+            render_ledger()
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"error: the runs are stored ({counts['stored']} of {counts['total']} in "
+              f"{cfg.results}), but the report failed: {type(err).__name__}: "
+              f"{first_line(err)}; `python -m ablations report {args.config}` re-renders it",
+              file=sys.stderr)
+        return EXIT_REPORT_FAILED
     return 0
+
+
+def _report(args) -> int:
+    from .report import render_all, render_arm
+
+    if args.config == "all":
+        for path in render_all(CONFIG_DIR):
+            print(f"wrote {path}")
+    else:  # one grid: writes under its results folder only (the ledger: `report all`)
+        print(f"wrote {render_arm(_load(args))}")
+    return 0
+
+
+def _interrupted(err: KeyboardInterrupt) -> str:
+    counts = getattr(err, "counts", None)
+    if counts is None:
+        return "interrupted"
+    return (f"interrupted: {counts['stored']} runs stored ({counts['ran']} this time, "
+            f"{counts['total']} in the grid) in {err.results}; rerun to resume")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the command; return the exit status
+    (module docstring)."""
+    parser, subs = _parser()
+    add_debug_flag(parser, subs)
+    args = parser.parse_args(argv)
+    body = _run if args.command == "run" else _report
+    source = args.config if args.command == "run" or args.config != "all" else None
+    return guarded(lambda: body(args), debug=args.debug, source=source,
+                   interrupted=_interrupted)
 
 
 if __name__ == "__main__":

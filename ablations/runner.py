@@ -4,6 +4,13 @@
 config never mixes with old runs, and a sweep killed at any moment loses at most the runs in
 flight (a line is written whole, then flushed and fsynced; a torn last line is ignored on
 load). Work goes through any ``concurrent.futures.Executor`` (default: one process per core).
+
+Before the first run starts, the results folder is checked (``~`` expanded, created,
+writable) and locked against a second sweep (:mod:`ablations.records`). An interrupt
+(KeyboardInterrupt: Ctrl-C, or SIGTERM where the command line maps it so) stops the workers of
+the runner's own pool at once and raises :class:`SweepInterrupted` with the counts. The pool's
+workers ignore SIGINT (the parent decides) and exit by themselves when the parent dies, however
+it dies (a watchdog thread polling the parent's pid), so no worker outlives its sweep.
 """
 
 from __future__ import annotations
@@ -12,19 +19,34 @@ import concurrent.futures as cf
 import importlib
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .arms import get_arm
 from .config import GridConfig, RunSpec, expand
 from .provenance import provenance
-from .records import RUNS_FILE, append_record, load_records
+from .records import RUNS_FILE, append_record, load_records, prepare_results, results_lock
 
 __all__ = ["run_one", "run_grid", "load_records", "append_record", "provenance",
-           "default_executor", "RUNS_FILE"]
+           "default_executor", "RUNS_FILE", "SweepInterrupted"]
+
+#: seconds between a worker's checks that its parent is alive
+PARENT_POLL = 0.5
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """``run_grid`` was interrupted; ``counts`` as it returns them (``stored``: the grid's runs
+    now in ``results``, this session's included), ``results`` the folder."""
+
+    def __init__(self, counts: dict[str, int], results: os.PathLike):
+        super().__init__(f"interrupted: {counts['stored']} runs stored in {results}")
+        self.counts, self.results = counts, results
 
 
 def run_one(spec: RunSpec) -> dict[str, Any]:
@@ -49,16 +71,44 @@ def _import_all(modules: Sequence[str]) -> None:
             importlib.import_module(name)
 
 
-def _worker_init(modules: Sequence[str] = ()) -> None:
+def _watch_parent(parent: int | None) -> None:
+    """In a pool worker: ignore SIGINT (Ctrl-C reaches the whole process group; the parent
+    stops the workers) and exit as soon as the parent process ``parent`` is gone (its pid is
+    no longer our parent's), so a killed sweep leaves no worker behind. A daemon thread polls
+    ``os.getppid()`` every :data:`PARENT_POLL` s: portable, and unlike Linux's
+    PR_SET_PDEATHSIG not tied to the thread that spawned the worker."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent is None:
+        return
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL)
+        os._exit(1)  # the parent died: nobody will read this worker's results
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch, name="qsgd-parent-watch", daemon=True).start()
+
+
+def _pool_init(modules: Sequence[str] = (), parent: int | None = None) -> None:
+    _watch_parent(parent)
+    _import_all(modules)
+
+
+def _worker_init(modules: Sequence[str] = (), parent: int | None = None) -> None:
     # one thread per worker: runs are bit-reproducible and workers do not fight for cores
+    _watch_parent(parent)
     import torch
 
     torch.set_num_threads(1)
     _import_all(modules)
 
 
-def _gpu_worker_init(queue, modules: Sequence[str] = ()) -> None:
+def _gpu_worker_init(queue, modules: Sequence[str] = (), parent: int | None = None) -> None:
     # pin this worker to one GPU before torch initialises CUDA
+    _watch_parent(parent)
     os.environ["CUDA_VISIBLE_DEVICES"] = str(queue.get())
     _import_all(modules)
 
@@ -72,24 +122,27 @@ def default_executor(max_workers: int | None = None, arm: str = "classifier") ->
     """Processes (spawned: safe with torch) for the arm's resources: over the available cores
     for a CPU arm, one thread each; one per visible GPU for a GPU arm, each pinned to its GPU
     (one process when there is none). Each worker imports the arm's module first, so an arm
-    registered outside the built-ins runs too."""
+    registered outside the built-ins runs too, ignores SIGINT and exits when this process
+    dies (:func:`_watch_parent`)."""
     ctx = mp.get_context("spawn")
     a = get_arm(arm)
-    modules = (type(a).__module__,)
+    modules, parent = (type(a).__module__,), os.getpid()
     if a.resources == "gpu":
         n_gpu = _visible_gpus()
         if n_gpu > 0:
-            queue = ctx.Manager().Queue()
+            # a plain queue, handed over at spawn: a Manager would be one more process that
+            # outlives a killed sweep
+            queue = ctx.Queue()
             for i in range(n_gpu):
                 queue.put(i)
             return cf.ProcessPoolExecutor(max_workers=n_gpu, mp_context=ctx,
                                           initializer=_gpu_worker_init,
-                                          initargs=(queue, modules))
-        return cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_import_all,
-                                      initargs=(modules,))
+                                          initargs=(queue, modules, parent))
+        return cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_pool_init,
+                                      initargs=(modules, parent))
     n = max_workers or cpu_count()
     return cf.ProcessPoolExecutor(max_workers=max(1, n), mp_context=ctx,
-                                  initializer=_worker_init, initargs=(modules,))
+                                  initializer=_worker_init, initargs=(modules, parent))
 
 
 def _visible_gpus() -> int:
@@ -107,45 +160,90 @@ def run_grid(
     config: GridConfig,
     executor: cf.Executor | None = None,
     *,
+    workers: int | None = None,
     progress: bool = True,
     limit: int | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     run_fn: Callable[[RunSpec], dict[str, Any]] = run_one,
 ) -> dict[str, int]:
-    """Run every spec of ``config`` that has no record yet; return counts.
+    """Run every spec of ``config`` that has no record yet; return counts (``total`` specs,
+    ``done_before``, ``ran`` now, ``stored`` after).
 
-    ``limit`` caps how many runs start (for smoke tests and partial sweeps).
+    executor: where the runs go (default: :func:`default_executor` with ``workers``
+        processes, shut down at the end; a given one is left running).
+    limit: caps how many runs start (for smoke tests and partial sweeps).
+    on_record: called with each record once it is stored.
+    run_fn: what runs one spec (default :func:`run_one`).
+
+    The results folder (``config.results``, ``~`` expanded) is checked and locked before
+    anything runs (:class:`ablations.records.ResultsError` if it cannot take runs or another
+    sweep holds it). A KeyboardInterrupt stops the pool's workers (the default pool's) and
+    raises :class:`SweepInterrupted`; the records stored until then stay.
     """
-    runs_path = config.results / RUNS_FILE
-    done = {r.get("key") for r in load_records(runs_path)}
-    todo = [s for s in expand(config.specs) if s.key not in done]
-    if limit is not None:
-        todo = todo[:limit]
-    counts = {"total": len(config.specs), "done_before": len(config.specs) - len(
-        [s for s in config.specs if s.key not in done]), "ran": 0}
-    if not todo:
-        return counts
-    own = executor is None
-    ex = executor or default_executor(arm=config.arm)
-    bar = _progress(len(todo), config.name, progress)
-    try:
-        futures = {ex.submit(run_fn, s): s for s in todo}
-        for fut in cf.as_completed(futures):
-            spec = futures[fut]
-            try:
-                record = fut.result()
-            except Exception as err:
-                raise RuntimeError(f"run {spec.run_id} failed: {err}") from err
-            append_record(runs_path, record)
-            counts["ran"] += 1
-            if on_record is not None:
-                on_record(record)
-            bar.update(1)
-    finally:
-        bar.close()
-        if own:
-            ex.shutdown(cancel_futures=True)
+    folder = prepare_results(config.results)
+    runs_path = folder / RUNS_FILE
+    with results_lock(folder):
+        done = {r["key"] for r in load_records(runs_path)}
+        todo = [s for s in expand(config.specs) if s.key not in done]
+        if limit is not None:
+            todo = todo[:limit]
+        done_before = sum(s.key in done for s in config.specs)
+        counts = {"total": len(config.specs), "done_before": done_before, "ran": 0,
+                  "stored": done_before}
+        if not todo:
+            return counts
+        own = executor is None
+        ex = executor
+        bar = None
+        try:
+            ex = ex or default_executor(workers, arm=config.arm)
+            bar = _progress(len(todo), config.name, progress)
+            futures = {ex.submit(run_fn, s): s for s in todo}
+            for fut in cf.as_completed(futures):
+                spec = futures[fut]
+                try:
+                    record = fut.result()
+                except Exception as err:
+                    raise RuntimeError(f"run {spec.run_id} failed: {err}") from err
+                append_record(runs_path, record)
+                counts["ran"] += 1
+                counts["stored"] += 1
+                if on_record is not None:
+                    on_record(record)
+                bar.update(1)
+        except KeyboardInterrupt:
+            if bar is not None:
+                bar.close()
+                bar = None
+            if own and ex is not None:
+                _stop_workers(ex)
+                own = False
+            with warnings.catch_warnings():  # the file's problems were reported on entry
+                warnings.simplefilter("ignore")
+                stored = {r["key"] for r in load_records(runs_path)}
+            counts["stored"] = sum(s.key in stored for s in config.specs)
+            counts["ran"] = counts["stored"] - done_before
+            raise SweepInterrupted(counts, folder) from None
+        finally:
+            if bar is not None:
+                bar.close()
+            if own and ex is not None:
+                ex.shutdown(cancel_futures=True)
     return counts
+
+
+def _stop_workers(ex: cf.Executor) -> None:
+    """Shut ``ex`` down without waiting for its runs: cancel what has not started and
+    terminate a process pool's workers (SIGTERM, then SIGKILL after 5 s)."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    ex.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.join(timeout=5)
+        if p.is_alive():  # pragma: no cover - a worker that ignores SIGTERM
+            p.kill()
+            p.join(timeout=5)
 
 
 def _progress(total: int, name: str, enabled: bool):

@@ -345,9 +345,10 @@ def test_summary_command_averages_runs_per_variant(tmp_path, capsys):
     runs = tmp_path / "runs.jsonl"
     recs = [("adamw", 100.0), ("adamw", 120.0), ("sin-l0.5", 99.0)]
     runs.write_text("".join(json.dumps({
-        "variant": v, "provenance": {"device": "H200"},
+        "key": f"k{i}", "run_id": f"r{i}", "variant": v, "provenance": {"device": "H200"},
         "metrics": {"tokens_per_s": t, "optimizer_share": 0.1, "mfu": 0.2,
-                    "train_seconds": 3.0, "eval_seconds": 1.0}}) + "\n" for v, t in recs))
+                    "train_seconds": 3.0, "eval_seconds": 1.0}}) + "\n"
+        for i, (v, t) in enumerate(recs)))
     assert main(["summary", str(runs), "--out", str(tmp_path / "out")]) == 0
     import csv
 
@@ -357,8 +358,9 @@ def test_summary_command_averages_runs_per_variant(tmp_path, capsys):
     assert float(rows["sin-l0.5"]["ratio_to_adamw"]) == round(99 / 110, 4)
     assert rows["sin-l0.5"]["within_5pct"] == "False"
     assert "# LLM arm: throughput" in capsys.readouterr().out
-    with pytest.raises(FileNotFoundError, match="no runs file"):
-        main(["summary", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "out")])
+    # a missing input: one line, exit status 2 (ablations.cli_support)
+    assert main(["summary", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"error: no runs file at {tmp_path / 'absent.jsonl'}\n"
 
 
 class _SerialExecutor:

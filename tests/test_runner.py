@@ -179,5 +179,111 @@ def test_changed_config_never_mixes_old_runs(tmp_path):
 def test_append_record_writes_whole_lines(tmp_path):
     path = tmp_path / "r.jsonl"
     for i in range(3):
-        append_record(path, {"key": str(i), "metrics": {"x": float("nan")}})
+        append_record(path, {"key": str(i), "run_id": str(i), "metrics": {"x": float("nan")}})
     assert [r["key"] for r in load_records(path)] == ["0", "1", "2"]
+
+
+# ------------------------------------------------------------------ records on disk (issue 13)
+
+def _refuse(token):
+    raise ValueError(f"not strict JSON: {token}")
+
+
+def test_non_finite_numbers_are_strict_json_and_read_back(tmp_path):
+    import math
+
+    import numpy as np
+
+    record = {"key": "k", "run_id": "r", "metrics": {
+        "nan": math.nan, "inf": math.inf, "minus_inf": -math.inf, "np_nan": np.float32("nan"),
+        "np_inf": np.float64("inf"), "one": np.float32(1.0), "n": np.int64(3)},
+        "curve": [{"loss": math.nan}, {"loss": 0.5}], "config": {"tags": ["a"]}}
+    path = tmp_path / "runs.jsonl"
+    append_record(path, record)
+    line = path.read_text()
+    assert json.loads(line, parse_constant=_refuse)["metrics"]["nan"] == "NaN"
+    assert '"inf": "Infinity"' in line and '"minus_inf": "-Infinity"' in line
+    (back,) = load_records(path)
+    m = back["metrics"]
+    assert math.isnan(m["nan"]) and math.isnan(m["np_nan"]) and math.isnan(back["curve"][0]["loss"])
+    assert m["inf"] == m["np_inf"] == math.inf and m["minus_inf"] == -math.inf
+    assert (m["one"], m["n"], back["curve"][1], back["config"]) == (1.0, 3, {"loss": 0.5},
+                                                                    {"tags": ["a"]})
+    assert json.dumps(back, sort_keys=True) == json.dumps(
+        {**record, "metrics": {**record["metrics"], "np_nan": math.nan, "np_inf": math.inf,
+                               "one": 1.0, "n": 3}}, sort_keys=True)
+
+
+@pytest.mark.parametrize("grid", ["calibration", "classifier", "llm"])
+def test_stored_runs_with_bare_nan_load_as_before(grid):
+    """The committed runs.jsonl files (bare NaN, written before records were strict) read as
+    the plain JSON reader reads them: same records, same order, NaN where NaN was."""
+    path = ROOT / "results" / grid / "runs.jsonl"
+    old = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing in them to warn about
+        new = load_records(path)
+    assert json.dumps(new, sort_keys=True) == json.dumps(old, sort_keys=True)
+
+
+def test_bad_lines_are_skipped_naming_their_line(tmp_path):
+    """Only a last line without its newline is torn; other bad lines are malformed; a record
+    needs key, run_id and a metrics object; a repeated key warns with both lines and the newer
+    record wins."""
+    path = tmp_path / "runs.jsonl"
+    rec = {"key": "a", "run_id": "ra", "metrics": {"x": 1.0}}
+    path.write_text("\n".join([
+        json.dumps(rec),
+        "null",
+        "[1, 2, 3]",
+        '{"key": "b", "run_id": "rb"}',
+        '{"key": "c", "run_id": "rc", "metrics": 5}',
+        '{"run_id": "rd", "metrics": {}}',
+        '{"key": "e", "metr',
+        json.dumps({**rec, "metrics": {"x": 2.0}}),
+        json.dumps({"key": "f", "run_id": "rf", "metrics": {}}),
+        '{"key": "g", "run_id": "rg", "met']))
+    with pytest.warns(RuntimeWarning) as caught:
+        records = load_records(path)
+    assert [str(w.message) for w in caught] == [f"{path}:{n}: {m}" for n, m in [
+        (2, "skipping a malformed record (not a JSON object but null)"),
+        (3, "skipping a malformed record (not a JSON object but [1, 2, 3])"),
+        (4, "skipping a malformed record (no metrics)"),
+        (5, "skipping a malformed record (metrics is not an object: 5)"),
+        (6, "skipping a malformed record (no key)"),
+        (7, "skipping a malformed record (not JSON: Unterminated string starting at)"),
+        (8, "key a is stored on line 1 too; keeping line 8 (the newer)"),
+        (10, "skipping a torn record (a run killed mid-write)")]]
+    assert records == [{**rec, "metrics": {"x": 2.0}},
+                       {"key": "f", "run_id": "rf", "metrics": {}}]
+
+
+def test_results_folder_is_checked_and_locked_before_any_run(tmp_path):
+    """run_grid refuses a folder held by another sweep (naming it) and one that is a file,
+    before it submits anything; a lock file left by a dead holder blocks nothing."""
+    from ablations.records import ResultsError, results_lock
+
+    cfg = load_config(_write(tmp_path, variants='["adamw"]', seeds=1))
+
+    class NoRuns(SerialExecutor):
+        def submit(self, fn, *args):
+            raise AssertionError("no run may start")
+
+    cfg.results.mkdir(parents=True)
+    with results_lock(cfg.results):  # another sweep holds the folder
+        with pytest.raises(ResultsError, match=rf"results folder {cfg.results} is in use by "
+                                               rf"another sweep \(pid {os.getpid()} on "):
+            run_grid(cfg, NoRuns(), progress=False)
+    assert not (cfg.results / ".lock").exists()
+    (cfg.results / ".lock").write_text("pid 999999999 on elsewhere since long ago\n")
+    assert run_grid(cfg, NoRuns(), progress=False, limit=0)["ran"] == 0
+    assert not (cfg.results / ".lock").exists()
+    import dataclasses
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ResultsError, match="is a file, not a folder"):
+        run_grid(dataclasses.replace(cfg, results=blocker), NoRuns(), progress=False)
+    assert blocker.read_text() == "x"

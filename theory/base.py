@@ -20,7 +20,11 @@ arms' runs tables, their reference learning rates, the claims. A check reads no 
 :func:`theory.inputs.load_inputs` does that, once, for ``python -m theory run``.
 
 ``passed`` is ``None`` when the check could not run (its ``status`` then says why, e.g.
-"classifier arm not run yet"). Beyond the six CSV fields a check carries a one-line
+"classifier arm not run yet"). ``expected_outcome`` is ``"pass"``, or ``"fail"`` for a check
+designed to fail (T8: the paper's single-run design has no 80% power; registered with
+``@register("T8", expected_outcome="fail")``): a check *meets its expectation*
+(:attr:`Check.met`) when it ran and ``passed`` is what was expected, and ``python -m theory run``
+exits 0 only when every check does. Beyond the six CSV fields a check carries a one-line
 ``summary`` (printed by the CLI), the ``derivation`` and ``survives`` paragraphs of the
 report (markdown), result ``tables`` (lists of row dicts) and ``data`` for its figures.
 Checks compute only; :mod:`theory.plots` draws and :mod:`theory.report` writes.
@@ -37,10 +41,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .inputs import TheoryInputs
 
-__all__ = ["Check", "SIZES", "RELATIONS", "register", "CHECKS", "run_checks", "compare"]
+__all__ = ["Check", "SIZES", "RELATIONS", "OUTCOMES", "register", "CHECKS",
+           "EXPECTED_OUTCOMES", "run_checks", "compare", "check_ids"]
 
 SIZES = ("small", "full")
 RELATIONS = ("<=", "==", ">=", "x")
+OUTCOMES = ("pass", "fail")
 
 
 def compare(measured: float, expected: float, tolerance: float, relation: str) -> bool:
@@ -84,6 +90,13 @@ class Check:
     claims: dict[str, dict[str, str]] = field(default_factory=dict)
     size: str = "full"
     seconds: float = math.nan
+    expected_outcome: str = "pass"
+
+    @property
+    def met(self) -> bool:
+        """Whether the check ran and its result is the expected one (a check expected to fail
+        meets its expectation by failing)."""
+        return self.passed is not None and bool(self.passed) == (self.expected_outcome == "pass")
 
     def row(self) -> dict[str, Any]:
         """The CSV row: the six contract columns, then extras."""
@@ -93,18 +106,27 @@ class Check:
             "passed": "" if self.passed is None else bool(self.passed),
             "relation": self.relation, "quantity": self.quantity, "status": self.status,
             "summary": self.summary, "size": self.size, "seconds": round(self.seconds, 2),
+            "expected_outcome": self.expected_outcome,
         }
 
 
 CheckFn = Callable[..., Check]
 CHECKS: dict[str, CheckFn] = {}
+#: check id → "pass" or "fail": what the check is designed to show
+EXPECTED_OUTCOMES: dict[str, str] = {}
 
 
-def register(check_id: str) -> Callable[[CheckFn], CheckFn]:
-    """Decorator: make a check function available under ``check_id`` (run in id order)."""
+def register(check_id: str, *, expected_outcome: str = "pass") -> Callable[[CheckFn], CheckFn]:
+    """Decorator: make a check function available under ``check_id`` (run in id order).
+    ``expected_outcome="fail"`` marks a check designed to fail (module docstring); the checks
+    it returns, and stored ones re-rendered, carry the mark."""
+    if expected_outcome not in OUTCOMES:
+        raise ValueError(f"invalid expected_outcome: {expected_outcome!r} "
+                         f"(valid: {', '.join(OUTCOMES)})")
 
     def wrap(fn: CheckFn) -> CheckFn:
         CHECKS[check_id] = fn
+        EXPECTED_OUTCOMES[check_id] = expected_outcome
         return fn
 
     return wrap
@@ -113,6 +135,12 @@ def register(check_id: str) -> Callable[[CheckFn], CheckFn]:
 def _load_all() -> None:
     # the modules register their checks on import
     from . import bounds, circuits, escape, power, scale  # noqa: F401
+
+
+def check_ids() -> list[str]:
+    """Every registered check id, in id order."""
+    _load_all()
+    return sorted(CHECKS)
 
 
 def run_checks(ids: list[str] | None = None, size: str = "full", *, inputs: TheoryInputs,
@@ -138,6 +166,7 @@ def run_checks(ids: list[str] | None = None, size: str = "full", *, inputs: Theo
         check = CHECKS[cid](size, inputs)
         check.seconds = time.perf_counter() - t0
         check.size = size
+        check.expected_outcome = EXPECTED_OUTCOMES.get(cid, "pass")
         out.append(check)
         if on_done is not None:
             on_done(check)

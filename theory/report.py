@@ -4,7 +4,8 @@ and the figures from the stored checks.
 Layout of ``results/theory/`` (the data contract, DESIGN.md)::
 
     raw/<id>.json      every field of one check (re-rendering needs no re-run)
-    checks.csv         id, claim, measured, expected, tolerance, passed, then extras
+    checks.csv         id, claim, measured, expected, tolerance, passed, then extras (the last,
+                       expected_outcome: "fail" for a check designed to fail)
     claims.json        {"C7": {"measured", "ci", "test", "verdict"}} for the claims ledger
     report.md          derivations, measurements, figures, verdicts
     figures/*.png
@@ -23,12 +24,12 @@ from typing import Any
 
 from ablations.records import json_default
 
-from .base import Check
+from .base import EXPECTED_OUTCOMES, Check, check_ids
 
 __all__ = ["CSV_COLUMNS", "save_check", "load_checks", "render", "write_csv"]
 
 CSV_COLUMNS = ("id", "claim", "measured", "expected", "tolerance", "passed", "relation",
-               "quantity", "status", "summary", "size", "seconds")
+               "quantity", "status", "summary", "size", "seconds", "expected_outcome")
 INLINE_ROWS = 40
 
 
@@ -43,12 +44,15 @@ def save_check(check: Check, out: Path) -> Path:
 
 
 def load_checks(out: Path) -> list[Check]:
-    """All checks stored under ``out/raw``, in id order."""
+    """All checks stored under ``out/raw``, in id order; one stored before checks carried
+    their ``expected_outcome`` gets its check's registered one."""
     raw = Path(out) / "raw"
     names = {f.name for f in fields(Check)}
+    check_ids()  # registers every check, and so its expected outcome
     checks = []
     for path in sorted(raw.glob("*.json")):
         d = json.loads(path.read_text())
+        d.setdefault("expected_outcome", EXPECTED_OUTCOMES.get(d.get("id"), "pass"))
         checks.append(Check(**{k: v for k, v in d.items() if k in names}))
     return sorted(checks, key=lambda c: c.id)
 
@@ -92,7 +96,12 @@ def _md_table(rows: list[dict]) -> str:
 
 
 def _passed(c: Check) -> str:
-    return "not run" if c.passed is None else ("**pass**" if c.passed else "**fail**")
+    if c.passed is None:
+        return "not run"
+    shown = "**pass**" if c.passed else "**fail**"
+    if c.expected_outcome == "fail":  # a check designed to fail
+        return shown + (" (expected)" if not c.passed else " (expected to fail)")
+    return shown
 
 
 def _first_sentence(text: str) -> str:

@@ -9,6 +9,10 @@
 
 Options come from a grid TOML's ``[llm]`` table (``--config``) and ``--set key=value``
 overrides (typed by the option's default). torch is imported only by the commands that need it.
+
+Exit status: 0 done; 2 bad input (one line ``error: ...`` naming the file, line or option: a
+config, a GSM8K file, a missing file); 130 interrupted; ``--debug`` shows the traceback instead
+(:mod:`ablations.cli_support`).
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli_support import UsageError, add_debug_flag, guarded
 from .options import LLMOptions
 
 __all__ = ["main"]
 
 
 def _options_from(config: Path | None, sets: list[str]) -> dict[str, Any]:
-    # the [llm] table as a dict (validated later, by LLMOptions.from_dict)
+    # the [llm] table with the --set overrides, as a dict checked by LLMOptions.from_dict
     opts: dict[str, Any] = {}
     if config is not None:
         from ..config import read_toml
@@ -34,16 +39,24 @@ def _options_from(config: Path | None, sets: list[str]) -> dict[str, Any]:
     for item in sets:
         k, _, v = item.partition("=")
         if not _:
-            raise SystemExit(f"--set needs key=value, got {item!r}")
+            raise UsageError(f"--set needs key=value, got {item!r}")
         default = getattr(LLMOptions, k, None)
-        if isinstance(default, bool):
-            opts[k] = v.lower() in ("1", "true", "yes")
-        elif isinstance(default, int):
-            opts[k] = int(v)
-        elif isinstance(default, float):
-            opts[k] = float(v)
-        else:
-            opts[k] = v
+        try:
+            if isinstance(default, bool):
+                opts[k] = v.lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                opts[k] = int(v)
+            elif isinstance(default, float):
+                opts[k] = float(v)
+            else:
+                opts[k] = v
+        except ValueError:
+            raise UsageError(f"--set {k}: {v!r} is not a {type(default).__name__}") from None
+    try:  # validated here too, so that a typo is one line before anything loads
+        LLMOptions.from_dict(opts)
+    except ValueError as err:
+        where = ", ".join(([str(config)] if config is not None else []) + ["--set"] * bool(sets))
+        raise UsageError(f"{where}: {err}") from None
     return opts
 
 
@@ -78,7 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     su.add_argument("--decode-log", type=Path, default=None, help="a decode-check log")
     bn.add_argument("--lrs", default="", help="extra adamw epochs at these lrs (comma list)")
     bn.add_argument("--out", type=Path, default=Path("results/llm"))
+    add_debug_flag(ap, (tr, bn, dc, su))
     args = ap.parse_args(argv)
+    source = args.runs if args.cmd == "summary" else args.config
+    return guarded(lambda: _command(args), debug=args.debug, source=source)
+
+
+def _command(args: argparse.Namespace) -> int:
     if args.cmd == "summary":
         from .summary import throughput_summary
 
