@@ -36,7 +36,8 @@ EXIT_INTERRUPTED = 130
 #: (module, name) of every input error type besides the built-in ones
 _INPUT_ERRORS = (("ablations.config", "ConfigError"), ("ablations.arms.base", "ArmError"),
                  ("ablations.llm.gsm8k", "GSM8KFormatError"),
-                 ("ablations.records", "ResultsError"))
+                 ("ablations.records", "ResultsError"),
+                 ("ablations.provenance", "ProvenanceError"))
 
 
 class UsageError(ValueError):

@@ -285,7 +285,8 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
                         spec = RunSpec(arm, vid, a, seed, lr, cell_opts or frozen_opts,
                                        numerics, task)
                         specs.setdefault(spec.key, spec)
-    res = Path(results) if results is not None else Path(grid.get("results", f"results/{arm}"))
+    res = (Path(results) if results is not None
+           else Path(grid.get("results", f"results/{arm}"))).expanduser()
     return GridConfig(path=path, arm=arm, name=str(grid.get("name", arm)), results=res,
                       baseline_lr=baseline_lr, options=options, specs=tuple(specs.values()),
                       cells=tuple(cells), arm_options=arm_options, protocol=protocol)

@@ -10,31 +10,79 @@ import datetime as dt
 import functools
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["commit", "provenance", "utc_now"]
+__all__ = ["commit", "commit_info", "require_commit", "known_commit", "provenance", "utc_now",
+           "ProvenanceError"]
 
 COMMIT_ENV = "QSGD_COMMIT"
+_ROOT = Path(__file__).resolve().parent.parent
+_HASH = re.compile(r"^[0-9a-f]{40}$")
+
+
+class ProvenanceError(RuntimeError):
+    """The code's commit cannot be named, so its results could not be traced to code."""
+
+
+def _git(*args: str) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(["git", *args], cwd=_ROOT, capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 @functools.lru_cache(maxsize=1)
-def commit() -> str:
-    """The code's commit (with ``-dirty`` for uncommitted tracked changes). Where the tree has
-    no git history (a copy on another machine), ``$QSGD_COMMIT`` names it, else "unknown"."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=root,
-                              capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        head = dirty = None
+def commit_info() -> tuple[str, bool]:
+    """(commit hash, dirty) of the code: from git where the tree has its history (dirty: a
+    tracked file differs from the commit); else from ``$QSGD_COMMIT`` (a copy of the tree on
+    another machine: ``<40 hex digits>``, or with ``-dirty`` appended when the copy had
+    uncommitted changes); else ("unknown", False)."""
+    head = _git("rev-parse", "--verify", "HEAD")
     sha = head.stdout.strip() if head is not None and head.returncode == 0 else ""
-    if len(sha) != 40:
-        return os.environ.get(COMMIT_ENV, "unknown")
-    return sha + ("-dirty" if dirty is not None and dirty.stdout.strip() else "")
+    if _HASH.match(sha):
+        status = _git("status", "--porcelain", "--untracked-files=no")
+        return sha, bool(status is not None and status.stdout.strip())
+    env = os.environ.get(COMMIT_ENV, "").strip()
+    dirty = env.endswith("-dirty")
+    env = env.removesuffix("-dirty")
+    return (env, dirty) if _HASH.match(env) else ("unknown", False)
+
+
+def commit() -> str:
+    """The code's commit, with ``-dirty`` appended for uncommitted tracked changes
+    (:func:`commit_info`), or "unknown"."""
+    sha, dirty = commit_info()
+    return sha + ("-dirty" if dirty else "")
+
+
+def require_commit() -> str:
+    """:func:`commit`, or ProvenanceError when it cannot be named: the runner records no run
+    of code it cannot trace."""
+    sha, _ = commit_info()
+    if sha == "unknown":
+        raise ProvenanceError(
+            "cannot name the code's commit: this tree has no git history and "
+            f"${COMMIT_ENV} is not a 40-digit commit hash; set {COMMIT_ENV}=<hash> (with "
+            "-dirty appended if the copy has uncommitted changes) to the commit it was "
+            "copied from")
+    return commit()
+
+
+def known_commit(sha: str) -> bool:
+    """Whether ``sha`` (``-dirty`` allowed) names a commit of this repository (True where
+    there is no repository to ask: a copy of the tree)."""
+    sha = sha.removesuffix("-dirty")
+    if not _HASH.match(sha):
+        return False
+    here = _git("rev-parse", "--verify", "HEAD")
+    if here is None or here.returncode != 0:
+        return True
+    found = _git("cat-file", "-e", f"{sha}^{{commit}}")
+    return found is not None and found.returncode == 0
 
 
 @functools.lru_cache(maxsize=1)
@@ -73,7 +121,8 @@ def provenance(wall_seconds: float | None = None, device: str | None = None) -> 
         device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
                   else f"cpu ({platform.processor() or platform.machine()}, "
                        f"{torch.get_num_threads()} threads)")
-    out = dict(commit=commit(), utc=utc_now(), python=platform.python_version(),
+    sha, dirty = commit_info()
+    out = dict(commit=commit(), dirty=dirty, utc=utc_now(), python=platform.python_version(),
                torch=torch.__version__, device=device, cpu=cpu_model(), host=platform.node(),
                load_avg_1min=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg")
                else None)

@@ -158,11 +158,35 @@ def _setup(ctx: Context) -> list[str]:
             f"the last (plus the first runs' own time)"
             + (f"; mean 1-minute load average at record time {np.mean(loads):.2f} on "
                f"{runs['device'].iloc[0]}" if loads else "") + ".\n")
-    keys = [k for k in ("attention", "variant", "lr") if k in runs.columns]
+    body.append(_code_line(records))
+    keys = [k for k in ("task", "attention", "variant", "lr") if k in runs.columns
+            and (k != "task" or (runs["task"].fillna("") != "").any())]
     counts = runs.groupby(keys).size().rename("runs").reset_index()
     body.append("<details><summary>Runs per cell</summary>\n\n" + md_table(counts) +
                 "\n</details>\n")
     return body
+
+
+def _code_line(records: list[dict]) -> str:
+    """Which code made the runs: their commits, how many were dirty, and any commit that is
+    not in this repository (its records cannot be traced to code)."""
+    from .provenance import known_commit
+
+    commits: dict[str, int] = {}
+    dirty = 0
+    for r in records:
+        c = str(r.get("provenance", {}).get("commit", "unknown"))
+        commits[c.removesuffix("-dirty")] = commits.get(c.removesuffix("-dirty"), 0) + 1
+        dirty += c.endswith("-dirty") or bool(r.get("provenance", {}).get("dirty"))
+    unknown = [c for c in commits if not known_commit(c)]
+    text = "Code: " + ", ".join(f"`{c[:10]}` ({n} runs)" for c, n in sorted(
+        commits.items(), key=lambda kv: -kv[1]))
+    if dirty:
+        text += f"; {dirty} runs from a tree with uncommitted changes"
+    if unknown:
+        text += (f"; **{sum(commits[c] for c in unknown)} runs name no commit of this "
+                 f"repository** ({', '.join(f'`{c}`' for c in unknown)})")
+    return text + ".\n"
 
 
 def _claim_section(ctx: Context, claim: Claim, res: ClaimResult) -> list[str]:

@@ -30,7 +30,7 @@ from typing import Any
 
 from .arms import get_arm
 from .config import GridConfig, RunSpec, expand
-from .provenance import provenance
+from .provenance import provenance, require_commit
 from .records import RUNS_FILE, append_record, load_records, prepare_results, results_lock
 
 __all__ = ["run_one", "run_grid", "load_records", "append_record", "provenance",
@@ -61,6 +61,8 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
                   provenance=provenance(wall, out.get("device")))
     if spec.numerics:
         record["numerics"] = spec.numerics
+    if spec.task:
+        record["task"] = spec.task
     return record
 
 
@@ -180,6 +182,7 @@ def run_grid(
     sweep holds it). A KeyboardInterrupt stops the pool's workers (the default pool's) and
     raises :class:`SweepInterrupted`; the records stored until then stay.
     """
+    require_commit()  # no record of code that cannot be named (a git hash, or $QSGD_COMMIT)
     folder = prepare_results(config.results)
     runs_path = folder / RUNS_FILE
     with results_lock(folder):
@@ -205,6 +208,8 @@ def run_grid(
                     record = fut.result()
                 except Exception as err:
                     raise RuntimeError(f"run {spec.run_id} failed: {err}") from err
+                if config.protocol:
+                    record["protocol"] = config.protocol
                 append_record(runs_path, record)
                 counts["ran"] += 1
                 counts["stored"] += 1

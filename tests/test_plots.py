@@ -17,9 +17,9 @@ from matplotlib.collections import LineCollection, PathCollection, PolyCollectio
 from matplotlib.figure import Figure
 
 from ablations import plots as P
-from ablations import sweep_plots as SP
 from ablations import stats as S
 from ablations import style
+from ablations import sweep_plots as SP
 
 
 @pytest.fixture(autouse=True)

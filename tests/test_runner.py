@@ -287,3 +287,28 @@ def test_results_folder_is_checked_and_locked_before_any_run(tmp_path):
     with pytest.raises(ResultsError, match="is a file, not a folder"):
         run_grid(dataclasses.replace(cfg, results=blocker), NoRuns(), progress=False)
     assert blocker.read_text() == "x"
+
+
+def test_the_runner_records_no_run_of_code_it_cannot_name(tmp_path, monkeypatch):
+    """Outside a git checkout the commit must come from $QSGD_COMMIT (a 40-digit hash);
+    otherwise nothing runs. Records carry the commit, a dirty flag, the task and protocol."""
+    from ablations import provenance as prov
+
+    path = _write(tmp_path, variants='["adamw"]', seeds=1,
+                  extra="").read_text().replace('[grid]\n', '[grid]\nprotocol = "calibrated"\n')
+    (tmp_path / "p.toml").write_text(path)
+    cfg = load_config(tmp_path / "p.toml")
+    monkeypatch.setattr(prov, "_git", lambda *a: None)  # as on a copy without .git
+    for env in ("", "HEAD", "abc123"):
+        prov.commit_info.cache_clear()
+        monkeypatch.setenv("QSGD_COMMIT", env)
+        with pytest.raises(prov.ProvenanceError, match=r"cannot name the code's commit"):
+            run_grid(cfg, SerialExecutor(), progress=False)
+    assert not (cfg.results / "runs.jsonl").exists()
+    prov.commit_info.cache_clear()
+    monkeypatch.setenv("QSGD_COMMIT", "a" * 40 + "-dirty")
+    run_grid(cfg, SerialExecutor(), progress=False)
+    (rec,) = load_records(cfg.results / "runs.jsonl")
+    assert rec["provenance"]["commit"] == "a" * 40 + "-dirty" and rec["provenance"]["dirty"]
+    assert rec["protocol"] == "calibrated" and "task" not in rec
+    prov.commit_info.cache_clear()
