@@ -26,6 +26,13 @@ A config has one ``[grid]`` table, one table of arm options named after the arm,
 ``[grid].protocol`` names the protocol the grid follows (``paper``: the paper's tables, nothing
 tuned; ``calibrated``: every choice made on validation data); records and reports carry it.
 
+Learning rates chosen on validation data, never copied by hand: ``[grid].select_lr`` names
+another grid's config (a learning-rate sweep), and a cell's ``lr = "selected"`` runs each
+variant at its own selected lr, ``lr = "selected:adamw"`` every variant at AdamW's (the shared
+lr; ``baseline_lr`` may say the same). The selection is each variant's best mean of the arm's
+validation metric in that grid (:func:`ablations.stats.lr_selection`); a sweep that has not
+finished is an error naming it.
+
 Typos fail loudly: an unknown key or variant id names the file (and the line, for TOML syntax).
 The arm's table is parsed into its options dataclass when the config loads
 (:meth:`ablations.arms.Arm.parse_options`), so a wrong option fails before any run starts.
@@ -55,7 +62,7 @@ else:  # pragma: no cover
 __all__ = ["ConfigError", "RunSpec", "GridConfig", "load_config", "read_toml", "expand",
            "derived_seeds"]
 
-_GRID_KEYS = {"arm", "name", "results", "baseline_lr", "description", "protocol"}
+_GRID_KEYS = {"arm", "name", "results", "baseline_lr", "description", "protocol", "select_lr"}
 _CELL_KEYS = {"name", "attention", "variants", "seeds", "lr", "task", "options"}
 #: the protocols a grid may follow (DESIGN.md: the paper's tables, or ours on validation data)
 PROTOCOLS = ("paper", "calibrated")
@@ -63,6 +70,10 @@ PROTOCOLS = ("paper", "calibrated")
 
 class ConfigError(ValueError):
     """A config file is malformed; the message names the file and what is wrong."""
+
+
+class SelectionPending(ConfigError):
+    """A config selects its learning rates from a grid that has not finished."""
 
 
 def _freeze(value: Any) -> Any:
@@ -237,8 +248,10 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
     if protocol and protocol not in PROTOCOLS:
         raise ConfigError(f"{path}: [grid].protocol must be one of {', '.join(PROTOCOLS)}, "
                           f"got {protocol!r}")
+    selected = _selection(path, grid, arm_obj) if "select_lr" in grid else None
     if "baseline_lr" in grid:
-        baseline_lr = _lr(grid["baseline_lr"], f"{path}: [grid].baseline_lr")
+        baseline_lr = _lr_or_selected(grid["baseline_lr"], f"{path}: [grid].baseline_lr",
+                                      selected, None)[0]
     else:  # an arm whose options carry the lr (validated with them)
         baseline_lr = float(getattr(arm_options, "lr", 1e-3))
     cells = raw.get("cells")
@@ -275,11 +288,12 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
         lr_values = _as_list(cell.get("lr", baseline_lr))
         if not lr_values:
             raise ConfigError(f"{where}: lr is empty: a cell needs at least one")
-        lrs = [_lr(x, f"{where}: lr") for x in lr_values]
         seeds = _seeds(cell.get("seeds", 1), where)
         task, cell_opts = _task(cell, where, options, arm_obj)
         for a in attentions:
             for vid in variants:
+                lrs = [y for x in lr_values
+                       for y in _lr_or_selected(x, f"{where}: lr", selected, vid)]
                 for lr in lrs:
                     for seed in seeds:
                         spec = RunSpec(arm, vid, a, seed, lr, cell_opts or frozen_opts,
@@ -290,6 +304,64 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
     return GridConfig(path=path, arm=arm, name=str(grid.get("name", arm)), results=res,
                       baseline_lr=baseline_lr, options=options, specs=tuple(specs.values()),
                       cells=tuple(cells), arm_options=arm_options, protocol=protocol)
+
+
+def _lr_or_selected(value: Any, where: str, selected: dict[str, float] | None,
+                    variant: str | None) -> list[float]:
+    """A learning rate as written, or the lr selected for ``variant`` ("selected") or for a
+    named one ("selected:<id>") from the grid of ``[grid].select_lr``."""
+    if not (isinstance(value, str) and value.split(":")[0] == "selected"):
+        return [_lr(value, where)]
+    if selected is None:
+        raise ConfigError(f"{where} = {value!r} needs [grid].select_lr (the grid whose "
+                          "validation runs select the learning rates)")
+    name = value.partition(":")[2] or variant
+    if name is None:
+        raise ConfigError(f"{where} = 'selected' names no variant: use 'selected:<variant>'")
+    try:
+        name = canonical_id(name)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    if name not in selected:
+        raise ConfigError(f"{where}: the selection grid chose no lr for {name!r} (it chose "
+                          f"for {', '.join(sorted(selected)) or 'nothing'}); use "
+                          "'selected:<variant>'")
+    return [selected[name]]
+
+
+def _selection(path: Path, grid: dict, arm_obj: Arm) -> dict[str, float]:
+    """variant → its selected lr: the best mean of the arm's validation metric among the
+    finished runs of the grid ``[grid].select_lr`` names (a path relative to this config)."""
+    ref = grid["select_lr"]
+    if not isinstance(ref, str):
+        raise ConfigError(f"{path}: [grid].select_lr must be a config path, got {ref!r}")
+    metric = arm_obj.selection_metric
+    if metric is None:
+        raise ConfigError(f"{path}: [grid].select_lr: arm {arm_obj.name} has no validation "
+                          "metric to select with")
+    sweep = load_config(path.parent / ref)
+    if sweep.arm != arm_obj.name:
+        raise ConfigError(f"{path}: [grid].select_lr: {ref} is a grid of arm {sweep.arm}, "
+                          f"not {arm_obj.name}")
+    from .records import RUNS_FILE, load_records
+    from .stats import lr_selection
+    from .tables import current_records, runs_table
+
+    records, _ = current_records(load_records(sweep.results / RUNS_FILE),
+                                 {s.key for s in sweep.specs})
+    if len(records) < len(sweep.specs):
+        raise SelectionPending(f"{path}: [grid].select_lr: {ref} has {len(records)} of its "
+                               f"{len(sweep.specs)} runs in {sweep.results}; run it first")
+    runs = runs_table(records)
+    if metric not in runs.columns:
+        raise ConfigError(f"{path}: [grid].select_lr: the runs of {ref} have no {metric!r} "
+                          "(no validation split)")
+    higher = arm_obj.metric(metric).higher_is_better is not False
+    table = lr_selection(runs[runs["task"] == ""], metric, higher)
+    chosen = table[table["selected"]]
+    if "attention" in chosen.columns and chosen["attention"].nunique() > 1:
+        chosen = chosen[chosen["attention"] == arm_obj.attentions[0]]
+    return {str(r["variant"]): float(r["lr"]) for _, r in chosen.iterrows()}
 
 
 def _task(cell: dict, where: str, options: dict, arm_obj: Arm) -> tuple[str, tuple]:

@@ -389,24 +389,6 @@ def calibration(ctx: Context, claim: Claim | None) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- tuning
-def lr_selection(runs: pd.DataFrame, metric: str, higher_is_better: bool) -> pd.DataFrame:
-    """Per variant (and attention), the mean and t interval of a validation metric at every
-    learning rate, and the selected lr: the best mean (ties: the smaller lr).
-
-    Returns the :func:`ablations.stats.summarize` table with ``lr`` and a bool ``selected``.
-    """
-    keys = [k for k in ("task", "attention") if k in runs.columns]
-    summ = stats.summarize(runs, metric, [*keys, "variant", "lr"])
-    summ["selected"] = False
-    for _, grp in summ.groupby([*keys, "variant"], dropna=False):
-        ok = grp.dropna(subset=["mean"])
-        if ok.empty:
-            continue
-        best = ok.sort_values(["mean", "lr"], ascending=[not higher_is_better, True]).index[0]
-        summ.loc[best, "selected"] = True
-    return summ
-
-
 @exhibit("lr_sensitivity")
 def lr_sensitivity(ctx: Context, claim: Claim | None) -> list[str]:
     """The selection metric against the learning rate per variant, and each variant's
@@ -418,7 +400,7 @@ def lr_sensitivity(ctx: Context, claim: Claim | None) -> list[str]:
     if metric is None or metric not in runs.columns or runs["lr"].nunique() < 2:
         return []
     higher = ctx.arm.metric(metric).higher_is_better is not False
-    table = lr_selection(runs, metric, higher)
+    table = stats.lr_selection(runs, metric, higher)
     chosen = table[table["selected"]]
     fig = plot_lr_sensitivity(table, metric_label=ctx.label(metric))
     picks = "; ".join(f"{r['variant']}" + (f" ({r['attention']})" if "attention" in r and

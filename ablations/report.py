@@ -25,61 +25,16 @@ import pandas as pd
 from . import stats
 from .arms import get_arm
 from .claims import Claim, ClaimResult, Evidence, claimed_effects, claims, claims_for
-from .config import GridConfig, load_config
+from .config import GridConfig, SelectionPending, load_config
 from .exhibits import EXHIBITS, Context, md_table
 from .fmt import num
 from .records import RUNS_FILE, json_default, load_records
+from .tables import EARLIER, IDENTITY, current_records, curves_table, runs_table
 
 __all__ = ["runs_table", "curves_table", "render_arm", "render_ledger", "render_all",
            "save_figure", "IDENTITY"]
 
-IDENTITY = ["run_id", "arm", "task", "protocol", "variant", "attention", "seed", "lr"]
-#: how the ledger and reports name a grid without ``[grid].protocol`` (the grids of earlier
-#: sessions, whose batch size and learning rate were chosen on test accuracy)
-EARLIER = "earlier"
-
-
 # ----------------------------------------------------------------------------- tables
-def _current(records: list[dict], cfg: GridConfig) -> tuple[list[dict], int]:
-    keys = {s.key for s in cfg.specs}
-    cur = [r for r in records if r.get("key") in keys]
-    # the newest record of a key wins (there is normally exactly one)
-    by_key = {r["key"]: r for r in cur}
-    return list(by_key.values()), len(records) - len(cur)
-
-
-def runs_table(records: list[dict], protocol: str = "") -> pd.DataFrame:
-    """One row per run: identity columns, then the metrics, then provenance columns.
-
-    ``task`` is "" for the grid's own task; ``protocol`` is the record's, else the given one
-    (the grid's: records written before protocols existed carry none).
-    """
-    rows = []
-    for r in records:
-        row = {k: r.get(k) for k in IDENTITY}
-        row["task"] = r.get("task") or ""
-        row["protocol"] = r.get("protocol") or protocol
-        row.update(r.get("metrics", {}))
-        prov = r.get("provenance", {})
-        row.update({"commit": prov.get("commit"), "device": prov.get("device"),
-                    "wall_seconds": prov.get("wall_seconds")})
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return pd.DataFrame(columns=IDENTITY)
-    return df.sort_values(["attention", "variant", "lr", "seed"]).reset_index(drop=True)
-
-
-def curves_table(records: list[dict]) -> pd.DataFrame:
-    """Long table of the learning curves: one row per (run, point)."""
-    rows = []
-    for r in records:
-        for point in r.get("curve", []):
-            rows.append({"run_id": r["run_id"], "variant": r["variant"],
-                         "attention": r["attention"], "seed": r["seed"], "lr": r["lr"], **point})
-    return pd.DataFrame(rows)
-
-
 def save_figure(fig, path: Path, dpi: int = 150) -> Path:
     """Write a figure of :mod:`ablations.plots` as a PNG (parent folders are created) and
     return ``path``; white background, tight bounding box."""
@@ -233,7 +188,7 @@ def render_arm(cfg: GridConfig) -> Path:
     """Write runs.csv, stats.csv, claims.json, figures and report.md for one grid."""
     arm = get_arm(cfg.arm)
     out = cfg.results
-    records, stale = _current(load_records(out / RUNS_FILE), cfg)
+    records, stale = current_records(load_records(out / RUNS_FILE), {s.key for s in cfg.specs})
     out.mkdir(parents=True, exist_ok=True)
     runs = runs_table(records, cfg.protocol)
     runs.to_csv(out / "runs.csv", index=False)
@@ -386,7 +341,10 @@ def render_all(config_dir: Path | str, names: tuple[str, ...] | None = None,
     for path in paths:
         if not path.is_file():
             continue
-        cfg = load_config(path)
+        try:
+            cfg = load_config(path)
+        except SelectionPending:  # its lr sweep has not finished: nothing of it has run
+            continue
         if (cfg.results / RUNS_FILE).is_file():
             written.append(render_arm(cfg))
     written.append(render_ledger(root))

@@ -147,3 +147,48 @@ def test_a_cell_may_run_its_own_task_and_the_grid_names_its_protocol(tmp_path):
     with pytest.raises(ConfigError, match=r"\[grid\]\.protocol must be one of paper, "
                                           r"calibrated, got 'mine'"):
         load_config(write(tmp_path, grid_extra='protocol = "mine"'))
+
+
+def test_learning_rates_selected_on_another_grids_validation_runs(tmp_path):
+    """lr = "selected" runs each variant at its best validation lr of the sweep grid, and
+    "selected:adamw" at AdamW's; before the sweep has finished the grid does not load."""
+    from ablations.config import SelectionPending
+    from ablations.runner import run_grid
+    from tests.test_runner import SerialExecutor
+
+    tiny = ('seq_len = 10\nn_train = 150\nn_val = 50\nn_test = 60\nepochs = 2\n'
+            'batch_size = 50\nd_model = 16\nd_ff = 16')
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(GRID.format(arm="classifier", results=tmp_path / "sweep", options=tiny,
+                                 grid_extra='protocol = "calibrated"',
+                                 cell='attention = "classical"\nvariants = ["adamw", '
+                                      '"sin-l0.5"]\nlr = [1e-3, 3e-2]\nseeds = 2'))
+    final = tmp_path / "final.toml"
+    final.write_text(GRID.format(
+        arm="classifier", results=tmp_path / "final", options=tiny,
+        grid_extra='protocol = "calibrated"\nselect_lr = "sweep.toml"\n'
+                   'baseline_lr = "selected:adamw"',
+        cell='attention = "classical"\nvariants = ["adamw", "sin-l0.5"]\nlr = "selected"\n\n'
+             '[[cells]]\nattention = "classical"\nvariants = ["sin-l0.5"]\n'
+             'lr = "selected:adamw"'))
+    with pytest.raises(SelectionPending, match=r"select_lr: sweep\.toml has 0 of its 8 runs"):
+        load_config(final)
+    run_grid(load_config(sweep), SerialExecutor(), progress=False)
+    cfg = load_config(final)
+    from ablations.records import load_records
+    from ablations.stats import lr_selection
+    from ablations.tables import runs_table
+
+    table = lr_selection(runs_table(load_records(tmp_path / "sweep" / "runs.jsonl")),
+                         "final_val_acc", higher_is_better=True)
+    best = table[table["selected"]].set_index("variant")["lr"].to_dict()
+    assert cfg.baseline_lr == best["adamw"]
+    got = {(s.variant, s.lr) for s in cfg.specs}
+    assert got == {("adamw", best["adamw"]), ("sin-l0.5", best["sin-l0.5"]),
+                   ("sin-l0.5", best["adamw"])}
+    bad = final.read_text().replace('"selected:adamw"\n\n', '"selected:cos-l0.5"\n\n', 1)
+    final.write_text(bad.replace('baseline_lr = "selected:adamw"',
+                                 'baseline_lr = "selected:cos-l0.5"'))
+    with pytest.raises(ConfigError, match=r"chose no lr for 'cos-l0\.5' \(it chose for adamw, "
+                                          r"sin-l0\.5\)"):
+        load_config(final)

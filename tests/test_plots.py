@@ -363,7 +363,7 @@ def test_theory_figures_are_themed_figures():
 
 
 def test_lr_sensitivity_marks_each_variants_selected_lr():
-    from ablations.exhibits import lr_selection
+    from ablations.stats import lr_selection
 
     rows = [dict(variant=v, seed=s, attention="quantum", lr=lr,
                  final_val_acc=0.9 - abs(np.log10(lr) - np.log10(best)) * 0.1 + 0.001 * s)

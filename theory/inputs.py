@@ -13,7 +13,7 @@ What :func:`load_inputs` reads:
 
 * ``<results_root>/<arm>/runs.csv`` of every registered arm (:func:`ablations.arms.arm_names`),
   else its ``runs.jsonl`` (a grid still running: flattened with
-  :func:`ablations.report.runs_table`, the newest record of each run kept), else nothing;
+  :func:`ablations.tables.runs_table`, the newest record of each run kept), else nothing;
 * the arm's reference learning rate, ``baseline_lr`` of ``ablations/configs/<arm>.toml``
   (:func:`ablations.config.load_config`; for the llm arm, whose ``[grid]`` sets none, that is
   its ``[llm].lr``);
@@ -112,7 +112,7 @@ def load_arm_runs(results_root: str | Path, arm: str) -> ArmRuns | None:
     import pandas as pd
 
     from ablations.records import RUNS_FILE, load_records
-    from ablations.report import runs_table
+    from ablations.tables import runs_table
 
     root = Path(results_root)
     csv_path = root / arm / "runs.csv"

@@ -45,7 +45,15 @@ from .paired import (
     verdict,
 )
 from .power import min_detectable_effect, paired_t_power, power_to_detect, seeds_needed
-from .summaries import curve_summary, lambda_sweep, parse_lambda, summarize, t_interval, wilson
+from .summaries import (
+    curve_summary,
+    lambda_sweep,
+    lr_selection,
+    parse_lambda,
+    summarize,
+    t_interval,
+    wilson,
+)
 from .survival import (
     KM_MEDIAN_RULE,
     kaplan_meier,
@@ -89,4 +97,5 @@ __all__ = [
     "curve_summary",
     "parse_lambda",
     "lambda_sweep",
+    "lr_selection",
 ]

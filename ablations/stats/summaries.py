@@ -23,7 +23,7 @@ from scipy import stats as sps
 from ._common import finite, iter_groups
 
 __all__ = ["t_interval", "wilson", "summarize", "curve_summary", "parse_lambda",
-           "lambda_sweep"]
+           "lambda_sweep", "lr_selection"]
 
 
 def t_interval(x, alpha: float = 0.05) -> tuple[float, float, float]:
@@ -194,3 +194,21 @@ def lambda_sweep(runs: pd.DataFrame, metric: str, *, families: Sequence[str] | N
         return pd.DataFrame(columns=cols)
     out = summarize(data, metric, ["family", *by, "lam"], alpha)
     return out[cols].sort_values(["family", *by, "lam"]).reset_index(drop=True)
+
+
+def lr_selection(runs: pd.DataFrame, metric: str, higher_is_better: bool) -> pd.DataFrame:
+    """Per variant (and attention), the mean and t interval of a validation metric at every
+    learning rate, and the selected lr: the best mean (ties: the smaller lr).
+
+    Returns the :func:`ablations.stats.summarize` table with ``lr`` and a bool ``selected``.
+    """
+    keys = [k for k in ("task", "attention") if k in runs.columns]
+    summ = summarize(runs, metric, [*keys, "variant", "lr"])
+    summ["selected"] = False
+    for _, grp in summ.groupby([*keys, "variant"], dropna=False):
+        ok = grp.dropna(subset=["mean"])
+        if ok.empty:
+            continue
+        best = ok.sort_values(["mean", "lr"], ascending=[not higher_is_better, True]).index[0]
+        summ.loc[best, "selected"] = True
+    return summ
