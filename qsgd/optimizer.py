@@ -27,7 +27,14 @@ from torch.optim import Optimizer
 
 from .hyper import DEFAULTS, NONFINITE, SCOPES, check_group, check_settings, complete
 from .perturbations import Perturbation, get_perturbation
-from .update import _concat, _flat_group, _foreach_group, in_scope, reference_step
+from .update import (
+    _concat,
+    _flat_group,
+    _foreach_group,
+    compiled_group,
+    in_scope,
+    reference_step,
+)
 
 __all__ = ["SuperpositionalAdamW", "NonFiniteGradientError", "reference_step", "in_scope",
            "SCOPES", "NONFINITE"]  # the last two live in qsgd.hyper
@@ -79,7 +86,17 @@ class SuperpositionalAdamW(Optimizer):
     Tensor ``lr``, zero and absent gradients. Complex parameters are optimised as their real
     view (``torch.view_as_real``), as AdamW does: the perturbation is defined on that view,
     Q = sin(π·Re θ)·Re g and sin(π·Im θ)·Im g (``first_n`` counts real entries of the view).
-    FSDP2 (DTensor) parameters are stepped shard by shard on their local tensors.
+    FSDP2 (DTensor) parameters are stepped shard by shard on their local tensors (elementwise
+    terms equal the unsharded run; terms that read several entries, circuit's groups, ``first_n``
+    and the RMS of gauss, unif and anti, are per shard when a tensor is split over ranks).
+
+    ``torch.compile(fullgraph=True)`` of a function that calls :meth:`step` works with
+    ``nonfinite="off"`` and ``track_ratio=False``: the compiled step keeps its step counts and a
+    Tensor ``lr`` as tensors (:func:`qsgd.update.compiled_group`), so neither a new step nor a
+    scheduler's in-place change of a Tensor lr recompiles (a float lr recompiles when it
+    changes). The default ``nonfinite="raise"`` raises at trace time saying so: the check reads
+    one flag on the host, which a graph cannot. Stochastic perturbations (gauss, unif, anneal,
+    anti) key their noise on the host step count and cannot be compiled.
 
     Args:
         params: parameters or parameter groups, as for any ``torch.optim`` optimizer. Every
@@ -324,10 +341,11 @@ class SuperpositionalAdamW(Optimizer):
                     return False
         return True  # the sum overflowed, every value is finite
 
-    def _state_lists(self, w: _Work) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None,
-                                              list[int]]:
+    def _state_lists(self, w: _Work, compiling: bool = False) -> tuple[
+            list[Tensor], list[Tensor], list[Tensor] | None, list]:
         """Moments (real, local views), AMSGrad maxima (or None) and this step's numbers of
-        the group's tensors; the state is created on first use and the step counts advance."""
+        the group's tensors; the state is created on first use and the step counts advance
+        (host integers; 0-dim float32 tensors under ``torch.compile``)."""
         m, v, vmax, steps = [], [], [], []
         amsgrad = w.group["amsgrad"]
         for p in w.originals:
@@ -338,7 +356,13 @@ class SuperpositionalAdamW(Optimizer):
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if amsgrad and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["step"] = int(state["step"]) + 1
+            if compiling:  # a 0-dim tensor on the parameter's device: no recompile per step
+                st = state["step"]
+                if not isinstance(st, Tensor) or st.device != p.device:
+                    st = torch.as_tensor(st, dtype=torch.float32, device=p.device).clone()
+                state["step"] = st.add_(1)
+            else:
+                state["step"] = int(state["step"]) + 1
             m.append(_real_local(state["exp_avg"]))
             v.append(_real_local(state["exp_avg_sq"]))
             if amsgrad:
@@ -355,17 +379,26 @@ class SuperpositionalAdamW(Optimizer):
                 loss = closure()
 
         work = self._collect()
+        compiling = torch.compiler.is_compiling()
+        if compiling and self.track_ratio:
+            raise ValueError("track_ratio=True appends to a host list every step, which "
+                             "torch.compile would recompile for each time: switch it off for "
+                             "compiled steps (or record the ratio on eager steps)")
         # the flat CPU groups' gradients, concatenated once (one C++ call), serve both the
         # non-finite check and the update
-        flat = {w.gi: _concat(w.grads) for w in work if w.flat}
+        flat = {} if compiling else {w.gi: _concat(w.grads) for w in work if w.flat}
         if self.nonfinite != "off" and not self._nonfinite_ok(work, flat):
             return loss
 
         stats: dict[str, Tensor] | None = {} if self.track_ratio else None
         for w in work:
             group, params, grads, idx = w.group, w.params, w.grads, w.idx
-            m, v, vmax, steps = self._state_lists(w)
-            hyper = self._hyper(group)
+            m, v, vmax, steps = self._state_lists(w, compiling)
+            hyper = self._hyper(group, compiling)
+            if compiling:  # traced into the caller's graph (qsgd.update.compiled_group)
+                compiled_group(params, grads, m, v, steps, idx, stats=stats,
+                               max_exp_avg_sqs=vmax, **hyper)
+                continue
             if w.gi in flat and steps.count(steps[0]) == len(steps):
                 m_flat, v_flat = self._flat_state(w.gi, params, m, v)
                 _flat_group(params, flat[w.gi], m_flat, v_flat, steps[0], idx, stats=stats,
@@ -435,11 +468,13 @@ class SuperpositionalAdamW(Optimizer):
         return bufs
 
     @staticmethod
-    def _hyper(group: dict[str, Any]) -> dict[str, Any]:
+    def _hyper(group: dict[str, Any], compiling: bool = False) -> dict[str, Any]:
         beta1, beta2 = group["betas"]
         lr = group["lr"]
         return dict(
-            lr=float(lr), beta1=beta1, beta2=beta2, eps=group["eps"],
+            # a compiled step keeps a Tensor lr a tensor (float() would read it on the host)
+            lr=lr if compiling and isinstance(lr, Tensor) else float(lr),
+            beta1=beta1, beta2=beta2, eps=group["eps"],
             weight_decay=group["weight_decay"], quantum_weight=float(group["quantum_weight"]),
             perturbation=get_perturbation(group["perturbation"]), scope=group["scope"],
             n_qubits=group["n_qubits"], bias_correction=group["bias_correction"],

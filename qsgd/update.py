@@ -261,3 +261,84 @@ def _flat_group(
                  beta2=beta2, eps=eps, weight_decay=weight_decay, lam=lam, scope="all",
                  n_qubits=n_qubits, bias_correction=bias_correction, stats=stats)
     torch._foreach_copy_(params, _unflatten_dense_tensors(theta, params))
+
+
+def _sub_in_scope(param: Tensor, q: Tensor, scale, scope: str, n_qubits: int) -> None:
+    """param −= scale·q on the in-scope entries (``scale`` a number or a 0-dim tensor)."""
+    if param.is_contiguous():
+        in_scope(param.view(-1), scope, n_qubits).sub_(q * scale)
+    else:
+        full = torch.zeros_like(param).reshape(-1)
+        in_scope(full, scope, n_qubits).copy_(q)
+        param.sub_(full.view_as(param) * scale)
+
+
+def compiled_group(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    indices: list[int],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    quantum_weight: float,
+    perturbation: Perturbation,
+    scope: str,
+    n_qubits: int,
+    bias_correction: bool,
+    seed: int,
+    stats: dict[str, Tensor] | None,
+    max_exp_avg_sqs: list[Tensor] | None = None,
+) -> None:
+    """:func:`reference_step` tensor by tensor in the form ``torch.compile`` traces: ``steps``
+    are 0-dim tensors (this step's numbers) and ``lr`` may be one, so the bias corrections and
+    step sizes are tensors and a new step (or a scheduler's new Tensor lr) needs no recompile.
+    Inductor fuses the loop itself. Equal to the reference to float rounding (the bias
+    corrections are computed in the step tensor's dtype, float32, instead of Python floats).
+
+    Deterministic perturbations only: the stochastic ones key their noise on the host step
+    count (:mod:`qsgd.noise`), which a graph does not have; they raise ``ValueError``.
+    """
+    lam = quantum_weight
+    active = lam != 0.0 and not isinstance(perturbation, None_)
+    if active and perturbation.stochastic:
+        raise ValueError(f"perturbation {perturbation.name!r} draws keyed noise from the host "
+                         "step count and cannot run under torch.compile; the deterministic "
+                         "ones can (none, sin, cos, taylor, circuit), or step eagerly")
+    for k, (p, g, ea, eas, st) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, steps)):
+        q = None
+        if active:  # a deterministic term does not read ctx.step
+            ctx = Context(step=0, seed=seed, index=indices[k], n_qubits=n_qubits)
+            term = perturbation.term(in_scope(p.reshape(-1), scope, n_qubits),
+                                     in_scope(g.reshape(-1), scope, n_qubits), ctx)
+            if perturbation.kind == "gradient":
+                g = g.clone()
+                in_scope(g.view(-1), scope, n_qubits).add_(term, alpha=lam)
+            else:
+                q = term
+            if stats is not None:
+                _acc(stats, "pert_sq", term.double().pow(2).sum() * (lam * lam))
+        if weight_decay != 0.0:
+            p.mul_(1.0 - lr * weight_decay)
+        ea.lerp_(g, 1.0 - beta1)
+        eas.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        if bias_correction:
+            bc1, bc2 = 1.0 - torch.pow(beta1, st), 1.0 - torch.pow(beta2, st)
+        else:
+            bc1 = bc2 = torch.ones_like(st)
+        v = eas
+        if max_exp_avg_sqs is not None:
+            v = max_exp_avg_sqs[k]
+            torch.maximum(v, eas, out=v)
+        denom = (v.sqrt() / bc2.sqrt()).add_(eps)
+        direction = ea / bc1 / denom
+        if stats is not None:
+            _acc(stats, "adam_sq", direction.double().pow(2).sum())
+        p.sub_(direction * lr)
+        if q is not None:
+            _sub_in_scope(p, q, lr * lam, scope, n_qubits)

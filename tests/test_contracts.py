@@ -435,3 +435,69 @@ def test_adam_state_dict_with_coupled_weight_decay_is_refused():
     with pytest.raises(ValueError, match=r"loaded state_dict param group 0: "
                                          r"decoupled_weight_decay=False is not supported"):
         opt.load_state_dict(sd)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.compile(fullgraph=True) of the step (dynamo with an eager backend here; inductor on CUDA
+# in tests/test_integrations.py)
+
+COMPILABLE = [i for i in INPUTS if not perturbation_class(
+    i.kwargs.get("perturbation", "sin")).stochastic]
+
+
+@pytest.mark.parametrize("inp", COMPILABLE, ids=lambda i: i.id)
+def test_compiled_step_equals_eager_without_recompiling(inp):
+    """Real, non-contiguous and complex parameters; the compiled step (tensor step counts)
+    equals the eager one to float32 rounding and traces no new graph after its second call."""
+    def make():
+        g = torch.Generator().manual_seed(5)
+        return [torch.randn(6, 4, generator=g).requires_grad_(),
+                torch.randn(6, 2, generator=g)[:, 0].detach().requires_grad_(),  # strided
+                torch.randn(5, dtype=torch.complex64, generator=g).requires_grad_()]
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    a, b = make(), make()
+    kw = _kwargs(inp, "default", nonfinite="off")
+    oa, ob = SuperpositionalAdamW(a, **kw), SuperpositionalAdamW(b, **_kwargs(inp, "default"))
+    step = torch.compile(oa.step, fullgraph=True, backend=backend)
+    g = torch.Generator().manual_seed(6)
+    for t in range(6):
+        for p, q in zip(a, b):
+            q.grad = torch.randn(q.shape, dtype=q.dtype, generator=g)
+            p.grad = q.grad.clone()
+        if t == 2:
+            n_graphs = len(graphs)
+        step()
+        ob.step()
+    assert len(graphs) == n_graphs <= 2
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert all(isinstance(s["step"], torch.Tensor) and int(s["step"]) == 6
+               for s in oa.state.values())
+    ob.load_state_dict(oa.state_dict())  # tensor step counts load into an eager optimizer
+    ob.step()
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(), r"nonfinite='raise' reads one flag on the host each step, which a torch.compile "
+             r"graph cannot do: pass nonfinite='off' to compile the step"),
+    (dict(nonfinite="off", track_ratio=True), r"track_ratio=True appends to a host list"),
+    (dict(nonfinite="off", perturbation="gauss"), r"perturbation 'gauss' draws keyed noise "
+                                                  r"from the host step count"),
+])
+def test_compiled_step_refuses_what_needs_the_host_and_says_what_to_set(kwargs, message):
+    p = torch.nn.Parameter(torch.randn(3))
+    opt = SuperpositionalAdamW([p], **kwargs)
+    p.grad = torch.ones(3)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match=message):
+        torch.compile(opt.step, fullgraph=True, backend="eager")()
+    assert len(opt.state) == 0 or all(int(s["step"]) == 0 for s in opt.state.values())
+    torch._dynamo.reset()
