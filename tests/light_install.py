@@ -1,4 +1,4 @@
-"""The light install works: `pip install qsgd` (torch and numpy, no extra) trains with every variant.
+"""The light install works: `pip install qsgd` (torch and numpy, no extra) trains every variant.
 
 Run by ``nox -s light`` (and so by CI) in a bare virtual environment that holds only what
 ``pip install qsgd`` brings: it checks that no optional package is importable, trains a small
