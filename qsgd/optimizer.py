@@ -1,41 +1,44 @@
 """SuperpositionalAdamW: AdamW plus the perturbation term of Superpositional Gradient Descent.
 
-For each parameter tensor θ with gradient g at step t = 1, 2, … (Pamuk et al., arXiv 2511.01918,
-restated in PAPER.md; decoupled decay as Loshchilov & Hutter 2019)::
+Per tensor, step t = 1, 2, … (Pamuk et al., arXiv 2511.01918, restated in PAPER.md; decoupled
+decay as Loshchilov & Hutter 2019)::
 
-    Q = perturbation(θ_t, g_t)                  # from θ before this step's weight decay
-    θ ← θ − lr·weight_decay·θ                    # decoupled, as torch.optim.AdamW
-    m ← β1·m + (1−β1)·g ;  v ← β2·v + (1−β2)·g²
-    m̂ = m/(1−β1^t) ;  v̂ = v/(1−β2^t)            # bias_correction=True; False: m̂ = m, v̂ = v
-    θ ← θ − lr·( m̂/(√v̂ + ε) + λ·Q )
+    θ ← (1 − lr·wd)·θ − lr·( m̂/(√v̂ + ε) + λ·Q(θ_before_decay, g) )
 
-Perturbations of kind ``"gradient"`` (anneal) instead replace g by g + λ·ξ before the moments.
-
-:func:`reference_step` holds the maths for one tensor; the optimizer class handles groups, state,
-validation and the faster paths, each tested equal to the reference: multi-tensor
-(``torch._foreach_*``), flat (a CPU group concatenated, :func:`_flat_group`) and fused (one
-Triton kernel on CUDA, :mod:`qsgd.fused`).
+The maths lives in :mod:`qsgd.update` (:func:`reference_step`, re-exported here, and the faster
+paths, each tested equal to it: multi-tensor, flat CPU, compiled; the fused Triton kernel is
+:mod:`qsgd.fused`); the defaults and validation of the hyperparameters in :mod:`qsgd.hyper`.
+This module is the optimizer class: parameter groups, state, ``state_dict`` and pickling, the
+non-finite gradient check, complex and DTensor parameters, and the choice of path.
 """
 
 from __future__ import annotations
 
-import math
 import operator
+import sys
 import warnings
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch._utils import _unflatten_dense_tensors
 from torch.optim import Optimizer
 
-from .perturbations import Context, None_, Perturbation, get_perturbation
+from .hyper import DEFAULTS, NONFINITE, SCOPES, check_group, check_settings, complete
+from .perturbations import Perturbation, get_perturbation
+from .update import (
+    _concat,
+    _flat_group,
+    _foreach_group,
+    compiled_group,
+    in_scope,
+    reference_step,
+)
 
-__all__ = ["SuperpositionalAdamW", "NonFiniteGradientError", "reference_step", "in_scope", "SCOPES"]
+__all__ = ["SuperpositionalAdamW", "NonFiniteGradientError", "reference_step", "in_scope",
+           "SCOPES", "NONFINITE"]  # the last two live in qsgd.hyper
 
-SCOPES = ("all", "first_n")
-NONFINITE = ("raise", "skip", "off")
 #: the flat CPU path (:func:`_flat_group`) is taken for groups of at most this many entries
 FLAT_MAX_NUMEL = 1 << 24
 
@@ -44,139 +47,27 @@ class NonFiniteGradientError(FloatingPointError, ValueError):
     """A gradient holds NaN or ±inf. Raised before any parameter or state is touched."""
 
 
-def _check_group(group: dict[str, Any]) -> None:
-    """Validate one parameter group's hyperparameters with precise messages."""
-    lr = group["lr"]
-    if isinstance(lr, Tensor):
-        lr = float(lr)
-    if not (isinstance(lr, (int, float)) and lr >= 0.0 and math.isfinite(lr)):
-        raise ValueError(f"invalid lr: {group['lr']!r} (must be a finite number >= 0)")
-    betas = group["betas"]
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise ValueError(f"invalid betas: {betas!r} (must be a pair (beta1, beta2))")
-    for i, b in enumerate(betas):
-        if not (isinstance(b, (int, float)) and 0.0 <= b < 1.0):
-            raise ValueError(f"invalid betas[{i}]: {b!r} (must lie in [0, 1))")
-    eps = group["eps"]
-    if not (isinstance(eps, (int, float)) and eps >= 0.0):
-        raise ValueError(f"invalid eps: {eps!r} (must be >= 0)")
-    wd = group["weight_decay"]
-    if not (isinstance(wd, (int, float)) and wd >= 0.0):
-        raise ValueError(f"invalid weight_decay: {wd!r} (must be >= 0)")
-    lam = group["quantum_weight"]
-    if not (isinstance(lam, (int, float)) and lam >= 0.0 and math.isfinite(lam)):
-        raise ValueError(f"invalid quantum_weight: {lam!r} (must be a finite number >= 0)")
-    if group["scope"] not in SCOPES:
-        raise ValueError(f"invalid scope: {group['scope']!r} (valid scopes: {', '.join(SCOPES)})")
-    n = group["n_qubits"]
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"invalid n_qubits: {n!r} (must be an integer >= 1)")
-    seed = group["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"invalid seed: {seed!r} (must be an integer)")
-    # [fused] the fused CUDA path's switch (qsgd.fused)
-    fused = group.get("fused")
-    if fused is not None and not isinstance(fused, bool):
-        raise ValueError(f"invalid fused: {fused!r} (must be True, False or None)")
-    get_perturbation(group["perturbation"])  # raises with the list of valid names
+class _Work(NamedTuple):
+    """One parameter group's tensors that have a gradient, as the update paths see them."""
+
+    gi: int                 # the group's index
+    group: dict[str, Any]
+    originals: list[Tensor]  # the parameters as given (they key the state)
+    params: list[Tensor]     # the same as real, local tensors (:func:`_real_local`)
+    grads: list[Tensor]      # their gradients, likewise, negated when maximize=True
+    idx: list[int]           # global tensor indices (the noise key)
+    flat: bool               # the group may take the flat CPU path
 
 
-def in_scope(flat: Tensor, scope: str, n_qubits: int) -> Tensor:
-    """The in-scope part of a flattened tensor: everything, or the first n_qubits entries."""
-    return flat if scope == "all" else flat[:n_qubits]
-
-
-def _concat(tensors: list[Tensor]) -> Tensor:
-    """A new flat tensor holding ``tensors`` one after the other (one C++ call; unlike
-    ``_flatten_dense_tensors`` alone, never a view of a single input)."""
-    if len(tensors) == 1:
-        return tensors[0].reshape(-1).clone()
-    return _flatten_dense_tensors(tensors)
-
-
-def _bias_corrections(step: int, beta1: float, beta2: float, on: bool) -> tuple[float, float]:
-    if not on:
-        return 1.0, 1.0
-    return 1.0 - beta1**step, 1.0 - beta2**step
-
-
-def reference_step(
-    param: Tensor,
-    grad: Tensor,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
-    *,
-    step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    quantum_weight: float,
-    perturbation: Perturbation,
-    scope: str,
-    n_qubits: int,
-    bias_correction: bool,
-    seed: int,
-    index: int,
-    stats: dict[str, Tensor] | None = None,
-) -> None:
-    """One SuperpositionalAdamW step for one tensor, in place. The reference for all paths.
-
-    ``step`` is this step's number t (≥ 1). ``index`` keys the noise streams. When ``stats`` is
-    a dict, the squared norms of λ·(term) and of the Adam direction m̂/(√v̂+ε) are added to its
-    entries ``"pert_sq"`` and ``"adam_sq"`` (0-dim tensors, created on first use).
-    Op order mirrors ``torch.optim.AdamW``'s single-tensor path, so λ = 0 matches it exactly.
-    """
-    lam = quantum_weight
-    active = lam != 0.0 and not isinstance(perturbation, None_)
-    q = None
-    if active:
-        ctx = Context(step=step, seed=seed, index=index, n_qubits=n_qubits)
-        theta_s = in_scope(param.reshape(-1), scope, n_qubits)
-        grad_s = in_scope(grad.reshape(-1), scope, n_qubits)
-        term = perturbation.term(theta_s, grad_s, ctx)
-        if perturbation.kind == "gradient":
-            grad = grad.clone()
-            in_scope(grad.view(-1), scope, n_qubits).add_(term, alpha=lam)
-        else:
-            q = term
-        if stats is not None:
-            _acc(stats, "pert_sq", term.double().pow(2).sum() * (lam * lam))
-
-    _adam_update(param, grad, exp_avg, exp_avg_sq, q, step=step, lr=lr, beta1=beta1,
-                 beta2=beta2, eps=eps, weight_decay=weight_decay, lam=lam, scope=scope,
-                 n_qubits=n_qubits, bias_correction=bias_correction, stats=stats)
-
-
-def _adam_update(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
-                 q: Tensor | None, *, step: int, lr: float, beta1: float, beta2: float,
-                 eps: float, weight_decay: float, lam: float, scope: str, n_qubits: int,
-                 bias_correction: bool, stats: dict[str, Tensor] | None) -> None:
-    """The rest of :func:`reference_step` once the term is known, in place on one tensor (a
-    parameter, or the flat path's concatenated group): decay, moments, the Adam step, and
-    −lr·λ·q on the in-scope entries when ``q`` is given."""
-    if weight_decay != 0.0:
-        param.mul_(1.0 - lr * weight_decay)
-    exp_avg.lerp_(grad, 1.0 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-    bc1, bc2 = _bias_corrections(step, beta1, beta2, bias_correction)
-    step_size = lr / bc1
-    denom = (exp_avg_sq.sqrt() / (bc2**0.5)).add_(eps)
-    if stats is not None:
-        _acc(stats, "adam_sq", (exp_avg / bc1).div_(denom).double().pow(2).sum())
-    param.addcdiv_(exp_avg, denom, value=-step_size)
-    if q is not None:
-        if param.is_contiguous():
-            in_scope(param.view(-1), scope, n_qubits).add_(q, alpha=-lr * lam)
-        else:
-            full = torch.zeros_like(param).reshape(-1)
-            in_scope(full, scope, n_qubits).copy_(q)
-            param.add_(full.view_as(param), alpha=-lr * lam)
-
-
-def _acc(stats: dict[str, Tensor], key: str, value: Tensor) -> None:
-    stats[key] = stats[key] + value if key in stats else value
+def _real_local(t: Tensor) -> Tensor:
+    """The tensor the update runs on: a DTensor's local shard (FSDP2 parameters, gradients and
+    state are DTensors; the update is elementwise, so each rank steps its own shard), and a
+    complex tensor's real view ``view_as_real`` (as ``torch.optim.AdamW``: the real and
+    imaginary parts are two real coordinates). Plain real tensors are returned as they are."""
+    dtensor = sys.modules.get("torch.distributed.tensor")  # no DTensor exists before its import
+    if dtensor is not None and isinstance(t, dtensor.DTensor):
+        t = t.to_local()  # under no_grad: the local tensor itself, no copy
+    return torch.view_as_real(t) if t.is_complex() else t
 
 
 class SuperpositionalAdamW(Optimizer):
@@ -188,17 +79,37 @@ class SuperpositionalAdamW(Optimizer):
 
     with Q_i = sin(π θ_i)·g_i for the paper's ``perturbation="sin"``.
 
+    It keeps ``torch.optim.AdamW``'s contracts (tested in tests/test_contracts.py): param groups,
+    step and state_dict hooks, ``state_dict``/``load_state_dict`` (a state_dict missing keys,
+    e.g. one saved by ``torch.optim.AdamW``, is completed with this optimizer's defaults and
+    re-validated), ``copy.deepcopy`` and pickling (every setting survives), a one-element
+    Tensor ``lr``, zero and absent gradients. Complex parameters are optimised as their real
+    view (``torch.view_as_real``), as AdamW does: the perturbation is defined on that view,
+    Q = sin(π·Re θ)·Re g and sin(π·Im θ)·Im g (``first_n`` counts real entries of the view).
+    FSDP2 (DTensor) parameters are stepped shard by shard on their local tensors (elementwise
+    terms equal the unsharded run; terms that read several entries, circuit's groups, ``first_n``
+    and the RMS of gauss, unif and anti, are per shard when a tensor is split over ranks).
+
+    ``torch.compile(fullgraph=True)`` of a function that calls :meth:`step` works with
+    ``nonfinite="off"`` and ``track_ratio=False``: the compiled step keeps its step counts and a
+    Tensor ``lr`` as tensors (:func:`qsgd.update.compiled_group`), so neither a new step nor a
+    scheduler's in-place change of a Tensor lr recompiles (a float lr recompiles when it
+    changes). The default ``nonfinite="raise"`` raises at trace time saying so: the check reads
+    one flag on the host, which a graph cannot. Stochastic perturbations (gauss, unif, anneal,
+    anti) key their noise on the host step count and cannot be compiled.
+
     Args:
         params: parameters or parameter groups, as for any ``torch.optim`` optimizer. Every
-            argument below may be overridden per group.
-        lr: learning rate α (default 1e-3).
+            argument below from ``lr`` to ``differentiable`` may be overridden per group.
+        lr: learning rate α (default 1e-3): a number or a one-element Tensor.
         betas: (β1, β2) for the moment averages (default (0.9, 0.999)).
         eps: ε added to √v̂ (default 1e-8).
         weight_decay: decoupled weight decay, as ``torch.optim.AdamW`` (default 1e-2).
         quantum_weight: λ, the weight of the perturbation (default 0.5, the paper's best).
         perturbation: a registry name (``qsgd.perturbations.available()``: none, sin, cos,
             taylor, gauss, unif, anneal, anti, circuit) or a ``Perturbation`` object
-            (default ``"sin"``).
+            (default ``"sin"``). A name keeps ``state_dict`` loadable with
+            ``torch.load(weights_only=True)``; an object does not.
         scope: ``"all"`` (default): Q on every coordinate; ``"first_n"``: Q only on the first
             ``n_qubits`` entries of each flattened tensor (the paper's literal scope); the other
             coordinates get exactly the AdamW update.
@@ -213,25 +124,36 @@ class SuperpositionalAdamW(Optimizer):
             memory). ``None`` (default): whenever the group supports it (CUDA, contiguous,
             float32/bfloat16; perturbations none, sin, cos, taylor, gauss, unif) unless
             ``foreach=False``; ``True``: the same, also with ``foreach=False``; ``False``: never.
-            Unsupported groups, and every step with ``track_ratio=True``, fall back silently to
-            the foreach or per-tensor path.
+            Unsupported groups, ``amsgrad=True`` and every step with ``track_ratio=True`` fall
+            back silently to the foreach or per-tensor path.
         nonfinite: what a NaN/inf gradient does. ``"raise"`` (default): raise
             :class:`NonFiniteGradientError` naming the parameter, before touching any state;
             ``"skip"``: skip the whole step (no parameter, moment or step count changes), warn,
-            and count it in ``skipped_steps``; ``"off"``: no check (saves one host sync a step).
-        track_ratio: record ‖λ·Q‖/‖m̂/(√v̂+ε)‖ over all tensors each step (costs extra work);
-            read it with :meth:`perturbation_ratio`.
+            and count it in ``skipped_steps``; ``"off"``: no check (saves one host sync a step;
+            what a step under ``torch.compile(fullgraph=True)`` needs). Tensors on the
+            ``meta`` device hold no values and are not checked.
+        track_ratio: record ‖λ·Q‖/‖m̂/(√v̂+ε)‖ over all tensors each step (costs extra work and
+            one host sync); read it with :meth:`perturbation_ratio`. The first step whose ratio
+            exceeds 1 warns (once): the term then dominates Adam's step (README, "When the term
+            dominates").
+        amsgrad: keep the running maximum of v and divide by it, as
+            ``torch.optim.AdamW(amsgrad=True)`` (default False; one more state buffer).
+        maximize: maximise the objective (the update sees −g everywhere, the perturbation
+            included), as ``torch.optim.AdamW(maximize=True)`` (default False).
+        capturable, differentiable: accepted for ``torch.optim.AdamW`` compatibility only as
+            False; True raises ``ValueError`` saying why.
 
     References:
         A. E. Pamuk, E. K. Özdemir, Ş. T. Kocabay, "Superpositional Gradient Descent",
         arXiv 2511.01918 (2025). I. Loshchilov, F. Hutter, "Decoupled Weight Decay
-        Regularization", ICLR 2019.
+        Regularization", ICLR 2019. S. J. Reddi, S. Kale, S. Kumar, "On the Convergence of
+        Adam and Beyond", ICLR 2018 (AMSGrad).
     """
 
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
@@ -245,39 +167,85 @@ class SuperpositionalAdamW(Optimizer):
         nonfinite: str = "raise",
         track_ratio: bool = False,
         fused: bool | None = None,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
-        if nonfinite not in NONFINITE:
-            raise ValueError(
-                f"invalid nonfinite: {nonfinite!r} (valid: {', '.join(NONFINITE)})"
-            )
+        check_settings(nonfinite, track_ratio)
         defaults = dict(
             lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
             weight_decay=weight_decay, quantum_weight=quantum_weight,
             perturbation=perturbation, scope=scope, n_qubits=n_qubits,
             bias_correction=bias_correction, seed=seed, foreach=foreach, fused=fused,
+            amsgrad=amsgrad, maximize=maximize, capturable=capturable,
+            differentiable=differentiable,
         )
-        _check_group(defaults)
+        check_group(defaults)
         self.nonfinite = nonfinite
         self.track_ratio = track_ratio
         self.skipped_steps = 0
         self._ratios: list[Tensor] = []
+        self._warned_dominant = False
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As ``torch.optim.Optimizer.add_param_group``; the group (completed with the
+        defaults) is validated first, so a bad group is never added."""
+        if isinstance(param_group, dict):  # torch raises the TypeError for anything else
+            probe = complete({k: v for k, v in param_group.items() if k != "params"},
+                             self.defaults)
+            check_group(probe, where=f"param group {len(self.param_groups)}: ")
         super().add_param_group(param_group)
-        _check_group(self.param_groups[-1])
 
-    # state_dict carries the skip counter alongside torch's own layout
+    # every setting survives copy.deepcopy and pickle (torch's __getstate__ keeps only
+    # defaults, state and param_groups) and state_dict, which carries them under "qsgd"
+    _SETTINGS = ("nonfinite", "track_ratio", "skipped_steps")
+    _PRIVATE = ("_ratios", "_warned_dominant")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        for key in self._SETTINGS + self._PRIVATE:
+            state[key] = getattr(self, key)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Both ``load_state_dict`` (``state`` holds "state" and "param_groups") and
+        unpickling (it also holds "defaults" and the settings) come here: each group is
+        completed with the defaults and validated before anything changes."""
+        unpickling = "defaults" in state
+        if unpickling:
+            state = dict(state)
+            state["defaults"] = complete(dict(state["defaults"]), DEFAULTS)
+            for key, value in zip(self._SETTINGS, ("raise", False, 0)):
+                state.setdefault(key, value)
+            check_settings(*(state[k] for k in self._SETTINGS), where="unpickled optimizer: ")
+        defaults = state["defaults"] if unpickling else self.defaults
+        source = "unpickled optimizer" if unpickling else "loaded state_dict"
+        for i, group in enumerate(state["param_groups"]):
+            complete(group, defaults)
+            check_group(group, where=f"{source} param group {i}: ")
+        super().__setstate__(state)
+        self.__dict__.setdefault("_ratios", [])
+        self.__dict__.setdefault("_warned_dominant", False)
+
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
-        sd["qsgd"] = {"skipped_steps": self.skipped_steps}
+        sd["qsgd"] = {key: getattr(self, key) for key in self._SETTINGS}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As ``torch.optim.Optimizer.load_state_dict``. Keys a state_dict lacks (one saved by
+        ``torch.optim.AdamW`` or an older qsgd) take this optimizer's defaults; every
+        hyperparameter is validated before anything changes."""
         state_dict = dict(state_dict)
-        extra = state_dict.pop("qsgd", {})
+        extra = dict(state_dict.pop("qsgd", None) or {})
+        settings = {"nonfinite": self.nonfinite, "track_ratio": self.track_ratio,
+                    "skipped_steps": 0, **extra}
+        check_settings(*(settings[k] for k in self._SETTINGS), where="loaded state_dict: ")
         super().load_state_dict(state_dict)
-        self.skipped_steps = int(extra.get("skipped_steps", 0))
+        for key in self._SETTINGS:
+            setattr(self, key, settings[key])
 
     def perturbation_ratio(self) -> float:
         """Mean over tracked steps of ‖λ·Q‖/‖Adam direction‖ (NaN if nothing was tracked)."""
@@ -298,32 +266,65 @@ class SuperpositionalAdamW(Optimizer):
     def _flat_candidate(self, group: dict[str, Any], params: list[Tensor],
                         grads: list[Tensor]) -> bool:
         """Whether a group may take the flat CPU path (:func:`_flat_group`): foreach allowed,
-        scope "all", one CPU dtype, contiguous, and few enough entries that a concatenated
-        copy is cheap. (The path also needs one step count; :meth:`step` checks that.)"""
+        scope "all", no AMSGrad, one CPU dtype, contiguous, and few enough entries that a
+        concatenated copy is cheap. (The path also needs one step count; :meth:`step` checks
+        that, and plain real parameters; :meth:`_collect` does.)"""
         return (group["foreach"] is not False and group["scope"] == "all"
-                and params[0].device.type == "cpu"
+                and not group["amsgrad"] and params[0].device.type == "cpu"
                 and len({p.dtype for p in params} | {g.dtype for g in grads}) == 1
                 and all(p.is_contiguous() for p in params)
                 and sum(p.numel() for p in params) <= FLAT_MAX_NUMEL)
 
-    def _nonfinite_ok(self, work: list[tuple], flat: dict[int, Tensor]) -> bool:
+    def _collect(self) -> list[_Work]:
+        """The tensors with a gradient, group by group, as the paths see them."""
+        work = []
+        index = 0
+        for gi, group in enumerate(self.param_groups):
+            originals, params, grads, idx = [], [], [], []
+            plain = True
+            for pi, p in enumerate(group["params"]):
+                g = p.grad
+                if g is not None:
+                    if g.is_sparse:
+                        raise ValueError("SuperpositionalAdamW does not support sparse gradients "
+                                         f"({self._param_name(gi, pi, p)})")
+                    rp = _real_local(p)
+                    plain = plain and rp is p
+                    originals.append(p)
+                    params.append(rp)
+                    grads.append(_real_local(g))
+                    idx.append(index)
+                index += 1
+            if params:
+                if group["maximize"]:
+                    grads = torch._foreach_neg(grads)
+                flat = plain and self._flat_candidate(group, params, grads)
+                work.append(_Work(gi, group, originals, params, grads, idx, flat))
+        return work
+
+    def _nonfinite_ok(self, work: list[_Work], flat: dict[int, Tensor]) -> bool:
         """True if every gradient is finite; otherwise raise or report a skip. ``flat`` holds
         the concatenated gradients of the flat-path groups: one sum checks each (NaN and ±inf
-        propagate through it; an overflow to inf only sends us to the exact check below)."""
+        propagate through it; an overflow to inf only sends us to the exact check below).
+        Meta tensors hold no values: they are not checked."""
+        if torch.compiler.is_compiling():
+            raise RuntimeError(
+                f"nonfinite={self.nonfinite!r} reads one flag on the host each step, which a "
+                "torch.compile graph cannot do: pass nonfinite='off' to compile the step")
         checks = [torch.isfinite(g.sum(dtype=torch.float64)) for g in flat.values()]
-        rest = [g for gi, _, _, grads, _ in work if gi not in flat for g in grads]
+        rest = [g for w in work if w.gi not in flat for g in w.grads if g.device.type != "meta"]
         if rest:
             maxabs = torch._foreach_norm(rest, float("inf"))
             dev = maxabs[0].device
             checks.append(torch.isfinite(torch.stack([x.float().to(dev) for x in maxabs])).all())
         if all(bool(c) for c in checks):
             return True
-        for gi, _, params, _, _ in work:
-            group_params = self.param_groups[gi]["params"]
-            for p in params:
-                if not bool(torch.isfinite(p.grad).all()):
+        for w in work:
+            group_params = self.param_groups[w.gi]["params"]
+            for p, g in zip(w.originals, w.grads):
+                if g.device.type != "meta" and not bool(torch.isfinite(g).all()):
                     pi = next(i for i, q in enumerate(group_params) if q is p)
-                    where = self._param_name(gi, pi, p)
+                    where = self._param_name(w.gi, pi, p)
                     if self.nonfinite == "raise":
                         raise NonFiniteGradientError(
                             f"non-finite gradient (NaN or inf) in {where}; no parameter or "
@@ -340,6 +341,35 @@ class SuperpositionalAdamW(Optimizer):
                     return False
         return True  # the sum overflowed, every value is finite
 
+    def _state_lists(self, w: _Work, compiling: bool = False) -> tuple[
+            list[Tensor], list[Tensor], list[Tensor] | None, list]:
+        """Moments (real, local views), AMSGrad maxima (or None) and this step's numbers of
+        the group's tensors; the state is created on first use and the step counts advance
+        (host integers; 0-dim float32 tensors under ``torch.compile``)."""
+        m, v, vmax, steps = [], [], [], []
+        amsgrad = w.group["amsgrad"]
+        for p in w.originals:
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if amsgrad and "max_exp_avg_sq" not in state:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if compiling:  # a 0-dim tensor on the parameter's device: no recompile per step
+                st = state["step"]
+                if not isinstance(st, Tensor) or st.device != p.device:
+                    st = torch.as_tensor(st, dtype=torch.float32, device=p.device).clone()
+                state["step"] = st.add_(1)
+            else:
+                state["step"] = int(state["step"]) + 1
+            m.append(_real_local(state["exp_avg"]))
+            v.append(_real_local(state["exp_avg_sq"]))
+            if amsgrad:
+                vmax.append(_real_local(state["max_exp_avg_sq"]))
+            steps.append(state["step"])
+        return m, v, (vmax if amsgrad else None), steps
+
     @torch.no_grad()
     def step(self, closure=None):
         """One optimisation step; ``closure`` re-evaluates the model and returns the loss."""
@@ -348,56 +378,40 @@ class SuperpositionalAdamW(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        work: list[tuple[int, dict[str, Any], list[Tensor], list[Tensor], list[int]]] = []
-        index = 0
-        for gi, group in enumerate(self.param_groups):
-            params, grads, idx = [], [], []
-            for pi, p in enumerate(group["params"]):
-                g = p.grad
-                if g is not None:
-                    if g.is_sparse or torch.is_complex(p):
-                        what = "sparse gradients" if g.is_sparse else "complex parameters"
-                        raise ValueError(f"SuperpositionalAdamW does not support {what} "
-                                         f"({self._param_name(gi, pi, p)})")
-                    params.append(p)
-                    grads.append(g)
-                    idx.append(index)
-                index += 1
-            if params:
-                work.append((gi, group, params, grads, idx))
+        work = self._collect()
+        compiling = torch.compiler.is_compiling()
+        if compiling and self.track_ratio:
+            raise ValueError("track_ratio=True appends to a host list every step, which "
+                             "torch.compile would recompile for each time: switch it off for "
+                             "compiled steps (or record the ratio on eager steps)")
         # the flat CPU groups' gradients, concatenated once (one C++ call), serve both the
         # non-finite check and the update
-        flat = {gi: _concat(grads) for gi, group, params, grads, _ in work
-                if self._flat_candidate(group, params, grads)}
+        flat = {} if compiling else {w.gi: _concat(w.grads) for w in work if w.flat}
         if self.nonfinite != "off" and not self._nonfinite_ok(work, flat):
             return loss
 
         stats: dict[str, Tensor] | None = {} if self.track_ratio else None
-        for gi, group, params, grads, idx in work:
-            m, v, steps = [], [], []
-            for p in params:
-                state = self.state[p]
-                if len(state) == 0:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] = int(state["step"]) + 1
-                m.append(state["exp_avg"])
-                v.append(state["exp_avg_sq"])
-                steps.append(state["step"])
-            hyper = self._hyper(group)
-            if gi in flat and steps.count(steps[0]) == len(steps):
-                m_flat, v_flat = self._flat_state(gi, params, m, v)
-                _flat_group(params, flat[gi], m_flat, v_flat, steps[0], idx, stats=stats,
+        for w in work:
+            group, params, grads, idx = w.group, w.params, w.grads, w.idx
+            m, v, vmax, steps = self._state_lists(w, compiling)
+            hyper = self._hyper(group, compiling)
+            if compiling:  # traced into the caller's graph (qsgd.update.compiled_group)
+                compiled_group(params, grads, m, v, steps, idx, stats=stats,
+                               max_exp_avg_sqs=vmax, **hyper)
+                continue
+            if w.gi in flat and steps.count(steps[0]) == len(steps):
+                m_flat, v_flat = self._flat_state(w.gi, params, m, v)
+                _flat_group(params, flat[w.gi], m_flat, v_flat, steps[0], idx, stats=stats,
                             **hyper)
                 continue
             # [fused] one Triton launch for the group when supported (qsgd.fused); else below.
             # Support (device, dtype, perturbation, Triton) is decided by fused_group alone, with
-            # qsgd.fused.fused_unsupported_reason; here only the user's switch and track_ratio.
+            # qsgd.fused.fused_unsupported_reason; here only the user's switch, track_ratio and
+            # AMSGrad (which the kernel does not compute).
             use_fused = group.get("fused")
             if use_fused is None:
                 use_fused = group["foreach"] is not False
-            if use_fused and stats is None:
+            if use_fused and stats is None and vmax is None:
                 from .fused import fused_group
 
                 if fused_group(params, grads, m, v, steps, idx, **hyper):
@@ -407,14 +421,28 @@ class SuperpositionalAdamW(Optimizer):
             if use_foreach is None:  # on CPU too: fewer Python-level ops for small models
                 use_foreach = len({p.device for p in params}) == 1
             if use_foreach and all(p.is_contiguous() for p in params):
-                _foreach_group(params, grads, m, v, steps, idx, stats=stats, **hyper)
+                _foreach_group(params, grads, m, v, steps, idx, stats=stats,
+                               max_exp_avg_sqs=vmax, **hyper)
             else:
-                for p, g, ea, eas, s, i in zip(params, grads, m, v, steps, idx):
-                    reference_step(p, g, ea, eas, step=s, index=i, stats=stats, **hyper)
+                for k, (p, g, ea, eas, s, i) in enumerate(zip(params, grads, m, v, steps, idx)):
+                    reference_step(p, g, ea, eas, step=s, index=i, stats=stats,
+                                   max_exp_avg_sq=None if vmax is None else vmax[k], **hyper)
         if stats is not None and "adam_sq" in stats:
-            pert = stats.get("pert_sq", torch.zeros((), dtype=torch.float64))
-            self._ratios.append((pert.sqrt() / stats["adam_sq"].sqrt()).detach())
+            self._record_ratio(stats)
         return loss
+
+    def _record_ratio(self, stats: dict[str, Tensor]) -> None:
+        """Store this step's ‖λQ‖/‖Adam step‖ and warn the first time it exceeds 1."""
+        pert = stats.get("pert_sq", torch.zeros((), dtype=torch.float64))
+        ratio = (pert.sqrt() / stats["adam_sq"].sqrt()).detach()
+        self._ratios.append(ratio)
+        if not self._warned_dominant and float(ratio) > 1.0:
+            self._warned_dominant = True
+            warnings.warn(
+                f"the perturbation term dominates the Adam step: ||lambda*Q|| / ||Adam step|| "
+                f"= {float(ratio):.3g} > 1. The term is in gradient units while Adam's step is "
+                "normalised, so at large gradients it can raise the loss (README: 'When the "
+                "term dominates'). Warned once per optimizer.", RuntimeWarning, stacklevel=2)
 
     def _flat_state(self, gi: int, params: list[Tensor], m: list[Tensor],
                     v: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -440,132 +468,15 @@ class SuperpositionalAdamW(Optimizer):
         return bufs
 
     @staticmethod
-    def _hyper(group: dict[str, Any]) -> dict[str, Any]:
+    def _hyper(group: dict[str, Any], compiling: bool = False) -> dict[str, Any]:
         beta1, beta2 = group["betas"]
         lr = group["lr"]
         return dict(
-            lr=float(lr), beta1=beta1, beta2=beta2, eps=group["eps"],
+            # a compiled step keeps a Tensor lr a tensor (float() would read it on the host)
+            lr=lr if compiling and isinstance(lr, Tensor) else float(lr),
+            beta1=beta1, beta2=beta2, eps=group["eps"],
             weight_decay=group["weight_decay"], quantum_weight=float(group["quantum_weight"]),
             perturbation=get_perturbation(group["perturbation"]), scope=group["scope"],
             n_qubits=group["n_qubits"], bias_correction=group["bias_correction"],
             seed=group["seed"],
         )
-
-
-def _foreach_group(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    steps: list[int],
-    indices: list[int],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    quantum_weight: float,
-    perturbation: Perturbation,
-    scope: str,
-    n_qubits: int,
-    bias_correction: bool,
-    seed: int,
-    stats: dict[str, Tensor] | None,
-) -> None:
-    """Multi-tensor form of :func:`reference_step` (same maths, ``torch._foreach_*`` kernels)."""
-    lam = quantum_weight
-    active = lam != 0.0 and not isinstance(perturbation, None_)
-    terms = None
-    if active:
-        ctxs = [Context(step=s, seed=seed, index=i, n_qubits=n_qubits)
-                for s, i in zip(steps, indices)]
-        thetas = [in_scope(p.view(-1), scope, n_qubits) for p in params]
-        gs = [in_scope(g.reshape(-1), scope, n_qubits) for g in grads]
-        terms = perturbation.terms(thetas, gs, ctxs)
-        if stats is not None:
-            norms = torch._foreach_norm([t.double() for t in terms])
-            _acc(stats, "pert_sq", torch.stack(norms).pow(2).sum() * (lam * lam))
-        if perturbation.kind == "gradient":
-            grads = [g.clone() for g in grads]
-            torch._foreach_add_([in_scope(g.view(-1), scope, n_qubits) for g in grads], terms,
-                                alpha=lam)
-            terms = None
-
-    if weight_decay != 0.0:
-        torch._foreach_mul_(params, 1.0 - lr * weight_decay)
-    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - beta2)
-    bcs = [_bias_corrections(s, beta1, beta2, bias_correction) for s in steps]
-    step_sizes = [-(lr / bc1) for bc1, _ in bcs]
-    denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denom, [bc2**0.5 for _, bc2 in bcs])
-    torch._foreach_add_(denom, eps)
-    if stats is not None:
-        d = torch._foreach_div(exp_avgs, [bc1 for bc1, _ in bcs])
-        torch._foreach_div_(d, denom)
-        norms = torch._foreach_norm([t.double() for t in d])
-        _acc(stats, "adam_sq", torch.stack(norms).pow(2).sum())
-    torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
-    if terms is not None:
-        torch._foreach_add_([in_scope(p.view(-1), scope, n_qubits) for p in params], terms,
-                            alpha=-lr * lam)
-
-
-def _flat_group(
-    params: list[Tensor],
-    grad: Tensor,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
-    step: int,
-    indices: list[int],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    quantum_weight: float,
-    perturbation: Perturbation,
-    scope: str,
-    n_qubits: int,
-    bias_correction: bool,
-    seed: int,
-    stats: dict[str, Tensor] | None,
-) -> None:
-    """:func:`reference_step` for a whole CPU group at once (scope "all", one step count).
-
-    Parameters are concatenated into one flat tensor (``grad`` already is: the caller's own
-    copy, which this function may modify), the moments already are flat (``exp_avg``,
-    ``exp_avg_sq``: their slices are the per-parameter state), the same elementwise operations
-    as the reference run once over everything, and the parameters are copied back. On CPU a
-    small model's step is dominated by per-operation overhead (dozens of tensors × a dozen
-    operations), which this removes (measured in ``results/bench/attention.md``, table
-    "optimizer"); the parameters equal the reference path's bit for bit (tested). Elementwise
-    perturbations (``Perturbation.elementwise``) run once on the flat tensors; the others per
-    tensor, keyed by each tensor's index, as everywhere.
-    """
-    del scope  # "all" (checked by the caller)
-    theta = _concat(params)
-    lam = quantum_weight
-    q = None
-    if lam != 0.0 and not isinstance(perturbation, None_):
-        if perturbation.elementwise:
-            term = perturbation.term(theta, grad, Context(step=step, seed=seed,
-                                                          index=indices[0], n_qubits=n_qubits))
-        else:
-            ctxs = [Context(step=step, seed=seed, index=i, n_qubits=n_qubits) for i in indices]
-            sizes = [p.numel() for p in params]
-            term = torch.cat(perturbation.terms(list(theta.split(sizes)),
-                                                list(grad.split(sizes)), ctxs))
-        if stats is not None:
-            _acc(stats, "pert_sq", term.double().pow(2).sum() * (lam * lam))
-        if perturbation.kind == "gradient":
-            grad.add_(term, alpha=lam)  # grad is this function's own copy
-        else:
-            q = term
-    _adam_update(theta, grad, exp_avg, exp_avg_sq, q, step=step, lr=lr, beta1=beta1,
-                 beta2=beta2, eps=eps, weight_decay=weight_decay, lam=lam, scope="all",
-                 n_qubits=n_qubits, bias_correction=bias_correction, stats=stats)
-    torch._foreach_copy_(params, _unflatten_dense_tensors(theta, params))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -334,17 +335,12 @@ def test_huge_finite_gradients_are_not_mistaken_for_nonfinite(foreach):
     assert torch.allclose(opt.state[p[1]]["exp_avg"], torch.full((3,), 1e307, dtype=torch.float64))
 
 
-def test_sparse_and_complex_are_rejected_with_the_parameter_name():
+def test_sparse_gradients_are_rejected_with_the_parameter_name():
+    # complex parameters are supported (their real view; tests/test_contracts.py)
     emb = torch.nn.Embedding(5, 3, sparse=True)
     opt = SuperpositionalAdamW(list(emb.named_parameters()))
     emb(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(ValueError, match=r"sparse gradients \('weight'\)"):
-        opt.step()
-    z = torch.zeros(2, dtype=torch.complex64, requires_grad=True)
-    opt = SuperpositionalAdamW([torch.zeros(1, requires_grad=True), z])
-    z.grad = torch.ones_like(z)
-    where = r"complex parameters \(param_groups\[0\]\['params'\]\[1\]"
-    with pytest.raises(ValueError, match=where):
         opt.step()
 
 
@@ -357,3 +353,163 @@ def test_step_never_writes_into_the_gradient(variant):
     g = p.grad.clone()
     opt.step()
     assert torch.equal(p.grad, g)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation at every entry (issue 13, item 8): one line naming the key, before anything changes
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(eps=math.inf), "invalid eps: inf (must be a finite number >= 0)"),
+        (dict(weight_decay=math.inf), "invalid weight_decay: inf (must be a finite number >= 0)"),
+        (dict(bias_correction="no"), "invalid bias_correction: 'no' (must be True or False)"),
+        (dict(foreach="yes"), "invalid foreach: 'yes' (must be True, False or None)"),
+        (dict(fused=1), "invalid fused: 1 (must be True, False or None)"),
+        (dict(amsgrad=None), "invalid amsgrad: None (must be True or False)"),
+        (dict(maximize="True"), "invalid maximize: 'True' (must be True or False)"),
+        (dict(track_ratio="on"), "invalid track_ratio: 'on' (must be True or False)"),
+        (dict(lr=torch.tensor([1e-3, 1e-3])),
+         "invalid lr: a Tensor of shape (2,) (a Tensor lr must have exactly one element)"),
+        (dict(lr=torch.tensor(-1.0)), "invalid lr: tensor(-1.) (must be a finite number >= 0)"),
+        (dict(betas=(0.9, True)), "invalid betas[1]: True (must be a number in [0, 1))"),
+    ],
+)
+def test_more_invalid_hyperparameters_name_argument_and_value(kwargs, message):
+    with pytest.raises(ValueError) as err:
+        SuperpositionalAdamW(_params(), **kwargs)
+    assert str(err.value) == message
+
+
+def test_add_param_group_validates_before_appending():
+    """Before: the bad group was appended anyway and the next step moved p *up* the gradient."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    opt = SuperpositionalAdamW([a], perturbation="none")
+    with pytest.raises(ValueError, match=r"^param group 1: invalid lr: -1 \(must be a finite"):
+        opt.add_param_group({"params": [b], "lr": -1})
+    assert len(opt.param_groups) == 1
+    b.grad = torch.ones(3)
+    opt.step()
+    assert torch.equal(b, torch.ones(3)) and len(opt.state) == 0
+    opt.add_param_group({"params": [b], "lr": 0.1})  # a good group still goes in
+    opt.step()
+    assert torch.all(b < 1)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("lr", -1, "invalid lr: -1 (must be a finite number >= 0)"),
+    ("eps", math.inf, "invalid eps: inf (must be a finite number >= 0)"),
+    ("scope", "first4", "invalid scope: 'first4' (valid scopes: all, first_n)"),
+    ("foreach", "yes", "invalid foreach: 'yes' (must be True, False or None)"),
+    ("capturable", True, "capturable=True is not supported by SuperpositionalAdamW"),
+])
+def test_load_state_dict_revalidates_and_changes_nothing_on_error(key, value, message):
+    p = _params(torch.float32)
+    opt = SuperpositionalAdamW(_groups(p))
+    _run(opt, p, 2)
+    sd = copy.deepcopy(opt.state_dict())
+    sd["param_groups"][1][key] = value
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError) as err:
+        opt.load_state_dict(sd)
+    assert str(err.value).startswith(f"loaded state_dict param group 1: {message}")
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    for k in before["state"]:
+        assert torch.equal(before["state"][k]["exp_avg"], after["state"][k]["exp_avg"])
+
+
+def test_load_state_dict_validates_the_qsgd_settings():
+    p = _params(torch.float32)
+    opt = SuperpositionalAdamW(p)
+    sd = opt.state_dict()
+    sd["qsgd"]["nonfinite"] = "ignore"
+    with pytest.raises(ValueError, match=r"^loaded state_dict: invalid nonfinite: 'ignore'"):
+        opt.load_state_dict(sd)
+    assert opt.nonfinite == "raise"
+
+
+def test_settings_round_trip_through_state_dict():
+    p = _params(torch.float32)
+    opt = SuperpositionalAdamW(p, nonfinite="skip", track_ratio=True)
+    opt2 = SuperpositionalAdamW(_params(torch.float32))
+    opt2.load_state_dict(opt.state_dict())
+    assert (opt2.nonfinite, opt2.track_ratio, opt2.skipped_steps) == ("skip", True, 0)
+
+
+@pytest.mark.parametrize("nonfinite", ["raise", "skip", "off"])
+def test_meta_parameters_step_without_reading_values(nonfinite):
+    """Before: nonfinite='raise' on a meta model raised torch's `.item()` error. Meta tensors
+    hold no values, so the check skips them and the step runs (shapes only), as AdamW's does."""
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Sigmoid(),
+                                    torch.nn.Linear(3, 1))
+    opt = SuperpositionalAdamW(model.parameters(), nonfinite=nonfinite)
+    with torch.device("meta"):
+        for q in model.parameters():
+            q.grad = torch.rand_like(q)
+    opt.step()
+    assert len(opt.state) == 4
+    assert all(s["exp_avg"].is_meta and s["step"] == 1 for s in opt.state.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# a property of the method: the term is in raw gradient units (README, "When the term dominates")
+
+def _convex_draws(seeds):
+    """torch's convex test problem (W (10, 5), b (10), x (5), loss ((W x + b)²).sum()), one
+    draw per seed, stacked: the optimizer is elementwise and the losses separate, so one batched
+    run steps every draw exactly as its own run would."""
+    ws, bs, xs = [], [], []
+    for s in seeds:
+        torch.manual_seed(s)
+        ws.append(torch.randn(10, 5))
+        bs.append(torch.randn(10))
+        xs.append(torch.randn(5))
+    return (torch.nn.Parameter(torch.stack(ws)), torch.nn.Parameter(torch.stack(bs)),
+            torch.stack(xs))
+
+
+def _convex_run(opt_cls, seeds, scale=1.0, steps=20, **kw):
+    w, b, x = _convex_draws(seeds)
+    opt = opt_cls([w, b], lr=1e-3, **kw)
+
+    def losses():
+        return (torch.einsum("sij,sj->si", w, x) + b).pow(2).sum(1) * scale
+
+    first = losses().detach()
+    for _ in range(steps):
+        opt.zero_grad()
+        losses().sum().backward()
+        opt.step()
+    return first, losses().detach(), opt
+
+
+def test_when_the_term_dominates_sin_can_climb_a_convex_loss():
+    """λ·sin(πθ)·g is in gradient units while Adam's step is normalised: at large gradients the
+    term dominates and climbs where sin(πθ) < 0, so the method is not invariant to rescaling the
+    loss. Measured on torch's convex problem, lr 1e-3, 20 steps, seeds 0-199 (torch 2.13 CPU):
+    sin-l0.5 fails to lower the loss in 24 of 200 draws, AdamW in none; seed 26 goes
+    141.86 -> 156.09. The paper's rule stays the default; this test pins the property."""
+    seeds = range(200)
+    first, last, _ = _convex_run(SuperpositionalAdamW, seeds, perturbation="sin",
+                                 quantum_weight=0.5)
+    climbs = int((last >= first).sum())
+    _, last_adamw, _ = _convex_run(torch.optim.AdamW, seeds)
+    assert int((last_adamw >= first).sum()) == 0
+    assert 15 <= climbs <= 35, climbs  # 24 measured; the band allows other kernels' rounding
+    assert float(first[26]) == pytest.approx(141.86, abs=0.01)
+    assert float(last[26]) == pytest.approx(156.09, abs=0.05)
+    # scale the same loss down 100-fold: the term no longer dominates, every draw goes down
+    first_s, last_s, _ = _convex_run(SuperpositionalAdamW, seeds, scale=0.01)
+    assert int((last_s >= first_s).sum()) == 0
+
+
+def test_track_ratio_warns_once_when_the_term_dominates():
+    with pytest.warns(RuntimeWarning, match=r"dominates the Adam step: .* = [0-9.]+ > 1") as rec:
+        _, _, opt = _convex_run(SuperpositionalAdamW, [26], track_ratio=True)
+    assert sum("dominates" in str(r.message) for r in rec) == 1
+    assert max(opt.ratio_history()) > 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a term that stays small never warns
+        _convex_run(SuperpositionalAdamW, [26], scale=1e-4, track_ratio=True)

@@ -20,6 +20,20 @@ from .spec import CircuitSpec, spec_gate_angles
 
 __all__ = ["to_qiskit", "run_aer"]
 
+_INSTALL = "pip install 'qsgd[quantum]' (or: pip install qiskit qiskit-aer)"
+
+
+def _require(module: str, what: str):
+    """Import ``module`` or raise ImportError saying what needs it and what to install (the
+    simulator itself is torch; only this cross-check needs Qiskit)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"{what} needs {module.split('.')[0]}, which is not installed: "
+                          f"{_INSTALL}") from err
+
 
 def _angle_array(spec: CircuitSpec, x: Tensor, w: Tensor | None) -> Tensor:
     """All gate angles of x (B, n), w (B|1, depth, 2, n) or None as one detached
@@ -51,7 +65,7 @@ def to_qiskit(
     qubit q, so ``Statevector(to_qiskit(...)).data`` equals ``simulate(...)`` for the same
     arguments. No measurement or save instruction is added.
     """
-    from qiskit import QuantumCircuit
+    QuantumCircuit = _require("qiskit", "to_qiskit (the Qiskit cross-check)").QuantumCircuit
 
     x = torch.as_tensor(angles, dtype=torch.float64).reshape(-1)
     n = x.numel()
@@ -78,9 +92,10 @@ def _aer_template(spec: CircuitSpec, has_weights: bool):
     """A parameterised, transpiled circuit (one Parameter per gate angle) and its simulator:
     (AerSimulator, transpiled circuit, parameters, their (layer, g, q) slots). Cached per
     circuit shape; ablations/bench_attention.py sets the simulator's thread count through it."""
-    from qiskit import QuantumCircuit, transpile
-    from qiskit.circuit import ParameterVector
-    from qiskit_aer import AerSimulator
+    qiskit = _require("qiskit", "backend='aer' (the Qiskit Aer cross-check)")
+    AerSimulator = _require("qiskit_aer", "backend='aer' (the Qiskit Aer cross-check)").AerSimulator
+    QuantumCircuit, transpile = qiskit.QuantumCircuit, qiskit.transpile
+    ParameterVector = _require("qiskit.circuit", "backend='aer'").ParameterVector
 
     ops = spec.gates(has_weights)
     slots = [slot for _, _, slot in ops if slot is not None]
