@@ -31,7 +31,8 @@ another grid's config (a learning-rate sweep), and a cell's ``lr = "selected"`` 
 variant at its own selected lr, ``lr = "selected:adamw"`` every variant at AdamW's (the shared
 lr; ``baseline_lr`` may say the same). The selection is each variant's best mean of the arm's
 validation metric in that grid (:func:`ablations.stats.lr_selection`); a sweep that has not
-finished is an error naming it.
+finished is an error naming it. ``[grid].selection = true`` marks such a sweep: its report
+shows the selection and judges no claim (its runs chose the settings; they do not also test).
 
 Typos fail loudly: an unknown key or variant id names the file (and the line, for TOML syntax).
 The arm's table is parsed into its options dataclass when the config loads
@@ -62,7 +63,8 @@ else:  # pragma: no cover
 __all__ = ["ConfigError", "RunSpec", "GridConfig", "load_config", "read_toml", "expand",
            "derived_seeds"]
 
-_GRID_KEYS = {"arm", "name", "results", "baseline_lr", "description", "protocol", "select_lr"}
+_GRID_KEYS = {"arm", "name", "results", "baseline_lr", "description", "protocol", "select_lr",
+              "selection"}
 _CELL_KEYS = {"name", "attention", "variants", "seeds", "lr", "task", "options"}
 #: the protocols a grid may follow (DESIGN.md: the paper's tables, or ours on validation data)
 PROTOCOLS = ("paper", "calibrated")
@@ -151,6 +153,8 @@ class GridConfig:
     cells: tuple[dict[str, Any], ...]
     arm_options: Any = None
     protocol: str = ""
+    #: a grid that selects hyperparameters (an lr sweep): its runs judge no claim
+    selection: bool = False
 
     @property
     def arm_obj(self) -> Arm:
@@ -245,6 +249,9 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
         if key in grid and not isinstance(grid[key], str):
             raise ConfigError(f"{path}: [grid].{key} must be a string, got {grid[key]!r}")
     protocol = grid.get("protocol", "")
+    selection = grid.get("selection", False)
+    if not isinstance(selection, bool):
+        raise ConfigError(f"{path}: [grid].selection must be true or false, got {selection!r}")
     if protocol and protocol not in PROTOCOLS:
         raise ConfigError(f"{path}: [grid].protocol must be one of {', '.join(PROTOCOLS)}, "
                           f"got {protocol!r}")
@@ -303,7 +310,8 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
            else Path(grid.get("results", f"results/{arm}"))).expanduser()
     return GridConfig(path=path, arm=arm, name=str(grid.get("name", arm)), results=res,
                       baseline_lr=baseline_lr, options=options, specs=tuple(specs.values()),
-                      cells=tuple(cells), arm_options=arm_options, protocol=protocol)
+                      cells=tuple(cells), arm_options=arm_options, protocol=protocol,
+                      selection=selection)
 
 
 def _lr_or_selected(value: Any, where: str, selected: dict[str, float] | None,

@@ -37,19 +37,26 @@ def _git(*args: str) -> subprocess.CompletedProcess | None:
 
 @functools.lru_cache(maxsize=1)
 def commit_info() -> tuple[str, bool]:
-    """(commit hash, dirty) of the code: from git where the tree has its history (dirty: a
-    tracked file differs from the commit); else from ``$QSGD_COMMIT`` (a copy of the tree on
-    another machine: ``<40 hex digits>``, or with ``-dirty`` appended when the copy had
-    uncommitted changes); else ("unknown", False)."""
+    """(commit hash, dirty) of the code.
+
+    ``$QSGD_COMMIT`` first, when set: whoever copies the tree to another machine names the
+    commit it copied (``<40 hex digits>``, with ``-dirty`` appended when the copy had
+    uncommitted changes); a git history that travels with such a copy may be stale (seen on
+    the GPU machines: a copy of the session's first commit), so the declaration wins. Else
+    git, where the tree has its history (dirty: a tracked file differs from the commit).
+    Else ("unknown", False); a ``$QSGD_COMMIT`` that is not a hash also gives "unknown".
+    """
+    env = os.environ.get(COMMIT_ENV, "").strip()
+    if env:
+        dirty = env.endswith("-dirty")
+        env = env.removesuffix("-dirty")
+        return (env, dirty) if _HASH.match(env) else ("unknown", False)
     head = _git("rev-parse", "--verify", "HEAD")
     sha = head.stdout.strip() if head is not None and head.returncode == 0 else ""
     if _HASH.match(sha):
         status = _git("status", "--porcelain", "--untracked-files=no")
         return sha, bool(status is not None and status.stdout.strip())
-    env = os.environ.get(COMMIT_ENV, "").strip()
-    dirty = env.endswith("-dirty")
-    env = env.removesuffix("-dirty")
-    return (env, dirty) if _HASH.match(env) else ("unknown", False)
+    return "unknown", False
 
 
 def commit() -> str:
@@ -65,10 +72,12 @@ def require_commit() -> str:
     sha, _ = commit_info()
     if sha == "unknown":
         raise ProvenanceError(
-            "cannot name the code's commit: this tree has no git history and "
-            f"${COMMIT_ENV} is not a 40-digit commit hash; set {COMMIT_ENV}=<hash> (with "
-            "-dirty appended if the copy has uncommitted changes) to the commit it was "
-            "copied from")
+            "cannot name the code's commit: "
+            + (f"${COMMIT_ENV} is not a 40-digit commit hash"
+               if os.environ.get(COMMIT_ENV, "").strip()
+               else f"this tree has no git history and ${COMMIT_ENV} is not set")
+            + f"; set {COMMIT_ENV}=<hash> (with -dirty appended if the copy has uncommitted "
+            "changes) to the commit it was copied from")
     return commit()
 
 

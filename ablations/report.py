@@ -216,7 +216,12 @@ def render_arm(cfg: GridConfig) -> Path:
     ctx = Context(cfg=cfg, arm=arm, runs=runs, curves=curves_table(records), stats=table,
                   records=records, evidence=evidence)
     body = _setup(ctx)
-    if table.empty:  # e.g. configs/calibration.toml: AdamW alone, nothing to compare
+    if cfg.selection:  # an lr sweep: the runs choose the settings, they do not also test
+        body.append("A selection grid (`[grid].selection`): its runs choose settings for other "
+                    "grids and judge no claim.\n")
+        for name in ("lr_sensitivity",):
+            body += _exhibit(name, ctx, None)
+    elif table.empty:  # e.g. configs/calibration.toml: AdamW alone, nothing to compare
         body.append("No comparisons: the grid has no variant besides its baselines"
                     + ("" if set(runs["variant"]) & set(arm.baselines) else
                        f" (and none of the baselines {', '.join(arm.baselines)})") + ".\n")

@@ -41,9 +41,16 @@ def recipe(name: str) -> str:
 
 
 def run_recipe(name: str) -> dict:
-    namespace: dict = {"__name__": f"readme_recipe_{name.replace('-', '_')}"}
-    exec(compile(recipe(name), f"README.md (recipe {name})", "exec"), namespace)  # noqa: S102
-    return namespace
+    # a real module in sys.modules: torch.compile (torch 2.11) imports a traced function's
+    # module by name to read its globals
+    import sys
+    import types
+
+    module = types.ModuleType(f"readme_recipe_{name.replace('-', '_')}")
+    sys.modules[module.__name__] = module
+    exec(compile(recipe(name), f"README.md (recipe {name})", "exec"),  # noqa: S102
+         module.__dict__)
+    return module.__dict__
 
 
 def _first_param_step(opt) -> int:

@@ -299,7 +299,7 @@ def test_the_runner_records_no_run_of_code_it_cannot_name(tmp_path, monkeypatch)
     (tmp_path / "p.toml").write_text(path)
     cfg = load_config(tmp_path / "p.toml")
     monkeypatch.setattr(prov, "_git", lambda *a: None)  # as on a copy without .git
-    for env in ("", "HEAD", "abc123"):
+    for env in ("", "HEAD", "abc123", "b" * 40 + "x"):
         prov.commit_info.cache_clear()
         monkeypatch.setenv("QSGD_COMMIT", env)
         with pytest.raises(prov.ProvenanceError, match=r"cannot name the code's commit"):
@@ -311,4 +311,9 @@ def test_the_runner_records_no_run_of_code_it_cannot_name(tmp_path, monkeypatch)
     (rec,) = load_records(cfg.results / "runs.jsonl")
     assert rec["provenance"]["commit"] == "a" * 40 + "-dirty" and rec["provenance"]["dirty"]
     assert rec["protocol"] == "calibrated" and "task" not in rec
+    # a declared commit wins over a git history that travelled with a copy (it may be stale)
+    monkeypatch.undo()
+    monkeypatch.setenv("QSGD_COMMIT", "c" * 40)
+    prov.commit_info.cache_clear()
+    assert prov.commit_info() == ("c" * 40, False)
     prov.commit_info.cache_clear()
