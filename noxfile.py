@@ -105,13 +105,15 @@ def _in_this_python(session, extras):
 
 @nox.session(python=False)
 def llm(session):
-    """The LLM arm: the real grid on a GPU, the tiny random config on a CPU."""
+    """The LLM arm on a GPU: the learning-rate selection on validation (llm-lr), then C6 at the
+    selected lr (llm-calibrated); on a CPU, the tiny random config."""
     _in_this_python(session, "harness,llm")
     has_gpu = session.run("python", "-c", "import torch; print(int(torch.cuda.is_available()))",
                           silent=True, external=True).strip().endswith("1")
     if has_gpu:
-        session.run("python", "-m", "ablations", "run", "ablations/configs/llm.toml",
-                    external=True)
+        for name in ("llm-lr", "llm-calibrated"):
+            session.run("python", "-m", "ablations", "run", f"ablations/configs/{name}.toml",
+                        external=True)
     else:
         session.log("no GPU: running the tiny random config; the real LLM arm needs a GPU "
                     "(python -m ablations run ablations/configs/llm.toml on a CUDA machine)")
