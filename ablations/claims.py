@@ -262,6 +262,14 @@ def _faster(median_variant: float, median_baseline: float) -> bool | None:
     return None if v == b else v < b
 
 
+def _tte_cell(claim: Claim, ev: Evidence) -> dict | None:
+    """The claim's cell when both of its variants have runs in it, else None (not run)."""
+    if ev.runs.empty or not {claim.variant, claim.baseline} <= set(ev.runs["variant"]):
+        return None
+    cell = claim.cell_of(ev)
+    return None if _select(ev.runs, cell).empty else cell
+
+
 def _sooner_verdict(tt: Mapping, alpha: float) -> str:
     """A time-to-target claim (the variant is faster): supported when the log-rank p < α and
     the variant's median is earlier, contradicted when p < α and it is later."""
@@ -276,11 +284,8 @@ def judge_time_to_target(claim: Claim, ev: Evidence) -> ClaimResult:
     supported when the log-rank p < α and the variant's median is lower."""
     from . import stats
 
-    if ev.runs.empty or ev.horizon is None or not {claim.variant, claim.baseline} <= set(
-            ev.runs["variant"]):
-        return not_run(claim)
-    cell = claim.cell_of(ev)
-    if _select(ev.runs, cell).empty:
+    cell = _tte_cell(claim, ev)
+    if cell is None or ev.horizon is None:
         return not_run(claim)
     tt = stats.time_to_target(ev.runs, claim.variant, claim.baseline, horizon=ev.horizon,
                               cell=cell)
@@ -365,9 +370,8 @@ def judge_time_to_target_seconds(claim: Claim, ev: Evidence) -> ClaimResult:
     their own training time); supported when p < α and the variant's median is lower."""
     from . import stats
 
-    cell = claim.cell_of(ev)
-    if ev.runs.empty or _select(ev.runs, cell).empty or not {claim.variant, claim.baseline} \
-            <= set(ev.runs["variant"]):
+    cell = _tte_cell(claim, ev)
+    if cell is None:
         return not_run(claim)
     t5 = stats.time_to_target(ev.runs, claim.variant, claim.baseline, horizon="sec_total",
                               time_col="sec_to_target", cell=cell)

@@ -283,18 +283,20 @@ def factorial(ctx: Context, claim: Claim | None) -> list[str]:
 @exhibit("lr_check")
 def lr_check(ctx: Context, claim: Claim | None) -> list[str]:
     metric = ctx.arm.metrics[0].name
+    base, variant = ctx.arm.baselines[:2]  # the arm's headline pair
+    attention = ctx.arm.attentions[0]
     runs = ctx.runs
-    sel = (runs["attention"] == "quantum") & runs["variant"].isin(["adamw", "sin-l0.5"])
+    sel = (runs["attention"] == attention) & runs["variant"].isin([base, variant])
     rows = []
     for lr in sorted(runs[sel]["lr"].unique()):
-        r = _row(ctx, metric, "sin-l0.5", "adamw", {"attention": "quantum", "lr": float(lr)})
+        r = _row(ctx, metric, variant, base, {"attention": attention, "lr": float(lr)})
         if r is not None:
-            rows.append({"lr": lr, "n": r["n"], "adamw": r["mean_baseline"],
-                         "sin-l0.5": r["mean_variant"], "diff": r["diff"],
+            rows.append({"lr": lr, "n": r["n"], base: r["mean_baseline"],
+                         variant: r["mean_variant"], "diff": r["diff"],
                          "ci_low": r["ci_low"], "ci_high": r["ci_high"],
                          "p_holm": r["p_holm"], "verdict": r["verdict"]})
     return ["## Learning-rate check\n",
-            f"sin-l0.5 against AdamW at each learning rate (quantum attention, "
+            f"{variant} against {base} at each learning rate ({attention} attention, "
             f"{ctx.label(metric)}):\n", md_table(pd.DataFrame(rows), None, 4)]
 
 

@@ -21,6 +21,7 @@ The built-in arms (``classifier``, ``llm``) register when first asked for by nam
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import importlib
 import math
@@ -113,7 +114,7 @@ def options_from_table(cls: type, table: Mapping[str, Any] | None, section: str)
     return cls(**values)
 
 
-class Arm:
+class Arm(abc.ABC):
     """Base class of an arm. Subclasses set the class attributes and implement :meth:`run`.
 
     name: the arm's id (``[grid].arm`` of a config, ``arm`` of a record).
@@ -182,11 +183,11 @@ class Arm:
         return {m.name: m.higher_is_better for m in self.metrics}
 
     # ------------------------------------------------------------------ running
+    @abc.abstractmethod
     def run(self, spec) -> dict[str, Any]:
         """Train and evaluate one spec; return ``{"metrics": {...}, "curve": [...]}`` and
         optionally ``"device"`` (a name for the provenance). Pure: everything it depends on is
         in ``spec`` (variant, attention, seed, lr, config)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ reporting
     def describe(self, cfg, runs) -> str:
