@@ -61,6 +61,9 @@ def _parser() -> tuple[argparse.ArgumentParser, tuple[argparse.ArgumentParser, .
                        help="results folder (default: the config's [grid].results)")
     run_p.add_argument("--workers", type=_workers, default=None,
                        help="processes (default: cores)")
+    run_p.add_argument("--runs-per-gpu", type=_workers, default=None,
+                       help="worker processes sharing each GPU (default: the config's "
+                       "[grid].runs_per_gpu, else 1)")
     run_p.add_argument("--limit", type=_count, default=None, help="start at most N runs")
     run_p.add_argument("--no-report", action="store_true")
     run_p.add_argument("--no-progress", action="store_true")
@@ -89,6 +92,8 @@ def _run(args) -> int:
     from .runner import run_grid
 
     cfg = _load(args)
+    if args.runs_per_gpu is not None:
+        cfg = dataclasses.replace(cfg, runs_per_gpu=args.runs_per_gpu)
     t0 = time.perf_counter()
     counts = run_grid(cfg, workers=args.workers, progress=not args.no_progress,
                       limit=args.limit)

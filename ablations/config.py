@@ -34,6 +34,10 @@ validation metric in that grid (:func:`ablations.stats.lr_selection`); a sweep t
 finished is an error naming it. ``[grid].selection = true`` marks such a sweep: its report
 shows the selection and judges no claim (its runs chose the settings; they do not also test).
 
+``[grid].runs_per_gpu`` (default 1; a GPU arm's setting) packs that many worker processes on
+each GPU: small-batch runs are launch-bound, and several per device use it better. It decides
+where runs go, not what they compute, so it is part of no run's key.
+
 Typos fail loudly: an unknown key or variant id names the file (and the line, for TOML syntax).
 The arm's table is parsed into its options dataclass when the config loads
 (:meth:`ablations.arms.Arm.parse_options`), so a wrong option fails before any run starts.
@@ -64,7 +68,7 @@ __all__ = ["ConfigError", "RunSpec", "GridConfig", "load_config", "read_toml", "
            "derived_seeds"]
 
 _GRID_KEYS = {"arm", "name", "results", "baseline_lr", "description", "protocol", "select_lr",
-              "selection"}
+              "selection", "runs_per_gpu"}
 _CELL_KEYS = {"name", "attention", "variants", "seeds", "lr", "task", "options"}
 #: the protocols a grid may follow (DESIGN.md: the paper's tables, or ours on validation data)
 PROTOCOLS = ("paper", "calibrated")
@@ -155,6 +159,9 @@ class GridConfig:
     protocol: str = ""
     #: a grid that selects hyperparameters (an lr sweep): its runs judge no claim
     selection: bool = False
+    #: worker processes sharing each GPU (a GPU arm's runs are launch-bound at small batch:
+    #: several per device use it better); not part of any run's key
+    runs_per_gpu: int = 1
 
     @property
     def arm_obj(self) -> Arm:
@@ -252,6 +259,10 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
     selection = grid.get("selection", False)
     if not isinstance(selection, bool):
         raise ConfigError(f"{path}: [grid].selection must be true or false, got {selection!r}")
+    runs_per_gpu = grid.get("runs_per_gpu", 1)
+    if not _is_int(runs_per_gpu) or runs_per_gpu < 1:
+        raise ConfigError(f"{path}: [grid].runs_per_gpu must be an integer >= 1, got "
+                          f"{runs_per_gpu!r}")
     if protocol and protocol not in PROTOCOLS:
         raise ConfigError(f"{path}: [grid].protocol must be one of {', '.join(PROTOCOLS)}, "
                           f"got {protocol!r}")
@@ -311,7 +322,7 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
     return GridConfig(path=path, arm=arm, name=str(grid.get("name", arm)), results=res,
                       baseline_lr=baseline_lr, options=options, specs=tuple(specs.values()),
                       cells=tuple(cells), arm_options=arm_options, protocol=protocol,
-                      selection=selection)
+                      selection=selection, runs_per_gpu=runs_per_gpu)
 
 
 def _lr_or_selected(value: Any, where: str, selected: dict[str, float] | None,

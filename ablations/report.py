@@ -29,6 +29,7 @@ from .config import GridConfig, SelectionPending, load_config
 from .exhibits import EXHIBITS, Context, md_table
 from .fmt import num
 from .records import RUNS_FILE, json_default, load_records
+from .sweeplog import SWEEPS_FILE, load_sweeps
 from .tables import EARLIER, IDENTITY, current_records, curves_table, runs_table
 
 __all__ = ["runs_table", "curves_table", "render_arm", "render_ledger", "render_all",
@@ -166,6 +167,30 @@ def _claim_section(ctx: Context, claim: Claim, res: ClaimResult) -> list[str]:
     return body
 
 
+def _sweeps_section(out: Path) -> list[str]:
+    """The sweep log (:mod:`ablations.sweeplog`): wall clock, workers, packing and GPU
+    utilisation of each session that ran runs of this grid; nothing when there is no log."""
+    sweeps = load_sweeps(out)
+    if not sweeps:
+        return []
+    rows = []
+    for s in sweeps:
+        gpu = s.get("gpu") or {}
+        rows.append({"started (UTC)": str(s.get("started", ""))[:16],
+                     "runs": s.get("ran"), "wall (min)": s.get("wall_s", float("nan")) / 60,
+                     "min per run": s.get("wall_s", float("nan")) / 60 / max(1, s["ran"]),
+                     "workers": s.get("workers"), "runs per GPU": s.get("runs_per_gpu"),
+                     "GPU util (mean %)": gpu.get("util_mean", "—"),
+                     "GPU mem max (MiB)": gpu.get("mem_max_mib", "—"),
+                     "commit": str(s.get("commit", ""))[:7]
+                     + (" (dirty)" if s.get("dirty") else "")})
+    return ["## Sweeps: wall clock and GPU use\n",
+            f"From `{SWEEPS_FILE}`: one row per session of `python -m ablations run` that ran "
+            "runs (workers: processes; GPU utilisation: the time share with a kernel running, "
+            "sampled by nvidia-smi every 2 s, mean over devices).\n",
+            md_table(pd.DataFrame(rows), digits=3)]
+
+
 def _statistics_note(ctx: Context) -> str:
     margins = []
     for m in ctx.arm.compared_metrics:
@@ -233,6 +258,7 @@ def render_arm(cfg: GridConfig) -> Path:
         for name in arm.analyses:
             body += _exhibit(name, ctx, None)
         body.append(_statistics_note(ctx))
+    body += _sweeps_section(out)
     figs = out / "figures"
     for name, fig in ctx.figures.items():
         save_figure(fig, figs / name)

@@ -30,8 +30,9 @@ from typing import Any
 
 from .arms import get_arm
 from .config import GridConfig, RunSpec, expand
-from .provenance import provenance, require_commit
+from .provenance import commit_info, cpu_model, provenance, require_commit, utc_now
 from .records import RUNS_FILE, append_record, load_records, prepare_results, results_lock
+from .sweeplog import GpuSampler, append_sweep
 
 __all__ = ["run_one", "run_grid", "load_records", "append_record", "provenance",
            "default_executor", "RUNS_FILE", "SweepInterrupted"]
@@ -108,10 +109,16 @@ def _worker_init(modules: Sequence[str] = (), parent: int | None = None) -> None
     _import_all(modules)
 
 
-def _gpu_worker_init(queue, modules: Sequence[str] = (), parent: int | None = None) -> None:
-    # pin this worker to one GPU before torch initialises CUDA
+def _gpu_worker_init(queue, modules: Sequence[str] = (), parent: int | None = None,
+                     threads: int = 0) -> None:
+    # pin this worker to one GPU before torch initialises CUDA; workers that share the host
+    # split its cores (``threads``; 0: torch's default)
     _watch_parent(parent)
     os.environ["CUDA_VISIBLE_DEVICES"] = str(queue.get())
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     _import_all(modules)
 
 
@@ -120,12 +127,16 @@ def cpu_count() -> int:
         os.cpu_count() or 1)
 
 
-def default_executor(max_workers: int | None = None, arm: str = "classifier") -> cf.Executor:
+def default_executor(max_workers: int | None = None, arm: str = "classifier",
+                     runs_per_gpu: int = 1) -> cf.Executor:
     """Processes (spawned: safe with torch) for the arm's resources: over the available cores
-    for a CPU arm, one thread each; one per visible GPU for a GPU arm, each pinned to its GPU
-    (one process when there is none). Each worker imports the arm's module first, so an arm
-    registered outside the built-ins runs too, ignores SIGINT and exits when this process
-    dies (:func:`_watch_parent`)."""
+    for a CPU arm, one thread each; ``runs_per_gpu`` per visible GPU for a GPU arm, each
+    pinned to its GPU and given an equal share of the cores (one process when there is no
+    GPU). Each worker imports the arm's module first, so an arm registered outside the
+    built-ins runs too, ignores SIGINT and exits when this process dies
+    (:func:`_watch_parent`)."""
+    if isinstance(runs_per_gpu, bool) or not isinstance(runs_per_gpu, int) or runs_per_gpu < 1:
+        raise ValueError(f"runs_per_gpu must be an integer >= 1, got {runs_per_gpu!r}")
     ctx = mp.get_context("spawn")
     a = get_arm(arm)
     modules, parent = (type(a).__module__,), os.getpid()
@@ -133,13 +144,17 @@ def default_executor(max_workers: int | None = None, arm: str = "classifier") ->
         n_gpu = _visible_gpus()
         if n_gpu > 0:
             # a plain queue, handed over at spawn: a Manager would be one more process that
-            # outlives a killed sweep
+            # outlives a killed sweep. Device i appears runs_per_gpu times, so the pool's
+            # workers pack that many on each GPU (round robin: 0, 1, …, 0, 1, …)
             queue = ctx.Queue()
-            for i in range(n_gpu):
-                queue.put(i)
-            return cf.ProcessPoolExecutor(max_workers=n_gpu, mp_context=ctx,
+            for _ in range(runs_per_gpu):
+                for i in range(n_gpu):
+                    queue.put(i)
+            n = n_gpu * runs_per_gpu
+            threads = max(1, cpu_count() // n) if runs_per_gpu > 1 else 0
+            return cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx,
                                           initializer=_gpu_worker_init,
-                                          initargs=(queue, modules, parent))
+                                          initargs=(queue, modules, parent, threads))
         return cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_pool_init,
                                       initargs=(modules, parent))
     n = max_workers or cpu_count()
@@ -198,8 +213,11 @@ def run_grid(
         own = executor is None
         ex = executor
         bar = None
+        sampler = GpuSampler().start() if config.arm_obj.resources == "gpu" else None
+        started, t0, interrupted = utc_now(), time.perf_counter(), False
         try:
-            ex = ex or default_executor(workers, arm=config.arm)
+            ex = ex or default_executor(workers, arm=config.arm,
+                                        runs_per_gpu=config.runs_per_gpu)
             bar = _progress(len(todo), config.name, progress)
             futures = {ex.submit(run_fn, s): s for s in todo}
             for fut in cf.as_completed(futures):
@@ -228,13 +246,33 @@ def run_grid(
                 stored = {r["key"] for r in load_records(runs_path)}
             counts["stored"] = sum(s.key in stored for s in config.specs)
             counts["ran"] = counts["stored"] - done_before
+            interrupted = True
             raise SweepInterrupted(counts, folder) from None
         finally:
             if bar is not None:
                 bar.close()
             if own and ex is not None:
                 ex.shutdown(cancel_futures=True)
+            _log_sweep(folder, config, counts, started, time.perf_counter() - t0, ex,
+                       sampler, interrupted)
     return counts
+
+
+def _log_sweep(folder, config: GridConfig, counts: dict[str, int], started: str,
+               wall: float, ex: cf.Executor | None, sampler: GpuSampler | None,
+               interrupted: bool) -> None:
+    """One line of ``sweeps.jsonl`` (:mod:`ablations.sweeplog`) for a session that ran
+    something: its wall clock, workers, packing and GPU utilisation."""
+    gpu = sampler.stop() if sampler is not None else None
+    if counts["ran"] == 0:
+        return
+    sha, dirty = commit_info()
+    append_sweep(folder, dict(
+        grid=config.name, started=started, wall_s=round(wall, 1), ran=counts["ran"],
+        stored=counts["stored"], total=counts["total"],
+        interrupted=interrupted,
+        workers=getattr(ex, "_max_workers", None), runs_per_gpu=config.runs_per_gpu,
+        commit=sha, dirty=dirty, cpu=cpu_model(), gpu=gpu))
 
 
 def _stop_workers(ex: cf.Executor) -> None:
