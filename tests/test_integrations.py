@@ -170,6 +170,22 @@ def test_amp_recipe_fp16_gradscaler_on_cuda():
     assert final < 0.1 * var
 
 
+@pytest.fixture(autouse=True)
+def _forget_cached_triton_probes():
+    """After each test, clear torch's cached "is Triton usable" answers: a test that pretends
+    there is no CUDA (``torch.cuda.is_available`` patched to False, for a recipe's CPU branch)
+    would otherwise leave ``torch.utils._triton.has_triton() == False`` cached for the rest of
+    the process, and a later CUDA test's inductor would fail with TritonMissing (seen on the
+    H200: the CPU compile test ran first)."""
+    yield
+    import torch.utils._triton as probes
+
+    for name in dir(probes):
+        clear = getattr(getattr(probes, name), "cache_clear", None)
+        if callable(clear):
+            clear()
+
+
 # ---------------------------------------------------------------------------------------------
 # FSDP2
 
