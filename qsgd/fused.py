@@ -19,10 +19,10 @@ has fewer than 2**31 − 2**20 elements, Triton can be imported, and ``track_rat
 Which perturbations have a kernel is a property of their class: ``Perturbation.fused_code``
 (the kernel's constexpr ``PERT``), read from the exact class only, so a subclass that overrides
 ``term`` never inherits a kernel that would not see its override. :data:`FUSED_PERTURBATIONS`
-is derived from the registry. Anything else (``anneal``, ``anti``, ``circuit``, custom
-perturbations, CPU tensors, other dtypes, non-contiguous tensors, ``track_ratio=True``, no
-Triton) falls back silently to the foreach or per-tensor path; :func:`fused_unsupported_reason`
-is the one support check, and says why for a given group.
+is derived from the registry. Anything else (``anneal``, ``anti``, ``circuit``, ``sinnorm``,
+``moment``, custom perturbations, CPU tensors, other dtypes, non-contiguous tensors,
+``track_ratio=True``, no Triton) falls back silently to the foreach or per-tensor path;
+:func:`fused_unsupported_reason` is the one support check, and says why for a given group.
 
 gauss and unif need s = RMS of sin(πθ) over each in-scope tensor *before* the update, a
 reduction: it is a first pass over θ (partial sums per block, then one fixed-order sum per
@@ -95,8 +95,9 @@ _CACHE_SIZE = 32
 
 
 def _class_code(cls: type[Perturbation]) -> int | None:
-    # the class's own attribute, not an inherited one (see fused_code)
-    return cls.__dict__.get("fused_code")
+    # the class's own attribute, not an inherited one (see fused_code); the kernel adds a
+    # direction term, so a class of another kind has none whatever it sets
+    return cls.__dict__.get("fused_code") if cls.kind == "direction" else None
 
 
 def fused_code(perturbation: Perturbation) -> int | None:
@@ -104,7 +105,7 @@ def fused_code(perturbation: Perturbation) -> int | None:
 
     Read from ``type(perturbation).__dict__``, not by attribute lookup: only the class that
     sets ``fused_code`` gets the kernel, never a subclass (which may override ``term``, and the
-    kernel would not see the override)."""
+    kernel would not see the override). None for every kind but ``"direction"``."""
     return _class_code(type(perturbation))
 
 
@@ -131,11 +132,17 @@ def fused_unsupported_reason(
 
     The one support check: :func:`fused_group` runs it on every step, so the common (supported)
     case maps C-level accessors over all tensors with no Python loop; a reason string is only
-    built for an unsupported group. Requirements: a perturbation with a kernel
-    (:func:`fused_code`), at least one tensor, every tensor on one CUDA device, of one dtype
-    (float32 or bfloat16), contiguous, each gradient and moment of its parameter's size,
-    fewer than 2**31 − 2**20 elements, and Triton importable.
+    built for an unsupported group. Requirements: a perturbation of the direction kind (the
+    kernel adds λ·Q to Adam's direction; the normalized-kind sinnorm, the first-moment-kind
+    moment and the gradient-kind anneal place their term elsewhere and take the foreach path)
+    with a kernel (:func:`fused_code`), at least one tensor, every tensor on one CUDA device,
+    of one dtype (float32 or bfloat16), contiguous, each gradient and moment of its parameter's
+    size, fewer than 2**31 − 2**20 elements, and Triton importable.
     """
+    if perturbation.kind != "direction":  # even with a fused_code: the kernel would misplace it
+        return (f"perturbation {perturbation!r} has no fused kernel: its term is of kind "
+                f"{perturbation.kind!r}, the kernel adds a direction term "
+                f"(fused: {', '.join(fused_perturbations())})")
     if fused_code(perturbation) is None:
         return (f"perturbation {perturbation!r} has no fused kernel "
                 f"(fused: {', '.join(fused_perturbations())})")

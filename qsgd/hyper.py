@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .perturbations import get_perturbation
+from .perturbations import KINDS, get_perturbation
 
 __all__ = ["DEFAULTS", "SCOPES", "NONFINITE", "check_group", "check_settings", "complete"]
 
@@ -109,9 +109,12 @@ def check_group(group: dict[str, Any], where: str = "") -> None:
         raise ValueError(f"{where}decoupled_weight_decay=False is not supported: the weight "
                          "decay of SuperpositionalAdamW is decoupled, as torch.optim.AdamW's")
     try:
-        get_perturbation(group["perturbation"])
+        pert = get_perturbation(group["perturbation"])
     except ValueError as err:  # the message lists the valid names
         raise ValueError(f"{where}{err}") from None
+    if pert.kind not in KINDS:  # an instance of an unregistered class is not checked by register
+        raise ValueError(f"{where}invalid perturbation kind: {pert.kind!r} of {pert!r} "
+                         f"(valid kinds: {', '.join(KINDS)})")
 
 
 def check_settings(nonfinite: Any, track_ratio: Any, skipped_steps: Any = 0,

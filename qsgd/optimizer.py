@@ -77,7 +77,11 @@ class SuperpositionalAdamW(Optimizer):
 
         θ ← (1 − lr·wd)·θ − lr·( m̂/(√v̂ + ε) + λ·Q(θ_before_decay, g) )
 
-    with Q_i = sin(π θ_i)·g_i for the paper's ``perturbation="sin"``.
+    with Q_i = sin(π θ_i)·g_i for the paper's ``perturbation="sin"``. Two variants place the
+    sine elsewhere (:data:`qsgd.perturbations.KINDS`): ``"sinnorm"`` multiplies Adam's own
+    direction, Q = sin(πθ)⊙m̂/(√v̂+ε) (invariant to rescaling the loss, up to ε), and
+    ``"moment"`` (our reading of the paper's undefined "moment updates") feeds
+    (1 + λ·sin(πθ))⊙g into the first moment only, v from the raw g.
 
     It keeps ``torch.optim.AdamW``'s contracts (tested in tests/test_contracts.py): param groups,
     step and state_dict hooks, ``state_dict``/``load_state_dict`` (a state_dict missing keys,
@@ -107,7 +111,8 @@ class SuperpositionalAdamW(Optimizer):
         weight_decay: decoupled weight decay, as ``torch.optim.AdamW`` (default 1e-2).
         quantum_weight: λ, the weight of the perturbation (default 0.5, the paper's best).
         perturbation: a registry name (``qsgd.perturbations.available()``: none, sin, cos,
-            taylor, gauss, unif, anneal, anti, circuit) or a ``Perturbation`` object
+            taylor, gauss, unif, anneal, anti, circuit, sinnorm, moment) or a ``Perturbation``
+            object
             (default ``"sin"``). A name keeps ``state_dict`` loadable with
             ``torch.load(weights_only=True)``; an object does not.
         scope: ``"all"`` (default): Q on every coordinate; ``"first_n"``: Q only on the first
@@ -133,7 +138,10 @@ class SuperpositionalAdamW(Optimizer):
             what a step under ``torch.compile(fullgraph=True)`` needs). Tensors on the
             ``meta`` device hold no values and are not checked.
         track_ratio: record ‖λ·Q‖/‖m̂/(√v̂+ε)‖ over all tensors each step (costs extra work and
-            one host sync); read it with :meth:`perturbation_ratio`. The first step whose ratio
+            one host sync); read it with :meth:`perturbation_ratio`. Q is the term in the units
+            it is added in (:mod:`qsgd.update`): for sinnorm Q = sin(πθ)⊙m̂/(√v̂+ε), so the
+            ratio is at most λ; for moment, ξ/(√v̂+ε) with ξ = sin(πθ)·g the term that m
+            averages in (Adam's units); for anneal ξ in gradient units. The first step whose ratio
             exceeds 1 warns (once): the term then dominates Adam's step (README, "When the term
             dominates").
         amsgrad: keep the running maximum of v and divide by it, as
@@ -312,7 +320,9 @@ class SuperpositionalAdamW(Optimizer):
                 f"nonfinite={self.nonfinite!r} reads one flag on the host each step, which a "
                 "torch.compile graph cannot do: pass nonfinite='off' to compile the step")
         checks = [torch.isfinite(g.sum(dtype=torch.float64)) for g in flat.values()]
-        rest = [g for w in work if w.gi not in flat for g in w.grads if g.device.type != "meta"]
+        # an empty tensor has no infinity norm (torch raises) and nothing to check
+        rest = [g for w in work if w.gi not in flat for g in w.grads
+                if g.device.type != "meta" and g.numel()]
         if rest:
             maxabs = torch._foreach_norm(rest, float("inf"))
             dev = maxabs[0].device
@@ -440,9 +450,10 @@ class SuperpositionalAdamW(Optimizer):
             self._warned_dominant = True
             warnings.warn(
                 f"the perturbation term dominates the Adam step: ||lambda*Q|| / ||Adam step|| "
-                f"= {float(ratio):.3g} > 1. The term is in gradient units while Adam's step is "
-                "normalised, so at large gradients it can raise the loss (README: 'When the "
-                "term dominates'). Warned once per optimizer.", RuntimeWarning, stacklevel=2)
+                f"= {float(ratio):.3g} > 1. A term in gradient units (sin and its controls) "
+                "meets Adam's normalised step, so at large gradients it can raise the loss "
+                "(README: 'When the term dominates'). Warned once per optimizer.",
+                RuntimeWarning, stacklevel=2)
 
     def _flat_state(self, gi: int, params: list[Tensor], m: list[Tensor],
                     v: list[Tensor]) -> tuple[Tensor, Tensor]:

@@ -1,13 +1,20 @@
 """The perturbation family: one small object per variant, one registry.
 
-A perturbation is the term that Superpositional Gradient Descent adds to Adam. It comes in two
-kinds:
+A perturbation is the term that Superpositional Gradient Descent adds to Adam. With
+u = m̂/(√v̂+ε) Adam's (bias-corrected, normalised) direction, it comes in four kinds
+(:data:`KINDS`), each naming where the tensor that :meth:`Perturbation.term` returns enters
+the step:
 
 * ``kind = "direction"``: a tensor Q added to the Adam direction,
-  ``θ ← θ − lr·(m̂/(√v̂+ε) + λ·Q)``. The paper's sine, and every control of the same shape
+  ``θ ← θ − lr·(u + λ·Q)``. The paper's sine, and every control of the same shape
   (cos, taylor, gauss, unif, anti, circuit).
-* ``kind = "gradient"``: a tensor ξ added to the gradient *before* the moments,
+* ``kind = "gradient"``: a tensor ξ added to the gradient *before* both moments,
   ``g ← g + λ·ξ`` (anneal, as ``optax.add_noise``).
+* ``kind = "normalized"``: a factor r that multiplies Adam's own direction,
+  ``θ ← θ − lr·(u + λ·r⊙u)``, i.e. Q = r⊙u: a term in the units of Adam's step, so the update
+  is invariant to rescaling the loss as Adam's is (sinnorm).
+* ``kind = "first-moment"``: a factor f on the gradient in the *first* moment only,
+  ``m ← β1·m + (1−β1)·(1 + λ·f)⊙g``, while v averages the raw g² (moment).
 
 Every perturbation sees the *flattened in-scope slice* of one parameter tensor: θ (before this
 step's weight decay) and g, both 1-D and of the same length, plus a :class:`Context` carrying
@@ -46,6 +53,7 @@ __all__ = [
     "sinpi",
     "cospi",
     "noise_key",
+    "KINDS",
     "None_",
     "Sin",
     "Cos",
@@ -55,7 +63,12 @@ __all__ = [
     "Anneal",
     "Anti",
     "Circuit",
+    "SinNorm",
+    "Moment",
 ]
+
+#: where a perturbation's term enters the step (module docstring; ``Perturbation.kind``)
+KINDS = ("direction", "gradient", "normalized", "first-moment")
 
 def sinpi(x: Tensor) -> Tensor:
     """sin(π x), exactly 0 at integers and accurate for large |x| (argument reduced first)."""
@@ -129,15 +142,17 @@ class Context:
 class Perturbation(abc.ABC):
     """Base class. Subclasses set ``name`` and implement :meth:`term`.
 
-    ``term(theta, grad, ctx)`` returns Q (direction kind) or ξ (gradient kind) for 1-D
-    ``theta`` and ``grad`` of equal length, in their dtype and device; the optimizer multiplies
-    it by λ. It must not modify its inputs.
+    ``term(theta, grad, ctx)`` returns Q (direction kind), ξ (gradient kind) or a factor
+    (r: normalized kind, f: first-moment kind) for 1-D ``theta`` and ``grad`` of equal length,
+    in their dtype and device; the optimizer multiplies it by λ (module docstring). It must not
+    modify its inputs.
 
     Class attributes (read by the optimizer, the fused dispatch and the theory checks, so a
     variant's properties live on its class and nowhere else):
 
-    * ``name``: the registry name. ``kind``: ``"direction"`` or ``"gradient"`` (module
-      docstring). ``stochastic``: the term draws keyed noise.
+    * ``name``: the registry name. ``kind``: one of :data:`KINDS`, ``"direction"``,
+      ``"gradient"``, ``"normalized"`` or ``"first-moment"`` (module docstring; checked by
+      :func:`register` and by the optimizer). ``stochastic``: the term draws keyed noise.
     * ``elementwise``: Q_i depends on (θ_i, g_i) alone, so one call on several tensors
       concatenated equals the calls tensor by tensor (the flat CPU path uses this).
     * ``fused_code``: the perturbation code (constexpr ``PERT``) of the fused Triton kernel
@@ -148,12 +163,16 @@ class Perturbation(abc.ABC):
     * ``q_over_g_bound``: a bound B with |Q_i| ≤ B·|g_i| for every θ and every step (for the
       direction kind), ``math.inf`` when there is none: 0 for none, 1 for sin, cos and circuit
       (|sin|, |cos|, |⟨X⟩| ≤ 1), √3 for unif (|ξ| ≤ √3·RMS(sin πθ) ≤ √3), ∞ for taylor (π|θ|
-      grows with θ), gauss (unbounded normal), anti (additive, not a multiple of g) and the
-      gradient-kind anneal. Used by the theory checks' update-size bound.
+      grows with θ), gauss (unbounded normal), anti (additive, not a multiple of g), the
+      gradient-kind anneal, and the two kinds whose term is not added to the direction in
+      gradient units: the normalized-kind sinnorm (Q = r⊙u is a multiple of Adam's step, not of
+      g: |Q_i| ≤ |u_i|, a bound in step units only) and the first-moment-kind moment (its
+      term enters m, and through m every later step). Used by the theory checks' update-size
+      bound, which reads it for the direction kind only.
     """
 
     name: ClassVar[str] = ""
-    kind: ClassVar[str] = "direction"  # or "gradient"
+    kind: ClassVar[str] = "direction"  # one of KINDS
     stochastic: ClassVar[bool] = False
     elementwise: ClassVar[bool] = False
     fused_code: ClassVar[int | None] = None
@@ -185,6 +204,9 @@ def register(cls: type[Perturbation]) -> type[Perturbation]:
     """Class decorator: make ``cls`` available under ``cls.name``."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
+    if cls.kind not in KINDS:
+        raise ValueError(f"{cls.__name__}: invalid kind {cls.kind!r} (valid kinds: "
+                         f"{', '.join(KINDS)})")
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -501,3 +523,52 @@ class Circuit(Perturbation):
             out.append(r[start:start + length].mul(g))
             start += length + (-length) % n
         return out
+
+
+@register
+class SinNorm(Perturbation):
+    """The sine on Adam's normalised step: Q_i = sin(π θ_i) · m̂_i/(√v̂_i+ε).
+
+    Kind ``"normalized"``: :meth:`term` returns the factor r = sin(π θ) (θ before this step's
+    weight decay, as every term) and the optimizer forms Q = r⊙u with u = m̂/(√v̂+ε) this
+    step's Adam direction, so ``θ ← θ − lr·(u + λ·sin(πθ)⊙u) = θ − lr·(1 + λ·sin(πθ))⊙u``.
+    The form a practitioner would try to make the paper's term scale-invariant: multiplying the
+    loss by c > 0 multiplies m̂ by c and √v̂ by c, so the trajectory changes only through ε (the
+    paper's term sin(πθ)·g grows with c). ‖λQ‖ ≤ λ·‖u‖, so the recorded ratio
+    ‖λQ‖/‖Adam step‖ is at most λ; for λ < 1 every coordinate moves in Adam's direction, by
+    a factor in [1 − λ, 1 + λ].
+    """
+
+    name = "sinnorm"
+    kind = "normalized"
+    elementwise = True
+    q_over_g_bound = math.inf  # Q = r⊙u is a multiple of Adam's step, not of g
+
+    def term(self, theta, grad, ctx):
+        return sinpi(theta)
+
+    def terms(self, thetas, grads, ctxs):
+        return foreach_sinpi(thetas)
+
+
+@register
+class Moment(SinNorm):
+    """Our *reading* of the paper's undefined arm "Adam with quantum-inspired moment updates".
+
+    PAPER.md lists the arm but never defines it. We read it as the sine entering the first
+    moment only, with θ before this step's weight decay::
+
+        m ← β1·m + (1−β1)·(1 + λ·sin(πθ))⊙g      v ← β2·v + (1−β2)·g²  (the raw g)
+        θ ← θ − lr·m̂/(√v̂+ε)
+
+    Kind ``"first-moment"``: :meth:`term` returns the factor f = sin(π θ) (as
+    :class:`SinNorm`, whose term it inherits) and the optimizer feeds (1 + λ·f)⊙g into m alone.
+    This is a documented reading, not the paper's definition: the arm's results speak for this
+    reading only. For λ < 1 each input to m has the sign of g (1 + λ·f ≥ 1 − λ > 0). Were θ
+    constant, m would be (1 + λ·sin(πθ))⊙ Adam's m and the variant would be sinnorm; it differs
+    in that the factor enters with each step's θ and decays with β1.
+    """
+
+    name = "moment"
+    kind = "first-moment"
+    q_over_g_bound = math.inf  # the term enters m, not the direction

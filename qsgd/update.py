@@ -10,8 +10,22 @@ restated in PAPER.md; decoupled decay as Loshchilov & Hutter 2019)::
     m̂ = m/(1−β1^t) ;  v̂ = v/(1−β2^t)            # bias_correction=True; False: m̂ = m, v̂ = v
     θ ← θ − lr·( m̂/(√v̂ + ε) + λ·Q )
 
-Perturbations of kind ``"gradient"`` (anneal) instead replace g by g + λ·ξ before the moments.
-AMSGrad (``amsgrad=True``) divides by √max(v) instead of √v, as ``torch.optim.AdamW``.
+The kind of the perturbation (:data:`qsgd.perturbations.KINDS`) says where its term goes:
+``"direction"``: Q as above. ``"gradient"`` (anneal): g is replaced by g + λ·ξ before both
+moments. ``"normalized"`` (sinnorm): the term is a factor r and Q = r⊙u with u = m̂/(√v̂ + ε)
+this step's Adam direction, so θ ← θ − lr·(u + λ·r⊙u). ``"first-moment"`` (moment): the term
+is a factor f and m ← β1·m + (1−β1)·(g + λ·f⊙g), v from the raw g (no Q). Each is computed
+from θ before the decay and applies to the in-scope entries only (``scope``); the other entries
+get exactly the AdamW update. AMSGrad (``amsgrad=True``) divides by √max(v) instead of √v, as
+``torch.optim.AdamW``.
+
+The diagnostic ``stats`` (``track_ratio``) hold ‖P‖² and ‖u‖² summed over tensors, with P the
+perturbation in the units it is added in: λ·Q (direction), λ·ξ (gradient: gradient units,
+against a normalised step), λ·r⊙u (normalized: the ratio ‖P‖/‖u‖ is at most λ·max|r|), and
+for the first-moment kind P = λf/(1 + λf)⊙u (0 where 1 + λf = 0), the part of m̂ that the
+term holds when f is constant over the moment's averaging window (then m is (1 + λf)⊙ the
+unperturbed m; θ, hence f, moves by O(lr) a step). The last needs no state beyond m and v;
+the exact part would need a third moment buffer.
 
 * :func:`reference_step`: the maths for one real tensor (the reference).
 * :func:`_foreach_group`: the same with ``torch._foreach_*`` kernels over a list of tensors.
@@ -29,7 +43,7 @@ import torch
 from torch import Tensor
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from .perturbations import Context, None_, Perturbation
+from .perturbations import KINDS, Context, None_, Perturbation, available, perturbation_class
 
 __all__ = ["reference_step", "in_scope"]
 
@@ -45,6 +59,37 @@ def _concat(tensors: list[Tensor]) -> Tensor:
     if len(tensors) == 1:
         return tensors[0].reshape(-1).clone()
     return _flatten_dense_tensors(tensors)
+
+
+def _route(perturbation: Perturbation, term):
+    """(q, gradient ξ, normalized factor r, first-moment factor f): ``term`` (a tensor or a
+    list) in the slot that ``perturbation.kind`` names (:data:`KINDS` order), None elsewhere."""
+    kind = perturbation.kind
+    if kind not in KINDS:
+        raise ValueError(f"perturbation {perturbation!r}: invalid kind {kind!r} "
+                         f"(valid kinds: {', '.join(KINDS)})")
+    return tuple(term if kind == k else None for k in KINDS)
+
+
+def _moment_share(f: Tensor, lam: float) -> Tensor:
+    """λf/(1 + λf), 0 where 1 + λf = 0: the term's part of m for a constant factor f."""
+    den = f * lam + 1.0
+    return torch.where(den != 0, (f * lam) / den, torch.zeros_like(f))
+
+
+def _with_term(grad: Tensor, term: Tensor, lam: float, scope: str, n_qubits: int) -> Tensor:
+    """A contiguous copy of ``grad`` with λ·term added to its in-scope entries."""
+    out = grad.clone(memory_format=torch.contiguous_format)
+    in_scope(out.view(-1), scope, n_qubits).add_(term, alpha=lam)
+    return out
+
+
+def _foreach_with_terms(grads: list[Tensor], terms: list[Tensor], lam: float, scope: str,
+                        n_qubits: int) -> list[Tensor]:
+    """:func:`_with_term` of every tensor of a list (one multi-tensor add, same bits)."""
+    out = [g.clone(memory_format=torch.contiguous_format) for g in grads]
+    torch._foreach_add_([in_scope(g.view(-1), scope, n_qubits) for g in out], terms, alpha=lam)
+    return out
 
 
 def _bias_corrections(step: int, beta1: float, beta2: float, on: bool) -> tuple[float, float]:
@@ -83,40 +128,46 @@ def reference_step(
     ``max_exp_avg_sq`` (AMSGrad, as ``torch.optim.AdamW(amsgrad=True)``): when given, it becomes
     max(itself, v) and replaces v in the denominator. ``maximize`` is the caller's: it passes −g.
     Op order mirrors ``torch.optim.AdamW``'s single-tensor path, so λ = 0 matches it exactly.
+    The perturbation's kind says where its term enters (module docstring).
     """
     lam = quantum_weight
     active = lam != 0.0 and not isinstance(perturbation, None_)
-    q = None
+    q = factor = m_factor = None
     if active:
         ctx = Context(step=step, seed=seed, index=index, n_qubits=n_qubits)
         theta_s = in_scope(param.reshape(-1), scope, n_qubits)
         grad_s = in_scope(grad.reshape(-1), scope, n_qubits)
         term = perturbation.term(theta_s, grad_s, ctx)
-        if perturbation.kind == "gradient":
-            grad = grad.clone()
-            in_scope(grad.view(-1), scope, n_qubits).add_(term, alpha=lam)
-        else:
-            q = term
-        if stats is not None:
+        q, g_term, factor, m_factor = _route(perturbation, term)
+        if g_term is not None:
+            grad = _with_term(grad, g_term, lam, scope, n_qubits)
+        if stats is not None and (q is not None or g_term is not None):
             _acc(stats, "pert_sq", term.double().pow(2).sum() * (lam * lam))
 
     _adam_update(param, grad, exp_avg, exp_avg_sq, q, step=step, lr=lr, beta1=beta1,
                  beta2=beta2, eps=eps, weight_decay=weight_decay, lam=lam, scope=scope,
                  n_qubits=n_qubits, bias_correction=bias_correction, stats=stats,
-                 max_exp_avg_sq=max_exp_avg_sq)
+                 max_exp_avg_sq=max_exp_avg_sq, factor=factor, m_factor=m_factor)
 
 
 def _adam_update(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
                  q: Tensor | None, *, step: int, lr: float, beta1: float, beta2: float,
                  eps: float, weight_decay: float, lam: float, scope: str, n_qubits: int,
                  bias_correction: bool, stats: dict[str, Tensor] | None,
-                 max_exp_avg_sq: Tensor | None = None) -> None:
+                 max_exp_avg_sq: Tensor | None = None, factor: Tensor | None = None,
+                 m_factor: Tensor | None = None) -> None:
     """The rest of :func:`reference_step` once the term is known, in place on one tensor (a
-    parameter, or the flat path's concatenated group): decay, moments, the Adam step, and
-    −lr·λ·q on the in-scope entries when ``q`` is given."""
+    parameter, or the flat path's concatenated group): decay, moments (m from g + λ·m_factor⊙g
+    on the in-scope entries when ``m_factor`` is given), the Adam step, and −lr·λ·q on the
+    in-scope entries when ``q`` is given, or q = factor⊙u (u the in-scope Adam direction) when
+    ``factor`` is."""
     if weight_decay != 0.0:
         param.mul_(1.0 - lr * weight_decay)
-    exp_avg.lerp_(grad, 1.0 - beta1)
+    g_m = grad
+    if m_factor is not None:
+        g_s = in_scope(grad.reshape(-1), scope, n_qubits)
+        g_m = _with_term(grad, m_factor * g_s, lam, scope, n_qubits)
+    exp_avg.lerp_(g_m, 1.0 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
     bc1, bc2 = _bias_corrections(step, beta1, beta2, bias_correction)
     step_size = lr / bc1
@@ -124,8 +175,17 @@ def _adam_update(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tenso
         torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
         exp_avg_sq = max_exp_avg_sq
     denom = (exp_avg_sq.sqrt() / (bc2**0.5)).add_(eps)
+    if factor is not None:  # Q = r⊙u on the in-scope entries
+        q = (in_scope(exp_avg.reshape(-1), scope, n_qubits) / bc1).div_(
+            in_scope(denom.reshape(-1), scope, n_qubits)).mul_(factor)
     if stats is not None:
-        _acc(stats, "adam_sq", (exp_avg / bc1).div_(denom).double().pow(2).sum())
+        d = (exp_avg / bc1).div_(denom)
+        _acc(stats, "adam_sq", d.double().pow(2).sum())
+        if factor is not None:
+            _acc(stats, "pert_sq", q.double().pow(2).sum() * (lam * lam))
+        if m_factor is not None:
+            share = _moment_share(m_factor, lam) * in_scope(d.reshape(-1), scope, n_qubits)
+            _acc(stats, "pert_sq", share.double().pow(2).sum())
     param.addcdiv_(exp_avg, denom, value=-step_size)
     if q is not None:
         if param.is_contiguous():
@@ -138,6 +198,12 @@ def _adam_update(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tenso
 
 def _acc(stats: dict[str, Tensor], key: str, value: Tensor) -> None:
     stats[key] = stats[key] + value if key in stats else value
+
+
+def _foreach_sq(tensors: list[Tensor]) -> Tensor:
+    """Σ‖t‖² over a list, in float64 (0-dim)."""
+    norms = torch._foreach_norm([t.double() for t in tensors])
+    return torch.stack(norms).pow(2).sum()
 
 
 def _foreach_group(
@@ -165,25 +231,27 @@ def _foreach_group(
     """Multi-tensor form of :func:`reference_step` (same maths, ``torch._foreach_*`` kernels)."""
     lam = quantum_weight
     active = lam != 0.0 and not isinstance(perturbation, None_)
-    terms = None
+    terms = factors = m_factors = None
     if active:
         ctxs = [Context(step=s, seed=seed, index=i, n_qubits=n_qubits)
                 for s, i in zip(steps, indices)]
         thetas = [in_scope(p.view(-1), scope, n_qubits) for p in params]
         gs = [in_scope(g.reshape(-1), scope, n_qubits) for g in grads]
-        terms = perturbation.terms(thetas, gs, ctxs)
-        if stats is not None:
-            norms = torch._foreach_norm([t.double() for t in terms])
-            _acc(stats, "pert_sq", torch.stack(norms).pow(2).sum() * (lam * lam))
-        if perturbation.kind == "gradient":
-            grads = [g.clone() for g in grads]
-            torch._foreach_add_([in_scope(g.view(-1), scope, n_qubits) for g in grads], terms,
-                                alpha=lam)
-            terms = None
+        all_terms = perturbation.terms(thetas, gs, ctxs)
+        terms, g_terms, factors, m_factors = _route(perturbation, all_terms)
+        if stats is not None and (terms is not None or g_terms is not None):
+            _acc(stats, "pert_sq", _foreach_sq(all_terms) * (lam * lam))
+        if g_terms is not None:
+            grads = _foreach_with_terms(grads, g_terms, lam, scope, n_qubits)
 
     if weight_decay != 0.0:
         torch._foreach_mul_(params, 1.0 - lr * weight_decay)
-    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+    g_m = grads
+    if m_factors is not None:
+        xis = torch._foreach_mul(m_factors, [in_scope(g.reshape(-1), scope, n_qubits)
+                                             for g in grads])
+        g_m = _foreach_with_terms(grads, xis, lam, scope, n_qubits)
+    torch._foreach_lerp_(exp_avgs, g_m, 1.0 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - beta2)
     bcs = [_bias_corrections(s, beta1, beta2, bias_correction) for s in steps]
@@ -194,11 +262,21 @@ def _foreach_group(
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_div_(denom, [bc2**0.5 for _, bc2 in bcs])
     torch._foreach_add_(denom, eps)
+    if factors is not None:  # Q = r⊙u on the in-scope entries
+        terms = torch._foreach_div([in_scope(m.reshape(-1), scope, n_qubits) for m in exp_avgs],
+                                   [bc1 for bc1, _ in bcs])
+        torch._foreach_div_(terms, [in_scope(d.reshape(-1), scope, n_qubits) for d in denom])
+        torch._foreach_mul_(terms, factors)
     if stats is not None:
         d = torch._foreach_div(exp_avgs, [bc1 for bc1, _ in bcs])
         torch._foreach_div_(d, denom)
-        norms = torch._foreach_norm([t.double() for t in d])
-        _acc(stats, "adam_sq", torch.stack(norms).pow(2).sum())
+        _acc(stats, "adam_sq", _foreach_sq(d))
+        if factors is not None:
+            _acc(stats, "pert_sq", _foreach_sq(terms) * (lam * lam))
+        if m_factors is not None:
+            shares = torch._foreach_mul([_moment_share(f, lam) for f in m_factors],
+                                        [in_scope(x.reshape(-1), scope, n_qubits) for x in d])
+            _acc(stats, "pert_sq", _foreach_sq(shares))
     torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
     if terms is not None:
         torch._foreach_add_([in_scope(p.view(-1), scope, n_qubits) for p in params], terms,
@@ -241,7 +319,7 @@ def _flat_group(
     del scope  # "all" (checked by the caller)
     theta = _concat(params)
     lam = quantum_weight
-    q = None
+    q = factor = m_factor = None
     if lam != 0.0 and not isinstance(perturbation, None_):
         if perturbation.elementwise:
             term = perturbation.term(theta, grad, Context(step=step, seed=seed,
@@ -251,15 +329,15 @@ def _flat_group(
             sizes = [p.numel() for p in params]
             term = torch.cat(perturbation.terms(list(theta.split(sizes)),
                                                 list(grad.split(sizes)), ctxs))
-        if stats is not None:
+        q, g_term, factor, m_factor = _route(perturbation, term)
+        if stats is not None and (q is not None or g_term is not None):
             _acc(stats, "pert_sq", term.double().pow(2).sum() * (lam * lam))
-        if perturbation.kind == "gradient":
-            grad.add_(term, alpha=lam)  # grad is this function's own copy
-        else:
-            q = term
+        if g_term is not None:
+            grad.add_(g_term, alpha=lam)  # grad is this function's own copy
     _adam_update(theta, grad, exp_avg, exp_avg_sq, q, step=step, lr=lr, beta1=beta1,
                  beta2=beta2, eps=eps, weight_decay=weight_decay, lam=lam, scope="all",
-                 n_qubits=n_qubits, bias_correction=bias_correction, stats=stats)
+                 n_qubits=n_qubits, bias_correction=bias_correction, stats=stats,
+                 factor=factor, m_factor=m_factor)
     torch._foreach_copy_(params, _unflatten_dense_tensors(theta, params))
 
 
@@ -307,25 +385,28 @@ def compiled_group(
     lam = quantum_weight
     active = lam != 0.0 and not isinstance(perturbation, None_)
     if active and perturbation.stochastic:
+        deterministic = [n for n in available() if not perturbation_class(n).stochastic]
         raise ValueError(f"perturbation {perturbation.name!r} draws keyed noise from the host "
                          "step count and cannot run under torch.compile; the deterministic "
-                         "ones can (none, sin, cos, taylor, circuit), or step eagerly")
+                         f"ones can ({', '.join(deterministic)}), or step eagerly")
     for k, (p, g, ea, eas, st) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, steps)):
-        q = None
+        q = factor = m_factor = None
         if active:  # a deterministic term does not read ctx.step
             ctx = Context(step=0, seed=seed, index=indices[k], n_qubits=n_qubits)
             term = perturbation.term(in_scope(p.reshape(-1), scope, n_qubits),
                                      in_scope(g.reshape(-1), scope, n_qubits), ctx)
-            if perturbation.kind == "gradient":
-                g = g.clone()
-                in_scope(g.view(-1), scope, n_qubits).add_(term, alpha=lam)
-            else:
-                q = term
-            if stats is not None:
+            q, g_term, factor, m_factor = _route(perturbation, term)
+            if g_term is not None:
+                g = _with_term(g, g_term, lam, scope, n_qubits)
+            if stats is not None and (q is not None or g_term is not None):
                 _acc(stats, "pert_sq", term.double().pow(2).sum() * (lam * lam))
         if weight_decay != 0.0:
             p.mul_(1.0 - lr * weight_decay)
-        ea.lerp_(g, 1.0 - beta1)
+        g_m = g
+        if m_factor is not None:
+            g_m = _with_term(g, m_factor * in_scope(g.reshape(-1), scope, n_qubits), lam, scope,
+                             n_qubits)
+        ea.lerp_(g_m, 1.0 - beta1)
         eas.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
         if bias_correction:
             bc1, bc2 = 1.0 - torch.pow(beta1, st), 1.0 - torch.pow(beta2, st)
@@ -337,8 +418,16 @@ def compiled_group(
             torch.maximum(v, eas, out=v)
         denom = (v.sqrt() / bc2.sqrt()).add_(eps)
         direction = ea / bc1 / denom
+        if factor is not None:  # Q = r⊙u on the in-scope entries
+            q = in_scope(direction.reshape(-1), scope, n_qubits) * factor
         if stats is not None:
             _acc(stats, "adam_sq", direction.double().pow(2).sum())
+            if factor is not None:
+                _acc(stats, "pert_sq", q.double().pow(2).sum() * (lam * lam))
+            if m_factor is not None:
+                share = _moment_share(m_factor, lam) * in_scope(direction.reshape(-1), scope,
+                                                                n_qubits)
+                _acc(stats, "pert_sq", share.double().pow(2).sum())
         p.sub_(direction * lr)
         if q is not None:
             _sub_in_scope(p, q, lr * lam, scope, n_qubits)

@@ -6,7 +6,9 @@ An id names one optimizer configuration::
     sin-l0.5               perturbation sin, λ = 0.5, scope all
     sin-l0.5-first4        the same, only the first 4 entries of each tensor (scope first_n)
     anneal                 annealed gradient noise with λ = 1 (η = 0.01, γ = 0.55)
-    <name>-l<λ>[-first<n>] any registered perturbation
+    sinnorm-l0.5           the sine on Adam's normalised step, Q = sin(πθ)⊙m̂/(√v̂+ε)
+    moment-l0.5            our reading of the paper's "moment updates": (1 + λ sin πθ)⊙g in m
+    <name>-l<λ>[-first<n>] any registered perturbation (qsgd.perturbations.available())
 """
 
 from __future__ import annotations

@@ -86,6 +86,21 @@ def test_variant_ids_are_canonical_so_one_optimizer_is_one_run(tmp_path):
             assert all(canonical_id(v) == v for v in cell["variants"])
 
 
+def test_a_cell_accepts_every_registered_perturbation_by_id(tmp_path):
+    """The grids pick variants up by name: every registry entry's ``<name>-l0.5`` (sinnorm and
+    moment included) loads in a cell, as its own canonical id, with its optimizer settings."""
+    from qsgd.perturbations import available
+    from qsgd.variants import parse_variant
+
+    ids = [f"{n}-l0.5" for n in available() if n not in ("none", "anneal")]
+    assert {"sinnorm-l0.5", "moment-l0.5"} <= set(ids)
+    cell = f"variants = {['adamw', 'anneal', *ids]!r}\nseeds = 1".replace("'", '"')
+    cfg = load_config(write(tmp_path, cell=cell))
+    assert sorted(s.variant for s in cfg.specs) == sorted(["adamw", "anneal", *ids])
+    assert parse_variant("moment-l0.5").optimizer_kwargs() == dict(
+        perturbation="moment", quantum_weight=0.5, scope="all", n_qubits=4)
+
+
 def test_llm_arm_rejects_an_attention_it_does_not_have(tmp_path):
     cell = 'attention = "quantum"\nvariants = ["adamw"]'
     with pytest.raises(ConfigError, match=r"attention 'quantum' is not one of none \(arm llm\)"):

@@ -53,7 +53,7 @@ def _variant_input(name: str) -> OptimInput:
     return OptimInput(
         f"{name}-l{lam:g}", dict(perturbation=name, quantum_weight=lam),
         splits_complex=cls.elementwise and not cls.stochastic,
-        zero_grad_noop=cls.kind == "direction")
+        zero_grad_noop=cls.kind != "gradient")
 
 
 INPUTS = [_variant_input(name) for name in available()] + [

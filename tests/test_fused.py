@@ -243,7 +243,7 @@ def test_the_optimizer_asks_only_the_one_support_check(monkeypatch, pert):
         assert launched == []
 
 
-@pytest.mark.parametrize("variant", ["sin", "gauss"])
+@pytest.mark.parametrize("variant", ["sin", "gauss", "sinnorm", "moment"])
 def test_fused_true_on_cpu_falls_back_to_the_reference(variant):
     a = _make(SHAPES, torch.float64, "cpu")
     b = [p.detach().clone().requires_grad_() for p in a]

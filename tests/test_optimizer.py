@@ -335,6 +335,19 @@ def test_huge_finite_gradients_are_not_mistaken_for_nonfinite(foreach):
     assert torch.allclose(opt.state[p[1]]["exp_avg"], torch.full((3,), 1e307, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("kw", [dict(foreach=False), dict(scope="first_n"), {}],
+                         ids=["reference", "foreach", "flat"])
+def test_a_zero_size_parameter_steps_on_every_path(kw):
+    """Before: the non-finite check took the infinity norm of an empty gradient, which torch
+    refuses, on every path but the flat one. An empty tensor has nothing to check or update."""
+    p = [torch.zeros(0, requires_grad=True), torch.ones(3, requires_grad=True)]
+    opt = SuperpositionalAdamW(p, lr=0.1, **kw)
+    for x in p:
+        x.grad = torch.ones_like(x)
+    opt.step()
+    assert opt.state[p[0]]["step"] == 1 and torch.all(p[1] < 1)
+
+
 def test_sparse_gradients_are_rejected_with_the_parameter_name():
     # complex parameters are supported (their real view; tests/test_contracts.py)
     emb = torch.nn.Embedding(5, 3, sparse=True)

@@ -53,9 +53,11 @@ def test_update_bound(state, variant, scope, lam, wd, bias_correction):
     adam = (s["exp_avg"] / bc1).abs() / ((s["exp_avg_sq"] / bc2).sqrt() + eps)
     pert = get_perturbation(variant)
     q = torch.zeros_like(theta)
-    if pert.kind == "direction":
+    if pert.kind in ("direction", "normalized"):  # the other kinds act through the moments
         sl = slice(None) if scope == "all" else slice(0, 3)
         q[sl] = pert.term(theta[sl], grad[sl], Context(step=t, seed=7, index=0, n_qubits=3))
+        if pert.kind == "normalized":  # a factor on Adam's direction: Q = r⊙u
+            q[sl] *= adam[sl]
     bound = lr * (adam + lam * q.abs()) + lr * wd * theta.abs()
     assert torch.all((new - theta).abs() <= bound * (1 + 1e-9) + 1e-15)
 
@@ -79,7 +81,8 @@ def test_q_over_g_bounds_are_declared_on_the_classes():
     bounds = {v: get_perturbation(v).q_over_g_bound for v in available()}
     assert bounds == {"none": 0.0, "sin": 1.0, "cos": 1.0, "circuit": 1.0,
                       "unif": math.sqrt(3.0), "taylor": math.inf, "gauss": math.inf,
-                      "anti": math.inf, "anneal": math.inf}
+                      "anti": math.inf, "anneal": math.inf, "sinnorm": math.inf,
+                      "moment": math.inf}
 
 
 @pytest.mark.parametrize("variant", BOUNDED)
