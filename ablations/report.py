@@ -176,12 +176,16 @@ def _sweeps_section(out: Path) -> list[str]:
     rows = []
     for s in sweeps:
         gpu = s.get("gpu") or {}
+        wall = float(s.get("wall_s", float("nan")))
         rows.append({"started (UTC)": str(s.get("started", ""))[:16],
-                     "runs": s.get("ran"), "wall (min)": s.get("wall_s", float("nan")) / 60,
-                     "min per run": s.get("wall_s", float("nan")) / 60 / max(1, s["ran"]),
-                     "workers": s.get("workers"), "runs per GPU": s.get("runs_per_gpu"),
-                     "GPU util (mean %)": gpu.get("util_mean", "—"),
-                     "GPU mem max (MiB)": gpu.get("mem_max_mib", "—"),
+                     "runs": str(s.get("ran")), "wall (min)": f"{wall / 60:.1f}",
+                     "min per run": f"{wall / 60 / max(1, s.get('ran') or 0):.2f}",
+                     "workers": str(s.get("workers")),
+                     "runs per GPU": str(s.get("runs_per_gpu")),
+                     "GPU util (mean %)": (f"{gpu['util_mean']:.0f}" if "util_mean" in gpu
+                                           else "–"),
+                     "GPU mem max (MiB)": (f"{gpu['mem_max_mib']:.0f}" if "mem_max_mib" in gpu
+                                           else "–"),
                      "commit": str(s.get("commit", ""))[:7]
                      + (" (dirty)" if s.get("dirty") else "")})
     return ["## Sweeps: wall clock and GPU use\n",
@@ -335,10 +339,16 @@ def render_ledger(root: Path | str = "results") -> Path:
                      r.get("test", "–"), num(power, 2) if power is not None else "–",
                      f"**{r.get('verdict', '–')}**"]
             lines.append("| " + " | ".join(str(x).replace("|", "/") for x in cells) + " |")
-    by_source: dict[str, list[str]] = {}
-    for c in claims():
-        by_source.setdefault(c.source, []).append(c.id)
-    details = ", ".join(f"`{s}/report.md` ({_id_span(ids)})" for s, ids in by_source.items())
+    # the reports behind the rows: every folder whose claims.json judged a claim (a selection
+    # grid judges none), in the claims' order
+    by_folder: dict[str, list[str]] = {}
+    order = [c.id for c in claims()]
+    for data in stored:
+        ids = [cid for cid in order if cid in data["claims"]
+               and data["claims"][cid].get("verdict") != "not run yet"]
+        if ids:
+            by_folder[data["folder"]] = ids
+    details = ", ".join(f"`{f}/report.md` ({_id_span(ids)})" for f, ids in by_folder.items())
     lines += ["", f"Details: {details}; `bench/` (speed).", "",
               "Protocols: *paper* (the paper's Tables II and III, nothing tuned), *calibrated* "
               "(every choice made on validation data), *earlier* (grids of earlier sessions: "
