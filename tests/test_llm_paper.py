@@ -68,6 +68,7 @@ def _examples(seed=0, sizes=((9, 3), (30, 11), (17, 6))):
     ({"batching": "example", "attn_impl": "flex"}, r"\[llm\].attn_impl = 'flex' applies to "
                                                    "packed rows"),
     ({"bucket": "64"}, r"\[llm\].bucket must be int, got '64'"),
+    ({"max_len": 1000, "tokens_per_batch": 2500}, "multiple of max_len"),  # packed only
 ])
 def test_paper_options_are_validated(table, message):
     with pytest.raises(ValueError, match=message):
@@ -80,6 +81,7 @@ def test_precision_follows_amp_unless_given():
     assert O(precision="fp16").effective_precision == "fp16"
     assert O(amp=False, precision="fp32").effective_precision == "fp32"
     assert O(precision="fp32").effective_precision == "fp32"  # explicit wins over amp = true
+    assert O(batching="example", max_len=4096).max_len == 4096  # tokens_per_batch unused
 
 
 def test_stored_grids_keep_their_run_keys():
@@ -286,6 +288,24 @@ def test_training_on_answer_tokens_records_the_same_pair(data_dir):
     assert a["recorded"]["all"][0] == n["recorded"]["all"][0]
     assert a["recorded"]["answer"][0] == n["recorded"]["answer"][0]
     assert not np.array_equal(a["recorded"]["all"][1:], n["recorded"]["all"][1:])
+
+
+def test_held_out_losses_agree_with_the_packed_arm(data_dir):
+    """The test loss (token-weighted, answer tokens) is the same number whether the test set
+    is packed into rows or taken one example at a time; the all-token one is its own."""
+    from ablations.llm.session import open_session
+    from ablations.llm.train import evaluate_losses, reset_weights
+
+    out = {}
+    for batching in ("packed", "example"):
+        o = llm.LLMOptions.from_dict({**test_llm.TINY, "data_dir": str(data_dir), "amp": False,
+                                      "batching": batching})
+        sess = open_session(o, 0)
+        reset_weights(sess)
+        out[batching] = evaluate_losses(sess, 0 if batching == "example" else 512)
+    assert set(out["packed"]) == {"answer"} and set(out["example"]) == {"answer", "all"}
+    assert out["example"]["answer"] == pytest.approx(out["packed"]["answer"], rel=1e-5)
+    assert out["example"]["all"] != pytest.approx(out["example"]["answer"], rel=1e-3)
 
 
 def test_bench_measures_the_per_epoch_cost_of_batch_1(data_dir, tmp_path, capsys):

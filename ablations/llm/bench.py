@@ -122,6 +122,9 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
 
     (``random:1b``: the Llama-3.2-1B shape with random weights; SmolLM2's tokenizer gives
     GSM8K examples of realistic token lengths, the byte tokenizer about four times longer.)
+    Compilation is outside the timed loop, in ``warmup_s``: one static graph per length
+    bucket (8 with ``bucket = 64``); ``--set bucket=0`` compiles one dynamic-shape graph
+    instead, ``--set bucket=256`` three static ones, so the two can be compared.
     """
     import csv
 

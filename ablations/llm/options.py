@@ -112,7 +112,8 @@ class LLMOptions:
         """Raise ValueError naming ``[llm].<key>`` for the first invalid value."""
         if self.max_len < 8:
             raise ValueError(f"[llm].max_len must be >= 8, got {self.max_len}")
-        if self.tokens_per_batch < self.max_len or self.tokens_per_batch % self.max_len:
+        if self.batching == "packed" and (self.tokens_per_batch < self.max_len
+                                          or self.tokens_per_batch % self.max_len):
             raise ValueError(f"[llm].tokens_per_batch ({self.tokens_per_batch}) must be a "
                              f"positive multiple of max_len ({self.max_len})")
         if not (self.lr > 0 and math.isfinite(self.lr)):

@@ -144,11 +144,10 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
     if per_example and d.world > 1:
         raise ValueError("[llm].batching = 'example' trains one example a step, which does not "
                          f"split over {d.world} data-parallel ranks: run it on one device")
-    if (o.tokens_per_batch // o.max_len) % d.world:
-        raise ValueError(f"{o.tokens_per_batch // o.max_len} rows per step do not split over "
-                         f"{d.world} ranks")
-    rows = o.tokens_per_batch // o.max_len // d.world
-    flex = FlexMasks(rows, o.max_len, device) if impl == "flex" else None
+    rows = max(1, o.tokens_per_batch // o.max_len)
+    if rows % d.world:
+        raise ValueError(f"{rows} rows per step do not split over {d.world} ranks")
+    flex = FlexMasks(rows // d.world, o.max_len, device) if impl == "flex" else None
     loss_fn = model.loss
     if o.compile:
         loss_fn = torch.compile(model.loss, dynamic=False)
