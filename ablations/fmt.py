@@ -41,6 +41,6 @@ def pval(x: Any) -> str:
     return f"{x:.2g}" if x >= 1e-4 else f"{x:.1e}"
 
 
-def pct(x: float) -> str:
-    """A relative change as a signed percentage with one decimal."""
-    return "–" if not np.isfinite(x) else f"{100 * x:+.1f}%"
+def pct(x: float, digits: int = 1) -> str:
+    """A relative change as a signed percentage with ``digits`` decimals (default one)."""
+    return "–" if not np.isfinite(x) else f"{100 * x:+.{digits}f}%"

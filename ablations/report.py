@@ -197,10 +197,11 @@ def _sweeps_section(out: Path) -> list[str]:
 
 def _statistics_note(ctx: Context) -> str:
     margins = []
-    for m in ctx.arm.compared_metrics:
+    shown = [m for m in ctx.arm.compared_metrics if m.name in ctx.runs.columns]
+    for m in shown:
         if m.margin is not None:
             margins.append(f"±{m.margin * m.scale:g}{m.unit} ({m.display})")
-    rel = [m.display for m in ctx.arm.compared_metrics if m.margin is None]
+    rel = [m.display for m in shown if m.margin is None]
     if rel:
         margins.append(f"±5% of {ctx.arm.baselines[0]}'s mean ({', '.join(rel)})")
     return (f"## Statistics\n\n`stats.csv`: every variant against "
@@ -270,7 +271,8 @@ def render_arm(cfg: GridConfig) -> Path:
     for old in figs.glob("*.png") if figs.is_dir() else ():
         if old.name not in ctx.figures:
             old.unlink()
-    _write_claims(out, cfg, {cid: r.as_dict() for cid, r in ctx.results.items()})
+    _write_claims(out, cfg, {cid: r.as_dict() for cid, r in ctx.results.items()},
+                  arm.ledger_note(cfg) if ctx.results else "")
     (out / "report.md").write_text("\n".join(header + body))
     return out / "report.md"
 
@@ -279,11 +281,13 @@ def _protocol_name(protocol: str) -> str:
     return protocol or f"{EARLIER} (no [grid].protocol: batch and lr chosen on test accuracy)"
 
 
-def _write_claims(out: Path, cfg: GridConfig, results: dict[str, Any]) -> None:
-    """``claims.json``: the grid, its arm and protocol, and its claims' results (the ledger
-    reads every grid's file)."""
+def _write_claims(out: Path, cfg: GridConfig, results: dict[str, Any], note: str = "") -> None:
+    """``claims.json``: the grid, its arm and protocol, its claims' results (the ledger
+    reads every grid's file) and, when the arm has one, the ledger's note on its setting."""
     data = {"grid": cfg.name, "arm": cfg.arm, "protocol": cfg.protocol or EARLIER,
             "claims": results}
+    if note:
+        data["note"] = note
     (out / "claims.json").write_text(json.dumps(data, indent=2, default=json_default) + "\n")
 
 
@@ -349,7 +353,16 @@ def render_ledger(root: Path | str = "results") -> Path:
         if ids:
             by_folder[data["folder"]] = ids
     details = ", ".join(f"`{f}/report.md` ({_id_span(ids)})" for f, ids in by_folder.items())
-    lines += ["", f"Details: {details}; `bench/` (speed).", "",
+    lines += ["", f"Details: {details}; `bench/` (speed)."]
+    notes: dict[str, list[str]] = {}  # one line per note, naming every grid that has it
+    for data in stored:
+        if data.get("note"):
+            notes.setdefault(data["note"], []).append(data["folder"])
+    for note, folders in notes.items():
+        ids = sorted({cid for d in stored if d["folder"] in folders for cid in d["claims"]})
+        lines += ["", f"Setting of {', '.join(ids)} in {', '.join(f'`{f}`' for f in folders)}: "
+                      f"{note}"]
+    lines += ["",
               "Protocols: *paper* (the paper's Tables II and III, nothing tuned), *calibrated* "
               "(every choice made on validation data), *earlier* (grids of earlier sessions: "
               "their batch size and learning rate were chosen on test accuracy). Power: of the "

@@ -198,6 +198,12 @@ class Arm(abc.ABC):
         return (f"Arm `{self.name}`, reference lr {cfg.baseline_lr:g}, options "
                 f"`{json.dumps(cfg.options, sort_keys=True)}`.\n")
 
+    def ledger_note(self, cfg) -> str:
+        """A sentence the claims ledger prints under its table for this grid's claims (how
+        the grid's setting departs from the paper's, e.g. a model standing in for the
+        paper's), or "" for none. Grids with the same note share one line."""
+        return ""
+
 
     def __repr__(self) -> str:
         return f"<arm {self.name}>"

@@ -36,6 +36,20 @@ Protocol (equal for every variant; the options are :class:`LLMOptions`, the ``[l
 * Precision: float32 weights, gradients and optimizer state; the forward and backward run under
   bfloat16 autocast (``amp``), with the residual stream, norms, RoPE and the loss in float32.
 
+The paper's protocol (Table III; ``configs/llm-paper.toml``) takes three more options
+-------------------------------------------------------------------------------------
+* ``batching = "example"``: batch 1, one chat-formatted example a step at its own length (no
+  packing), padded to a multiple of ``bucket`` tokens with the padding unscored
+  (:mod:`ablations.llm.examples`); an epoch is one step per training example.
+* ``loss_tokens = "all"``: the trained-on loss scores every token after the first of the
+  example, as a plain causal-LM recipe does (``"answer"``: the answer tokens only). Both
+  losses of every step are recorded, whichever is trained on: ``mean_train_loss_all`` and
+  ``mean_train_loss_answer`` (``mean_train_loss`` is the trained-on one).
+* ``precision = "fp16"``: float16 autocast with dynamic loss scaling (GradScaler; the steps it
+  skips for inf/NaN gradients are ``skipped_steps``; :mod:`ablations.llm.precision`).
+
+``schedule = "linear"`` with ``min_lr_ratio = 0`` is the paper's warm-up, then linear decay to 0.
+
 Metrics of a run
 ----------------
 ``mean_train_loss`` (mean of the per-step losses over the epoch: the paper's metric),
@@ -47,9 +61,13 @@ number after ``####``),
 compilation warm-up excluded), ``optimizer_share`` (share of GPU step time spent in
 ``optimizer.step``, from CUDA events; steps that track the ratio are excluded),
 ``perturbation_ratio`` (mean of ‖λQ‖/‖m̂/(√v̂+ε)‖ over the steps sampled every
-``ratio_every`` steps), and extras ``steps``, ``train_seconds``, ``eval_seconds``, ``mfu``
-(model FLOPs of the epoch over time and the GPU's dense bf16 peak). The curve holds the mean
-training loss of each window of ``curve_every`` steps, keyed by the window's last step.
+``ratio_every`` steps); with example batching also ``mean_train_loss_all``,
+``mean_train_loss_answer`` and ``test_loss_all`` (token-weighted, every token after the
+first), with fp16 ``skipped_steps``; and extras ``steps``, ``train_seconds``,
+``eval_seconds``, ``mfu`` (model FLOPs of the epoch over time and the GPU's dense bf16
+peak). The curve holds the mean training loss of each window of ``curve_every`` steps, keyed
+by the window's last step (with example batching also ``train_loss_all`` and
+``train_loss_answer``).
 
 Speed
 -----
@@ -76,7 +94,9 @@ Layout
 :mod:`~ablations.llm.options` (the options, the lr schedule; light), :mod:`~ablations.llm.data`
 (the task interface and registry; light), :mod:`~ablations.llm.gsm8k` (GSM8K),
 :mod:`~ablations.llm.chat_tokenizers`, :mod:`~ablations.llm.loading` (base models),
-:mod:`~ablations.llm.packing`, :mod:`~ablations.llm.generate` (greedy decoding),
+:mod:`~ablations.llm.packing`, :mod:`~ablations.llm.examples` (batch 1),
+:mod:`~ablations.llm.precision` (bf16, fp16 with loss scaling, fp32),
+:mod:`~ablations.llm.generate` (greedy decoding),
 :mod:`~ablations.llm.session` (per-process state, DDP), :mod:`~ablations.llm.train` (the loop,
 the evaluation, :func:`run`), :mod:`~ablations.llm.bench`, :mod:`~ablations.llm.summary`,
 :mod:`~ablations.llm.cli`. The model is :class:`qsgd.models.llama.CompactLlama`.
@@ -107,6 +127,12 @@ _LAZY = {
     "load_base": "ablations.llm.loading",
     "pack": "ablations.llm.packing",
     "to_device": "ablations.llm.packing",
+    "ExampleBatches": "ablations.llm.examples",
+    "example_batches": "ablations.llm.examples",
+    "example_losses": "ablations.llm.examples",
+    "bucket_length": "ablations.llm.examples",
+    "LossScaling": "ablations.llm.precision",
+    "build_model": "ablations.llm.precision",
     "greedy_generate": "ablations.llm.generate",
     "train_epoch": "ablations.llm.train",
     "run": "ablations.llm.train",

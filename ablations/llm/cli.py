@@ -2,7 +2,8 @@
 
 * ``train``: one run (under ``torchrun --nproc-per-node N``: data-parallel); prints the JSON
   record's result part and writes it to ``--out``;
-* ``bench``: the throughput benchmark → ``OUT/throughput_bench.{csv,md}``;
+* ``bench``: the throughput benchmark → ``OUT/throughput_bench.{csv,md}`` (``--steps N``
+  times the first N steps of each epoch: the paper's batch-1 epoch at the 1B shape, C4);
 * ``decode-check``: CUDA-graph against eager greedy decoding, timed;
 * ``summary``: the per-variant throughput of a grid's ``runs.jsonl`` →
   ``OUT/throughput.{csv,md}``.
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     su.add_argument("--bench", type=Path, default=None, help="a throughput_bench.csv")
     su.add_argument("--decode-log", type=Path, default=None, help="a decode-check log")
     bn.add_argument("--lrs", default="", help="extra adamw epochs at these lrs (comma list)")
+    bn.add_argument("--steps", type=int, default=0,
+                    help="time only the first N steps of each epoch and extrapolate the "
+                         "epoch's seconds (0: the whole epoch)")
     bn.add_argument("--out", type=Path, default=Path("results/llm"))
     add_debug_flag(ap, (tr, bn, dc, su))
     args = ap.parse_args(argv)
@@ -131,6 +135,9 @@ def _command(args: argparse.Namespace) -> int:
         return 0
     from .bench import benchmark
 
+    if args.steps < 0:
+        raise UsageError(f"--steps must be >= 0, got {args.steps}")
     benchmark(LLMOptions.from_dict(opts), [v for v in args.variants.split(",") if v],
-              args.baseline_steps, args.out, [float(x) for x in args.lrs.split(",") if x])
+              args.baseline_steps, args.out, [float(x) for x in args.lrs.split(",") if x],
+              max_steps=args.steps)
     return 0

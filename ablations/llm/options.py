@@ -15,10 +15,17 @@ from ..schedules import SCHEDULES
 from ..schedules import lr_at as _lr_at
 from .data import task_names
 
-__all__ = ["LLMOptions", "lr_at", "DEFAULT_MODEL", "ATTN_IMPLS"]
+__all__ = ["LLMOptions", "lr_at", "DEFAULT_MODEL", "ATTN_IMPLS", "BATCHINGS", "PRECISIONS",
+           "LOSS_TOKENS"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 ATTN_IMPLS = ("auto", "flex", "sdpa")
+#: packed rows of many examples (the calibrated protocol) or one example a step (the paper's)
+BATCHINGS = ("packed", "example")
+#: "auto" follows ``amp`` (bf16 when on, else fp32), as before the option existed
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+#: the tokens the trained-on loss scores: the assistant's answer, or the whole conversation
+LOSS_TOKENS = ("answer", "all")
 
 
 @dataclass(frozen=True)
@@ -30,7 +37,17 @@ class LLMOptions:
     tokenizer to use. task: the data set (a registered :class:`ablations.llm.data.LMTask`,
     default ``"gsm8k"``). data_dir: the task's data directory (for GSM8K: "" →
     ``$QSGD_GSM8K_DIR`` → the hub).
-    max_len: tokens per packed row. tokens_per_batch: tokens per step (a multiple of max_len).
+    batching: ``"packed"`` (default: whole examples packed into rows of ``max_len`` tokens,
+    ``tokens_per_batch`` tokens a step) or ``"example"`` (the paper's batch 1: one example a
+    step at its own length, rounded up to a multiple of ``bucket`` tokens with the padding
+    unscored; :mod:`ablations.llm.examples`). max_len: tokens per packed row, and the context:
+    longer examples are truncated. tokens_per_batch: tokens per step (a multiple of max_len;
+    packed only). bucket: the length quantum of example batching (0: every example its own
+    length; see :mod:`ablations.llm.examples` for the compilation this implies).
+    loss_tokens: the tokens of the trained-on loss: ``"answer"`` (default: the assistant turn
+    after the generation prompt, up to its end-of-turn token) or ``"all"`` (every token after
+    the first of the chat-formatted example, as a plain causal-LM recipe; example batching
+    only). Example batching records both losses each step, whichever is trained on.
     lr, schedule, warmup, min_lr_ratio, weight_decay, clip_grad, bias_correction: optimisation.
     val_examples: the last N of the task's training examples held out as the validation set
     (0: none; every choice reads it, never the test set); its loss is ``val_loss``.
@@ -38,18 +55,27 @@ class LLMOptions:
     questions decoded greedily for exact match. max_new_tokens, eval_batch: decoding limits.
     curve_every, ratio_every: sampling of the curve and of the perturbation ratio (steps).
     compile: torch.compile the training forward. attn_impl: auto (flex on CUDA, sdpa on CPU),
-    flex, sdpa. amp: bfloat16 autocast. device: auto, cpu, cuda, cuda:N.
+    flex, sdpa (packed only: example batching attends causally with SDPA). amp: mixed
+    precision (bfloat16 autocast unless ``precision`` says otherwise). precision: ``"auto"``
+    (default: bf16 with ``amp``, else fp32), ``"bf16"``, ``"fp16"`` (float16 autocast with
+    dynamic loss scaling, :mod:`ablations.llm.precision`) or ``"fp32"``; an explicit value
+    wins over ``amp``, except that ``amp = false`` with bf16 or fp16 is a contradiction.
+    device: auto, cpu, cuda, cuda:N.
 
-    A run's key hashes the table as written, so ``task`` left at its default keeps the keys
-    of runs made before the option existed.
+    A run's key hashes the table as written, so options left at their defaults (``task``,
+    ``batching``, ``bucket``, ``precision``, ``loss_tokens``) keep the keys of runs made
+    before they existed.
     """
 
     model: str = DEFAULT_MODEL
     tokenizer: str = "auto"
     task: str = "gsm8k"
     data_dir: str = ""
+    batching: str = "packed"
     max_len: int = 2048
     tokens_per_batch: int = 8192
+    bucket: int = 64
+    loss_tokens: str = "answer"
     lr: float = 3e-4
     schedule: str = "cosine"
     warmup: int = 10
@@ -68,6 +94,7 @@ class LLMOptions:
     compile: bool = True
     attn_impl: str = "auto"
     amp: bool = True
+    precision: str = "auto"
     device: str = "auto"
 
     @classmethod
@@ -85,7 +112,8 @@ class LLMOptions:
         """Raise ValueError naming ``[llm].<key>`` for the first invalid value."""
         if self.max_len < 8:
             raise ValueError(f"[llm].max_len must be >= 8, got {self.max_len}")
-        if self.tokens_per_batch < self.max_len or self.tokens_per_batch % self.max_len:
+        if self.batching == "packed" and (self.tokens_per_batch < self.max_len
+                                          or self.tokens_per_batch % self.max_len):
             raise ValueError(f"[llm].tokens_per_batch ({self.tokens_per_batch}) must be a "
                              f"positive multiple of max_len ({self.max_len})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -99,6 +127,24 @@ class LLMOptions:
         if self.task not in task_names():
             raise ValueError(f"[llm].task must be one of {', '.join(task_names())}, "
                              f"got {self.task!r}")
+        for key, valid in (("batching", BATCHINGS), ("precision", PRECISIONS),
+                           ("loss_tokens", LOSS_TOKENS)):
+            if getattr(self, key) not in valid:
+                raise ValueError(f"[llm].{key} must be one of {', '.join(valid)}, "
+                                 f"got {getattr(self, key)!r}")
+        if not self.amp and self.precision in ("bf16", "fp16"):
+            raise ValueError(f"[llm].precision = {self.precision!r} is mixed precision, but "
+                             "[llm].amp = false: drop amp (precision wins) or set precision = "
+                             "'fp32'")
+        if not 0 <= self.bucket <= self.max_len:
+            raise ValueError(f"[llm].bucket must lie in [0, max_len = {self.max_len}], "
+                             f"got {self.bucket}")
+        if self.batching == "packed" and self.loss_tokens != "answer":
+            raise ValueError(f"[llm].loss_tokens = {self.loss_tokens!r} needs batching = "
+                             "'example' (packed rows score the answer tokens only)")
+        if self.batching == "example" and self.attn_impl == "flex":
+            raise ValueError("[llm].attn_impl = 'flex' applies to packed rows; batching = "
+                             "'example' attends causally with SDPA (use 'auto' or 'sdpa')")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"[llm].min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
         for key in ("warmup", "val_examples", "train_examples", "test_loss_examples",
@@ -112,6 +158,14 @@ class LLMOptions:
             raise ValueError(f"[llm].ratio_every must be >= 0, got {self.ratio_every}")
         if self.clip_grad < 0 or self.weight_decay < 0:
             raise ValueError("[llm].clip_grad and [llm].weight_decay must be >= 0")
+
+    @property
+    def effective_precision(self) -> str:
+        """The precision in effect: ``"bf16"``, ``"fp16"`` or ``"fp32"`` (``precision``, or
+        with ``"auto"`` bf16 when ``amp`` is on, else fp32)."""
+        if self.precision != "auto":
+            return self.precision
+        return "bf16" if self.amp else "fp32"
 
 
 def lr_at(step: int, steps: int, o: LLMOptions, lr: float) -> float:

@@ -1,6 +1,6 @@
 """Sessions of the LLM arm: everything that survives across the runs of one process (the
-loaded model, its compiled loss, the encoded data, the packed batches), and the process's
-place in a data-parallel group.
+loaded model, its compiled loss, the encoded data, the packed or per-example batches), and the
+process's place in a data-parallel group.
 
 A worker process runs many specs; those that share the session's key (model, tokenizer, task,
 data, shapes, compile and attention settings, device, rank) reuse one session, and each run
@@ -21,9 +21,11 @@ from torch import Tensor
 from qsgd.models.llama import CompactLlama
 
 from .data import LMTask, get_task
+from .examples import ExampleBatches, example_batches, example_losses
 from .loading import BaseModel, load_base
 from .options import LLMOptions
 from .packing import DeviceBatches, FlexMasks, loss_capacity, pack, to_device
+from .precision import build_model
 
 __all__ = ["Dist", "dist_info", "Session", "open_session", "epoch_batches", "eval_batches",
            "sync", "device_name", "peak_flops", "PEAK_BF16"]
@@ -75,9 +77,11 @@ class Session:
     train_examples, test_examples, val_examples: encoded ``(ids, a, b)`` of the training set,
     the test-loss set and the validation set (carved from the task's training examples; empty
     without ``val_examples``); test_data: the task's test examples (the exact-match questions);
-    base_params: device copies of the base weights that every run starts from; train_cache:
-    packed training batches per data-order seed; warm: (variant, capacity) pairs whose step
-    is compiled.
+    base_params: device copies of the base weights that every run starts from; loss_fn: the
+    packed rows' loss (``model.loss``, compiled or not); example_fn: with example batching,
+    ``(ids, tgt, ans) -> (loss, [all-token loss, answer loss])``
+    (:func:`ablations.llm.examples.example_losses`, compiled or not); train_cache: training
+    batches per data-order seed; warm: (variant, shapes) pairs whose step is compiled.
     """
 
     key: tuple
@@ -94,6 +98,7 @@ class Session:
     test_data: list
     task: LMTask
     val_examples: list = field(default_factory=list)
+    example_fn: Callable | None = None
     train_cache: dict = field(default_factory=dict)
     eval_cache: dict = field(default_factory=dict)
     warm: set = field(default_factory=set)
@@ -110,7 +115,7 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
     device = _pick_device(o, d)
     key = (o.model, o.tokenizer, o.task, o.data_dir, o.max_len, o.tokens_per_batch,
            o.val_examples, o.train_examples, o.test_loss_examples, o.compile, o.attn_impl,
-           o.amp, str(device),
+           o.amp, o.batching, o.bucket, o.effective_precision, o.loss_tokens, str(device),
            d.world, d.rank, init_seed if o.model.startswith("random:") else None)
     cur = _SESSIONS.get("current")
     if cur is not None and cur.key == key:
@@ -121,7 +126,7 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
         torch.cuda.empty_cache()
         torch.backends.cuda.matmul.allow_tf32 = True
     base = load_base(o.model, o.tokenizer, init_seed)
-    model = CompactLlama(base.shape, base.inv_freq, amp=o.amp)
+    model = build_model(base.shape, base.inv_freq, o.effective_precision)
     model.load_state_dict(base.state, strict=False)
     missing = set(model.state_dict()) - set(base.state) - (
         {"lm_head.weight"} if base.shape.tie_embeddings else set())
@@ -129,20 +134,32 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
         raise ValueError(f"{o.model}: weights missing for {sorted(missing)[:5]}")
     model.to(device)
     base_params = [p.detach().clone() for p in model.parameters()]
+    per_example = o.batching == "example"
     impl = o.attn_impl
     if impl == "auto":
-        impl = "flex" if device.type == "cuda" else "sdpa"
+        impl = "flex" if device.type == "cuda" and not per_example else "sdpa"
     if impl == "flex" and device.type != "cuda":
         raise ValueError("[llm].attn_impl = 'flex' needs a CUDA device (FlexAttention has no "
                          "CPU backward); use 'sdpa' on a CPU")
-    if (o.tokens_per_batch // o.max_len) % d.world:
-        raise ValueError(f"{o.tokens_per_batch // o.max_len} rows per step do not split over "
-                         f"{d.world} ranks")
-    rows = o.tokens_per_batch // o.max_len // d.world
-    flex = FlexMasks(rows, o.max_len, device) if impl == "flex" else None
+    if per_example and d.world > 1:
+        raise ValueError("[llm].batching = 'example' trains one example a step, which does not "
+                         f"split over {d.world} data-parallel ranks: run it on one device")
+    rows = max(1, o.tokens_per_batch // o.max_len)
+    if rows % d.world:
+        raise ValueError(f"{rows} rows per step do not split over {d.world} ranks")
+    flex = FlexMasks(rows // d.world, o.max_len, device) if impl == "flex" else None
     loss_fn = model.loss
     if o.compile:
         loss_fn = torch.compile(model.loss, dynamic=False)
+    example_fn = None
+    if per_example:
+        train_all = o.loss_tokens == "all"
+
+        def example_fn(ids, tgt, ans):
+            return example_losses(model, ids, tgt, ans, train_all)
+
+        if o.compile:  # static shapes per bucket, dynamic ones without buckets (examples.py)
+            example_fn = torch.compile(example_fn, dynamic=o.bucket == 0)
     tok = base.tokenizer
     task = get_task(o.task).from_options(o)
     train = list(task.train_examples())
@@ -161,31 +178,46 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
     enc_val = tok.encode_examples([e.question for e in val], [e.answer for e in val]) \
         if val else []
     sess = Session(key, o, base, device, d, model, base_params, loss_fn, flex, enc_train,
-                   enc_test, test, task, val_examples=enc_val)
+                   enc_test, test, task, val_examples=enc_val, example_fn=example_fn)
     _SESSIONS["current"] = sess
     return sess
 
 
-def epoch_batches(sess: Session, order_seed: int) -> DeviceBatches:
+def epoch_batches(sess: Session, order_seed: int) -> DeviceBatches | ExampleBatches:
     """The training examples in the order of ``order_seed`` (a permutation by numpy's
-    default generator), packed and on this rank's device."""
+    default generator), packed (or one a step, with example batching) and on this rank's
+    device."""
     if order_seed not in sess.train_cache:
         o = sess.opts
         order = np.random.default_rng(order_seed).permutation(len(sess.train_examples))
-        p = pack(sess.train_examples, order, o.max_len, o.tokens_per_batch // o.max_len,
-                 sess.base.tokenizer.pad_id)
         while len(sess.train_cache) >= 2:
             sess.train_cache.pop(next(iter(sess.train_cache)))
-        sess.train_cache[order_seed] = to_device(p, sess.device, sess.dist.rank, sess.dist.world,
-                                                 sess.flex)
+        if o.batching == "example":
+            sess.train_cache[order_seed] = example_batches(
+                sess.train_examples, order, o.max_len, o.bucket, sess.base.tokenizer.pad_id,
+                sess.device)
+        else:
+            p = pack(sess.train_examples, order, o.max_len, o.tokens_per_batch // o.max_len,
+                     sess.base.tokenizer.pad_id)
+            sess.train_cache[order_seed] = to_device(p, sess.device, sess.dist.rank,
+                                                     sess.dist.world, sess.flex)
     return sess.train_cache[order_seed]
 
 
-def eval_batches(sess: Session, capacity: int, split: str = "test") -> DeviceBatches:
+def eval_batches(sess: Session, capacity: int, split: str = "test"
+                 ) -> DeviceBatches | ExampleBatches:
     """The test (or validation) set packed like a training step of this rank (same shapes:
-    the compiled graph is reused), with the training capacity unless a step scores more."""
+    the compiled graph is reused), with the training capacity unless a step scores more;
+    with example batching, one example a step in the set's order."""
     o = sess.opts
     cached = sess.eval_cache.get(split)
+    if o.batching == "example":
+        if cached is None:
+            examples = sess.val_examples if split == "val" else sess.test_examples
+            sess.eval_cache[split] = cached = example_batches(
+                examples, range(len(examples)), o.max_len, o.bucket,
+                sess.base.tokenizer.pad_id, sess.device)
+        return cached
     if cached is None or cached.capacity < capacity:
         examples = sess.val_examples if split == "val" else sess.test_examples
         rows = o.tokens_per_batch // o.max_len // sess.dist.world

@@ -1,10 +1,11 @@
 """The LLM arm's training loop and evaluation, and its entry point :func:`run`.
 
-One run: the session's base weights (:mod:`ablations.llm.session`), one epoch over the packed
-training examples of the run seed's data order with :class:`qsgd.SuperpositionalAdamW` and
-the options' lr schedule, then the test loss and the greedy exact match of the session's task
-(:mod:`ablations.llm.data`). The loop knows no data set: a task only supplies the examples and
-the scoring of a completion.
+One run: the session's base weights (:mod:`ablations.llm.session`), one epoch over the
+training examples of the run seed's data order, packed into rows (:mod:`ablations.llm.packing`)
+or one a step (:mod:`ablations.llm.examples`), with :class:`qsgd.SuperpositionalAdamW`, the
+options' lr schedule and precision (:mod:`ablations.llm.precision`), then the test loss and the
+greedy exact match of the session's task (:mod:`ablations.llm.data`). The loop knows no data
+set: a task only supplies the examples and the scoring of a completion.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from torch import Tensor
 from qsgd import SuperpositionalAdamW, parse_variant
 
 from ..seeds import derived_seeds
+from .examples import RECOMPILE_LIMIT, ExampleBatches
 from .generate import greedy_generate
 from .options import LLMOptions, lr_at
 from .packing import DeviceBatches
+from .precision import LossScaling
 from .session import (
     Session,
     device_name,
@@ -34,17 +37,47 @@ from .session import (
 )
 
 __all__ = ["run", "train_epoch", "reset_weights", "warm_up", "evaluate_loss",
-           "evaluate_exact_match"]
+           "evaluate_losses", "evaluate_exact_match", "recorded_losses", "epoch_figures"]
 
 
-def _step_loss(sess: Session, b: DeviceBatches, s: int) -> Tensor:
-    # the mean answer-token loss of step s (over all ranks' scored tokens: b.n_loss is global)
+def _step_loss(sess: Session, b: DeviceBatches | ExampleBatches, s: int
+               ) -> tuple[Tensor, Tensor]:
+    """Step s's trained-on loss (with its graph) and the detached losses recorded for it:
+    packed, ``[loss]``, the mean answer-token loss over all ranks' scored tokens (b.n_loss is
+    global); per example, ``[all-token loss, answer loss]``."""
+    if isinstance(b, ExampleBatches):
+        return sess.example_fn(b.ids[s], b.tgt[s], b.ans[s])
     bm = None
     if b.block_masks is not None:
         bm = b.block_masks[s]
         sess.flex.buf.copy_(b.doc[s])  # the mask_mod reads this step's example ids
-    return sess.loss_fn(b.ids[s], b.pos[s], b.doc[s], b.loss_idx[s], b.loss_tgt[s], b.n_loss[s],
+    loss = sess.loss_fn(b.ids[s], b.pos[s], b.doc[s], b.loss_idx[s], b.loss_tgt[s], b.n_loss[s],
                         bm)
+    return loss, loss.detach().reshape(1)
+
+
+def recorded_losses(b: DeviceBatches | ExampleBatches, o: LLMOptions) -> tuple[str, ...]:
+    """Names of the per-step losses :func:`_step_loss` records, in its order."""
+    return ("all", "answer") if isinstance(b, ExampleBatches) else (o.loss_tokens,)
+
+
+def epoch_figures(b: DeviceBatches | ExampleBatches, o: LLMOptions) -> dict[str, float]:
+    """Sizes of an epoch of batches: steps, real (non-padding) tokens, token slots, scored
+    tokens of the trained-on loss, tokens the LM head runs on (packed: the scored ones; per
+    example: every real one, for the all-token loss) and causal attention pairs Σ n(n+1)/2."""
+    if isinstance(b, ExampleBatches):
+        scored = b.n_all if o.loss_tokens == "all" else b.n_answer
+        real = float(b.n_real.sum())
+        return dict(steps=b.steps, real=real, slots=float(b.slots), scored=float(scored.sum()),
+                    head=real, attn_pairs=b.attn_pairs)
+    p = b.packed
+    return dict(steps=p.steps, real=float(p.n_real), slots=float(p.ids.size),
+                scored=float(p.n_loss.sum()), head=float(p.n_loss.sum()),
+                attn_pairs=p.attn_pairs)
+
+
+def _warm_key(b: DeviceBatches | ExampleBatches) -> tuple:
+    return tuple(b.shapes) if isinstance(b, ExampleBatches) else (b.capacity,)
 
 
 def reset_weights(sess: Session) -> None:
@@ -74,59 +107,80 @@ def _make_optimizer(params, variant, lr: float, o: LLMOptions, noise_seed: int):
                                 **variant.optimizer_kwargs())
 
 
-def warm_up(sess: Session, b: DeviceBatches, variant, o: LLMOptions) -> None:
-    """Compile the step and the optimizer's kernels outside the timed loop; weights unchanged
-    (lr = 0 makes every update exactly zero) and reset afterwards anyway."""
-    key = (variant.id, b.capacity)
+def warm_up(sess: Session, b: DeviceBatches | ExampleBatches, variant, o: LLMOptions) -> None:
+    """Compile the step (every shape of ``b``: one per example bucket) and the optimizer's
+    kernels outside the timed loop; weights unchanged (lr = 0 makes every update exactly
+    zero) and reset afterwards anyway."""
+    key = (variant.id, _warm_key(b))
     if key in sess.warm:
         return
     params = list(sess.model.parameters())
     opt = _make_optimizer(params, variant, 0.0, o, 0)
-    for _ in range(2):
-        loss = _step_loss(sess, b, 0)
-        loss.backward()
-        if sess.dist.world > 1:
-            _allreduce_grads(params)
-        torch.nn.utils.clip_grad_norm_(params, o.clip_grad or float("inf"))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    scaling = LossScaling(o.effective_precision, sess.device)
+    if isinstance(b, ExampleBatches):
+        first = {}
+        for s, L in enumerate(b.lengths):
+            first.setdefault(L, s)
+        steps = [0, *first.values()]
+    else:
+        steps = [0, 0]
+    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        for s in steps:
+            loss, _ = _step_loss(sess, b, s)
+            scaling.backward(loss)
+            if sess.dist.world > 1:
+                _allreduce_grads(params)
+            scaling.clip(opt, params, o.clip_grad or float("inf"))
+            scaling.step(opt)
+            opt.zero_grad(set_to_none=True)
     del opt
     reset_weights(sess)
     sync(sess.device)
     sess.warm.add(key)
 
 
-def train_epoch(sess: Session, b: DeviceBatches, variant, lr: float, noise_seed: int,
-                o: LLMOptions) -> dict[str, Any]:
+def train_epoch(sess: Session, b: DeviceBatches | ExampleBatches, variant, lr: float,
+                noise_seed: int, o: LLMOptions, max_steps: int = 0) -> dict[str, Any]:
     """One epoch over ``b`` from the base weights.
 
     Args:
         sess: the session (model, compiled loss, device, data-parallel group).
-        b: this rank's packed batches (:func:`ablations.llm.session.epoch_batches`).
+        b: this rank's batches (:func:`ablations.llm.session.epoch_batches`).
         variant: a :class:`qsgd.Variant` (the optimizer's settings).
         lr: the peak learning rate; the step's rate is :func:`ablations.llm.options.lr_at`.
         noise_seed: the optimizer's noise seed.
-        o: the options (schedule, clipping, weight decay, ratio sampling).
+        o: the options (schedule, clipping, weight decay, precision, ratio sampling).
+        max_steps: stop after this many steps (0: the whole epoch); the schedule is still
+            the epoch's (the benchmark times the first steps of an epoch this way).
 
-    Returns a dict: ``losses`` (float64 array of the per-step losses), ``seconds`` (wall
-    time of the loop, the warm-up excluded), ``optimizer_share`` (optimizer.step's share of
-    step time; CUDA events on a GPU, host clocks on a CPU; steps that track the ratio left
-    out), ``perturbation_ratio`` and ``steps``.
+    The loop reads nothing on the host: the losses are written into a device buffer and
+    read once after the epoch (fp16 loss scaling reads one flag a step,
+    :mod:`ablations.llm.precision`).
+
+    Returns a dict: ``losses`` (float64 array of the per-step trained-on losses),
+    ``recorded`` (name → float64 array of every recorded per-step loss:
+    :func:`recorded_losses`), ``seconds`` (wall time of the loop, the warm-up excluded),
+    ``optimizer_share`` (optimizer.step's share of step time; CUDA events on a GPU, host
+    clocks on a CPU; steps that track the ratio left out), ``perturbation_ratio``,
+    ``skipped_steps`` (fp16 steps skipped for inf/NaN gradients) and ``steps`` (run).
     """
     warm_up(sess, b, variant, o)
     reset_weights(sess)
     params = list(sess.model.parameters())
     opt = _make_optimizer(params, variant, lr, o, noise_seed)
+    scaling = LossScaling(o.effective_precision, sess.device)
+    names = recorded_losses(b, o)
     S, dev = b.steps, sess.device
-    losses = torch.zeros(S, dtype=torch.float32, device=dev)
+    run_steps = min(S, max_steps) if max_steps else S
+    losses = torch.zeros(run_steps, len(names), dtype=torch.float32, device=dev)
     cuda = dev.type == "cuda"
-    ev = [[torch.cuda.Event(enable_timing=True) for _ in range(3)] for _ in range(S)] if cuda \
-        else None
+    ev = [[torch.cuda.Event(enable_timing=True) for _ in range(3)] for _ in range(run_steps)] \
+        if cuda else None
     host_opt, host_step = [], []
     tracked = []
     sync(dev)
     t0 = time.perf_counter()
-    for s in range(S):
+    for s in range(run_steps):
         opt.param_groups[0]["lr"] = lr_at(s, S, o, lr)
         track = o.ratio_every > 0 and ((s + 1) % o.ratio_every == 0 or s == S - 1)
         opt.track_ratio = track
@@ -134,26 +188,25 @@ def train_epoch(sess: Session, b: DeviceBatches, variant, lr: float, noise_seed:
         h0 = time.perf_counter()
         if cuda:
             ev[s][0].record()
-        loss = _step_loss(sess, b, s)
-        loss.backward()
+        loss, rec = _step_loss(sess, b, s)
+        scaling.backward(loss)
         if sess.dist.world > 1:
             _allreduce_grads(params)
-        if o.clip_grad:
-            torch.nn.utils.clip_grad_norm_(params, o.clip_grad)
+        scaling.clip(opt, params, o.clip_grad)
         h1 = time.perf_counter()
         if cuda:
             ev[s][1].record()
-        opt.step()
+        scaling.step(opt)
         if cuda:
             ev[s][2].record()
         h2 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        losses[s] = loss.detach()
+        losses[s] = rec
         host_opt.append(h2 - h1)
         host_step.append(h2 - h0)
     sync(dev)
     seconds = time.perf_counter() - t0
-    keep = [s for s in range(S) if not tracked[s]] or list(range(S))
+    keep = [s for s in range(run_steps) if not tracked[s]] or list(range(run_steps))
     if cuda:
         opt_ms = sum(ev[s][1].elapsed_time(ev[s][2]) for s in keep)
         step_ms = sum(ev[s][0].elapsed_time(ev[s][2]) for s in keep)
@@ -164,23 +217,41 @@ def train_epoch(sess: Session, b: DeviceBatches, variant, lr: float, noise_seed:
         import torch.distributed as dist
 
         dist.all_reduce(losses)  # each rank holds its share of each step's loss
-    return dict(losses=losses.cpu().double().numpy(), seconds=seconds,
+    table = losses.cpu().double().numpy()
+    recorded = {name: table[:, k] for k, name in enumerate(names)}
+    return dict(losses=recorded[o.loss_tokens], recorded=recorded, seconds=seconds,
                 optimizer_share=opt_ms / step_ms if step_ms > 0 else float("nan"),
-                perturbation_ratio=opt.perturbation_ratio(), steps=S)
+                perturbation_ratio=opt.perturbation_ratio(),
+                skipped_steps=scaling.skipped_steps, steps=run_steps)
 
 
 @torch.no_grad()
-def evaluate_loss(sess: Session, capacity: int, split: str = "test") -> float:
-    """Token-weighted mean answer-token loss over the test-loss set (or the validation set),
-    through the training step's graph (``capacity``: the training batches' loss slots, so the
-    graph is reused)."""
+def evaluate_losses(sess: Session, capacity: int, split: str = "test") -> dict[str, float]:
+    """Token-weighted mean losses over the test-loss set (or the validation set), through the
+    training step's graph: ``{"answer": ...}`` (the answer tokens), and with example batching
+    also ``"all"`` (every token after the first of each example). ``capacity``: the packed
+    training batches' loss slots, so that the graph is reused (unused per example)."""
     b = eval_batches(sess, capacity, split)
+    if isinstance(b, ExampleBatches):
+        per_step = torch.zeros(b.steps, 2, dtype=torch.float32, device=sess.device)
+        with torch.enable_grad(), torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            for s in range(b.steps):
+                per_step[s] = _step_loss(sess, b, s)[1]
+        table = per_step.cpu().double().numpy()
+        return {name: float(table[:, k] @ n) / max(1.0, float(n.sum()))
+                for k, (name, n) in enumerate((("all", b.n_all), ("answer", b.n_answer)))}
     total = torch.zeros((), dtype=torch.float64, device=sess.device)
     with torch.enable_grad():  # the training graph, reused without a second compilation
         for s in range(b.steps):
-            loss = _step_loss(sess, b, s)
+            loss, _ = _step_loss(sess, b, s)
             total += loss.detach().double() * b.n_loss[s].double()
-    return float(total) / float(b.packed.n_loss.sum())
+    return {"answer": float(total) / float(b.packed.n_loss.sum())}
+
+
+def evaluate_loss(sess: Session, capacity: int, split: str = "test") -> float:
+    """Token-weighted mean answer-token loss over the test-loss set (or the validation set):
+    :func:`evaluate_losses`'s ``"answer"``."""
+    return evaluate_losses(sess, capacity, split)["answer"]
 
 
 def evaluate_exact_match(sess: Session, o: LLMOptions) -> float:
@@ -216,29 +287,37 @@ def run(spec) -> dict[str, Any]:
     losses = res["losses"]
     S = len(losses)
     tail = max(1, math.ceil(0.05 * S))
+    capacity = getattr(b, "capacity", 0)
     t_eval = time.perf_counter()
+    test = {"answer": float("nan")}
     val_loss = float("nan")
     if sess.dist.rank == 0:
-        test_loss = evaluate_loss(sess, b.capacity)
+        test = evaluate_losses(sess, capacity)
         if sess.val_examples:
-            val_loss = evaluate_loss(sess, b.capacity, "val")
+            val_loss = evaluate_loss(sess, capacity, "val")
         em = evaluate_exact_match(sess, o)
     else:
-        test_loss = em = float("nan")
+        em = float("nan")
     eval_seconds = time.perf_counter() - t_eval
-    p = b.packed
-    tokens_per_s = p.n_real / res["seconds"]
+    fig = epoch_figures(b, o)
+    tokens_per_s = fig["real"] / res["seconds"]
     peak = peak_flops(sess.device)
-    flops = sess.base.shape.train_flops(p.n_real, float(p.n_loss.sum()), p.attn_pairs)
+    flops = sess.base.shape.train_flops(fig["real"], fig["head"], fig["attn_pairs"])
     world = sess.dist.world
     mfu = flops / res["seconds"] / (peak * world) if peak else float("nan")
-    curve = [{"step": min(lo + o.curve_every, S),
-              "train_loss": float(np.mean(losses[lo:lo + o.curve_every]))}
-             for lo in range(0, S, o.curve_every)]
+    per_example = o.batching == "example"
+    curve = []
+    for lo in range(0, S, o.curve_every):
+        point = {"step": min(lo + o.curve_every, S),
+                 "train_loss": float(np.mean(losses[lo:lo + o.curve_every]))}
+        if per_example:
+            for name, values in res["recorded"].items():
+                point[f"train_loss_{name}"] = float(np.mean(values[lo:lo + o.curve_every]))
+        curve.append(point)
     metrics = {
         "mean_train_loss": float(np.mean(losses)),
         "final_train_loss": float(np.mean(losses[-tail:])),
-        "test_loss": test_loss,
+        "test_loss": test["answer"],
         "test_exact_match": em,
         "tokens_per_s": tokens_per_s,
         "optimizer_share": res["optimizer_share"],
@@ -248,6 +327,12 @@ def run(spec) -> dict[str, Any]:
         "eval_seconds": eval_seconds,
         "mfu": mfu,
     }
+    if per_example:  # both losses of every step, whichever is trained on (examples.py)
+        for name, values in res["recorded"].items():
+            metrics[f"mean_train_loss_{name}"] = float(np.mean(values))
+        metrics["test_loss_all"] = test.get("all", float("nan"))
+    if o.effective_precision == "fp16":
+        metrics["skipped_steps"] = res["skipped_steps"]
     if sess.val_examples:  # what every choice reads (the lr): never the test set
         metrics["val_loss"] = val_loss
     dev = device_name(sess.device) + (f" x{world} (DDP)" if world > 1 else "")
