@@ -106,12 +106,13 @@ def _in_this_python(session, extras):
 @nox.session(python=False)
 def llm(session):
     """The LLM arm on a GPU: the learning-rate selection on validation (llm-lr), then C6 at the
-    selected lr (llm-calibrated); on a CPU, the tiny random config."""
+    selected lr (llm-calibrated), then C6 under the paper's protocol (llm-paper); on a CPU, the
+    tiny random config."""
     _in_this_python(session, "harness,llm")
     has_gpu = session.run("python", "-c", "import torch; print(int(torch.cuda.is_available()))",
                           silent=True, external=True).strip().endswith("1")
     if has_gpu:
-        for name in ("llm-lr", "llm-calibrated"):
+        for name in ("llm-lr", "llm-calibrated", "llm-paper"):
             session.run("python", "-m", "ablations", "run", f"ablations/configs/{name}.toml",
                         external=True)
     else:
