@@ -1,26 +1,17 @@
-"""The classifier arm: a synthetic sequence task that needs attention, and one training run.
+"""The classifier arm: sequence classification tasks that need attention, and one training run.
 
-The task ("query count")
-------------------------
-A sequence is one query token followed by ``seq_len − 1`` content tokens. The query names one of
-``n_symbols`` symbols (query tokens and content tokens are different vocabulary entries: ids
-1…k for queries, k+1…2k for content). The label is 1 when the query's symbol occurs at least
-``threshold`` times among the content tokens. Sequences are generated balanced: the count is
-drawn uniformly from ``threshold − span … threshold − 1`` (label 0) or
-``threshold … threshold + span − 1`` (label 1), the other content tokens from the remaining
-symbols. Then a fraction ``label_noise`` of labels, in train and test alike, is flipped.
+The tasks
+---------
+``[classifier].dataset`` picks the task from the registry of :mod:`ablations.arms.tasks`:
+``query-count`` (the default and the arm's original task: does the query's symbol occur at
+least ``threshold`` times among the content tokens?), ``parity``, ``retrieval`` and the real
+``digits``. Each task's docstring states its generation, why it needs attention and its
+accuracy ceiling (the synthetic tasks flip a fraction ``label_noise`` of labels: the ceiling
+is 1 − label_noise, so "final accuracy" measures how close an optimizer gets to it).
 
-Why this needs attention: whether a content token counts depends on the query, which sits at
-another position. Per-token features pooled over the sequence give a histogram of symbols and
-the query's identity, and the label (histogram[query] ≥ threshold) is not a linear function of
-those, so the linear head on the pooled vector cannot read it; the model must route the query
-to the content tokens (or the reverse) through attention.
-Why the noise: flipped labels put a ceiling of 1 − label_noise on test accuracy, so "final
-accuracy" measures how close an optimizer gets to the ceiling.
-
-Train and test sets are disjoint (duplicated sequences are dropped from the test set), both drawn
-from ``data_seed``: the data are the same for every run seed. Each run seed derives its own data
-order, model init and optimizer-noise streams (``derived_seeds``).
+Train, validation and test sets are disjoint, all drawn from ``data_seed``: the data are the same
+for every run seed. Each run seed derives its own data order, model init and optimizer-noise
+streams (``derived_seeds``).
 """
 
 from __future__ import annotations
@@ -38,6 +29,7 @@ from qsgd import SuperpositionalAdamW, parse_variant
 from ..schedules import lr_at
 from ..seeds import derived_seeds
 from .base import Arm, Metric, register_arm
+from .tasks import check_task, get_task
 
 __all__ = ["ClassifierOptions", "Classifier", "make_task", "build_model", "derived_seeds", "run",
            "TIMING_METRICS", "NUMERICS"]
@@ -57,10 +49,14 @@ PAD = 0
 class ClassifierOptions:
     """Arm options (the ``[classifier]`` table of a config), validated when built.
 
-    Task: seq_len (tokens, the query included), n_symbols, threshold and span (the count
-    distribution, module docstring), label_noise (fraction of flipped labels, 0–0.5),
-    n_train, n_test, data_seed. Training: epochs, batch_size, weight_decay, clip_grad (0: off),
-    schedule (cosine or constant), bias_correction. Model: d_model, n_heads (dividing
+    Task: dataset (the task's name, :mod:`ablations.arms.tasks`; default query-count),
+    n_train, n_test, data_seed, and the keys of that task (a key only other tasks read must
+    keep its default): seq_len (tokens, the query included), n_symbols, threshold and span
+    (the count distribution of query-count), label_noise (fraction of flipped labels, 0–0.5),
+    max_count (parity: the largest count of the marked symbol), n_pairs, n_keys, n_values
+    (retrieval), pixel_levels (digits: quantisation levels of a pixel). Training: epochs,
+    batch_size, weight_decay, clip_grad (0: off), schedule (cosine or constant),
+    bias_correction. Model: d_model, n_heads (dividing
     d_model), n_layers, d_ff, dropout, attn_qubits and attn_depth (the circuit of quantum
     attention). Validation: n_val examples carved from the n_train training examples (the last
     n_val drawn; 0: none), scored every epoch: every choice (lr, difficulty, epochs) reads them,
@@ -92,6 +88,12 @@ class ClassifierOptions:
     ratio_every: int = 10
     schedule: str = "cosine"
     bias_correction: bool = True
+    dataset: str = "query-count"
+    max_count: int = 3
+    n_pairs: int = 6
+    n_keys: int = 12
+    n_values: int = 2
+    pixel_levels: int = 4
 
     def __post_init__(self):
         # ValueError naming [classifier].<key>; every check here runs when the config loads
@@ -107,8 +109,6 @@ class ClassifierOptions:
             need(getattr(self, key) >= 1, key, ">= 1")
         need(0 <= self.n_val < self.n_train, "n_val", f"in [0, n_train = {self.n_train})")
         need(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)")
-        need(self.threshold <= self.seq_len - 1, "threshold",
-             f"<= seq_len - 1 = {self.seq_len - 1} (the count of content tokens)")
         need(self.d_model % self.n_heads == 0, "n_heads", f"a divisor of d_model ({self.d_model})")
         need(0.0 <= self.label_noise <= 0.5, "label_noise", "in [0, 0.5]")
         need(0.0 < self.target_acc <= 1.0, "target_acc", "in (0, 1]")
@@ -118,61 +118,18 @@ class ClassifierOptions:
         need(self.ratio_every >= 0, "ratio_every", ">= 0")
         need(self.data_seed >= 0, "data_seed", ">= 0")
         need(self.schedule in ("cosine", "constant"), "schedule", "cosine or constant")
-
-
-def _sample(rng: np.random.Generator, n: int,
-            o: ClassifierOptions) -> tuple[np.ndarray, np.ndarray]:
-    """n sequences of the query-count task (module docstring) and their noisy labels."""
-    L, k = o.seq_len, o.n_symbols
-    query = rng.integers(0, k, size=n)
-    # the count of the query's symbol among the L-1 content tokens: below or at/above threshold,
-    # half the sequences each, spread evenly over the counts on each side
-    low = rng.integers(max(0, o.threshold - o.span), o.threshold, size=n)
-    high = rng.integers(o.threshold, min(L - 1, o.threshold + o.span - 1) + 1, size=n)
-    labels = (rng.random(n) < 0.5).astype(np.int64)
-    count = np.where(labels == 1, high, low)
-    # content: symbols other than the query, then `count` copies of the query symbol planted
-    other = rng.integers(0, k - 1, size=(n, L - 1))
-    other = other + (other >= query[:, None])  # skip the query symbol
-    for i in range(n):
-        pos = rng.choice(L - 1, size=count[i], replace=False)
-        other[i, pos] = query[i]
-    x = np.concatenate([(1 + query)[:, None], (1 + k + other)], axis=1)
-    flip = rng.random(n) < o.label_noise
-    labels[flip] = 1 - labels[flip]
-    return x, labels
+        check_task(self)  # the dataset and its own keys
 
 
 def make_task(o: ClassifierOptions) -> dict[str, torch.Tensor]:
-    """Train, validation and test tensors (tokens int64 [n, L], labels int64 [n]).
+    """Train, validation and test tensors (tokens int64 [n, L], labels int64 [n]) of the
+    task ``o.dataset`` (:mod:`ablations.arms.tasks`).
 
-    The n_train training examples are drawn first; the last n_val of them are the validation
-    split (``x_val``, ``y_val``, present when n_val > 0). The test set is drawn after, with
-    every sequence of the training data (validation included) left out.
+    The last n_val of the n_train training examples are the validation split (``x_val``,
+    ``y_val``, present when n_val > 0). The test set shares no example with the training data
+    (validation included).
     """
-    rng = np.random.default_rng(o.data_seed)
-    xtr, ytr = _sample(rng, o.n_train, o)
-    seen = {row.tobytes() for row in xtr}
-    xs, ys, need, tries = [], [], o.n_test, 0
-    while need > 0:
-        tries += 1
-        if tries > 1000:  # the task has fewer distinct sequences than train + test need
-            raise ValueError(f"[classifier]: cannot draw {o.n_test} test sequences disjoint "
-                             f"from {o.n_train} training ones (seq_len {o.seq_len}, n_symbols "
-                             f"{o.n_symbols}): make the task larger or the sets smaller")
-        xt, yt = _sample(rng, need, o)
-        keep = np.array([row.tobytes() not in seen for row in xt])
-        xs.append(xt[keep])
-        ys.append(yt[keep])
-        need -= int(keep.sum())
-    xte, yte = np.concatenate(xs)[: o.n_test], np.concatenate(ys)[: o.n_test]
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).long()
-    out = {"x_test": t(xte), "y_test": t(yte)}
-    cut = o.n_train - o.n_val
-    out.update(x_train=t(xtr[:cut]), y_train=t(ytr[:cut]))
-    if o.n_val:
-        out.update(x_val=t(xtr[cut:]), y_val=t(ytr[cut:]))
-    return out
+    return get_task(o.dataset).make(o)
 
 
 _TASK_CACHE: dict[ClassifierOptions, dict[str, torch.Tensor]] = {}
@@ -187,10 +144,12 @@ def _task(o: ClassifierOptions) -> dict[str, torch.Tensor]:
 def build_model(o: ClassifierOptions, attention: str) -> torch.nn.Module:
     from qsgd.models import TransformerClassifier
 
+    task = get_task(o.dataset)
     return TransformerClassifier(
-        vocab_size=2 * o.n_symbols + 1, n_classes=2, max_len=o.seq_len, d_model=o.d_model,
-        n_heads=o.n_heads, n_layers=o.n_layers, d_ff=o.d_ff, attention=attention,
-        pad_id=PAD, n_qubits=o.attn_qubits, depth=o.attn_depth, dropout=o.dropout,
+        vocab_size=task.vocab_size(o), n_classes=task.n_classes(o), max_len=task.seq_len(o),
+        d_model=o.d_model, n_heads=o.n_heads, n_layers=o.n_layers, d_ff=o.d_ff,
+        attention=attention, pad_id=PAD, n_qubits=o.attn_qubits, depth=o.attn_depth,
+        dropout=o.dropout,
     )
 
 
@@ -292,7 +251,8 @@ _PP = dict(unit=" pp", scale=100.0)
 
 @register_arm
 class Classifier(Arm):
-    """The classifier arm (claims C1–C5): the query-count task above, one run per spec."""
+    """The classifier arm (claims C1–C5): the task of ``dataset`` (query-count by default),
+    one run per spec."""
 
     name = "classifier"
     options = ClassifierOptions
@@ -327,9 +287,7 @@ class Classifier(Arm):
     def describe(self, cfg, runs) -> str:
         o, baseline_lr = cfg.arm_options, cfg.baseline_lr
         return (
-            f"Task: query count (`ablations/arms/classifier.py`), sequences of {o.seq_len} "
-            f"tokens, {o.n_train} train / {o.n_test} test examples, label noise "
-            f"{o.label_noise} (accuracy ceiling {1 - float(o.label_noise):.2f}). "
+            get_task(o.dataset).describe(o) +
             f"Model: {o.n_layers}-layer transformer, d={o.d_model}, "
             f"{o.n_heads} heads; attention `quantum` (circuit term on) or `classical`. "
             f"{o.epochs} epochs, batch {o.batch_size}, weight decay "
