@@ -66,8 +66,8 @@ def test_a_grid_of_the_baseline_alone_reports_its_calibration(tmp_path):
 
 def test_committed_reports_regenerate_from_the_stored_runs(tmp_path):
     """Every committed stats.csv and claims.json of the grids that judge claims (classifier,
-    llm-calibrated) comes out of their stored runs.jsonl again (numbers to 1e-12 relative, claim texts exactly): nothing in
-    results/ is edited by hand or left behind by older code."""
+    llm-calibrated) comes out of their stored runs.jsonl again (numbers to 1e-12 relative,
+    claim texts exactly): nothing in results/ is edited by hand or left behind by older code."""
     import numpy as np
 
     for name in ("classifier", "llm-calibrated"):

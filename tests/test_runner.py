@@ -214,7 +214,7 @@ def test_non_finite_numbers_are_strict_json_and_read_back(tmp_path):
                                "one": 1.0, "n": 3}}, sort_keys=True)
 
 
-@pytest.mark.parametrize("grid", ["calibration", "classifier", "llm"])
+@pytest.mark.parametrize("grid", ["calibration", "classifier"])
 def test_stored_runs_with_bare_nan_load_as_before(grid):
     """The committed runs.jsonl files (bare NaN, written before records were strict) read as
     the plain JSON reader reads them: same records, same order, NaN where NaN was."""
