@@ -155,6 +155,11 @@ class GridConfig:
     protocol: str = ""
     #: a grid that selects hyperparameters (an lr sweep): its runs judge no claim
     selection: bool = False
+    #: variant → its lr selected on validation by the grid of ``[grid].select_lr`` (empty
+    #: without one): what ``lr = "selected"`` resolves to, and what reports compare at
+    selected_lr: dict[str, float] = field(default_factory=dict)
+    #: the config of that selection grid (None without one)
+    selected_from: Path | None = None
 
     @property
     def arm_obj(self) -> Arm:
@@ -311,7 +316,8 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
     return GridConfig(path=path, arm=arm, name=str(grid.get("name", arm)), results=res,
                       baseline_lr=baseline_lr, options=options, specs=tuple(specs.values()),
                       cells=tuple(cells), arm_options=arm_options, protocol=protocol,
-                      selection=selection)
+                      selection=selection, selected_lr=dict(selected or {}),
+                      selected_from=None if selected is None else path.parent / grid["select_lr"])
 
 
 def _lr_or_selected(value: Any, where: str, selected: dict[str, float] | None,
