@@ -289,6 +289,8 @@ def lr_check(ctx: Context, claim: Claim | None) -> list[str]:
     attention = ctx.arm.attentions[0]
     runs = ctx.runs
     sel = (runs["attention"] == attention) & runs["variant"].isin([base, variant])
+    if runs[sel]["lr"].nunique() < 2:  # one lr: the claims' sections show it already
+        return []
     rows = []
     for lr in sorted(runs[sel]["lr"].unique()):
         r = _row(ctx, metric, variant, base, {"attention": attention, "lr": float(lr)})
@@ -487,7 +489,8 @@ def tuned_lr(ctx: Context, claim: Claim | None) -> list[str]:
             f"`{ctx.cfg.selected_from.stem}`: {lrs}. Each variant against {base} on "
             f"{ctx.label(metric.name)} (test split), paired by seed: at the shared lr (the "
             f"lr {base} selected; Holm over every comparison of `stats.csv`), and each at its "
-            f"own selected lr against {base} at its own (Holm over these {len(names)}); TOST "
+            f"own selected lr against {base} at its own (Holm over these {len(names)} "
+            f"comparison{'s' if len(names) > 1 else ''}); TOST "
             f"±{margin * metric.scale:g}{metric.unit}.")
     if time is not None:
         text += (f" Medians: Kaplan–Meier median {ctx.label(time[0])} (test split; censored "
@@ -538,9 +541,9 @@ def difficulty(ctx: Context, claim: Claim | None) -> list[str]:
     fig = plot_difficulty(table, target=target.target, time_label=ctx.label(target.time),
                           horizon=max(horizon.values()))
     return ["## Difficulty selection (validation)\n",
-            f"Each level is a task of this grid; {base}'s runs, Kaplan–Meier "
-            f"{stats.KM_MEDIAN_RULE} of {ctx.label(target.time)} (runs that never reached it "
-            f"censored at their level's {target.horizon}). The target: {target.target:g} "
+            f"Each level is a task of this grid. Per level: the Kaplan–Meier median of "
+            f"{ctx.label(target.time)} over {base}'s runs (runs that never reached it censored "
+            f"at their level's {target.horizon}; {stats.KM_MEDIAN_RULE}). The target: {target.target:g} "
             f"({target.source}). Rule: among the levels run with {main} attention, the median "
             f"nearest the target; a level where fewer than half the runs reached it is never "
             f"chosen; ties: the higher mean {ctx.label(ctx.arm.selection_metric or '')}, then "
