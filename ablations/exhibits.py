@@ -540,15 +540,16 @@ def difficulty(ctx: Context, claim: Claim | None) -> list[str]:
             if len(chosen) else f"none yet (no level of {main} attention has a median)")
     fig = plot_difficulty(table, target=target.target, time_label=ctx.label(target.time),
                           horizon=max(horizon.values()))
-    return ["## Difficulty selection (validation)\n",
-            f"Each level is a task of this grid. Per level: the Kaplan–Meier median of "
+    selector = ctx.label(ctx.arm.selection_metric or "")
+    text = (f"Each level is a task of this grid. Per level: the Kaplan–Meier median of "
             f"{ctx.label(target.time)} over {base}'s runs (runs that never reached it censored "
-            f"at their level's {target.horizon}; {stats.KM_MEDIAN_RULE}). The target: {target.target:g} "
-            f"({target.source}). Rule: among the levels run with {main} attention, the median "
-            f"nearest the target; a level where fewer than half the runs reached it is never "
-            f"chosen; ties: the higher mean {ctx.label(ctx.arm.selection_metric or '')}, then "
-            f"the level listed first. Levels run with other attentions narrowed the range "
-            f"only. Validation split only: the test set plays no part. Chosen: {pick}.\n",
+            f"at their level's {target.horizon}; {stats.KM_MEDIAN_RULE}). The target: "
+            f"{target.target:g} ({target.source}). Rule: among the levels run with {main} "
+            "attention, the median nearest the target; a level where fewer than half the runs "
+            f"reached it is never chosen; ties: the higher mean {selector}, then the level "
+            "listed first. Levels run with other attentions narrowed the range only. "
+            f"Validation split only: the test set plays no part. Chosen: {pick}.\n")
+    return ["## Difficulty selection (validation)\n", text,
             md_table(table, None, 4), figure_link(ctx, "difficulty.png", fig)]
 
 
