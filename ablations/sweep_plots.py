@@ -157,7 +157,7 @@ def plot_difficulty(table: pd.DataFrame, *, target: float, level: str = "task",
     x_of = {name: i for i, name in enumerate(levels)}
     hues = sorted(map(str, table[hue].unique())) if hue in table.columns else [""]
     colors = level_colors(hues)
-    fig, axes = new_figure(1, 1, max(5.6, 0.9 * len(levels) + 2.5), 3.8)
+    fig, axes = new_figure(1, 1, max(5.6, 0.9 * len(levels) + 2.5), 4.4)
     ax = axes.flat[0]
     top = horizon if horizon is not None else np.nanmax(
         table[["median", "median_high"]].to_numpy(float), initial=target)
@@ -185,10 +185,11 @@ def plot_difficulty(table: pd.DataFrame, *, target: float, level: str = "task",
     ax.set(xlabel="difficulty level", ylabel=time_label or "median time to target")
     handles = [line_handle(colors[h], f"{hue} {h}" if h else "runs", marker="o", lw=0)
                for h in hues]
+    handles.append(line_handle("black", "no median (fewer than half reached)", marker="o",
+                               lw=0, markerfacecolor="none"))
     handles.append(line_handle("black", f"target {target:g}", ls=":", lw=1))
     handles.append(line_handle("black", "selected level", marker="o", lw=0, markersize=11,
                                markerfacecolor="none"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5))
-    fig.suptitle(title or "Kaplan–Meier median time to target per level (95 % CI; open: "
-                 "no median, fewer than half reached)")
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3))
+    fig.suptitle(title or "Kaplan–Meier median per level (95 % CI)")
     return fig

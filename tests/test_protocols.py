@@ -194,7 +194,6 @@ def test_the_difficulty_section_chooses_on_validation(tmp_path):
     cfg = load_config(path, results=tmp_path / "d")
     assert _run(cfg, _difficulty_metrics)["ran"] == 15
     text = render_arm(cfg).read_text()
-
     section = text[text.index("## Difficulty selection (validation)"):]
     # quantum b: epochs 8, 9, 8 -> median 8; quantum c never reaches 90%; classical a (3) and
     # b (6) narrowed the range only
