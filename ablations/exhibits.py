@@ -470,8 +470,7 @@ def tuned_lr(ctx: Context, claim: Claim | None) -> list[str]:
         shared = _row(ctx, metric.name, v, base, {**cell, "lr": ctx.lr})
         own = comp[comp["variant"] == v]
         for label, r, sub, lr_v, lr_b in (
-                ("shared lr", shared, ctx.runs[ctx.in_cell({**cell, "lr": ctx.lr})], ctx.lr,
-                 ctx.lr),
+                ("shared lr", shared, runs[np.isclose(runs["lr"], ctx.lr)], ctx.lr, ctx.lr),
                 ("own lr", own.iloc[0].to_dict() if len(own) else None, tuned, selected[v],
                  selected[base])):
             if r is None:
@@ -479,9 +478,9 @@ def tuned_lr(ctx: Context, claim: Claim | None) -> list[str]:
             row = {"variant": v, "comparison": label, "lr": lr_v, f"{base} lr": lr_b,
                    **{k: r[k] for k in ("n", "mean_variant", "mean_baseline", "diff",
                                         "ci_low", "ci_high", "p_holm", "p_tost", "verdict")}}
-            if time is not None:
+            if time is not None:  # as the time-to-target claim reads it (C2)
                 tt = stats.time_to_target(sub, v, base, horizon=ctx.evidence.horizon,
-                                          time_col=time[0], event_col=time[1])
+                                          time_col=time)
                 row.update(median_variant=tt["median_variant"],
                            median_baseline=tt["median_baseline"], p_logrank=tt["p_logrank"])
             rows.append(row)
@@ -493,18 +492,20 @@ def tuned_lr(ctx: Context, claim: Claim | None) -> list[str]:
             f"comparison{'s' if len(names) > 1 else ''}); TOST "
             f"±{margin * metric.scale:g}{metric.unit}.")
     if time is not None:
-        text += (f" Medians: Kaplan–Meier median {ctx.label(time[0])} (test split; censored "
+        text += (f" Medians: Kaplan–Meier median {ctx.label(time)} (test split; censored "
                  f"at {num(ctx.evidence.horizon, 0)}), log-rank p.")
     return head + [text + "\n", md_table(pd.DataFrame(rows), None, 4)]
 
 
-def _time_metric(ctx: Context) -> tuple[str, str] | None:
-    """The arm's time-to-target test metric and its event column (the claims' C2 reads
-    ``epochs_to_90``/``reached_90``), when its runs have them and the grid a horizon."""
-    cols = ctx.runs.columns
-    if ctx.evidence.horizon is None or "epochs_to_90" not in cols or "reached_90" not in cols:
+def _time_metric(ctx: Context) -> str | None:
+    """The time-to-target metric of the arm's time-to-target claim (C2's ``epochs_to_90``),
+    when the runs have it and the grid a horizon; else None."""
+    from .claims import claims_for, judge_time_to_target
+
+    if ctx.evidence.horizon is None:
         return None
-    return "epochs_to_90", "reached_90"
+    return next((c.metric for c in claims_for(ctx.arm.name) if c.judge is judge_time_to_target
+                 and c.metric in ctx.runs.columns), None)
 
 
 @exhibit("difficulty")

@@ -99,6 +99,12 @@ def _exhibit(name: str, ctx: Context, claim: Claim | None) -> list[str]:
 
 def _setup(ctx: Context) -> list[str]:
     body = ["## Setup\n", ctx.arm.describe(ctx.cfg, ctx.runs)]
+    tasks = {c["task"]: c.get("options", {}) for c in ctx.cfg.cells if c.get("task")}
+    if tasks:  # cells of their own task: what they change from the options above
+        body.append("Tasks of the cells (compared within a task only), with the options they "
+                    "change: " + "; ".join(
+                        f"`{t}` " + (", ".join(f"{k} = {v}" for k, v in sorted(o.items()))
+                                     or "none") for t, o in tasks.items()) + ".\n")
     for name in ctx.arm.setup_exhibits:
         body += _exhibit(name, ctx, None)
     records, runs = ctx.records, ctx.runs
