@@ -515,22 +515,33 @@ def difficulty(ctx: Context, claim: Claim | None) -> list[str]:
     (:attr:`ablations.arms.Arm.difficulty`) of its first baseline's runs, censored at each
     level's training length, and the level chosen: among the arm's main attention, the median
     nearest the target (:func:`ablations.stats.difficulty_selection`; ties: the higher mean
-    selection metric, then the level listed first). Validation metrics only."""
+    selection metric, then the level listed first). A level run at several learning rates is
+    read at its own selected one (:func:`ablations.stats.lr_selection` of the selection
+    metric over that level's runs): the difficulty is then the one the tuned baseline meets.
+    Validation metrics only."""
     from .sweep_plots import plot_difficulty
 
     target, runs = ctx.arm.difficulty, ctx.runs
     if target is None or "task" not in runs.columns or runs["task"].nunique() < 2:
         return []
-    base = ctx.arm.baselines[0]
+    base, selector = ctx.arm.baselines[0], ctx.arm.selection_metric
     options = _task_options(ctx)
     order = list(options)
     horizon = {t: float(o[target.horizon]) for t, o in options.items()}
     sub = runs[runs["variant"] == base]
     sub = sub.assign(horizon=sub["task"].map(horizon))
+    tuned = ""
+    if sub["lr"].nunique() > 1 and selector in sub.columns:
+        lrs = stats.lr_selection(sub, selector, ctx.arm.metric(selector).higher_is_better
+                                 is not False)
+        keys = [k for k in ("task", "attention", "lr") if k in lrs.columns]
+        sub = sub.merge(lrs.loc[lrs["selected"], keys], on=keys)
+        tuned = (f" Levels run at several learning rates are read at each one's own: the lr "
+                 f"of {base}'s highest mean {ctx.label(selector)} on that level (column lr).")
     main = ctx.arm.attentions[0]
     table = stats.difficulty_selection(
-        sub, target=target.target, horizon="horizon", time_col=target.time,
-        event_col=target.event, tiebreak=ctx.arm.selection_metric,
+        sub, target=target.target, horizon="horizon", by=("attention", "lr"),
+        time_col=target.time, event_col=target.event, tiebreak=selector,
         choose_among={"attention": main} if "attention" in sub.columns else None, order=order)
     varying = [k for k in next(iter(options.values()))
                if len({repr(o[k]) for o in options.values()}) > 1]
@@ -541,7 +552,7 @@ def difficulty(ctx: Context, claim: Claim | None) -> list[str]:
             if len(chosen) else f"none yet (no level of {main} attention has a median)")
     fig = plot_difficulty(table, target=target.target, time_label=ctx.label(target.time),
                           horizon=max(horizon.values()))
-    selector = ctx.label(ctx.arm.selection_metric or "")
+    selector = ctx.label(selector or "")
     text = (f"Each level is a task of this grid. Per level: the Kaplan–Meier median of "
             f"{ctx.label(target.time)} over {base}'s runs (runs that never reached it censored "
             f"at their level's {target.horizon}; {stats.KM_MEDIAN_RULE}). The target: "
@@ -549,7 +560,7 @@ def difficulty(ctx: Context, claim: Claim | None) -> list[str]:
             "attention, the median nearest the target; a level where fewer than half the runs "
             f"reached it is never chosen; ties: the higher mean {selector}, then the level "
             "listed first. Levels run with other attentions narrowed the range only. "
-            f"Validation split only: the test set plays no part. Chosen: {pick}.\n")
+            f"Validation split only: the test set plays no part.{tuned} Chosen: {pick}.\n")
     return ["## Difficulty selection (validation)\n", text,
             md_table(table, None, 4), figure_link(ctx, "difficulty.png", fig)]
 

@@ -26,7 +26,6 @@ from tests.test_runner import SerialExecutor
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "ablations" / "configs"
-NEW = ("classifier-difficulty", "classifier-paper", "classifier-lr", "classifier-calibrated")
 
 
 def _known(vid: str) -> bool:
@@ -86,11 +85,13 @@ def _run(cfg, metrics_of):
 # ----------------------------------------------------------------------------- the configs
 def test_the_protocol_configs_load_with_validation_splits(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no results/ here: the lr selection has not run
-    for name in ("classifier-difficulty", "classifier-paper", "classifier-lr"):
+    grids = {"classifier-difficulty": ("paper", True), "classifier-paper": ("paper", False),
+             "classifier-calibrated-difficulty": ("calibrated", True),
+             "classifier-lr": ("calibrated", True)}
+    for name, (protocol, selection) in grids.items():
         text = read_toml(CONFIGS / f"{name}.toml")
         cfg = load_config(_copy(tmp_path, name))
-        assert cfg.protocol == ("paper" if "lr" not in name else "calibrated"), name
-        assert cfg.selection == (name != "classifier-paper"), name
+        assert (cfg.protocol, cfg.selection) == (protocol, selection), name
         for spec in cfg.specs:  # every run holds out validation data from its training draws
             assert 0 < spec.config["n_val"] < spec.config["n_train"], (name, spec.task)
         unknown = {v for c in text["cells"] for v in c["variants"] if not _known(v)}
@@ -98,6 +99,14 @@ def test_the_protocol_configs_load_with_validation_splits(tmp_path, monkeypatch)
     # the calibrated grid reads the lr grid's validation runs: not there yet, it says so
     with pytest.raises(SelectionPending, match=r"select_lr: classifier-lr\.toml has 0 of "):
         load_config(_copy(tmp_path, "classifier-calibrated"))
+    # the calibrated grid runs the lr grid's task, model and training: its selections apply
+    assert read_toml(CONFIGS / "classifier-calibrated.toml")["classifier"] == \
+        read_toml(CONFIGS / "classifier-lr.toml")["classifier"]
+    # and that task is one of the calibrated difficulty selection's levels
+    levels = read_toml(CONFIGS / "classifier-calibrated-difficulty.toml")
+    table = read_toml(CONFIGS / "classifier-lr.toml")["classifier"]
+    assert any(all(table[k] == v for k, v in {**levels["classifier"], **c.get("options", {})}
+                   .items()) for c in levels["cells"])
 
 
 def test_the_paper_grid_follows_table_ii():
@@ -204,6 +213,36 @@ def test_the_difficulty_section_chooses_on_validation(tmp_path):
     assert " | 12 | 1 |" in rows[0] and " | 16 | 2 |" in rows[1]  # the levels' options
     assert (tmp_path / "d" / "figures" / "difficulty.png").is_file()
     assert "test accuracy" not in section.lower() and "## C1" not in text
+
+
+def test_levels_run_at_several_lrs_are_read_at_their_selected_lr(tmp_path):
+    # level a: the best validation accuracy at lr 1e-3 (90% at epoch 7; at 2e-3: epoch 4);
+    # level b: at 2e-3 (epoch 11; at 1e-3: epoch 8). Each level is read at its own lr.
+    table = {("a", 1e-3): (0.93, 7.0), ("a", 2e-3): (0.90, 4.0), ("b", 1e-3): (0.90, 8.0),
+             ("b", 2e-3): (0.94, 11.0)}
+
+    def metrics(spec):
+        val, e = table[(spec.task, spec.lr)]
+        return val, 0.5, e, 12.0
+
+    path = tmp_path / "levels.toml"
+    path.write_text(
+        '[grid]\narm = "classifier"\nname = "levels"\nprotocol = "calibrated"\n'
+        'selection = true\nbaseline_lr = 1e-3\n\n' + _SMALL.replace("epochs = 6", "epochs = 12")
+        + '\n[[cells]]\ntask = "a"\nvariants = ["adamw"]\nlr = [1e-3, 2e-3]\nseeds = 3\n\n'
+        '[[cells]]\ntask = "b"\noptions = { n_symbols = 6 }\nvariants = ["adamw"]\n'
+        'lr = [1e-3, 2e-3]\nseeds = 3\n')
+    cfg = load_config(path, results=tmp_path / "levels")
+    assert _run(cfg, metrics)["ran"] == 12
+    text = render_arm(cfg).read_text()
+    section = text[text.index("## Difficulty selection"):text.index("## Learning-rate")]
+    assert "read at each one's own: the lr of adamw's highest mean final validation" in section
+    rows = [r.split(" | ") for r in section.splitlines() if r.startswith(("| a ", "| b "))]
+    assert [(r[0], float(r[3]), float(r[6])) for r in rows] == [("| a", 1e-3, 7.0),
+                                                               ("| b", 2e-3, 11.0)]
+    assert "Chosen: **a** (median 7.0)" in section
+    assert "Tasks of the cells (compared within a task only), with the options they change: " \
+        "`a` none; `b` n_symbols = 6." in text
 
 
 # ----------------------------------------------------------------------------- shared vs tuned

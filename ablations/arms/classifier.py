@@ -340,7 +340,8 @@ class Classifier(Arm):
         import inspect
 
         adam = inspect.signature(SuperpositionalAdamW).parameters  # the arm sets neither
-        lr = (f"Adam β {tuple(adam['betas'].default)}, ε {adam['eps'].default:g}; reference lr "
+        eps = f"{adam['eps'].default:g}".replace("e-0", "e-")
+        lr = (f"Adam β {tuple(adam['betas'].default)}, ε {eps}; reference lr "
               f"{baseline_lr:g}")
         if cfg.selected_lr:
             lr += (f" (the lr {self.baselines[0]} selected on validation; selected: "
@@ -358,8 +359,9 @@ class Classifier(Arm):
                       "every accuracy below is test accuracy")
         return (
             f"Task: query count (`ablations/arms/classifier.py`), sequences of {o.seq_len} "
-            f"tokens, {o.n_symbols} symbols, label: the query's count >= {o.threshold} "
-            f"(counts within {o.span} of it), label noise {o.label_noise} (accuracy ceiling "
+            f"tokens, {o.n_symbols} symbols, label: the query's symbol occurs at least "
+            f"{o.threshold} times among the content tokens (counts drawn within {o.span} of "
+            f"that threshold), label noise {o.label_noise} (accuracy ceiling "
             f"{1 - float(o.label_noise):.2f}); {splits}. "
             f"Model: {o.n_layers}-layer transformer, d={o.d_model}, {o.n_heads} heads, "
             f"feed-forward {o.d_ff}, dropout {o.dropout:g}; attention {attention}. "
