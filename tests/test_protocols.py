@@ -323,3 +323,22 @@ def test_a_selected_lr_for_a_variant_the_sweep_did_not_run(tmp_path, monkeypatch
                     '[[cells]]\nvariants = ["cos-l0.5"]\nlr = "selected"\n')
     with pytest.raises(ConfigError, match=r"chose no lr for 'cos-l0.5' \(it chose for adamw\)"):
         load_config(path)
+
+
+def test_the_lr_sensitivity_figure_draws_three_variants():
+    from matplotlib.collections import PathCollection
+
+    from ablations.sweep_plots import plot_lr_sensitivity
+
+    rows = [{"variant": v, "lr": lr, "mean": 0.9 - abs(np.log2(lr / best)) / 100, "ci_low": 0.8,
+             "ci_high": 0.95, "selected": lr == best}
+            for v, best in (("adamw", 2e-3), ("sin-l0.5", 2e-3), ("sinnorm-l0.5", 4e-3))
+            for lr in (1e-3, 2e-3, 4e-3, 8e-3)]
+    fig = plot_lr_sensitivity(pd.DataFrame(rows), metric_label="final validation accuracy")
+    ax = fig.axes[0]
+    lines = [ln for ln in ax.get_lines() if ln.get_marker() == "o"]  # not the error bars
+    assert len(lines) == 3 and len({ln.get_color() for ln in lines}) == 3
+    # each variant's selected lr is ringed, at its own lr (dodged by a few percent)
+    rings = [x for c in ax.collections if isinstance(c, PathCollection)
+             for x, _ in c.get_offsets()]
+    assert sorted(rings) == pytest.approx([1.92e-3, 2e-3, 4.16e-3], rel=1e-9)
