@@ -162,6 +162,11 @@ class GridConfig:
     #: worker processes sharing each GPU (a GPU arm's runs are launch-bound at small batch:
     #: several per device use it better); not part of any run's key
     runs_per_gpu: int = 1
+    #: variant → its lr selected on validation by the grid of ``[grid].select_lr`` (empty
+    #: without one): what ``lr = "selected"`` resolves to, and what reports compare at
+    selected_lr: dict[str, float] = field(default_factory=dict)
+    #: the config of that selection grid (None without one)
+    selected_from: Path | None = None
 
     @property
     def arm_obj(self) -> Arm:
@@ -322,7 +327,9 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
     return GridConfig(path=path, arm=arm, name=str(grid.get("name", arm)), results=res,
                       baseline_lr=baseline_lr, options=options, specs=tuple(specs.values()),
                       cells=tuple(cells), arm_options=arm_options, protocol=protocol,
-                      selection=selection, runs_per_gpu=runs_per_gpu)
+                      selection=selection, runs_per_gpu=runs_per_gpu,
+                      selected_lr=dict(selected or {}),
+                      selected_from=None if selected is None else path.parent / grid["select_lr"])
 
 
 def _lr_or_selected(value: Any, where: str, selected: dict[str, float] | None,

@@ -30,7 +30,8 @@ class Context:
     cfg: the grid config; arm: its :class:`ablations.arms.Arm`; runs, curves: the runs table
     and the long curve table of the current records; stats: the ``stats.csv`` table;
     evidence: what the claims' verdicts read; results: claim id → ClaimResult; figures:
-    file name → Figure, saved by the report.
+    file name → Figure, saved by the report; sweep: the runs table of the selection grid of
+    ``[grid].select_lr`` (``cfg.selected_from``), None without one.
     """
 
     cfg: Any
@@ -42,6 +43,7 @@ class Context:
     evidence: Evidence
     results: dict[str, ClaimResult] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
+    sweep: pd.DataFrame | None = None
 
     @property
     def lr(self) -> float:
@@ -287,6 +289,8 @@ def lr_check(ctx: Context, claim: Claim | None) -> list[str]:
     attention = ctx.arm.attentions[0]
     runs = ctx.runs
     sel = (runs["attention"] == attention) & runs["variant"].isin([base, variant])
+    if runs[sel]["lr"].nunique() < 2:  # one lr: the claims' sections show it already
+        return []
     rows = []
     for lr in sorted(runs[sel]["lr"].unique()):
         r = _row(ctx, metric, variant, base, {"attention": attention, "lr": float(lr)})
@@ -366,9 +370,12 @@ CALIBRATION_TARGETS = {"median_epochs": (3.0, 10.0), "final_acc": (0.90, 0.97)}
 @exhibit("calibration")
 def calibration(ctx: Context, claim: Claim | None) -> list[str]:
     """One line per learning rate of the AdamW runs with classical attention: does the task
-    sit inside its calibration targets?"""
+    sit inside its calibration targets? Grids of the earlier protocol only (no
+    ``[grid].protocol``), whose batch and lr were chosen that way, on test accuracy: a grid of
+    the paper or calibrated protocol chooses on validation data, in its selection grids'
+    reports (:func:`difficulty`, :func:`lr_sensitivity`)."""
     runs = ctx.runs
-    if "attention" not in runs.columns:
+    if "attention" not in runs.columns or ctx.cfg.protocol:
         return []
     cal_all = runs[(runs["attention"] == "classical") & (runs["variant"] == "adamw")]
     lrs = sorted(cal_all["lr"].unique())
@@ -383,8 +390,8 @@ def calibration(ctx: Context, claim: Claim | None) -> list[str]:
         ok = (m_lo <= med <= m_hi if np.isfinite(med) else False) and a_lo <= acc <= a_hi
         tag = " (the reference)" if len(lrs) > 1 and np.isclose(lr, ctx.lr) else ""
         out.append(
-            f"Calibration (AdamW, classical attention, lr {lr:g}{tag}, {len(cal)} seeds): "
-            f"Kaplan–Meier median epochs to 90% = {num(med, 1)}, mean final accuracy "
+            f"Calibration (AdamW, classical attention, lr {lr:g}{tag}, {len(cal)} seeds; test "
+            f"split): Kaplan–Meier median epochs to 90% = {num(med, 1)}, mean final accuracy "
             f"{100 * acc:.2f}% — {'inside' if ok else 'OUTSIDE'} the targets (median "
             f"{m_lo:g}–{m_hi:g} epochs, final {100 * a_lo:g}–{100 * a_hi:g}%).\n")
     return out
@@ -394,11 +401,18 @@ def calibration(ctx: Context, claim: Claim | None) -> list[str]:
 @exhibit("lr_sensitivity")
 def lr_sensitivity(ctx: Context, claim: Claim | None) -> list[str]:
     """The selection metric against the learning rate per variant, and each variant's
-    selected lr (only for grids that ran more than one lr)."""
+    selected lr: of this grid's runs (a grid that ran more than one lr), or, for a grid that
+    takes its lrs from a selection grid (``[grid].select_lr``), of that grid's runs (its own
+    task), which chose them."""
     from .sweep_plots import plot_lr_sensitivity
 
     metric = ctx.arm.selection_metric
-    runs = ctx.runs
+    runs, source = ctx.runs, ""
+    if ctx.sweep is not None:
+        runs = ctx.sweep[ctx.sweep["task"].fillna("") == ""] if "task" in ctx.sweep.columns \
+            else ctx.sweep
+        source = (f" The curves are the runs of the selection grid `{ctx.cfg.selected_from.stem}`"
+                  " (its report shows them in full); this grid runs at the lrs they chose.")
     if metric is None or metric not in runs.columns or runs["lr"].nunique() < 2:
         return []
     higher = ctx.arm.metric(metric).higher_is_better is not False
@@ -411,5 +425,154 @@ def lr_sensitivity(ctx: Context, claim: Claim | None) -> list[str]:
     return ["## Learning-rate sensitivity (validation)\n",
             f"Mean {ctx.label(metric)} over seeds at each learning rate, 95% t interval; each "
             f"variant's selected lr is its best mean ({'highest' if higher else 'lowest'}; ties: "
-            f"the smaller lr). The test set plays no part in it. Selected: {picks}.\n",
+            f"the smaller lr). The test set plays no part in it. Selected: {picks}.{source}\n",
             md_table(table, None, 4), figure_link(ctx, "lr_sensitivity.png", fig)]
+
+
+@exhibit("tuned_lr")
+def tuned_lr(ctx: Context, claim: Claim | None) -> list[str]:
+    """Both comparisons of a grid whose lrs were selected on validation (``[grid].select_lr``):
+    every variant with a selected lr against the arm's first baseline at the shared lr (the
+    baseline's selected lr, ``stats.csv``), and each at its own selected lr against the
+    baseline at its own (pairs by seed across the two lrs; Holm over these comparisons).
+    Final test metrics: the arm's first metric (paired t, TOST at its margin) and, for an arm
+    with a time to target, the Kaplan–Meier medians and the log-rank test."""
+    selected = ctx.cfg.selected_lr
+    if not selected or ctx.runs.empty:
+        return []
+    base, metric = ctx.arm.baselines[0], ctx.arm.metrics[0]
+    runs = ctx.runs
+    if "task" in runs.columns:  # the selection is for the grid's own task
+        runs = runs[runs["task"].fillna("") == ""]
+    cell: dict[str, Any] = {}
+    if "attention" in runs.columns:
+        cell["attention"] = ctx.arm.attentions[0]
+        runs = runs[runs["attention"] == cell["attention"]]
+    tuned = stats.at_selected_lr(runs, selected)
+    names = [v for v in sorted(selected, key=lambda v: (v != base, v)) if v != base
+             and v in set(tuned["variant"])]
+    head = ["## Shared and tuned learning rates\n"]
+    lrs = ", ".join(f"{v} {lr:g}" for v, lr in sorted(selected.items()))
+    if base not in set(tuned["variant"]) or not names:
+        return head + [f"_Not run yet: no runs of {base} and another variant at their selected "
+                       f"lrs ({lrs})._\n"]
+    base_mean = float(pd.to_numeric(tuned.loc[tuned["variant"] == base, metric.name],
+                                    errors="coerce").mean())
+    margin = metric.tost_margin(base_mean)
+    keys = [k for k in ("task", *ctx.arm.cell_keys) if k != "lr" and k in tuned.columns]
+    comp = stats.compare_all(tuned, [metric.name], baselines=[base], variants=[base, *names],
+                             tost_margins={metric.name: margin},
+                             higher_is_better=ctx.arm.directions(), cell_keys=keys,
+                             n_boot=4000)
+    time = _time_metric(ctx)
+    rows = []
+    for v in names:
+        shared = _row(ctx, metric.name, v, base, {**cell, "lr": ctx.lr})
+        own = comp[comp["variant"] == v]
+        for label, r, sub, lr_v, lr_b in (
+                ("shared lr", shared, runs[np.isclose(runs["lr"], ctx.lr)], ctx.lr, ctx.lr),
+                ("own lr", own.iloc[0].to_dict() if len(own) else None, tuned, selected[v],
+                 selected[base])):
+            if r is None:
+                continue
+            row = {"variant": v, "comparison": label, "lr": lr_v, f"{base} lr": lr_b,
+                   **{k: r[k] for k in ("n", "mean_variant", "mean_baseline", "diff",
+                                        "ci_low", "ci_high", "p_holm", "p_tost", "verdict")}}
+            if time is not None:  # as the time-to-target claim reads it (C2)
+                tt = stats.time_to_target(sub, v, base, horizon=ctx.evidence.horizon,
+                                          time_col=time)
+                row.update(median_variant=tt["median_variant"],
+                           median_baseline=tt["median_baseline"], p_logrank=tt["p_logrank"])
+            rows.append(row)
+    text = (f"Selected on validation ({ctx.label(ctx.arm.selection_metric or '')}) by the grid "
+            f"`{ctx.cfg.selected_from.stem}`: {lrs}. Each variant against {base} on "
+            f"{ctx.label(metric.name)} (test split), paired by seed: at the shared lr (the "
+            f"lr {base} selected; Holm over every comparison of `stats.csv`), and each at its "
+            f"own selected lr against {base} at its own (Holm over these {len(names)} "
+            f"comparison{'s' if len(names) > 1 else ''}); TOST "
+            f"±{margin * metric.scale:g}{metric.unit}.")
+    if time is not None:
+        text += (f" Medians: Kaplan–Meier median {ctx.label(time)} (test split; censored "
+                 f"at {num(ctx.evidence.horizon, 0)}), log-rank p.")
+    return head + [text + "\n", md_table(pd.DataFrame(rows), None, 4)]
+
+
+def _time_metric(ctx: Context) -> str | None:
+    """The time-to-target metric of the arm's time-to-target claim (C2's ``epochs_to_90``),
+    when the runs have it and the grid a horizon; else None."""
+    from .claims import claims_for, judge_time_to_target
+
+    if ctx.evidence.horizon is None:
+        return None
+    return next((c.metric for c in claims_for(ctx.arm.name) if c.judge is judge_time_to_target
+                 and c.metric in ctx.runs.columns), None)
+
+
+@exhibit("difficulty")
+def difficulty(ctx: Context, claim: Claim | None) -> list[str]:
+    """The difficulty selection of a grid whose cells are difficulty levels (one task each):
+    per level and attention, the Kaplan–Meier median of the arm's validation time to target
+    (:attr:`ablations.arms.Arm.difficulty`) of its first baseline's runs, censored at each
+    level's training length, and the level chosen: among the arm's main attention, the median
+    nearest the target (:func:`ablations.stats.difficulty_selection`; ties: the higher mean
+    selection metric, then the level listed first). A level run at several learning rates is
+    read at its own selected one (:func:`ablations.stats.lr_selection` of the selection
+    metric over that level's runs): the difficulty is then the one the tuned baseline meets.
+    Validation metrics only."""
+    from .sweep_plots import plot_difficulty
+
+    target, runs = ctx.arm.difficulty, ctx.runs
+    if target is None or "task" not in runs.columns or runs["task"].nunique() < 2:
+        return []
+    base, selector = ctx.arm.baselines[0], ctx.arm.selection_metric
+    options = _task_options(ctx)
+    order = list(options)
+    horizon = {t: float(o[target.horizon]) for t, o in options.items()}
+    sub = runs[runs["variant"] == base]
+    sub = sub.assign(horizon=sub["task"].map(horizon))
+    tuned = ""
+    if sub["lr"].nunique() > 1 and selector in sub.columns:
+        lrs = stats.lr_selection(sub, selector, ctx.arm.metric(selector).higher_is_better
+                                 is not False)
+        keys = [k for k in ("task", "attention", "lr") if k in lrs.columns]
+        sub = sub.merge(lrs.loc[lrs["selected"], keys], on=keys)
+        tuned = (f" Levels run at several learning rates are read at each one's own: the lr "
+                 f"of {base}'s highest mean {ctx.label(selector)} on that level (column lr).")
+    main = ctx.arm.attentions[0]
+    table = stats.difficulty_selection(
+        sub, target=target.target, horizon="horizon", by=("attention", "lr"),
+        time_col=target.time, event_col=target.event, tiebreak=selector,
+        choose_among={"attention": main} if "attention" in sub.columns else None, order=order)
+    varying = [k for k in next(iter(options.values()))
+               if len({repr(o[k]) for o in options.values()}) > 1]
+    for i, k in enumerate(varying):
+        table.insert(1 + i, k, table["task"].map(lambda t, k=k: options.get(t, {}).get(k)))
+    chosen = table[table["selected"]]
+    pick = (f"**{chosen['task'].iloc[0]}** (median {num(chosen['median'].iloc[0], 1)})"
+            if len(chosen) else f"none yet (no level of {main} attention has a median)")
+    fig = plot_difficulty(table, target=target.target, time_label=ctx.label(target.time),
+                          horizon=max(horizon.values()))
+    selector = ctx.label(selector or "")
+    text = (f"Each level is a task of this grid. Per level: the Kaplan–Meier median of "
+            f"{ctx.label(target.time)} over {base}'s runs (runs that never reached it censored "
+            f"at their level's {target.horizon}; {stats.KM_MEDIAN_RULE}). The target: "
+            f"{target.target:g} ({target.source}). Rule: among the levels run with {main} "
+            "attention, the median nearest the target; a level where fewer than half the runs "
+            f"reached it is never chosen; ties: the higher mean {selector}, then the level "
+            "listed first. Levels run with other attentions narrowed the range only. "
+            f"Validation split only: the test set plays no part.{tuned} Chosen: {pick}.\n")
+    return ["## Difficulty selection (validation)\n", text,
+            md_table(table, None, 4), figure_link(ctx, "difficulty.png", fig)]
+
+
+def _task_options(ctx: Context) -> dict[str, dict[str, Any]]:
+    """task → its arm options (every field, defaults filled in), in the config's order."""
+    import dataclasses
+
+    out: dict[str, dict[str, Any]] = {}
+    for cell in ctx.cfg.cells:
+        task = cell.get("task", "")
+        if task not in out:
+            parsed = ctx.arm.parse_options({**ctx.cfg.options, **cell.get("options", {})})
+            out[task] = dataclasses.asdict(parsed)
+    return out

@@ -100,6 +100,12 @@ def _exhibit(name: str, ctx: Context, claim: Claim | None) -> list[str]:
 
 def _setup(ctx: Context) -> list[str]:
     body = ["## Setup\n", ctx.arm.describe(ctx.cfg, ctx.runs)]
+    tasks = {c["task"]: c.get("options", {}) for c in ctx.cfg.cells if c.get("task")}
+    if tasks:  # cells of their own task: what they change from the options above
+        body.append("Tasks of the cells (compared within a task only), with the options they "
+                    "change: " + "; ".join(
+                        f"`{t}` " + (", ".join(f"{k} = {v}" for k, v in sorted(o.items()))
+                                     or "none") for t, o in tasks.items()) + ".\n")
     for name in ctx.arm.setup_exhibits:
         body += _exhibit(name, ctx, None)
     records, runs = ctx.records, ctx.runs
@@ -244,12 +250,14 @@ def render_arm(cfg: GridConfig) -> Path:
                         horizon=float(horizon) if horizon is not None else None,
                         directions=arm.directions())
     ctx = Context(cfg=cfg, arm=arm, runs=runs, curves=curves_table(records), stats=table,
-                  records=records, evidence=evidence)
+                  records=records, evidence=evidence, sweep=_sweep_runs(cfg))
     body = _setup(ctx)
-    if cfg.selection:  # an lr sweep: the runs choose the settings, they do not also test
+    if cfg.selection:  # a sweep: the runs choose the settings, they do not also test
         body.append("A selection grid (`[grid].selection`): its runs choose settings for other "
-                    "grids and judge no claim.\n")
-        for name in ("lr_sensitivity",):
+                    "grids and judge no claim. Its choices read the validation split only "
+                    "(carved from the training data); the test metrics its runs also record "
+                    "(`runs.csv`, `stats.csv`) play no part in them.\n")
+        for name in arm.selection_exhibits:
             body += _exhibit(name, ctx, None)
     elif table.empty:  # e.g. configs/calibration.toml: AdamW alone, nothing to compare
         body.append("No comparisons: the grid has no variant besides its baselines"
@@ -275,6 +283,17 @@ def render_arm(cfg: GridConfig) -> Path:
                   arm.ledger_note(cfg) if ctx.results else "")
     (out / "report.md").write_text("\n".join(header + body))
     return out / "report.md"
+
+
+def _sweep_runs(cfg: GridConfig) -> pd.DataFrame | None:
+    """The runs table of the grid that selected this grid's learning rates
+    (``cfg.selected_from``), or None without one."""
+    if cfg.selected_from is None:
+        return None
+    sweep = load_config(cfg.selected_from)
+    records, _ = current_records(load_records(sweep.results / RUNS_FILE),
+                                 {s.key for s in sweep.specs})
+    return runs_table(records, sweep.protocol)
 
 
 def _protocol_name(protocol: str) -> str:

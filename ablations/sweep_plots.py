@@ -1,7 +1,8 @@
-"""Figures of a metric against a swept setting: the quantum weight λ (claim C3) and the
-learning rate (the per-optimizer tuning on validation data). Drawing only, as
-:mod:`ablations.plots`; the tables arrive computed (:func:`ablations.stats.lambda_sweep`,
-:func:`ablations.exhibits.lr_selection`).
+"""Figures of a metric against a swept setting: the quantum weight λ (claim C3), the
+learning rate (the per-optimizer tuning on validation data) and the task's difficulty level
+(the difficulty selection). Drawing only, as :mod:`ablations.plots`; the tables arrive
+computed (:func:`ablations.stats.lambda_sweep`, :func:`ablations.stats.lr_selection`,
+:func:`ablations.stats.difficulty_selection`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .panels import Panel, facet_levels, grid_shape, line_handle, panel_titles, require, share_axes
-from .style import new_figure, themed, variant_color
+from .style import level_colors, new_figure, themed, variant_color
 
-__all__ = ["plot_lambda_sweep", "plot_lr_sensitivity"]
+__all__ = ["plot_lambda_sweep", "plot_lr_sensitivity", "plot_difficulty"]
 
 
 @themed
@@ -80,7 +81,7 @@ def plot_lr_sensitivity(table: pd.DataFrame, *, metric_label: str | None = None,
     95% intervals, each variant's selected learning rate ringed.
 
     Args:
-        table: output of :func:`ablations.exhibits.lr_selection` (variant, lr, mean, ci_low,
+        table: output of :func:`ablations.stats.lr_selection` (variant, lr, mean, ci_low,
             ci_high, selected; optionally the facet column).
         metric_label: y-axis label (default: "mean").
         facet: column giving one panel per level; ignored when absent or constant.
@@ -127,4 +128,68 @@ def plot_lr_sensitivity(table: pd.DataFrame, *, metric_label: str | None = None,
                                markerfacecolor="none"))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5))
     fig.suptitle(title or f"{ylabel} against the learning rate (mean, 95 % CI){where}")
+    return fig
+
+
+@themed
+def plot_difficulty(table: pd.DataFrame, *, target: float, level: str = "task",
+                    hue: str = "attention", time_label: str | None = None,
+                    horizon: float | None = None, title: str | None = None) -> Figure:
+    """Median time to target per difficulty level (x, in the table's order) with its CI, one
+    colour per ``hue`` level, the target as a dotted line and the selected level ringed.
+
+    Args:
+        table: output of :func:`ablations.stats.difficulty_selection` (``level``, median,
+            median_low, median_high, selected; optionally ``hue``).
+        target: the median aimed at (a horizontal line).
+        level, hue: the level column (x) and the colour column (ignored when absent).
+        time_label: y-axis label (default: "median time to target").
+        horizon: the training length: a median or CI limit that does not exist (fewer than
+            half the runs reached the target) is drawn as an open marker or an arrow there.
+        title: figure title.
+
+    Raises:
+        ValueError: a needed column is missing or the table is empty.
+    """
+    require(table, [level, "median", "median_low", "median_high", "selected"],
+            "plot_difficulty")
+    levels = list(dict.fromkeys(map(str, table[level])))
+    x_of = {name: i for i, name in enumerate(levels)}
+    hues = sorted(map(str, table[hue].unique())) if hue in table.columns else [""]
+    colors = level_colors(hues)
+    fig, axes = new_figure(1, 1, max(5.6, 0.9 * len(levels) + 2.5), 4.4)
+    ax = axes.flat[0]
+    top = horizon if horizon is not None else np.nanmax(
+        table[["median", "median_high"]].to_numpy(float), initial=target)
+    for i, h in enumerate(hues):
+        g = table[table[hue].astype(str) == h] if hue in table.columns else table
+        xs = np.array([x_of[str(v)] for v in g[level]], float)
+        xs = xs + 0.12 * (i - (len(hues) - 1) / 2)
+        m = g["median"].to_numpy(float)
+        lo = g["median_low"].to_numpy(float)
+        hi = g["median_high"].to_numpy(float)
+        shown = np.where(np.isfinite(m), m, top)  # no median: drawn open at the horizon
+        lo = np.where(np.isfinite(lo), lo, shown)
+        hi = np.where(np.isfinite(hi), hi, top)
+        ax.errorbar(xs, shown, yerr=np.vstack([shown - lo, hi - shown]), fmt="none",
+                    ecolor=colors[h], elinewidth=1.1, capsize=3)
+        ok = np.isfinite(m)
+        ax.scatter(xs[ok], m[ok], color=colors[h], s=30, zorder=4)
+        ax.scatter(xs[~ok], shown[~ok], facecolors="none", edgecolors=colors[h], s=30,
+                   zorder=4)
+        sel = g["selected"].to_numpy(bool)
+        ax.scatter(xs[sel], shown[sel], s=180, facecolors="none", edgecolors=colors[h],
+                   linewidths=1.6, zorder=5)
+    ax.axhline(target, color="black", ls=":", lw=1)
+    ax.set_xticks(range(len(levels)), levels, rotation=30, ha="right")
+    ax.set(xlabel="difficulty level", ylabel=time_label or "median time to target")
+    handles = [line_handle(colors[h], f"{hue} {h}" if h else "runs", marker="o", lw=0)
+               for h in hues]
+    handles.append(line_handle("black", "no median (fewer than half reached)", marker="o",
+                               lw=0, markerfacecolor="none"))
+    handles.append(line_handle("black", f"target {target:g}", ls=":", lw=1))
+    handles.append(line_handle("black", "selected level", marker="o", lw=0, markersize=11,
+                               markerfacecolor="none"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3))
+    fig.suptitle(title or "Kaplan–Meier median per level (95 % CI)")
     return fig

@@ -4,6 +4,16 @@
 statistics, plots and report iterate over what it gives and never test an arm's name.
 """
 
-from .base import DIRECTIONS, Arm, ArmError, Metric, arm_names, get_arm, register_arm
+from .base import (
+    DIRECTIONS,
+    Arm,
+    ArmError,
+    Metric,
+    TimeTarget,
+    arm_names,
+    get_arm,
+    register_arm,
+)
 
-__all__ = ["Arm", "ArmError", "Metric", "DIRECTIONS", "register_arm", "get_arm", "arm_names"]
+__all__ = ["Arm", "ArmError", "Metric", "TimeTarget", "DIRECTIONS", "register_arm", "get_arm",
+           "arm_names"]

@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ["Metric", "Arm", "ArmError", "register_arm", "get_arm", "arm_names", "DIRECTIONS",
-           "options_from_table"]
+__all__ = ["Metric", "TimeTarget", "Arm", "ArmError", "register_arm", "get_arm", "arm_names",
+           "DIRECTIONS", "options_from_table"]
 
 DIRECTIONS = ("higher", "lower", "none")
 
@@ -90,6 +90,25 @@ class Metric:
         return float(rel * v) if math.isfinite(v) and v > 0 else 1e-12
 
 
+@dataclass(frozen=True)
+class TimeTarget:
+    """What a difficulty selection aims at: the Kaplan–Meier median of a validation
+    time-to-target metric should sit near ``target``.
+
+    time, event: the run metrics holding the time to the target and whether it was reached
+        (e.g. ``epochs_to_90_val``, ``reached_90_val``); a run that never reached it is
+        censored at its training length, the arm option named ``horizon`` (e.g. ``epochs``).
+    target: the median aimed at, in the time metric's unit; source: where that value comes
+        from, as the report prints it.
+    """
+
+    time: str
+    event: str
+    horizon: str
+    target: float
+    source: str = ""
+
+
 def options_from_table(cls: type, table: Mapping[str, Any] | None, section: str) -> Any:
     """An options dataclass ``cls`` from a TOML table: unknown keys and values of the wrong
     type raise ValueError naming ``[section].key`` (a TOML integer is accepted for a float
@@ -130,6 +149,10 @@ class Arm(abc.ABC):
     setup_exhibits, analyses: names of report exhibits (``ablations.exhibits``) shown after
         the setup paragraph and after the claims' sections.
     selection_metric: the validation metric every choice (lr, difficulty) reads, or None.
+    selection_exhibits: the exhibits of a selection grid's report (``[grid].selection``):
+        what it chose, from validation metrics only.
+    difficulty: the :class:`TimeTarget` a difficulty selection aims at (one task per level
+        of a selection grid), or None.
     """
 
     name: ClassVar[str] = ""
@@ -146,6 +169,8 @@ class Arm(abc.ABC):
     setup_exhibits: ClassVar[tuple[str, ...]] = ()
     analyses: ClassVar[tuple[str, ...]] = ("perturbation", "curves")
     selection_metric: ClassVar[str | None] = None
+    selection_exhibits: ClassVar[tuple[str, ...]] = ("lr_sensitivity",)
+    difficulty: ClassVar[TimeTarget | None] = None
 
     # ------------------------------------------------------------------ options
     def parse_options(self, table: Mapping[str, Any] | None) -> Any:

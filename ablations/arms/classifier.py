@@ -28,7 +28,7 @@ from qsgd import SuperpositionalAdamW, parse_variant
 
 from ..schedules import lr_at
 from ..seeds import derived_seeds
-from .base import Arm, Metric, register_arm
+from .base import Arm, Metric, TimeTarget, register_arm
 from .tasks import check_task, get_task
 
 __all__ = ["ClassifierOptions", "Classifier", "make_task", "build_model", "derived_seeds", "run",
@@ -263,12 +263,18 @@ class Classifier(Arm):
     curve_value = "test_acc"
     curve_label = "test accuracy"
     setup_exhibits = ("calibration",)
-    analyses = ("factorial", "lr_check", "lr_sensitivity", "perturbation", "curves")
+    analyses = ("factorial", "lr_check", "lr_sensitivity", "tuned_lr", "perturbation", "curves")
     selection_metric = "final_val_acc"
+    selection_exhibits = ("difficulty", "lr_sensitivity")
+    #: the paper's protocol gives no task: its difficulty is chosen so that Adam reaches 90%
+    #: validation accuracy at about the paper's 7.4 epochs (configs/classifier-difficulty.toml)
+    difficulty = TimeTarget("epochs_to_90_val", "reached_90_val", "epochs", 7.4,
+                            "the paper's Adam: 7.4 epochs to 90% accuracy, PAPER.md C2")
     metrics = (
         Metric("final_test_acc", "higher", "final test accuracy", margin=0.01, **_PP),
-        Metric("epochs_to_90", "lower", "epochs to 90 % accuracy", " epochs", margin=1.0),
-        Metric("reached_90", "higher", "reached 90 % accuracy", margin=0.1, compared=False),
+        Metric("epochs_to_90", "lower", "epochs to 90 % test accuracy", " epochs", margin=1.0),
+        Metric("reached_90", "higher", "reached 90 % test accuracy", margin=0.1,
+               compared=False),
         Metric("final_val_acc", "higher", "final validation accuracy", margin=0.01, **_PP),
         Metric("epochs_to_90_val", "lower", "epochs to 90 % validation accuracy", " epochs",
                margin=1.0),
@@ -276,7 +282,7 @@ class Classifier(Arm):
         Metric("mean_train_loss", "lower", "mean training loss", margin=0.005),
         Metric("final_train_loss", "lower", "final training loss", margin=0.005),
         Metric("sec_per_epoch", "lower", "seconds per epoch", " s", timing=True),
-        Metric("sec_to_target", "lower", "seconds to 90 % accuracy", " s", timing=True),
+        Metric("sec_to_target", "lower", "seconds to 90 % test accuracy", " s", timing=True),
         Metric("sec_total", "lower", "seconds of training", " s", timing=True, compared=False),
         Metric("perturbation_ratio", "none", "‖λ·Q‖ / ‖Adam step‖", compared=False),
     )
@@ -286,13 +292,37 @@ class Classifier(Arm):
 
     def describe(self, cfg, runs) -> str:
         o, baseline_lr = cfg.arm_options, cfg.baseline_lr
+        schedule = ("cosine learning-rate decay to 0" if o.schedule == "cosine"
+                    else "constant learning rate")
+        clip = f"gradient clipping {o.clip_grad:g}" if o.clip_grad else "no gradient clipping"
+        attention = (f"`quantum` (circuit term on: {o.attn_qubits} qubits, depth "
+                     f"{o.attn_depth}) or `classical`")
+        import inspect
+
+        adam = inspect.signature(SuperpositionalAdamW).parameters  # the arm sets neither
+        eps = f"{adam['eps'].default:g}".replace("e-0", "e-")
+        lr = (f"Adam β {tuple(adam['betas'].default)}, ε {eps}; reference lr "
+              f"{baseline_lr:g}")
+        if cfg.selected_lr:
+            lr += (f" (the lr {self.baselines[0]} selected on validation; selected: "
+                   + ", ".join(f"{v} {x:g}" for v, x in sorted(cfg.selected_lr.items())) + ")")
+        if o.n_val:
+            splits = (f"{o.n_train - o.n_val} train, {o.n_val} validation (the last of the "
+                      f"{o.n_train} training draws, held out) and {o.n_test} test examples. "
+                      "Splits: metrics named *validation* (`final_val_acc`, "
+                      "`epochs_to_90_val`) read the validation split, which every choice "
+                      "reads; those named *test* (`final_test_acc`, `epochs_to_90`, "
+                      "`sec_to_target`, the claims' verdicts) the test set, read for final "
+                      "metrics only; training loss the training split")
+        else:
+            splits = (f"{o.n_train} train / {o.n_test} test examples, no validation split: "
+                      "every accuracy below is test accuracy")
         return (
-            get_task(o.dataset).describe(o) +
-            f"Model: {o.n_layers}-layer transformer, d={o.d_model}, "
-            f"{o.n_heads} heads; attention `quantum` (circuit term on) or `classical`. "
-            f"{o.epochs} epochs, batch {o.batch_size}, weight decay "
-            f"{o.weight_decay}, gradient clipping 1.0, cosine learning-rate decay; "
-            f"reference lr {baseline_lr:g}. Seeds pair runs: seed s fixes data order, init and "
+            get_task(o.dataset).describe(o) + f"Splits: {splits}. " +
+            f"Model: {o.n_layers}-layer transformer, d={o.d_model}, {o.n_heads} heads, "
+            f"feed-forward {o.d_ff}, dropout {o.dropout:g}; attention {attention}. "
+            f"{o.epochs} epochs, batch {o.batch_size}, weight decay {o.weight_decay:g}, "
+            f"{clip}, {schedule}; {lr}. Seeds pair runs: seed s fixes data order, init and "
             f"noise for every variant.\n")
 
 

@@ -89,8 +89,7 @@ class Task:
     def describe(self, o) -> str:
         """The report's sentence on the task."""
         return (f"Task: {self.name} (`ablations/arms/tasks.py`): {self.summary}; sequences of "
-                f"{self.seq_len(o)} tokens, {self.n_classes(o)} classes, {o.n_train} train "
-                f"({o.n_val} of them validation) / {o.n_test} test examples, "
+                f"{self.seq_len(o)} tokens, {self.n_classes(o)} classes, "
                 f"{self.ceiling_note(o)}. ")
 
     def __repr__(self) -> str:
@@ -261,8 +260,10 @@ class QueryCount(Task):
 
     def describe(self, o) -> str:
         return (f"Task: query count (`ablations/arms/tasks.py`), sequences of {o.seq_len} "
-                f"tokens, {o.n_train} train / {o.n_test} test examples, label noise "
-                f"{o.label_noise} (accuracy ceiling {1 - float(o.label_noise):.2f}). ")
+                f"tokens, {o.n_symbols} symbols, label: the query's symbol occurs at least "
+                f"{o.threshold} times among the content tokens (counts drawn within {o.span} "
+                f"of that threshold), label noise {o.label_noise} (accuracy ceiling "
+                f"{1 - float(o.label_noise):.2f}). ")
 
 
 @register_task

@@ -12,10 +12,12 @@ S.compare_all(...)``):
   ``stats.csv`` table), Holm's correction, the verdict rule;
 - :mod:`.power`: power, sample size and detectable effect of the paired t test;
 - :mod:`.survival`: time to target — Kaplan–Meier, its median (:data:`KM_MEDIAN_RULE`),
-  log-rank, the paper's mean among runs that reached the target;
+  log-rank, the paper's mean among runs that reached the target, the difficulty selection
+  (the level whose median time to target is nearest a target);
 - :mod:`.aggregate`: IQM, stratified bootstrap, probability of improvement (rliable-style);
 - :mod:`.factorial`: the 2 × 2 attention × optimizer analysis;
-- :mod:`.summaries`: t and Wilson intervals, learning-curve summaries, the λ sweep.
+- :mod:`.summaries`: t and Wilson intervals, learning-curve summaries, the λ sweep, the
+  learning-rate selection and the runs at each variant's selected lr.
 
 Inputs follow the data contract of ``results/`` (DESIGN.md):
 
@@ -46,6 +48,7 @@ from .paired import (
 )
 from .power import min_detectable_effect, paired_t_power, power_to_detect, seeds_needed
 from .summaries import (
+    at_selected_lr,
     curve_summary,
     lambda_sweep,
     lr_selection,
@@ -56,6 +59,7 @@ from .summaries import (
 )
 from .survival import (
     KM_MEDIAN_RULE,
+    difficulty_selection,
     kaplan_meier,
     kaplan_meier_by_group,
     km_median,
@@ -83,6 +87,7 @@ __all__ = [
     "mean_time_among_reached",
     "time_to_target",
     "kaplan_meier_by_group",
+    "difficulty_selection",
     "iqm",
     "stratified_bootstrap_ci",
     "probability_of_improvement",
@@ -98,4 +103,5 @@ __all__ = [
     "parse_lambda",
     "lambda_sweep",
     "lr_selection",
+    "at_selected_lr",
 ]

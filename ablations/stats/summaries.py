@@ -14,7 +14,7 @@ References
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,7 @@ from scipy import stats as sps
 from ._common import finite, iter_groups
 
 __all__ = ["t_interval", "wilson", "summarize", "curve_summary", "parse_lambda",
-           "lambda_sweep", "lr_selection"]
+           "lambda_sweep", "lr_selection", "at_selected_lr"]
 
 
 def t_interval(x, alpha: float = 0.05) -> tuple[float, float, float]:
@@ -213,3 +213,24 @@ def lr_selection(runs: pd.DataFrame, metric: str, higher_is_better: bool) -> pd.
         best = ok.sort_values(["mean", "lr"], ascending=[not higher_is_better, True]).index[0]
         summ.loc[best, "selected"] = True
     return summ
+
+
+def at_selected_lr(runs: pd.DataFrame, selected: Mapping[str, float],
+                   rtol: float = 1e-9) -> pd.DataFrame:
+    """The runs of each variant of ``selected`` at its own selected learning rate, the ``lr``
+    column dropped: comparisons of the result pair seeds across learning rates (each
+    optimizer tuned for itself), not within one.
+
+    Args:
+        runs: the runs table (``variant`` and ``lr`` columns).
+        selected: variant → its selected lr (``GridConfig.selected_lr``).
+        rtol: relative tolerance of the lr match (a TOML float against a stored one).
+
+    Returns:
+        The matching rows, without ``lr``; empty when none match.
+    """
+    if runs.empty or not selected:
+        return runs.drop(columns=["lr"], errors="ignore").iloc[0:0]
+    lr_of = runs["variant"].map(lambda v: selected.get(v, math.nan)).to_numpy(float)
+    keep = np.isclose(runs["lr"].to_numpy(float), lr_of, rtol=rtol, atol=0.0)
+    return runs[keep].drop(columns=["lr"]).reset_index(drop=True)

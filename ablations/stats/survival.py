@@ -41,7 +41,8 @@ from scipy import stats as sps
 from ._common import as_bool, as_float, iter_groups, select_cell
 
 __all__ = ["KM_MEDIAN_RULE", "time_to_event", "kaplan_meier", "km_median", "logrank_test",
-           "mean_time_among_reached", "time_to_target", "kaplan_meier_by_group"]
+           "mean_time_among_reached", "time_to_target", "kaplan_meier_by_group",
+           "difficulty_selection"]
 
 #: The median rule of :func:`km_median` in one sentence (printed by the reports).
 KM_MEDIAN_RULE = ("median time to target: the first time the Kaplan–Meier curve is at or "
@@ -376,3 +377,73 @@ def kaplan_meier_by_group(runs: pd.DataFrame, *, horizon: float | str,
     if not parts:
         return pd.DataFrame(columns=[*group, *_KM_COLUMNS])
     return pd.concat(parts, ignore_index=True)
+
+
+def difficulty_selection(runs: pd.DataFrame, *, target: float, horizon: float | str,
+                         level: str = "task", by: Sequence[str] = ("attention",),
+                         time_col: str = "epochs_to_90_val",
+                         event_col: str | None = "reached_90_val",
+                         tiebreak: str | None = None, tiebreak_higher: bool = True,
+                         choose_among: Mapping | None = None,
+                         order: Sequence | None = None, alpha: float = 0.05) -> pd.DataFrame:
+    """Which difficulty level puts the Kaplan–Meier median time to target nearest ``target``.
+
+    Per level (the ``level`` column, e.g. the task of a cell) and group of ``by``: the
+    runs' median time to target (:func:`km_median`, censored runs kept at ``horizon``) and
+    its CI, and |median − target|. The selected level, among the rows matching
+    ``choose_among`` (e.g. ``{"attention": "quantum"}``; all rows when None), is the one with
+    the smallest distance; a level whose median does not exist (fewer than half its runs
+    reached the target) is never selected; ties (distances equal to 1e-9) go to the higher
+    mean of ``tiebreak`` (lower when ``tiebreak_higher`` is False), then to the level first
+    in ``order`` (default: sorted order).
+
+    Args:
+        runs: the runs table of one variant (the caller selects it), with ``level``, ``by``,
+            ``time_col`` (and ``event_col``) columns.
+        target: the median aimed at (time units).
+        horizon: censoring time: a number, or a column of each run's own (its training
+            length, when levels train for different lengths).
+        level, by: the level column and the grouping columns beside it.
+        time_col, event_col: time-to-target and reached columns (:func:`time_to_event`).
+        tiebreak: a column whose mean breaks ties, shown as ``mean_<tiebreak>``; None: none.
+        tiebreak_higher: whether a higher mean of ``tiebreak`` wins a tie.
+        choose_among: ``{column: value}`` the selected row must match.
+        order: levels in the order of the last tie-break.
+        alpha: level of the median CIs.
+
+    Returns:
+        DataFrame with ``level``, the ``by`` columns, n, events, median, median_low,
+        median_high, distance, ``mean_<tiebreak>`` (when given) and a bool ``selected``
+        (at most one True).
+    """
+    by = [b for b in by if b in runs.columns]
+    rank = {v: i for i, v in enumerate(order)} if order is not None else None
+    rows = []
+    for key, sub in iter_groups(runs, [level, *by]):
+        t, e = time_to_event(sub, time_col=time_col, event_col=event_col, horizon=horizon)
+        med, lo, hi = km_median(t, e, alpha=alpha) if t.size else (math.nan,) * 3
+        row = {**key, "n": int(t.size), "events": int(e.sum()), "median": med,
+               "median_low": lo, "median_high": hi, "distance": abs(med - target)}
+        if tiebreak is not None:
+            x = as_float(sub[tiebreak])
+            row[f"mean_{tiebreak}"] = float(np.nanmean(x)) if np.isfinite(x).any() else math.nan
+        rows.append(row)
+    cols = [level, *by, "n", "events", "median", "median_low", "median_high", "distance"]
+    cols += [f"mean_{tiebreak}"] if tiebreak is not None else []
+    table = pd.DataFrame(rows, columns=cols)
+    if rank is not None:
+        table = table.sort_values(level, key=lambda s: s.map(lambda v: rank.get(v, len(rank))),
+                                  kind="stable").reset_index(drop=True)
+    table["selected"] = False
+    ok = table[np.isfinite(table["distance"].to_numpy(float))]
+    for k, v in (choose_among or {}).items():
+        ok = ok[ok[k] == v]
+    if not ok.empty:
+        best = ok["distance"].min()
+        tied = ok[ok["distance"] <= best + 1e-9]
+        if tiebreak is not None and len(tied) > 1:
+            score = tied[f"mean_{tiebreak}"].fillna(-math.inf if tiebreak_higher else math.inf)
+            top = score.max() if tiebreak_higher else score.min()
+            tied = tied[score == top]
+        table.loc[tied.index[0], "selected"] = True
+    return table
