@@ -579,6 +579,29 @@ def test_cli_quick_only(tmp_path, capsys):
     assert (tmp_path / "report.md").is_file() and (tmp_path / "checks.csv").is_file()
 
 
+def test_cli_names_the_commit_before_writing_any_result(tmp_path, monkeypatch, capsys):
+    """results/ is tracked by git, so the code's commit is read before the first check is
+    stored: a run on a clean tree is not reported as -dirty by its own output."""
+    import theory.report
+    from ablations import provenance
+    from theory.__main__ import main
+
+    provenance.commit_info.cache_clear()
+    real, cached = theory.report.save_check, []
+
+    def save_check(check, out):
+        cached.append(provenance.commit_info.cache_info().currsize)
+        return real(check, out)
+
+    monkeypatch.setattr(theory.report, "save_check", save_check)
+    try:
+        assert main(["run", "--quick", "--only", "T6", "--out", str(tmp_path),
+                     "--results-root", str(tmp_path / "none")]) == 0
+    finally:
+        provenance.commit_info.cache_clear()
+    assert cached == [1]
+
+
 def test_cli_results_root_feeds_the_loader(tmp_path, capsys):
     from theory.__main__ import main
 
