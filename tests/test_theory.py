@@ -664,14 +664,15 @@ def test_cli_unknown_check_id_is_one_line_and_writes_nothing(tmp_path, capsys):
 
 def test_t8_is_marked_expected_to_fail_in_checks_csv_and_report(tmp_path):
     """T8 fails by design (the paper's single run has no 80% power): checks.csv says so in
-    expected_outcome, the report next to its result. The stored raw/T8.json predates the mark:
-    re-rendered, it gets T8's registered one."""
+    expected_outcome, the report next to its result. A raw/T8.json stored before checks
+    carried the mark (the stored one without its expected_outcome) gets T8's registered one
+    when re-rendered."""
     from theory.report import load_checks, render
 
     (tmp_path / "raw").mkdir()
-    stored = ROOT / "results" / "theory" / "raw" / "T8.json"
-    assert "expected_outcome" not in json.loads(stored.read_text())
-    (tmp_path / "raw" / "T8.json").write_bytes(stored.read_bytes())
+    stored = json.loads((ROOT / "results" / "theory" / "raw" / "T8.json").read_text())
+    stored.pop("expected_outcome", None)
+    (tmp_path / "raw" / "T8.json").write_text(json.dumps(stored))
     (c,) = load_checks(tmp_path)
     assert c.passed is False and c.expected_outcome == "fail" and c.met
     render(tmp_path)
