@@ -17,6 +17,8 @@ Verdicts (the ledger's legend):
 * ``equivalent within ±margin``: TOST at the claim's margin, p < α; the text adds when the
   margin excludes the paper's effect;
 * ``no detectable difference``: neither;
+* ``not supported: …`` (a claim judged by several pre-specified tests, C7): not every test
+  that support needs passes, and none contradicts; the text names what each test found;
 * ``not run yet``: the arm has no runs of the claim's cell.
 
 Adding a claim is one :func:`register_claim` call with a verdict function; the report, the
@@ -40,7 +42,7 @@ __all__ = ["Claim", "ClaimResult", "Evidence", "register_claim", "get_claim", "c
 
 ALPHA = 0.05
 VERDICTS = ("supported", "contradicted", "equivalent", "no detectable difference",
-            "not run yet")
+            "not supported", "not run yet")
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,10 @@ class ClaimResult:
     @property
     def kind(self) -> str:
         """The verdict's family (one of :data:`VERDICTS`)."""
-        return "equivalent" if self.verdict.startswith("equivalent") else self.verdict
+        for prefix in ("equivalent", "not supported"):
+            if self.verdict.startswith(prefix):
+                return prefix
+        return self.verdict
 
     def as_dict(self) -> dict[str, Any]:
         out = {"measured": self.measured, "ci": self.ci, "test": self.test,
@@ -401,61 +406,139 @@ def judge_time_to_target_seconds(claim: Claim, ev: Evidence) -> ClaimResult:
         values={"rel": t5["reached_rel_change"], "p_logrank": t5["p_logrank"]})
 
 
+#: C7's pre-specified tests on theory T2's table ``escape``, one exact McNemar test per
+#: landscape each (runs paired by seed: same start, same gradient noise), Holm over all of
+#: them together: (key, T2 condition, comparator (``"baseline"``: the claim's), p column).
+#: "sine": is it the sinusoid (against magnitude-matched Gaussian noise)? "scale": does it
+#: survive a realistic gradient scale (f and its noise × 1e-3)? "toy": the toy wells at O(1)
+#: gradients, where the escape was first seen (names what holds; decides no support).
+C7_TESTS = (
+    ("sine", "noisy", "gauss-l0.5", "p_mcnemar_vs_gauss"),
+    ("scale", "noisy ×1e-3", "baseline", "p_mcnemar_vs_adamw"),
+    ("toy", "noisy", "baseline", "p_mcnemar_vs_adamw"),
+)
+_C7_LABEL = {"sine": "vs gauss-l0.5, noisy", "scale": "vs adamw, noisy ×1e-3",
+             "toy": "vs adamw, noisy"}
+
+
+def _c7_parts(tests: Mapping[str, Mapping]) -> list[str]:
+    """What each C7 test found, in words (the verdict when C7 is not supported)."""
+    toy, sine, scale = tests["toy"], tests["sine"], tests["scale"]
+    parts = []
+    if toy["outcome"] == "more":
+        parts.append("sin escapes more than AdamW on toy wells at O(1) gradient scale "
+                     f"({', '.join(toy['favour'])})")
+    elif toy["outcome"] == "none":
+        parts.append("no detectable effect on toy wells at O(1) gradient scale")
+    if sine["outcome"] == "more":
+        parts.append("more than magnitude-matched Gaussian noise "
+                     f"({', '.join(sine['favour'])})")
+    elif sine["outcome"] == "less":
+        more = f"; the sine more on {', '.join(sine['favour'])}" if sine["favour"] else ""
+        parts.append("not specific to the sine (magnitude-matched Gaussian noise escapes more "
+                     f"on {', '.join(sine['against'])}{more})")
+    else:
+        parts.append("not specific to the sine (no detectable difference from "
+                     "magnitude-matched Gaussian noise)")
+    if scale["outcome"] == "more":
+        parts.append("present at realistic gradient scale "
+                     f"(×1e-3: {', '.join(scale['favour'])})")
+    elif scale["outcome"] == "none":
+        parts.append("absent at realistic gradient scale (×1e-3)")
+    return parts
+
+
 def judge_escape(claim: Claim, ev: Evidence) -> ClaimResult:
-    """C7, escape from shallow wells (theory T2's table ``escape``): sin-l0.5 against adamw in
-    the noisy condition, one exact McNemar test per landscape, Holm over the landscapes;
-    supported if sin escapes significantly more on at least one and significantly less on
-    none, contradicted if significantly less on any, else no detectable difference."""
+    """C7, the sinusoid helps escape shallow local minima (theory T2's table ``escape``).
+
+    Pre-specified as two tests (:data:`C7_TESTS`), each sin-l0.5 against a comparator in one
+    T2 condition with one exact McNemar test per landscape: (a) *sine*: against
+    magnitude-matched Gaussian noise gauss-l0.5 with O(1) noisy gradients (is it the
+    sinusoid?); (b) *scale*: against AdamW with f and its gradient noise × 1e-3 (does it
+    survive a realistic gradient scale?). A third, *toy* (against AdamW with O(1) noisy
+    gradients), says whether there is an effect to explain. Holm over all the p values of
+    the three (the family). A test is *more* when sin escapes significantly more on at least
+    one landscape and significantly less on none, *less* when significantly less on any, else
+    *none*. Verdict: ``contradicted`` when sin escapes significantly less than AdamW (toy or
+    scale is *less*); ``supported`` when (a) and (b) are both *more*; else
+    ``not supported: …`` naming what each test found (e.g. "sin escapes more than AdamW on
+    toy wells at O(1) gradient scale (…); not specific to the sine (…); absent at realistic
+    gradient scale (×1e-3)"). ``not run yet`` when a test's rows are missing.
+    """
     from .stats import holm
 
     rows = ev.tables.get("escape")
     if rows is None or len(rows) == 0:
         return not_run(claim, "the theory suite has not run yet")
     rows = pd.DataFrame(rows)
-    noisy = rows[rows["condition"] == "noisy"]
-    prim = noisy[noisy["variant"] == claim.variant]
-    base = noisy[noisy["variant"] == claim.baseline].set_index("landscape")
-    if prim.empty or base.empty:
-        return not_run(claim, "the theory suite has not run yet")
-    p_holm = holm(prim["p_mcnemar_vs_adamw"].to_numpy(float))
-    diffs = prim["escape_rate"].to_numpy() - base.loc[prim["landscape"], "escape_rate"].to_numpy()
-    favour = int(((p_holm < ev.alpha) & (diffs > 0)).sum())
-    against = int(((p_holm < ev.alpha) & (diffs < 0)).sum())
-    verdict = ("contradicted" if against else "supported" if favour
-               else "no detectable difference")
     lands = list(dict.fromkeys(rows["landscape"]))
     short = {name: f"L{i + 1}" for i, name in enumerate(lands)}
-    gauss = noisy[noisy["variant"] == "gauss-l0.5"].set_index("landscape")
-    scaled = rows[rows["condition"] == "noisy ×1e-3"]
-    sc_v = scaled[scaled["variant"] == claim.variant].set_index("landscape")
-    sc_b = scaled[scaled["variant"] == claim.baseline].set_index("landscape")
-    n = int(prim["n"].iloc[0])
+    tests: dict[str, dict] = {}
+    for key, cond, comp, pcol in C7_TESTS:
+        comparator = claim.baseline if comp == "baseline" else comp
+        sub = rows[rows["condition"] == cond]
+        v = sub[sub["variant"] == claim.variant].set_index("landscape")
+        b = sub[sub["variant"] == comparator].set_index("landscape")
+        common = [name for name in v.index if name in b.index]
+        if not common or pcol not in v.columns:
+            return not_run(claim, f"the theory suite's escape table has no {cond!r} rows of "
+                                  f"{claim.variant} and {comparator} (with {pcol})")
+        tests[key] = {
+            "condition": cond, "comparator": comparator, "landscapes": common,
+            "rate": [float(v.loc[n, "escape_rate"]) for n in common],
+            "rate_comparator": [float(b.loc[n, "escape_rate"]) for n in common],
+            "ci": [(float(v.loc[n, "ci_low"]), float(v.loc[n, "ci_high"])) for n in common],
+            "ci_comparator": [(float(b.loc[n, "ci_low"]), float(b.loc[n, "ci_high"]))
+                              for n in common],
+            "p": [float(v.loc[n, pcol]) for n in common], "n": int(v["n"].iloc[0])}
+    flat = holm(np.concatenate([t["p"] for t in tests.values()]))
+    i = 0
+    for t in tests.values():
+        k = len(t["p"])
+        t["p_holm"] = [float(x) for x in flat[i:i + k]]
+        i += k
+        diff = np.subtract(t["rate"], t["rate_comparator"])
+        sig = np.array(t["p_holm"]) < ev.alpha
+        t["favour"] = [short[n] for n, s_, d in zip(t["landscapes"], sig, diff) if s_ and d > 0]
+        t["against"] = [short[n] for n, s_, d in zip(t["landscapes"], sig, diff)
+                        if s_ and d < 0]
+        t["outcome"] = "less" if t["against"] else "more" if t["favour"] else "none"
+    if "less" in (tests["toy"]["outcome"], tests["scale"]["outcome"]):
+        verdict = "contradicted"
+    elif tests["sine"]["outcome"] == "more" and tests["scale"]["outcome"] == "more":
+        verdict = "supported"
+    else:
+        verdict = "not supported: " + "; ".join(_c7_parts(tests))
 
-    def one(r) -> str:
-        name = r["landscape"]
-        txt = (f"{short[name]}: sin {r['escape_rate']:.2f} vs adamw "
-               f"{base.loc[name, 'escape_rate']:.2f}")
-        if name in gauss.index:
-            txt += f" (gauss {gauss.loc[name, 'escape_rate']:.2f}"
-        if name in sc_v.index and name in sc_b.index:
-            txt += (f"; ×1e-3 scale: sin {sc_v.loc[name, 'escape_rate']:.2f} vs "
-                    f"{sc_b.loc[name, 'escape_rate']:.2f}")
-        return txt + (")" if name in gauss.index else "")
+    def rates(t) -> str:
+        return ", ".join(f"{short[n]} {r:.2f} vs {rc:.2f}" for n, r, rc in
+                         zip(t["landscapes"], t["rate"], t["rate_comparator"]))
 
+    def cis(t) -> str:
+        return ", ".join(f"{short[n]} [{lo:.2f}, {hi:.2f}] vs [{clo:.2f}, {chi:.2f}]"
+                         for n, (lo, hi), (clo, chi) in
+                         zip(t["landscapes"], t["ci"], t["ci_comparator"]))
+
+    n_runs = tests["sine"]["n"]
+    order = ("sine", "scale", "toy")
     return ClaimResult(
         claim.id, verdict,
-        measured=f"escape rates from a shallow well, toy functions, noisy start, n = {n} seeds "
-                 f"each ({', '.join(f'{v} = {k}' for k, v in short.items())}): "
-                 + "; ".join(one(r) for _, r in prim.iterrows()),
-        ci="Wilson 95%: " + "; ".join(
-            f"{short[r['landscape']]}: [{r['ci_low']:.2f}, {r['ci_high']:.2f}] vs "
-            f"[{base.loc[r['landscape'], 'ci_low']:.2f}, "
-            f"{base.loc[r['landscape'], 'ci_high']:.2f}]" for _, r in prim.iterrows()),
-        test=f"exact McNemar, sin-l0.5 vs adamw paired by seed, Holm over {len(prim)} "
-             "landscapes: p = " + ", ".join(f"{p:.2g}" for p in p_holm)
-             + "; gauss-l0.5 = magnitude-matched noise without the sine; ×1e-3 = same "
-               "landscape at realistic gradient scale (theory/report.md, T2)",
-        values={"p_holm": [float(p) for p in p_holm], "favour": favour, "against": against})
+        measured=f"escape rates of {claim.variant} from a shallow well, toy functions, noisy "
+                 f"start, n = {n_runs} paired seeds each "
+                 f"({', '.join(f'{v} = {k}' for k, v in short.items())}): "
+                 + "; ".join(f"({'ab'[j] if j < 2 else 'context'}) {_C7_LABEL[k]}: "
+                             f"{rates(tests[k])}" for j, k in enumerate(order)),
+        ci="Wilson 95%, sin vs comparator: " + "; ".join(
+            f"{_C7_LABEL[k]}: {cis(tests[k])}" for k in order),
+        test=f"exact McNemar per landscape, paired by seed, Holm over all "
+             f"{len(flat)} (3 comparisons × landscapes): "
+             + "; ".join(f"{_C7_LABEL[k]} p = "
+                         + ", ".join(f"{p:.2g}" for p in tests[k]["p_holm"])
+                         for k in order)
+             + "; supported only if sin beats both gauss-l0.5 (noisy) and adamw at ×1e-3 "
+               "(theory/report.md, T2)",
+        values={"tests": tests, "p_holm": [float(p) for p in flat],
+                "outcomes": {k: t["outcome"] for k, t in tests.items()}})
 
 
 # ----------------------------------------------------------------------------- C1…C7
@@ -498,4 +581,5 @@ register_claim(Claim(
 register_claim(Claim(
     "C7", "the sinusoid helps escape shallow local minima", "argued, not measured", "theory",
     judge_escape, title="escape from shallow minima", variant="sin-l0.5", baseline="adamw",
-    family="exact McNemar per landscape, Holm over the landscapes"))
+    family="exact McNemar per landscape, paired by seed, Holm over sin-l0.5 vs gauss-l0.5 "
+           "(noisy), vs adamw (noisy ×1e-3) and vs adamw (noisy), every landscape"))

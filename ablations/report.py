@@ -392,7 +392,9 @@ def render_ledger(root: Path | str = "results") -> Path:
               "direction; for a cost: its 95% interval contains the paper's figure), "
               "*contradicted* (significant in the other direction; for a cost: the interval "
               "excludes the paper's figure), *equivalent within ±margin* (TOST), *no detectable "
-              "difference* (neither)."]
+              "difference* (neither), *not supported: …* (a claim judged by several "
+              "pre-specified tests, C7: support needs every one of them and not all pass; the "
+              "text says what each found)."]
     path = root / "README.md"
     root.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

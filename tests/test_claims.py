@@ -203,32 +203,96 @@ def test_c5_no_baseline_reached_says_so_and_not_run():
 
 
 # ----------------------------------------------------------------------------- C7
-def escape_rows(sin_rates, p_values, n=400) -> pd.DataFrame:
+def escape_rows(toy, sine, scale, n=400) -> pd.DataFrame:
+    """A T2-shaped escape table, two landscapes. Each argument is, per landscape, (sin's
+    rate, the comparator's rate, the McNemar p of sin against it): ``toy`` vs adamw in the
+    noisy condition, ``sine`` vs gauss-l0.5 there, ``scale`` vs adamw in noisy ×1e-3."""
     rows = []
-    for i, (rate, p) in enumerate(zip(sin_rates, p_values)):
+
+    def row(land, cond, variant, rate, p_adamw=math.nan, p_gauss=math.nan):
+        return dict(landscape=land, condition=cond, variant=variant, n=n, escape_rate=rate,
+                    escaped=int(rate * n), ci_low=rate - 0.05, ci_high=rate + 0.05,
+                    p_mcnemar_vs_adamw=p_adamw, p_mcnemar_vs_gauss=p_gauss)
+
+    for i, ((s, a, pa), (s2, g, pg), (s3, a3, p3)) in enumerate(zip(toy, sine, scale)):
         land = f"landscape {i}"
-        for variant, r, pm in (("adamw", 0.3, math.nan), ("sin-l0.5", rate, p),
-                               ("gauss-l0.5", 0.5, 0.01)):
-            rows.append(dict(landscape=land, condition="noisy", variant=variant, n=n,
-                             escape_rate=r, escaped=int(r * n), ci_low=r - 0.05,
-                             ci_high=r + 0.05, p_mcnemar_vs_adamw=pm))
+        assert s == s2, "one sin rate per landscape in the noisy condition"
+        rows += [row(land, "noisy", "adamw", a), row(land, "noisy", "gauss-l0.5", g, 0.01),
+                 row(land, "noisy", "sin-l0.5", s, pa, pg),
+                 row(land, "noisy ×1e-3", "adamw", a3),
+                 row(land, "noisy ×1e-3", "gauss-l0.5", a3, 1.0),
+                 row(land, "noisy ×1e-3", "sin-l0.5", s3, p3, 1.0)]
     return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("rates, ps, expected", [
-    ([0.5, 0.3], [1e-6, 0.9], "supported"),
-    ([0.5, 0.1], [1e-6, 1e-6], "contradicted"),    # less on any landscape
-    ([0.31, 0.29], [0.5, 0.6], "no detectable difference"),
-    ([0.5, 0.3], [0.03, 0.9], "no detectable difference"),  # not after Holm (0.06)
+SIG, NS = 1e-9, 0.5  # significant after Holm over 6 tests; not significant
+TOY_MORE = [(0.5, 0.2, SIG), (0.5, 0.2, SIG)]
+
+
+@pytest.mark.parametrize("toy, sine, scale, expected", [
+    # sin beats gauss (a) and adamw at ×1e-3 (b): the only supported branch
+    (TOY_MORE, [(0.5, 0.3, SIG), (0.5, 0.5, NS)], [(0.3, 0.2, SIG), (0.2, 0.2, NS)],
+     "supported"),
+    # the measured pattern: helps on toy wells, gauss escapes more on one, nothing at ×1e-3
+    (TOY_MORE, [(0.5, 0.8, SIG), (0.5, 0.4, SIG)], [(0.2, 0.2, NS), (0.2, 0.2, NS)],
+     "not supported: sin escapes more than AdamW on toy wells at O(1) gradient scale "
+     "(L1, L2); not specific to the sine (magnitude-matched Gaussian noise escapes more on "
+     "L1; the sine more on L2); absent at realistic gradient scale (×1e-3)"),
+    # beats gauss but not at realistic scale
+    (TOY_MORE, [(0.5, 0.3, SIG), (0.5, 0.5, NS)], [(0.2, 0.2, NS), (0.2, 0.2, NS)],
+     "not supported: sin escapes more than AdamW on toy wells at O(1) gradient scale "
+     "(L1, L2); more than magnitude-matched Gaussian noise (L1); absent at realistic gradient "
+     "scale (×1e-3)"),
+    # persists at ×1e-3 but is indistinguishable from gauss; no toy effect
+    ([(0.2, 0.2, NS), (0.2, 0.2, NS)], [(0.2, 0.2, NS), (0.2, 0.2, NS)],
+     [(0.4, 0.2, SIG), (0.2, 0.2, NS)],
+     "not supported: no detectable effect on toy wells at O(1) gradient scale; not specific "
+     "to the sine (no detectable difference from magnitude-matched Gaussian noise); present "
+     "at realistic gradient scale (×1e-3: L1)"),
+    # significant before Holm only (0.01 × 6 > 0.05): no test passes
+    ([(0.3, 0.2, 0.01), (0.2, 0.2, NS)], [(0.3, 0.2, 0.01), (0.2, 0.2, NS)],
+     [(0.3, 0.2, 0.01), (0.2, 0.2, NS)],
+     "not supported: no detectable effect on toy wells at O(1) gradient scale; not specific "
+     "to the sine (no detectable difference from magnitude-matched Gaussian noise); absent "
+     "at realistic gradient scale (×1e-3)"),
+    # sin escapes less than adamw at the realistic scale, or on the toy wells
+    (TOY_MORE, [(0.5, 0.3, SIG), (0.5, 0.5, NS)], [(0.1, 0.3, SIG), (0.4, 0.2, SIG)],
+     "contradicted"),
+    ([(0.1, 0.4, SIG), (0.5, 0.2, SIG)], [(0.1, 0.1, NS), (0.5, 0.5, NS)],
+     [(0.3, 0.2, SIG), (0.2, 0.2, NS)], "contradicted"),
 ])
-def test_c7_every_branch(rates, ps, expected):
-    assert verdict("C7", tables={"escape": escape_rows(rates, ps)}) == expected
+def test_c7_every_branch(toy, sine, scale, expected):
+    assert verdict("C7", tables={"escape": escape_rows(toy, sine, scale)}) == expected
+
+
+def test_c7_holm_runs_over_the_whole_family_and_texts_carry_the_numbers():
+    from statsmodels.stats.multitest import multipletests
+
+    toy = [(0.5, 0.2, 1e-4), (0.5, 0.2, 0.02)]
+    sine = [(0.5, 0.8, 1e-5), (0.5, 0.4, 0.3)]
+    scale = [(0.2, 0.2, 1.0), (0.21, 0.2, 0.9)]
+    res = get_claim("C7").verdict(Evidence(tables={"escape": escape_rows(toy, sine, scale)}))
+    order = [sine, scale, toy]  # the family's order: (a), (b), context
+    want = multipletests([p for t in order for _, _, p in t], method="holm")[1]
+    assert res.values["p_holm"] == pytest.approx(list(want))
+    assert res.values["outcomes"] == {"sine": "less", "scale": "none", "toy": "more"}
+    assert res.kind == "not supported"
+    assert res.measured.startswith("escape rates of sin-l0.5 from a shallow well")
+    assert "(a) vs gauss-l0.5, noisy: L1 0.50 vs 0.80, L2 0.50 vs 0.40" in res.measured
+    assert "(b) vs adamw, noisy ×1e-3: L1 0.20 vs 0.20, L2 0.21 vs 0.20" in res.measured
+    assert "Holm over all 6" in res.test and "vs gauss-l0.5, noisy p = 6e-05, 0.9" in res.test
+    assert "L1 [0.45, 0.55] vs [0.75, 0.85]" in res.ci
 
 
 def test_c7_not_run():
     assert verdict("C7", tables={}) == "not run yet"
-    rows = escape_rows([0.5], [1e-6])
-    assert verdict("C7", tables={"escape": rows[rows["variant"] != "adamw"]}) == "not run yet"
+    rows = escape_rows(TOY_MORE, TOY_MORE, TOY_MORE)
+    for drop in (rows["variant"] == "adamw", rows["variant"] == "gauss-l0.5",
+                 rows["condition"] == "noisy ×1e-3"):
+        assert verdict("C7", tables={"escape": rows[~drop]}) == "not run yet"
+    res = get_claim("C7").verdict(Evidence(tables={
+        "escape": rows.drop(columns="p_mcnemar_vs_gauss")}))
+    assert res.kind == "not run yet" and "with p_mcnemar_vs_gauss" in res.measured
 
 
 def test_every_claim_is_registered_once_with_a_source():

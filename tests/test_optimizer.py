@@ -469,33 +469,16 @@ def test_meta_parameters_step_without_reading_values(nonfinite):
 # ---------------------------------------------------------------------------------------------
 # a property of the method: the term is in raw gradient units (README, "When the term dominates")
 
-def _convex_draws(seeds):
-    """torch's convex test problem (W (10, 5), b (10), x (5), loss ((W x + b)²).sum()), one
-    draw per seed, stacked: the optimizer is elementwise and the losses separate, so one batched
-    run steps every draw exactly as its own run would."""
-    ws, bs, xs = [], [], []
-    for s in seeds:
-        torch.manual_seed(s)
-        ws.append(torch.randn(10, 5))
-        bs.append(torch.randn(10))
-        xs.append(torch.randn(5))
-    return (torch.nn.Parameter(torch.stack(ws)), torch.nn.Parameter(torch.stack(bs)),
-            torch.stack(xs))
-
-
 def _convex_run(opt_cls, seeds, scale=1.0, steps=20, **kw):
-    w, b, x = _convex_draws(seeds)
-    opt = opt_cls([w, b], lr=1e-3, **kw)
+    """torch's convex test problem, one draw per seed, stepped as one batch (the optimizer is
+    elementwise and the losses separate, so each draw steps exactly as its own run would):
+    the draws and the loop are theory T9's (theory.invariance)."""
+    from theory.invariance import run_draws, torch_convex_problem
 
-    def losses():
-        return (torch.einsum("sij,sj->si", w, x) + b).pow(2).sum(1) * scale
-
-    first = losses().detach()
-    for _ in range(steps):
-        opt.zero_grad()
-        losses().sum().backward()
-        opt.step()
-    return first, losses().detach(), opt
+    problem = torch_convex_problem(seeds)
+    r = run_draws(problem.params, problem.loss, lambda ps: opt_cls(ps, lr=1e-3, **kw),
+                  scale=scale, steps=steps)
+    return r.first, r.last, r.opt
 
 
 def test_when_the_term_dominates_sin_can_climb_a_convex_loss():

@@ -63,11 +63,14 @@ def _report(args) -> int:
 
 
 def _run(args) -> int:
+    from ablations.provenance import commit
+
     from .base import run_checks
     from .inputs import load_inputs
     from .report import render, save_check
 
     ids = _ids(args.only)
+    commit()  # read (and cached) before any result is written: results/ is tracked by git
     size = "small" if args.quick else "full"
     out = Path(args.out or (".nox/theory-quick" if args.quick else "results/theory"))
     t0 = time.perf_counter()

@@ -134,7 +134,7 @@ def register(check_id: str, *, expected_outcome: str = "pass") -> Callable[[Chec
 
 def _load_all() -> None:
     # the modules register their checks on import
-    from . import bounds, circuits, escape, power, scale  # noqa: F401
+    from . import bounds, circuits, escape, invariance, power, scale  # noqa: F401
 
 
 def check_ids() -> list[str]:

@@ -170,9 +170,51 @@ def power_curves(check: Check):
     return fig
 
 
+@themed
+def scale_curves(check: Check):
+    """T9: per problem, the share of coordinates climbing at step 1 (predicted curve,
+    measured points) and the share of draws whose loss did not fall, against the loss
+    scale c."""
+    rows, curves = check.data.get("rows"), check.data.get("curves")
+    if not rows or not curves:
+        return None
+    fig, axes = new_figure(1, 2, 11, 4)
+    left, right = axes[0]
+    markers = {"sin-l0.5": "o", "sinnorm-l0.5": "s", "adamw": "^"}
+    for i, (name, cur) in enumerate(curves.items()):
+        color = f"C{i}"
+        label = check.data.get("short", {}).get(name, name)
+        left.plot(cur["c"], cur["climbing"], color=color, label=f"{label}: predicted")
+        for variant, m in markers.items():
+            sub = sorted((r for r in rows if r["problem"] == name and r["variant"] == variant),
+                         key=lambda r: r["scale c"])
+            xs = [r["scale c"] for r in sub]
+            left.plot(xs, [r["climbing (measured)"] for r in sub], m, color=color, ms=5,
+                      mfc="none" if variant != "sin-l0.5" else color,
+                      label=f"{label}: {variant}")
+            right.plot(xs, [r["failed to fall (measured)"] / r["draws"] for r in sub],
+                       m + "-", color=color, ms=5, lw=1,
+                       mfc="none" if variant != "sin-l0.5" else color,
+                       label=f"{label}: {variant}")
+            if variant == "sin-l0.5":
+                right.plot(xs, [r["failed to fall (first order)"] / r["draws"] for r in sub],
+                           ":", color=color, lw=1.5, label=f"{label}: first-order prediction")
+    left.axhline(0.5, color="k", ls="--", lw=0.8)
+    for ax, ylabel in ((left, "coordinates climbing at step 1"),
+                       (right, "draws whose loss did not fall")):
+        ax.set_xscale("log")
+        ax.set_xlabel("loss scale c")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-0.02, 1.02)
+    left.legend(fontsize=7)
+    right.legend(fontsize=7)
+    fig.suptitle("T9: the sine term is not scale-invariant (λ = 0.5); sinnorm and AdamW are")
+    return fig
+
+
 FIGURES = {"T2": [("t2_escape.png", escape_rates)], "T3": [("t3_ratio.png", ratio_trace)],
            "T4": [("t4_stability.png", stability_map)], "T6": [("t6_spectrum.png", spectra)],
-           "T8": [("t8_power.png", power_curves)]}
+           "T8": [("t8_power.png", power_curves)], "T9": [("t9_scale.png", scale_curves)]}
 
 
 def figures_for(check: Check) -> list[tuple[str, object]]:
