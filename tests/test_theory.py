@@ -24,7 +24,7 @@ PASSING = [c for c in ALL if c != "T8"]
 ROOT = Path(__file__).resolve().parents[1]
 #: reference learning rates of the classifier and llm arms, as ablations/configs set them
 #: (test_loader_reads_configs checks that these are the configs' numbers)
-LR = {"classifier": 6e-3, "llm": 3e-4}
+LR = {"classifier": 6e-3, "llm": 4e-4}
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,8 @@ def test_t8_too_few_pairs():
 def test_inputs_validate():
     inputs = TheoryInputs(runs={"classifier": None}, lr={"classifier": 6e-3})
     assert inputs.runs_of("classifier") is None and inputs.runs_of("llm") is None
-    with pytest.raises(KeyError, match="no reference learning rate of arm 'llm'.*llm.toml"):
+    with pytest.raises(KeyError,
+                       match="no reference learning rate of arm 'llm'.*llm-calibrated.toml"):
         inputs.reference_lr("llm")
     with pytest.raises(KeyError, match="no claim 'C9'"):
         inputs.claim("C9")
@@ -163,14 +164,14 @@ def test_checks_needing_an_lr_say_which(small_checks):
 
 
 def test_loader_reads_configs():
-    """The reference rates are the configs' (what theory/scale.py read before: the classifier's
-    [grid].baseline_lr and the llm's [llm].lr), through the project's one TOML reader."""
-    from ablations.config import read_toml
+    """The reference rates are the reference grids' (the classifier's [grid].baseline_lr, the
+    llm's lr selected for AdamW on validation in llm-calibrated), through load_config."""
+    from ablations.config import load_config, read_toml
 
     inputs = load_inputs(ROOT / "no-such-results")
     cls = read_toml(ROOT / "ablations" / "configs" / "classifier.toml")
-    llm = read_toml(ROOT / "ablations" / "configs" / "llm.toml")
-    assert inputs.lr == {"classifier": cls["grid"]["baseline_lr"], "llm": llm["llm"]["lr"]}
+    llm = load_config(ROOT / "ablations" / "configs" / "llm-calibrated.toml")
+    assert inputs.lr == {"classifier": cls["grid"]["baseline_lr"], "llm": llm.baseline_lr}
     assert inputs.lr == LR
     # every registered arm (a test may register more than the built-in ones), none has run
     assert {"classifier", "llm"} <= set(inputs.runs)
@@ -185,7 +186,7 @@ def test_loader_reads_a_results_folder(tmp_path):
 
     (tmp_path / "classifier").mkdir()
     _synthetic_runs().to_csv(tmp_path / "classifier" / "runs.csv", index=False)
-    jl = tmp_path / "llm" / "runs.jsonl"
+    jl = tmp_path / "llm-calibrated" / "runs.jsonl"  # the llm arm's reference grid
     for seed, loss in ((0, 0.30), (1, 0.31), (0, 0.25)):  # seed 0 run twice: the last counts
         append_record(jl, {"key": f"k{seed}", "run_id": f"r{seed}", "arm": "llm", "task": "gsm8k",
                            "protocol": "paper", "variant": "adamw", "attention": "none",

@@ -11,12 +11,13 @@ module reads a file when imported or inside a check, so a check runs on hand-mad
 
 What :func:`load_inputs` reads:
 
-* ``<results_root>/<arm>/runs.csv`` of every registered arm (:func:`ablations.arms.arm_names`),
-  else its ``runs.jsonl`` (a grid still running: flattened with
+* ``<results_root>/<grid>/runs.csv`` of every registered arm (:func:`ablations.arms.arm_names`),
+  ``<grid>`` its ``reference_grid`` (the llm arm: ``llm-calibrated``) or else its name; else
+  that grid's ``runs.jsonl`` (a grid still running: flattened with
   :func:`ablations.tables.runs_table`, the newest record of each run kept), else nothing;
-* the arm's reference learning rate, ``baseline_lr`` of ``ablations/configs/<arm>.toml``
-  (:func:`ablations.config.load_config`; for the llm arm, whose ``[grid]`` sets none, that is
-  its ``[llm].lr``);
+* the arm's reference learning rate, ``baseline_lr`` of ``ablations/configs/<grid>.toml``
+  (:func:`ablations.config.load_config`: for llm-calibrated, AdamW's lr selected on
+  validation by llm-lr; none while that selection is pending);
 * the claims registry (:mod:`ablations.claims`): the paper's effects, metrics, cells.
 """
 
@@ -95,7 +96,7 @@ class TheoryInputs:
         if arm not in self.lr:
             raise KeyError(f"TheoryInputs has no reference learning rate of arm {arm!r} "
                            f"(have: {', '.join(sorted(self.lr)) or 'none'}; load_inputs reads "
-                           f"it from ablations/configs/{arm}.toml)")
+                           f"it from ablations/configs/{_grid(arm)}.toml)")
         return float(self.lr[arm])
 
     def claim(self, claim_id: str) -> Claim:
@@ -106,19 +107,31 @@ class TheoryInputs:
         return self.claims[claim_id]
 
 
+def _grid(arm: str) -> str:
+    """The grid the suite reads for ``arm``: its ``reference_grid``, else its name."""
+    from ablations.arms import ArmError, get_arm
+
+    try:
+        return get_arm(arm).reference_grid or arm
+    except ArmError:
+        return arm
+
+
 def load_arm_runs(results_root: str | Path, arm: str) -> ArmRuns | None:
-    """``<results_root>/<arm>/runs.csv``; else the arm's ``runs.jsonl`` flattened (a grid still
-    running: the newest record per run kept, torn lines skipped); else None."""
+    """``<results_root>/<grid>/runs.csv`` of the arm's reference grid (``Arm.reference_grid``,
+    else the arm's name); else its ``runs.jsonl`` flattened (a grid still running: the newest
+    record per run kept, torn lines skipped); else None."""
     import pandas as pd
 
     from ablations.records import RUNS_FILE, load_records
     from ablations.tables import runs_table
 
     root = Path(results_root)
-    csv_path = root / arm / "runs.csv"
+    grid = _grid(arm)
+    csv_path = root / grid / "runs.csv"
     if csv_path.is_file():
         return ArmRuns(pd.read_csv(csv_path), str(csv_path), complete=True)
-    jl = root / arm / RUNS_FILE
+    jl = root / grid / RUNS_FILE
     df = runs_table(load_records(jl))
     if df.empty:
         return None
@@ -135,13 +148,16 @@ def load_inputs(results_root: str | Path = "results",
     (arms without a config there get none), and the claims registry. A malformed config
     raises :class:`ablations.config.ConfigError` naming the file."""
     from ablations.arms import arm_names
-    from ablations.config import load_config
+    from ablations.config import SelectionPending, load_config
 
     runs: dict[str, Any] = {}
     lr: dict[str, float] = {}
     for arm in arm_names():
         runs[arm] = load_arm_runs(results_root, arm)
-        path = Path(configs) / f"{arm}.toml"
+        path = Path(configs) / f"{_grid(arm)}.toml"
         if path.is_file():
-            lr[arm] = float(load_config(path).baseline_lr)
+            try:
+                lr[arm] = float(load_config(path).baseline_lr)
+            except SelectionPending:  # its lr is chosen by a grid that has not finished
+                pass
     return TheoryInputs(runs=runs, lr=lr, claims=_registry_claims())

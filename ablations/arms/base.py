@@ -153,6 +153,8 @@ class Arm(abc.ABC):
         what it chose, from validation metrics only.
     difficulty: the :class:`TimeTarget` a difficulty selection aims at (one task per level
         of a selection grid), or None.
+    reference_grid: the grid (config stem under ablations/configs and folder under results/)
+        whose runs and reference lr the theory suite reads for this arm ("": the arm's name).
     """
 
     name: ClassVar[str] = ""
@@ -171,6 +173,7 @@ class Arm(abc.ABC):
     selection_metric: ClassVar[str | None] = None
     selection_exhibits: ClassVar[tuple[str, ...]] = ("lr_sensitivity",)
     difficulty: ClassVar[TimeTarget | None] = None
+    reference_grid: ClassVar[str] = ""
 
     # ------------------------------------------------------------------ options
     def parse_options(self, table: Mapping[str, Any] | None) -> Any:

@@ -31,6 +31,9 @@ class LLM(Arm):
     curve_label = "training loss"
     analyses = ("lr_sensitivity", "perturbation", "curves", "throughput")
     selection_metric = "val_loss"
+    #: the theory suite reads the calibrated grid (lr chosen on validation, records of named
+    #: commits); the earlier grid's records were removed
+    reference_grid = "llm-calibrated"
     metrics = (
         Metric("mean_train_loss", "lower", "mean training loss", margin=0.005),
         # example batching records both losses of every step, whichever is trained on
