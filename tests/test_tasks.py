@@ -253,8 +253,11 @@ def test_the_report_names_the_task_of_the_grid(tmp_path):
     cfg = load_config(_grid(tmp_path, 'dataset = "digits"\nn_train = 1297\nn_test = 500'))
     text = cfg.arm_obj.describe(cfg, None)
     assert text.startswith("Task: digits (`ablations/arms/tasks.py`): 8x8 handwritten digit")
-    assert "64 tokens, 10 classes, 1297 train (0 of them validation) / 500 test" in text
+    assert "64 tokens, 10 classes" in text
+    assert "Splits: 1297 train / 500 test examples, no validation split" in text
     default = load_config(_grid(tmp_path, ""))
     assert default.arm_obj.describe(default, None).startswith(
-        "Task: query count (`ablations/arms/tasks.py`), sequences of 16 tokens, 3000 train / "
-        "1000 test examples, label noise 0.05 (accuracy ceiling 0.95). Model: 2-layer")
+        "Task: query count (`ablations/arms/tasks.py`), sequences of 16 tokens, 8 symbols, "
+        "label: the query's symbol occurs at least 1 times among the content tokens (counts "
+        "drawn within 2 of that threshold), label noise 0.05 (accuracy ceiling 0.95). Splits: "
+        "3000 train / 1000 test examples, no validation split")
