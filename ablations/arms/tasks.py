@@ -31,6 +31,7 @@ reads, with defaults, in ``classifier.py``); config, runner and report find it b
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 from typing import Any, ClassVar
@@ -49,7 +50,7 @@ def _need(o, ok: bool, key: str, rule: str) -> None:
         raise ValueError(f"[classifier].{key} must be {rule}, got {getattr(o, key)!r}")
 
 
-class Task:
+class Task(abc.ABC):
     """One data set of the classifier arm. Subclasses set the class attributes and implement
     :meth:`make` (and the sizes); every method takes the arm's options ``o``.
 
@@ -66,12 +67,15 @@ class Task:
 
     def check(self, o) -> None:
         """Task-specific checks of ``o`` (ValueError naming the key); none by default."""
+        return None
 
+    @abc.abstractmethod
     def vocab_size(self, o) -> int:
-        raise NotImplementedError
+        """(abstract)"""
 
+    @abc.abstractmethod
     def seq_len(self, o) -> int:
-        raise NotImplementedError
+        """(abstract)"""
 
     def n_classes(self, o) -> int:
         return 2
@@ -83,8 +87,9 @@ class Task:
     def ceiling_note(self, o) -> str:
         return f"label noise {o.label_noise} (accuracy ceiling {self.ceiling(o):.2f})"
 
+    @abc.abstractmethod
     def make(self, o) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """(abstract)"""
 
     def describe(self, o) -> str:
         """The report's sentence on the task."""
