@@ -1,0 +1,485 @@
+/* CPU kernels of the circuit family (qsgd.circuit) and of the attention's Phi, compiled on
+ * first use by qsgd/_native.py (any C99 compiler, -O3) and called through ctypes.
+ *
+ * Every kernel works on blocks of QB circuits (or scores) held as structure-of-arrays in L1,
+ * so the inner loops run over the block's lanes and the compiler vectorises them; nothing is
+ * ever written to memory but the inputs' outputs. The file is compiled for float and for
+ * double: the body below is included twice (QSGD_REAL, QSGD_SUF).
+ *
+ * Conventions are those of qsgd.circuit: Ry(a) = exp(-i a Y/2), Rz(a) = exp(-i a Z/2),
+ * little-endian basis index (qubit 0 the least significant bit), gates in time order
+ * H, then per layer Ry then Rz on every qubit, then the CNOT chain CNOT(0->1) ... CNOT(n-2->n-1).
+ *
+ * Kernels (SUF = f32 or f64):
+ *   qsgd_state_SUF   amplitudes of a batch of circuits, gate by gate (forward only);
+ *   qsgd_chain_fwd_SUF / qsgd_chain_bwd_SUF   Phi(s) = Re <+..+| C(a s; w) |0..0> for
+ *       depth <= 2 by transfer matrices over the CNOT chain's prefix parity, and its exact
+ *       gradient (see qsgd/attention/chain.py for the maths).
+ */
+#ifndef QSGD_BODY
+#define QSGD_BODY
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define QB 32          /* lanes per block */
+#if defined(__GNUC__) || defined(__clang__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+#define CHUNK 4096     /* scores per partial sum of the chain's backward (multiple of QB) */
+
+/* sin and cos without branches or calls, so loops over lanes vectorise: Cody-Waite reduction
+ * by pi/2 in double, then minimax polynomials on [-pi/4, pi/4] (fdlibm's kernels for double,
+ * Cephes' for float), the quadrant chosen by selects. Accurate to about one ulp for the
+ * arguments of a circuit (|x| < 2^20). */
+static inline void qsgd_sincos_d(double x, double *s, double *c) {
+    double j = rint(x * 0.63661977236758134308);
+    double r = x - j * 1.57079632673412561417e+00;
+    r = r - j * 6.07710050630396597660e-11;
+    r = r - j * 2.02226624871116645580e-21;
+    double z = r * r;
+    double sr = r + r * z * (-1.66666666666666324348e-01 + z * (8.33333333332248946124e-03
+              + z * (-1.98412698298579493134e-04 + z * (2.75573137070700676789e-06
+              + z * (-2.50507602534068634195e-08 + z * 1.58969099521155010221e-10)))));
+    double cr = 1.0 - 0.5 * z + z * z * (4.16666666666666019037e-02
+              + z * (-1.38888888888741095749e-03 + z * (2.48015872894767294178e-05
+              + z * (-2.75573143513906633035e-07 + z * (2.08757232129817482790e-09
+              + z * -1.13596475577881948265e-11)))));
+    int64_t q = (int64_t)j;
+    double so = (q & 1) ? cr : sr;
+    double co = (q & 1) ? sr : cr;
+    *s = (q & 2) ? -so : so;
+    *c = ((q + 1) & 2) ? -co : co;
+}
+
+static inline void qsgd_sincos_f(float x, float *s, float *c) {
+    /* pi/2 in three parts (Cephes' split of pi/4, doubled): j * DP1 is exact for |j| < 2^15 */
+    float j = rintf(x * 0.63661977236758134308f);
+    float r = ((x - j * 1.5703125f) - j * 4.837512969970703125e-4f) - j * 7.54978995489188216e-8f;
+    float z = r * r;
+    float sr = r + r * z * (-1.6666654611e-1f + z * (8.3321608736e-3f + z * -1.9515295891e-4f));
+    float cr = 1.0f - 0.5f * z + z * z * (4.166664568298827e-2f + z * (-1.388731625493765e-3f
+             + z * 2.443315711809948e-5f));
+    int32_t q = (int32_t)j;
+    float so = (q & 1) ? cr : sr;
+    float co = (q & 1) ? sr : cr;
+    *s = (q & 2) ? -so : so;
+    *c = ((q + 1) & 2) ? -co : co;
+}
+
+/* exported so the tests can check the approximations against libm */
+void qsgd_sincos_array_f64(int64_t m, const double *x, double *s, double *c) {
+    for (int64_t i = 0; i < m; ++i) qsgd_sincos_d(x[i], s + i, c + i);
+}
+void qsgd_sincos_array_f32(int64_t m, const float *x, float *s, float *c) {
+    for (int64_t i = 0; i < m; ++i) qsgd_sincos_f(x[i], s + i, c + i);
+}
+
+int qsgd_native_version(void) { return 1; }
+
+#define QSGD_REAL double
+#define QSGD_SUF f64
+#define QSGD_SINCOS qsgd_sincos_d
+#include __FILE__
+#undef QSGD_REAL
+#undef QSGD_SUF
+#undef QSGD_SINCOS
+
+#define QSGD_REAL float
+#define QSGD_SUF f32
+#define QSGD_SINCOS qsgd_sincos_f
+#include __FILE__
+
+#else /* QSGD_BODY: the kernels, once per real type */
+
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+#define FN(name) CAT(name, QSGD_SUF)
+#define real QSGD_REAL
+
+/* Rz(b) Ry(a) on one pair of amplitude rows (basis states k0, k0 + 2^q) of a block:
+ * [[c E, -s E], [s conj E, c conj E]] with E = e^{-ib/2} = ec - i es */
+static inline void FN(rot_pair)(real *restrict r0, real *restrict j0, real *restrict r1,
+                                real *restrict j1, const real *restrict cq,
+                                const real *restrict sq, const real *restrict ecq,
+                                const real *restrict esq) {
+    for (int64_t i = 0; i < QB; ++i) {
+        real c = cq[i], sn = sq[i], ec = ecq[i], es = esq[i];
+        real ar = r0[i], ai = j0[i], br = r1[i], bi = j1[i];
+        real t0r = c * ar - sn * br, t0i = c * ai - sn * bi;
+        real t1r = sn * ar + c * br, t1i = sn * ai + c * bi;
+        r0[i] = t0r * ec + t0i * es;  /* (t0r + i t0i)(ec - i es) */
+        j0[i] = t0i * ec - t0r * es;
+        r1[i] = t1r * ec - t1i * es;  /* (t1r + i t1i)(ec + i es) */
+        j1[i] = t1i * ec + t1r * es;
+    }
+}
+
+/* ------------------------------------------------------------------------- statevector
+ * x (B, n) data angles; w (depth, 2, n) extra angles at w + b*w_stride for circuit b
+ * (w_stride 0: shared; zeros when the circuit has none); data[l*2+g] = 1 where the gate's angle
+ * carries x (the encoding). A gate whose angle is 0 is the identity exactly (cos 0 = 1,
+ * sin 0 = 0), so structurally absent gates need no flag. perm (2^n): the CNOT chain's basis
+ * map, psi'[k] = psi[perm[k]]. out (B, 2^n, 2): interleaved real and imaginary parts.
+ * Circuits i0 <= b < i1 are computed. */
+void FN(qsgd_state)(int64_t i0, int64_t i1, int32_t n, int32_t depth, const real *x,
+                    const real *w, int64_t w_stride, const int32_t *data, int32_t hadamard,
+                    int32_t entangle, const int32_t *perm, real *out) {
+    const int64_t dim = (int64_t)1 << n;
+    real *buf = (real *)malloc(sizeof(real) * (size_t)(4 * dim * QB + 4 * n * QB));
+    if (!buf) return;
+    real *re = buf, *im = buf + dim * QB, *re2 = buf + 2 * dim * QB, *im2 = buf + 3 * dim * QB;
+    real *gc = buf + 4 * dim * QB, *gsn = gc + n * QB;  /* Ry: cos, sin of the half angle */
+    real *zc = gsn + n * QB, *zs = zc + n * QB;         /* Rz */
+    const real h = (real)0.70710678118654752440;
+    for (int64_t b0 = i0; b0 < i1; b0 += QB) {
+        const int64_t L = i1 - b0 < QB ? i1 - b0 : QB;
+        for (int32_t l = 0; l < depth; ++l) {
+            const real dy = data[2 * l] ? (real)1 : (real)0;
+            const real dz = data[2 * l + 1] ? (real)1 : (real)0;
+            for (int32_t q = 0; q < n; ++q) {
+                real *pgc = gc + q * QB, *pgs = gsn + q * QB, *pzc = zc + q * QB;
+                real *pzs = zs + q * QB;
+                for (int64_t i = 0; i < QB; ++i) {
+                    const int64_t bi = b0 + (i < L ? i : L - 1);
+                    const real xv = x[bi * n + q];
+                    const real *wb = w + bi * w_stride + (int64_t)(2 * l) * n + q;
+                    real ay = dy * xv + wb[0], az = dz * xv + wb[n];
+                    QSGD_SINCOS(ay * (real)0.5, pgs + i, pgc + i);
+                    QSGD_SINCOS(az * (real)0.5, pzs + i, pzc + i);
+                }
+            }
+            if (l == 0) {
+                /* a product state: per qubit v = Rz Ry (|0> or |+>), then Kronecker products,
+                 * qubit n-1 the most significant; v0 = y0 e^{-ib/2}, v1 = y1 e^{+ib/2} */
+                for (int32_t q = 0; q < n; ++q) {
+                    real v0r[QB], v0i[QB], v1r[QB], v1i[QB];
+                    for (int64_t i = 0; i < QB; ++i) {
+                        real c = gc[q * QB + i], sn = gsn[q * QB + i];
+                        real y0 = hadamard ? (c - sn) * h : c;
+                        real y1 = hadamard ? (c + sn) * h : sn;
+                        real ec = zc[q * QB + i], es = zs[q * QB + i];
+                        v0r[i] = y0 * ec; v0i[i] = -y0 * es; v1r[i] = y1 * ec; v1i[i] = y1 * es;
+                    }
+                    if (q == 0) {
+                        memcpy(re, v0r, sizeof v0r); memcpy(im, v0i, sizeof v0i);
+                        memcpy(re + QB, v1r, sizeof v1r); memcpy(im + QB, v1i, sizeof v1i);
+                        continue;
+                    }
+                    const int64_t half = (int64_t)1 << q;
+                    for (int64_t k = 0; k < half; ++k) {
+                        real *ar = re + k * QB, *ai = im + k * QB;
+                        real *br = re + (k + half) * QB, *bi = im + (k + half) * QB;
+                        for (int64_t i = 0; i < QB; ++i) {
+                            real xr = ar[i], xi = ai[i];
+                            br[i] = xr * v1r[i] - xi * v1i[i];
+                            bi[i] = xr * v1i[i] + xi * v1r[i];
+                            ar[i] = xr * v0r[i] - xi * v0i[i];
+                            ai[i] = xr * v0i[i] + xi * v0r[i];
+                        }
+                    }
+                }
+            } else {
+                /* Rz(b) Ry(a) on qubit q: [[c E, -s E], [s conj E, c conj E]], E = e^{-ib/2} */
+                for (int32_t q = 0; q < n; ++q) {
+                    const int64_t st = (int64_t)1 << q;
+                    const real *cq = gc + q * QB, *sq = gsn + q * QB;
+                    const real *ecq = zc + q * QB, *esq = zs + q * QB;
+                    for (int64_t k0 = 0; k0 < dim; ++k0) {
+                        if (k0 & st) continue;
+                        FN(rot_pair)(re + k0 * QB, im + k0 * QB, re + (k0 + st) * QB,
+                                     im + (k0 + st) * QB, cq, sq, ecq, esq);
+                    }
+                }
+            }
+            if (entangle && n > 1) {
+                for (int64_t k = 0; k < dim; ++k) {
+                    memcpy(re2 + k * QB, re + (int64_t)perm[k] * QB, sizeof(real) * QB);
+                    memcpy(im2 + k * QB, im + (int64_t)perm[k] * QB, sizeof(real) * QB);
+                }
+                real *t = re; re = re2; re2 = t;
+                t = im; im = im2; im2 = t;
+            }
+        }
+        for (int64_t i = 0; i < L; ++i) {
+            real *o = out + (b0 + i) * dim * 2;
+            for (int64_t k = 0; k < dim; ++k) {
+                o[2 * k] = re[k * QB + i];
+                o[2 * k + 1] = im[k * QB + i];
+            }
+        }
+    }
+    free(buf);
+}
+
+/* ------------------------------------------------------------------------- chain (Phi)
+ * Phi(s) = Re <+..+| C(a s; w) |init> for depth <= 2 (qsgd/attention/chain.py). Per qubit q
+ * the four gates g = (layer 0 Ry, layer 0 Rz, layer 1 Ry, layer 1 Rz) have angles
+ * data[g]*a_q*s + w_gq (a depth-1 circuit's layer 1 is the identity: angle 0, no data). With
+ * v_q = Rz Ry |init> (layer 0) and r_q = <+| Rz Ry (layer 1), m_0[p] = r_0[p] v_0[p],
+ * m_q[p] = r_q[p] t_q[p] with t_q[p] = sum_p' m_{q-1}[p'] v_q[p xor p'] (entangle) or
+ * (m0 + m1) v_q[p] (no CNOTs), and Phi = Re(m_{n-1}[0] + m_{n-1}[1]).
+ *
+ * The derivatives of Phi by the 4n gate angles come from the adjoint of every complex
+ * product, G = dPhi/dRe + i dPhi/dIm of each quantity, G_x = G_z conj(y) for z = x y, run
+ * from the last qubit back to the first. */
+
+/* cos and sin of the half angles w/2 of the four gates of every qubit (4, n) */
+static void FN(half_angles)(int32_t n, int32_t depth, const real *w, real *cw, real *sw) {
+    for (int32_t k = 0; k < 4 * n; ++k) {
+        double ang = k < 2 * depth * n ? 0.5 * (double)w[k] : 0.0;
+        cw[k] = (real)cos(ang);
+        sw[k] = (real)sin(ang);
+    }
+}
+
+/* one qubit of chain_forward: the lanes of one block */
+static ALWAYS_INLINE void FN(chain_qubit)(const real *restrict sb, const real *restrict mp,
+        real *restrict o, real *restrict mo, real aq, real cw0, real sw0, real cw1, real sw1,
+        real cw2, real sw2, real cw3, real sw3, real d0, real d1, real d2, real d3, real hA,
+        real hB, int32_t entangle, int32_t store) {
+    const real h = (real)0.70710678118654752440;
+        for (int64_t i = 0; i < QB; ++i) {
+            real sx, cx;
+            QSGD_SINCOS(aq * sb[i], &sx, &cx);
+            /* cos, sin of (d x + w)/2 by the addition theorem (d = 0: those of w/2) */
+            real C = d0 * cx + (1 - d0), S = d0 * sx;
+            real c0 = C * cw0 - S * sw0, s0 = S * cw0 + C * sw0;
+            C = d1 * cx + (1 - d1); S = d1 * sx;
+            real c1 = C * cw1 - S * sw1, s1 = S * cw1 + C * sw1;
+            C = d2 * cx + (1 - d2); S = d2 * sx;
+            real c2 = C * cw2 - S * sw2, s2 = S * cw2 + C * sw2;
+            C = d3 * cx + (1 - d3); S = d3 * sx;
+            real c3 = C * cw3 - S * sw3, s3 = S * cw3 + C * sw3;
+            real y0 = hA * c0 - hB * s0, y1 = hB * c0 + hA * s0;
+            real z0r = h * c3, z0i = -h * s3;       /* z0 = e^{-i b3/2}/sqrt 2 */
+            real v0r = y0 * c1, v0i = -y0 * s1;     /* v0 = y0 (c1 - i s1) */
+            real v1r = y1 * c1, v1i = y1 * s1;      /* v1 = y1 (c1 + i s1) */
+            real r0r = z0r * (c2 + s2), r0i = z0i * (c2 - s2);   /* z0 c2 + conj(z0) s2 */
+            real r1r = z0r * (c2 - s2), r1i = -z0i * (c2 + s2);  /* -z0 s2 + conj(z0) c2 */
+            /* t0 = m0 v0 + m1 u0, t1 = m0 v1 + m1 u1: (u0, u1) = (v1, v0) with CNOTs, else
+             * (v0, v1), i.e. t = (m0 + m1) v */
+            real u0r = entangle ? v1r : v0r, u0i = entangle ? v1i : v0i;
+            real u1r = entangle ? v0r : v1r, u1i = entangle ? v0i : v1i;
+            real ar = mp[i], ai = mp[QB + i], br = mp[2 * QB + i], bi = mp[3 * QB + i];
+            real t0r = ar * v0r - ai * v0i + br * u0r - bi * u0i;
+            real t0i = ar * v0i + ai * v0r + br * u0i + bi * u0r;
+            real t1r = ar * v1r - ai * v1i + br * u1r - bi * u1i;
+            real t1i = ar * v1i + ai * v1r + br * u1i + bi * u1r;
+            mo[i] = r0r * t0r - r0i * t0i; mo[QB + i] = r0r * t0i + r0i * t0r;
+            mo[2 * QB + i] = r1r * t1r - r1i * t1i; mo[3 * QB + i] = r1r * t1i + r1i * t1r;
+            if (store) {
+                o[i] = v0r; o[QB + i] = v0i; o[2 * QB + i] = v1r; o[3 * QB + i] = v1i;
+                o[4 * QB + i] = r0r; o[5 * QB + i] = r0i; o[6 * QB + i] = r1r;
+                o[7 * QB + i] = r1i; o[8 * QB + i] = y0; o[9 * QB + i] = y1;
+                o[10 * QB + i] = c1; o[11 * QB + i] = s1; o[12 * QB + i] = c2;
+                o[13 * QB + i] = s2; o[14 * QB + i] = z0r; o[15 * QB + i] = z0i;
+                o[16 * QB + i] = t0r; o[17 * QB + i] = t0i; o[18 * QB + i] = t1r;
+                o[19 * QB + i] = t1i;
+            }
+        }
+}
+
+/* One block of QB scores, forward: per qubit 20 rows of QB lanes in st when store (for the
+ * derivatives): v (0-3), r (4-7), y0 y1 c1 s1 c2 s2 z0r z0i (8-15), t (16-19); and the
+ * message m after every qubit in ms (4 rows each). d0..d3: the data flags as 0/1; hA, hB: Ry
+ * on the initial state, (c, s) -> (hA c - hB s, hB c + hA s) (|+>: hA = hB = 1/sqrt 2; |0>:
+ * 1, 0). m_init: the message (1, 0) before qubit 0, so that t_0 = v_0 without a branch.
+ * Always inlined, so that constant flags fold. */
+static ALWAYS_INLINE void FN(chain_forward)(int64_t b0, int64_t L, int32_t n,
+        const real *restrict s, const real *restrict a, const real *restrict cw,
+        const real *restrict sw, real d0, real d1, real d2, real d3, real hA, real hB,
+        int32_t entangle, int32_t store, const real *restrict m_init, real *restrict st,
+        real *restrict ms) {
+    real sb[QB];
+    for (int64_t i = 0; i < QB; ++i) sb[i] = i < L ? s[b0 + i] : (real)0;
+    for (int32_t q = 0; q < n; ++q)
+        FN(chain_qubit)(sb, q ? ms + (int64_t)(q - 1) * 4 * QB : m_init,
+                        st + (int64_t)q * 20 * QB, ms + (int64_t)q * 4 * QB, (real)0.5 * a[q],
+                        cw[q], sw[q], cw[n + q], sw[n + q], cw[2 * n + q], sw[2 * n + q],
+                        cw[3 * n + q], sw[3 * n + q], d0, d1, d2, d3, hA, hB, entangle, store);
+}
+
+/* one qubit of chain_reverse: G (4 rows) holds G_m after qubit q on entry and G_m before it
+ * (after qubit q - 1) on exit; o: qubit q's stored rows, mp: the message before it; the four
+ * angle derivatives go to D0..D3 (the block's first L lanes). */
+static ALWAYS_INLINE void FN(chain_qubit_reverse)(int64_t L, int32_t entangle,
+        const real *restrict o, const real *restrict mp, real *restrict G,
+        real *restrict D0, real *restrict D1, real *restrict D2, real *restrict D3) {
+    real g0[QB], g1[QB], g2[QB], g3[QB];
+    for (int64_t i = 0; i < QB; ++i) {
+        real v0r = o[i], v0i = o[QB + i], v1r = o[2 * QB + i], v1i = o[3 * QB + i];
+        real r0r = o[4 * QB + i], r0i = o[5 * QB + i], r1r = o[6 * QB + i];
+        real r1i = o[7 * QB + i];
+        real t0r = o[16 * QB + i], t0i = o[17 * QB + i], t1r = o[18 * QB + i];
+        real t1i = o[19 * QB + i];
+        real m0r = G[i], m0i = G[QB + i], m1r = G[2 * QB + i], m1i = G[3 * QB + i];
+        /* m = r t: G_r = G_m conj(t), G_t = G_m conj(r) */
+        real Gr0r = m0r * t0r + m0i * t0i, Gr0i = m0i * t0r - m0r * t0i;
+        real Gr1r = m1r * t1r + m1i * t1i, Gr1i = m1i * t1r - m1r * t1i;
+        real Gt0r = m0r * r0r + m0i * r0i, Gt0i = m0i * r0r - m0r * r0i;
+        real Gt1r = m1r * r1r + m1i * r1i, Gt1i = m1i * r1r - m1r * r1i;
+        /* t0 = m0 v0 + m1 u0, t1 = m0 v1 + m1 u1 (chain_qubit):
+         * G_v0 = G_t0 conj(m0) + X0 conj(m1), G_v1 = G_t1 conj(m0) + X1 conj(m1) with
+         * (X0, X1) = (G_t1, G_t0) with CNOTs, else (G_t0, G_t1);
+         * G_m0 = G_t0 conj(v0) + G_t1 conj(v1), G_m1 = G_t0 conj(u0) + G_t1 conj(u1) */
+        real ar = mp[i], ai = mp[QB + i], br = mp[2 * QB + i], bi = mp[3 * QB + i];
+        real X0r = entangle ? Gt1r : Gt0r, X0i = entangle ? Gt1i : Gt0i;
+        real X1r = entangle ? Gt0r : Gt1r, X1i = entangle ? Gt0i : Gt1i;
+        real Gv0r = Gt0r * ar + Gt0i * ai + X0r * br + X0i * bi;
+        real Gv0i = Gt0i * ar - Gt0r * ai + X0i * br - X0r * bi;
+        real Gv1r = Gt1r * ar + Gt1i * ai + X1r * br + X1i * bi;
+        real Gv1i = Gt1i * ar - Gt1r * ai + X1i * br - X1r * bi;
+        real u0r = entangle ? v1r : v0r, u0i = entangle ? v1i : v0i;
+        real u1r = entangle ? v0r : v1r, u1i = entangle ? v0i : v1i;
+        G[i] = Gt0r * v0r + Gt0i * v0i + Gt1r * v1r + Gt1i * v1i;
+        G[QB + i] = Gt0i * v0r - Gt0r * v0i + Gt1i * v1r - Gt1r * v1i;
+        G[2 * QB + i] = Gt0r * u0r + Gt0i * u0i + Gt1r * u1r + Gt1i * u1i;
+        G[3 * QB + i] = Gt0i * u0r - Gt0r * u0i + Gt1i * u1r - Gt1r * u1i;
+        /* the angle derivatives Re(conj(G) dz/dangle) */
+        real y0 = o[8 * QB + i], y1 = o[9 * QB + i], c1 = o[10 * QB + i];
+        real s1 = o[11 * QB + i];
+        /* layer-0 Ry: dy/da = (-y1, y0)/2, v0 = y0 (c1 - i s1), v1 = y1 (c1 + i s1) */
+        g0[i] = (real)0.5 * (Gv0r * (-y1 * c1) + Gv0i * (y1 * s1)
+                           + Gv1r * (y0 * c1) + Gv1i * (y0 * s1));
+        /* layer-0 Rz: dv0 = -i v0/2, dv1 = +i v1/2 */
+        g1[i] = (real)0.5 * ((Gv0r * v0i - Gv0i * v0r) - (Gv1r * v1i - Gv1i * v1r));
+        /* layer-1 Ry: dr/da = (r1, -r0)/2 */
+        g2[i] = (real)0.5 * ((Gr0r * r1r + Gr0i * r1i) - (Gr1r * r0r + Gr1i * r0i));
+        /* layer-1 Rz: dr0 = (i/2)(z1 s2 - z0 c2), dr1 = (i/2)(z0 s2 + z1 c2), z1 = conj z0 */
+        real c2 = o[12 * QB + i], s2 = o[13 * QB + i], z0r = o[14 * QB + i];
+        real z0i = o[15 * QB + i];
+        real w0r = z0r * (s2 - c2), w0i = -z0i * (s2 + c2);
+        real w1r = z0r * (s2 + c2), w1i = z0i * (s2 - c2);
+        g3[i] = (real)0.5 * (-Gr0r * w0i + Gr0i * w0r - Gr1r * w1i + Gr1i * w1r);
+    }
+    for (int64_t i = 0; i < L; ++i) {
+        D0[i] = g0[i]; D1[i] = g1[i]; D2[i] = g2[i]; D3[i] = g3[i];
+    }
+}
+
+/* One block, backward: from the rows of chain_forward (store = 1), dPhi/d(angle) of every
+ * gate into deriv[(g n + q) B + b] for the block's first L lanes. */
+static ALWAYS_INLINE void FN(chain_reverse)(int64_t b0, int64_t L, int64_t B, int32_t n,
+        int32_t entangle, const real *restrict m_init, const real *restrict st,
+        const real *restrict ms, real *restrict deriv) {
+    real G[4 * QB];  /* Phi = Re(m0 + m1) of the last qubit: G_m0 = G_m1 = 1 */
+    for (int64_t i = 0; i < QB; ++i) {
+        G[i] = 1; G[QB + i] = 0; G[2 * QB + i] = 1; G[3 * QB + i] = 0;
+    }
+    for (int32_t q = n - 1; q >= 0; --q) {
+        real *Dq = deriv + (int64_t)q * B + b0;
+        FN(chain_qubit_reverse)(L, entangle, st + (int64_t)q * 20 * QB,
+                                q ? ms + (int64_t)(q - 1) * 4 * QB : m_init, G, Dq,
+                                Dq + (int64_t)n * B, Dq + (int64_t)2 * n * B,
+                                Dq + (int64_t)3 * n * B);
+    }
+}
+
+/* Phi at the scores i0 <= b < i1 of s (B), and with deriv (4, n, B) its derivatives by every
+ * gate angle; w (depth, 2, n); data[4]: which gates carry the data angle. */
+void FN(qsgd_chain_fwd)(int64_t i0, int64_t i1, int64_t B, int32_t n, int32_t depth,
+                        const real *s, const real *a, const real *w, const int32_t *data,
+                        int32_t hadamard, int32_t entangle, real *phi, real *deriv) {
+    real *cw = (real *)malloc(sizeof(real) * (size_t)(8 * n + 24 * n * QB));
+    if (!cw) return;
+    real *sw = cw + 4 * n, *st = cw + 8 * n, *ms = st + 20 * n * QB;
+    FN(half_angles)(n, depth, w, cw, sw);
+    const real h = (real)0.70710678118654752440;
+    /* the paper's circuit (data in every gate, H, CNOTs) gets its flags as constants */
+    const int paper = data[0] && data[1] && data[2] && data[3] && hadamard && entangle;
+    real d[4];
+    for (int k = 0; k < 4; ++k) d[k] = data[k] ? (real)1 : (real)0;
+    const real hA = hadamard ? h : (real)1, hB = hadamard ? h : (real)0;
+    real m_init[4 * QB];
+    for (int64_t i = 0; i < 4 * QB; ++i) m_init[i] = i < QB ? (real)1 : (real)0;
+    for (int64_t b0 = i0; b0 < i1; b0 += QB) {
+        const int64_t L = i1 - b0 < QB ? i1 - b0 : QB;
+        const real *mf = ms + (int64_t)(n - 1) * 4 * QB;
+        if (!deriv) {
+            if (paper)
+                FN(chain_forward)(b0, L, n, s, a, cw, sw, 1, 1, 1, 1, h, h, 1, 0, m_init, st, ms);
+            else
+                FN(chain_forward)(b0, L, n, s, a, cw, sw, d[0], d[1], d[2], d[3], hA, hB,
+                                  entangle, 0, m_init, st, ms);
+            for (int64_t i = 0; i < L; ++i) phi[b0 + i] = mf[i] + mf[2 * QB + i];
+            continue;
+        }
+        if (paper) {
+            FN(chain_forward)(b0, L, n, s, a, cw, sw, 1, 1, 1, 1, h, h, 1, 1, m_init, st, ms);
+            FN(chain_reverse)(b0, L, B, n, 1, m_init, st, ms, deriv);
+        } else {
+            FN(chain_forward)(b0, L, n, s, a, cw, sw, d[0], d[1], d[2], d[3], hA, hB,
+                              entangle, 1, m_init, st, ms);
+            FN(chain_reverse)(b0, L, B, n, entangle, m_init, st, ms, deriv);
+        }
+        for (int64_t i = 0; i < L; ++i) phi[b0 + i] = mf[i] + mf[2 * QB + i];
+    }
+    free(cw);
+}
+
+/* The gradient of L = sum_b g_b Phi(s_b) from the derivatives of qsgd_chain_fwd: gs (B) =
+ * dL/ds, and for every CHUNK of scores (chunks c0 <= c < c1; the last one may be short) the
+ * partial sums part[c] (5, n): dL/dw of the four gates (rows 0-3) and dL/da (row 4), summed
+ * in double in a fixed order, so they do not depend on how chunks are spread over threads.
+ * The data angle of qubit q is a_q s, so dL/ds = sum_q a_q dL/dx_q, dL/da_q = sum_b s dL/dx_q,
+ * dL/dx_q = sum_g data[g] dL/d(angle g). */
+void FN(qsgd_chain_bwd)(int64_t c0, int64_t c1, int64_t B, int32_t n, const real *s,
+                        const real *a, const int32_t *data, const real *deriv, const real *g,
+                        real *gs, double *part) {
+    double *acc = (double *)malloc(sizeof(double) * (size_t)(5 * n * QB));
+    if (!acc) return;
+    real d[4];
+    for (int k = 0; k < 4; ++k) d[k] = data[k] ? (real)1 : (real)0;
+    for (int64_t ch = c0; ch < c1; ++ch) {
+        const int64_t e0 = ch * CHUNK, e1 = e0 + CHUNK < B ? e0 + CHUNK : B;
+        for (int64_t k = 0; k < 5 * n * QB; ++k) acc[k] = 0.0;
+        for (int64_t b0 = e0; b0 < e1; b0 += QB) {
+            const int64_t L = e1 - b0 < QB ? e1 - b0 : QB;
+            real sb[QB], gb[QB], gsb[QB];
+            for (int64_t i = 0; i < QB; ++i) {
+                sb[i] = i < L ? s[b0 + i] : (real)0;
+                gb[i] = i < L ? g[b0 + i] : (real)0;
+                gsb[i] = 0;
+            }
+            for (int32_t q = 0; q < n; ++q) {
+                real D[4][QB];
+                for (int gi = 0; gi < 4; ++gi) {
+                    const real *src = deriv + (int64_t)(gi * n + q) * B + b0;
+                    for (int64_t i = 0; i < QB; ++i) D[gi][i] = i < L ? src[i] : (real)0;
+                }
+                double *restrict aw0 = acc + (0 * n + q) * QB, *restrict aw1 = acc + (1 * n + q) * QB;
+                double *restrict aw2 = acc + (2 * n + q) * QB, *restrict aw3 = acc + (3 * n + q) * QB;
+                double *restrict aa = acc + (4 * n + q) * QB;
+                const real aq = a[q];
+                for (int64_t i = 0; i < QB; ++i) {
+                    real e0_ = gb[i] * D[0][i], e1_ = gb[i] * D[1][i];
+                    real e2_ = gb[i] * D[2][i], e3_ = gb[i] * D[3][i];
+                    real gx = d[0] * e0_ + d[1] * e1_ + d[2] * e2_ + d[3] * e3_;
+                    gsb[i] += aq * gx;
+                    aw0[i] += (double)e0_; aw1[i] += (double)e1_;
+                    aw2[i] += (double)e2_; aw3[i] += (double)e3_;
+                    aa[i] += (double)(sb[i] * gx);
+                }
+            }
+            for (int64_t i = 0; i < L; ++i) gs[b0 + i] = gsb[i];
+        }
+        double *pc = part + ch * 5 * n;
+        for (int64_t k = 0; k < 5 * n; ++k) {
+            double tot = 0.0;
+            for (int64_t i = 0; i < QB; ++i) tot += acc[k * QB + i];
+            pc[k] = tot;
+        }
+    }
+    free(acc);
+}
+
+#undef CAT_
+#undef CAT
+#undef FN
+#undef real
+#endif /* QSGD_BODY */

@@ -1,0 +1,223 @@
+"""Φ by transfer matrices: the ``"amp_sum"`` readout of a circuit of depth ≤ 2 as a chain of
+2×2 products over its qubits, exact and linear in n.
+
+The attention's Φ(s) is Re ⟨+…+|C(a·s; w)|0…0⟩ (:mod:`qsgd.attention.layers`). With
+C = P·G₂·P·G₁·H (G_l the layer-l rotations ⊗_q Rz·Ry, P the CNOT chain, :mod:`qsgd.circuit`):
+
+* ⟨+…+|P = ⟨+…+| (P permutes the basis and ⟨+…+| is uniform), so the last chain drops out;
+* G₁·H|0…0⟩ = ⊗_q v_q is a product state, v_q = Rz(β₀)Ry(α₀)|+⟩ (or |0⟩ without H), and
+  ⟨+…+|G₂ = ⊗_q r_q with the row r_q = ⟨+|Rz(β₁)Ry(α₁);
+* P maps the basis state b to c with c_q = b_0 ⊕ … ⊕ b_q (CNOT(0→1) first), so
+  ⟨+…+|C|0…0⟩ = Σ_b Π_q r_q[c_q] v_q[b_q] = Σ_c Π_q r_q[c_q] v_q[c_q ⊕ c_{q−1}] (c_{−1} = 0):
+  a product of 2×2 transfer matrices T_q[c', c] = r_q[c] v_q[c ⊕ c'] summed over the chain's
+  prefix parity. Computed left to right: m_0[c] = r_0[c] v_0[c],
+  m_q[c] = r_q[c] Σ_c' m_{q−1}[c'] v_q[c ⊕ c'], and the readout Σ_c m_{n−1}[c].
+
+Without CNOTs the same recursion with v_q[c] for v_q[c ⊕ c'] is the product Π_q r_q·v_q; at
+depth 1, r_q = ⟨+| (no second layer). Per score that is n sines and cosines (every gate angle
+is x_q + w or w alone, combined by the addition theorem) and about 60 flops per qubit,
+against 2ⁿ amplitudes per gate for a statevector and rⁿ = 5ⁿ coefficients for the Fourier
+series: the exact method that scales to the paper's 4 qubits. Deeper circuits need a bond of
+2^{depth−1} per qubit and are left to the other methods.
+
+Two implementations of the same arithmetic, both differentiable in t, a and w:
+
+* the native CPU kernel (:mod:`qsgd._native`, float32 and float64): forward one pass over the
+  scores; backward one pass that recomputes the chain per block of 32 scores, runs it back
+  (the adjoint of every complex product, G_x = G_z·conj(y) for z = x·y) and accumulates the
+  gradients of a and w per fixed chunk of scores in double, so they do not depend on the
+  thread count;
+* torch operations (any device and dtype; autograd differentiates them), used where the
+  kernel is unavailable or not wanted.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import Tensor
+
+from .. import _native
+from ..circuit.spec import CircuitSpec
+
+__all__ = ["chain_supported", "chain_line", "native_chain_runs"]
+
+_H = math.sqrt(0.5)
+
+
+def chain_supported(spec: CircuitSpec, readout: str) -> bool:
+    """Whether :func:`chain_line` computes ``readout`` of ``spec``: ``"amp_sum"`` at depth ≤ 2."""
+    return readout == "amp_sum" and spec.depth <= 2
+
+
+def native_chain_runs(device: torch.device | str = "cpu") -> bool:
+    """Whether :func:`chain_line` runs its native kernel for scores on ``device`` (the CPU,
+    with the kernels compiled: :func:`qsgd._native.library`)."""
+    return torch.device(device).type == "cpu" and _native.library() is not None
+
+
+def chain_line(
+    weights: Tensor,
+    scales: Tensor,
+    t: Tensor,
+    *,
+    depth: int = 2,
+    entangle: bool = True,
+    hadamard: bool = True,
+    encoding: str = "reupload",
+    native: bool | None = None,
+) -> Tensor:
+    """Re ⟨+…+|C(a·t; w)|0…0⟩ (the real part of ``simulate(..., readout="amp_sum")``) at every
+    entry of ``t``, by the transfer-matrix chain (module docstring).
+
+    Args:
+        weights: w (depth, 2, n), the extra angles (``[l, 0, q]`` layer l's Ry on qubit q,
+            ``[l, 1, q]`` its Rz).
+        scales: a (n,), the encoding scales: qubit q's data angle is x_q = a_q·t.
+        t: the scores, any shape.
+        depth: 1 or 2; entangle, hadamard, encoding: the circuit, as
+            :func:`qsgd.circuit.simulate`.
+        native: None (default): the native kernel where it applies (CPU, float32/float64,
+            compiled), else torch operations; True: the kernel or an error saying why not;
+            False: torch operations.
+
+    Returns the readout with ``t``'s shape and dtype (computed in float32 for half types).
+    Differentiable in ``weights``, ``scales`` and ``t``.
+    """
+    n = scales.numel()
+    spec = CircuitSpec(n, depth, entangle, hadamard, encoding)
+    if depth > 2:
+        raise ValueError(f"chain_line needs depth <= 2 (the bond grows as 2^(depth-1)), "
+                         f"got depth={depth}")
+    spec.check_weights(weights)
+    if weights.dim() != 3:
+        raise ValueError(f"weights must have shape {spec.weight_shape}, got "
+                         f"{tuple(weights.shape)}")
+    dt = t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
+    tf = t.reshape(-1).to(dt)
+    a, w = scales.to(dt), weights.to(dt)
+    if not _use_native(tf, native):
+        out = _torch_chain(tf, a, w, spec)
+    elif torch.is_grad_enabled() and any(x.requires_grad for x in (tf, a, w)):
+        out = _NativeChain.apply(tf, a, w, spec)
+    else:  # inference: Φ alone, no derivatives
+        out = _native_forward(tf, a, w, spec, derivatives=False)[0]
+    return out.reshape(t.shape).to(t.dtype)
+
+
+def _use_native(t: Tensor, native: bool | None) -> bool:
+    if native is False:
+        return False
+    reason = None
+    if t.device.type != "cpu":
+        reason = f"the kernel runs on the CPU, the scores are on {t.device}"
+    elif _native.library() is None:
+        reason = _native.unavailable_reason()
+    if reason is not None and native:
+        raise RuntimeError(f"native=True, but {reason}")
+    return reason is None
+
+
+def _data_flags(spec: CircuitSpec) -> list[int]:
+    """Which of the four gates (layer 0 Ry, Rz, layer 1 Ry, Rz) carry the data angle."""
+    if spec.encoding == "reupload":
+        return [1, 1, 1, 1] if spec.depth == 2 else [1, 1, 0, 0]
+    return [1, 0, 0, 0]
+
+
+# ----------------------------------------------------------------------------- torch operations
+
+
+def _torch_chain(t: Tensor, a: Tensor, w: Tensor, spec: CircuitSpec) -> Tensor:
+    """The chain in torch operations (complex arithmetic, autograd for the gradient)."""
+    x = a[:, None] * t[None, :]  # (n, B)
+    flags = _data_flags(spec)
+
+    def half_angle(gate: int) -> tuple[Tensor, Tensor]:
+        layer, g = divmod(gate, 2)
+        ang = w[layer, g][:, None]
+        ang = x + ang if flags[gate] else ang.expand_as(x)
+        return torch.cos(ang * 0.5), torch.sin(ang * 0.5)
+
+    c0, s0 = half_angle(0)
+    y0, y1 = ((c0 - s0) * _H, (c0 + s0) * _H) if spec.hadamard else (c0, s0)
+    c1, s1 = half_angle(1)
+    e1 = torch.complex(c1, -s1)  # e^{-iβ/2}
+    v0, v1 = y0 * e1, y1 * e1.conj()  # (n, B) complex
+    if spec.depth == 2:
+        c2, s2 = half_angle(2)
+        c3, s3 = half_angle(3)
+        z0 = torch.complex(c3, -s3) * _H
+        z1 = z0.conj()
+        r0, r1 = z0 * c2 + z1 * s2, z1 * c2 - z0 * s2
+    else:
+        r0 = r1 = torch.full_like(v0, _H)
+    m0, m1 = r0[0] * v0[0], r1[0] * v1[0]
+    for q in range(1, spec.n):
+        if spec.entangle:
+            t0, t1 = m0 * v0[q] + m1 * v1[q], m0 * v1[q] + m1 * v0[q]
+        else:
+            s = m0 + m1
+            t0, t1 = s * v0[q], s * v1[q]
+        m0, m1 = r0[q] * t0, r1[q] * t1
+    return (m0 + m1).real
+
+
+# ----------------------------------------------------------------------------- native kernel
+
+
+@functools.lru_cache(maxsize=16)
+def _flag_tensor(flags: tuple[int, ...]) -> Tensor:
+    return torch.tensor(flags, dtype=torch.int32)
+
+
+def _native_forward(t: Tensor, a: Tensor, w: Tensor, spec: CircuitSpec, *,
+                   derivatives: bool) -> tuple[Tensor, Tensor | None]:
+    """Φ(t) by the kernel and, with ``derivatives``, ∂Φ/∂α of the 4n gate angles (4, n, B)."""
+    t, a, w = t.detach().contiguous(), a.detach().contiguous(), w.detach().contiguous()
+    B, n = t.numel(), spec.n
+    flags = _flag_tensor(tuple(_data_flags(spec)))
+    out = torch.empty_like(t)
+    deriv = t.new_empty(4, n, B) if derivatives else None
+    suf = "f64" if t.dtype == torch.float64 else "f32"
+    kernel = getattr(_native.library(), f"qsgd_chain_fwd_{suf}")
+    args = (B, n, spec.depth, t.data_ptr(), a.data_ptr(), w.data_ptr(), flags.data_ptr(),
+            int(spec.hadamard), int(spec.entangle), out.data_ptr(),
+            None if deriv is None else deriv.data_ptr())
+    _native.run_parallel(lambda i0, i1: kernel(i0, i1, *args), B, grain=_native.BLOCK)
+    return out, deriv
+
+
+class _NativeChain(torch.autograd.Function):
+    """The chain by the native kernel. Forward: Φ(t) and ∂Φ/∂α of the 4n gate angles per
+    score (4, n, B); backward: ∂L/∂t, ∂L/∂a and ∂L/∂w contract them with ∂L/∂Φ in one pass
+    (module docstring)."""
+
+    @staticmethod
+    def forward(ctx, t, a, w, spec):
+        out, deriv = _native_forward(t, a, w, spec, derivatives=True)
+        ctx.save_for_backward(t.contiguous(), a.contiguous(), deriv)
+        ctx.spec = spec
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        t, a, deriv = ctx.saved_tensors
+        spec = ctx.spec
+        n, B = spec.n, t.numel()
+        g = g.reshape(-1).to(t.dtype).contiguous()
+        chunks = -(-B // _native.CHUNK)
+        gt = torch.empty_like(t)
+        part = torch.empty(chunks, 5, n, dtype=torch.float64)
+        suf = "f64" if t.dtype == torch.float64 else "f32"
+        kernel = getattr(_native.library(), f"qsgd_chain_bwd_{suf}")
+        flags = _flag_tensor(tuple(_data_flags(spec)))
+        args = (B, n, t.data_ptr(), a.data_ptr(), flags.data_ptr(), deriv.data_ptr(),
+                g.data_ptr(), gt.data_ptr(), part.data_ptr())
+        _native.run_parallel(lambda c0, c1: kernel(c0, c1, *args), chunks, grain=1)
+        tot = part.sum(0)  # (5, n): a fixed-order sum over the chunks
+        ga = tot[4].to(t.dtype)
+        gw = tot[: 2 * spec.depth].reshape(spec.depth, 2, n).to(t.dtype)
+        return gt, ga, gw, None
