@@ -52,8 +52,8 @@ _i64, _i32 = ctypes.c_int64, ctypes.c_int32
 _P = ctypes.c_void_p
 _SIGNATURES = {
     "qsgd_state": [_i64, _i64, _i32, _i32, _P, _P, _i64, _P, _i32, _i32, _P, _P],
-    "qsgd_chain_fwd": [_i64, _i64, _i64, _i32, _i32, _P, _P, _P, _P, _i32, _i32, _P, _P],
-    "qsgd_chain_bwd": [_i64, _i64, _i64, _i32, _P, _P, _P, _P, _P, _P, _P],
+    "qsgd_chain_fwd": [_i64, _i64, _i32, _i32, _P, _P, _P, _P, _i32, _i32, _P],
+    "qsgd_chain_bwd": [_i64, _i64, _i64, _i32, _i32, _P, _P, _P, _P, _i32, _i32, _P, _P, _P],
     "qsgd_sincos_array": [_i64, _P, _P, _P],
 }
 

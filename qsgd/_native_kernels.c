@@ -224,9 +224,8 @@ void FN(qsgd_state)(int64_t i0, int64_t i1, int32_t n, int32_t depth, const real
  * m_q[p] = r_q[p] t_q[p] with t_q[p] = sum_p' m_{q-1}[p'] v_q[p xor p'] (entangle) or
  * (m0 + m1) v_q[p] (no CNOTs), and Phi = Re(m_{n-1}[0] + m_{n-1}[1]).
  *
- * The derivatives of Phi by the 4n gate angles come from the adjoint of every complex
- * product, G = dPhi/dRe + i dPhi/dIm of each quantity, G_x = G_z conj(y) for z = x y, run
- * from the last qubit back to the first. */
+ * The gradient comes from the adjoint of every complex product, G = dL/dRe + i dL/dIm of
+ * each quantity, G_x = G_z conj(y) for z = x y, run from the last qubit back to the first. */
 
 /* cos and sin of the half angles w/2 of the four gates of every qubit (4, n) */
 static void FN(half_angles)(int32_t n, int32_t depth, const real *w, real *cw, real *sw) {
@@ -306,11 +305,10 @@ static ALWAYS_INLINE void FN(chain_forward)(int64_t b0, int64_t L, int32_t n,
 
 /* one qubit of chain_reverse: G (4 rows) holds G_m after qubit q on entry and G_m before it
  * (after qubit q - 1) on exit; o: qubit q's stored rows, mp: the message before it; the four
- * angle derivatives go to D0..D3 (the block's first L lanes). */
-static ALWAYS_INLINE void FN(chain_qubit_reverse)(int64_t L, int32_t entangle,
-        const real *restrict o, const real *restrict mp, real *restrict G,
-        real *restrict D0, real *restrict D1, real *restrict D2, real *restrict D3) {
-    real g0[QB], g1[QB], g2[QB], g3[QB];
+ * angle gradients go to the rows g0..g3. */
+static ALWAYS_INLINE void FN(chain_qubit_reverse)(int32_t entangle, const real *restrict o,
+        const real *restrict mp, real *restrict G, real *restrict g0, real *restrict g1,
+        real *restrict g2, real *restrict g3) {
     for (int64_t i = 0; i < QB; ++i) {
         real v0r = o[i], v0i = o[QB + i], v1r = o[2 * QB + i], v1i = o[3 * QB + i];
         real r0r = o[4 * QB + i], r0i = o[5 * QB + i], r1r = o[6 * QB + i];
@@ -357,112 +355,118 @@ static ALWAYS_INLINE void FN(chain_qubit_reverse)(int64_t L, int32_t entangle,
         real w1r = z0r * (s2 + c2), w1i = z0i * (s2 - c2);
         g3[i] = (real)0.5 * (-Gr0r * w0i + Gr0i * w0r - Gr1r * w1i + Gr1i * w1r);
     }
-    for (int64_t i = 0; i < L; ++i) {
-        D0[i] = g0[i]; D1[i] = g1[i]; D2[i] = g2[i]; D3[i] = g3[i];
-    }
 }
 
-/* One block, backward: from the rows of chain_forward (store = 1), dPhi/d(angle) of every
- * gate into deriv[(g n + q) B + b] for the block's first L lanes. */
-static ALWAYS_INLINE void FN(chain_reverse)(int64_t b0, int64_t L, int64_t B, int32_t n,
-        int32_t entangle, const real *restrict m_init, const real *restrict st,
-        const real *restrict ms, real *restrict deriv) {
-    real G[4 * QB];  /* Phi = Re(m0 + m1) of the last qubit: G_m0 = G_m1 = 1 */
+/* One block, backward: from the rows of chain_forward (store = 1) and the seed g = dL/dPhi
+ * per lane, dL/d(angle) of every gate into the rows dl[(g n + q) QB + i]. */
+static ALWAYS_INLINE void FN(chain_reverse)(int32_t n, int32_t entangle,
+        const real *restrict m_init, const real *restrict st, const real *restrict ms,
+        const real *restrict seed, real *restrict dl) {
+    real G[4 * QB];  /* Phi = Re(m0 + m1) of the last qubit: G_m0 = G_m1 = g */
     for (int64_t i = 0; i < QB; ++i) {
-        G[i] = 1; G[QB + i] = 0; G[2 * QB + i] = 1; G[3 * QB + i] = 0;
+        G[i] = seed[i]; G[QB + i] = 0; G[2 * QB + i] = seed[i]; G[3 * QB + i] = 0;
     }
-    for (int32_t q = n - 1; q >= 0; --q) {
-        real *Dq = deriv + (int64_t)q * B + b0;
-        FN(chain_qubit_reverse)(L, entangle, st + (int64_t)q * 20 * QB,
-                                q ? ms + (int64_t)(q - 1) * 4 * QB : m_init, G, Dq,
-                                Dq + (int64_t)n * B, Dq + (int64_t)2 * n * B,
-                                Dq + (int64_t)3 * n * B);
-    }
+    for (int32_t q = n - 1; q >= 0; --q)
+        FN(chain_qubit_reverse)(entangle, st + (int64_t)q * 20 * QB,
+                                q ? ms + (int64_t)(q - 1) * 4 * QB : m_init, G,
+                                dl + (int64_t)q * QB, dl + (int64_t)(n + q) * QB,
+                                dl + (int64_t)(2 * n + q) * QB, dl + (int64_t)(3 * n + q) * QB);
 }
 
-/* Phi at the scores i0 <= b < i1 of s (B), and with deriv (4, n, B) its derivatives by every
- * gate angle; w (depth, 2, n); data[4]: which gates carry the data angle. */
-void FN(qsgd_chain_fwd)(int64_t i0, int64_t i1, int64_t B, int32_t n, int32_t depth,
-                        const real *s, const real *a, const real *w, const int32_t *data,
-                        int32_t hadamard, int32_t entangle, real *phi, real *deriv) {
-    real *cw = (real *)malloc(sizeof(real) * (size_t)(8 * n + 24 * n * QB));
-    if (!cw) return;
-    real *sw = cw + 4 * n, *st = cw + 8 * n, *ms = st + 20 * n * QB;
-    FN(half_angles)(n, depth, w, cw, sw);
+/* what both entry points share: gate tables, flags, the initial message and scratch rows */
+typedef struct {
+    real *buf, *cw, *sw, *st, *ms, *dl, m_init[4 * QB], d[4], hA, hB;
+    int paper;
+} FN(chain_ctx);
+
+static int FN(chain_setup)(FN(chain_ctx) *c, int32_t n, int32_t depth, const real *w,
+                           const int32_t *data, int32_t hadamard, int32_t entangle) {
+    c->buf = (real *)malloc(sizeof(real) * (size_t)(8 * n + 28 * n * QB));
+    if (!c->buf) return 0;
+    c->cw = c->buf; c->sw = c->cw + 4 * n; c->st = c->cw + 8 * n;
+    c->ms = c->st + 20 * n * QB; c->dl = c->ms + 4 * n * QB;
+    FN(half_angles)(n, depth, w, c->cw, c->sw);
     const real h = (real)0.70710678118654752440;
     /* the paper's circuit (data in every gate, H, CNOTs) gets its flags as constants */
-    const int paper = data[0] && data[1] && data[2] && data[3] && hadamard && entangle;
-    real d[4];
-    for (int k = 0; k < 4; ++k) d[k] = data[k] ? (real)1 : (real)0;
-    const real hA = hadamard ? h : (real)1, hB = hadamard ? h : (real)0;
-    real m_init[4 * QB];
-    for (int64_t i = 0; i < 4 * QB; ++i) m_init[i] = i < QB ? (real)1 : (real)0;
-    for (int64_t b0 = i0; b0 < i1; b0 += QB) {
-        const int64_t L = i1 - b0 < QB ? i1 - b0 : QB;
-        const real *mf = ms + (int64_t)(n - 1) * 4 * QB;
-        if (!deriv) {
-            if (paper)
-                FN(chain_forward)(b0, L, n, s, a, cw, sw, 1, 1, 1, 1, h, h, 1, 0, m_init, st, ms);
-            else
-                FN(chain_forward)(b0, L, n, s, a, cw, sw, d[0], d[1], d[2], d[3], hA, hB,
-                                  entangle, 0, m_init, st, ms);
-            for (int64_t i = 0; i < L; ++i) phi[b0 + i] = mf[i] + mf[2 * QB + i];
-            continue;
-        }
-        if (paper) {
-            FN(chain_forward)(b0, L, n, s, a, cw, sw, 1, 1, 1, 1, h, h, 1, 1, m_init, st, ms);
-            FN(chain_reverse)(b0, L, B, n, 1, m_init, st, ms, deriv);
-        } else {
-            FN(chain_forward)(b0, L, n, s, a, cw, sw, d[0], d[1], d[2], d[3], hA, hB,
-                              entangle, 1, m_init, st, ms);
-            FN(chain_reverse)(b0, L, B, n, entangle, m_init, st, ms, deriv);
-        }
-        for (int64_t i = 0; i < L; ++i) phi[b0 + i] = mf[i] + mf[2 * QB + i];
-    }
-    free(cw);
+    c->paper = data[0] && data[1] && data[2] && data[3] && hadamard && entangle;
+    for (int k = 0; k < 4; ++k) c->d[k] = data[k] ? (real)1 : (real)0;
+    c->hA = hadamard ? h : (real)1;
+    c->hB = hadamard ? h : (real)0;
+    for (int64_t i = 0; i < 4 * QB; ++i) c->m_init[i] = i < QB ? (real)1 : (real)0;
+    return 1;
 }
 
-/* The gradient of L = sum_b g_b Phi(s_b) from the derivatives of qsgd_chain_fwd: gs (B) =
- * dL/ds, and for every CHUNK of scores (chunks c0 <= c < c1; the last one may be short) the
- * partial sums part[c] (5, n): dL/dw of the four gates (rows 0-3) and dL/da (row 4), summed
- * in double in a fixed order, so they do not depend on how chunks are spread over threads.
- * The data angle of qubit q is a_q s, so dL/ds = sum_q a_q dL/dx_q, dL/da_q = sum_b s dL/dx_q,
- * dL/dx_q = sum_g data[g] dL/d(angle g). */
-void FN(qsgd_chain_bwd)(int64_t c0, int64_t c1, int64_t B, int32_t n, const real *s,
-                        const real *a, const int32_t *data, const real *deriv, const real *g,
-                        real *gs, double *part) {
+#define CHAIN_FORWARD(c, b0, L, store)                                                    \
+    do {                                                                                  \
+        const real h_ = (real)0.70710678118654752440;                                     \
+        if ((c)->paper)                                                                   \
+            FN(chain_forward)(b0, L, n, s, a, (c)->cw, (c)->sw, 1, 1, 1, 1, h_, h_, 1,     \
+                              store, (c)->m_init, (c)->st, (c)->ms);                       \
+        else                                                                              \
+            FN(chain_forward)(b0, L, n, s, a, (c)->cw, (c)->sw, (c)->d[0], (c)->d[1],      \
+                              (c)->d[2], (c)->d[3], (c)->hA, (c)->hB, entangle, store,     \
+                              (c)->m_init, (c)->st, (c)->ms);                              \
+    } while (0)
+
+/* Phi at the scores i0 <= b < i1 of s; w (depth, 2, n); data[4]: which gates carry the data
+ * angle. */
+void FN(qsgd_chain_fwd)(int64_t i0, int64_t i1, int32_t n, int32_t depth, const real *s,
+                        const real *a, const real *w, const int32_t *data, int32_t hadamard,
+                        int32_t entangle, real *phi) {
+    FN(chain_ctx) c;
+    if (!FN(chain_setup)(&c, n, depth, w, data, hadamard, entangle)) return;
+    const real *mf = c.ms + (int64_t)(n - 1) * 4 * QB;
+    for (int64_t b0 = i0; b0 < i1; b0 += QB) {
+        const int64_t L = i1 - b0 < QB ? i1 - b0 : QB;
+        CHAIN_FORWARD(&c, b0, L, 0);
+        for (int64_t i = 0; i < L; ++i) phi[b0 + i] = mf[i] + mf[2 * QB + i];
+    }
+    free(c.buf);
+}
+
+/* The gradient of L = sum_b g_b Phi(s_b): the chain recomputed per block, then run back from
+ * G = g. gs (B) = dL/ds, and for every CHUNK of scores (chunks c0 <= c < c1; the last one
+ * may be short) the partial sums part[c] (5, n): dL/dw of the four gates (rows 0-3) and
+ * dL/da (row 4), summed in double in a fixed order, so that they do not depend on how the
+ * chunks are spread over threads. The data angle of qubit q is a_q s, so dL/ds =
+ * sum_q a_q dL/dx_q, dL/da_q = sum_b s dL/dx_q, dL/dx_q = sum_g data[g] dL/d(angle g). */
+void FN(qsgd_chain_bwd)(int64_t c0, int64_t c1, int64_t B, int32_t n, int32_t depth,
+                        const real *s, const real *a, const real *w, const int32_t *data,
+                        int32_t hadamard, int32_t entangle, const real *g, real *gs,
+                        double *part) {
+    FN(chain_ctx) c;
+    if (!FN(chain_setup)(&c, n, depth, w, data, hadamard, entangle)) return;
     double *acc = (double *)malloc(sizeof(double) * (size_t)(5 * n * QB));
-    if (!acc) return;
-    real d[4];
-    for (int k = 0; k < 4; ++k) d[k] = data[k] ? (real)1 : (real)0;
+    if (!acc) { free(c.buf); return; }
+    real gb[QB], gsb[QB], sb[QB];
     for (int64_t ch = c0; ch < c1; ++ch) {
         const int64_t e0 = ch * CHUNK, e1 = e0 + CHUNK < B ? e0 + CHUNK : B;
         for (int64_t k = 0; k < 5 * n * QB; ++k) acc[k] = 0.0;
         for (int64_t b0 = e0; b0 < e1; b0 += QB) {
             const int64_t L = e1 - b0 < QB ? e1 - b0 : QB;
-            real sb[QB], gb[QB], gsb[QB];
             for (int64_t i = 0; i < QB; ++i) {
                 sb[i] = i < L ? s[b0 + i] : (real)0;
-                gb[i] = i < L ? g[b0 + i] : (real)0;
+                gb[i] = i < L ? g[b0 + i] : (real)0;  /* padded lanes: g = 0, no gradient */
                 gsb[i] = 0;
             }
+            CHAIN_FORWARD(&c, b0, L, 1);
+            FN(chain_reverse)(n, entangle, c.m_init, c.st, c.ms, gb, c.dl);
             for (int32_t q = 0; q < n; ++q) {
-                real D[4][QB];
-                for (int gi = 0; gi < 4; ++gi) {
-                    const real *src = deriv + (int64_t)(gi * n + q) * B + b0;
-                    for (int64_t i = 0; i < QB; ++i) D[gi][i] = i < L ? src[i] : (real)0;
-                }
-                double *restrict aw0 = acc + (0 * n + q) * QB, *restrict aw1 = acc + (1 * n + q) * QB;
-                double *restrict aw2 = acc + (2 * n + q) * QB, *restrict aw3 = acc + (3 * n + q) * QB;
+                const real *restrict D0 = c.dl + (int64_t)q * QB;
+                const real *restrict D1 = c.dl + (int64_t)(n + q) * QB;
+                const real *restrict D2 = c.dl + (int64_t)(2 * n + q) * QB;
+                const real *restrict D3 = c.dl + (int64_t)(3 * n + q) * QB;
+                double *restrict aw0 = acc + (0 * n + q) * QB;
+                double *restrict aw1 = acc + (1 * n + q) * QB;
+                double *restrict aw2 = acc + (2 * n + q) * QB;
+                double *restrict aw3 = acc + (3 * n + q) * QB;
                 double *restrict aa = acc + (4 * n + q) * QB;
-                const real aq = a[q];
+                const real aq = a[q], d0 = c.d[0], d1 = c.d[1], d2 = c.d[2], d3 = c.d[3];
                 for (int64_t i = 0; i < QB; ++i) {
-                    real e0_ = gb[i] * D[0][i], e1_ = gb[i] * D[1][i];
-                    real e2_ = gb[i] * D[2][i], e3_ = gb[i] * D[3][i];
-                    real gx = d[0] * e0_ + d[1] * e1_ + d[2] * e2_ + d[3] * e3_;
+                    real gx = d0 * D0[i] + d1 * D1[i] + d2 * D2[i] + d3 * D3[i];
                     gsb[i] += aq * gx;
-                    aw0[i] += (double)e0_; aw1[i] += (double)e1_;
-                    aw2[i] += (double)e2_; aw3[i] += (double)e3_;
+                    aw0[i] += (double)D0[i]; aw1[i] += (double)D1[i];
+                    aw2[i] += (double)D2[i]; aw3[i] += (double)D3[i];
                     aa[i] += (double)(sb[i] * gx);
                 }
             }
@@ -476,8 +480,10 @@ void FN(qsgd_chain_bwd)(int64_t c0, int64_t c1, int64_t B, int32_t n, const real
         }
     }
     free(acc);
+    free(c.buf);
 }
 
+#undef CHAIN_FORWARD
 #undef CAT_
 #undef CAT
 #undef FN

@@ -23,10 +23,11 @@ series: the exact method that scales to the paper's 4 qubits. Deeper circuits ne
 Two implementations of the same arithmetic, both differentiable in t, a and w:
 
 * the native CPU kernel (:mod:`qsgd._native`, float32 and float64): forward one pass over the
-  scores; backward one pass that recomputes the chain per block of 32 scores, runs it back
-  (the adjoint of every complex product, G_x = G_z·conj(y) for z = x·y) and accumulates the
-  gradients of a and w per fixed chunk of scores in double, so they do not depend on the
-  thread count;
+  scores; backward one pass that recomputes the chain per block of 32 scores (cheaper than
+  keeping 4n derivatives per score between the passes: fresh memory costs page faults), runs
+  it back (the adjoint of every complex product, G_x = G_z·conj(y) for z = x·y) and
+  accumulates the gradients of a and w per fixed chunk of scores in double, so they do not
+  depend on the thread count;
 * torch operations (any device and dtype; autograd differentiates them), used where the
   kernel is unavailable or not wanted.
 """
@@ -102,8 +103,8 @@ def chain_line(
         out = _torch_chain(tf, a, w, spec)
     elif torch.is_grad_enabled() and any(x.requires_grad for x in (tf, a, w)):
         out = _NativeChain.apply(tf, a, w, spec)
-    else:  # inference: Φ alone, no derivatives
-        out = _native_forward(tf, a, w, spec, derivatives=False)[0]
+    else:  # inference: no graph
+        out = _native_forward(tf.contiguous(), a.contiguous(), w.contiguous(), spec)
     return out.reshape(t.shape).to(t.dtype)
 
 
@@ -173,38 +174,39 @@ def _flag_tensor(flags: tuple[int, ...]) -> Tensor:
     return torch.tensor(flags, dtype=torch.int32)
 
 
-def _native_forward(t: Tensor, a: Tensor, w: Tensor, spec: CircuitSpec, *,
-                   derivatives: bool) -> tuple[Tensor, Tensor | None]:
-    """Φ(t) by the kernel and, with ``derivatives``, ∂Φ/∂α of the 4n gate angles (4, n, B)."""
-    t, a, w = t.detach().contiguous(), a.detach().contiguous(), w.detach().contiguous()
-    B, n = t.numel(), spec.n
+def _kernel_args(t: Tensor, a: Tensor, w: Tensor, spec: CircuitSpec) -> tuple:
+    """What both chain kernels take after the index range: n, depth, s, a, w, data flags,
+    hadamard, entangle (the tensors contiguous, kept alive by the caller)."""
     flags = _flag_tensor(tuple(_data_flags(spec)))
+    return (spec.n, spec.depth, t.data_ptr(), a.data_ptr(), w.data_ptr(), flags.data_ptr(),
+            int(spec.hadamard), int(spec.entangle))
+
+
+def _native_forward(t: Tensor, a: Tensor, w: Tensor, spec: CircuitSpec) -> Tensor:
+    """Φ(t) by the kernel (one pass over the scores, split over the threads)."""
     out = torch.empty_like(t)
-    deriv = t.new_empty(4, n, B) if derivatives else None
     suf = "f64" if t.dtype == torch.float64 else "f32"
     kernel = getattr(_native.library(), f"qsgd_chain_fwd_{suf}")
-    args = (B, n, spec.depth, t.data_ptr(), a.data_ptr(), w.data_ptr(), flags.data_ptr(),
-            int(spec.hadamard), int(spec.entangle), out.data_ptr(),
-            None if deriv is None else deriv.data_ptr())
-    _native.run_parallel(lambda i0, i1: kernel(i0, i1, *args), B, grain=_native.BLOCK)
-    return out, deriv
+    args = (*_kernel_args(t, a, w, spec), out.data_ptr())
+    _native.run_parallel(lambda i0, i1: kernel(i0, i1, *args), t.numel(), grain=_native.BLOCK)
+    return out
 
 
 class _NativeChain(torch.autograd.Function):
-    """The chain by the native kernel. Forward: Φ(t) and ∂Φ/∂α of the 4n gate angles per
-    score (4, n, B); backward: ∂L/∂t, ∂L/∂a and ∂L/∂w contract them with ∂L/∂Φ in one pass
-    (module docstring)."""
+    """The chain by the native kernel: forward Φ(t); backward ∂L/∂t, ∂L/∂a and ∂L/∂w in one
+    pass that recomputes the chain per block of scores and runs it back from ∂L/∂Φ (module
+    docstring; no per-score state is kept between the passes)."""
 
     @staticmethod
     def forward(ctx, t, a, w, spec):
-        out, deriv = _native_forward(t, a, w, spec, derivatives=True)
-        ctx.save_for_backward(t.contiguous(), a.contiguous(), deriv)
+        t, a, w = t.contiguous(), a.contiguous(), w.contiguous()
+        ctx.save_for_backward(t, a, w)
         ctx.spec = spec
-        return out
+        return _native_forward(t, a, w, spec)
 
     @staticmethod
     def backward(ctx, g):
-        t, a, deriv = ctx.saved_tensors
+        t, a, w = ctx.saved_tensors
         spec = ctx.spec
         n, B = spec.n, t.numel()
         g = g.reshape(-1).to(t.dtype).contiguous()
@@ -213,9 +215,7 @@ class _NativeChain(torch.autograd.Function):
         part = torch.empty(chunks, 5, n, dtype=torch.float64)
         suf = "f64" if t.dtype == torch.float64 else "f32"
         kernel = getattr(_native.library(), f"qsgd_chain_bwd_{suf}")
-        flags = _flag_tensor(tuple(_data_flags(spec)))
-        args = (B, n, t.data_ptr(), a.data_ptr(), flags.data_ptr(), deriv.data_ptr(),
-                g.data_ptr(), gt.data_ptr(), part.data_ptr())
+        args = (B, *_kernel_args(t, a, w, spec), g.data_ptr(), gt.data_ptr(), part.data_ptr())
         _native.run_parallel(lambda c0, c1: kernel(c0, c1, *args), chunks, grain=1)
         tot = part.sum(0)  # (5, n): a fixed-order sum over the chunks
         ga = tot[4].to(t.dtype)

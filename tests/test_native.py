@@ -1,0 +1,292 @@
+"""The fast exact paths of Φ and of the simulator against their references: the transfer-matrix
+chain (native kernel and torch operations) against the statevector simulation, values and
+gradients; the native statevector kernel against the torch engine; the kernels' sine and
+cosine; what happens without a compiler; thread-count independence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qsgd import _native
+from qsgd.attention import ScoreCircuit, chain_line
+from qsgd.attention.chain import native_chain_runs
+from qsgd.circuit import CircuitSpec, simulate
+from qsgd.circuit import statevector as sv
+
+F64 = torch.float64
+needs_native = pytest.mark.skipif(_native.library() is None,
+                                  reason=f"native kernels unavailable: "
+                                         f"{_native.unavailable_reason()}")
+
+
+@st.composite
+def lines(draw, max_qubits=4, max_depth=2):
+    """A circuit along the line x = a·t: spec flags, a, w and t (float64)."""
+    n = draw(st.integers(1, max_qubits))
+    depth = draw(st.integers(1, max_depth))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    kw = dict(depth=depth, entangle=draw(st.booleans()), hadamard=draw(st.booleans()),
+              encoding=draw(st.sampled_from(["reupload", "once"])))
+    a = torch.randn(n, generator=g, dtype=F64) * 1.5
+    w = torch.rand(depth, 2, n, generator=g, dtype=F64) * 4 * math.pi - 2 * math.pi
+    t = torch.randn(draw(st.integers(1, 75)), generator=g, dtype=F64) * 3
+    return kw, a, w, t
+
+
+def _reference(kw, a, w, t):
+    """Re amp_sum of the statevector simulation (the torch engine: gradients by autograd)."""
+    return simulate(t[:, None] * a, w, readout="amp_sum", **kw).real
+
+
+def _values_and_grads(fn, a, w, t, probe):
+    a, w, t = (x.clone().requires_grad_() for x in (a, w, t))
+    y = fn(a, w, t)
+    return (y.detach(), *torch.autograd.grad((y * probe).sum(), (t, a, w)))
+
+
+# ----------------------------------------------------------------------------- the chain
+
+
+@settings(max_examples=40, deadline=None)
+@given(lines(), st.sampled_from([True, False]))
+def test_chain_equals_statevector_values_and_gradients(case, native):
+    """Φ and ∂/∂t, ∂/∂a, ∂/∂w of the chain equal the statevector simulation's (float64)."""
+    if native and _native.library() is None:
+        pytest.skip(f"native kernels unavailable: {_native.unavailable_reason()}")
+    kw, a, w, t = case
+    probe = torch.randn(t.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+    ref = _values_and_grads(lambda a_, w_, t_: _reference(kw, a_, w_, t_), a, w, t, probe)
+    got = _values_and_grads(lambda a_, w_, t_: chain_line(w_, a_, t_, native=native, **kw),
+                            a, w, t, probe)
+    for name, x, y in zip(("value", "d/dt", "d/da", "d/dw"), got, ref):
+        assert x.dtype == F64 and x.shape == y.shape, name
+        assert torch.allclose(x, y, atol=1e-11, rtol=0), (name, (x - y).abs().max())
+
+
+@pytest.mark.parametrize("native", [pytest.param(True, marks=needs_native), False])
+@pytest.mark.parametrize("n,depth,entangle", [(1, 2, True), (3, 2, True), (2, 1, False),
+                                              (4, 2, False)])
+def test_chain_gradcheck(native, n, depth, entangle):
+    g = torch.Generator().manual_seed(n + 10 * depth)
+    w = torch.randn(depth, 2, n, generator=g, dtype=F64, requires_grad=True)
+    a = torch.randn(n, generator=g, dtype=F64, requires_grad=True)
+    t = torch.randn(2, 3, generator=g, dtype=F64, requires_grad=True)
+    fn = lambda w_, a_, t_: chain_line(w_, a_, t_, depth=depth, entangle=entangle,  # noqa: E731
+                                       native=native)
+    assert torch.autograd.gradcheck(fn, (w, a, t))
+
+
+@needs_native
+@pytest.mark.parametrize("n", [2, 4])
+def test_chain_float32_native_and_torch_agree_to_rounding(n):
+    g = torch.Generator().manual_seed(n)
+    a = torch.rand(n, generator=g) + 0.5
+    w = torch.rand(2, 2, n, generator=g) * 6 - 3
+    t = torch.randn(5000, generator=g) * 3
+    ref = _reference(dict(depth=2, entangle=True, hadamard=True, encoding="reupload"),
+                     a.double(), w.double(), t.double())
+    probe = torch.randn(t.shape, generator=g)
+    grads = {}
+    for native in (True, False):
+        got = _values_and_grads(lambda a_, w_, t_, nat=native: chain_line(w_, a_, t_, native=nat),
+                                a, w, t, probe)
+        assert got[0].dtype == torch.float32
+        assert (got[0].double() - ref).abs().max() < 1e-6, native
+        grads[native] = got[1:]
+    for x, y in zip(grads[True], grads[False]):  # sums over 5000 scores: relative rounding
+        assert torch.allclose(x, y, rtol=1e-4, atol=1e-4), (x - y).abs().max()
+
+
+@needs_native
+def test_chain_native_inference_equals_training_values_and_threads_do_not_matter():
+    g = torch.Generator().manual_seed(5)
+    a = torch.rand(4, generator=g) + 0.5
+    w = torch.rand(2, 2, 4, generator=g) * 6 - 3
+    t = torch.randn(3 * _native.CHUNK + 77, generator=g)  # several chunks, a ragged tail
+    probe = torch.randn(t.shape, generator=g)
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            runs.append(_values_and_grads(lambda a_, w_, t_: chain_line(w_, a_, t_), a, w, t,
+                                          probe))
+            with torch.no_grad():
+                assert torch.equal(chain_line(w, a, t), runs[-1][0])
+    finally:
+        torch.set_num_threads(before)
+    for run in runs[1:]:  # bit for bit: the reductions are per fixed chunk of scores
+        for x, y in zip(run, runs[0]):
+            assert torch.equal(x, y)
+
+
+def test_chain_shapes_dtypes_and_errors():
+    w, a = torch.zeros(2, 2, 3), torch.ones(3)
+    t = torch.randn(2, 5, 7, dtype=torch.bfloat16)
+    y = chain_line(w, a, t)
+    assert y.shape == t.shape and y.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="needs depth <= 2"):
+        chain_line(torch.zeros(3, 2, 3), a, t, depth=3)
+    with pytest.raises(ValueError, match="must have trailing shape"):
+        chain_line(torch.zeros(2, 2, 2), a, t)
+    with pytest.raises(ValueError, match="must have shape"):
+        chain_line(torch.zeros(4, 2, 2, 3), a, t)
+
+
+def test_without_the_kernel_the_torch_operations_serve(monkeypatch):
+    monkeypatch.setitem(_native._state, "lib", None)
+    monkeypatch.setitem(_native._state, "reason", "no C compiler found (test)")
+    assert _native.library() is None and not native_chain_runs("cpu")
+    w, a = torch.rand(2, 2, 2, dtype=F64), torch.ones(2, dtype=F64)
+    t = torch.randn(9, dtype=F64)
+    ref = _reference(dict(depth=2, entangle=True, hadamard=True, encoding="reupload"), a, w, t)
+    assert torch.allclose(chain_line(w, a, t), ref, atol=1e-12)
+    with pytest.raises(RuntimeError, match=r"native=True, but no C compiler found \(test\)"):
+        chain_line(w, a, t, native=True)
+    with torch.no_grad():  # the simulator falls back to its torch engine
+        assert torch.allclose(simulate(t[:, None] * a, w, readout="amp_sum").real, ref,
+                              atol=1e-12)
+    # "auto" then keeps the Fourier form where it is faster than the torch chain (n < 4)
+    assert ScoreCircuit(2, 2).resolved_method() == "fourier"
+    assert ScoreCircuit(4, 2).resolved_method() == "chain"
+
+
+def test_library_reports_why_it_is_unavailable(monkeypatch, tmp_path):
+    monkeypatch.setattr(_native, "_state", {})
+    monkeypatch.setenv("QSGD_NATIVE", "0")
+    assert _native.library() is None
+    assert _native.unavailable_reason() == "switched off by QSGD_NATIVE=0"
+    monkeypatch.setattr(_native, "_state", {})
+    monkeypatch.delenv("QSGD_NATIVE")
+    monkeypatch.setattr(_native, "_compiler", lambda: None)
+    assert _native.library() is None
+    assert _native.unavailable_reason() == "no C compiler found ($CC, cc, gcc, clang)"
+    monkeypatch.setattr(_native, "_state", {})
+    monkeypatch.setattr(_native, "_compiler", lambda: "/bin/false")  # a "compiler" that fails
+    monkeypatch.setenv("QSGD_CACHE", str(tmp_path))
+    assert _native.library() is None
+    assert _native.unavailable_reason().startswith("compiling _native_kernels.c failed")
+    assert list(tmp_path.iterdir()) == []  # no half-written library left behind
+
+
+@needs_native
+@pytest.mark.parametrize("dtype,tol", [(F64, 4e-16), (torch.float32, 1.2e-7)])
+def test_kernel_sine_and_cosine(dtype, tol):
+    import ctypes  # noqa: F401  (the kernel is called through ctypes)
+
+    x = torch.cat([torch.linspace(-50, 50, 200_001, dtype=F64),
+                   torch.tensor([0.0, math.pi / 4, -math.pi / 2, 1e3, -7e3], dtype=F64)])
+    x = x.to(dtype)
+    s, c = torch.empty_like(x), torch.empty_like(x)
+    suf = "f64" if dtype == F64 else "f32"
+    getattr(_native.library(), f"qsgd_sincos_array_{suf}")(x.numel(), x.data_ptr(),
+                                                           s.data_ptr(), c.data_ptr())
+    xd = x.double()
+    assert (s.double() - torch.sin(xd)).abs().max() < tol * 4
+    assert (c.double() - torch.cos(xd)).abs().max() < tol * 4
+    assert float(s[x.numel() - 5]) == 0.0 and float(c[x.numel() - 5]) == 1.0  # exact at 0
+
+
+# ----------------------------------------------------------------------------- Φ's methods
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 2), st.booleans(), st.integers(0, 2**16))
+def test_score_circuit_chain_equals_fourier_and_state(n, depth, entangle, seed):
+    g = torch.Generator().manual_seed(seed)
+    mods = {m: ScoreCircuit(n, depth, entangle=entangle, method=m).double()
+            for m in ("chain", "fourier", "state")}
+    with torch.no_grad():
+        mods["chain"].scale.copy_(torch.randn(n, generator=g, dtype=F64))
+        mods["chain"].weights.copy_(torch.rand(depth, 2, n, generator=g, dtype=F64) * 6 - 3)
+    for m in ("fourier", "state"):
+        mods[m].load_state_dict(mods["chain"].state_dict())
+    s = torch.randn(2, 3, 4, generator=g, dtype=F64) * 2
+    probe = torch.randn(s.shape, generator=g, dtype=F64)
+    res = {}
+    for m, mod in mods.items():
+        x = s.clone().requires_grad_()
+        y = mod(x)
+        res[m] = (y, *torch.autograd.grad((y * probe).sum(), [x, *mod.parameters()]))
+    for m in ("fourier", "state"):
+        for x, y in zip(res["chain"], res[m]):
+            assert torch.allclose(x, y, atol=1e-10), (m, (x - y).abs().max())
+
+
+def test_auto_method_choice_and_chain_errors():
+    runs = native_chain_runs("cpu")
+    assert ScoreCircuit(2, 2).resolved_method() == ("chain" if runs else "fourier")
+    assert ScoreCircuit(4, 2).resolved_method() == "chain"
+    assert ScoreCircuit(4, 1, entangle=False).resolved_method() == "chain"
+    # no chain: the Fourier form while it has at most FOURIER_AUTO_MAX coefficients
+    assert ScoreCircuit(3, 3).resolved_method() == "fourier"  # 7^3 = 343
+    assert ScoreCircuit(4, 3).resolved_method() == "state"  # 7^4
+    assert ScoreCircuit(2, 2, readout="z").resolved_method() == "fourier"  # 9^2
+    assert ScoreCircuit(3, 2, readout="z").resolved_method() == "state"  # 9^3
+    with pytest.raises(ValueError, match="method 'chain' needs readout 'amp' and depth <= 2, "
+                                         "got readout 'z', depth 2"):
+        ScoreCircuit(2, 2, readout="z", method="chain")
+    phi = ScoreCircuit(2, 3)
+    phi.method = "chain"  # set after construction: the error at the forward
+    with pytest.raises(ValueError, match="got readout 'amp', depth 3"):
+        phi(torch.zeros(3))
+
+
+# ----------------------------------------------------------------------------- statevector
+
+
+@st.composite
+def batches(draw):
+    n = draw(st.integers(1, 5))
+    depth = draw(st.integers(1, 3))
+    B = draw(st.integers(1, 70))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    spec = CircuitSpec(n, depth, draw(st.booleans()), draw(st.booleans()),
+                       draw(st.sampled_from(["reupload", "once"])))
+    x = torch.randn(B, n, generator=g, dtype=F64) * 3
+    w = draw(st.sampled_from(["none", "shared", "batched"]))
+    if w != "none":
+        w = torch.rand(1 if w == "shared" else B, depth, 2, n, generator=g, dtype=F64) * 12 - 6
+    else:
+        w = None
+    return spec, x, w
+
+
+@needs_native
+@settings(max_examples=40, deadline=None)
+@given(batches())
+def test_native_statevector_equals_torch_engine(case):
+    spec, x, w = case
+    st_ = sv._run_torch(spec, x, w)
+    ref = torch.complex(st_.re.t(), torch.zeros_like(st_.re.t()) if st_.im is None
+                        else st_.im.t())
+    got = sv._run_native(spec, x, w)
+    assert got.dtype == torch.complex128 and got.shape == ref.shape
+    assert torch.allclose(got, ref, atol=1e-13, rtol=0), (got - ref).abs().max()
+    got32 = sv._run_native(spec, x.float(), None if w is None else w.float())
+    assert got32.dtype == torch.complex64
+    assert (got32.to(torch.complex128) - ref).abs().max() < 2e-6
+
+
+@needs_native
+def test_simulate_takes_the_kernel_only_without_gradients():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 3, generator=g, dtype=F64)
+    w = torch.randn(2, 2, 3, generator=g, dtype=F64, requires_grad=True)
+    with_grad = simulate(x, w, readout="Z")
+    assert with_grad.requires_grad  # the torch engine: differentiable
+    with torch.no_grad():
+        native = simulate(x, w, readout="Z")
+    assert not native.requires_grad
+    assert torch.allclose(native, with_grad.detach(), atol=1e-13)
+    for ro in ("amplitudes", "probabilities", "X", "Y", "amp_sum"):
+        with torch.no_grad():
+            a, b = simulate(x, w, readout=ro), sv.readout_state(simulate(x, w), ro)
+        assert torch.allclose(a, b, atol=1e-13), ro
+    assert not sv._native_applies(x, w, sv.NATIVE_MAX_QUBITS + 1)
