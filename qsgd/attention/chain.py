@@ -87,25 +87,33 @@ def chain_line(
     Returns the readout with ``t``'s shape and dtype (computed in float32 for half types).
     Differentiable in ``weights``, ``scales`` and ``t``.
     """
-    n = scales.numel()
-    spec = CircuitSpec(n, depth, entangle, hadamard, encoding)
-    if depth > 2:
-        raise ValueError(f"chain_line needs depth <= 2 (the bond grows as 2^(depth-1)), "
-                         f"got depth={depth}")
+    spec = _spec(scales.numel(), depth, entangle, hadamard, encoding)
     spec.check_weights(weights)
     if weights.dim() != 3:
         raise ValueError(f"weights must have shape {spec.weight_shape}, got "
                          f"{tuple(weights.shape)}")
+    # (conversions and copies only where needed: at attention sizes every op counts)
     dt = t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
-    tf = t.reshape(-1).to(dt)
-    a, w = scales.to(dt), weights.to(dt)
+    tf, a, w = (x if x.dtype == dt else x.to(dt) for x in (t, scales, weights))
     if not _use_native(tf, native):
-        out = _torch_chain(tf, a, w, spec)
-    elif torch.is_grad_enabled() and any(x.requires_grad for x in (tf, a, w)):
-        out = _NativeChain.apply(tf, a, w, spec)
-    else:  # inference: no graph
-        out = _native_forward(tf.contiguous(), a.contiguous(), w.contiguous(), spec)
-    return out.reshape(t.shape).to(t.dtype)
+        out = _torch_chain(tf.reshape(-1), a, w, spec).reshape(t.shape)
+    else:
+        tf, a, w = (x if x.is_contiguous() else x.contiguous() for x in (tf, a, w))
+        if torch.is_grad_enabled() and (tf.requires_grad or a.requires_grad or w.requires_grad):
+            out = _NativeChain.apply(tf, a, w, spec)
+        else:  # inference: no graph
+            out = _native_forward(tf, a, w, spec)
+    return out if out.dtype == t.dtype else out.to(t.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _spec(n: int, depth: int, entangle: bool, hadamard: bool, encoding: str) -> CircuitSpec:
+    """The validated spec (cached: built on every call), refusing depth > 2."""
+    spec = CircuitSpec(n, depth, entangle, hadamard, encoding)
+    if depth > 2:
+        raise ValueError(f"chain_line needs depth <= 2 (the bond grows as 2^(depth-1)), "
+                         f"got depth={depth}")
+    return spec
 
 
 def _use_native(t: Tensor, native: bool | None) -> bool:
@@ -174,21 +182,24 @@ def _flag_tensor(flags: tuple[int, ...]) -> Tensor:
     return torch.tensor(flags, dtype=torch.int32)
 
 
-def _kernel_args(t: Tensor, a: Tensor, w: Tensor, spec: CircuitSpec) -> tuple:
-    """What both chain kernels take after the index range: n, depth, s, a, w, data flags,
-    hadamard, entangle (the tensors contiguous, kept alive by the caller)."""
+@functools.lru_cache(maxsize=64)
+def _kernels(spec: CircuitSpec, dtype: torch.dtype) -> tuple:
+    """The forward and backward kernels for ``dtype`` and their fixed arguments: n, depth, the
+    data flags (a cached tensor that stays alive), hadamard, entangle."""
+    lib = _native.library()
+    suf = "f64" if dtype == torch.float64 else "f32"
     flags = _flag_tensor(tuple(_data_flags(spec)))
-    return (spec.n, spec.depth, t.data_ptr(), a.data_ptr(), w.data_ptr(), flags.data_ptr(),
-            int(spec.hadamard), int(spec.entangle))
+    fixed = (spec.n, spec.depth, flags.data_ptr(), int(spec.hadamard), int(spec.entangle))
+    return getattr(lib, f"qsgd_chain_fwd_{suf}"), getattr(lib, f"qsgd_chain_bwd_{suf}"), fixed
 
 
 def _native_forward(t: Tensor, a: Tensor, w: Tensor, spec: CircuitSpec) -> Tensor:
-    """Φ(t) by the kernel (one pass over the scores, split over the threads)."""
+    """Φ(t) by the kernel (contiguous t, a, w of one dtype; one pass over the scores, split
+    over the threads); the output has t's shape."""
     out = torch.empty_like(t)
-    suf = "f64" if t.dtype == torch.float64 else "f32"
-    kernel = getattr(_native.library(), f"qsgd_chain_fwd_{suf}")
-    args = (*_kernel_args(t, a, w, spec), out.data_ptr())
-    _native.run_parallel(lambda i0, i1: kernel(i0, i1, *args), t.numel(), grain=_native.BLOCK)
+    fwd, _, (n, depth, flags, had, ent) = _kernels(spec, t.dtype)
+    args = (n, depth, t.data_ptr(), a.data_ptr(), w.data_ptr(), flags, had, ent, out.data_ptr())
+    _native.run_parallel(lambda i0, i1: fwd(i0, i1, *args), t.numel(), grain=_native.BLOCK)
     return out
 
 
@@ -199,7 +210,6 @@ class _NativeChain(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, t, a, w, spec):
-        t, a, w = t.contiguous(), a.contiguous(), w.contiguous()
         ctx.save_for_backward(t, a, w)
         ctx.spec = spec
         return _native_forward(t, a, w, spec)
@@ -208,16 +218,14 @@ class _NativeChain(torch.autograd.Function):
     def backward(ctx, g):
         t, a, w = ctx.saved_tensors
         spec = ctx.spec
-        n, B = spec.n, t.numel()
-        g = g.reshape(-1).to(t.dtype).contiguous()
-        chunks = -(-B // _native.CHUNK)
+        B, chunks = t.numel(), -(-t.numel() // _native.CHUNK)
+        g = g if g.dtype == t.dtype else g.to(t.dtype)
+        g = g if g.is_contiguous() else g.contiguous()  # e.g. an expanded ones from .sum()
         gt = torch.empty_like(t)
-        part = torch.empty(chunks, 5, n, dtype=torch.float64)
-        suf = "f64" if t.dtype == torch.float64 else "f32"
-        kernel = getattr(_native.library(), f"qsgd_chain_bwd_{suf}")
-        args = (B, *_kernel_args(t, a, w, spec), g.data_ptr(), gt.data_ptr(), part.data_ptr())
-        _native.run_parallel(lambda c0, c1: kernel(c0, c1, *args), chunks, grain=1)
-        tot = part.sum(0)  # (5, n): a fixed-order sum over the chunks
-        ga = tot[4].to(t.dtype)
-        gw = tot[: 2 * spec.depth].reshape(spec.depth, 2, n).to(t.dtype)
-        return gt, ga, gw, None
+        part = torch.empty(chunks, 5, spec.n, dtype=torch.float64)
+        _, bwd, (n, depth, flags, had, ent) = _kernels(spec, t.dtype)
+        args = (B, n, depth, t.data_ptr(), a.data_ptr(), w.data_ptr(), flags, had, ent,
+                g.data_ptr(), gt.data_ptr(), part.data_ptr())
+        _native.run_parallel(lambda c0, c1: bwd(c0, c1, *args), chunks, grain=1)
+        tot = part.sum(0).to(t.dtype)  # (5, n): a fixed-order sum over the chunks
+        return gt, tot[4], tot[: 2 * depth].view(depth, 2, n), None

@@ -38,6 +38,7 @@ get a gradient from the first step.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -128,22 +129,13 @@ class ScoreCircuit(nn.Module):
         coefficients are at most :data:`FOURIER_AUTO_MAX`, else ``"state"`` (the timings
         are in the class docstring). Raises ``ValueError`` for ``"chain"`` where it does not
         apply (``method`` may be set after construction)."""
-        spec = CircuitSpec(self.n_qubits, self.depth, self.entangle, True, "reupload")
-        ro = "amp_sum" if self.readout == "amp" else "Z"
-        if self.method == "chain" and not chain_supported(spec, ro):
-            raise ValueError(f"method 'chain' needs readout 'amp' and depth <= 2, got readout "
-                             f"{self.readout!r}, depth {self.depth}")
         if self.method not in PHI_METHODS:
             raise ValueError(f"invalid method: {self.method!r} (valid: {', '.join(PHI_METHODS)})")
-        if self.method != "auto":
-            return self.method
-        if chain_supported(spec, ro) and (self.n_qubits >= 4 or native_chain_runs(device)):
-            return "chain"
-        r = len(frequency_tuple(spec, ro))
-        return "fourier" if r**self.n_qubits <= FOURIER_AUTO_MAX else "state"
+        return _resolve(self.method, self.n_qubits, self.depth, self.entangle, self.readout,
+                        native_chain_runs(device))
 
     def forward(self, scores: Tensor) -> Tensor:
-        w = self.weights.to(scores.dtype)
+        w = self.weights if self.weights.dtype == scores.dtype else self.weights.to(scores.dtype)
         kw = dict(depth=self.depth, entangle=self.entangle, hadamard=True, encoding="reupload")
         method = self.resolved_method(scores.device)
         if method == "chain":
@@ -157,6 +149,24 @@ class ScoreCircuit(nn.Module):
         else:
             out = simulate(x, w, readout="Z", **kw).mean(-1)
         return out.to(scores.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve(method: str, n: int, depth: int, entangle: bool, readout: str,
+             native: bool) -> str:
+    """:meth:`ScoreCircuit.resolved_method` for a valid ``method`` (cached: read on every
+    forward pass); ``native``: whether the chain's kernel runs for the scores."""
+    spec = CircuitSpec(n, depth, entangle, True, "reupload")
+    ro = "amp_sum" if readout == "amp" else "Z"
+    if method == "chain" and not chain_supported(spec, ro):
+        raise ValueError(f"method 'chain' needs readout 'amp' and depth <= 2, got readout "
+                         f"{readout!r}, depth {depth}")
+    if method != "auto":
+        return method
+    if chain_supported(spec, ro) and (n >= 4 or native):
+        return "chain"
+    r = len(frequency_tuple(spec, ro))
+    return "fourier" if r**n <= FOURIER_AUTO_MAX else "state"
 
 
 def quantum_attention(
