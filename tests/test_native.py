@@ -289,4 +289,9 @@ def test_simulate_takes_the_kernel_only_without_gradients():
         with torch.no_grad():
             a, b = simulate(x, w, readout=ro), sv.readout_state(simulate(x, w), ro)
         assert torch.allclose(a, b, atol=1e-13), ro
-    assert not sv._native_applies(x, w, sv.NATIVE_MAX_QUBITS + 1)
+    with torch.no_grad():
+        assert sv._native_applies(CircuitSpec(3), x, w)
+        assert not sv._native_applies(CircuitSpec(sv.NATIVE_MAX_QUBITS + 1), x, w)
+        # mostly absent gates (the circuit perturbation's circuit): the engine skips them
+        assert not sv._native_applies(CircuitSpec(3, encoding="once"), x, None)
+        assert sv._native_applies(CircuitSpec(3, encoding="once"), x, w)

@@ -207,8 +207,15 @@ def _run_torch(spec: CircuitSpec, x: Tensor, w: Tensor | None) -> _State:
 NATIVE_MAX_QUBITS = 12
 
 
-def _native_applies(x: Tensor, w: Tensor | None, n: int) -> bool:
-    if x.device.type != "cpu" or n > NATIVE_MAX_QUBITS:
+def _native_applies(spec: CircuitSpec, x: Tensor, w: Tensor | None) -> bool:
+    """Whether the kernel takes this batch: on the CPU, without gradients, up to
+    :data:`NATIVE_MAX_QUBITS`, and with every gate present (weights, or data in every gate):
+    the kernel computes every gate, so a circuit of mostly absent gates (the circuit
+    perturbation's: data in the first Ry alone, no weights) is faster on the engine, which
+    skips them and keeps a real state real."""
+    if x.device.type != "cpu" or spec.n > NATIVE_MAX_QUBITS:
+        return False
+    if w is None and spec.encoding != "reupload":
         return False
     if torch.is_grad_enabled() and (x.requires_grad or (w is not None and w.requires_grad)):
         return False
@@ -365,7 +372,7 @@ def simulate_spec(spec: CircuitSpec, angles: Tensor, weights: Tensor | None = No
     if backend == "aer":
         state = run_aer(spec, x, w).t()
         out = _readout(state.real.contiguous(), state.imag.contiguous(), n, readout)
-    elif _native_applies(x, w, n):
+    elif _native_applies(spec, x, w):
         state = _run_native(spec, x, w)
         out = state if readout == "amplitudes" else _readout(state.real.t(), state.imag.t(),
                                                              n, readout)
