@@ -12,6 +12,9 @@
  *
  * Kernels (SUF = f32 or f64):
  *   qsgd_state_SUF   amplitudes of a batch of circuits, gate by gate (forward only);
+ *   qsgd_line_state_fwd_SUF / qsgd_line_state_bwd_SUF   Phi(s) along x = a s by one
+ *       statevector per score (readout Re amp_sum or mean <Z>), and its gradient by the
+ *       adjoint method (qsgd/attention/state.py);
  *   qsgd_chain_fwd_SUF / qsgd_chain_bwd_SUF   Phi(s) = Re <+..+| C(a s; w) |0..0> for
  *       depth <= 2 by transfer matrices over the CNOT chain's prefix parity, and its exact
  *       gradient (see qsgd/attention/chain.py for the maths).
@@ -120,91 +123,108 @@ static inline void FN(rot_pair)(real *restrict r0, real *restrict j0, real *rest
 }
 
 /* ------------------------------------------------------------------------- statevector
- * x (B, n) data angles; w (depth, 2, n) extra angles at w + b*w_stride for circuit b
+ * A block of QB circuits as (re, im) rows of QB lanes, one row per basis state. The gate
+ * table gt holds per layer l and qubit q the cos and sin of the half angles of its Ry and Rz,
+ * gt[((l n + q) 4 + k) QB + i], k = 0 cos Ry, 1 sin Ry, 2 cos Rz, 3 sin Rz. A gate whose
+ * angle is 0 is the identity exactly (cos 0 = 1, sin 0 = 0), so absent gates need no flag.
+ * perm (2^n): the CNOT chain's basis map, psi'[k] = psi[perm[k]]. */
+
+#define GT(gt, n, l, q, k) ((gt) + ((((int64_t)(l) * (n) + (q)) * 4 + (k)) * QB))
+
+/* the state after the gates of gt: *re, *im (swapped with *re2, *im2 by the permutations) */
+static void FN(state_block)(int32_t n, int32_t depth, const real *gt, int32_t hadamard,
+                            int32_t entangle, const int32_t *perm, real **pre, real **pim,
+                            real **pre2, real **pim2) {
+    const int64_t dim = (int64_t)1 << n;
+    const real h = (real)0.70710678118654752440;
+    real *re = *pre, *im = *pim, *re2 = *pre2, *im2 = *pim2;
+    for (int32_t l = 0; l < depth; ++l) {
+        if (l == 0) {
+            /* a product state: per qubit v = Rz Ry (|0> or |+>), then Kronecker products,
+             * qubit n-1 the most significant; v0 = y0 e^{-ib/2}, v1 = y1 e^{+ib/2} */
+            for (int32_t q = 0; q < n; ++q) {
+                const real *gc = GT(gt, n, 0, q, 0), *gs = GT(gt, n, 0, q, 1);
+                const real *zc = GT(gt, n, 0, q, 2), *zs = GT(gt, n, 0, q, 3);
+                real v0r[QB], v0i[QB], v1r[QB], v1i[QB];
+                for (int64_t i = 0; i < QB; ++i) {
+                    real c = gc[i], sn = gs[i];
+                    real y0 = hadamard ? (c - sn) * h : c;
+                    real y1 = hadamard ? (c + sn) * h : sn;
+                    v0r[i] = y0 * zc[i]; v0i[i] = -y0 * zs[i];
+                    v1r[i] = y1 * zc[i]; v1i[i] = y1 * zs[i];
+                }
+                if (q == 0) {
+                    memcpy(re, v0r, sizeof v0r); memcpy(im, v0i, sizeof v0i);
+                    memcpy(re + QB, v1r, sizeof v1r); memcpy(im + QB, v1i, sizeof v1i);
+                    continue;
+                }
+                const int64_t half = (int64_t)1 << q;
+                for (int64_t k = 0; k < half; ++k) {
+                    real *ar = re + k * QB, *ai = im + k * QB;
+                    real *br = re + (k + half) * QB, *bi = im + (k + half) * QB;
+                    for (int64_t i = 0; i < QB; ++i) {
+                        real xr = ar[i], xi = ai[i];
+                        br[i] = xr * v1r[i] - xi * v1i[i];
+                        bi[i] = xr * v1i[i] + xi * v1r[i];
+                        ar[i] = xr * v0r[i] - xi * v0i[i];
+                        ai[i] = xr * v0i[i] + xi * v0r[i];
+                    }
+                }
+            }
+        } else {
+            for (int32_t q = 0; q < n; ++q) {
+                const int64_t st = (int64_t)1 << q;
+                for (int64_t k0 = 0; k0 < dim; ++k0) {
+                    if (k0 & st) continue;
+                    FN(rot_pair)(re + k0 * QB, im + k0 * QB, re + (k0 + st) * QB,
+                                 im + (k0 + st) * QB, GT(gt, n, l, q, 0), GT(gt, n, l, q, 1),
+                                 GT(gt, n, l, q, 2), GT(gt, n, l, q, 3));
+                }
+            }
+        }
+        if (entangle && n > 1) {
+            for (int64_t k = 0; k < dim; ++k) {
+                memcpy(re2 + k * QB, re + (int64_t)perm[k] * QB, sizeof(real) * QB);
+                memcpy(im2 + k * QB, im + (int64_t)perm[k] * QB, sizeof(real) * QB);
+            }
+            real *t = re; re = re2; re2 = t;
+            t = im; im = im2; im2 = t;
+        }
+    }
+    *pre = re; *pim = im; *pre2 = re2; *pim2 = im2;
+}
+
+/* x (B, n) data angles; w (depth, 2, n) extra angles at w + b*w_stride for circuit b
  * (w_stride 0: shared; zeros when the circuit has none); data[l*2+g] = 1 where the gate's angle
- * carries x (the encoding). A gate whose angle is 0 is the identity exactly (cos 0 = 1,
- * sin 0 = 0), so structurally absent gates need no flag. perm (2^n): the CNOT chain's basis
- * map, psi'[k] = psi[perm[k]]. out (B, 2^n, 2): interleaved real and imaginary parts.
- * Circuits i0 <= b < i1 are computed. */
+ * carries x (the encoding). out (B, 2^n, 2): interleaved real and imaginary parts. Circuits
+ * i0 <= b < i1 are computed. */
 void FN(qsgd_state)(int64_t i0, int64_t i1, int32_t n, int32_t depth, const real *x,
                     const real *w, int64_t w_stride, const int32_t *data, int32_t hadamard,
                     int32_t entangle, const int32_t *perm, real *out) {
     const int64_t dim = (int64_t)1 << n;
-    real *buf = (real *)malloc(sizeof(real) * (size_t)(4 * dim * QB + 4 * n * QB));
+    real *buf = (real *)malloc(sizeof(real) * (size_t)(4 * dim * QB + 4 * depth * n * QB));
     if (!buf) return;
-    real *re = buf, *im = buf + dim * QB, *re2 = buf + 2 * dim * QB, *im2 = buf + 3 * dim * QB;
-    real *gc = buf + 4 * dim * QB, *gsn = gc + n * QB;  /* Ry: cos, sin of the half angle */
-    real *zc = gsn + n * QB, *zs = zc + n * QB;         /* Rz */
-    const real h = (real)0.70710678118654752440;
+    real *gt = buf + 4 * dim * QB;
     for (int64_t b0 = i0; b0 < i1; b0 += QB) {
         const int64_t L = i1 - b0 < QB ? i1 - b0 : QB;
         for (int32_t l = 0; l < depth; ++l) {
             const real dy = data[2 * l] ? (real)1 : (real)0;
             const real dz = data[2 * l + 1] ? (real)1 : (real)0;
             for (int32_t q = 0; q < n; ++q) {
-                real *pgc = gc + q * QB, *pgs = gsn + q * QB, *pzc = zc + q * QB;
-                real *pzs = zs + q * QB;
+                real *gc = GT(gt, n, l, q, 0), *gs = GT(gt, n, l, q, 1);
+                real *zc = GT(gt, n, l, q, 2), *zs = GT(gt, n, l, q, 3);
                 for (int64_t i = 0; i < QB; ++i) {
                     const int64_t bi = b0 + (i < L ? i : L - 1);
                     const real xv = x[bi * n + q];
                     const real *wb = w + bi * w_stride + (int64_t)(2 * l) * n + q;
                     real ay = dy * xv + wb[0], az = dz * xv + wb[n];
-                    QSGD_SINCOS(ay * (real)0.5, pgs + i, pgc + i);
-                    QSGD_SINCOS(az * (real)0.5, pzs + i, pzc + i);
+                    QSGD_SINCOS(ay * (real)0.5, gs + i, gc + i);
+                    QSGD_SINCOS(az * (real)0.5, zs + i, zc + i);
                 }
-            }
-            if (l == 0) {
-                /* a product state: per qubit v = Rz Ry (|0> or |+>), then Kronecker products,
-                 * qubit n-1 the most significant; v0 = y0 e^{-ib/2}, v1 = y1 e^{+ib/2} */
-                for (int32_t q = 0; q < n; ++q) {
-                    real v0r[QB], v0i[QB], v1r[QB], v1i[QB];
-                    for (int64_t i = 0; i < QB; ++i) {
-                        real c = gc[q * QB + i], sn = gsn[q * QB + i];
-                        real y0 = hadamard ? (c - sn) * h : c;
-                        real y1 = hadamard ? (c + sn) * h : sn;
-                        real ec = zc[q * QB + i], es = zs[q * QB + i];
-                        v0r[i] = y0 * ec; v0i[i] = -y0 * es; v1r[i] = y1 * ec; v1i[i] = y1 * es;
-                    }
-                    if (q == 0) {
-                        memcpy(re, v0r, sizeof v0r); memcpy(im, v0i, sizeof v0i);
-                        memcpy(re + QB, v1r, sizeof v1r); memcpy(im + QB, v1i, sizeof v1i);
-                        continue;
-                    }
-                    const int64_t half = (int64_t)1 << q;
-                    for (int64_t k = 0; k < half; ++k) {
-                        real *ar = re + k * QB, *ai = im + k * QB;
-                        real *br = re + (k + half) * QB, *bi = im + (k + half) * QB;
-                        for (int64_t i = 0; i < QB; ++i) {
-                            real xr = ar[i], xi = ai[i];
-                            br[i] = xr * v1r[i] - xi * v1i[i];
-                            bi[i] = xr * v1i[i] + xi * v1r[i];
-                            ar[i] = xr * v0r[i] - xi * v0i[i];
-                            ai[i] = xr * v0i[i] + xi * v0r[i];
-                        }
-                    }
-                }
-            } else {
-                /* Rz(b) Ry(a) on qubit q: [[c E, -s E], [s conj E, c conj E]], E = e^{-ib/2} */
-                for (int32_t q = 0; q < n; ++q) {
-                    const int64_t st = (int64_t)1 << q;
-                    const real *cq = gc + q * QB, *sq = gsn + q * QB;
-                    const real *ecq = zc + q * QB, *esq = zs + q * QB;
-                    for (int64_t k0 = 0; k0 < dim; ++k0) {
-                        if (k0 & st) continue;
-                        FN(rot_pair)(re + k0 * QB, im + k0 * QB, re + (k0 + st) * QB,
-                                     im + (k0 + st) * QB, cq, sq, ecq, esq);
-                    }
-                }
-            }
-            if (entangle && n > 1) {
-                for (int64_t k = 0; k < dim; ++k) {
-                    memcpy(re2 + k * QB, re + (int64_t)perm[k] * QB, sizeof(real) * QB);
-                    memcpy(im2 + k * QB, im + (int64_t)perm[k] * QB, sizeof(real) * QB);
-                }
-                real *t = re; re = re2; re2 = t;
-                t = im; im = im2; im2 = t;
             }
         }
+        real *re = buf, *im = buf + dim * QB, *re2 = buf + 2 * dim * QB, *im2 = buf + 3 * dim * QB;
+        FN(state_block)(n, depth, gt, hadamard, entangle, perm, &re, &im, &re2, &im2);
         for (int64_t i = 0; i < L; ++i) {
             real *o = out + (b0 + i) * dim * 2;
             for (int64_t k = 0; k < dim; ++k) {
@@ -214,6 +234,198 @@ void FN(qsgd_state)(int64_t i0, int64_t i1, int32_t n, int32_t depth, const real
         }
     }
     free(buf);
+}
+
+/* ------------------------------------------------------------------------- Phi by the state
+ * Phi(s) along the line x = a s with shared w (depth, 2, n), one statevector per score:
+ * readout 0: Re <+..+|psi> = Re sum_k psi_k / 2^{n/2}; readout 1: the mean over qubits of
+ * <Z_q> = sum_k zs(k) |psi_k|^2 / n with zs(k) = n - 2 popcount(k). The gradient by the adjoint
+ * method: with G = dL/dRe psi + i dL/dIm psi after the last gate, each gate U = exp(-i t P/2)
+ * (P = Y or Z of one qubit) taken back in reverse order gives dL/dt = Im<G|P psi>/2 (psi and G
+ * after U), then psi <- U^H psi, G <- U^H G; the CNOT chain is undone by its inverse map. */
+
+static void FN(line_gates)(int64_t b0, int64_t L, int32_t n, int32_t depth, const real *s,
+                           const real *a, const real *w, const real *dflag, real *sb,
+                           real *gt) {
+    for (int64_t i = 0; i < QB; ++i) sb[i] = i < L ? s[b0 + i] : (real)0;
+    for (int32_t l = 0; l < depth; ++l)
+        for (int32_t q = 0; q < n; ++q)
+            for (int32_t g = 0; g < 2; ++g) {
+                const real d = dflag[2 * l + g], wq = w[(2 * l + g) * n + q], aq = a[q];
+                real *c = GT(gt, n, l, q, 2 * g), *sn = GT(gt, n, l, q, 2 * g + 1);
+                for (int64_t i = 0; i < QB; ++i)
+                    QSGD_SINCOS((d * (sb[i] * aq) + wq) * (real)0.5, sn + i, c + i);
+            }
+}
+
+static void FN(line_readout)(int32_t n, int32_t readout, const real *re, const real *im,
+                             real *out) {
+    const int64_t dim = (int64_t)1 << n;
+    for (int64_t i = 0; i < QB; ++i) out[i] = 0;
+    if (readout == 0) {
+        for (int64_t k = 0; k < dim; ++k)
+            for (int64_t i = 0; i < QB; ++i) out[i] += re[k * QB + i];
+        const real sc = (real)pow(2.0, -0.5 * n);
+        for (int64_t i = 0; i < QB; ++i) out[i] *= sc;
+    } else {
+        for (int64_t k = 0; k < dim; ++k) {
+            const real zk = (real)(n - 2 * __builtin_popcountll((unsigned long long)k));
+            for (int64_t i = 0; i < QB; ++i)
+                out[i] += zk * (re[k * QB + i] * re[k * QB + i] + im[k * QB + i] * im[k * QB + i]);
+        }
+        for (int64_t i = 0; i < QB; ++i) out[i] /= (real)n;
+    }
+}
+
+void FN(qsgd_line_state_fwd)(int64_t i0, int64_t i1, int32_t n, int32_t depth, const real *s,
+                             const real *a, const real *w, const int32_t *data,
+                             int32_t hadamard, int32_t entangle, const int32_t *perm,
+                             int32_t readout, real *phi) {
+    const int64_t dim = (int64_t)1 << n;
+    real *buf = (real *)malloc(sizeof(real) * (size_t)(4 * dim * QB + 4 * depth * n * QB));
+    if (!buf) return;
+    real *gt = buf + 4 * dim * QB, dflag[64], sb[QB], val[QB];
+    for (int k = 0; k < 2 * depth && k < 64; ++k) dflag[k] = data[k] ? (real)1 : (real)0;
+    for (int64_t b0 = i0; b0 < i1; b0 += QB) {
+        const int64_t L = i1 - b0 < QB ? i1 - b0 : QB;
+        FN(line_gates)(b0, L, n, depth, s, a, w, dflag, sb, gt);
+        real *re = buf, *im = buf + dim * QB, *re2 = buf + 2 * dim * QB, *im2 = buf + 3 * dim * QB;
+        FN(state_block)(n, depth, gt, hadamard, entangle, perm, &re, &im, &re2, &im2);
+        FN(line_readout)(n, readout, re, im, val);
+        for (int64_t i = 0; i < L; ++i) phi[b0 + i] = val[i];
+    }
+    free(buf);
+}
+
+/* undo a permutation on both states: x[perm[k]] <- x[k] for x = psi, G */
+static void FN(unpermute)(int64_t dim, const int32_t *perm, real **re, real **im, real **re2,
+                          real **im2) {
+    for (int64_t k = 0; k < dim; ++k) {
+        memcpy(*re2 + (int64_t)perm[k] * QB, *re + k * QB, sizeof(real) * QB);
+        memcpy(*im2 + (int64_t)perm[k] * QB, *im + k * QB, sizeof(real) * QB);
+    }
+    real *t = *re; *re = *re2; *re2 = t;
+    t = *im; *im = *im2; *im2 = t;
+}
+
+/* The gradient of L = sum_b g_b Phi(s_b), as qsgd_chain_bwd: gs (B), and per CHUNK of scores
+ * (chunks c0 <= c < c1) the partial sums part[c] (2 depth n + n): dL/dw (depth, 2, n), then
+ * dL/da (n), in double in a fixed order. The CNOT chain is undone by scattering through
+ * perm. */
+void FN(qsgd_line_state_bwd)(int64_t c0, int64_t c1, int64_t B, int32_t n, int32_t depth,
+                             const real *s, const real *a, const real *w, const int32_t *data,
+                             int32_t hadamard, int32_t entangle, const int32_t *perm,
+                             int32_t readout, const real *g, real *gs, double *part) {
+    const int64_t dim = (int64_t)1 << n;
+    const int64_t W = 2 * (int64_t)depth * n;
+    real *buf = (real *)malloc(sizeof(real) * (size_t)(8 * dim * QB + 4 * depth * n * QB
+                                                      + W * QB));
+    double *acc = (double *)malloc(sizeof(double) * (size_t)((W + n) * QB));
+    if (!buf || !acc) { free(buf); free(acc); return; }
+    real *gt = buf + 8 * dim * QB, *ga = gt + 4 * depth * n * QB;  /* ga: dL/d(angle) rows */
+    real dflag[64], sb[QB], gb[QB];
+    for (int k = 0; k < 2 * depth && k < 64; ++k) dflag[k] = data[k] ? (real)1 : (real)0;
+    const real sc = (real)pow(2.0, -0.5 * n);
+    for (int64_t ch = c0; ch < c1; ++ch) {
+        const int64_t e0 = ch * CHUNK, e1 = e0 + CHUNK < B ? e0 + CHUNK : B;
+        for (int64_t k = 0; k < (W + n) * QB; ++k) acc[k] = 0.0;
+        for (int64_t b0 = e0; b0 < e1; b0 += QB) {
+            const int64_t L = e1 - b0 < QB ? e1 - b0 : QB;
+            for (int64_t i = 0; i < QB; ++i) gb[i] = i < L ? g[b0 + i] : (real)0;
+            FN(line_gates)(b0, L, n, depth, s, a, w, dflag, sb, gt);
+            real *re = buf, *im = buf + dim * QB, *re2 = buf + 2 * dim * QB;
+            real *im2 = buf + 3 * dim * QB, *lr = buf + 4 * dim * QB, *li = buf + 5 * dim * QB;
+            real *lr2 = buf + 6 * dim * QB, *li2 = buf + 7 * dim * QB;
+            FN(state_block)(n, depth, gt, hadamard, entangle, perm, &re, &im, &re2, &im2);
+            /* G of the readout */
+            for (int64_t k = 0; k < dim; ++k) {
+                if (readout == 0) {
+                    for (int64_t i = 0; i < QB; ++i) {
+                        lr[k * QB + i] = gb[i] * sc; li[k * QB + i] = 0;
+                    }
+                } else {
+                    const real zk = (real)(2 * (n - 2 * __builtin_popcountll(
+                                              (unsigned long long)k))) / (real)n;
+                    for (int64_t i = 0; i < QB; ++i) {
+                        lr[k * QB + i] = gb[i] * zk * re[k * QB + i];
+                        li[k * QB + i] = gb[i] * zk * im[k * QB + i];
+                    }
+                }
+            }
+            for (int32_t l = depth - 1; l >= 0; --l) {
+                if (entangle && n > 1) {
+                    FN(unpermute)(dim, perm, &re, &im, &re2, &im2);
+                    FN(unpermute)(dim, perm, &lr, &li, &lr2, &li2);
+                }
+                for (int32_t q = 0; q < n; ++q) {
+                    const int64_t st = (int64_t)1 << q;
+                    const real *yc = GT(gt, n, l, q, 0), *ys = GT(gt, n, l, q, 1);
+                    const real *zc = GT(gt, n, l, q, 2), *zs = GT(gt, n, l, q, 3);
+                    real *gy = ga + ((int64_t)(2 * l) * n + q) * QB;
+                    real *gz = ga + ((int64_t)(2 * l + 1) * n + q) * QB;
+                    for (int64_t i = 0; i < QB; ++i) { gy[i] = 0; gz[i] = 0; }
+                    for (int64_t k0 = 0; k0 < dim; ++k0) {
+                        if (k0 & st) continue;
+                        real *r0 = re + k0 * QB, *j0 = im + k0 * QB;
+                        real *r1 = re + (k0 + st) * QB, *j1 = im + (k0 + st) * QB;
+                        real *m0 = lr + k0 * QB, *n0 = li + k0 * QB;
+                        real *m1 = lr + (k0 + st) * QB, *n1 = li + (k0 + st) * QB;
+                        for (int64_t i = 0; i < QB; ++i) {
+                            /* Rz (the later gate): dL/db = Im<G|Z psi>/2 = sum z (Gr pi - Gi pr)/2 */
+                            real ar = r0[i], ai = j0[i], br = r1[i], bi = j1[i];
+                            real pr = m0[i], pi = n0[i], qr = m1[i], qi = n1[i];
+                            gz[i] += (real)0.5 * ((pr * ai - pi * ar) - (qr * bi - qi * br));
+                            /* undo Rz: bit 0 times e^{+ib/2}, bit 1 times e^{-ib/2} */
+                            real c = zc[i], sn = zs[i];
+                            real a2r = ar * c - ai * sn, a2i = ai * c + ar * sn;
+                            real b2r = br * c + bi * sn, b2i = bi * c - br * sn;
+                            real p2r = pr * c - pi * sn, p2i = pi * c + pr * sn;
+                            real q2r = qr * c + qi * sn, q2i = qi * c - qr * sn;
+                            /* Ry: dL/da = Im<G|Y psi>/2 = Re sum (conj(G1) psi0 - conj(G0) psi1)/2 */
+                            gy[i] += (real)0.5 * ((q2r * a2r + q2i * a2i) - (p2r * b2r + p2i * b2i));
+                            /* undo Ry: (u, v) -> (c u + s v, -s u + c v) */
+                            real cy = yc[i], sy = ys[i];
+                            r0[i] = cy * a2r + sy * b2r; j0[i] = cy * a2i + sy * b2i;
+                            r1[i] = cy * b2r - sy * a2r; j1[i] = cy * b2i - sy * a2i;
+                            m0[i] = cy * p2r + sy * q2r; n0[i] = cy * p2i + sy * q2i;
+                            m1[i] = cy * q2r - sy * p2r; n1[i] = cy * q2i - sy * p2i;
+                        }
+                    }
+                }
+            }
+            /* accumulate: dL/dw per gate, dL/dx_q = sum_gates data dL/d(angle) */
+            real gsb[QB];
+            for (int64_t i = 0; i < QB; ++i) gsb[i] = 0;
+            for (int32_t q = 0; q < n; ++q) {
+                real gx[QB];
+                for (int64_t i = 0; i < QB; ++i) gx[i] = 0;
+                for (int32_t k = 0; k < 2 * depth; ++k) {
+                    const real *gk = ga + ((int64_t)k * n + q) * QB;
+                    double *aw = acc + ((int64_t)k * n + q) * QB;
+                    const real d = dflag[k];
+                    for (int64_t i = 0; i < QB; ++i) {
+                        aw[i] += (double)gk[i];
+                        gx[i] += d * gk[i];
+                    }
+                }
+                double *aa = acc + (W + q) * QB;
+                const real aq = a[q];
+                for (int64_t i = 0; i < QB; ++i) {
+                    gsb[i] += aq * gx[i];
+                    aa[i] += (double)(sb[i] * gx[i]);
+                }
+            }
+            for (int64_t i = 0; i < L; ++i) gs[b0 + i] = gsb[i];
+        }
+        double *pc = part + ch * (W + n);
+        for (int64_t k = 0; k < W + n; ++k) {
+            double tot = 0.0;
+            for (int64_t i = 0; i < QB; ++i) tot += acc[k * QB + i];
+            pc[k] = tot;
+        }
+    }
+    free(buf);
+    free(acc);
 }
 
 /* ------------------------------------------------------------------------- chain (Phi)
@@ -484,6 +696,7 @@ void FN(qsgd_chain_bwd)(int64_t c0, int64_t c1, int64_t B, int32_t n, int32_t de
 }
 
 #undef CHAIN_FORWARD
+#undef GT
 #undef CAT_
 #undef CAT
 #undef FN

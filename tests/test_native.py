@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qsgd import _native
-from qsgd.attention import ScoreCircuit, chain_line
+from qsgd.attention import ScoreCircuit, chain_line, state_line
 from qsgd.attention.chain import native_chain_runs
 from qsgd.circuit import CircuitSpec, simulate
 from qsgd.circuit import statevector as sv
@@ -224,10 +224,13 @@ def test_auto_method_choice_and_chain_errors():
     assert ScoreCircuit(2, 2).resolved_method() == ("chain" if runs else "fourier")
     assert ScoreCircuit(4, 2).resolved_method() == "chain"
     assert ScoreCircuit(4, 1, entangle=False).resolved_method() == "chain"
-    # no chain: the Fourier form while it has at most FOURIER_AUTO_MAX coefficients
-    assert ScoreCircuit(3, 3).resolved_method() == "fourier"  # 7^3 = 343
+    # no chain: the Fourier form while it has at most FOURIER_AUTO_MAX coefficients (fewer
+    # when the statevector has its native kernel)
+    assert ScoreCircuit(2, 3).resolved_method() == "fourier"  # 7^2 = 49
+    assert ScoreCircuit(3, 3).resolved_method() == ("state" if runs else "fourier")  # 7^3
     assert ScoreCircuit(4, 3).resolved_method() == "state"  # 7^4
-    assert ScoreCircuit(2, 2, readout="z").resolved_method() == "fourier"  # 9^2
+    assert ScoreCircuit(2, 2, readout="z").resolved_method() == ("state" if runs
+                                                                 else "fourier")  # 9^2
     assert ScoreCircuit(3, 2, readout="z").resolved_method() == "state"  # 9^3
     with pytest.raises(ValueError, match="method 'chain' needs readout 'amp' and depth <= 2, "
                                          "got readout 'z', depth 2"):
@@ -236,6 +239,57 @@ def test_auto_method_choice_and_chain_errors():
     phi.method = "chain"  # set after construction: the error at the forward
     with pytest.raises(ValueError, match="got readout 'amp', depth 3"):
         phi(torch.zeros(3))
+
+
+# ----------------------------------------------------------------------------- Φ by the state
+
+
+@needs_native
+@settings(max_examples=40, deadline=None)
+@given(lines(max_qubits=4, max_depth=3), st.sampled_from(["amp_sum", "Z"]))
+def test_state_line_kernel_equals_torch_engine_values_and_gradients(case, readout):
+    """The native statevector with adjoint gradients against the torch engine + autograd."""
+    kw, a, w, t = case
+    probe = torch.randn(t.shape, generator=torch.Generator().manual_seed(2), dtype=F64)
+    got, ref = (_values_and_grads(
+        lambda a_, w_, t_, nat=native: state_line(w_, a_, t_, readout=readout, native=nat, **kw),
+        a, w, t, probe) for native in (True, False))
+    for name, x, y in zip(("value", "d/dt", "d/da", "d/dw"), got, ref):
+        assert x.shape == y.shape, name
+        assert torch.allclose(x, y, atol=1e-11, rtol=0), (name, (x - y).abs().max())
+
+
+@needs_native
+@pytest.mark.parametrize("readout", ["amp_sum", "Z"])
+def test_state_line_gradcheck_threads_and_fallback(readout, monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(3, 2, 3, generator=g, dtype=F64, requires_grad=True)
+    a = torch.randn(3, generator=g, dtype=F64, requires_grad=True)
+    t = torch.randn(2, 3, generator=g, dtype=F64, requires_grad=True)
+    fn = lambda w_, a_, t_: state_line(w_, a_, t_, depth=3, readout=readout)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (w, a, t))
+    big = torch.randn(2 * _native.CHUNK + 5, generator=g)
+    wf, af = w.detach().float(), a.detach().float()
+    probe = torch.randn(big.shape, generator=g)
+    before, runs = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            runs.append(_values_and_grads(
+                lambda a_, w_, t_: state_line(w_, a_, t_, depth=3, readout=readout),
+                af, wf, big, probe))
+    finally:
+        torch.set_num_threads(before)
+    for x, y in zip(*runs):
+        assert torch.equal(x, y)
+    with pytest.raises(ValueError, match="invalid readout: 'X'"):
+        state_line(w, a, t, depth=3, readout="X")
+    native = fn(w, a, t)
+    monkeypatch.setitem(_native._state, "lib", None)
+    monkeypatch.setitem(_native._state, "reason", "no C compiler found (test)")
+    with pytest.raises(RuntimeError, match=r"native=True, but no C compiler found \(test\)"):
+        state_line(w, a, t, depth=3, readout=readout, native=True)
+    assert torch.allclose(fn(w, a, t), native, atol=1e-12)  # the torch engine serves
 
 
 # ----------------------------------------------------------------------------- statevector

@@ -11,6 +11,8 @@ Modules (one concern each; everything public is re-exported here):
   :func:`circuit_line`, the series evaluated at every score with hand-written gradients.
 * :mod:`qsgd.attention.chain`: :func:`chain_line`, Φ of a depth ≤ 2 circuit as a chain of 2×2
   transfer matrices over the qubits (native CPU kernel, or torch operations).
+* :mod:`qsgd.attention.state`: :func:`state_line`, Φ by one statevector per score (native
+  kernel with adjoint gradients, or the torch engine).
 
 The circuits themselves (simulator, Fourier form) are :mod:`qsgd.circuit`'s; nothing there
 knows about attention.
@@ -22,6 +24,7 @@ from .chain import chain_line
 from .coefficients import line_coefficients
 from .layers import PHI_METHODS, PHI_READOUTS, QuantumAttention, ScoreCircuit, quantum_attention
 from .series import circuit_line, fourier_eval_line, line_series
+from .state import state_line
 
 __all__ = [
     "ScoreCircuit",
@@ -34,4 +37,5 @@ __all__ = [
     "fourier_eval_line",
     "circuit_line",
     "chain_line",
+    "state_line",
 ]

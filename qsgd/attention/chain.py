@@ -42,6 +42,7 @@ from torch import Tensor
 
 from .. import _native
 from ..circuit.spec import CircuitSpec
+from ._line import contiguous, kernel_backward, kernel_forward, line_inputs, needs_graph, use_native
 
 __all__ = ["chain_supported", "chain_line", "native_chain_runs"]
 
@@ -88,21 +89,13 @@ def chain_line(
     Differentiable in ``weights``, ``scales`` and ``t``.
     """
     spec = _spec(scales.numel(), depth, entangle, hadamard, encoding)
-    spec.check_weights(weights)
-    if weights.dim() != 3:
-        raise ValueError(f"weights must have shape {spec.weight_shape}, got "
-                         f"{tuple(weights.shape)}")
-    # (conversions and copies only where needed: at attention sizes every op counts)
-    dt = t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
-    tf, a, w = (x if x.dtype == dt else x.to(dt) for x in (t, scales, weights))
-    if not _use_native(tf, native):
+    tf, a, w = line_inputs(spec, weights, scales, t)
+    if not use_native(tf, native):
         out = _torch_chain(tf.reshape(-1), a, w, spec).reshape(t.shape)
-    else:
-        tf, a, w = (x if x.is_contiguous() else x.contiguous() for x in (tf, a, w))
-        if torch.is_grad_enabled() and (tf.requires_grad or a.requires_grad or w.requires_grad):
-            out = _NativeChain.apply(tf, a, w, spec)
-        else:  # inference: no graph
-            out = _native_forward(tf, a, w, spec)
+    elif needs_graph(tf, a, w):
+        out = _NativeChain.apply(*contiguous(tf, a, w), spec)
+    else:  # inference: no graph
+        out = _native_forward(*contiguous(tf, a, w), spec)
     return out if out.dtype == t.dtype else out.to(t.dtype)
 
 
@@ -114,19 +107,6 @@ def _spec(n: int, depth: int, entangle: bool, hadamard: bool, encoding: str) -> 
         raise ValueError(f"chain_line needs depth <= 2 (the bond grows as 2^(depth-1)), "
                          f"got depth={depth}")
     return spec
-
-
-def _use_native(t: Tensor, native: bool | None) -> bool:
-    if native is False:
-        return False
-    reason = None
-    if t.device.type != "cpu":
-        reason = f"the kernel runs on the CPU, the scores are on {t.device}"
-    elif _native.library() is None:
-        reason = _native.unavailable_reason()
-    if reason is not None and native:
-        raise RuntimeError(f"native=True, but {reason}")
-    return reason is None
 
 
 def _data_flags(spec: CircuitSpec) -> list[int]:
@@ -194,13 +174,10 @@ def _kernels(spec: CircuitSpec, dtype: torch.dtype) -> tuple:
 
 
 def _native_forward(t: Tensor, a: Tensor, w: Tensor, spec: CircuitSpec) -> Tensor:
-    """Φ(t) by the kernel (contiguous t, a, w of one dtype; one pass over the scores, split
-    over the threads); the output has t's shape."""
-    out = torch.empty_like(t)
+    """Φ(t) by the kernel (contiguous t, a, w of one dtype); the output has t's shape."""
     fwd, _, (n, depth, flags, had, ent) = _kernels(spec, t.dtype)
-    args = (n, depth, t.data_ptr(), a.data_ptr(), w.data_ptr(), flags, had, ent, out.data_ptr())
-    _native.run_parallel(lambda i0, i1: fwd(i0, i1, *args), t.numel(), grain=_native.BLOCK)
-    return out
+    return kernel_forward(fwd, t, (n, depth, t.data_ptr(), a.data_ptr(), w.data_ptr(), flags,
+                                   had, ent))
 
 
 class _NativeChain(torch.autograd.Function):
@@ -217,15 +194,8 @@ class _NativeChain(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         t, a, w = ctx.saved_tensors
-        spec = ctx.spec
-        B, chunks = t.numel(), -(-t.numel() // _native.CHUNK)
-        g = g if g.dtype == t.dtype else g.to(t.dtype)
-        g = g if g.is_contiguous() else g.contiguous()  # e.g. an expanded ones from .sum()
-        gt = torch.empty_like(t)
-        part = torch.empty(chunks, 5, spec.n, dtype=torch.float64)
-        _, bwd, (n, depth, flags, had, ent) = _kernels(spec, t.dtype)
-        args = (B, n, depth, t.data_ptr(), a.data_ptr(), w.data_ptr(), flags, had, ent,
-                g.data_ptr(), gt.data_ptr(), part.data_ptr())
-        _native.run_parallel(lambda c0, c1: bwd(c0, c1, *args), chunks, grain=1)
-        tot = part.sum(0).to(t.dtype)  # (5, n): a fixed-order sum over the chunks
+        _, bwd, (n, depth, flags, had, ent) = _kernels(ctx.spec, t.dtype)
+        args = (n, depth, t.data_ptr(), a.data_ptr(), w.data_ptr(), flags, had, ent)
+        gt, tot = kernel_backward(bwd, t, g, args, 5 * n)  # (5, n): dL/dw rows, dL/da
+        tot = tot.view(5, n)
         return gt, tot[4], tot[: 2 * depth].view(depth, 2, n), None

@@ -45,10 +45,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..circuit import CircuitSpec, simulate
+from ..circuit import CircuitSpec
 from ..circuit.fourier import frequency_tuple
+from ..circuit.statevector import NATIVE_MAX_QUBITS
 from .chain import chain_line, chain_supported, native_chain_runs
 from .series import circuit_line
+from .state import state_line
 
 __all__ = ["ScoreCircuit", "quantum_attention", "QuantumAttention", "PHI_READOUTS",
            "PHI_METHODS", "FOURIER_AUTO_MAX"]
@@ -56,10 +58,12 @@ __all__ = ["ScoreCircuit", "quantum_attention", "QuantumAttention", "PHI_READOUT
 PHI_READOUTS = ("amp", "z")
 PHI_METHODS = ("auto", "chain", "fourier", "state")
 #: the most Fourier coefficients rⁿ for which ``method="auto"`` takes "fourier" over "state"
-#: where "chain" does not apply: forward + backward at 32,768 scores on one CPU core, fourier
-#: vs state: "amp" depth 3, n = 3 (343 coefficients) 27 vs 67 ms, n = 4 (2401) 437 vs 170 ms;
-#: "z" depth 2, n = 2 (81) 7 vs 30 ms, n = 3 (729) 84 vs 58 ms
-FOURIER_AUTO_MAX = 400
+#: where "chain" does not apply, with the statevector's native kernel and without it (forward +
+#: backward at 32,768 scores on one CPU core, fourier vs state; native: "amp" depth 3, n = 2
+#: (49 coefficients) 5.1 vs 7.0 ms, n = 3 (343) 53 vs 16 ms; "z" depth 2, n = 2 (81) 7.2 vs
+#: 5.4 ms; torch engine: "amp" depth 3, n = 3 (343) 27 vs 67 ms, n = 4 (2401) 437 vs 170 ms;
+#: "z" depth 2, n = 2 (81) 7 vs 30 ms, n = 3 (729) 84 vs 58 ms)
+FOURIER_AUTO_MAX = {"native": 50, "torch": 400}
 
 
 class ScoreCircuit(nn.Module):
@@ -85,13 +89,16 @@ class ScoreCircuit(nn.Module):
               (``qsgd.attention.line_coefficients``), and the polynomial is evaluated at every
               score; coefficients, their Jacobian and the series are one ``autograd.Function``
               (``qsgd.attention.circuit_line``);
-            * ``"state"``: one statevector per score (``qsgd.circuit.simulate``);
+            * ``"state"``: one statevector per score, by the native kernel with adjoint
+              gradients where it is available, else the torch engine
+              (``qsgd.attention.state_line``);
             * ``"auto"`` (default): the fastest where it applies, as measured on CPU at
               32,768 scores (:meth:`resolved_method`): "chain" wherever it applies with its
               native kernel (forward + backward 1.4 ms at n = 2 against 2.7 ms for
               "fourier", 2.1 ms at n = 4 against 112 ms for "state"), and from 4 qubits by
               torch operations (38 ms at n = 4; 13 ms at n = 2 would lose to "fourier");
-              otherwise "fourier" while rⁿ ≤ :data:`FOURIER_AUTO_MAX`, else "state".
+              otherwise "fourier" while rⁿ ≤ :data:`FOURIER_AUTO_MAX` (50 with the native
+              kernels, 400 without), else "state".
 
     Parameters: ``scale`` (n,), ``weights`` (L, 2, n). Output: same shape and dtype as the input.
     """
@@ -126,9 +133,10 @@ class ScoreCircuit(nn.Module):
         """The method used for scores on ``device``: ``method`` itself, or what ``"auto"``
         stands for: ``"chain"`` where it applies (readout "amp", depth ≤ 2) and either its
         native kernel runs (CPU, compiled) or n ≥ 4, else ``"fourier"`` while its rⁿ
-        coefficients are at most :data:`FOURIER_AUTO_MAX`, else ``"state"`` (the timings
-        are in the class docstring). Raises ``ValueError`` for ``"chain"`` where it does not
-        apply (``method`` may be set after construction)."""
+        coefficients are at most :data:`FOURIER_AUTO_MAX` (the native kernels' limit where
+        they run), else ``"state"`` (the timings are in the class docstring). Raises
+        ``ValueError`` for ``"chain"`` where it does not apply (``method`` may be set after
+        construction)."""
         if self.method not in PHI_METHODS:
             raise ValueError(f"invalid method: {self.method!r} (valid: {', '.join(PHI_METHODS)})")
         return _resolve(self.method, self.n_qubits, self.depth, self.entangle, self.readout,
@@ -143,12 +151,8 @@ class ScoreCircuit(nn.Module):
         if method == "fourier":
             ro = "amp_sum" if self.readout == "amp" else "Z"
             return circuit_line(w, self.scale, scores, readout=ro, **kw)
-        x = scores.unsqueeze(-1) * self.scale.to(scores.dtype)  # (..., n)
-        if self.readout == "amp":
-            out = simulate(x, w, readout="amp_sum", **kw).real
-        else:
-            out = simulate(x, w, readout="Z", **kw).mean(-1)
-        return out.to(scores.dtype)
+        ro = "amp_sum" if self.readout == "amp" else "Z"
+        return state_line(w, self.scale, scores, readout=ro, **kw)
 
 
 @functools.lru_cache(maxsize=256)
@@ -166,7 +170,8 @@ def _resolve(method: str, n: int, depth: int, entangle: bool, readout: str,
     if chain_supported(spec, ro) and (n >= 4 or native):
         return "chain"
     r = len(frequency_tuple(spec, ro))
-    return "fourier" if r**n <= FOURIER_AUTO_MAX else "state"
+    limit = FOURIER_AUTO_MAX["native" if native and n <= NATIVE_MAX_QUBITS else "torch"]
+    return "fourier" if r**n <= limit else "state"
 
 
 def quantum_attention(
