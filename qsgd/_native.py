@@ -57,6 +57,7 @@ _SIGNATURES = {
     "qsgd_line_state_fwd": [_i64, _i64, _i32, _i32, _P, _P, _P, _P, _i32, _i32, _P, _i32, _P],
     "qsgd_line_state_bwd": [_i64, _i64, _i64, _i32, _i32, _P, _P, _P, _P, _i32, _i32, _P, _i32,
                             _P, _P, _P],
+    "qsgd_reduce": [_i64, _i64, _P, _i64, _i64, _P, _i64, _i64, _P],
     "qsgd_sincos_array": [_i64, _P, _P, _P],
 }
 

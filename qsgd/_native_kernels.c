@@ -696,6 +696,19 @@ void FN(qsgd_chain_bwd)(int64_t c0, int64_t c1, int64_t B, int32_t n, int32_t de
 }
 
 #undef CHAIN_FORWARD
+
+/* the sum over chunks of part (chunks, width), in double in a fixed order, written as reals:
+ * entries [o1, o1 + n1) to out1 and [o2, o2 + n2) to out2 (the backward kernels' gradients of
+ * w and of a) */
+void FN(qsgd_reduce)(int64_t chunks, int64_t width, const double *part, int64_t o1, int64_t n1,
+                     real *out1, int64_t o2, int64_t n2, real *out2) {
+    for (int64_t k = 0; k < width; ++k) {
+        double tot = 0.0;
+        for (int64_t c = 0; c < chunks; ++c) tot += part[c * width + k];
+        if (k >= o1 && k < o1 + n1) out1[k - o1] = (real)tot;
+        if (k >= o2 && k < o2 + n2) out2[k - o2] = (real)tot;
+    }
+}
 #undef GT
 #undef CAT_
 #undef CAT

@@ -65,11 +65,14 @@ def kernel_forward(kernel: Callable, t: Tensor, args: tuple) -> Tensor:
     return out
 
 
-def kernel_backward(kernel: Callable, t: Tensor, g: Tensor, args: tuple,
-                    width: int) -> tuple[Tensor, Tensor]:
+def kernel_backward(kernel: Callable, t: Tensor, g: Tensor, args: tuple, width: int,
+                    w_rows: tuple[int, tuple[int, ...]], a_rows: tuple[int, int]
+                    ) -> tuple[Tensor, Tensor, Tensor]:
     """``kernel(c0, c1, B, *args, g, gt, part)`` over the chunks of scores, split over the
-    threads: ∂L/∂t (t's shape) and the sum over chunks of the partial sums part (chunks,
-    width), in t's dtype (summed in double in a fixed order: independent of the threads)."""
+    threads, then the partial sums part (chunks, width) summed over the chunks in double in a
+    fixed order (independent of the threads): ∂L/∂t (t's shape), ∂L/∂w (entries
+    [offset, offset + prod(shape)) as ``w_rows = (offset, shape)``) and ∂L/∂a (``a_rows =
+    (offset, n)``), in t's dtype."""
     B, chunks = t.numel(), -(-t.numel() // _native.CHUNK)
     g = g if g.dtype == t.dtype else g.to(t.dtype)
     g = g if g.is_contiguous() else g.contiguous()  # e.g. an expanded ones from .sum()
@@ -77,4 +80,9 @@ def kernel_backward(kernel: Callable, t: Tensor, g: Tensor, args: tuple,
     part = torch.empty(chunks, width, dtype=torch.float64)
     call = (B, *args, g.data_ptr(), gt.data_ptr(), part.data_ptr())
     _native.run_parallel(lambda c0, c1: kernel(c0, c1, *call), chunks, grain=1)
-    return gt, part.sum(0).to(t.dtype)
+    (wo, wshape), (ao, n) = w_rows, a_rows
+    gw, ga = t.new_empty(wshape), t.new_empty(n)
+    reduce = getattr(_native.library(), "qsgd_reduce_f64" if t.dtype == torch.float64
+                     else "qsgd_reduce_f32")
+    reduce(chunks, width, part.data_ptr(), wo, gw.numel(), gw.data_ptr(), ao, n, ga.data_ptr())
+    return gt, gw, ga

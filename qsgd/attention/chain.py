@@ -196,6 +196,6 @@ class _NativeChain(torch.autograd.Function):
         t, a, w = ctx.saved_tensors
         _, bwd, (n, depth, flags, had, ent) = _kernels(ctx.spec, t.dtype)
         args = (n, depth, t.data_ptr(), a.data_ptr(), w.data_ptr(), flags, had, ent)
-        gt, tot = kernel_backward(bwd, t, g, args, 5 * n)  # (5, n): dL/dw rows, dL/da
-        tot = tot.view(5, n)
-        return gt, tot[4], tot[: 2 * depth].view(depth, 2, n), None
+        # part (5, n) per chunk: dL/dw of the four gates (the first 2·depth rows are w's), dL/da
+        gt, gw, ga = kernel_backward(bwd, t, g, args, 5 * n, (0, (depth, 2, n)), (4 * n, n))
+        return gt, ga, gw, None

@@ -113,6 +113,6 @@ class _NativeStateLine(torch.autograd.Function):
         n, depth, data, had, ent, perm = _fixed(spec)
         args = (n, depth, t.data_ptr(), a.data_ptr(), w.data_ptr(), data, had, ent, perm,
                 ctx.code)
-        W = 2 * depth * n
-        gt, tot = kernel_backward(kernel, t, g, args, W + n)  # dL/dw (W), then dL/da (n)
-        return gt, tot[W:], tot[:W].view(spec.weight_shape), None, None
+        W = 2 * depth * n  # part per chunk: dL/dw (W), then dL/da (n)
+        gt, gw, ga = kernel_backward(kernel, t, g, args, W + n, (0, spec.weight_shape), (W, n))
+        return gt, ga, gw, None, None
