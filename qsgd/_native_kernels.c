@@ -1,10 +1,11 @@
 /* CPU kernels of the circuit family (qsgd.circuit) and of the attention's Phi, compiled on
- * first use by qsgd/_native.py (any C99 compiler, -O3) and called through ctypes.
+ * first use by qsgd/_native.py (a C compiler with GNU C11, -O3) and called through ctypes.
  *
- * Every kernel works on blocks of QB circuits (or scores) held as structure-of-arrays in L1,
- * so the inner loops run over the block's lanes and the compiler vectorises them; nothing is
- * ever written to memory but the inputs' outputs. The file is compiled for float and for
- * double: the body below is included twice (QSGD_REAL, QSGD_SUF).
+ * Every kernel works on blocks of QB circuits (or scores) held as structure-of-arrays, one
+ * row of QB lanes per quantity, so the inner loops run over the lanes and the compiler
+ * vectorises them; the only memory traffic outside the block's scratch rows is reading the
+ * inputs and writing the outputs. The file is compiled for float and for double: the body
+ * below is included twice (QSGD_REAL, QSGD_SUF).
  *
  * Conventions are those of qsgd.circuit: Ry(a) = exp(-i a Y/2), Rz(a) = exp(-i a Z/2),
  * little-endian basis index (qubit 0 the least significant bit), gates in time order
@@ -17,7 +18,9 @@
  *       adjoint method (qsgd/attention/state.py);
  *   qsgd_chain_fwd_SUF / qsgd_chain_bwd_SUF   Phi(s) = Re <+..+| C(a s; w) |0..0> for
  *       depth <= 2 by transfer matrices over the CNOT chain's prefix parity, and its exact
- *       gradient (see qsgd/attention/chain.py for the maths).
+ *       gradient (see qsgd/attention/chain.py for the maths);
+ *   qsgd_reduce_SUF   the backward kernels' per-chunk partial sums, summed in a fixed order;
+ *   qsgd_sincos_array_SUF   the kernels' sine and cosine over an array (for the tests).
  */
 #ifndef QSGD_BODY
 #define QSGD_BODY
@@ -81,8 +84,6 @@ void qsgd_sincos_array_f64(int64_t m, const double *x, double *s, double *c) {
 void qsgd_sincos_array_f32(int64_t m, const float *x, float *s, float *c) {
     for (int64_t i = 0; i < m; ++i) qsgd_sincos_f(x[i], s + i, c + i);
 }
-
-int qsgd_native_version(void) { return 1; }
 
 #define QSGD_REAL double
 #define QSGD_SUF f64
