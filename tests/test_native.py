@@ -69,6 +69,32 @@ def test_chain_equals_statevector_values_and_gradients(case, native):
         assert torch.allclose(x, y, atol=1e-11, rtol=0), (name, (x - y).abs().max())
 
 
+@settings(max_examples=10, deadline=None)
+@given(lines(max_qubits=4, max_depth=2))
+def test_chain_and_state_match_qiskit(case):
+    """Φ by the chain (both implementations) and by the state kernel against Qiskit's
+    Statevector of the same circuit, score by score."""
+    pytest.importorskip("qiskit", reason="qiskit is not installed")
+    from qiskit.quantum_info import Statevector
+
+    from qsgd.circuit import to_qiskit
+
+    kw, a, w, t = case
+    t = t[:6]
+    n = a.numel()
+    ref = torch.tensor([
+        complex(Statevector(to_qiskit(a * s, w, n, kw["depth"], kw["entangle"],
+                                      hadamard=kw["hadamard"],
+                                      encoding=kw["encoding"])).data.sum()).real / 2 ** (n / 2)
+        for s in t], dtype=F64)
+    got = {"chain, torch": chain_line(w, a, t, native=False, **kw)}
+    if _native.library() is not None:
+        got["chain, native"] = chain_line(w, a, t, native=True, **kw)
+        got["state, native"] = state_line(w, a, t, native=True, **kw)
+    for name, y in got.items():
+        assert torch.allclose(y, ref, atol=1e-12, rtol=0), (name, (y - ref).abs().max())
+
+
 @pytest.mark.parametrize("native", [pytest.param(True, marks=needs_native), False])
 @pytest.mark.parametrize("n,depth,entangle", [(1, 2, True), (3, 2, True), (2, 1, False),
                                               (4, 2, False)])
