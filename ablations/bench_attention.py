@@ -15,9 +15,11 @@ change of load on a shared machine affects them alike):
    ``qsgd.models.TransformerClassifier`` at the same shapes, for the same four settings.
 3. ``step``: the whole training step as the classifier arm takes it (zero_grad, forward, loss,
    backward, gradient clipping at 1, ``SuperpositionalAdamW`` with its defaults, sin and
-   λ = 0.5) on ``--step-threads`` threads (default 2: the cores the harness runs on), at the
-   paper's shape (embedding 64, 4 heads, feed-forward 128, 2 layers, batch 32, sequence 16;
-   circuit 4 qubits, depth 2) and at the shape above (2 qubits), all variants interleaved.
+   λ = 0.5) at the paper's shape (embedding 64, 4 heads, feed-forward 128, 2 layers, batch 32,
+   sequence 16; circuit 4 qubits, depth 2) and at the shape above (2 qubits), on each thread
+   count of ``--step-threads`` (default 1 and 2: a harness worker's single thread, and both
+   cores of the machine the harness is sized for), the variants of one thread count
+   interleaved.
 4. ``circuits``: circuits per second for the same batch of circuits (the attention layer's
    64·2·24·24 = 73,728 scores, each one circuit with angles a·s + w, 2 and 4 qubits, depth 2,
    amplitudes read out, no gradient, float32): ``qsgd.circuit.simulate`` on the full batch (on
@@ -185,31 +187,35 @@ def _training_step(attention: str, method: str | None, *, d_model: int, n_heads:
     return step
 
 
-def bench_step(warmup: int, reps: int, threads: int) -> list[dict]:
+def bench_step(warmup: int, reps: int, threads: list[int]) -> list[dict]:
     """The whole training step, classical against quantum attention by each method, at the
-    paper's shape (4 qubits) and at this bench's shape (2 qubits), on ``threads`` threads,
-    every variant in the same interleaved rounds. Variants are named "<shape>: <attention>"."""
+    paper's shape (4 qubits) and at this bench's shape (2 qubits), on each number of
+    ``threads``, every variant of one thread count in the same interleaved rounds. Variants
+    are named "<shape>, <k> thread(s): <attention>"."""
     bench_shape = dict(d_model=D, n_heads=H, d_ff=2 * D, batch=B, seq=T, n_qubits=2)
     shapes = {"paper shape, 4 qubits": PAPER_SHAPE, "bench shape, 2 qubits": bench_shape}
-    steps = {}
-    for label, shape in shapes.items():
-        steps[f"{label}: classical"] = _training_step("classical", None, **shape)
-        for name, method in METHODS:
-            steps[f"{label}: quantum-{name}"] = _training_step("quantum", method, **shape)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        timings = _time_rounds(steps, warmup, reps)
-    finally:
-        torch.set_num_threads(before)
     rows = []
-    for label, shape in shapes.items():
-        ref = timings[f"{label}: classical"][0]
-        for name, timing in timings.items():
-            if name.startswith(label):
-                r = _row("step", name, shape["batch"], "sequences", timing, reps)
-                r["ratio"] = r["ms_median"] / ref
-                rows.append(r)
+    before = torch.get_num_threads()
+    for k in threads:
+        steps = {}
+        for label, shape in shapes.items():
+            steps[f"{label}: classical"] = _training_step("classical", None, **shape)
+            for name, method in METHODS:
+                steps[f"{label}: quantum-{name}"] = _training_step("quantum", method, **shape)
+        torch.set_num_threads(k)
+        try:
+            timings = _time_rounds(steps, warmup, reps)
+        finally:
+            torch.set_num_threads(before)
+        tag = f"{k} thread" + ("s" if k > 1 else "")
+        for label, shape in shapes.items():
+            ref = timings[f"{label}: classical"][0]
+            for name, timing in timings.items():
+                if name.startswith(label):
+                    variant = name.replace(f"{label}:", f"{label}, {tag}:")
+                    r = _row("step", variant, shape["batch"], "sequences", timing, reps)
+                    r["ratio"] = r["ms_median"] / ref
+                    rows.append(r)
     return rows
 
 
@@ -422,16 +428,16 @@ def write_outputs(rows: list[dict], info: dict[str, str], out: Path, args) -> No
              "its own column. Shapes: batch 64, sequence 24, d_model 32, 2 heads; circuit "
              "2 qubits, depth 2 unless said. Every group runs on "
              f"{args.threads} torch thread(s) but the whole training step, on "
-             f"{args.step_threads}.", ""]
+             f"{', '.join(map(str, args.step_threads))}.", ""]
     lines += ["## Machine", ""] + [f"- {k}: {v}" for k, v in info.items()] + [""]
     titles = {
         "attention": ("One attention layer, forward + backward", "vs classical"),
         "classifier": ("Whole 2-layer classifier, forward + backward (one training step "
                        "without the optimizer)", "vs classical"),
         "step": ("Whole training step: forward, backward, clipping, optimizer "
-                 f"(SuperpositionalAdamW, sin λ = 0.5), {args.step_threads} threads; paper "
-                 "shape: embedding 64, 4 heads, feed-forward 128, 2 layers, batch 32, "
-                 "sequence 16, 4 qubits", "vs classical, same shape"),
+                 "(SuperpositionalAdamW, sin λ = 0.5); paper shape: embedding 64, 4 heads, "
+                 "feed-forward 128, 2 layers, batch 32, sequence 16, 4 qubits",
+                 "vs classical, same shape and threads"),
         "circuits": ("Circuits per second, same circuits (angles a·s + w, amplitudes, float32, "
                      "no gradient; max |Δ| vs Aer on Aer's batch)", "torch rate / this rate"),
         "perturbation": ("Perturbation term, one call (4 qubits, groups of 4 parameters)",
@@ -457,10 +463,12 @@ def write_outputs(rows: list[dict], info: dict[str, str], out: Path, args) -> No
                          f"{_fmt(r['items_per_s'])} | {_fmt(r['ratio'])} |" + extra)
         lines.append("")
     summary = []
-    for label in ("paper shape, 4 qubits", "bench shape, 2 qubits"):
-        by = {m: get.get(("step", f"{label}: quantum-{m}")) for m, _ in METHODS}
+    for label, k in [(lb, k) for k in args.step_threads
+                     for lb in ("paper shape, 4 qubits", "bench shape, 2 qubits")]:
+        tag = f"{label}, {k} thread" + ("s" if k > 1 else "")
+        by = {m: get.get(("step", f"{tag}: quantum-{m}")) for m, _ in METHODS}
         if all(by.values()):
-            summary.append(f"- Whole training step, {label}, {args.step_threads} threads: "
+            summary.append(f"- Whole training step, {tag}: "
                            f"quantum attention costs **{_fmt(by['chain']['ratio'])}×** the "
                            f"classical step with Φ by the transfer-matrix chain (the default), "
                            f"{_fmt(by['fourier']['ratio'])}× in Fourier form, "
@@ -501,8 +509,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("results/bench"))
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--step-threads", type=int, default=2,
-                    help="torch threads of the whole-training-step group (default 2)")
+    ap.add_argument("--step-threads", default="1,2",
+                    help="torch threads of the whole-training-step group, comma-separated "
+                         "(default 1,2: a harness worker's one thread, and both cores)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--reps", type=int, default=21)
     ap.add_argument("--aer-batch", type=int, default=256)
@@ -511,6 +520,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.warmup, args.reps = 3, 5
+    try:
+        args.step_threads = [int(k) for k in str(args.step_threads).split(",")]
+        if not args.step_threads or min(args.step_threads) < 1:
+            raise ValueError
+    except ValueError:
+        ap.error(f"--step-threads must be positive integers separated by commas, got "
+                 f"{args.step_threads!r}")
     torch.set_num_threads(args.threads)
     info = machine_info(args.threads)
     rows = bench_step(args.warmup, args.reps, args.step_threads)

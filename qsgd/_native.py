@@ -15,9 +15,13 @@ its flags and the CPU, and written atomically (several processes may build at on
 a compiler, or with ``QSGD_NATIVE=0`` in the environment, :func:`library` returns None and every
 caller uses its torch path (same results to rounding); :func:`unavailable_reason` says why.
 
-Threads: :func:`run_parallel` splits a call's index range over ``torch.get_num_threads()``
-Python threads (ctypes releases the GIL); the kernels' reductions are per fixed-size chunk, so
-results do not depend on the thread count.
+Threads: built with OpenMP (``-fopenmp``, tried first), the kernels split their ranges over
+the OpenMP threads of the process; the libgomp the process has loaded is torch's (loaded with
+torch, before the kernels), so they run on torch's own thread pool and follow
+``torch.set_num_threads``, with no Python in the way and no second pool competing for the cores.
+Without OpenMP, :func:`run_parallel` splits a call's range over ``torch.get_num_threads()``
+Python threads (ctypes releases the GIL). The kernels' reductions are per fixed-size chunk, so
+results do not depend on the thread count either way.
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ def _build(cc: str, out: Path) -> str | None:
     """Compile the kernels to ``out`` (atomically); None on success, else the reason."""
     out.parent.mkdir(parents=True, exist_ok=True)
     last = ""
-    for extra in (["-march=native"], []):
+    for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], []):
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
         os.close(fd)
         cmd = [cc, *_BASE_FLAGS, *extra, str(_SOURCE), "-o", tmp, "-lm"]
@@ -139,6 +143,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         for suf in ("f32", "f64"):
             fn = getattr(lib, f"{name}_{suf}")
             fn.argtypes, fn.restype = args, None
+    lib.qsgd_openmp.argtypes, lib.qsgd_openmp.restype = [], ctypes.c_int
     return lib, None
 
 
@@ -168,8 +173,16 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 
 def run_parallel(call: Callable[[int, int], None], stop: int, *, grain: int) -> None:
-    """``call(start, end)`` over ``range(stop)`` cut into pieces on multiples of ``grain``,
-    one per thread (``torch.get_num_threads()``), the first in this thread."""
+    """``call(start, end)`` over ``range(stop)``. Kernels built with OpenMP split the range
+    over torch's own threads themselves (one call); otherwise the range is cut into pieces on
+    multiples of ``grain``, one per thread (``torch.get_num_threads()``), the first in this
+    thread, the others on a pool of Python threads (ctypes releases the GIL)."""
+    if _state.get("openmp") is None:
+        lib = library()
+        _state["openmp"] = bool(lib is not None and lib.qsgd_openmp())
+    if _state["openmp"]:
+        call(0, stop)
+        return
     threads = max(1, min(torch.get_num_threads(), -(-stop // grain)))
     if threads == 1:
         call(0, stop)

@@ -36,7 +36,38 @@
 #else
 #define ALWAYS_INLINE inline
 #endif
-#define CHUNK 4096     /* scores per partial sum of the chain's backward (multiple of QB) */
+#define CHUNK 4096     /* scores per partial sum of the backward kernels (multiple of QB) */
+
+/* Threads: with OpenMP (-fopenmp; the process's libgomp is torch's, loaded first, so these
+ * regions run on torch's own thread pool and follow torch.set_num_threads) an exported kernel
+ * splits its range [lo, hi), in units of `unit` indices, into one contiguous piece per thread
+ * and runs CALL on [a_, b_); without OpenMP CALL runs on the whole range (the caller may split
+ * it over its own threads). Results do not depend on the split: the backward kernels reduce
+ * per fixed chunk. */
+#ifdef _OPENMP
+#include <omp.h>
+#define PARALLEL_RANGE(lo, hi, unit, min_units, CALL)                                       \
+    do {                                                                                    \
+        const int64_t lo_ = (lo), hi_ = (hi), u_ = (unit);                                  \
+        const int64_t units_ = (hi_ - lo_ + u_ - 1) / u_;                                   \
+        const int many_ = units_ >= (min_units) && omp_get_max_threads() > 1;               \
+        _Pragma("omp parallel if (many_)")                                                  \
+        {                                                                                   \
+            const int64_t nt_ = omp_get_num_threads(), t_ = omp_get_thread_num();           \
+            int64_t a_ = lo_ + units_ * t_ / nt_ * u_, b_ = lo_ + units_ * (t_ + 1) / nt_ * u_; \
+            if (b_ > hi_) b_ = hi_;                                                         \
+            if (a_ < b_) CALL;                                                              \
+        }                                                                                   \
+    } while (0)
+int qsgd_openmp(void) { return 1; }
+#else
+#define PARALLEL_RANGE(lo, hi, unit, min_units, CALL)                                       \
+    do {                                                                                    \
+        const int64_t a_ = (lo), b_ = (hi);                                                 \
+        CALL;                                                                               \
+    } while (0)
+int qsgd_openmp(void) { return 0; }
+#endif
 
 /* sin and cos without branches or calls, so loops over lanes vectorise: Cody-Waite reduction
  * by pi/2 in double, then minimax polynomials on [-pi/4, pi/4] (fdlibm's kernels for double,
@@ -199,7 +230,7 @@ static void FN(state_block)(int32_t n, int32_t depth, const real *gt, int32_t ha
  * (w_stride 0: shared; zeros when the circuit has none); data[l*2+g] = 1 where the gate's angle
  * carries x (the encoding). out (B, 2^n, 2): interleaved real and imaginary parts. Circuits
  * i0 <= b < i1 are computed. */
-void FN(qsgd_state)(int64_t i0, int64_t i1, int32_t n, int32_t depth, const real *x,
+static void FN(state_range)(int64_t i0, int64_t i1, int32_t n, int32_t depth, const real *x,
                     const real *w, int64_t w_stride, const int32_t *data, int32_t hadamard,
                     int32_t entangle, const int32_t *perm, real *out) {
     const int64_t dim = (int64_t)1 << n;
@@ -278,7 +309,7 @@ static void FN(line_readout)(int32_t n, int32_t readout, const real *re, const r
     }
 }
 
-void FN(qsgd_line_state_fwd)(int64_t i0, int64_t i1, int32_t n, int32_t depth, const real *s,
+static void FN(line_state_fwd_range)(int64_t i0, int64_t i1, int32_t n, int32_t depth, const real *s,
                              const real *a, const real *w, const int32_t *data,
                              int32_t hadamard, int32_t entangle, const int32_t *perm,
                              int32_t readout, real *phi) {
@@ -313,7 +344,7 @@ static void FN(unpermute)(int64_t dim, const int32_t *perm, real **re, real **im
  * (chunks c0 <= c < c1) the partial sums part[c] (2 depth n + n): dL/dw (depth, 2, n), then
  * dL/da (n), in double in a fixed order. The CNOT chain is undone by scattering through
  * perm. */
-void FN(qsgd_line_state_bwd)(int64_t c0, int64_t c1, int64_t B, int32_t n, int32_t depth,
+static void FN(line_state_bwd_range)(int64_t c0, int64_t c1, int64_t B, int32_t n, int32_t depth,
                              const real *s, const real *a, const real *w, const int32_t *data,
                              int32_t hadamard, int32_t entangle, const int32_t *perm,
                              int32_t readout, const real *g, real *gs, double *part) {
@@ -623,7 +654,7 @@ static int FN(chain_setup)(FN(chain_ctx) *c, int32_t n, int32_t depth, const rea
 
 /* Phi at the scores i0 <= b < i1 of s; w (depth, 2, n); data[4]: which gates carry the data
  * angle. */
-void FN(qsgd_chain_fwd)(int64_t i0, int64_t i1, int32_t n, int32_t depth, const real *s,
+static void FN(chain_fwd_range)(int64_t i0, int64_t i1, int32_t n, int32_t depth, const real *s,
                         const real *a, const real *w, const int32_t *data, int32_t hadamard,
                         int32_t entangle, real *phi) {
     FN(chain_ctx) c;
@@ -643,7 +674,7 @@ void FN(qsgd_chain_fwd)(int64_t i0, int64_t i1, int32_t n, int32_t depth, const 
  * dL/da (row 4), summed in double in a fixed order, so that they do not depend on how the
  * chunks are spread over threads. The data angle of qubit q is a_q s, so dL/ds =
  * sum_q a_q dL/dx_q, dL/da_q = sum_b s dL/dx_q, dL/dx_q = sum_g data[g] dL/d(angle g). */
-void FN(qsgd_chain_bwd)(int64_t c0, int64_t c1, int64_t B, int32_t n, int32_t depth,
+static void FN(chain_bwd_range)(int64_t c0, int64_t c1, int64_t B, int32_t n, int32_t depth,
                         const real *s, const real *a, const real *w, const int32_t *data,
                         int32_t hadamard, int32_t entangle, const real *g, real *gs,
                         double *part) {
@@ -710,6 +741,50 @@ void FN(qsgd_reduce)(int64_t chunks, int64_t width, const double *part, int64_t 
         if (k >= o2 && k < o2 + n2) out2[k - o2] = (real)tot;
     }
 }
+/* ------------------------------------------------------------------------- exported
+ * The kernels as called from Python: each splits its range over the threads
+ * (PARALLEL_RANGE: blocks of QB circuits or scores, or chunks of CHUNK scores). */
+
+void FN(qsgd_state)(int64_t i0, int64_t i1, int32_t n, int32_t depth, const real *x,
+                    const real *w, int64_t w_stride, const int32_t *data, int32_t hadamard,
+                    int32_t entangle, const int32_t *perm, real *out) {
+    PARALLEL_RANGE(i0, i1, QB, 4, FN(state_range)(a_, b_, n, depth, x, w, w_stride, data,
+                                                  hadamard, entangle, perm, out));
+}
+
+void FN(qsgd_line_state_fwd)(int64_t i0, int64_t i1, int32_t n, int32_t depth, const real *s,
+                             const real *a, const real *w, const int32_t *data,
+                             int32_t hadamard, int32_t entangle, const int32_t *perm,
+                             int32_t readout, real *phi) {
+    PARALLEL_RANGE(i0, i1, QB, 4, FN(line_state_fwd_range)(a_, b_, n, depth, s, a, w, data,
+                                                           hadamard, entangle, perm, readout,
+                                                           phi));
+}
+
+void FN(qsgd_line_state_bwd)(int64_t c0, int64_t c1, int64_t B, int32_t n, int32_t depth,
+                             const real *s, const real *a, const real *w, const int32_t *data,
+                             int32_t hadamard, int32_t entangle, const int32_t *perm,
+                             int32_t readout, const real *g, real *gs, double *part) {
+    PARALLEL_RANGE(c0, c1, 1, 2, FN(line_state_bwd_range)(a_, b_, B, n, depth, s, a, w, data,
+                                                          hadamard, entangle, perm, readout,
+                                                          g, gs, part));
+}
+
+void FN(qsgd_chain_fwd)(int64_t i0, int64_t i1, int32_t n, int32_t depth, const real *s,
+                        const real *a, const real *w, const int32_t *data, int32_t hadamard,
+                        int32_t entangle, real *phi) {
+    PARALLEL_RANGE(i0, i1, QB, 64, FN(chain_fwd_range)(a_, b_, n, depth, s, a, w, data,
+                                                       hadamard, entangle, phi));
+}
+
+void FN(qsgd_chain_bwd)(int64_t c0, int64_t c1, int64_t B, int32_t n, int32_t depth,
+                        const real *s, const real *a, const real *w, const int32_t *data,
+                        int32_t hadamard, int32_t entangle, const real *g, real *gs,
+                        double *part) {
+    PARALLEL_RANGE(c0, c1, 1, 2, FN(chain_bwd_range)(a_, b_, B, n, depth, s, a, w, data,
+                                                     hadamard, entangle, g, gs, part));
+}
+
 #undef GT
 #undef CAT_
 #undef CAT

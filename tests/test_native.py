@@ -136,17 +136,19 @@ def test_chain_native_inference_equals_training_values_and_threads_do_not_matter
     w = torch.rand(2, 2, 4, generator=g) * 6 - 3
     t = torch.randn(3 * _native.CHUNK + 77, generator=g)  # several chunks, a ragged tail
     probe = torch.randn(t.shape, generator=g)
-    before = torch.get_num_threads()
+    before, openmp = torch.get_num_threads(), _native._state.get("openmp")
     runs = []
-    try:
-        for threads in (1, 2, 3):
+    try:  # the kernels' OpenMP threads, and Python threads (a library built without OpenMP)
+        for threads, omp in ((1, openmp), (2, openmp), (3, openmp), (2, False)):
             torch.set_num_threads(threads)
+            _native._state["openmp"] = omp
             runs.append(_values_and_grads(lambda a_, w_, t_: chain_line(w_, a_, t_), a, w, t,
                                           probe))
             with torch.no_grad():
                 assert torch.equal(chain_line(w, a, t), runs[-1][0])
     finally:
         torch.set_num_threads(before)
+        _native._state["openmp"] = openmp
     for run in runs[1:]:  # bit for bit: the reductions are per fixed chunk of scores
         for x, y in zip(run, runs[0]):
             assert torch.equal(x, y)
