@@ -548,11 +548,15 @@ static ALWAYS_INLINE void FN(chain_forward)(int64_t b0, int64_t L, int32_t n,
 }
 
 /* one qubit of chain_reverse: G (4 rows) holds G_m after qubit q on entry and G_m before it
- * (after qubit q - 1) on exit; o: qubit q's stored rows, mp: the message before it; the four
- * angle gradients go to the rows g0..g3. */
+ * (after qubit q - 1) on exit; o: qubit q's stored rows, mp: the message before it. The four
+ * angle gradients g0..g3 are accumulated at once (no round trip through memory): into
+ * aw0..aw3 (dL/dw), and through dL/dx_q = sum_g d_g g_g into gsb (dL/ds, times a_q) and aa
+ * (dL/da, times s). */
 static ALWAYS_INLINE void FN(chain_qubit_reverse)(int32_t entangle, const real *restrict o,
-        const real *restrict mp, real *restrict G, real *restrict g0, real *restrict g1,
-        real *restrict g2, real *restrict g3) {
+        const real *restrict mp, real *restrict G, const real *restrict sb, real aq, real d0,
+        real d1, real d2, real d3, real *restrict gsb, double *restrict aw0,
+        double *restrict aw1, double *restrict aw2, double *restrict aw3,
+        double *restrict aa) {
     for (int64_t i = 0; i < QB; ++i) {
         real v0r = o[i], v0i = o[QB + i], v1r = o[2 * QB + i], v1i = o[3 * QB + i];
         real r0r = o[4 * QB + i], r0i = o[5 * QB + i], r1r = o[6 * QB + i];
@@ -586,49 +590,56 @@ static ALWAYS_INLINE void FN(chain_qubit_reverse)(int32_t entangle, const real *
         real y0 = o[8 * QB + i], y1 = o[9 * QB + i], c1 = o[10 * QB + i];
         real s1 = o[11 * QB + i];
         /* layer-0 Ry: dy/da = (-y1, y0)/2, v0 = y0 (c1 - i s1), v1 = y1 (c1 + i s1) */
-        g0[i] = (real)0.5 * (Gv0r * (-y1 * c1) + Gv0i * (y1 * s1)
-                           + Gv1r * (y0 * c1) + Gv1i * (y0 * s1));
+        const real g0 = (real)0.5 * (Gv0r * (-y1 * c1) + Gv0i * (y1 * s1)
+                                   + Gv1r * (y0 * c1) + Gv1i * (y0 * s1));
         /* layer-0 Rz: dv0 = -i v0/2, dv1 = +i v1/2 */
-        g1[i] = (real)0.5 * ((Gv0r * v0i - Gv0i * v0r) - (Gv1r * v1i - Gv1i * v1r));
+        const real g1 = (real)0.5 * ((Gv0r * v0i - Gv0i * v0r) - (Gv1r * v1i - Gv1i * v1r));
         /* layer-1 Ry: dr/da = (r1, -r0)/2 */
-        g2[i] = (real)0.5 * ((Gr0r * r1r + Gr0i * r1i) - (Gr1r * r0r + Gr1i * r0i));
+        const real g2 = (real)0.5 * ((Gr0r * r1r + Gr0i * r1i) - (Gr1r * r0r + Gr1i * r0i));
         /* layer-1 Rz: dr0 = (i/2)(z1 s2 - z0 c2), dr1 = (i/2)(z0 s2 + z1 c2), z1 = conj z0 */
         real c2 = o[12 * QB + i], s2 = o[13 * QB + i], z0r = o[14 * QB + i];
         real z0i = o[15 * QB + i];
         real w0r = z0r * (s2 - c2), w0i = -z0i * (s2 + c2);
         real w1r = z0r * (s2 + c2), w1i = z0i * (s2 - c2);
-        g3[i] = (real)0.5 * (-Gr0r * w0i + Gr0i * w0r - Gr1r * w1i + Gr1i * w1r);
+        const real g3 = (real)0.5 * (-Gr0r * w0i + Gr0i * w0r - Gr1r * w1i + Gr1i * w1r);
+        const real gx = d0 * g0 + d1 * g1 + d2 * g2 + d3 * g3;
+        gsb[i] += aq * gx;
+        aw0[i] += (double)g0; aw1[i] += (double)g1; aw2[i] += (double)g2; aw3[i] += (double)g3;
+        aa[i] += (double)(sb[i] * gx);
     }
 }
 
 /* One block, backward: from the rows of chain_forward (store = 1) and the seed g = dL/dPhi
- * per lane, dL/d(angle) of every gate into the rows dl[(g n + q) QB + i]. */
+ * per lane, the gradients of every gate angle, accumulated per lane (chain_qubit_reverse):
+ * acc (5 n rows of QB doubles: dL/dw of the gates (g n + q), dL/da (4 n + q)) and gsb. */
 static ALWAYS_INLINE void FN(chain_reverse)(int32_t n, int32_t entangle,
         const real *restrict m_init, const real *restrict st, const real *restrict ms,
-        const real *restrict seed, real *restrict dl) {
+        const real *restrict seed, const real *restrict sb, const real *restrict a, real d0,
+        real d1, real d2, real d3, real *restrict gsb, double *restrict acc) {
     real G[4 * QB];  /* Phi = Re(m0 + m1) of the last qubit: G_m0 = G_m1 = g */
     for (int64_t i = 0; i < QB; ++i) {
         G[i] = seed[i]; G[QB + i] = 0; G[2 * QB + i] = seed[i]; G[3 * QB + i] = 0;
     }
     for (int32_t q = n - 1; q >= 0; --q)
         FN(chain_qubit_reverse)(entangle, st + (int64_t)q * 20 * QB,
-                                q ? ms + (int64_t)(q - 1) * 4 * QB : m_init, G,
-                                dl + (int64_t)q * QB, dl + (int64_t)(n + q) * QB,
-                                dl + (int64_t)(2 * n + q) * QB, dl + (int64_t)(3 * n + q) * QB);
+                                q ? ms + (int64_t)(q - 1) * 4 * QB : m_init, G, sb, a[q], d0,
+                                d1, d2, d3, gsb, acc + (int64_t)q * QB,
+                                acc + (int64_t)(n + q) * QB, acc + (int64_t)(2 * n + q) * QB,
+                                acc + (int64_t)(3 * n + q) * QB, acc + (int64_t)(4 * n + q) * QB);
 }
 
 /* what both entry points share: gate tables, flags, the initial message and scratch rows */
 typedef struct {
-    real *buf, *cw, *sw, *st, *ms, *dl, m_init[4 * QB], d[4], hA, hB;
+    real *buf, *cw, *sw, *st, *ms, m_init[4 * QB], d[4], hA, hB;
     int paper;
 } FN(chain_ctx);
 
 static int FN(chain_setup)(FN(chain_ctx) *c, int32_t n, int32_t depth, const real *w,
                            const int32_t *data, int32_t hadamard, int32_t entangle) {
-    c->buf = (real *)malloc(sizeof(real) * (size_t)(8 * n + 28 * n * QB));
+    c->buf = (real *)malloc(sizeof(real) * (size_t)(8 * n + 24 * n * QB));
     if (!c->buf) return 0;
     c->cw = c->buf; c->sw = c->cw + 4 * n; c->st = c->cw + 8 * n;
-    c->ms = c->st + 20 * n * QB; c->dl = c->ms + 4 * n * QB;
+    c->ms = c->st + 20 * n * QB;
     FN(half_angles)(n, depth, w, c->cw, c->sw);
     const real h = (real)0.70710678118654752440;
     /* the paper's circuit (data in every gate, H, CNOTs) gets its flags as constants */
@@ -694,26 +705,11 @@ static void FN(chain_bwd_range)(int64_t c0, int64_t c1, int64_t B, int32_t n, in
                 gsb[i] = 0;
             }
             CHAIN_FORWARD(&c, b0, L, 1);
-            FN(chain_reverse)(n, entangle, c.m_init, c.st, c.ms, gb, c.dl);
-            for (int32_t q = 0; q < n; ++q) {
-                const real *restrict D0 = c.dl + (int64_t)q * QB;
-                const real *restrict D1 = c.dl + (int64_t)(n + q) * QB;
-                const real *restrict D2 = c.dl + (int64_t)(2 * n + q) * QB;
-                const real *restrict D3 = c.dl + (int64_t)(3 * n + q) * QB;
-                double *restrict aw0 = acc + (0 * n + q) * QB;
-                double *restrict aw1 = acc + (1 * n + q) * QB;
-                double *restrict aw2 = acc + (2 * n + q) * QB;
-                double *restrict aw3 = acc + (3 * n + q) * QB;
-                double *restrict aa = acc + (4 * n + q) * QB;
-                const real aq = a[q], d0 = c.d[0], d1 = c.d[1], d2 = c.d[2], d3 = c.d[3];
-                for (int64_t i = 0; i < QB; ++i) {
-                    real gx = d0 * D0[i] + d1 * D1[i] + d2 * D2[i] + d3 * D3[i];
-                    gsb[i] += aq * gx;
-                    aw0[i] += (double)D0[i]; aw1[i] += (double)D1[i];
-                    aw2[i] += (double)D2[i]; aw3[i] += (double)D3[i];
-                    aa[i] += (double)(sb[i] * gx);
-                }
-            }
+            if (c.paper)  /* constant flags */
+                FN(chain_reverse)(n, 1, c.m_init, c.st, c.ms, gb, sb, a, 1, 1, 1, 1, gsb, acc);
+            else
+                FN(chain_reverse)(n, entangle, c.m_init, c.st, c.ms, gb, sb, a, c.d[0], c.d[1],
+                                  c.d[2], c.d[3], gsb, acc);
             for (int64_t i = 0; i < L; ++i) gs[b0 + i] = gsb[i];
         }
         double *pc = part + ch * 5 * n;
