@@ -12,6 +12,12 @@ layer is one diagonal phase; a CNOT chain is one gather by a fixed permutation o
 there is no Python loop over the batch. Everything is differentiable by autograd and runs on
 any torch device.
 
+On the CPU, when no gradient is wanted and every gate is present, :func:`simulate` runs the
+same circuits through a native kernel instead (:mod:`qsgd._native`): gate by gate in real
+arithmetic per block of 32 circuits, the first layer as a product state, Rz·Ry fused into one
+2×2 complex gate per qubit, the CNOT chain as a row permutation, in one pass that writes the
+amplitudes once; the same results to rounding (tested against this engine and Qiskit).
+
 ``backend="aer"`` hands the same circuits to Qiskit Aer (:mod:`qsgd.circuit.qiskit`), whose
 amplitudes take the same readouts. Conventions (angles, qubit order, dtypes) are in the package
 docstring (:mod:`qsgd.circuit`).
