@@ -484,7 +484,7 @@ static void FN(half_angles)(int32_t n, int32_t depth, const real *w, real *cw, r
 static ALWAYS_INLINE void FN(chain_qubit)(const real *restrict sb, const real *restrict mp,
         real *restrict o, real *restrict mo, real aq, real cw0, real sw0, real cw1, real sw1,
         real cw2, real sw2, real cw3, real sw3, real d0, real d1, real d2, real d3, real hA,
-        real hB, int32_t entangle, int32_t store) {
+        real hB, int32_t entangle, int32_t store, int32_t first) {
     const real h = (real)0.70710678118654752440;
         for (int64_t i = 0; i < QB; ++i) {
             real sx, cx;
@@ -508,7 +508,9 @@ static ALWAYS_INLINE void FN(chain_qubit)(const real *restrict sb, const real *r
              * (v0, v1), i.e. t = (m0 + m1) v */
             real u0r = entangle ? v1r : v0r, u0i = entangle ? v1i : v0i;
             real u1r = entangle ? v0r : v1r, u1i = entangle ? v0i : v1i;
-            real ar = mp[i], ai = mp[QB + i], br = mp[2 * QB + i], bi = mp[3 * QB + i];
+            /* qubit 0 (first): the message before it is (1, 0), so t = v */
+            real ar = first ? (real)1 : mp[i], ai = first ? (real)0 : mp[QB + i];
+            real br = first ? (real)0 : mp[2 * QB + i], bi = first ? (real)0 : mp[3 * QB + i];
             real t0r = ar * v0r - ai * v0i + br * u0r - bi * u0i;
             real t0i = ar * v0i + ai * v0r + br * u0i + bi * u0r;
             real t1r = ar * v1r - ai * v1i + br * u1r - bi * u1i;
@@ -540,11 +542,16 @@ static ALWAYS_INLINE void FN(chain_forward)(int64_t b0, int64_t L, int32_t n,
         real *restrict ms) {
     real sb[QB];
     for (int64_t i = 0; i < QB; ++i) sb[i] = i < L ? s[b0 + i] : (real)0;
-    for (int32_t q = 0; q < n; ++q)
-        FN(chain_qubit)(sb, q ? ms + (int64_t)(q - 1) * 4 * QB : m_init,
-                        st + (int64_t)q * 20 * QB, ms + (int64_t)q * 4 * QB, (real)0.5 * a[q],
-                        cw[q], sw[q], cw[n + q], sw[n + q], cw[2 * n + q], sw[2 * n + q],
-                        cw[3 * n + q], sw[3 * n + q], d0, d1, d2, d3, hA, hB, entangle, store);
+    for (int32_t q = 0; q < n; ++q) {
+#define CHAIN_QUBIT(first)                                                                  \
+        FN(chain_qubit)(sb, q ? ms + (int64_t)(q - 1) * 4 * QB : m_init,                     \
+                        st + (int64_t)q * 20 * QB, ms + (int64_t)q * 4 * QB, (real)0.5 * a[q], \
+                        cw[q], sw[q], cw[n + q], sw[n + q], cw[2 * n + q], sw[2 * n + q],    \
+                        cw[3 * n + q], sw[3 * n + q], d0, d1, d2, d3, hA, hB, entangle, store, \
+                        first)
+        if (q == 0) CHAIN_QUBIT(1); else CHAIN_QUBIT(0);
+#undef CHAIN_QUBIT
+    }
 }
 
 /* one qubit of chain_reverse: G (4 rows) holds G_m after qubit q on entry and G_m before it
@@ -556,7 +563,7 @@ static ALWAYS_INLINE void FN(chain_qubit_reverse)(int32_t entangle, const real *
         const real *restrict mp, real *restrict G, const real *restrict sb, real aq, real d0,
         real d1, real d2, real d3, real *restrict gsb, double *restrict aw0,
         double *restrict aw1, double *restrict aw2, double *restrict aw3,
-        double *restrict aa) {
+        double *restrict aa, int32_t first) {
     for (int64_t i = 0; i < QB; ++i) {
         real v0r = o[i], v0i = o[QB + i], v1r = o[2 * QB + i], v1i = o[3 * QB + i];
         real r0r = o[4 * QB + i], r0i = o[5 * QB + i], r1r = o[6 * QB + i];
@@ -573,7 +580,9 @@ static ALWAYS_INLINE void FN(chain_qubit_reverse)(int32_t entangle, const real *
          * G_v0 = G_t0 conj(m0) + X0 conj(m1), G_v1 = G_t1 conj(m0) + X1 conj(m1) with
          * (X0, X1) = (G_t1, G_t0) with CNOTs, else (G_t0, G_t1);
          * G_m0 = G_t0 conj(v0) + G_t1 conj(v1), G_m1 = G_t0 conj(u0) + G_t1 conj(u1) */
-        real ar = mp[i], ai = mp[QB + i], br = mp[2 * QB + i], bi = mp[3 * QB + i];
+        /* qubit 0 (first): the message before it is (1, 0); no G_m is needed before it */
+        real ar = first ? (real)1 : mp[i], ai = first ? (real)0 : mp[QB + i];
+        real br = first ? (real)0 : mp[2 * QB + i], bi = first ? (real)0 : mp[3 * QB + i];
         real X0r = entangle ? Gt1r : Gt0r, X0i = entangle ? Gt1i : Gt0i;
         real X1r = entangle ? Gt0r : Gt1r, X1i = entangle ? Gt0i : Gt1i;
         real Gv0r = Gt0r * ar + Gt0i * ai + X0r * br + X0i * bi;
@@ -582,10 +591,12 @@ static ALWAYS_INLINE void FN(chain_qubit_reverse)(int32_t entangle, const real *
         real Gv1i = Gt1i * ar - Gt1r * ai + X1i * br - X1r * bi;
         real u0r = entangle ? v1r : v0r, u0i = entangle ? v1i : v0i;
         real u1r = entangle ? v0r : v1r, u1i = entangle ? v0i : v1i;
-        G[i] = Gt0r * v0r + Gt0i * v0i + Gt1r * v1r + Gt1i * v1i;
-        G[QB + i] = Gt0i * v0r - Gt0r * v0i + Gt1i * v1r - Gt1r * v1i;
-        G[2 * QB + i] = Gt0r * u0r + Gt0i * u0i + Gt1r * u1r + Gt1i * u1i;
-        G[3 * QB + i] = Gt0i * u0r - Gt0r * u0i + Gt1i * u1r - Gt1r * u1i;
+        if (!first) {
+            G[i] = Gt0r * v0r + Gt0i * v0i + Gt1r * v1r + Gt1i * v1i;
+            G[QB + i] = Gt0i * v0r - Gt0r * v0i + Gt1i * v1r - Gt1r * v1i;
+            G[2 * QB + i] = Gt0r * u0r + Gt0i * u0i + Gt1r * u1r + Gt1i * u1i;
+            G[3 * QB + i] = Gt0i * u0r - Gt0r * u0i + Gt1i * u1r - Gt1r * u1i;
+        }
         /* the angle derivatives Re(conj(G) dz/dangle) */
         real y0 = o[8 * QB + i], y1 = o[9 * QB + i], c1 = o[10 * QB + i];
         real s1 = o[11 * QB + i];
@@ -620,12 +631,17 @@ static ALWAYS_INLINE void FN(chain_reverse)(int32_t n, int32_t entangle,
     for (int64_t i = 0; i < QB; ++i) {
         G[i] = seed[i]; G[QB + i] = 0; G[2 * QB + i] = seed[i]; G[3 * QB + i] = 0;
     }
-    for (int32_t q = n - 1; q >= 0; --q)
-        FN(chain_qubit_reverse)(entangle, st + (int64_t)q * 20 * QB,
-                                q ? ms + (int64_t)(q - 1) * 4 * QB : m_init, G, sb, a[q], d0,
-                                d1, d2, d3, gsb, acc + (int64_t)q * QB,
-                                acc + (int64_t)(n + q) * QB, acc + (int64_t)(2 * n + q) * QB,
-                                acc + (int64_t)(3 * n + q) * QB, acc + (int64_t)(4 * n + q) * QB);
+    for (int32_t q = n - 1; q >= 0; --q) {
+#define CHAIN_QUBIT_REVERSE(first)                                                          \
+        FN(chain_qubit_reverse)(entangle, st + (int64_t)q * 20 * QB,                         \
+                                q ? ms + (int64_t)(q - 1) * 4 * QB : m_init, G, sb, a[q], d0, \
+                                d1, d2, d3, gsb, acc + (int64_t)q * QB,                      \
+                                acc + (int64_t)(n + q) * QB, acc + (int64_t)(2 * n + q) * QB, \
+                                acc + (int64_t)(3 * n + q) * QB,                             \
+                                acc + (int64_t)(4 * n + q) * QB, first)
+        if (q == 0) CHAIN_QUBIT_REVERSE(1); else CHAIN_QUBIT_REVERSE(0);
+#undef CHAIN_QUBIT_REVERSE
+    }
 }
 
 /* what both entry points share: gate tables, flags, the initial message and scratch rows */
