@@ -62,6 +62,10 @@ _SIGNATURES = {
     "qsgd_line_state_bwd": [_i64, _i64, _i64, _i32, _i32, _P, _P, _P, _P, _i32, _i32, _P, _i32,
                             _P, _P, _P],
     "qsgd_reduce": [_i64, _i64, _P, _i64, _i64, _P, _i64, _i64, _P],
+    "qsgd_attn_fwd": [_i64, _i64, _i64, _i64, _i64, _P, _P, _i32, ctypes.c_double,
+                      ctypes.c_double, _i32, _i32, _P, _P, _P, _i32, _i32, _P, _P, _P, _P],
+    "qsgd_attn_bwd": [_i64, _i64, _i64, _i64, _i64, _P, ctypes.c_double, ctypes.c_double, _i32,
+                      _i32, _P, _P, _P, _i32, _i32, _P, _P, _P, _P, _P, _P],
     "qsgd_sincos_array": [_i64, _P, _P, _P],
 }
 
@@ -144,6 +148,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
             fn = getattr(lib, f"{name}_{suf}")
             fn.argtypes, fn.restype = args, None
     lib.qsgd_openmp.argtypes, lib.qsgd_openmp.restype = [], ctypes.c_int
+    lib.qsgd_exp_array_f32.argtypes, lib.qsgd_exp_array_f32.restype = [_i64, _P, _P], None
     return lib, None
 
 

@@ -19,6 +19,9 @@
  *   qsgd_chain_fwd_SUF / qsgd_chain_bwd_SUF   Phi(s) = Re <+..+| C(a s; w) |0..0> for
  *       depth <= 2 by transfer matrices over the CNOT chain's prefix parity, and its exact
  *       gradient (see qsgd/attention/chain.py for the maths);
+ *   qsgd_attn_fwd_SUF / qsgd_attn_bwd_SUF   one quantum-attention layer (scores, Phi by the
+ *       chain, softmax, values) and its gradient in one pass per head, q, k, v read in place
+ *       from the projection (qsgd/attention/fused.py);
  *   qsgd_reduce_SUF   the backward kernels' per-chunk partial sums, summed in a fixed order;
  *   qsgd_sincos_array_SUF   the kernels' sine and cosine over an array (for the tests).
  */
@@ -108,6 +111,27 @@ static inline void qsgd_sincos_f(float x, float *s, float *c) {
     *c = ((q + 1) & 2) ? -co : co;
 }
 
+/* exp for float without calls, so softmax rows vectorise: n = rint(x log2 e),
+ * r = x - n ln 2 (Cody-Waite, Cephes' split), Cephes' expf polynomial on |r| <= ln2/2, times
+ * 2^n through the exponent bits; 0 below -87.3 (so exp(-inf) = 0), NaN kept; arguments above
+ * 88 are taken as 88 (the softmax's are <= 0). About one ulp.
+ * The double kernels call libm's exp (they serve the tests, where accuracy matters). */
+static inline float qsgd_exp_f(float x) {
+    float xc = x < -87.3f ? -87.3f : (x > 88.0f ? 88.0f : x);
+    float n = rintf(xc * 1.44269504088896341f);
+    float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+    float z = r * r;
+    float y = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r
+                + 4.1665795894e-2f) * r + 1.6666665459e-1f) * r + 5.0000001201e-1f;
+    y = y * z + r + 1.0f;
+    union { float f; int32_t i; } sc;
+    sc.i = ((int32_t)n + 127) << 23;
+    float out = y * sc.f;
+    out = x < -87.3f ? 0.0f : out;
+    return x != x ? x : out;
+}
+static inline double qsgd_exp_d(double x) { return exp(x); }
+
 /* exported so the tests can check the approximations against libm */
 void qsgd_sincos_array_f64(int64_t m, const double *x, double *s, double *c) {
     for (int64_t i = 0; i < m; ++i) qsgd_sincos_d(x[i], s + i, c + i);
@@ -115,18 +139,24 @@ void qsgd_sincos_array_f64(int64_t m, const double *x, double *s, double *c) {
 void qsgd_sincos_array_f32(int64_t m, const float *x, float *s, float *c) {
     for (int64_t i = 0; i < m; ++i) qsgd_sincos_f(x[i], s + i, c + i);
 }
+void qsgd_exp_array_f32(int64_t m, const float *x, float *y) {
+    for (int64_t i = 0; i < m; ++i) y[i] = qsgd_exp_f(x[i]);
+}
 
 #define QSGD_REAL double
 #define QSGD_SUF f64
 #define QSGD_SINCOS qsgd_sincos_d
+#define QSGD_EXP qsgd_exp_d
 #include __FILE__
 #undef QSGD_REAL
 #undef QSGD_SUF
 #undef QSGD_SINCOS
+#undef QSGD_EXP
 
 #define QSGD_REAL float
 #define QSGD_SUF f32
 #define QSGD_SINCOS qsgd_sincos_f
+#define QSGD_EXP qsgd_exp_f
 #include __FILE__
 
 #else /* QSGD_BODY: the kernels, once per real type */
@@ -679,6 +709,49 @@ static int FN(chain_setup)(FN(chain_ctx) *c, int32_t n, int32_t depth, const rea
                               (c)->m_init, (c)->st, (c)->ms);                              \
     } while (0)
 
+/* Phi at count scores s (count a multiple of QB or not), with a set-up context */
+static void FN(chain_eval)(FN(chain_ctx) *c, int32_t n, int32_t entangle, const real *s,
+                           const real *a, int64_t count, real *phi) {
+    const real *mf = c->ms + (int64_t)(n - 1) * 4 * QB;
+    for (int64_t b0 = 0; b0 < count; b0 += QB) {
+        const int64_t L = count - b0 < QB ? count - b0 : QB;
+        CHAIN_FORWARD(c, b0, L, 0);
+        for (int64_t i = 0; i < L; ++i) phi[b0 + i] = mf[i] + mf[2 * QB + i];
+    }
+}
+
+/* The gradient of sum_b g_b Phi(s_b) over count scores, with a set-up context: gs = dL/ds,
+ * and the per-lane sums added to acc (5 n rows of QB doubles, as chain_reverse). */
+static void FN(chain_grad)(FN(chain_ctx) *c, int32_t n, int32_t entangle, const real *s,
+                           const real *a, const real *g, int64_t count, real *gs,
+                           double *acc) {
+    real gb[QB], gsb[QB], sb[QB];
+    for (int64_t b0 = 0; b0 < count; b0 += QB) {
+        const int64_t L = count - b0 < QB ? count - b0 : QB;
+        for (int64_t i = 0; i < QB; ++i) {
+            sb[i] = i < L ? s[b0 + i] : (real)0;
+            gb[i] = i < L ? g[b0 + i] : (real)0;  /* padded lanes: g = 0, no gradient */
+            gsb[i] = 0;
+        }
+        CHAIN_FORWARD(c, b0, L, 1);
+        if (c->paper)  /* constant flags */
+            FN(chain_reverse)(n, 1, c->m_init, c->st, c->ms, gb, sb, a, 1, 1, 1, 1, gsb, acc);
+        else
+            FN(chain_reverse)(n, entangle, c->m_init, c->st, c->ms, gb, sb, a, c->d[0],
+                              c->d[1], c->d[2], c->d[3], gsb, acc);
+        for (int64_t i = 0; i < L; ++i) gs[b0 + i] = gsb[i];
+    }
+}
+
+/* the per-lane sums of acc (width rows of QB) into out (width), in a fixed order */
+static void FN(lane_sums)(int64_t width, const double *acc, double *out) {
+    for (int64_t k = 0; k < width; ++k) {
+        double tot = 0.0;
+        for (int64_t i = 0; i < QB; ++i) tot += acc[k * QB + i];
+        out[k] = tot;
+    }
+}
+
 /* Phi at the scores i0 <= b < i1 of s; w (depth, 2, n); data[4]: which gates carry the data
  * angle. */
 static void FN(chain_fwd_range)(int64_t i0, int64_t i1, int32_t n, int32_t depth, const real *s,
@@ -686,12 +759,7 @@ static void FN(chain_fwd_range)(int64_t i0, int64_t i1, int32_t n, int32_t depth
                         int32_t entangle, real *phi) {
     FN(chain_ctx) c;
     if (!FN(chain_setup)(&c, n, depth, w, data, hadamard, entangle)) return;
-    const real *mf = c.ms + (int64_t)(n - 1) * 4 * QB;
-    for (int64_t b0 = i0; b0 < i1; b0 += QB) {
-        const int64_t L = i1 - b0 < QB ? i1 - b0 : QB;
-        CHAIN_FORWARD(&c, b0, L, 0);
-        for (int64_t i = 0; i < L; ++i) phi[b0 + i] = mf[i] + mf[2 * QB + i];
-    }
+    FN(chain_eval)(&c, n, entangle, s + i0, a, i1 - i0, phi + i0);
     free(c.buf);
 }
 
@@ -709,37 +777,162 @@ static void FN(chain_bwd_range)(int64_t c0, int64_t c1, int64_t B, int32_t n, in
     if (!FN(chain_setup)(&c, n, depth, w, data, hadamard, entangle)) return;
     double *acc = (double *)malloc(sizeof(double) * (size_t)(5 * n * QB));
     if (!acc) { free(c.buf); return; }
-    real gb[QB], gsb[QB], sb[QB];
     for (int64_t ch = c0; ch < c1; ++ch) {
         const int64_t e0 = ch * CHUNK, e1 = e0 + CHUNK < B ? e0 + CHUNK : B;
         for (int64_t k = 0; k < 5 * n * QB; ++k) acc[k] = 0.0;
-        for (int64_t b0 = e0; b0 < e1; b0 += QB) {
-            const int64_t L = e1 - b0 < QB ? e1 - b0 : QB;
-            for (int64_t i = 0; i < QB; ++i) {
-                sb[i] = i < L ? s[b0 + i] : (real)0;
-                gb[i] = i < L ? g[b0 + i] : (real)0;  /* padded lanes: g = 0, no gradient */
-                gsb[i] = 0;
-            }
-            CHAIN_FORWARD(&c, b0, L, 1);
-            if (c.paper)  /* constant flags */
-                FN(chain_reverse)(n, 1, c.m_init, c.st, c.ms, gb, sb, a, 1, 1, 1, 1, gsb, acc);
-            else
-                FN(chain_reverse)(n, entangle, c.m_init, c.st, c.ms, gb, sb, a, c.d[0], c.d[1],
-                                  c.d[2], c.d[3], gsb, acc);
-            for (int64_t i = 0; i < L; ++i) gs[b0 + i] = gsb[i];
-        }
-        double *pc = part + ch * 5 * n;
-        for (int64_t k = 0; k < 5 * n; ++k) {
-            double tot = 0.0;
-            for (int64_t i = 0; i < QB; ++i) tot += acc[k * QB + i];
-            pc[k] = tot;
-        }
+        FN(chain_grad)(&c, n, entangle, s + e0, a, g + e0, e1 - e0, gs + e0, acc);
+        FN(lane_sums)(5 * n, acc, part + ch * 5 * n);
     }
     free(acc);
     free(c.buf);
 }
 
-#undef CHAIN_FORWARD
+/* ------------------------------------------------------------------------- fused attention
+ * One quantum-attention layer for the heads bh0 <= bh < bh1 (bh = b H + h), q, k, v read in
+ * place from the projection's output qkv (B, L, 3, H, E):
+ *     S = scale q k^T,  logits = S + gamma Phi(S) + mask,  P = softmax over keys,  O = P v,
+ * Phi the chain's readout (above); mask -inf where pad[b L + j] (a padding key) or, causal,
+ * j > i. O is written at out (B, L, H, E); S, Phi and P (B, H, L, L) are kept for the
+ * backward. A row with every key masked gives NaN, as torch's softmax. */
+#define QKV(b, i, part, h) (qkv + ((((b) * L + (i)) * 3 + (part)) * H + (h)) * E)
+
+/* out[c] = sum_t a[t as] x[t xs + c] for c < m: a small matrix-vector product whose
+ * accumulators stay in registers (two 32-byte GNU C vectors: 16 float or 8 double columns at
+ * a time; a scalar tail) */
+typedef real FN(vec) __attribute__((vector_size(32)));
+#define VW ((int64_t)(32 / sizeof(real)))
+
+static inline void FN(combo)(int64_t T, const real *a, int64_t as, const real *x, int64_t xs,
+                             int64_t m, real *out) {
+    int64_t c0 = 0;
+    for (; c0 + 2 * VW <= m; c0 += 2 * VW) {
+        FN(vec) acc0 = {0}, acc1 = {0}, x0, x1;
+        for (int64_t t = 0; t < T; ++t) {
+            const real *xr = x + t * xs + c0;
+            memcpy(&x0, xr, sizeof x0);
+            memcpy(&x1, xr + VW, sizeof x1);
+            const real at = a[t * as];
+            acc0 += at * x0;
+            acc1 += at * x1;
+        }
+        memcpy(out + c0, &acc0, sizeof acc0);
+        memcpy(out + c0 + VW, &acc1, sizeof acc1);
+    }
+    for (; c0 < m; ++c0) {
+        real acc = 0;
+        for (int64_t t = 0; t < T; ++t) acc += a[t * as] * x[t * xs + c0];
+        out[c0] = acc;
+    }
+}
+/* sum_e x[e] y[e] for e < m, in vectors of VW lanes (then a fixed-order sum of the lanes)
+ * and a scalar tail */
+static inline real FN(dot)(const real *x, const real *y, int64_t m) {
+    FN(vec) acc = {0}, xv, yv;
+    int64_t e = 0;
+    for (; e + VW <= m; e += VW) {
+        memcpy(&xv, x + e, sizeof xv);
+        memcpy(&yv, y + e, sizeof yv);
+        acc += xv * yv;
+    }
+    real tot = 0;
+    for (int64_t l = 0; l < VW; ++l) tot += acc[l];
+    for (; e < m; ++e) tot += x[e] * y[e];
+    return tot;
+}
+#undef VW
+
+static void FN(attn_fwd_range)(int64_t bh0, int64_t bh1, int64_t H, int64_t L, int64_t E,
+        const real *qkv, const uint8_t *pad, int32_t causal, real scale, real gamma, int32_t n,
+        int32_t depth, const real *a, const real *w, const int32_t *data, int32_t hadamard,
+        int32_t entangle, real *out, real *S, real *Phi, real *P) {
+    FN(chain_ctx) c;
+    if (!FN(chain_setup)(&c, n, depth, w, data, hadamard, entangle)) return;
+    real *madd = (real *)malloc(sizeof(real) * (size_t)L);  /* the keys' additive mask */
+    if (!madd) { free(c.buf); return; }
+    const int64_t ld = 3 * H * E;  /* the stride of consecutive positions in qkv */
+    for (int64_t bh = bh0; bh < bh1; ++bh) {
+        const int64_t b = bh / H, h = bh % H;
+        real *Sb = S + bh * L * L, *Fb = Phi + bh * L * L, *Pb = P + bh * L * L;
+        for (int64_t j = 0; j < L; ++j) madd[j] = pad && pad[b * L + j] ? -(real)INFINITY : 0;
+        for (int64_t i = 0; i < L; ++i) {  /* S = scale q k^T */
+            const real *q = QKV(b, i, 0, h);
+            for (int64_t j = 0; j < L; ++j) Sb[i * L + j] = FN(dot)(q, QKV(b, j, 1, h), E) * scale;
+        }
+        FN(chain_eval)(&c, n, entangle, Sb, a, L * L, Fb);
+        for (int64_t i = 0; i < L; ++i) {  /* logits, softmax, O = P v */
+            real *row = Pb + i * L, m = -(real)INFINITY, tot = 0;
+            const int64_t keep = causal ? i + 1 : L;
+            /* separate loops: the elementwise ones vectorise, the two reductions are short */
+            for (int64_t j = 0; j < L; ++j) {
+                const real val = Sb[i * L + j] + gamma * Fb[i * L + j] + madd[j];
+                row[j] = j < keep ? val : -(real)INFINITY;
+            }
+            for (int64_t j = 0; j < L; ++j) m = row[j] > m ? row[j] : m;
+            for (int64_t j = 0; j < L; ++j) row[j] = QSGD_EXP(row[j] - m);
+            for (int64_t j = 0; j < L; ++j) tot += row[j];
+            const real inv = (real)1 / tot;
+            for (int64_t j = 0; j < L; ++j) row[j] *= inv;
+            FN(combo)(L, row, 1, QKV(b, 0, 2, h), ld, E, out + ((b * L + i) * H + h) * E);
+        }
+    }
+    free(madd);
+    free(c.buf);
+}
+
+/* Its backward for the heads bh0 <= bh < bh1: dO (B, L, H, E) in, dqkv (B, L, 3, H, E) out
+ * (every entry of these heads written), and per head the partial sums part[bh] (5 n + 1):
+ * the chain's (dL/dw of the four gates, dL/da, as qsgd_chain_bwd) and dL/dgamma, in double.
+ *     dP = dO v^T, dv = P^T dO, dlogits = P (dP - rowsum(P dP)), dgamma = sum dlogits Phi,
+ *     dS = dlogits + (the chain's dL/ds for g = gamma dlogits), dq = scale dS k,
+ *     dk = scale dS^T q. */
+static void FN(attn_bwd_range)(int64_t bh0, int64_t bh1, int64_t H, int64_t L, int64_t E,
+        const real *qkv, real scale, real gamma, int32_t n, int32_t depth, const real *a,
+        const real *w, const int32_t *data, int32_t hadamard, int32_t entangle, const real *S,
+        const real *Phi, const real *P, const real *dout, real *dqkv, double *part) {
+    FN(chain_ctx) c;
+    if (!FN(chain_setup)(&c, n, depth, w, data, hadamard, entangle)) return;
+    real *buf = (real *)malloc(sizeof(real) * (size_t)(3 * L * L));
+    double *acc = (double *)malloc(sizeof(double) * (size_t)(5 * n * QB));
+    if (!buf || !acc) { free(buf); free(acc); free(c.buf); return; }
+    real *dl = buf, *g = buf + L * L, *gs = buf + 2 * L * L;
+    const int64_t ld = 3 * H * E, lo = H * E;  /* position strides of qkv and dO */
+#define DQKV(b, i, part, h) (dqkv + ((((b) * L + (i)) * 3 + (part)) * H + (h)) * E)
+    for (int64_t bh = bh0; bh < bh1; ++bh) {
+        const int64_t b = bh / H, h = bh % H;
+        const real *Fb = Phi + bh * L * L, *Pb = P + bh * L * L;
+        const real *dO = dout + (b * L * H + h) * E;  /* row i at dO + i lo */
+        double dgamma = 0.0;
+        for (int64_t i = 0; i < L; ++i) {  /* dP = dO v^T, then dlogits */
+            real *row = dl + i * L, rs = 0;
+            for (int64_t j = 0; j < L; ++j) row[j] = FN(dot)(dO + i * lo, QKV(b, j, 2, h), E);
+            for (int64_t j = 0; j < L; ++j) rs += Pb[i * L + j] * row[j];
+            for (int64_t j = 0; j < L; ++j) {
+                const real d = Pb[i * L + j] * (row[j] - rs);
+                row[j] = d;
+                g[i * L + j] = gamma * d;
+            }
+            real dg = 0;  /* the row's share of dL/dgamma, then in double */
+            for (int64_t j = 0; j < L; ++j) dg += row[j] * Fb[i * L + j];
+            dgamma += (double)dg;
+        }
+        for (int64_t j = 0; j < L; ++j)  /* dv = P^T dO */
+            FN(combo)(L, Pb + j, L, dO, lo, E, DQKV(b, j, 2, h));
+        for (int64_t k = 0; k < 5 * n * QB; ++k) acc[k] = 0.0;
+        FN(chain_grad)(&c, n, entangle, S + bh * L * L, a, g, L * L, gs, acc);
+        FN(lane_sums)(5 * n, acc, part + bh * (5 * n + 1));
+        part[bh * (5 * n + 1) + 5 * n] = dgamma;
+        for (int64_t k = 0; k < L * L; ++k) dl[k] = (dl[k] + gs[k]) * scale;  /* scale dS */
+        for (int64_t i = 0; i < L; ++i)  /* dq = dS k */
+            FN(combo)(L, dl + i * L, 1, QKV(b, 0, 1, h), ld, E, DQKV(b, i, 0, h));
+        for (int64_t j = 0; j < L; ++j)  /* dk = dS^T q */
+            FN(combo)(L, dl + j, L, QKV(b, 0, 0, h), ld, E, DQKV(b, j, 1, h));
+    }
+#undef DQKV
+    free(buf);
+    free(acc);
+    free(c.buf);
+}
+#undef QKV
 
 /* the sum over chunks of part (chunks, width), in double in a fixed order, written as reals:
  * entries [o1, o1 + n1) to out1 and [o2, o2 + n2) to out2 (the backward kernels' gradients of
@@ -795,6 +988,28 @@ void FN(qsgd_chain_bwd)(int64_t c0, int64_t c1, int64_t B, int32_t n, int32_t de
                         double *part) {
     PARALLEL_RANGE(c0, c1, 1, 2, FN(chain_bwd_range)(a_, b_, B, n, depth, s, a, w, data,
                                                      hadamard, entangle, g, gs, part));
+}
+
+void FN(qsgd_attn_fwd)(int64_t bh0, int64_t bh1, int64_t H, int64_t L, int64_t E,
+                       const real *qkv, const uint8_t *pad, int32_t causal, double scale,
+                       double gamma, int32_t n, int32_t depth, const real *a, const real *w,
+                       const int32_t *data, int32_t hadamard, int32_t entangle, real *out,
+                       real *S, real *Phi, real *P) {
+    PARALLEL_RANGE(bh0, bh1, 1, 2, FN(attn_fwd_range)(a_, b_, H, L, E, qkv, pad, causal,
+                                                      (real)scale, (real)gamma, n, depth, a, w,
+                                                      data, hadamard, entangle, out, S, Phi,
+                                                      P));
+}
+
+void FN(qsgd_attn_bwd)(int64_t bh0, int64_t bh1, int64_t H, int64_t L, int64_t E,
+                       const real *qkv, double scale, double gamma, int32_t n, int32_t depth,
+                       const real *a, const real *w, const int32_t *data, int32_t hadamard,
+                       int32_t entangle, const real *S, const real *Phi, const real *P,
+                       const real *dout, real *dqkv, double *part) {
+    PARALLEL_RANGE(bh0, bh1, 1, 2, FN(attn_bwd_range)(a_, b_, H, L, E, qkv, (real)scale,
+                                                      (real)gamma, n, depth, a, w, data,
+                                                      hadamard, entangle, S, Phi, P, dout,
+                                                      dqkv, part));
 }
 
 #undef GT

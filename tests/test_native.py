@@ -6,6 +6,7 @@ cosine; what happens without a compiler; thread-count independence."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -377,3 +378,137 @@ def test_simulate_takes_the_kernel_only_without_gradients():
         # mostly absent gates (the circuit perturbation's circuit): the engine skips them
         assert not sv._native_applies(CircuitSpec(3, encoding="once"), x, None)
         assert sv._native_applies(CircuitSpec(3, encoding="once"), x, w)
+
+
+# ----------------------------------------------------------------------------- fused attention
+
+
+@st.composite
+def attention_cases(draw):
+    n = draw(st.integers(1, 4))
+    depth = draw(st.integers(1, 2))
+    H = draw(st.integers(1, 3))
+    E = draw(st.sampled_from([1, 3, 8, 16, 19]))
+    T = draw(st.integers(1, 20))
+    B = draw(st.integers(1, 3))
+    mask = draw(st.sampled_from(["none", "padding", "causal"]))
+    return dict(n=n, depth=depth, H=H, E=E, T=T, B=B, mask=mask,
+                entangle=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
+
+
+def _attention_pair(case, dtype=F64):
+    """The layer on the fused kernel and on torch operations (the chain's kernel), one state."""
+    from qsgd.attention import QuantumAttention
+
+    torch.manual_seed(case["seed"])
+    kw = dict(n_qubits=case["n"], depth=case["depth"], entangle=case["entangle"])
+    ref = QuantumAttention(case["H"] * case["E"], case["H"], fused=False, **kw).to(dtype)
+    with torch.no_grad():
+        ref.gamma.fill_(0.8)
+        ref.phi.scale.mul_(1.5)
+    fused = QuantumAttention(case["H"] * case["E"], case["H"], fused=True, **kw).to(dtype)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def _layer_grads(m, x, pad, causal, probe):
+    xx = x.clone().requires_grad_()
+    y = m(xx, key_padding_mask=pad, is_causal=causal)
+    return (y.detach(), *torch.autograd.grad((y * probe).sum(), [xx, *m.parameters()]))
+
+
+def _mask(case, g):
+    pad = None
+    if case["mask"] == "padding":
+        pad = torch.rand(case["B"], case["T"], generator=g) < 0.3
+        pad[:, 0] = False  # every sequence keeps a key (an all-padding row is NaN in both)
+    return pad, case["mask"] == "causal"
+
+
+@needs_native
+@settings(max_examples=30, deadline=None)
+@given(attention_cases())
+def test_fused_attention_equals_torch_path(case):
+    """The fused kernel against the layer's torch operations (softmax(S + γΦ(S) + mask)·V with Φ
+    by the chain): values and the gradients of the input and of every parameter, float64."""
+    ref, fused = _attention_pair(case)
+    g = torch.Generator().manual_seed(case["seed"])
+    x = torch.randn(case["B"], case["T"], case["H"] * case["E"], generator=g, dtype=F64)
+    pad, causal = _mask(case, g)
+    probe = torch.randn(x.shape, generator=g, dtype=F64)
+    got = _layer_grads(fused, x, pad, causal, probe)
+    want = _layer_grads(ref, x, pad, causal, probe)
+    names = ["output", "input"] + [name for name, _ in ref.named_parameters()]
+    for name, a, b in zip(names, got, want):
+        assert torch.allclose(a, b, atol=1e-11, rtol=0), (name, (a - b).abs().max())
+
+
+@needs_native
+def test_fused_attention_float32_threads_gradcheck_and_errors():
+    from qsgd.attention import fused_attention
+
+    case = dict(n=4, depth=2, H=4, E=16, T=16, B=5, mask="padding", entangle=True, seed=7)
+    ref, fused = _attention_pair(case, torch.float32)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(5, 16, 64, generator=g)
+    pad, causal = _mask(case, g)
+    probe = torch.randn(x.shape, generator=g)
+    want = _layer_grads(ref, x, pad, causal, probe)
+    before, runs = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            runs.append(_layer_grads(fused, x, pad, causal, probe))
+    finally:
+        torch.set_num_threads(before)
+    for run in runs[1:]:  # heads split over threads, parameter sums in a fixed order
+        for a, b in zip(run, runs[0]):
+            assert torch.equal(a, b)
+    for a, b in zip(runs[0], want):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a - b).abs().max()
+    # gradcheck of the functional form on a tiny layer, in float64
+    tiny = dict(n=2, depth=2, H=2, E=3, T=4, B=2, mask="none", entangle=True, seed=1)
+    _, layer = _attention_pair(tiny)
+    qkv = torch.randn(2, 4, 3, 2, 3, generator=g, dtype=F64, requires_grad=True)
+    gamma = torch.tensor(0.6, dtype=F64, requires_grad=True)
+    def fn(qkv_, gamma_, a_, w_):  # Φ's parameters as inputs: a stand-in with its attributes
+        phi = SimpleNamespace(scale=a_, weights=w_, chain_spec=layer.phi.chain_spec)
+        return fused_attention(qkv_, phi, gamma_, is_causal=True)
+
+    args = (qkv, gamma, *(p.detach().clone().requires_grad_()
+                          for p in (layer.phi.scale, layer.phi.weights)))
+    assert torch.autograd.gradcheck(fn, args)
+    with pytest.raises(ValueError, match="not both"):
+        fused_attention(qkv, layer.phi, gamma, key_padding_mask=torch.zeros(2, 4, dtype=bool),
+                        is_causal=True)
+    with pytest.raises(ValueError, match=r"qkv must have shape \(B, L, 3, H, E\)"):
+        fused_attention(qkv[:, :, :2], layer.phi, gamma)
+    with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(2, 4\)"):
+        fused_attention(qkv, layer.phi, gamma, key_padding_mask=torch.zeros(2, 5, dtype=bool))
+
+
+def test_fused_attention_is_taken_only_where_it_applies():
+    from qsgd.attention import QuantumAttention, fused_applies
+
+    layer = QuantumAttention(8, 2, n_qubits=2, dropout=0.1)
+    x = torch.randn(2, 3, 8)
+    runs = native_chain_runs("cpu")
+    assert fused_applies(layer.phi, x, dropout_active=False) == runs
+    assert not fused_applies(layer.phi, x, dropout_active=True)  # attention dropout: torch ops
+    assert not fused_applies(layer.phi, x.to(torch.bfloat16), dropout_active=False)
+    layer.phi.method = "fourier"
+    assert not fused_applies(layer.phi, x, dropout_active=False)
+
+
+@needs_native
+def test_kernel_exp():
+    x = torch.cat([torch.linspace(-90, 88, 400_001), torch.tensor([0.0, -float("inf")])])
+    y = torch.empty_like(x)
+    _native.library().qsgd_exp_array_f32(x.numel(), x.data_ptr(), y.data_ptr())
+    ref = torch.exp(x.double())
+    rel = ((y.double() - ref).abs() / ref.clamp_min(1e-300))[ref > 1e-37]
+    assert rel.max() < 4e-7, rel.max()
+    assert float(y[-1]) == 0.0 and float(y[-2]) == 1.0
+    z = torch.tensor([float("nan")])
+    _native.library().qsgd_exp_array_f32(1, z.data_ptr(), z.data_ptr())
+    assert torch.isnan(z).all()

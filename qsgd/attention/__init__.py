@@ -13,6 +13,9 @@ Modules (one concern each; everything public is re-exported here):
   transfer matrices over the qubits (native CPU kernel, or torch operations).
 * :mod:`qsgd.attention.state`: :func:`state_line`, Φ by one statevector per score (native
   kernel with adjoint gradients, or the torch engine).
+* :mod:`qsgd.attention.fused`: :func:`fused_attention`, a whole layer's scores, Φ (chain),
+  softmax and values in one native kernel, forward and backward (the layer's default where
+  it applies).
 
 The circuits themselves (simulator, Fourier form) are :mod:`qsgd.circuit`'s; nothing there
 knows about attention.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 from .chain import chain_line
 from .coefficients import line_coefficients
+from .fused import fused_applies, fused_attention
 from .layers import PHI_METHODS, PHI_READOUTS, QuantumAttention, ScoreCircuit, quantum_attention
 from .series import circuit_line, fourier_eval_line, line_series
 from .state import state_line
@@ -38,4 +42,6 @@ __all__ = [
     "circuit_line",
     "chain_line",
     "state_line",
+    "fused_attention",
+    "fused_applies",
 ]

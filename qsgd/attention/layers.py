@@ -49,6 +49,7 @@ from ..circuit import CircuitSpec
 from ..circuit.fourier import frequency_tuple
 from ..circuit.statevector import NATIVE_MAX_QUBITS
 from .chain import chain_line, chain_supported, native_chain_runs
+from .fused import fused_applies, fused_attention
 from .series import circuit_line
 from .state import state_line
 
@@ -142,6 +143,10 @@ class ScoreCircuit(nn.Module):
         return _resolve(self.method, self.n_qubits, self.depth, self.entangle, self.readout,
                         native_chain_runs(device))
 
+    def chain_spec(self) -> CircuitSpec:
+        """The circuit as a :class:`~qsgd.circuit.CircuitSpec` (H first, data in every gate)."""
+        return _spec(self.n_qubits, self.depth, self.entangle)
+
     def forward(self, scores: Tensor) -> Tensor:
         w = self.weights if self.weights.dtype == scores.dtype else self.weights.to(scores.dtype)
         kw = dict(depth=self.depth, entangle=self.entangle, hadamard=True, encoding="reupload")
@@ -153,6 +158,11 @@ class ScoreCircuit(nn.Module):
             return circuit_line(w, self.scale, scores, readout=ro, **kw)
         ro = "amp_sum" if self.readout == "amp" else "Z"
         return state_line(w, self.scale, scores, readout=ro, **kw)
+
+
+@functools.lru_cache(maxsize=64)
+def _spec(n: int, depth: int, entangle: bool) -> CircuitSpec:
+    return CircuitSpec(n, depth, entangle, True, "reupload")
 
 
 @functools.lru_cache(maxsize=256)
@@ -232,6 +242,10 @@ class QuantumAttention(nn.Module):
         gamma_init: initial γ (default 0.1; see the module docstring).
         dropout: attention dropout probability in training (default 0).
         bias: biases of the projections (default True).
+        fused: where Φ is the chain with its native kernel and no attention dropout is active,
+            compute scores, Φ, softmax and values of all heads in one native kernel, forward and
+            backward (:mod:`qsgd.attention.fused`; default True); False: always the torch
+            operations of :func:`quantum_attention`. The same function, to rounding.
 
     ``forward(x, key_padding_mask=None, is_causal=False)``: x (B, T, d_model);
     ``key_padding_mask`` (B, T) bool, True marks padding keys to ignore (as
@@ -241,13 +255,14 @@ class QuantumAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int = 2, *, circuit: str = "on",
                  n_qubits: int = 2, depth: int = 2, entangle: bool = True,
                  readout: str = "amp", gamma_init: float = 0.1, dropout: float = 0.0,
-                 bias: bool = True):
+                 bias: bool = True, fused: bool = True):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         if circuit not in ("on", "off"):
             raise ValueError(f"invalid circuit: {circuit!r} (valid: on, off)")
         self.d_model, self.n_heads, self.dropout = d_model, n_heads, float(dropout)
+        self.fused = bool(fused)
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.out = nn.Linear(d_model, d_model, bias=bias)
         if circuit == "on":
@@ -262,6 +277,11 @@ class QuantumAttention(nn.Module):
                 is_causal: bool = False) -> Tensor:
         B, T, D = x.shape
         H = self.n_heads
+        dropout_active = self.training and self.dropout > 0.0
+        if self.phi is not None and self.fused and fused_applies(self.phi, x, dropout_active):
+            y = fused_attention(self.qkv(x).view(B, T, 3, H, D // H), self.phi, self.gamma,
+                                key_padding_mask=key_padding_mask, is_causal=is_causal)
+            return self.out(y.reshape(B, T, D))
         qkv = self.qkv(x).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)
         if self.phi is not None:  # the explicit path's matmuls want contiguous heads (SDPA not)
             qkv = qkv.contiguous()
