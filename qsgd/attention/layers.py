@@ -25,7 +25,8 @@ this structure to different degrees (:class:`ScoreCircuit`): ``method="chain"`` 
 depth ≤ 2, the paper's circuit; chosen by the default ``"auto"`` there) writes ⟨+…+|C|0…0⟩ as
 a product of 2×2 transfer matrices over the qubits (:mod:`qsgd.attention.chain`), linear in
 n; ``"fourier"`` evaluates the trigonometric polynomial; ``"state"`` simulates one statevector
-per score.
+per score. With the chain and its native kernel, :class:`QuantumAttention` computes scores, Φ,
+softmax and values of a layer in one kernel (:mod:`qsgd.attention.fused`), the same function.
 
 Initial values: a_q = 1 (angles of the order of the scores), w ~ U(−π, π) (a generic circuit,
 drawn from torch's global generator so a seeded model is reproducible), and γ = 0.1: the model
