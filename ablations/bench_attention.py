@@ -9,34 +9,47 @@ change of load on a shared machine affects them alike):
 
 1. ``attention``: forward + backward of one attention layer (``qsgd.attention.QuantumAttention``)
    at the classifier's shapes (batch 64, sequence 24, d_model 32, 2 heads, 2 qubits, depth 2),
-   circuit off (exactly SDPA), on with Φ by its exact Fourier form (the default), and on with
-   one simulated statevector per score.
+   circuit off (exactly SDPA), and on with Φ by each exact method: the transfer-matrix chain
+   (the default, ``"auto"``), the Fourier form, one simulated statevector per score.
 2. ``classifier``: one training step's forward + backward of the whole 2-layer
-   ``qsgd.models.TransformerClassifier`` at the same shapes, for the same three settings.
-3. ``circuits``: circuits per second for the same batch of circuits (the attention layer's
+   ``qsgd.models.TransformerClassifier`` at the same shapes, for the same four settings.
+3. ``step``: the whole training step as the classifier arm takes it (zero_grad, forward, loss,
+   backward, gradient clipping at 1, ``SuperpositionalAdamW`` with its defaults, sin and
+   λ = 0.5) at the paper's shape (embedding 64, 4 heads, feed-forward 128, 2 layers, batch 32,
+   sequence 16; circuit 4 qubits, depth 2) and at the shape above (2 qubits), on each thread
+   count of ``--step-threads`` (default 1 and 2: a harness worker's single thread, and both
+   cores of the machine the harness is sized for): classical and the default method (the
+   chain) of both shapes in the same interleaved rounds, the Fourier and state methods in
+   rounds of their own (fewer: they are slow, and their memory traffic would cool the caches
+   of the others).
+4. ``circuits``: circuits per second for the same batch of circuits (the attention layer's
    64·2·24·24 = 73,728 scores, each one circuit with angles a·s + w, 2 and 4 qubits, depth 2,
-   amplitudes read out, no gradient): the torch statevector simulator on the full batch, Qiskit
-   Aer (``qsgd.circuit.simulate(backend="aer")``: one experiment per circuit, parameters bound
-   to one transpiled template, the most favourable way to call Aer) on ``--aer-batch`` circuits,
+   amplitudes read out, no gradient, float32): ``qsgd.circuit.simulate`` on the full batch (on
+   the CPU without gradients it runs the native gate-by-gate kernel), the torch engine's tensor
+   operations (the path that carries gradients) on it, Qiskit Aer
+   (``qsgd.circuit.simulate(backend="aer")``: one experiment per circuit, parameters bound to
+   one transpiled template, the most favourable way to call Aer) on ``--aer-batch`` circuits,
    and ``qiskit.quantum_info.Statevector`` built circuit by circuit (what a straightforward
    Qiskit implementation does) on fewer. Aer and Statevector rates are scaled from their smaller
-   batches (rate = circuits / seconds); the markdown gives the torch/Aer ratio.
-4. ``perturbation``: one call of the circuit perturbation's term (``qsgd.circuit.Circuit``,
+   batches (rate = circuits / seconds); the markdown gives the torch/Aer ratio, and the largest
+   difference between the amplitudes of the torch rows and Aer's on Aer's batch.
+5. ``perturbation``: one call of the circuit perturbation's term (``qsgd.circuit.Circuit``,
    4 qubits) against the closed-form ``sin`` term, at 10⁵ and 10⁶ parameters.
-5. ``optimizer``: one optimizer step on the quantum classifier's 36 parameter tensors: torch's
+6. ``optimizer``: one optimizer step on the quantum classifier's 36 parameter tensors: torch's
    AdamW (per-tensor loop, its CPU default, and foreach) against SuperpositionalAdamW's
    reference (``foreach=False``), multi-tensor and flat (the CPU default) paths, for adamw
    (λ = 0), sin-l0.5 and gauss-l0.5. With tensors this small a CPU step is per-operation
    overhead, which the flat path removes.
 
-Threads: ``--threads`` (default 1) sets ``torch.set_num_threads``; on a small shared machine one
-thread avoids contention between OpenMP workers and gives steadier numbers. Aer uses its own
-thread pool (``max_parallel_threads`` is set to the same number).
+Threads: ``--threads`` (default 1) sets ``torch.set_num_threads`` for every group but ``step``;
+on a small shared machine one thread avoids contention between OpenMP workers and gives steadier
+numbers. Aer uses its own thread pool (``max_parallel_threads`` is set to the same number).
 
 Columns of attention.csv: group, variant, items, unit, ms_median, ms_p25, ms_p75, reps,
 items_per_s (items / median seconds), ratio (ms_median over the group's reference row: classical
-attention, the torch simulator, the sin term, or torch's AdamW loop; for ``circuits`` it is the
-torch rate over this row's rate).
+attention at the row's shape, the torch simulator, the sin term, or torch's AdamW loop; for
+``circuits`` it is the torch rate over this row's rate), max_abs_diff (``circuits`` rows of the
+torch simulator: the largest |amplitude − Aer's| on Aer's batch; empty elsewhere).
 """
 
 from __future__ import annotations
@@ -55,8 +68,13 @@ from pathlib import Path
 import torch
 
 CSV_COLUMNS = ["group", "variant", "items", "unit", "ms_median", "ms_p25", "ms_p75", "reps",
-               "items_per_s", "ratio"]
+               "items_per_s", "ratio", "max_abs_diff"]
 B, T, D, H = 64, 24, 32, 2
+#: the paper's classifier (PAPER.md, Tables II and III): embedding, heads, feed-forward, batch,
+#: sequence (ours: the arm's seq_len), qubits of the attention's circuit
+PAPER_SHAPE = dict(d_model=64, n_heads=4, d_ff=128, batch=32, seq=16, n_qubits=4)
+#: Φ's methods as the bench names them: (row suffix, ScoreCircuit.method)
+METHODS = [("chain", "auto"), ("fourier", "fourier"), ("state", "state")]
 
 
 def _stats(ts: list[float]) -> tuple[float, float, float]:
@@ -89,7 +107,8 @@ def _row(group, variant, items, unit, timing, reps):
     med, p25, p75 = timing
     return {"group": group, "variant": variant, "items": items, "unit": unit,
             "ms_median": med, "ms_p25": p25, "ms_p75": p75, "reps": reps,
-            "items_per_s": items / (med / 1e3), "ratio": float("nan")}
+            "items_per_s": items / (med / 1e3), "ratio": float("nan"),
+            "max_abs_diff": float("nan")}
 
 
 def bench_attention(warmup: int, reps: int) -> list[dict]:
@@ -99,8 +118,8 @@ def bench_attention(warmup: int, reps: int) -> list[dict]:
     rows = []
     torch.manual_seed(0)
     x = torch.randn(B, T, D)
-    settings = [("classical", "off", None), ("quantum-fourier", "on", "fourier"),
-                ("quantum-state", "on", "state")]
+    settings = [("classical", "off", None)] + [(f"quantum-{name}", "on", method)
+                                               for name, method in METHODS]
     steps = {}
     for name, circuit, method in settings:
         att = QuantumAttention(D, H, circuit=circuit, n_qubits=2, depth=2)
@@ -119,9 +138,8 @@ def bench_attention(warmup: int, reps: int) -> list[dict]:
     tok = torch.randint(1, 17, (B, T))
     y = torch.randint(0, 2, (B,))
     steps = {}
-    for name, attention, method in [("classical", "classical", None),
-                                     ("quantum-fourier", "quantum", "fourier"),
-                                     ("quantum-state", "quantum", "state")]:
+    for name, attention, method in [("classical", "classical", None)] + [
+            (f"quantum-{name}", "quantum", method) for name, method in METHODS]:
         torch.manual_seed(0)
         model = TransformerClassifier(17, 2, max_len=T, d_model=D, n_heads=H, d_ff=2 * D,
                                       attention=attention, n_qubits=2)
@@ -144,9 +162,73 @@ def bench_attention(warmup: int, reps: int) -> list[dict]:
     return rows
 
 
+def _training_step(attention: str, method: str | None, *, d_model: int, n_heads: int,
+                   d_ff: int, batch: int, seq: int, n_qubits: int) -> Callable[[], None]:
+    """One training step of the classifier arm's loop (ablations/arms/classifier.py: zero_grad,
+    forward, cross-entropy, backward, clipping at 1, the optimizer) on a fixed batch."""
+    from qsgd import SuperpositionalAdamW
+    from qsgd.models import TransformerClassifier
+
+    torch.manual_seed(0)
+    model = TransformerClassifier(17, 2, max_len=seq, d_model=d_model, n_heads=n_heads,
+                                  d_ff=d_ff, attention=attention, n_qubits=n_qubits)
+    if method is not None:
+        for blk in model.blocks:
+            blk.attn.phi.method = method
+    opt = SuperpositionalAdamW(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    tok = torch.randint(1, 17, (batch, seq), generator=g)
+    y = torch.randint(0, 2, (batch,), generator=g)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(tok), y).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        opt.step()
+
+    return step
+
+
+def bench_step(warmup: int, reps: int, threads: list[int]) -> list[dict]:
+    """The whole training step, classical against quantum attention by each method, at the
+    paper's shape (4 qubits) and at this bench's shape (2 qubits), on each number of
+    ``threads``. Classical and the default method (the chain) of both shapes are timed in the
+    same interleaved rounds; the Fourier and state methods in rounds of their own (their
+    memory traffic would otherwise evict the caches the others run from), their ratios taken
+    against the same classical median. Variants are named "<shape>, <k> thread(s): <attention>"."""
+    bench_shape = dict(d_model=D, n_heads=H, d_ff=2 * D, batch=B, seq=T, n_qubits=2)
+    shapes = {"paper shape, 4 qubits": PAPER_SHAPE, "bench shape, 2 qubits": bench_shape}
+    rows = []
+    before = torch.get_num_threads()
+    for k in threads:
+        main, other = {}, {}
+        for label, shape in shapes.items():
+            main[f"{label}: classical"] = _training_step("classical", None, **shape)
+            for name, method in METHODS:
+                group = main if method == "auto" else other
+                group[f"{label}: quantum-{name}"] = _training_step("quantum", method, **shape)
+        torch.set_num_threads(k)
+        try:
+            timings = _time_rounds(main, warmup, reps)
+            timings.update(_time_rounds(other, max(1, warmup // 2), max(3, reps // 3)))
+        finally:
+            torch.set_num_threads(before)
+        tag = f"{k} thread" + ("s" if k > 1 else "")
+        for label, shape in shapes.items():
+            ref = timings[f"{label}: classical"][0]
+            for name in [f"{label}: classical"] + [f"{label}: quantum-{m}" for m, _ in METHODS]:
+                variant = name.replace(f"{label}:", f"{label}, {tag}:")
+                n_reps = reps if name in main else max(3, reps // 3)
+                r = _row("step", variant, shape["batch"], "sequences", timings[name], n_reps)
+                r["ratio"] = r["ms_median"] / ref
+                rows.append(r)
+    return rows
+
+
 def bench_circuits(warmup: int, reps: int, aer_batch: int, sv_batch: int,
                    threads: int) -> list[dict]:
-    from qsgd.circuit import simulate, to_qiskit
+    from qsgd.circuit import CircuitSpec, simulate, to_qiskit
+    from qsgd.circuit.statevector import _run_torch
 
     rows = []
     n_scores = B * H * T * T
@@ -157,25 +239,38 @@ def bench_circuits(warmup: int, reps: int, aer_batch: int, sv_batch: int,
         w = torch.rand(2, 2, n, generator=g) * 2 * math.pi - math.pi
         x = s[:, None] * scale
         kw = dict(depth=2, entangle=True, hadamard=True, encoding="reupload")
+        spec = CircuitSpec(n, 2, True, True, "reupload")
         with torch.no_grad():
-            t_torch = _time(lambda x=x, w=w, kw=kw: simulate(x, w, **kw), warmup, reps)
-        rows.append(_row("circuits", f"torch n={n}", n_scores, "circuits", t_torch, reps))
+            timings = _time_rounds({
+                "simulate": lambda x=x, w=w, kw=kw: simulate(x, w, **kw),
+                "engine": lambda x=x, w=w, spec=spec: _run_torch(spec, x, w[None]),
+            }, warmup, reps)
+            state = simulate(x, w, **kw)
+            engine = _run_torch(spec, x, w[None])
+            engine = torch.complex(engine.re.t(), engine.im.t())
+        rows.append(_row("circuits", f"torch n={n}", n_scores, "circuits", timings["simulate"],
+                         reps))
         torch_rate = rows[-1]["items_per_s"]
         rows[-1]["ratio"] = 1.0
+        rows.append(_row("circuits", f"torch engine, tensor ops n={n}", n_scores, "circuits",
+                         timings["engine"], reps))
+        rows[-1]["ratio"] = torch_rate / rows[-1]["items_per_s"]
         try:
             import qiskit_aer  # noqa: F401
         except ImportError:
             print("qiskit-aer not installed: Aer rows skipped", file=sys.stderr)
         else:
-            from qsgd.circuit import CircuitSpec
             from qsgd.circuit.qiskit import _aer_template
 
-            sim = _aer_template(CircuitSpec(n, 2, True, True, "reupload"), True)[0]
+            sim = _aer_template(spec, True)[0]
             sim.set_options(max_parallel_threads=threads)
             xa = x[:aer_batch].double()
             a_reps = max(3, reps // 3)
             t_aer = _time(lambda xa=xa, w=w, kw=kw: simulate(xa, w.double(), backend="aer", **kw),
                           1, a_reps)
+            aer = simulate(xa, w.double(), backend="aer", **kw)
+            for r, amps in ((rows[-2], state), (rows[-1], engine)):  # same circuits, same results
+                r["max_abs_diff"] = float((amps[:aer_batch].to(aer.dtype) - aer).abs().max())
             rows.append(_row("circuits", f"aer n={n}", aer_batch, "circuits", t_aer, a_reps))
             rows[-1]["ratio"] = torch_rate / rows[-1]["items_per_s"]
         try:
@@ -194,16 +289,20 @@ def bench_circuits(warmup: int, reps: int, aer_batch: int, sv_batch: int,
             rows.append(_row("circuits", f"qiskit-statevector n={n}", sv_batch, "circuits",
                              _time(loop, 1, s_reps), s_reps))
             rows[-1]["ratio"] = torch_rate / rows[-1]["items_per_s"]
-    # the attention's Φ evaluated through its exact Fourier form (same circuits, n = 2)
+    # the attention's Φ of the same circuits by its chain and Fourier forms (a scalar per
+    # circuit instead of 2ⁿ amplitudes; no gradient)
     from qsgd.attention import ScoreCircuit
 
-    phi = ScoreCircuit(2, 2, method="fourier")
     s = torch.randn(n_scores, generator=torch.Generator().manual_seed(9))
-    with torch.no_grad():
-        t_f = _time(lambda: phi(s), warmup, reps)
-    torch_rate = next(r for r in rows if r["variant"] == "torch n=2")["items_per_s"]
-    rows.append(_row("circuits", "fourier-form n=2 (Φ only)", n_scores, "circuits", t_f, reps))
-    rows[-1]["ratio"] = torch_rate / rows[-1]["items_per_s"]
+    for label, n, method in (("chain", 2, "chain"), ("fourier-form", 2, "fourier"),
+                             ("chain", 4, "chain")):
+        phi = ScoreCircuit(n, 2, method=method)
+        with torch.no_grad():
+            t_f = _time(lambda phi=phi: phi(s), warmup, reps)
+        torch_rate = next(r for r in rows if r["variant"] == f"torch n={n}")["items_per_s"]
+        rows.append(_row("circuits", f"{label} n={n} (Φ only)", n_scores, "circuits", t_f,
+                         reps))
+        rows[-1]["ratio"] = torch_rate / rows[-1]["items_per_s"]
     return rows
 
 
@@ -330,17 +429,24 @@ def write_outputs(rows: list[dict], info: dict[str, str], out: Path, args) -> No
     lines = ["# Quantum attention and circuit simulation: CPU benchmark", "",
              "Generated by `python -m ablations.bench_attention"
              + (" --quick" if args.quick else "") + "`. Median wall time over "
-             f"{args.reps} timed calls after {args.warmup} warm-up calls (Aer and Statevector: "
+             f"{args.reps} timed calls after {args.warmup} warm-up calls (Aer, Statevector and the "
+             "whole step by the Fourier and state methods: "
              "fewer), with the variants of each table timed in interleaved rounds; p25–p75 in "
              "its own column. Shapes: batch 64, sequence 24, d_model 32, 2 heads; circuit "
-             "2 qubits, depth 2 unless said.", ""]
+             "2 qubits, depth 2 unless said. Every group runs on "
+             f"{args.threads} torch thread(s) but the whole training step, on "
+             f"{', '.join(map(str, args.step_threads))}.", ""]
     lines += ["## Machine", ""] + [f"- {k}: {v}" for k, v in info.items()] + [""]
     titles = {
         "attention": ("One attention layer, forward + backward", "vs classical"),
         "classifier": ("Whole 2-layer classifier, forward + backward (one training step "
                        "without the optimizer)", "vs classical"),
-        "circuits": ("Circuits per second, same circuits (angles a·s + w, amplitudes, no "
-                     "gradient)", "torch rate / this rate"),
+        "step": ("Whole training step: forward, backward, clipping, optimizer "
+                 "(SuperpositionalAdamW, sin λ = 0.5); paper shape: embedding 64, 4 heads, "
+                 "feed-forward 128, 2 layers, batch 32, sequence 16, 4 qubits",
+                 "vs classical, same shape and threads"),
+        "circuits": ("Circuits per second, same circuits (angles a·s + w, amplitudes, float32, "
+                     "no gradient; max |Δ| vs Aer on Aer's batch)", "torch rate / this rate"),
         "perturbation": ("Perturbation term, one call (4 qubits, groups of 4 parameters)",
                          "vs sin"),
         "optimizer": ("One optimizer step on the quantum classifier's parameters (36 tensors)",
@@ -350,26 +456,45 @@ def write_outputs(rows: list[dict], info: dict[str, str], out: Path, args) -> No
         grp = [r for r in rows if r["group"] == group]
         if not grp:
             continue
+        diff = group == "circuits"
         lines += [f"## {title}", "", f"| variant | items | ms (median) | p25–p75 | items/s | "
-                  f"{ratio_name} |", "|---|---:|---:|---:|---:|---:|"]
+                  f"{ratio_name} |" + (" max abs diff vs Aer |" if diff else ""),
+                  "|---|---:|---:|---:|---:|---:|" + ("---:|" if diff else "")]
         for r in grp:
+            extra = ""
+            if diff:
+                d = r["max_abs_diff"]
+                extra = " |" if math.isnan(d) else f" {d:.1e} |"
             lines.append(f"| {r['variant']} | {r['items']:,} {r['unit']} | "
                          f"{_fmt(r['ms_median'])} | {_fmt(r['ms_p25'])}–{_fmt(r['ms_p75'])} | "
-                         f"{_fmt(r['items_per_s'])} | {_fmt(r['ratio'])} |")
+                         f"{_fmt(r['items_per_s'])} | {_fmt(r['ratio'])} |" + extra)
         lines.append("")
     summary = []
+    for label, k in [(lb, k) for k in args.step_threads
+                     for lb in ("paper shape, 4 qubits", "bench shape, 2 qubits")]:
+        tag = f"{label}, {k} thread" + ("s" if k > 1 else "")
+        by = {m: get.get(("step", f"{tag}: quantum-{m}")) for m, _ in METHODS}
+        if all(by.values()):
+            summary.append(f"- Whole training step, {tag}: "
+                           f"quantum attention costs **{_fmt(by['chain']['ratio'])}×** the "
+                           f"classical step with Φ by the transfer-matrix chain (the default), "
+                           f"{_fmt(by['fourier']['ratio'])}× in Fourier form, "
+                           f"{_fmt(by['state']['ratio'])}× with one statevector per score "
+                           "(all exact, the same function).")
     for n in (2, 4):
         t, a = get.get(("circuits", f"torch n={n}")), get.get(("circuits", f"aer n={n}"))
         if t and a:
             summary.append(f"- {n} qubits: torch simulator {_fmt(t['items_per_s'])} circuits/s "
                            f"vs Qiskit Aer {_fmt(a['items_per_s'])} circuits/s: torch is "
-                           f"**{_fmt(a['ratio'])}×** faster.")
-    c, q = get.get(("classifier", "classical")), get.get(("classifier", "quantum-fourier"))
-    qs = get.get(("classifier", "quantum-state"))
-    if c and q and qs:
-        summary.append(f"- Classifier step: quantum attention costs {_fmt(q['ratio'])}× the "
-                       f"classical step with Φ in Fourier form, {_fmt(qs['ratio'])}× with one "
-                       "statevector per score (both exact, same function).")
+                           f"**{_fmt(a['ratio'])}×** faster; the amplitudes differ by at most "
+                           f"{t['max_abs_diff']:.1e} (float32 against Aer's float64).")
+    c = get.get(("classifier", "classical"))
+    by = {m: get.get(("classifier", f"quantum-{m}")) for m, _ in METHODS}
+    if c and all(by.values()):
+        summary.append(f"- Classifier forward + backward (2 qubits): quantum attention costs "
+                       f"{_fmt(by['chain']['ratio'])}× the classical one with the chain, "
+                       f"{_fmt(by['fourier']['ratio'])}× in Fourier form, "
+                       f"{_fmt(by['state']['ratio'])}× with one statevector per score.")
     a2 = get.get(("circuits", "aer n=2"))
     if a2:
         per_step = 2 * B * H * T * T  # circuits in one classifier forward (2 layers)
@@ -391,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("results/bench"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--step-threads", default="1,2",
+                    help="torch threads of the whole-training-step group, comma-separated "
+                         "(default 1,2: a harness worker's one thread, and both cores)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--reps", type=int, default=21)
     ap.add_argument("--aer-batch", type=int, default=256)
@@ -399,14 +527,23 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.warmup, args.reps = 3, 5
+    try:
+        args.step_threads = [int(k) for k in str(args.step_threads).split(",")]
+        if not args.step_threads or min(args.step_threads) < 1:
+            raise ValueError
+    except ValueError:
+        ap.error(f"--step-threads must be positive integers separated by commas, got "
+                 f"{args.step_threads!r}")
     torch.set_num_threads(args.threads)
     info = machine_info(args.threads)
-    rows = bench_attention(args.warmup, args.reps)
+    rows = bench_step(args.warmup, args.reps, args.step_threads)
+    torch.set_num_threads(args.threads)
+    rows += bench_attention(args.warmup, args.reps)
     rows += bench_circuits(args.warmup, args.reps, args.aer_batch, args.sv_batch, args.threads)
     rows += bench_perturbation(args.warmup, args.reps)
     rows += bench_optimizer_cpu(args.warmup, max(args.reps, 5 * args.reps // 2))
     for r in rows:
-        print(f"{r['group']:<13} {r['variant']:<28} {r['ms_median']:>10.3f} ms  "
+        print(f"{r['group']:<13} {r['variant']:<38} {r['ms_median']:>10.3f} ms  "
               f"{r['items_per_s']:>14,.0f} {r['unit']}/s  ratio {_fmt(r['ratio'])}")
     write_outputs(rows, info, args.out, args)
     print(f"wrote {args.out / 'attention.csv'} and {args.out / 'attention.md'}")

@@ -1,5 +1,6 @@
 """Quantum attention: exactly SDPA with the circuit off, masks, gradients, permutation
-equivariance, the two exact ways of computing Φ, and Φ's Fourier band limit."""
+equivariance, the Fourier and statevector ways of computing Φ (the chain: test_native.py),
+and Φ's Fourier band limit."""
 
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ def test_validation():
 
 
 def test_auto_method_and_four_qubits():
-    """"auto" picks the Fourier form up to 3 qubits; at 4 qubits both forms still agree."""
+    """At 4 qubits "auto" (the transfer-matrix chain) and the Fourier form agree."""
     torch.manual_seed(0)
     s = torch.randn(6, 7, dtype=F64)
     a = ScoreCircuit(4, 1, method="auto").double()

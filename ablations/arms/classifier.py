@@ -39,8 +39,12 @@ __all__ = ["ClassifierOptions", "Classifier", "make_task", "build_model", "deriv
 #: stale and ``nox -s ablations`` reruns them. 2: Φ's coefficients from the cached corner
 #: table, contiguous attention heads, the test set in one batch (the same maths as version 1,
 #: rounded differently). 3: Φ's weight gradient from the table's Jacobian
-#: (``qsgd.attention.circuit_line``), the test set in batches of 500.
-NUMERICS = 3
+#: (``qsgd.attention.circuit_line``), the test set in batches of 500. 4: Φ by the
+#: transfer-matrix chain (``method="auto"`` at depth <= 2, ``qsgd.attention.chain_line``) and
+#: the whole attention of a layer in one native kernel where compiled
+#: (``qsgd.attention.fused``), Fourier coefficients from the minimal grid: the same function,
+#: rounded differently (agreement to float32 rounding is tested).
+NUMERICS = 4
 
 PAD = 0
 

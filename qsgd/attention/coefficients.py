@@ -36,10 +36,9 @@ LINEAR_READOUTS = ("amplitudes", "amp_sum")
 #: the readouts with a scalar form (Re of amp_sum; the mean over qubits of X, Y or Z)
 SCALAR_READOUTS = ("amp_sum", "X", "Y", "Z")
 
-#: the largest coefficient table (entries) :func:`line_coefficients` builds and caches
+#: the largest coefficient table (entries) :func:`line_coefficients` builds and caches; it
+#: also simulates that many circuits to build it (once per shape, dtype and device)
 TABLE_LIMIT = 2**20
-#: and the most circuits it simulates to build one (once per shape, dtype and device)
-TABLE_CIRCUITS = 2**21
 
 
 def line_coefficients(
@@ -70,7 +69,7 @@ def line_coefficients(
       Jacobian dM/dw (the Kronecker products with one vector replaced by its derivative), so
       the backward pass is one matrix-vector product.
     * When that table would be large (3^W·rⁿ above 2²⁰ entries, e.g. Pauli readouts at
-      n = 3), M comes from one batched simulation of the Nⁿ grid and its gradient from the
+      n = 3), M comes from one batched simulation of the mⁿ grid and its gradient from the
       exact parameter-shift rule (the same batch also simulates the shifted weights: 1 + W
       settings for ``"amp_sum"``, 1 + 2W for the Pauli readouts), so the backward pass is one
       matrix-vector product.
@@ -112,14 +111,14 @@ def spec_line_coefficients(spec: CircuitSpec, weights: Tensor,
 def coefficient_table(spec: CircuitSpec, readout: str, dtype: torch.dtype,
                       device: torch.device) -> Tensor | None:
     """(rⁿ, d^W) with M(w) = table @ ⊗_j v(w_j) (see :func:`line_coefficients`), or None
-    when it would exceed :data:`TABLE_LIMIT` entries or :data:`TABLE_CIRCUITS` circuits."""
+    when it would exceed :data:`TABLE_LIMIT` entries (d^W·mⁿ, as many circuits)."""
     n, depth = spec.n, spec.depth
     W = 2 * depth * n
     linear = readout in LINEAR_READOUTS
     d = 2 if linear else 3
     ks = spec_frequencies(spec, readout)
-    N = 2 * int(ks[-1]) + 1
-    if d**W * ks.numel() ** n > TABLE_LIMIT or d**W * N**n > TABLE_CIRCUITS:
+    m = ks.numel()
+    if d**W * m**n > TABLE_LIMIT:
         return None
     corners = torch.tensor([0.0, math.pi] if linear else [0.0, math.pi / 2, math.pi],
                            dtype=torch.float64)
@@ -193,14 +192,14 @@ def _coefficients_batch(wb: Tensor, spec: CircuitSpec, ks: Tensor, readout: str)
     """M for every weight setting of a batch wb (S, depth, 2, n) → (S, r, …, r)."""
     n = spec.n
     dtype = wb.dtype if wb.dtype in (torch.float32, torch.float64) else torch.float32
-    N = 2 * int(ks[-1]) + 1
-    grid = angle_grid(N, n, dtype, wb.device).reshape(1, -1, n)
+    m = ks.numel()
+    grid = angle_grid(m, n, dtype, wb.device).reshape(1, -1, n)
     S = wb.shape[0]
     r = simulate_spec(spec, grid, wb.to(dtype).reshape(S, 1, *spec.weight_shape),
-                      readout=readout)  # (S, Nⁿ[, n])
+                      readout=readout)  # (S, mⁿ[, n])
     if readout != "amp_sum":
         r = r.mean(-1)
-    c = grid_dft(r.reshape(S, *([N] * n)), N, ks, first=1, n=n)
+    c = grid_dft(r.reshape(S, *([m] * n)), ks, first=1, n=n)
     return to_real_basis(c, ks, lead=1).contiguous()
 
 

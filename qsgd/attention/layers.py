@@ -20,9 +20,13 @@ simulation quantity, not a measurable one; ``readout="z"`` (mean of ⟨Z_q⟩, m
 alternative. As a function of s, Φ is a trigonometric polynomial: each of the 2·depth gates
 per qubit contributes a frequency ±a_q/2, so "amp" contains only ω = Σ_q m_q·a_q with integers
 |m_q| ≤ depth, hence |ω| ≤ depth·Σ_q|a_q|, and "z" (built on probabilities, products of two
-amplitudes) only |m_q| ≤ 2·depth, at most twice that. ``method="fourier"`` (chosen by the
-default ``"auto"`` up to 3 qubits) uses this structure to compute Φ exactly and several times
-faster than one statevector per score: see :class:`ScoreCircuit`.
+amplitudes) only |m_q| ≤ 2·depth, at most twice that. Three exact ways to compute Φ use
+this structure to different degrees (:class:`ScoreCircuit`): ``method="chain"`` (readout "amp",
+depth ≤ 2, the paper's circuit; chosen by the default ``"auto"`` there) writes ⟨+…+|C|0…0⟩ as
+a product of 2×2 transfer matrices over the qubits (:mod:`qsgd.attention.chain`), linear in
+n; ``"fourier"`` evaluates the trigonometric polynomial; ``"state"`` simulates one statevector
+per score. With the chain and its native kernel, :class:`QuantumAttention` computes scores, Φ,
+softmax and values of a layer in one kernel (:mod:`qsgd.attention.fused`), the same function.
 
 Initial values: a_q = 1 (angles of the order of the scores), w ~ U(−π, π) (a generic circuit,
 drawn from torch's global generator so a seeded model is reproducible), and γ = 0.1: the model
@@ -35,20 +39,33 @@ get a gradient from the first step.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..circuit import simulate
+from ..circuit import CircuitSpec
+from ..circuit.fourier import frequency_tuple
+from ..circuit.statevector import NATIVE_MAX_QUBITS
+from .chain import chain_line, chain_supported, native_chain_runs
+from .fused import fused_applies, fused_attention
 from .series import circuit_line
+from .state import state_line
 
 __all__ = ["ScoreCircuit", "quantum_attention", "QuantumAttention", "PHI_READOUTS",
-           "PHI_METHODS"]
+           "PHI_METHODS", "FOURIER_AUTO_MAX"]
 
 PHI_READOUTS = ("amp", "z")
-PHI_METHODS = ("auto", "fourier", "state")
+PHI_METHODS = ("auto", "chain", "fourier", "state")
+#: the most Fourier coefficients rⁿ for which ``method="auto"`` takes "fourier" over "state"
+#: where "chain" does not apply, with the statevector's native kernel and without it (forward +
+#: backward at 32,768 scores on one CPU core, fourier vs state; native: "amp" depth 3, n = 2
+#: (49 coefficients) 5.1 vs 7.0 ms, n = 3 (343) 53 vs 16 ms; "z" depth 2, n = 2 (81) 7.2 vs
+#: 5.4 ms; torch engine: "amp" depth 3, n = 3 (343) 27 vs 67 ms, n = 4 (2401) 437 vs 170 ms;
+#: "z" depth 2, n = 2 (81) 7 vs 30 ms, n = 3 (729) 84 vs 58 ms)
+FOURIER_AUTO_MAX = {"native": 50, "torch": 400}
 
 
 class ScoreCircuit(nn.Module):
@@ -60,17 +77,30 @@ class ScoreCircuit(nn.Module):
         entangle: CNOT chain after each layer (default True).
         readout: ``"amp"`` (Re Σ_k ψ_k / 2^{n/2}, default) or ``"z"`` (mean_q ⟨Z_q⟩).
         init_scale: initial encoding scale a_q (default 1.0).
-        method: how Φ is computed, both exact: ``"fourier"`` uses that Φ(s) is a
-            trigonometric polynomial in s: its real-basis coefficients M(w) come from a table
-            of the circuit simulated once per shape at corner weights, or, where that table
-            would be too large, from one batched simulation on a grid of Nⁿ angle tuples with
-            parameter-shift gradients (``qsgd.attention.line_coefficients``), and the
-            polynomial is evaluated at every score; coefficients, their Jacobian and the
-            series are one ``autograd.Function`` (``qsgd.attention.circuit_line``). ``"state"``
-            simulates one statevector per score (``qsgd.circuit.simulate``). They agree to
-            rounding (tested); "fourier" is several times faster at attention sizes for
-            n ≤ 3, but its grid grows as Nⁿ. ``"auto"`` (default): "fourier" for n ≤ 3,
-            else "state".
+        method: how Φ is computed, all exact and equal to rounding (tested):
+
+            * ``"chain"`` (readout "amp", depth ≤ 2 only): ⟨+…+|C(a·s; w)|0…0⟩ as a chain of
+              2×2 transfer matrices over the qubits, n sines and cosines and ~60 flops per
+              qubit and score, by a native CPU kernel with a hand-written gradient where it
+              is available, else torch operations (``qsgd.attention.chain_line``);
+            * ``"fourier"``: Φ(s) as a trigonometric polynomial in s: its real-basis
+              coefficients M(w) (rⁿ of them, r = 2·depth+1 for "amp", 4·depth+1 for "z") come
+              from a table of the circuit simulated once per shape at corner weights, or,
+              where that table would be too large, from one batched simulation on a grid of
+              rⁿ angle tuples with parameter-shift gradients
+              (``qsgd.attention.line_coefficients``), and the polynomial is evaluated at every
+              score; coefficients, their Jacobian and the series are one ``autograd.Function``
+              (``qsgd.attention.circuit_line``);
+            * ``"state"``: one statevector per score, by the native kernel with adjoint
+              gradients where it is available, else the torch engine
+              (``qsgd.attention.state_line``);
+            * ``"auto"`` (default): the fastest where it applies, as measured on CPU at
+              32,768 scores (:meth:`resolved_method`): "chain" wherever it applies with its
+              native kernel (forward + backward 1.4 ms at n = 2 against 2.7 ms for
+              "fourier", 2.1 ms at n = 4 against 112 ms for "state"), and from 4 qubits by
+              torch operations (38 ms at n = 4; 13 ms at n = 2 would lose to "fourier");
+              otherwise "fourier" while rⁿ ≤ :data:`FOURIER_AUTO_MAX` (50 with the native
+              kernels, 400 without), else "state".
 
     Parameters: ``scale`` (n,), ``weights`` (L, 2, n). Output: same shape and dtype as the input.
     """
@@ -88,6 +118,7 @@ class ScoreCircuit(nn.Module):
             raise ValueError(f"invalid method: {method!r} (valid: {', '.join(PHI_METHODS)})")
         self.n_qubits, self.depth, self.entangle, self.readout = n_qubits, depth, entangle, readout
         self.method = method
+        self.resolved_method()  # "chain" where it does not apply: the error now
         self.scale = nn.Parameter(torch.full((n_qubits,), float(init_scale)))
         self.weights = nn.Parameter(torch.empty(depth, 2, n_qubits).uniform_(-math.pi, math.pi))
 
@@ -100,21 +131,58 @@ class ScoreCircuit(nn.Module):
         amp = self.depth * float(self.scale.detach().abs().sum())
         return amp if self.readout == "amp" else 2.0 * amp
 
+    def resolved_method(self, device: torch.device | str = "cpu") -> str:
+        """The method used for scores on ``device``: ``method`` itself, or what ``"auto"``
+        stands for: ``"chain"`` where it applies (readout "amp", depth ≤ 2) and either its
+        native kernel runs (CPU, compiled) or n ≥ 4, else ``"fourier"`` while its rⁿ
+        coefficients are at most :data:`FOURIER_AUTO_MAX` (the native kernels' limit where
+        they run), else ``"state"`` (the timings are in the class docstring). Raises
+        ``ValueError`` for ``"chain"`` where it does not apply (``method`` may be set after
+        construction)."""
+        if self.method not in PHI_METHODS:
+            raise ValueError(f"invalid method: {self.method!r} (valid: {', '.join(PHI_METHODS)})")
+        return _resolve(self.method, self.n_qubits, self.depth, self.entangle, self.readout,
+                        native_chain_runs(device))
+
+    def chain_spec(self) -> CircuitSpec:
+        """The circuit as a :class:`~qsgd.circuit.CircuitSpec` (H first, data in every gate)."""
+        return _spec(self.n_qubits, self.depth, self.entangle)
+
     def forward(self, scores: Tensor) -> Tensor:
-        w = self.weights.to(scores.dtype)
+        w = self.weights if self.weights.dtype == scores.dtype else self.weights.to(scores.dtype)
         kw = dict(depth=self.depth, entangle=self.entangle, hadamard=True, encoding="reupload")
-        method = self.method
-        if method == "auto":
-            method = "fourier" if self.n_qubits <= 3 else "state"
+        method = self.resolved_method(scores.device)
+        if method == "chain":
+            return chain_line(w, self.scale, scores, **kw)
         if method == "fourier":
             ro = "amp_sum" if self.readout == "amp" else "Z"
             return circuit_line(w, self.scale, scores, readout=ro, **kw)
-        x = scores.unsqueeze(-1) * self.scale.to(scores.dtype)  # (..., n)
-        if self.readout == "amp":
-            out = simulate(x, w, readout="amp_sum", **kw).real
-        else:
-            out = simulate(x, w, readout="Z", **kw).mean(-1)
-        return out.to(scores.dtype)
+        ro = "amp_sum" if self.readout == "amp" else "Z"
+        return state_line(w, self.scale, scores, readout=ro, **kw)
+
+
+@functools.lru_cache(maxsize=64)
+def _spec(n: int, depth: int, entangle: bool) -> CircuitSpec:
+    return CircuitSpec(n, depth, entangle, True, "reupload")
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve(method: str, n: int, depth: int, entangle: bool, readout: str,
+             native: bool) -> str:
+    """:meth:`ScoreCircuit.resolved_method` for a valid ``method`` (cached: read on every
+    forward pass); ``native``: whether the chain's kernel runs for the scores."""
+    spec = CircuitSpec(n, depth, entangle, True, "reupload")
+    ro = "amp_sum" if readout == "amp" else "Z"
+    if method == "chain" and not chain_supported(spec, ro):
+        raise ValueError(f"method 'chain' needs readout 'amp' and depth <= 2, got readout "
+                         f"{readout!r}, depth {depth}")
+    if method != "auto":
+        return method
+    if chain_supported(spec, ro) and (n >= 4 or native):
+        return "chain"
+    r = len(frequency_tuple(spec, ro))
+    limit = FOURIER_AUTO_MAX["native" if native and n <= NATIVE_MAX_QUBITS else "torch"]
+    return "fourier" if r**n <= limit else "state"
 
 
 def quantum_attention(
@@ -175,6 +243,10 @@ class QuantumAttention(nn.Module):
         gamma_init: initial γ (default 0.1; see the module docstring).
         dropout: attention dropout probability in training (default 0).
         bias: biases of the projections (default True).
+        fused: where Φ is the chain with its native kernel and no attention dropout is active,
+            compute scores, Φ, softmax and values of all heads in one native kernel, forward and
+            backward (:mod:`qsgd.attention.fused`; default True); False: always the torch
+            operations of :func:`quantum_attention`. The same function, to rounding.
 
     ``forward(x, key_padding_mask=None, is_causal=False)``: x (B, T, d_model);
     ``key_padding_mask`` (B, T) bool, True marks padding keys to ignore (as
@@ -184,13 +256,14 @@ class QuantumAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int = 2, *, circuit: str = "on",
                  n_qubits: int = 2, depth: int = 2, entangle: bool = True,
                  readout: str = "amp", gamma_init: float = 0.1, dropout: float = 0.0,
-                 bias: bool = True):
+                 bias: bool = True, fused: bool = True):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         if circuit not in ("on", "off"):
             raise ValueError(f"invalid circuit: {circuit!r} (valid: on, off)")
         self.d_model, self.n_heads, self.dropout = d_model, n_heads, float(dropout)
+        self.fused = bool(fused)
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.out = nn.Linear(d_model, d_model, bias=bias)
         if circuit == "on":
@@ -205,6 +278,11 @@ class QuantumAttention(nn.Module):
                 is_causal: bool = False) -> Tensor:
         B, T, D = x.shape
         H = self.n_heads
+        dropout_active = self.training and self.dropout > 0.0
+        if self.phi is not None and self.fused and fused_applies(self.phi, x, dropout_active):
+            y = fused_attention(self.qkv(x).view(B, T, 3, H, D // H), self.phi, self.gamma,
+                                key_padding_mask=key_padding_mask, is_causal=is_causal)
+            return self.out(y.reshape(B, T, D))
         qkv = self.qkv(x).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)
         if self.phi is not None:  # the explicit path's matmuls want contiguous heads (SDPA not)
             qkv = qkv.contiguous()

@@ -37,7 +37,8 @@ Modules (one concern each; everything public is re-exported here):
 * :mod:`qsgd.circuit.spec`: :class:`CircuitSpec`, the validated bundle (n, depth, entangle,
   hadamard, encoding) every other module takes, the gate plan and :func:`gate_angles`.
 * :mod:`qsgd.circuit.statevector`: the torch engine, the readouts and :func:`simulate`
-  (``amplitudes``, ``probabilities``, ``expectation``, ``readout_state``).
+  (``amplitudes``, ``probabilities``, ``expectation``, ``readout_state``); without gradients
+  on the CPU it runs a native kernel (:mod:`qsgd._native`).
 * :mod:`qsgd.circuit.fourier`: :func:`fourier_series` / :func:`fourier_eval`, the readouts as
   exact trigonometric polynomials of the data angles, and the real basis the quantum
   attention's Φ is evaluated in (:mod:`qsgd.attention`).
