@@ -68,7 +68,7 @@ __all__ = ["ConfigError", "RunSpec", "GridConfig", "load_config", "read_toml", "
            "derived_seeds"]
 
 _GRID_KEYS = {"arm", "name", "results", "baseline_lr", "description", "protocol", "select_lr",
-              "selection", "runs_per_gpu"}
+              "select_task", "selection", "runs_per_gpu"}
 _CELL_KEYS = {"name", "attention", "variants", "seeds", "lr", "task", "options"}
 #: the protocols a grid may follow (DESIGN.md: the paper's tables, or ours on validation data)
 PROTOCOLS = ("paper", "calibrated")
@@ -167,6 +167,12 @@ class GridConfig:
     selected_lr: dict[str, float] = field(default_factory=dict)
     #: the config of that selection grid (None without one)
     selected_from: Path | None = None
+    #: the level (task of the selection grid of ``[grid].select_task``) whose options this
+    #: grid's arm table takes, chosen on validation ("" without one), those options, and the
+    #: config of that grid (None without one)
+    selected_task: str = ""
+    selected_task_options: dict[str, Any] = field(default_factory=dict)
+    selected_task_from: Path | None = None
 
     @property
     def arm_obj(self) -> Arm:
@@ -253,6 +259,9 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
     options = raw.get(arm, {})
     if not isinstance(options, dict):
         raise ConfigError(f"{path}: [{arm}] must be a table")
+    level, level_options = (_task_selection(path, grid, arm_obj, options)
+                            if "select_task" in grid else ("", {}))
+    options = {**options, **level_options}
     try:
         arm_options = arm_obj.parse_options(options)
     except ArmError as err:
@@ -329,7 +338,9 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
                       cells=tuple(cells), arm_options=arm_options, protocol=protocol,
                       selection=selection, runs_per_gpu=runs_per_gpu,
                       selected_lr=dict(selected or {}),
-                      selected_from=None if selected is None else path.parent / grid["select_lr"])
+                      selected_from=None if selected is None else path.parent / grid["select_lr"],
+                      selected_task=level, selected_task_options=level_options,
+                      selected_task_from=(path.parent / grid["select_task"] if level else None))
 
 
 def _lr_or_selected(value: Any, where: str, selected: dict[str, float] | None,
@@ -388,6 +399,43 @@ def _selection(path: Path, grid: dict, arm_obj: Arm) -> dict[str, float]:
     if "attention" in chosen.columns and chosen["attention"].nunique() > 1:
         chosen = chosen[chosen["attention"] == arm_obj.attentions[0]]
     return {str(r["variant"]): float(r["lr"]) for _, r in chosen.iterrows()}
+
+
+def _task_selection(path: Path, grid: dict, arm_obj: Arm,
+                    options: dict) -> tuple[str, dict[str, Any]]:
+    """(level, its options): the level the difficulty-selection grid ``[grid].select_task``
+    names (a path relative to this config) chooses on validation
+    (:func:`ablations.selection.difficulty_choice`), and the options that make it a level,
+    which this grid's arm table must leave to it."""
+    ref = grid["select_task"]
+    where = f"{path}: [grid].select_task"
+    if not isinstance(ref, str):
+        raise ConfigError(f"{where} must be a config path, got {ref!r}")
+    sweep = load_config(path.parent / ref)
+    if sweep.arm != arm_obj.name:
+        raise ConfigError(f"{where}: {ref} is a grid of arm {sweep.arm}, not {arm_obj.name}")
+    from .records import RUNS_FILE, load_records
+    from .selection import difficulty_choice, task_options, varying_keys
+    from .tables import current_records, runs_table
+
+    varying = varying_keys(task_options(sweep))
+    if arm_obj.difficulty is None or not varying:
+        raise ConfigError(f"{where}: {ref} is no difficulty selection (it needs two levels or "
+                          f"more{'' if arm_obj.difficulty else ' and an arm with a target'})")
+    taken = sorted(set(varying) & set(options))
+    if taken:
+        raise ConfigError(f"{path}: [{arm_obj.name}].{taken[0]} is chosen by [grid].select_task "
+                          f"({ref}); remove it from the table")
+    records, _ = current_records(load_records(sweep.results / RUNS_FILE),
+                                 {s.key for s in sweep.specs})
+    if len(records) < len(sweep.specs):
+        raise SelectionPending(f"{where}: {ref} has {len(records)} of its {len(sweep.specs)} "
+                               f"runs in {sweep.results}; run it first")
+    choice = difficulty_choice(sweep, runs_table(records))
+    if choice is None or choice.task is None:
+        raise ConfigError(f"{where}: {ref} chose no level: no level of "
+                          f"{arm_obj.attentions[0]} attention met its rule (see its report)")
+    return choice.task, choice.level_options
 
 
 def _task(cell: dict, where: str, options: dict, arm_obj: Arm) -> tuple[str, tuple]:

@@ -519,39 +519,23 @@ def difficulty(ctx: Context, claim: Claim | None) -> list[str]:
     read at its own selected one (:func:`ablations.stats.lr_selection` of the selection
     metric over that level's runs): the difficulty is then the one the tuned baseline meets.
     Validation metrics only."""
+    from .selection import difficulty_choice, task_options
     from .sweep_plots import plot_difficulty
 
-    target, runs = ctx.arm.difficulty, ctx.runs
-    if target is None or "task" not in runs.columns or runs["task"].nunique() < 2:
+    choice = difficulty_choice(ctx.cfg, ctx.runs)
+    if choice is None:
         return []
-    base, selector = ctx.arm.baselines[0], ctx.arm.selection_metric
-    options = _task_options(ctx)
-    order = list(options)
-    horizon = {t: float(o[target.horizon]) for t, o in options.items()}
-    sub = runs[runs["variant"] == base]
-    sub = sub.assign(horizon=sub["task"].map(horizon))
-    tuned = ""
-    if sub["lr"].nunique() > 1 and selector in sub.columns:
-        lrs = stats.lr_selection(sub, selector, ctx.arm.metric(selector).higher_is_better
-                                 is not False)
-        keys = [k for k in ("task", "attention", "lr") if k in lrs.columns]
-        sub = sub.merge(lrs.loc[lrs["selected"], keys], on=keys)
-        tuned = (f" Levels run at several learning rates are read at each one's own: the lr "
-                 f"of {base}'s highest mean {ctx.label(selector)} on that level (column lr).")
-    main = ctx.arm.attentions[0]
-    table = stats.difficulty_selection(
-        sub, target=target.target, horizon="horizon", by=("attention", "lr"),
-        time_col=target.time, event_col=target.event, tiebreak=selector,
-        choose_among={"attention": main} if "attention" in sub.columns else None, order=order)
-    varying = [k for k in next(iter(options.values()))
-               if len({repr(o[k]) for o in options.values()}) > 1]
-    for i, k in enumerate(varying):
-        table.insert(1 + i, k, table["task"].map(lambda t, k=k: options.get(t, {}).get(k)))
+    target, table = ctx.arm.difficulty, choice.table
+    base, selector, main = ctx.arm.baselines[0], ctx.arm.selection_metric, ctx.arm.attentions[0]
+    horizon = max(float(o[target.horizon]) for o in task_options(ctx.cfg).values())
+    tuned = (f" Levels run at several learning rates are read at each one's own: the lr "
+             f"of {base}'s highest mean {ctx.label(selector)} on that level (column lr)."
+             if choice.tuned else "")
     chosen = table[table["selected"]]
     pick = (f"**{chosen['task'].iloc[0]}** (median {num(chosen['median'].iloc[0], 1)})"
             if len(chosen) else f"none yet (no level of {main} attention has a median)")
     fig = plot_difficulty(table, target=target.target, time_label=ctx.label(target.time),
-                          horizon=max(horizon.values()))
+                          horizon=horizon)
     selector = ctx.label(selector or "")
     text = (f"Each level is a task of this grid. Per level: the Kaplan–Meier median of "
             f"{ctx.label(target.time)} over {base}'s runs (runs that never reached it censored "
@@ -564,15 +548,3 @@ def difficulty(ctx: Context, claim: Claim | None) -> list[str]:
     return ["## Difficulty selection (validation)\n", text,
             md_table(table, None, 4), figure_link(ctx, "difficulty.png", fig)]
 
-
-def _task_options(ctx: Context) -> dict[str, dict[str, Any]]:
-    """task → its arm options (every field, defaults filled in), in the config's order."""
-    import dataclasses
-
-    out: dict[str, dict[str, Any]] = {}
-    for cell in ctx.cfg.cells:
-        task = cell.get("task", "")
-        if task not in out:
-            parsed = ctx.arm.parse_options({**ctx.cfg.options, **cell.get("options", {})})
-            out[task] = dataclasses.asdict(parsed)
-    return out

@@ -235,6 +235,11 @@ def render_arm(cfg: GridConfig) -> Path:
               f"`{_shown(out / RUNS_FILE)}` ({len(records)} runs of {len(cfg.specs)} in the grid"
               + (f"; {stale} older records of a changed config ignored" if stale else "")
               + "). Do not edit: regenerate.\n"]
+    if cfg.selected_task:
+        level = ", ".join(f"{k} = {v!r}" for k, v in cfg.selected_task_options.items())
+        header.append(f"Task: level **{cfg.selected_task}** ({level}) of the difficulty "
+                      f"selection `{_shown(cfg.selected_task_from)}`, chosen there on "
+                      "validation data ([grid].select_task).\n")
     if missing:
         header.append(f"**Partial grid: {missing} of {len(cfg.specs)} runs have not run yet** "
                       "(`python -m ablations run` resumes); every number below is from the "

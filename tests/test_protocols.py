@@ -84,10 +84,9 @@ def _run(cfg, metrics_of):
 
 # ----------------------------------------------------------------------------- the configs
 def test_the_protocol_configs_load_with_validation_splits(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # no results/ here: the lr selection has not run
-    grids = {"classifier-difficulty": ("paper", True), "classifier-paper": ("paper", False),
-             "classifier-calibrated-difficulty": ("calibrated", True),
-             "classifier-lr": ("calibrated", True)}
+    monkeypatch.chdir(tmp_path)  # no results/ here: no selection has run
+    grids = {"classifier-difficulty": ("paper", True),
+             "classifier-calibrated-difficulty": ("calibrated", True)}
     for name, (protocol, selection) in grids.items():
         text = read_toml(CONFIGS / f"{name}.toml")
         cfg = load_config(_copy(tmp_path, name))
@@ -96,17 +95,61 @@ def test_the_protocol_configs_load_with_validation_splits(tmp_path, monkeypatch)
             assert 0 < spec.config["n_val"] < spec.config["n_train"], (name, spec.task)
         unknown = {v for c in text["cells"] for v in c["variants"] if not _known(v)}
         assert unknown <= {"moment-l0.5", "sinnorm-l0.5"}, name
-    # the calibrated grid reads the lr grid's validation runs: not there yet, it says so
-    with pytest.raises(SelectionPending, match=r"select_lr: classifier-lr\.toml has 0 of "):
-        load_config(_copy(tmp_path, "classifier-calibrated"))
+    # the grids that read a difficulty selection's validation runs: not there yet, they say so
+    for name, ref in (("classifier-paper", "classifier-difficulty"),
+                      ("classifier-lr", "classifier-calibrated-difficulty"),
+                      ("classifier-calibrated", "classifier-calibrated-difficulty")):
+        _copy(tmp_path, ref)
+        with pytest.raises(SelectionPending, match=rf"select_task: {ref}\.toml has 0 of "):
+            load_config(_copy(tmp_path, name))
     # the calibrated grid runs the lr grid's task, model and training: its selections apply
     assert read_toml(CONFIGS / "classifier-calibrated.toml")["classifier"] == \
         read_toml(CONFIGS / "classifier-lr.toml")["classifier"]
-    # and that task is one of the calibrated difficulty selection's levels
-    levels = read_toml(CONFIGS / "classifier-calibrated-difficulty.toml")
-    table = read_toml(CONFIGS / "classifier-lr.toml")["classifier"]
-    assert any(all(table[k] == v for k, v in {**levels["classifier"], **c.get("options", {})}
-                   .items()) for c in levels["cells"])
+    for name in ("classifier-lr", "classifier-calibrated"):
+        assert read_toml(CONFIGS / f"{name}.toml")["grid"]["select_task"] == \
+            "classifier-calibrated-difficulty.toml"
+
+
+def test_a_grid_takes_the_level_its_difficulty_selection_chose(tmp_path):
+    sel = tmp_path / "levels.toml"
+    sel.write_text(
+        '[grid]\narm = "classifier"\nname = "levels"\nprotocol = "paper"\nselection = true\n'
+        f'results = "{(tmp_path / "levels").as_posix()}"\n'
+        'baseline_lr = 1e-3\n\n[classifier]\nn_train = 300\nn_val = 100\nn_test = 100\n'
+        "epochs = 12\n\n"
+        '[[cells]]\ntask = "b"\noptions = { n_symbols = 12 }\nvariants = ["adamw"]\n'
+        'seeds = 3\n\n'
+        '[[cells]]\ntask = "c"\noptions = { n_symbols = 16, threshold = 2 }\n'
+        'variants = ["adamw"]\nseeds = 3\n')
+    grid = tmp_path / "test.toml"
+    body = ('[grid]\narm = "classifier"\nname = "t"\nprotocol = "paper"\n'
+            'select_task = "levels.toml"\nbaseline_lr = 1e-3\n\n[classifier]\n'
+            'n_val = 100\nn_test = 100\n{extra}\n[[cells]]\nvariants = ["adamw"]\nseeds = 2\n')
+    grid.write_text(body.format(extra=""))
+    with pytest.raises(SelectionPending, match=r"select_task: levels\.toml has 0 of its 6 runs"):
+        load_config(grid)
+    assert _run(load_config(sel), _difficulty_metrics)["ran"] == 6
+    cfg = load_config(grid, results=tmp_path / "t")
+    # b (quantum: epochs 8, 9, 8, median 8) is nearest 7.4; c never reaches 90%
+    assert cfg.selected_task == "b" and cfg.selected_task_from == sel
+    # a level is every option the levels differ in: here n_symbols and threshold
+    assert cfg.selected_task_options == {"n_symbols": 12, "threshold": 1}
+    assert {(s.config["n_symbols"], s.config["threshold"], s.task) for s in cfg.specs} == \
+        {(12, 1, "")}
+    _run(cfg, lambda spec: (0.9, 0.9, 5.0, 5.0))
+    assert "Task: level **b** (n_symbols = 12, threshold = 1) of the difficulty selection " \
+        in render_arm(cfg).read_text()
+    # the grid's table may not set what the selection chooses
+    grid.write_text(body.format(extra="threshold = 2\n"))
+    with pytest.raises(ConfigError, match=r"\[classifier\]\.threshold is chosen by "
+                                          r"\[grid\]\.select_task \(levels\.toml\); remove"):
+        load_config(grid)
+    # a grid of one level selects nothing
+    sel.write_text(sel.read_text().split("[[cells]]")[0] + "[[cells]]\ntask = \"b\"\n"
+                   'variants = ["adamw"]\nseeds = 1\n')
+    grid.write_text(body.format(extra=""))
+    with pytest.raises(ConfigError, match=r"levels\.toml is no difficulty selection"):
+        load_config(grid)
 
 
 def test_the_paper_grid_follows_table_ii():
@@ -118,11 +161,8 @@ def test_the_paper_grid_follows_table_ii():
                               "schedule")} == dict(
         d_model=64, n_heads=4, d_ff=128, n_layers=2, dropout=0.1, attn_qubits=4, attn_depth=2,
         batch_size=32, weight_decay=0.0, schedule="constant")
-    # the difficulty is the level classifier-difficulty.toml chose (its report says which)
-    levels = {c["task"]: c.get("options", {}) for c in
-              read_toml(CONFIGS / "classifier-difficulty.toml")["cells"]}
-    chosen = raw["grid"]["description"].split("level ")[1].split()[0].strip(",;")
-    assert chosen in levels and all(o[k] == v for k, v in levels[chosen].items())
+    # the difficulty is the level classifier-difficulty.toml chooses on validation
+    assert raw["grid"]["select_task"] == "classifier-difficulty.toml"
     seeds: dict[tuple[str, str], int] = {}
     for cell in raw["cells"]:
         n = cell["seeds"] if isinstance(cell["seeds"], int) else len(cell["seeds"])
