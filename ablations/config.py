@@ -366,6 +366,27 @@ def _lr_or_selected(value: Any, where: str, selected: dict[str, float] | None,
     return [selected[name]]
 
 
+def _selection_grid(path: Path, ref: str, where: str, arm_obj: Arm) -> GridConfig:
+    """The selection grid ``ref`` (a config path relative to ``path``), of this grid's arm."""
+    sweep = load_config(path.parent / ref)
+    if sweep.arm != arm_obj.name:
+        raise ConfigError(f"{where}: {ref} is a grid of arm {sweep.arm}, not {arm_obj.name}")
+    return sweep
+
+
+def _finished_runs(sweep: GridConfig, ref: str, where: str):
+    """The runs table of the selection grid ``sweep``; SelectionPending until all have run."""
+    from .records import RUNS_FILE, load_records
+    from .tables import current_records, runs_table
+
+    records, _ = current_records(load_records(sweep.results / RUNS_FILE),
+                                 {s.key for s in sweep.specs})
+    if len(records) < len(sweep.specs):
+        raise SelectionPending(f"{where}: {ref} has {len(records)} of its {len(sweep.specs)} "
+                               f"runs in {sweep.results}; run it first")
+    return runs_table(records)
+
+
 def _selection(path: Path, grid: dict, arm_obj: Arm) -> dict[str, float]:
     """variant → its selected lr: the best mean of the arm's validation metric among the
     finished runs of the grid ``[grid].select_lr`` names (a path relative to this config)."""
@@ -376,20 +397,10 @@ def _selection(path: Path, grid: dict, arm_obj: Arm) -> dict[str, float]:
     if metric is None:
         raise ConfigError(f"{path}: [grid].select_lr: arm {arm_obj.name} has no validation "
                           "metric to select with")
-    sweep = load_config(path.parent / ref)
-    if sweep.arm != arm_obj.name:
-        raise ConfigError(f"{path}: [grid].select_lr: {ref} is a grid of arm {sweep.arm}, "
-                          f"not {arm_obj.name}")
-    from .records import RUNS_FILE, load_records
     from .stats import lr_selection
-    from .tables import current_records, runs_table
 
-    records, _ = current_records(load_records(sweep.results / RUNS_FILE),
-                                 {s.key for s in sweep.specs})
-    if len(records) < len(sweep.specs):
-        raise SelectionPending(f"{path}: [grid].select_lr: {ref} has {len(records)} of its "
-                               f"{len(sweep.specs)} runs in {sweep.results}; run it first")
-    runs = runs_table(records)
+    sweep = _selection_grid(path, ref, f"{path}: [grid].select_lr", arm_obj)
+    runs = _finished_runs(sweep, ref, f"{path}: [grid].select_lr")
     if metric not in runs.columns:
         raise ConfigError(f"{path}: [grid].select_lr: the runs of {ref} have no {metric!r} "
                           "(no validation split)")
@@ -411,12 +422,9 @@ def _task_selection(path: Path, grid: dict, arm_obj: Arm,
     where = f"{path}: [grid].select_task"
     if not isinstance(ref, str):
         raise ConfigError(f"{where} must be a config path, got {ref!r}")
-    sweep = load_config(path.parent / ref)
-    if sweep.arm != arm_obj.name:
-        raise ConfigError(f"{where}: {ref} is a grid of arm {sweep.arm}, not {arm_obj.name}")
-    from .records import RUNS_FILE, load_records
     from .selection import difficulty_choice, task_options, varying_keys
-    from .tables import current_records, runs_table
+
+    sweep = _selection_grid(path, ref, where, arm_obj)
 
     varying = varying_keys(task_options(sweep))
     if arm_obj.difficulty is None or not varying:
@@ -426,12 +434,7 @@ def _task_selection(path: Path, grid: dict, arm_obj: Arm,
     if taken:
         raise ConfigError(f"{path}: [{arm_obj.name}].{taken[0]} is chosen by [grid].select_task "
                           f"({ref}); remove it from the table")
-    records, _ = current_records(load_records(sweep.results / RUNS_FILE),
-                                 {s.key for s in sweep.specs})
-    if len(records) < len(sweep.specs):
-        raise SelectionPending(f"{where}: {ref} has {len(records)} of its {len(sweep.specs)} "
-                               f"runs in {sweep.results}; run it first")
-    choice = difficulty_choice(sweep, runs_table(records))
+    choice = difficulty_choice(sweep, _finished_runs(sweep, ref, where))
     if choice is None or choice.task is None:
         raise ConfigError(f"{where}: {ref} chose no level: no level of "
                           f"{arm_obj.attentions[0]} attention met its rule (see its report)")
