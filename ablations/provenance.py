@@ -116,6 +116,14 @@ def cpu_model() -> str:
     return f"{name}, {cap}"
 
 
+def cpu_device() -> str:
+    """The device name of a run on the CPU: architecture and torch's thread count (what an arm
+    that trains on the CPU reports, also on a host that has a GPU)."""
+    import torch
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -127,9 +135,7 @@ def provenance(wall_seconds: float | None = None, device: str | None = None) -> 
     import torch
 
     if device is None:
-        device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
-                  else f"cpu ({platform.processor() or platform.machine()}, "
-                       f"{torch.get_num_threads()} threads)")
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_device()
     sha, dirty = commit_info()
     out = dict(commit=commit(), dirty=dirty, utc=utc_now(), python=platform.python_version(),
                torch=torch.__version__, device=device, cpu=cpu_model(), host=platform.node(),

@@ -131,6 +131,17 @@ def test_same_spec_same_metrics_bit_for_bit(tmp_path):
                                      "wall_seconds"}
 
 
+def test_a_cpu_run_names_the_cpu_on_a_host_with_a_gpu(tmp_path, monkeypatch):
+    # the classifier trains on the CPU: a GPU on the host is not its device
+    import torch
+
+    cfg = load_config(_write(tmp_path, variants='["adamw"]', seeds=1))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Some GPU")
+    device = run_one(cfg.specs[0])["provenance"]["device"]
+    assert device.startswith("cpu (") and device.endswith(" threads)"), device
+
+
 def test_rerun_skips_finished_runs_and_ignores_torn_lines(tmp_path):
     cfg = load_config(_write(tmp_path))
     counts = run_grid(cfg, SerialExecutor(), progress=False, limit=3)

@@ -26,6 +26,7 @@ import torch
 
 from qsgd import SuperpositionalAdamW, parse_variant
 
+from ..provenance import cpu_device
 from ..schedules import lr_at
 from ..seeds import derived_seeds
 from .base import Arm, Metric, TimeTarget, register_arm
@@ -247,7 +248,8 @@ def run(spec) -> dict[str, Any]:
             epochs_to_90_val=float(epochs_to_target_val) if epochs_to_target_val
             else float("nan"),
             reached_90_val=epochs_to_target_val is not None)
-    return {"metrics": metrics, "curve": curve}
+    # trained on the CPU, also where the host has a GPU (its name is not this run's device)
+    return {"metrics": metrics, "curve": curve, "device": cpu_device()}
 
 
 _PP = dict(unit=" pp", scale=100.0)
