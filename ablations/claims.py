@@ -378,8 +378,17 @@ def judge_cost(claim: Claim, ev: Evidence) -> ClaimResult:
         measured=f"{pct(rel)} per epoch ({claim.variant} {row['mean_variant']:.3f} s vs AdamW "
                  f"{row['mean_baseline']:.3f} s)",
         ci=f"[{pct(lo)}, {pct(hi)}]",
-        test=f"paired t p={pval(row['p_ttest'])} (wall clock, 2-core CPU)",
+        test=f"paired t p={pval(row['p_ttest'])} (wall clock{_timed_on(ev.runs)})",
         values={"rel": rel, "rel_low": lo, "rel_high": hi})
+
+
+def _timed_on(runs: pd.DataFrame) -> str:
+    """", on <processor(s)>" for a cost read from these runs' wall clocks ("" when the
+    records do not name it)."""
+    if "cpu" not in runs.columns:
+        return ""
+    cpus = sorted(set(runs["cpu"].dropna().astype(str)))
+    return f", on {' and '.join(cpus)}" if cpus else ""
 
 
 def judge_time_to_target_seconds(claim: Claim, ev: Evidence) -> ClaimResult:

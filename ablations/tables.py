@@ -37,7 +37,7 @@ def runs_table(records: list[dict], protocol: str = "") -> pd.DataFrame:
         row.update(r.get("metrics", {}))
         prov = r.get("provenance", {})
         row.update({"commit": prov.get("commit"), "device": prov.get("device"),
-                    "wall_seconds": prov.get("wall_seconds")})
+                    "cpu": prov.get("cpu"), "wall_seconds": prov.get("wall_seconds")})
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
