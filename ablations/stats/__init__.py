@@ -10,7 +10,8 @@ S.compare_all(...)``):
 
 - :mod:`.paired`: paired differences, paired comparisons, :func:`compare_all` (the
   ``stats.csv`` table), Holm's correction, the verdict rule;
-- :mod:`.power`: power, sample size and detectable effect of the paired t test;
+- :mod:`.power`: power, sample size and detectable effect of the paired t test, power and
+  sample size of the TOST equivalence test, power of the log-rank test;
 - :mod:`.survival`: time to target — Kaplan–Meier, its median (:data:`KM_MEDIAN_RULE`),
   log-rank, the paper's mean among runs that reached the target, the difficulty selection
   (the level whose median time to target is nearest a target);
@@ -46,7 +47,15 @@ from .paired import (
     paired_differences,
     verdict,
 )
-from .power import min_detectable_effect, paired_t_power, power_to_detect, seeds_needed
+from .power import (
+    logrank_power,
+    min_detectable_effect,
+    paired_t_power,
+    power_to_detect,
+    seeds_needed,
+    tost_power,
+    tost_seeds_needed,
+)
 from .summaries import (
     at_selected_lr,
     curve_summary,
@@ -96,6 +105,9 @@ __all__ = [
     "min_detectable_effect",
     "paired_t_power",
     "power_to_detect",
+    "tost_power",
+    "tost_seeds_needed",
+    "logrank_power",
     "t_interval",
     "wilson",
     "summarize",
