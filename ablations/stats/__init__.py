@@ -17,6 +17,7 @@ S.compare_all(...)``):
   (the level whose median time to target is nearest a target);
 - :mod:`.aggregate`: IQM, stratified bootstrap, probability of improvement (rliable-style);
 - :mod:`.factorial`: the 2 × 2 attention × optimizer analysis;
+- :mod:`.null`: every variant's effect beside the null control's (a negligible nudge);
 - :mod:`.summaries`: t and Wilson intervals, learning-curve summaries, the λ sweep, the
   learning-rate selection and the runs at each variant's selected lr.
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 from .aggregate import aggregate_metrics, iqm, probability_of_improvement, stratified_bootstrap_ci
 from .factorial import factorial_2x2
+from .null import NULL_READINGS, null_control
 from .paired import (
     EXTRA_COLUMNS,
     FAMILIES,
@@ -108,6 +110,8 @@ __all__ = [
     "tost_power",
     "tost_seeds_needed",
     "logrank_power",
+    "null_control",
+    "NULL_READINGS",
     "t_interval",
     "wilson",
     "summarize",
