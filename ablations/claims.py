@@ -316,20 +316,20 @@ def family_rows(claim: Claim, ev: Evidence, cell: Mapping[str, Any],
     """The claim's pre-registered Holm family: its variants' rows against ``baseline`` (the
     claim's) on its metric in ``cell``, with ``p_holm`` recomputed over the family (a member
     without a row counts as p = 1, so a partial grid is never less strict); and the family
-    in words. (None, words) when the grid pre-registers no family: the stats table's own
+    in words ("over …"). (None, words) when the grid pre-registers no family: the stats table's own
     ``p_holm`` stands."""
     from .stats import holm
 
     baseline = baseline or claim.baseline
     design = claim.design_of(ev)
     if not design.family:
-        return None, f"Holm over every comparison with {baseline} on the metric"
+        return None, f"over every comparison with {baseline} on the metric"
     rows = [stats_row(ev.stats, claim.metric, v, baseline, **cell) for v in design.family]
     p = [r["p_ttest"] if r is not None and finite(r.get("p_ttest")) else 1.0 for r in rows]
     adjusted = holm(p)
     kept = [{**r, "p_holm": float(q)} for r, q in zip(rows, adjusted) if r is not None]
     missing = sum(r is None for r in rows)
-    words = (f"Holm over {len(rows)} pre-registered comparisons with {baseline}: "
+    words = (f"over {len(rows)} pre-registered comparisons with {baseline}: "
              f"{', '.join(design.family)}"
              + (f"; {missing} not run yet, counted p = 1" if missing else ""))
     return pd.DataFrame(kept) if kept else pd.DataFrame(), words
@@ -391,15 +391,15 @@ def null_text(claim: Claim, ev: Evidence, row: Mapping,
     vs = stats_row(ev.stats, claim.metric, claim.variant, ev.null, **cell)
     ratio = (row["sd_diff"] / base["sd_diff"] if finite(row.get("sd_diff"))
              and finite(base.get("sd_diff")) and base["sd_diff"] > 0 else float("nan"))
-    text = (f"{ev.null} − {claim.baseline}: {base['diff'] * s:+.3g}{u} "
+    text = (f"{ev.null} − {claim.baseline}: {base['diff'] * s:+.3g} "
             f"[{base['ci_low'] * s:+.3g}, {base['ci_high'] * s:+.3g}]{u}, sd of the paired "
-            f"differences {num(base.get('sd_diff', float('nan')) * s, 3)}{u} (n={int(base['n'])});"
+            f"differences {base.get('sd_diff', float('nan')) * s:.3g}{u} (n={int(base['n'])});"
             f" {claim.variant}'s sd is {num(ratio, 2)}× the nudge's")
     values = {"null": ev.null, "null_diff": base["diff"], "null_ci_low": base["ci_low"],
               "null_ci_high": base["ci_high"], "null_sd": base.get("sd_diff"),
               "null_n": base["n"], "spread_ratio": ratio}
     if vs is not None:
-        text += (f"; {claim.variant} − {ev.null}: {vs['diff'] * s:+.3g}{u} "
+        text += (f"; {claim.variant} − {ev.null}: {vs['diff'] * s:+.3g} "
                  f"[{vs['ci_low'] * s:+.3g}, {vs['ci_high'] * s:+.3g}]{u}, Holm p="
                  f"{pval(vs['p_holm'])}")
         values.update(diff_vs_null=vs["diff"], p_holm_vs_null=vs["p_holm"])
@@ -531,7 +531,7 @@ def judge_best_weight(claim: Claim, ev: Evidence) -> ClaimResult:
     best = sweep_sin.loc[sweep_sin["mean"].idxmax()]
     fam = ev.stats[(ev.stats["metric"] == claim.metric) & (ev.stats["baseline"] == claim.baseline)]
     vs = _select(fam, cell)
-    holm_words = f"Holm over all {len(fam)} comparisons with {claim.baseline}"
+    holm_words = f"over all {len(fam)} comparisons with {claim.baseline}"
     pre, words = family_rows(claim, ev, cell)
     if pre is not None:  # the pre-registered family: its rows, Holm over them
         vs, holm_words = pre, words
@@ -555,7 +555,7 @@ def judge_best_weight(claim: Claim, ev: Evidence) -> ClaimResult:
         measured=f"best mean at λ={best['lam']:g} ({s * best['mean']:.2f}%); "
                  f"λ=0.1 − λ=0.5: {s * r01['diff']:+.2f} pp",
         ci=f"[{s * r01['ci_low']:+.2f}, {s * r01['ci_high']:+.2f}] pp",
-        test=f"paired t vs λ=0.5, {holm_words}: "
+        test=f"paired t vs λ=0.5, Holm {holm_words}: "
              f"λ=0.1 p={pval(r01['p_holm'])} (unadjusted {pval(r01['p_ttest'])}); "
              f"λ significantly better than 0.5: {better or 'none'}",
         values={"best_lambda": float(best["lam"]), "better": better, "worse": worse,

@@ -156,11 +156,13 @@ def _design(claim, table: Mapping[str, Any], where: str, seeds_of: dict, lr: flo
         if not isinstance(table["pilot"], str):
             raise ValueError(f"{where}.pilot must be a string, got {table['pilot']!r}")
         values["pilot"] = table["pilot"]
+    section = f"[claims.{claim.id}]"  # the second key a message names, without the file
     for key in ("power", "pilot_sd"):
         if key in values and "margin" not in values:
-            raise ValueError(f"{where}.{key} needs {where}.margin (the TOST it is the power of)")
+            raise ValueError(f"{where}.{key} needs {section}.margin (the TOST it is the power "
+                             "of)")
     if "pilot" in values and "pilot_sd" not in values:
-        raise ValueError(f"{where}.pilot names a pilot but {where}.pilot_sd gives no spread")
+        raise ValueError(f"{where}.pilot names a pilot but {section}.pilot_sd gives no spread")
     if "family" in table:
         values["family"] = _family(table["family"], f"{where}.family", claim)
         for vid in values["family"]:
@@ -181,7 +183,8 @@ def _design(claim, table: Mapping[str, Any], where: str, seeds_of: dict, lr: flo
     design = Design(claim.id, **values)
     need = design.pilot_seeds
     if "pilot_sd" in values and "seeds" not in values:
-        raise ValueError(f"{where}.pilot_sd needs {where}.seeds (the seeds it was computed for)")
+        raise ValueError(f"{where}.pilot_sd needs {section}.seeds (the seeds it was computed "
+                         "for)")
     if math.isfinite(need) and design.seeds is not None and design.seeds < need:
         raise ValueError(f"{where}.seeds = {design.seeds} is below the {int(need)} paired "
                          f"seeds that pilot_sd {design.pilot_sd:g} needs for "

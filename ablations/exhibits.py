@@ -106,7 +106,8 @@ def _cell(ctx: Context, claim: Claim | None) -> dict:
 
 
 _STATS_COLS = ["variant", "attention", "lr", "n", "mean_variant", "mean_baseline", "diff",
-               "ci_low", "ci_high", "p_ttest", "p_holm", "d_z", "p_tost", "power", "verdict"]
+               "ci_low", "ci_high", "p_ttest", "p_holm", "d_z", "p_tost", "tost_power", "power",
+               "verdict"]
 
 
 def _cols(df: pd.DataFrame, cols: list[str]) -> list[str]:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .panels import require
+from .panels import line_handle, require
 from .style import BASELINE_COLOR, REFERENCE_COLOR, new_figure, themed, variant_color
 
 __all__ = ["plot_null_control"]
@@ -57,7 +57,7 @@ def plot_null_control(table: pd.DataFrame, *, null: str, baseline: str = "adamw"
     ax, ax_sd = axes[0]
     ref = df.iloc[0]
     mid, sd = float(ref["null_diff"]) * scale, float(ref["null_sd"]) * scale
-    ax.axvspan(mid - 1.96 * sd, mid + 1.96 * sd, color=variant_color(null), alpha=0.10, lw=0,
+    ax.axvspan(mid - 1.96 * sd, mid + 1.96 * sd, color=variant_color(null), alpha=0.14, lw=0,
                label=f"{null}: mean ± 1.96 sd of its paired differences")
     ax.axvspan(float(ref["null_ci_low"]) * scale, float(ref["null_ci_high"]) * scale,
                color=variant_color(null), alpha=0.30, lw=0, label=f"{null}: 95% CI of its mean")
@@ -71,7 +71,8 @@ def plot_null_control(table: pd.DataFrame, *, null: str, baseline: str = "adamw"
     ax.set_ylim(-0.7, len(df) - 0.3)
     ax.grid(axis="y", visible=False)
     label = metric_label or "the metric"
-    ax.set(xlabel=f"difference in {label} (variant − {baseline}){unit}, 95% CI", ylabel="")
+    ax.set(xlabel=f"difference in {label} (variant − {baseline}{',' + unit if unit else ''}), "
+                  "95% CI", ylabel="")
     ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=8, ncols=1)
     ratio = df["spread_ratio"].to_numpy(float)
     ax_sd.axvline(1.0, color=variant_color(null), lw=1.2)
@@ -79,5 +80,9 @@ def plot_null_control(table: pd.DataFrame, *, null: str, baseline: str = "adamw"
     ax_sd.hlines(y, 1.0, np.nan_to_num(ratio, nan=1.0), colors=colors, lw=1, alpha=0.6)
     ax_sd.set(xlabel=f"sd of paired differences / {null}'s", ylabel="")
     ax_sd.grid(axis="y", visible=False)
+    readings = list(dict.fromkeys(r for r in df["reading"] if r != "the null control"))
+    handles = [line_handle(_reading_color(r), r, marker="o", lw=2) for r in readings]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3))
     fig.suptitle(title or f"Effects against {baseline} beside the null control {null}")
     return fig
