@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .claim_power import design_text, family_holm, logrank_power_text, null_text, power_text
 from .design import DESIGN_KEYS, Design
 from .fmt import finite, num, pct, pval
 
@@ -314,96 +315,13 @@ def _row_values(row: Mapping) -> dict[str, Any]:
 def family_rows(claim: Claim, ev: Evidence, cell: Mapping[str, Any],
                 baseline: str | None = None) -> tuple[pd.DataFrame | None, str]:
     """The claim's pre-registered Holm family: its variants' rows against ``baseline`` (the
-    claim's) on its metric in ``cell``, with ``p_holm`` recomputed over the family (a member
-    without a row counts as p = 1, so a partial grid is never less strict); and the family
-    in words ("over …"). (None, words) when the grid pre-registers no family: the stats table's own
-    ``p_holm`` stands."""
-    from .stats import holm
-
+    claim's) on its metric in ``cell``, with ``p_holm`` recomputed over the family
+    (:func:`ablations.claim_power.family_holm`), and the family in words ("over …"); (None,
+    words) when the grid pre-registers no family: the stats table's own ``p_holm`` stands."""
     baseline = baseline or claim.baseline
-    design = claim.design_of(ev)
-    if not design.family:
-        return None, f"over every comparison with {baseline} on the metric"
-    rows = [stats_row(ev.stats, claim.metric, v, baseline, **cell) for v in design.family]
-    p = [r["p_ttest"] if r is not None and finite(r.get("p_ttest")) else 1.0 for r in rows]
-    adjusted = holm(p)
-    kept = [{**r, "p_holm": float(q)} for r, q in zip(rows, adjusted) if r is not None]
-    missing = sum(r is None for r in rows)
-    words = (f"over {len(rows)} pre-registered comparisons with {baseline}: "
-             f"{', '.join(design.family)}"
-             + (f"; {missing} not run yet, counted p = 1" if missing else ""))
-    return pd.DataFrame(kept) if kept else pd.DataFrame(), words
-
-
-def power_text(claim: Claim, row: Mapping, design: Design) -> str:
-    """The achieved power of a paired claim, in words: the TOST's at its margin (were the
-    true difference 0) against the design's target, with the seeds run and pre-registered;
-    and the t test's to detect the paper's effect."""
-    s, u = claim.scale, claim.unit
-    parts = []
-    tp, m = row.get("tost_power"), row.get("tost_margin")
-    if finite(tp) and finite(m):
-        n = f"n = {int(row['n'])}" + (f" of {design.seeds} pre-registered"
-                                     if design.seeds is not None else "")
-        flag = "; under-powered" if tp < design.power else ""
-        parts.append(f"TOST ±{m * s:g}{u}: {tp:.2f} ({n}{flag})")
-    if finite(row.get("power")) and claim.claimed is not None and not claim.relative:
-        parts.append(f"t test for the paper's {claim.claimed * s:+.3g}{u}: {row['power']:.2f}")
-    return "; ".join(parts) or "–"
-
-
-def design_text(claim: Claim, row: Mapping | None, design: Design) -> str:
-    """The pre-registered design beside what the runs achieved, one sentence ("" when the
-    grid pre-registers nothing for the claim)."""
-    s, u = claim.scale, claim.unit
-    text = design.text(s, u)
-    if not text:
-        return ""
-    text = "Design: " + text
-    if row is not None and finite(row.get("sd_diff")) and finite(row.get("tost_margin")):
-        m = row["tost_margin"]
-        need = design_need(m, row["sd_diff"], design.power)
-        text += (f". Achieved: n = {int(row['n'])}, sd of the paired differences "
-                 f"{row['sd_diff'] * s:.3g}{u}, TOST power {num(row.get('tost_power'), 2)} at "
-                 f"±{m * s:g}{u} (at this sd {design.power:.0%} needs {num(need, 0)} seeds)")
-    return text + "."
-
-
-def design_need(margin: float, sd: float, power: float) -> float:
-    from .stats import tost_seeds_needed
-
-    return tost_seeds_needed(margin, sd, power)
-
-
-def null_text(claim: Claim, ev: Evidence, row: Mapping,
-              cell: Mapping[str, Any]) -> tuple[str, dict[str, Any], Mapping | None]:
-    """The null control beside a paired claim: the nudge's paired difference to the baseline
-    with its 95% CI and the sd of its paired differences (the spread chaotic divergence
-    alone produces), the claim's spread as a multiple of it, and the claim's variant against
-    the nudge. Returns the text ("–" when the grid has no null control in the cell), the
-    numbers and the variant's row against the nudge (None without one)."""
-    if not ev.null or ev.null in (claim.variant, claim.baseline):
-        return "–", {}, None
-    base = stats_row(ev.stats, claim.metric, ev.null, claim.baseline, **cell)
-    if base is None:
-        return f"– ({ev.null} not run in the claim's cell)", {}, None
-    s, u = claim.scale, claim.unit
-    vs = stats_row(ev.stats, claim.metric, claim.variant, ev.null, **cell)
-    ratio = (row["sd_diff"] / base["sd_diff"] if finite(row.get("sd_diff"))
-             and finite(base.get("sd_diff")) and base["sd_diff"] > 0 else float("nan"))
-    text = (f"{ev.null} − {claim.baseline}: {base['diff'] * s:+.3g} "
-            f"[{base['ci_low'] * s:+.3g}, {base['ci_high'] * s:+.3g}]{u}, sd of the paired "
-            f"differences {base.get('sd_diff', float('nan')) * s:.3g}{u} (n={int(base['n'])});"
-            f" {claim.variant}'s sd is {num(ratio, 2)}× the nudge's")
-    values = {"null": ev.null, "null_diff": base["diff"], "null_ci_low": base["ci_low"],
-              "null_ci_high": base["ci_high"], "null_sd": base.get("sd_diff"),
-              "null_n": base["n"], "spread_ratio": ratio}
-    if vs is not None:
-        text += (f"; {claim.variant} − {ev.null}: {vs['diff'] * s:+.3g} "
-                 f"[{vs['ci_low'] * s:+.3g}, {vs['ci_high'] * s:+.3g}]{u}, Holm p="
-                 f"{pval(vs['p_holm'])}")
-        values.update(diff_vs_null=vs["diff"], p_holm_vs_null=vs["p_holm"])
-    return text, values, vs
+    family = claim.design_of(ev).family
+    rows = [stats_row(ev.stats, claim.metric, v, baseline, **cell) for v in family]
+    return family_holm(family, rows, baseline)
 
 
 # ----------------------------------------------------------------------------- verdicts
@@ -438,7 +356,14 @@ def judge_paired(claim: Claim, ev: Evidence) -> ClaimResult:
         texts["measured"] = (f"{100 * row['mean_variant']:.2f}% vs "
                              f"{100 * row['mean_baseline']:.2f}% (diff {100 * row['diff']:+.2f}"
                              f" pp, n={int(row['n'])} seeds)")
-    null, null_values, vs_null = null_text(claim, ev, row, cell)
+    vs_null = None
+    if ev.null and ev.null not in (claim.variant, claim.baseline):
+        vs_null = stats_row(ev.stats, claim.metric, claim.variant, ev.null, **cell)
+        null, null_values = null_text(
+            claim, ev.null, stats_row(ev.stats, claim.metric, ev.null, claim.baseline, **cell),
+            vs_null, row)
+    else:
+        null, null_values = "–", {}
     values.update(null_values, design=design_text(claim, row, design))
     verdict = paired_verdict(claim, row, ev.alpha, design.power, vs_null, ev.null)
     return ClaimResult(claim.id, verdict, **texts, values=values,
@@ -493,21 +418,6 @@ def judge_time_to_target(claim: Claim, ev: Evidence) -> ClaimResult:
         values={**{k: tt[k] for k in ("median_variant", "median_baseline", "p_logrank")},
                 "design": claim.design_of(ev).text()},
         power=logrank_power_text(claim, tt, claim.design_of(ev)))
-
-
-def logrank_power_text(claim: Claim, tt: Mapping, design: Design) -> str:
-    """The log-rank test's power to detect the paper's hazard ratio with the events seen
-    (Schoenfeld's approximation, :func:`ablations.stats.logrank_power`), in words."""
-    from .stats import logrank_power
-
-    hr = claim.claimed_hazard_ratio
-    events = tt["events_variant"] + tt["events_baseline"]
-    if hr is None:
-        return claim.power_note
-    n = f"n = {tt['n_variant']} + {tt['n_baseline']}" + (
-        f", {design.seeds} each pre-registered" if design.seeds is not None else "")
-    return (f"log-rank for the paper's hazard ratio {hr:.2f}: "
-            f"{num(logrank_power(hr, events), 2)} ({events} events, {n}; Schoenfeld)")
 
 
 def judge_best_weight(claim: Claim, ev: Evidence) -> ClaimResult:
