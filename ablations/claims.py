@@ -15,11 +15,23 @@ Verdicts (the ledger's legend):
 * ``contradicted``: significant in the other direction (C4: the interval excludes the
   paper's figure);
 * ``equivalent within ±margin``: TOST at the claim's margin, p < α; the text adds when the
-  margin excludes the paper's effect;
-* ``no detectable difference``: neither;
+  margin excludes the paper's effect, and when the TOST's achieved power is below the
+  design's target (``(power 0.62: under-powered)``);
+* ``no detectable difference``: neither; where a margin is set the text adds that
+  equivalence was not shown, and whether the TOST was powered to show it
+  (``no detectable difference; not shown equivalent within ±1 pp: under-powered (power
+  0.28)``);
 * ``not supported: …`` (a claim judged by several pre-specified tests, C7): not every test
   that support needs passes, and none contradicts; the text names what each test found;
 * ``not run yet``: the arm has no runs of the claim's cell.
+
+Margins, Holm families and seeds are not constants here: a grid pre-registers them in its
+config (``[claims.<id>]``, :mod:`ablations.design`) and the verdicts read them from the
+:class:`Evidence` (without a table: the metric's own margin, the stats table's family). A
+paired claim also reads the arm's null control (``gauss-l0.001``, a negligible random
+perturbation): its paired difference to the baseline is the spread that chaotic divergence
+alone produces, and the claim's variant is compared with it too, so that "differs from AdamW"
+and "differs from a nudge" are told apart.
 
 Adding a claim is one :func:`register_claim` call with a verdict function; the report, the
 ledger and the tests pick it up by id.
@@ -35,6 +47,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .claim_power import design_text, family_holm, logrank_power_text, null_text, power_text
+from .design import DESIGN_KEYS, Design
 from .fmt import finite, num, pct, pval
 
 __all__ = ["Claim", "ClaimResult", "Evidence", "register_claim", "get_claim", "claims",
@@ -54,6 +68,9 @@ class Evidence:
     learning rate (the claim's cell). horizon: the epochs every run trained for (censoring
     time of epochs to target). tables: extra named tables, e.g. ``"escape"`` (theory T2).
     directions: metric → higher is better (True/False/None), from the arm's metrics.
+    designs: claim id → its pre-registered :class:`~ablations.design.Design` (the grid's
+    ``[claims.<id>]``). null: the arm's null control variant (its comparisons in ``stats``
+    measure the spread of a negligible perturbation), or None.
     """
 
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -63,11 +80,17 @@ class Evidence:
     tables: Mapping[str, pd.DataFrame] = field(default_factory=dict)
     directions: Mapping[str, bool | None] = field(default_factory=dict)
     alpha: float = ALPHA
+    designs: Mapping[str, Design] = field(default_factory=dict)
+    null: str | None = None
 
 
 @dataclass(frozen=True)
 class ClaimResult:
-    """A claim's verdict and the numbers behind it, as the ledger shows them."""
+    """A claim's verdict and the numbers behind it, as the ledger shows them.
+
+    power: the achieved power of the claim's test(s), in words (the ledger's column); null:
+    the null control's paired difference and spread beside the claim's ("–" without one).
+    """
 
     claim: str
     verdict: str
@@ -75,18 +98,21 @@ class ClaimResult:
     ci: str = "–"
     test: str = "–"
     values: Mapping[str, Any] = field(default_factory=dict)
+    power: str = "–"
+    null: str = "–"
 
     @property
     def kind(self) -> str:
-        """The verdict's family (one of :data:`VERDICTS`)."""
-        for prefix in ("equivalent", "not supported"):
+        """The verdict's family (one of :data:`VERDICTS`): its leading words."""
+        for prefix in ("equivalent", "not supported", "no detectable difference",
+                       "supported", "contradicted"):
             if self.verdict.startswith(prefix):
                 return prefix
         return self.verdict
 
     def as_dict(self) -> dict[str, Any]:
         out = {"measured": self.measured, "ci": self.ci, "test": self.test,
-               "verdict": self.verdict}
+               "power": self.power, "null": self.null, "verdict": self.verdict}
         out.update({k: v for k, v in self.values.items() if k not in out})
         return out
 
@@ -104,8 +130,15 @@ class Claim:
         ``relative`` a relative change of the baseline's mean (C4's +35%); None when the
         paper gives no size. ``stats.csv`` reports the seeds each metric's claimed absolute
         effect needs (``n_for_claim``, ``power``).
-    margin: the equivalence margin (stored unit); scale, unit: how texts print the metric.
-    family: the set of comparisons its p value is Holm-adjusted over (text).
+    claimed_hazard_ratio: a time-to-target claim's effect as a hazard ratio (baseline's
+        median over the variant's, as for exponential times), the log-rank power's target.
+    scale, unit: how texts print the metric.
+    family: the set of comparisons its p value is Holm-adjusted over when the grid
+        pre-registers no family (text).
+    design_keys: the keys of a grid's ``[claims.<id>]`` table this claim reads
+        (:mod:`ablations.design`); a key it does not read is an error when the config loads.
+    power_note: what the ledger's power column says for a claim whose test has no power to
+        compute (e.g. the paper gives no effect size).
     judge: the verdict function ``(claim, evidence) -> ClaimResult``.
     exhibits: names of the report exhibits shown in its section (``ablations.exhibits``).
     style: how the measured values print: ``plain``, ``percent`` (a 0–1 metric as %) or
@@ -128,16 +161,22 @@ class Claim:
     cell: tuple[tuple[str, Any], ...] = ()
     claimed: float | None = None
     relative: bool = False
-    margin: float | None = None
     scale: float = 1.0
     unit: str = ""
     family: str = ""
     exhibits: tuple[str, ...] = ()
     style: str = "plain"
     claimed_relative: float | None = None
+    claimed_hazard_ratio: float | None = None
+    design_keys: tuple[str, ...] = ("seeds",)
+    power_note: str = "–"
 
     def verdict(self, evidence: Evidence) -> ClaimResult:
         return self.judge(self, evidence)
+
+    def design_of(self, evidence: Evidence) -> Design:
+        """The claim's pre-registered design in this grid (a default one without a table)."""
+        return evidence.designs.get(self.id) or Design(self.id)
 
     def cell_of(self, evidence: Evidence) -> dict[str, Any]:
         """The claim's cell: its fixed keys, and the reference lr when the evidence has one."""
@@ -211,46 +250,96 @@ def _significant(row: Mapping, alpha: float) -> bool:
         and row["diff"] != 0
 
 
-def paired_verdict(claim: Claim, row: Mapping, alpha: float) -> str:
-    """The verdict of a paired comparison against the paper's claimed direction: significant
-    after Holm in its direction (supported) or against it (contradicted), else TOST
-    equivalence at the row's margin, else no detectable difference."""
+def paired_verdict(claim: Claim, row: Mapping, alpha: float, target_power: float = 0.8,
+                   vs_null: Mapping | None = None, null: str | None = None) -> str:
+    """The verdict of a paired comparison against the paper's claimed direction.
+
+    1. Significant after Holm (the row's ``p_holm``) in the paper's direction: supported;
+       against it: contradicted. With a comparison of the variant against the null control
+       (``vs_null``, its row against ``null``) that is not significant, the text adds that
+       the variant is not told apart from the nudge.
+    2. Else TOST at the row's margin, p < α: ``equivalent within ±m`` (adding when the margin
+       excludes the paper's effect, and ``power p: under-powered`` when the row's achieved
+       TOST power ``tost_power`` is below ``target_power``).
+    3. Else ``no detectable difference``; with a margin and a known TOST power, adding
+       ``not shown equivalent within ±m``, ``: under-powered (power p)`` below the target or
+       ``(power p)`` at or above it.
+    """
+    s, u = claim.scale, claim.unit
     if _significant(row, alpha):
-        return "supported" if np.sign(row["diff"]) == np.sign(claim.claimed) else "contradicted"
-    if finite(row.get("p_tost")) and row["p_tost"] < alpha:
-        m = row["tost_margin"]
-        text = f"equivalent within ±{m * claim.scale:g}{claim.unit}"
-        if claim.claimed is not None and abs(claim.claimed) > m:
-            text += f" (excludes the paper's {claim.claimed * claim.scale:+.3g}{claim.unit})"
+        text = "supported" if np.sign(row["diff"]) == np.sign(claim.claimed) else "contradicted"
+        if vs_null is not None and null and not _significant(vs_null, alpha):
+            text += (f" against {claim.baseline}, but not told apart from the null nudge "
+                     f"{null} (Holm p={pval(vs_null.get('p_holm'))})")
         return text
+    m, power = row.get("tost_margin"), row.get("tost_power")
+    known = finite(power)
+    under = known and power < target_power
+    if finite(row.get("p_tost")) and row["p_tost"] < alpha:
+        notes = []
+        if claim.claimed is not None and abs(claim.claimed) > m:
+            notes.append(f"excludes the paper's {claim.claimed * s:+.3g}{u}")
+        if under:
+            notes.append(f"power {power:.2f}: under-powered")
+        return f"equivalent within ±{m * s:g}{u}" + (f" ({'; '.join(notes)})" if notes else "")
+    if finite(m) and known:
+        shown = f"no detectable difference; not shown equivalent within ±{m * s:g}{u}"
+        return shown + (f": under-powered (power {power:.2f})" if under
+                        else f" (power {power:.2f})")
     return "no detectable difference"
 
 
-def _paired_texts(claim: Claim, row: Mapping) -> dict[str, str]:
+def _paired_texts(claim: Claim, row: Mapping, family: str) -> dict[str, str]:
     s, u = claim.scale, claim.unit
     return {
         "measured": f"{num(row['mean_variant'] * s)}{u} vs {num(row['mean_baseline'] * s)}{u} "
                     f"(diff {row['diff'] * s:+.3g}{u}, n={int(row['n'])} seeds)",
         "ci": f"[{row['ci_low'] * s:+.3g}, {row['ci_high'] * s:+.3g}]{u}",
-        "test": f"paired t p={pval(row['p_ttest'])}, Holm p={pval(row['p_holm'])}, Wilcoxon "
-                f"p={pval(row['p_wilcoxon'])}, d_z={num(row['d_z'], 2)}; TOST ±"
+        "test": f"paired t p={pval(row['p_ttest'])}, Holm p={pval(row['p_holm'])} ({family}), "
+                f"Wilcoxon p={pval(row['p_wilcoxon'])}, d_z={num(row['d_z'], 2)}; TOST ±"
                 f"{row['tost_margin'] * s:g}{u} p={pval(row['p_tost'])}",
     }
 
 
-def _row_values(row: Mapping, keys=("n", "diff", "ci_low", "ci_high", "p_holm", "p_tost",
-                                    "n_for_claim", "mde", "power")) -> dict[str, Any]:
-    return {k: row.get(k) for k in keys if k in row}
+def _row_values(row: Mapping) -> dict[str, Any]:
+    """The numbers of a stats row a claim result keeps (the t test's power to detect the
+    paper's effect as ``t_power``)."""
+    keys = ("n", "diff", "ci_low", "ci_high", "p_holm", "p_tost", "n_for_claim", "mde",
+            "sd_diff", "tost_power")
+    out = {k: row.get(k) for k in keys if k in row}
+    if "power" in row:
+        out["t_power"] = row["power"]
+    return out
+
+
+def family_rows(claim: Claim, ev: Evidence, cell: Mapping[str, Any],
+                baseline: str | None = None) -> tuple[pd.DataFrame | None, str]:
+    """The claim's pre-registered Holm family: its variants' rows against ``baseline`` (the
+    claim's) on its metric in ``cell``, with ``p_holm`` recomputed over the family
+    (:func:`ablations.claim_power.family_holm`), and the family in words ("over …"); (None,
+    words) when the grid pre-registers no family: the stats table's own ``p_holm`` stands."""
+    baseline = baseline or claim.baseline
+    family = claim.design_of(ev).family
+    rows = [stats_row(ev.stats, claim.metric, v, baseline, **cell) for v in family]
+    return family_holm(family, rows, baseline)
 
 
 # ----------------------------------------------------------------------------- verdicts
 def judge_paired(claim: Claim, ev: Evidence) -> ClaimResult:
-    """A paired comparison (C1, C6): the claim's stats row in its cell."""
+    """A paired comparison (C1, C6): the claim's stats row in its cell, its p value
+    Holm-adjusted over the pre-registered family (:func:`family_rows`), the verdict of
+    :func:`paired_verdict` at the design's target power, and the null control beside it
+    (:func:`null_text`)."""
     cell = claim.cell_of(ev)
     row = stats_row(ev.stats, claim.metric, claim.variant, claim.baseline, **cell)
     if row is None:
         return not_run(claim)
-    texts = _paired_texts(claim, row)
+    design = claim.design_of(ev)
+    fam, family = family_rows(claim, ev, cell)
+    if fam is not None:
+        row = {**row, "p_holm": float(fam.loc[fam["variant"] == claim.variant,
+                                              "p_holm"].iloc[0])}
+    texts = _paired_texts(claim, row, family)
     values = _row_values(row)
     if claim.style == "relative":  # as the paper reports it: a relative change
         base = row["mean_baseline"]
@@ -267,7 +356,18 @@ def judge_paired(claim: Claim, ev: Evidence) -> ClaimResult:
         texts["measured"] = (f"{100 * row['mean_variant']:.2f}% vs "
                              f"{100 * row['mean_baseline']:.2f}% (diff {100 * row['diff']:+.2f}"
                              f" pp, n={int(row['n'])} seeds)")
-    return ClaimResult(claim.id, paired_verdict(claim, row, ev.alpha), **texts, values=values)
+    vs_null = None
+    if ev.null and ev.null not in (claim.variant, claim.baseline):
+        vs_null = stats_row(ev.stats, claim.metric, claim.variant, ev.null, **cell)
+        null, null_values = null_text(
+            claim, ev.null, stats_row(ev.stats, claim.metric, ev.null, claim.baseline, **cell),
+            vs_null, row)
+    else:
+        null, null_values = "–", {}
+    values.update(null_values, design=design_text(claim, row, design))
+    verdict = paired_verdict(claim, row, ev.alpha, design.power, vs_null, ev.null)
+    return ClaimResult(claim.id, verdict, **texts, values=values,
+                       power=power_text(claim, row, design), null=null)
 
 
 def _faster(median_variant: float, median_baseline: float) -> bool | None:
@@ -315,13 +415,16 @@ def judge_time_to_target(claim: Claim, ev: Evidence) -> ClaimResult:
         ci=f"medians [{num(tt['median_variant_low'], 1)}, {num(tt['median_variant_high'], 1)}]"
            f" vs [{num(tt['median_baseline_low'], 1)}, {num(tt['median_baseline_high'], 1)}]",
         test=f"log-rank χ²={num(tt['logrank_chi2'], 2)}, p={pval(tt['p_logrank'])}",
-        values={k: tt[k] for k in ("median_variant", "median_baseline", "p_logrank")})
+        values={**{k: tt[k] for k in ("median_variant", "median_baseline", "p_logrank")},
+                "design": claim.design_of(ev).text()},
+        power=logrank_power_text(claim, tt, claim.design_of(ev)))
 
 
 def judge_best_weight(claim: Claim, ev: Evidence) -> ClaimResult:
     """C3, λ = 0.5 is the best quantum weight: contradicted when some λ beats 0.5 after Holm;
     supported when λ = 0.1 is significantly worse than 0.5 and none better; else no
-    detectable difference. The family: every comparison with sin-l0.5 on the metric."""
+    detectable difference. The family: the grid's pre-registered one (:func:`family_rows`),
+    else every comparison with sin-l0.5 on the metric."""
     from qsgd import parse_variant
 
     from . import stats
@@ -338,6 +441,11 @@ def judge_best_weight(claim: Claim, ev: Evidence) -> ClaimResult:
     best = sweep_sin.loc[sweep_sin["mean"].idxmax()]
     fam = ev.stats[(ev.stats["metric"] == claim.metric) & (ev.stats["baseline"] == claim.baseline)]
     vs = _select(fam, cell)
+    holm_words = f"over all {len(fam)} comparisons with {claim.baseline}"
+    pre, words = family_rows(claim, ev, cell)
+    if pre is not None:  # the pre-registered family: its rows, Holm over them
+        vs, holm_words = pre, words
+        r01 = next((r for _, r in pre.iterrows() if r["variant"] == "sin-l0.1"), r01)
 
     def plain_sin(v: str) -> bool:
         p = parse_variant(v)
@@ -357,10 +465,12 @@ def judge_best_weight(claim: Claim, ev: Evidence) -> ClaimResult:
         measured=f"best mean at λ={best['lam']:g} ({s * best['mean']:.2f}%); "
                  f"λ=0.1 − λ=0.5: {s * r01['diff']:+.2f} pp",
         ci=f"[{s * r01['ci_low']:+.2f}, {s * r01['ci_high']:+.2f}] pp",
-        test=f"paired t vs λ=0.5, Holm over all {len(fam)} comparisons with sin-l0.5: "
+        test=f"paired t vs λ=0.5, Holm {holm_words}: "
              f"λ=0.1 p={pval(r01['p_holm'])} (unadjusted {pval(r01['p_ttest'])}); "
              f"λ significantly better than 0.5: {better or 'none'}",
-        values={"best_lambda": float(best["lam"]), "better": better, "worse": worse})
+        values={"best_lambda": float(best["lam"]), "better": better, "worse": worse,
+                "design": claim.design_of(ev).text()},
+        power=claim.power_note)
 
 
 def judge_cost(claim: Claim, ev: Evidence) -> ClaimResult:
@@ -379,7 +489,9 @@ def judge_cost(claim: Claim, ev: Evidence) -> ClaimResult:
                  f"{row['mean_baseline']:.3f} s)",
         ci=f"[{pct(lo)}, {pct(hi)}]",
         test=f"paired t p={pval(row['p_ttest'])} (wall clock{_timed_on(ev.runs)})",
-        values={"rel": rel, "rel_low": lo, "rel_high": hi})
+        values={"rel": rel, "rel_low": lo, "rel_high": hi,
+                "design": claim.design_of(ev).text()},
+        power=claim.power_note)
 
 
 def _timed_on(runs: pd.DataFrame) -> str:
@@ -401,9 +513,10 @@ def judge_time_to_target_seconds(claim: Claim, ev: Evidence) -> ClaimResult:
         return not_run(claim)
     t5 = stats.time_to_target(ev.runs, claim.variant, claim.baseline, horizon="sec_total",
                               time_col="sec_to_target", cell=cell)
+    power = logrank_power_text(claim, t5, claim.design_of(ev))
     if not finite(t5["reached_mean_baseline"]):
         return ClaimResult(claim.id, "no detectable difference",
-                           measured="no AdamW run reached the target")
+                           measured="no AdamW run reached the target", power=power)
     return ClaimResult(
         claim.id, _sooner_verdict(t5, ev.alpha),
         measured=f"mean seconds to 90% among runs that reached it: "
@@ -412,7 +525,9 @@ def judge_time_to_target_seconds(claim: Claim, ev: Evidence) -> ClaimResult:
                  f"median {num(t5['median_variant'], 2)} vs {num(t5['median_baseline'], 2)} s",
         ci=f"diff [{num(t5['reached_ci_low'], 2)}, {num(t5['reached_ci_high'], 2)}] s (Welch)",
         test=f"log-rank (never-reached runs censored) p={pval(t5['p_logrank'])}",
-        values={"rel": t5["reached_rel_change"], "p_logrank": t5["p_logrank"]})
+        values={"rel": t5["reached_rel_change"], "p_logrank": t5["p_logrank"],
+                "design": claim.design_of(ev).text()},
+        power=power)
 
 
 #: C7's pre-specified tests on theory T2's table ``escape``, one exact McNemar test per
@@ -547,48 +662,56 @@ def judge_escape(claim: Claim, ev: Evidence) -> ClaimResult:
              + "; supported only if sin beats both gauss-l0.5 (noisy) and adamw at ×1e-3 "
                "(theory/report.md, T2)",
         values={"tests": tests, "p_holm": [float(p) for p in flat],
-                "outcomes": {k: t["outcome"] for k, t in tests.items()}})
+                "outcomes": {k: t["outcome"] for k, t in tests.items()}},
+        power=claim.power_note)
 
 
 # ----------------------------------------------------------------------------- C1…C7
 _Q = (("attention", "quantum"),)
 _HOLM = "every variant against the baseline on the metric, all cells (stats.compare_all)"
 
+#: the keys a paired claim's design reads (all of them: margin, family, seeds, power, pilot)
+_PAIRED = DESIGN_KEYS
+_NO_SIZE = "– (the paper gives no effect size to power a test for)"
+
 register_claim(Claim(
     "C1", "better final accuracy (synthetic classification), λ=0.5 vs AdamW",
     "93.8% vs 91.5% (+2.3 pp)", "classifier", judge_paired, title="final test accuracy",
     metric="final_test_acc", variant="sin-l0.5", baseline="adamw", cell=_Q, claimed=0.023,
-    margin=0.01, scale=100.0, unit=" pp", family=_HOLM, style="percent",
-    exhibits=("comparisons", "paired", "forest", "aggregate", "poi")))
+    scale=100.0, unit=" pp", family=_HOLM, style="percent", design_keys=_PAIRED,
+    exhibits=("comparisons", "null", "paired", "forest", "aggregate", "poi")))
 register_claim(Claim(
     "C2", "faster to 90% accuracy", "4.6 vs 7.4 epochs (−37.8%)", "classifier",
     judge_time_to_target, title="epochs to 90% test accuracy (censored runs kept)",
     metric="epochs_to_90", variant="sin-l0.5", baseline="adamw", cell=_Q, claimed=4.6 - 7.4,
-    margin=1.0, unit=" epochs", family="one log-rank test", exhibits=("time_to_target",)))
+    claimed_hazard_ratio=7.4 / 4.6, unit=" epochs", family="one log-rank test",
+    exhibits=("time_to_target",)))
 register_claim(Claim(
     "C3", "λ=0.5 is the best quantum weight", "0.5 better than 0.1", "classifier",
     judge_best_weight, title="the quantum weight λ", metric="final_test_acc",
     variant="sin-l0.1", baseline="sin-l0.5", cell=_Q, scale=100.0, unit=" pp",
-    family="every variant against sin-l0.5 on the metric, all cells", exhibits=("lambda",)))
+    family="every variant against sin-l0.5 on the metric, all cells", exhibits=("lambda",),
+    design_keys=("family", "seeds"), power_note=_NO_SIZE))
 register_claim(Claim(
     "C4", "per-epoch cost about +35%", "+35% per epoch", "classifier", judge_cost,
     title="cost per epoch", metric="sec_per_epoch", variant="sin-l0.5", baseline="adamw",
     cell=_Q, claimed=0.35, relative=True, family="none (a cost, read from its interval)",
-    exhibits=("cost",)))
+    exhibits=("cost",), power_note="– (an interval estimate, no test)"))
 register_claim(Claim(
     "C5", "total time to target about −16%", "−16% time to target", "classifier",
     judge_time_to_target_seconds, title="time to target", metric="sec_to_target",
     variant="sin-l0.5", baseline="adamw", cell=_Q, claimed=-0.16, relative=True,
-    family="one log-rank test"))
+    claimed_hazard_ratio=1 / (1 - 0.16), family="one log-rank test"))
 register_claim(Claim(
     "C6", "LLM fine-tune (GSM8K, 1 epoch): lower mean training loss, λ=0.5 vs AdamW",
     "0.2097 vs 0.2188 (−4.1%), one run each", "llm", judge_paired,
     title="mean training loss over the epoch", metric="mean_train_loss", variant="sin-l0.5",
-    baseline="adamw", cell=(("attention", "none"),), claimed=0.2097 - 0.2188, margin=0.005,
+    baseline="adamw", cell=(("attention", "none"),), claimed=0.2097 - 0.2188,
     family=_HOLM, style="relative", claimed_relative=(0.2097 - 0.2188) / 0.2188,
-    exhibits=("comparisons_all", "summary", "paired", "forest")))
+    design_keys=_PAIRED, exhibits=("comparisons_all", "summary", "null", "paired", "forest")))
 register_claim(Claim(
     "C7", "the sinusoid helps escape shallow local minima", "argued, not measured", "theory",
     judge_escape, title="escape from shallow minima", variant="sin-l0.5", baseline="adamw",
     family="exact McNemar per landscape, paired by seed, Holm over sin-l0.5 vs gauss-l0.5 "
-           "(noisy), vs adamw (noisy ×1e-3) and vs adamw (noisy), every landscape"))
+           "(noisy), vs adamw (noisy ×1e-3) and vs adamw (noisy), every landscape",
+    design_keys=(), power_note=_NO_SIZE))

@@ -34,6 +34,10 @@ validation metric in that grid (:func:`ablations.stats.lr_selection`); a sweep t
 finished is an error naming it. ``[grid].selection = true`` marks such a sweep: its report
 shows the selection and judges no claim (its runs chose the settings; they do not also test).
 
+``[claims.<id>]`` pre-registers how the grid judges a claim: its TOST margin, Holm family,
+paired seeds, target power and the pilot spread the seeds were computed from
+(:mod:`ablations.design`); the cells must run those seeds, and the seeds must reach the power.
+
 ``[grid].runs_per_gpu`` (default 1; a GPU arm's setting) packs that many worker processes on
 each GPU: small-batch runs are launch-bound, and several per device use it better. It decides
 where runs go, not what they compute, so it is part of no run's key.
@@ -173,6 +177,9 @@ class GridConfig:
     selected_task: str = ""
     selected_task_options: dict[str, Any] = field(default_factory=dict)
     selected_task_from: Path | None = None
+    #: claim id → its pre-registered :class:`ablations.design.Design` (``[claims.<id>]``):
+    #: margin, Holm family, seeds, target power, pilot spread; {} without the table
+    designs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def arm_obj(self) -> Arm:
@@ -252,10 +259,10 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
         arm_obj = get_arm(arm)
     except ArmError as err:
         raise ConfigError(f"{path}: [grid].arm: {err}") from None
-    top_unknown = set(raw) - {"grid", "cells", arm}
+    top_unknown = set(raw) - {"grid", "cells", arm, "claims"}
     if top_unknown:
         raise ConfigError(f"{path}: unknown table(s): {', '.join(sorted(top_unknown))} "
-                          f"(valid: grid, cells, {arm})")
+                          f"(valid: grid, cells, claims, {arm})")
     options = raw.get(arm, {})
     if not isinstance(options, dict):
         raise ConfigError(f"{path}: [{arm}] must be a table")
@@ -331,6 +338,7 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
                         spec = RunSpec(arm, vid, a, seed, lr, cell_opts or frozen_opts,
                                        numerics, task)
                         specs.setdefault(spec.key, spec)
+    designs = _claim_designs(path, raw.get("claims"), arm, specs.values(), baseline_lr)
     res = (Path(results) if results is not None
            else Path(grid.get("results", f"results/{arm}"))).expanduser()
     return GridConfig(path=path, arm=arm, name=str(grid.get("name", arm)), results=res,
@@ -340,7 +348,22 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
                       selected_lr=dict(selected or {}),
                       selected_from=None if selected is None else path.parent / grid["select_lr"],
                       selected_task=level, selected_task_options=level_options,
-                      selected_task_from=(path.parent / grid["select_task"] if level else None))
+                      selected_task_from=(path.parent / grid["select_task"] if level else None),
+                      designs=designs)
+
+
+def _claim_designs(path: Path, table: Any, arm: str, specs: Iterable[RunSpec],
+                   lr: float) -> dict[str, Any]:
+    """The pre-registered designs of ``[claims.<id>]`` (:mod:`ablations.design`), validated
+    against the grid's specs; {} without the table."""
+    if table is None:
+        return {}
+    from .design import claim_designs
+
+    try:
+        return claim_designs(path, table, arm, specs, lr)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _lr_or_selected(value: Any, where: str, selected: dict[str, float] | None,

@@ -106,7 +106,8 @@ def _cell(ctx: Context, claim: Claim | None) -> dict:
 
 
 _STATS_COLS = ["variant", "attention", "lr", "n", "mean_variant", "mean_baseline", "diff",
-               "ci_low", "ci_high", "p_ttest", "p_holm", "d_z", "p_tost", "power", "verdict"]
+               "ci_low", "ci_high", "p_ttest", "p_holm", "d_z", "p_tost", "tost_power", "power",
+               "verdict"]
 
 
 def _cols(df: pd.DataFrame, cols: list[str]) -> list[str]:
@@ -135,6 +136,51 @@ def comparisons_all(ctx: Context, claim: Claim) -> list[str]:
             out.append(md_table(sub, _cols(sub, [c for c in _STATS_COLS
                                                  if c not in ("attention", "lr")]), 4))
     return out
+
+
+@exhibit("null")
+def null_control(ctx: Context, claim: Claim) -> list[str]:
+    """Every variant's effect against the claim's baseline beside the null control's
+    (:func:`ablations.stats.null_control`): a table and a figure; nothing when the grid has
+    not run the null control."""
+    from .null_plots import plot_null_control
+
+    null = ctx.evidence.null
+    if not null or claim.baseline == null:
+        return []
+    cell = {k: v for k, v in _cell(ctx, claim).items() if k in ctx.stats.columns}
+    table = stats.null_control(ctx.stats, claim.metric, null, claim.baseline, cell=cell,
+                               alpha=ctx.evidence.alpha)
+    if table.empty:
+        return []
+    s, u = claim.scale, claim.unit
+
+    def ci(r, suffix=""):
+        d, lo, hi = (r[f"{k}{suffix}"] for k in ("diff", "ci_low", "ci_high"))
+        if not np.isfinite(d):
+            return "–"
+        return f"{d * s:+.3g} [{lo * s:+.3g}, {hi * s:+.3g}]"
+
+    shown = pd.DataFrame([{
+        "variant": r["variant"], "n": int(r["n"]),
+        f"diff vs {claim.baseline}{u} [95% CI]": ci(r),
+        "p_holm": r["p_holm"], f"sd of paired diffs{u}": num(r["sd_diff"] * s, 3),
+        "× nudge's sd": num(r["spread_ratio"], 2),
+        f"diff vs {null}{u} [95% CI]": ci(r, "_vs_null"),
+        "p_holm_vs_null": r["p_holm_vs_null"], "reading": r["reading"]}
+        for _, r in table.iterrows()])
+    ref = table.iloc[0]
+    fig = plot_null_control(table, null=null, baseline=claim.baseline, scale=s, unit=u,
+                            metric_label=ctx.label(claim.metric))
+    return [f"### Against a nudge: the null control {null}\n",
+            f"{null} adds a negligible random perturbation (λ = 0.001, DESIGN.md): its paired "
+            f"difference to {claim.baseline} is {ci(ref)}{u} and the sd of its paired "
+            f"differences {num(ref['null_sd'] * s, 3)}{u} (n = {int(ref['n'])}), the spread "
+            "that chaotic divergence alone produces. Each variant's effect beside it: the sd "
+            "of its paired differences as a multiple of the nudge's, and its paired difference "
+            f"to the nudge (Holm over every variant against {null}); *differs from "
+            f"{claim.baseline}, not from the nudge* marks an effect a nudge would match.\n",
+            md_table(shown, None, 3), figure_link(ctx, f"null_control_{claim.metric}.png", fig)]
 
 
 @exhibit("summary")

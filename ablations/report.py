@@ -24,7 +24,7 @@ import pandas as pd
 
 from . import stats
 from .arms import get_arm
-from .claims import Claim, ClaimResult, Evidence, claimed_effects, claims, claims_for
+from .claims import Claim, ClaimResult, Evidence, claimed_effects, claims, claims_for, get_claim
 from .config import GridConfig, SelectionPending, load_config
 from .exhibits import EXHIBITS, Context, md_table
 from .fmt import num
@@ -46,11 +46,13 @@ def save_figure(fig, path: Path, dpi: int = 150) -> Path:
 
 
 # ----------------------------------------------------------------------------- statistics
-def _margins(arm, runs: pd.DataFrame, metrics: list[str]) -> dict[str, float]:
-    """TOST margins: the claim's where a claim of this arm sets one for the metric, else the
-    metric's own (absolute, or relative to the baseline's mean)."""
-    from_claims = {c.metric: c.margin for c in claims_for(arm.name)
-                   if c.metric and c.margin is not None}
+def _margins(arm, runs: pd.DataFrame, metrics: list[str],
+             designs: dict | None = None) -> dict[str, float]:
+    """TOST margins: the pre-registered one where the grid's design of a claim sets one for
+    the metric (``[claims.<id>].margin``), else the metric's own (absolute, or relative to
+    the baseline's mean)."""
+    from_claims = {get_claim(cid).metric: d.margin for cid, d in (designs or {}).items()
+                   if d.margin is not None}
     base = runs[runs["variant"] == arm.baselines[0]]
     out = {}
     for name in metrics:
@@ -68,12 +70,20 @@ def _cell_keys(arm, runs: pd.DataFrame) -> tuple[str, ...]:
     return (("task",) if (tasks != "").any() else ()) + tuple(arm.cell_keys)
 
 
-def _stats_table(arm, runs: pd.DataFrame) -> pd.DataFrame:
+def _baselines(arm, runs: pd.DataFrame) -> tuple[str, ...]:
+    """The arm's baselines, and its null control where the grid ran it (every variant is
+    then also compared with the nudge)."""
+    null = arm.null_control
+    return arm.baselines + ((null,) if null and null in set(runs["variant"]) else ())
+
+
+def _stats_table(arm, runs: pd.DataFrame, designs: dict | None = None) -> pd.DataFrame:
     metrics = [m.name for m in arm.compared_metrics if m.name in runs.columns]
     effects = {k: v for k, v in claimed_effects(arm.name, arm.baselines[0]).items()
                if k in metrics}
-    return stats.compare_all(runs, metrics, baselines=arm.baselines, claimed_effects=effects,
-                             tost_margins=_margins(arm, runs, metrics),
+    return stats.compare_all(runs, metrics, baselines=_baselines(arm, runs),
+                             claimed_effects=effects,
+                             tost_margins=_margins(arm, runs, metrics, designs),
                              higher_is_better=arm.directions(),
                              cell_keys=_cell_keys(arm, runs), n_boot=4000)
 
@@ -167,6 +177,12 @@ def _claim_section(ctx: Context, claim: Claim, res: ClaimResult) -> list[str]:
                  f"spread needs {num(v.get('n_for_claim'), 0)} paired seeds (80% power); the "
                  f"smallest effect {int(v['n'])} seeds detect is "
                  f"{num(v.get('mde', float('nan')) * claim.scale, 2)}{claim.unit}.")
+    if v.get("design"):
+        text += f" {v['design']}"
+    if res.power != "–":
+        text += f" Power: {res.power}."
+    if res.null != "–":
+        text += f" Null control: {res.null}."
     body = [head, text + f" Verdict: **{res.verdict}**.\n"]
     for name in claim.exhibits:
         body += _exhibit(name, ctx, claim)
@@ -204,19 +220,31 @@ def _sweeps_section(out: Path) -> list[str]:
 def _statistics_note(ctx: Context) -> str:
     margins = []
     shown = [m for m in ctx.arm.compared_metrics if m.name in ctx.runs.columns]
+    registered = {get_claim(cid).metric: (cid, d.margin) for cid, d in ctx.cfg.designs.items()
+                  if d.margin is not None}
     for m in shown:
-        if m.margin is not None:
+        if m.name in registered:
+            cid, margin = registered[m.name]
+            margins.append(f"±{margin * m.scale:g}{m.unit} ({m.display}, pre-registered in "
+                           f"[claims.{cid}])")
+        elif m.margin is not None:
             margins.append(f"±{m.margin * m.scale:g}{m.unit} ({m.display})")
-    rel = [m.display for m in shown if m.margin is None]
+    rel = [m.display for m in shown if m.margin is None and m.name not in registered]
     if rel:
         margins.append(f"±5% of {ctx.arm.baselines[0]}'s mean ({', '.join(rel)})")
+    baselines = _baselines(ctx.arm, ctx.runs)
+    null = (f" (`{ctx.arm.null_control}` is the null control: a negligible random "
+            "perturbation whose paired differences to AdamW measure chaotic divergence)"
+            if ctx.arm.null_control in baselines else "")
     return (f"## Statistics\n\n`stats.csv`: every variant against "
-            f"{' and against '.join(f'`{b}`' for b in ctx.arm.baselines)}, paired by seed "
+            f"{' and against '.join(f'`{b}`' for b in baselines)}{null}, paired by seed "
             f"within a cell ({', '.join(ctx.arm.cell_keys)}); 95% t and bootstrap CIs; paired t "
             "and Wilcoxon tests; Holm correction over all variants against one baseline on one "
-            "metric; Cohen's d_z; TOST equivalence with margins " + ", ".join(margins)
-            + "; seeds needed for the paper's effect, the power to detect it and the minimum "
-            "detectable effect at 80% power.\n")
+            "metric (a claim with a pre-registered family: over that family); Cohen's d_z; "
+            "TOST equivalence with margins " + ", ".join(margins)
+            + "; its achieved power at the measured spread were the true difference 0 "
+            "(`tost_power`); seeds needed for the paper's effect, the power to detect it and "
+            "the minimum detectable effect at 80% power.\n")
 
 
 # ----------------------------------------------------------------------------- arm reports
@@ -248,12 +276,14 @@ def render_arm(cfg: GridConfig) -> Path:
         (out / "report.md").write_text("\n".join(header) + "\nNo runs yet.\n")
         _write_claims(out, cfg, {})
         return out / "report.md"
-    table = _stats_table(arm, runs)
+    table = _stats_table(arm, runs, cfg.designs)
     table.to_csv(out / "stats.csv", index=False)
     horizon = getattr(cfg.arm_options, "epochs", None)
     evidence = Evidence(runs=runs, stats=table, lr=cfg.baseline_lr,
                         horizon=float(horizon) if horizon is not None else None,
-                        directions=arm.directions())
+                        directions=arm.directions(), designs=cfg.designs,
+                        null=arm.null_control if arm.null_control in set(runs["variant"])
+                        else None)
     ctx = Context(cfg=cfg, arm=arm, runs=runs, curves=curves_table(records), stats=table,
                   records=records, evidence=evidence, sweep=_sweep_runs(cfg))
     body = _setup(ctx)
@@ -358,14 +388,13 @@ def render_ledger(root: Path | str = "results") -> Path:
              "(themselves generated from the raw runs). Do not edit: regenerate with "
              "`nox -s report`.\n",
              "| claim | the paper says | paper's numbers | protocol | measured | 95% CI | test "
-             "| power | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| power | null control | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for c in claims():
         for protocol, r in _ledger_rows(c, stored):
-            power = r.get("power")
             cells = [c.id, c.text, c.paper, protocol, r.get("measured", "–"), r.get("ci", "–"),
-                     r.get("test", "–"), num(power, 2) if power is not None else "–",
-                     f"**{r.get('verdict', '–')}**"]
+                     r.get("test", "–"), _power_cell(r.get("power"), c),
+                     r.get("null", "–"), f"**{r.get('verdict', '–')}**"]
             lines.append("| " + " | ".join(str(x).replace("|", "/") for x in cells) + " |")
     # the reports behind the rows: every folder whose claims.json judged a claim (a selection
     # grid judges none), in the claims' order
@@ -389,21 +418,38 @@ def render_ledger(root: Path | str = "results") -> Path:
     lines += ["",
               "Protocols: *paper* (the paper's Tables II and III, nothing tuned), *calibrated* "
               "(every choice made on validation data), *earlier* (grids of earlier sessions: "
-              "their batch size and learning rate were chosen on test accuracy). Power: of the "
-              "paired t test to detect the paper's claimed effect at the measured spread and "
-              "number of seeds (– where the paper gives no effect size or the test is not a "
-              "paired t test).", "",
+              "their batch size and learning rate were chosen on test accuracy). Power, as "
+              "achieved at the measured spread and number of seeds: of the TOST at the "
+              "claim's pre-registered margin were the true difference 0 (below 0.8 an "
+              "equivalence is under-powered, and the verdict says so), of the paired t test "
+              "to detect the paper's claimed effect, and of the log-rank test to detect the "
+              "paper's hazard ratio (Schoenfeld); the seeds pre-registered in the grid's "
+              "config (`[claims.<id>]`) beside those run. Null control: the paired difference "
+              "of `gauss-l0.001` (a negligible random perturbation) to AdamW, its 95% CI and "
+              "the sd of its paired differences, the spread chaotic divergence alone "
+              "produces; the claim's spread as a multiple of it; and the claim's variant "
+              "against the nudge, so that \"differs from AdamW\" and \"differs from a "
+              "nudge\" are told apart.", "",
               "Verdicts: *supported* (significant after Holm correction, in the paper's "
               "direction; for a cost: its 95% interval contains the paper's figure), "
               "*contradicted* (significant in the other direction; for a cost: the interval "
-              "excludes the paper's figure), *equivalent within ±margin* (TOST), *no detectable "
-              "difference* (neither), *not supported: …* (a claim judged by several "
+              "excludes the paper's figure), *equivalent within ±margin* (TOST; "
+              "*under-powered* when its power is below 0.8), *no detectable difference* "
+              "(neither; *not shown equivalent: under-powered* when the TOST could not have "
+              "shown equivalence), *not supported: …* (a claim judged by several "
               "pre-specified tests, C7: support needs every one of them and not all pass; the "
               "text says what each found)."]
     path = root / "README.md"
     root.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _power_cell(power: Any, claim: Claim) -> str:
+    """The ledger's power: the claim's words (a number in a claims.json of older code)."""
+    if isinstance(power, str):
+        return power
+    return num(power, 2) if power is not None else claim.power_note
 
 
 def _id_span(ids: list[str]) -> str:

@@ -375,7 +375,8 @@ def test_paper_grid_renders_a_report_and_the_ledger(data_dir, tmp_path):
         batching="example", loss_tokens="all", lr=2e-5, schedule="linear", min_lr_ratio=0.0,
         warmup=500, weight_decay=0.01, clip_grad=1.0, precision="fp16", max_len=2048)
     assert paper["cells"][0]["variants"] == ["adamw", "sin-l0.1", "sin-l0.5", "moment-l0.5",
-                                             "sin-l0.5-first4", "gauss-l0.5"]
+                                             "sin-l0.5-first4", "gauss-l0.5", "gauss-l0.001"]
+    assert paper["claims"]["C6"]["margin"] == 0.005  # pre-registered (ablations/design.py)
     tiny = {**paper["llm"], **PAPER_TINY, "data_dir": str(data_dir), "amp": False,
             "eval_questions": 0, "precision": "fp32", "train_examples": 8}
     cells = [{"name": "c6-paper", "variants": ["adamw", "sin-l0.5"], "seeds": 3}]

@@ -251,7 +251,8 @@ def test_compare_all_columns_rows_and_verdicts():
     assert list(table.columns[:17]) == list(S.STATS_COLUMNS)
     assert S.STATS_COLUMNS[14:17] == ("p_tost", "power", "verdict")
     assert list(table.columns[17:]) == ["boot_low", "boot_high", "n_for_claim", "mde",
-                                        "attention", "lr", "claimed_effect", "sd_diff"]
+                                        "attention", "lr", "claimed_effect", "sd_diff",
+                                        "tost_power"]
     q = table[(table.baseline == "adamw") & (table.attention == "quantum")]
     acc = q[q.metric == "final_test_acc"].set_index("variant")
     ep = q[q.metric == "epochs_to_90"].set_index("variant")

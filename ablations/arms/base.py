@@ -145,6 +145,9 @@ class Arm(abc.ABC):
     attentions: the values a cell's ``attention`` may take; the first is the default.
     cell_keys: the columns that define a cell: comparisons pair seeds within a cell only.
     baselines: the variants every other variant is compared with in ``stats.csv``.
+    null_control: the null control's variant id (DESIGN.md: a negligible random perturbation
+        that measures chaotic divergence), or None. Where a grid runs it, ``stats.csv`` also
+        compares every variant with it, and reports set each effect beside its spread.
     curve_x, curve_value, curve_label: the learning curve's x column, value column and label.
     setup_exhibits, analyses: names of report exhibits (``ablations.exhibits``) shown after
         the setup paragraph and after the claims' sections.
@@ -165,6 +168,7 @@ class Arm(abc.ABC):
     attentions: ClassVar[tuple[str, ...]] = ("none",)
     cell_keys: ClassVar[tuple[str, ...]] = ("attention", "lr")
     baselines: ClassVar[tuple[str, ...]] = ("adamw", "sin-l0.5")
+    null_control: ClassVar[str | None] = "gauss-l0.001"
     curve_x: ClassVar[str] = "epoch"
     curve_value: ClassVar[str] = "train_loss"
     curve_label: ClassVar[str] = "training loss"

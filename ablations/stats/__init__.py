@@ -10,12 +10,14 @@ S.compare_all(...)``):
 
 - :mod:`.paired`: paired differences, paired comparisons, :func:`compare_all` (the
   ``stats.csv`` table), Holm's correction, the verdict rule;
-- :mod:`.power`: power, sample size and detectable effect of the paired t test;
+- :mod:`.power`: power, sample size and detectable effect of the paired t test, power and
+  sample size of the TOST equivalence test, power of the log-rank test;
 - :mod:`.survival`: time to target — Kaplan–Meier, its median (:data:`KM_MEDIAN_RULE`),
   log-rank, the paper's mean among runs that reached the target, the difficulty selection
   (the level whose median time to target is nearest a target);
 - :mod:`.aggregate`: IQM, stratified bootstrap, probability of improvement (rliable-style);
 - :mod:`.factorial`: the 2 × 2 attention × optimizer analysis;
+- :mod:`.null`: every variant's effect beside the null control's (a negligible nudge);
 - :mod:`.summaries`: t and Wilson intervals, learning-curve summaries, the λ sweep, the
   learning-rate selection and the runs at each variant's selected lr.
 
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 from .aggregate import aggregate_metrics, iqm, probability_of_improvement, stratified_bootstrap_ci
 from .factorial import factorial_2x2
+from .null import NULL_READINGS, null_control
 from .paired import (
     EXTRA_COLUMNS,
     FAMILIES,
@@ -46,7 +49,15 @@ from .paired import (
     paired_differences,
     verdict,
 )
-from .power import min_detectable_effect, paired_t_power, power_to_detect, seeds_needed
+from .power import (
+    logrank_power,
+    min_detectable_effect,
+    paired_t_power,
+    power_to_detect,
+    seeds_needed,
+    tost_power,
+    tost_seeds_needed,
+)
 from .summaries import (
     at_selected_lr,
     curve_summary,
@@ -96,6 +107,11 @@ __all__ = [
     "min_detectable_effect",
     "paired_t_power",
     "power_to_detect",
+    "tost_power",
+    "tost_seeds_needed",
+    "logrank_power",
+    "null_control",
+    "NULL_READINGS",
     "t_interval",
     "wilson",
     "summarize",

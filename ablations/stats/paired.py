@@ -41,7 +41,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from ._common import DEFAULT_CELL_KEYS, as_float, cell_keys_in, select_cell
-from .power import min_detectable_effect, power_to_detect, seeds_needed
+from .power import min_detectable_effect, power_to_detect, seeds_needed, tost_power
 
 __all__ = ["STATS_COLUMNS", "EXTRA_COLUMNS", "FAMILIES", "paired_differences",
            "paired_comparison", "compare_all", "holm", "verdict"]
@@ -56,7 +56,7 @@ STATS_COLUMNS: tuple[str, ...] = (
 #: Extra columns that :func:`compare_all` appends after :data:`STATS_COLUMNS`; the cell keys
 #: (by default ``attention``, ``lr``) come between ``mde`` and ``claimed_effect``.
 EXTRA_COLUMNS: tuple[str, ...] = (
-    "boot_low", "boot_high", "n_for_claim", "mde", "claimed_effect", "sd_diff",
+    "boot_low", "boot_high", "n_for_claim", "mde", "claimed_effect", "sd_diff", "tost_power",
 )
 
 #: Accepted values of ``family`` in :func:`compare_all` (the sets of p values Holm adjusts).
@@ -151,7 +151,7 @@ def _paired_stats(xv: np.ndarray, xb: np.ndarray, *, tost_margin: float | None,
     out = dict(n=n, mean_variant=nan, mean_baseline=nan, diff=nan, sd_diff=nan, ci_low=nan,
                ci_high=nan, boot_low=nan, boot_high=nan, p_ttest=nan, p_wilcoxon=nan,
                d_z=nan, tost_margin=nan, p_tost=nan, power=nan, claimed_effect=nan,
-               n_for_claim=nan, mde=nan)
+               n_for_claim=nan, mde=nan, tost_power=nan)
     if tost_margin is not None and np.isfinite(tost_margin):
         if tost_margin <= 0:
             raise ValueError(f"tost_margin must be positive; got {tost_margin}")
@@ -202,6 +202,8 @@ def _paired_stats(xv: np.ndarray, xb: np.ndarray, *, tost_margin: float | None,
     out["n_for_claim"] = seeds_needed(out["claimed_effect"], sd, alpha, power)
     out["mde"] = min_detectable_effect(n, sd, alpha, power)
     out["power"] = power_to_detect(out["claimed_effect"], sd, n, alpha)
+    if np.isfinite(margin):
+        out["tost_power"] = tost_power(margin, sd, n, 0.0, alpha)
     return out
 
 
@@ -252,6 +254,10 @@ def paired_comparison(runs: pd.DataFrame, metric: str, variant: str, baseline: s
       (:func:`~ablations.stats.power.seeds_needed`); NaN without a claim.
     - ``mde``: minimum detectable |effect| at the current n with ``power``
       (:func:`~ablations.stats.power.min_detectable_effect`), metric units.
+    - ``tost_power``: the achieved power of the TOST at ±``tost_margin`` with these n pairs
+      at the observed sd(d), were the true difference 0
+      (:func:`~ablations.stats.power.tost_power`): below the target power, a failure to show
+      equivalence says little; NaN without a margin.
 
     Everything but n and the means is NaN below two pairs.
 
@@ -271,7 +277,7 @@ def paired_comparison(runs: pd.DataFrame, metric: str, variant: str, baseline: s
     Returns:
         dict with keys n, n_cells, mean_variant, mean_baseline, diff, sd_diff, ci_low, ci_high,
         boot_low, boot_high, p_ttest, p_wilcoxon, d_z, tost_margin, p_tost, power,
-        claimed_effect, n_for_claim, mde.
+        claimed_effect, n_for_claim, mde, tost_power.
     """
     pairs = paired_differences(runs, metric, variant, baseline, cell_keys=cell_keys, cell=cell)
     keys = cell_keys_in(runs, cell_keys)
@@ -401,7 +407,8 @@ def compare_all(runs: pd.DataFrame, metrics: Sequence[str],
 
     Returns:
         DataFrame with exactly :data:`STATS_COLUMNS` first, then ``boot_low, boot_high,
-        n_for_claim, mde``, the cell keys present in ``runs``, ``claimed_effect, sd_diff``.
+        n_for_claim, mde``, the cell keys present in ``runs``, ``claimed_effect, sd_diff,
+        tost_power``.
         Rows are ordered by metric (as given), baseline (as given), cell, then variant.
     """
     if family not in FAMILIES:
