@@ -169,8 +169,9 @@ class GridConfig:
     #: variant → its lr selected on validation by the grid of ``[grid].select_lr`` (empty
     #: without one): what ``lr = "selected"`` resolves to, and what reports compare at
     selected_lr: dict[str, float] = field(default_factory=dict)
-    #: the config of that selection grid (None without one)
+    #: the config of that selection grid (None without one), and that grid, as loaded
     selected_from: Path | None = None
+    selected_grid: GridConfig | None = None
     #: the level (task of the selection grid of ``[grid].select_task``) whose options this
     #: grid's arm table takes, chosen on validation ("" without one), those options, and the
     #: config of that grid (None without one)
@@ -287,7 +288,8 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
     if protocol and protocol not in PROTOCOLS:
         raise ConfigError(f"{path}: [grid].protocol must be one of {', '.join(PROTOCOLS)}, "
                           f"got {protocol!r}")
-    selected = _selection(path, grid, arm_obj) if "select_lr" in grid else None
+    selected, lr_grid = (_selection(path, grid, arm_obj) if "select_lr" in grid
+                         else (None, None))
     if "baseline_lr" in grid:
         baseline_lr = _lr_or_selected(grid["baseline_lr"], f"{path}: [grid].baseline_lr",
                                       selected, None)[0]
@@ -347,6 +349,7 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
                       selection=selection, runs_per_gpu=runs_per_gpu,
                       selected_lr=dict(selected or {}),
                       selected_from=None if selected is None else path.parent / grid["select_lr"],
+                      selected_grid=lr_grid,
                       selected_task=level, selected_task_options=level_options,
                       selected_task_from=(path.parent / grid["select_task"] if level else None),
                       designs=designs)
@@ -397,22 +400,24 @@ def _selection_grid(path: Path, ref: str, where: str, arm_obj: Arm) -> GridConfi
     return sweep
 
 
-def _finished_runs(sweep: GridConfig, ref: str, where: str):
-    """The runs table of the selection grid ``sweep``; SelectionPending until all have run."""
+def selection_runs(sweep: GridConfig, where: str | None = None):
+    """The runs table of the selection grid ``sweep`` (its current records); with ``where``
+    (the key that reads it), SelectionPending until every run of it is stored."""
     from .records import RUNS_FILE, load_records
     from .tables import current_records, runs_table
 
     records, _ = current_records(load_records(sweep.results / RUNS_FILE),
                                  {s.key for s in sweep.specs})
-    if len(records) < len(sweep.specs):
-        raise SelectionPending(f"{where}: {ref} has {len(records)} of its {len(sweep.specs)} "
-                               f"runs in {sweep.results}; run it first")
-    return runs_table(records)
+    if where is not None and len(records) < len(sweep.specs):
+        raise SelectionPending(f"{where}: {sweep.path.name} has {len(records)} of its "
+                               f"{len(sweep.specs)} runs in {sweep.results}; run it first")
+    return runs_table(records, sweep.protocol)
 
 
-def _selection(path: Path, grid: dict, arm_obj: Arm) -> dict[str, float]:
-    """variant → its selected lr: the best mean of the arm's validation metric among the
-    finished runs of the grid ``[grid].select_lr`` names (a path relative to this config)."""
+def _selection(path: Path, grid: dict, arm_obj: Arm) -> tuple[dict[str, float], GridConfig]:
+    """(variant → its selected lr, the selection grid): the best mean of the arm's validation
+    metric among the finished runs of the grid ``[grid].select_lr`` names (a path relative to
+    this config)."""
     ref = grid["select_lr"]
     if not isinstance(ref, str):
         raise ConfigError(f"{path}: [grid].select_lr must be a config path, got {ref!r}")
@@ -423,7 +428,7 @@ def _selection(path: Path, grid: dict, arm_obj: Arm) -> dict[str, float]:
     from .stats import lr_selection
 
     sweep = _selection_grid(path, ref, f"{path}: [grid].select_lr", arm_obj)
-    runs = _finished_runs(sweep, ref, f"{path}: [grid].select_lr")
+    runs = selection_runs(sweep, f"{path}: [grid].select_lr")
     if metric not in runs.columns:
         raise ConfigError(f"{path}: [grid].select_lr: the runs of {ref} have no {metric!r} "
                           "(no validation split)")
@@ -432,7 +437,7 @@ def _selection(path: Path, grid: dict, arm_obj: Arm) -> dict[str, float]:
     chosen = table[table["selected"]]
     if "attention" in chosen.columns and chosen["attention"].nunique() > 1:
         chosen = chosen[chosen["attention"] == arm_obj.attentions[0]]
-    return {str(r["variant"]): float(r["lr"]) for _, r in chosen.iterrows()}
+    return {str(r["variant"]): float(r["lr"]) for _, r in chosen.iterrows()}, sweep
 
 
 def _task_selection(path: Path, grid: dict, arm_obj: Arm,
@@ -445,11 +450,10 @@ def _task_selection(path: Path, grid: dict, arm_obj: Arm,
     where = f"{path}: [grid].select_task"
     if not isinstance(ref, str):
         raise ConfigError(f"{where} must be a config path, got {ref!r}")
-    from .selection import difficulty_choice, task_options, varying_keys
+    from .selection import difficulty_choice, level_keys
 
     sweep = _selection_grid(path, ref, where, arm_obj)
-
-    varying = varying_keys(task_options(sweep))
+    varying = level_keys(sweep)
     if arm_obj.difficulty is None or not varying:
         raise ConfigError(f"{where}: {ref} is no difficulty selection (it needs two levels or "
                           f"more{'' if arm_obj.difficulty else ' and an arm with a target'})")
@@ -457,7 +461,7 @@ def _task_selection(path: Path, grid: dict, arm_obj: Arm,
     if taken:
         raise ConfigError(f"{path}: [{arm_obj.name}].{taken[0]} is chosen by [grid].select_task "
                           f"({ref}); remove it from the table")
-    choice = difficulty_choice(sweep, _finished_runs(sweep, ref, where))
+    choice = difficulty_choice(sweep, selection_runs(sweep, where))
     if choice is None or choice.task is None:
         raise ConfigError(f"{where}: {ref} chose no level: no level of "
                           f"{arm_obj.attentions[0]} attention met its rule (see its report)")

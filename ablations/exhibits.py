@@ -565,7 +565,7 @@ def difficulty(ctx: Context, claim: Claim | None) -> list[str]:
     read at its own selected one (:func:`ablations.stats.lr_selection` of the selection
     metric over that level's runs): the difficulty is then the one the tuned baseline meets.
     Validation metrics only."""
-    from .selection import difficulty_choice, task_options
+    from .selection import difficulty_choice
     from .sweep_plots import plot_difficulty
 
     choice = difficulty_choice(ctx.cfg, ctx.runs)
@@ -573,7 +573,6 @@ def difficulty(ctx: Context, claim: Claim | None) -> list[str]:
         return []
     target, table = ctx.arm.difficulty, choice.table
     base, selector, main = ctx.arm.baselines[0], ctx.arm.selection_metric, ctx.arm.attentions[0]
-    horizon = max(float(o[target.horizon]) for o in task_options(ctx.cfg).values())
     tuned = (f" Levels run at several learning rates are read at each one's own: the lr "
              f"of {base}'s highest mean {ctx.label(selector)} on that level (column lr)."
              if choice.tuned else "")
@@ -581,7 +580,7 @@ def difficulty(ctx: Context, claim: Claim | None) -> list[str]:
     pick = (f"**{chosen['task'].iloc[0]}** (median {num(chosen['median'].iloc[0], 1)})"
             if len(chosen) else f"none yet (no level of {main} attention has a median)")
     fig = plot_difficulty(table, target=target.target, time_label=ctx.label(target.time),
-                          horizon=horizon)
+                          horizon=choice.horizon)
     selector = ctx.label(selector or "")
     text = (f"Each level is a task of this grid. Per level: the Kaplan–Meier median of "
             f"{ctx.label(target.time)} over {base}'s runs (runs that never reached it censored "

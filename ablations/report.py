@@ -25,7 +25,7 @@ import pandas as pd
 from . import stats
 from .arms import get_arm
 from .claims import Claim, ClaimResult, Evidence, claimed_effects, claims, claims_for, get_claim
-from .config import GridConfig, SelectionPending, load_config
+from .config import GridConfig, SelectionPending, load_config, selection_runs
 from .exhibits import EXHIBITS, Context, md_table
 from .fmt import num
 from .records import RUNS_FILE, json_default, load_records
@@ -322,13 +322,8 @@ def render_arm(cfg: GridConfig) -> Path:
 
 def _sweep_runs(cfg: GridConfig) -> pd.DataFrame | None:
     """The runs table of the grid that selected this grid's learning rates
-    (``cfg.selected_from``), or None without one."""
-    if cfg.selected_from is None:
-        return None
-    sweep = load_config(cfg.selected_from)
-    records, _ = current_records(load_records(sweep.results / RUNS_FILE),
-                                 {s.key for s in sweep.specs})
-    return runs_table(records, sweep.protocol)
+    (``cfg.selected_grid``), or None without one."""
+    return None if cfg.selected_grid is None else selection_runs(cfg.selected_grid)
 
 
 def _protocol_name(protocol: str) -> str:

@@ -23,20 +23,21 @@ import pandas as pd
 
 from . import stats
 
-__all__ = ["DifficultyChoice", "task_options", "varying_keys", "difficulty_choice"]
+__all__ = ["DifficultyChoice", "task_options", "level_keys", "difficulty_choice"]
 
 
 @dataclass(frozen=True)
 class DifficultyChoice:
     """The selection table (one row per level and attention, ``selected`` marks the choice),
-    the level chosen (None: none meets the rule yet), the options that differ between levels
-    and their values at the chosen level, and whether levels were read at tuned lrs."""
+    the level chosen (None: none meets the rule yet), the values at the chosen level of the
+    options that differ between levels, whether levels were read at tuned lrs, and the
+    longest level's horizon (the censoring time of its time to target)."""
 
     table: pd.DataFrame
     task: str | None
     level_options: dict[str, Any]
-    varying: tuple[str, ...]
     tuned: bool
+    horizon: float
 
 
 def task_options(cfg: Any) -> dict[str, dict[str, Any]]:
@@ -50,12 +51,17 @@ def task_options(cfg: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-def varying_keys(options: dict[str, dict[str, Any]]) -> tuple[str, ...]:
-    """The option keys whose values differ between the levels (what a level *is*)."""
+def _varying(options: dict[str, dict[str, Any]]) -> tuple[str, ...]:
     if not options:
         return ()
     first = next(iter(options.values()))
     return tuple(k for k in first if len({repr(o[k]) for o in options.values()}) > 1)
+
+
+def level_keys(cfg: Any) -> tuple[str, ...]:
+    """The option keys whose values differ between the levels (tasks) of the grid ``cfg``:
+    what a level *is*, and what a grid that takes its choice leaves to it."""
+    return _varying(task_options(cfg))
 
 
 def difficulty_choice(cfg: Any, runs: pd.DataFrame) -> DifficultyChoice | None:
@@ -83,10 +89,10 @@ def difficulty_choice(cfg: Any, runs: pd.DataFrame) -> DifficultyChoice | None:
         time_col=target.time, event_col=target.event, tiebreak=selector,
         choose_among={"attention": main} if "attention" in sub.columns else None,
         order=list(options))
-    varying = varying_keys(options)
+    varying = _varying(options)
     for i, k in enumerate(varying):
         table.insert(1 + i, k, table["task"].map(lambda t, k=k: options.get(t, {}).get(k)))
     chosen = table[table["selected"]]
     task = str(chosen["task"].iloc[0]) if len(chosen) else None
     level = {k: options[task][k] for k in varying} if task is not None else {}
-    return DifficultyChoice(table, task, level, varying, tuned)
+    return DifficultyChoice(table, task, level, tuned, max(horizon.values()))
