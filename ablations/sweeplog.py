@@ -19,7 +19,6 @@ not a FLOP utilisation. Where there is no ``nvidia-smi`` the ``gpu`` field is nu
 
 from __future__ import annotations
 
-import json
 import shutil
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .records import _decode, append_record
+from .records import append_record, load_log
 
 __all__ = ["SWEEPS_FILE", "GpuSampler", "append_sweep", "load_sweeps"]
 
@@ -111,13 +110,4 @@ def append_sweep(folder: str | Path, entry: dict[str, Any]) -> Path:
 
 def load_sweeps(folder: str | Path) -> list[dict[str, Any]]:
     """The sweep log's entries (a torn or unreadable line is skipped)."""
-    path = Path(folder) / SWEEPS_FILE
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(_decode(json.loads(line)))
-        except json.JSONDecodeError:
-            continue
-    return out
+    return load_log(Path(folder) / SWEEPS_FILE)
