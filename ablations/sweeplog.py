@@ -6,10 +6,16 @@ GPUs were meanwhile: the figure that says whether packing several runs per GPU
 (``[grid].runs_per_gpu``) paid. Each session of :func:`ablations.runner.run_grid` that started
 at least one run appends one strict-JSON line (NaN/Infinity as strings, as records are)::
 
-    {"started": UTC, "wall_s": s, "ran": n, "stored": n, "total": n, "interrupted": bool,
-     "workers": n, "runs_per_gpu": n, "commit": sha, "dirty": bool, "cpu": model,
+    {"started": UTC, "wall_s": s, "ran": n, "stored": n, "total": n, "failed": n,
+     "interrupted": bool, "executor": "processes" | "dask" | "dask-scheduler", "workers": n,
+     "runs_per_gpu": n, "commit": sha, "dirty": bool, "cpu": model,
      "gpu": {"samples": n, "interval_s": s, "util_mean": %, "util_median": %,
              "mem_max_mib": MiB, "devices": n} | null}
+
+(``failed``: runs logged in ``failures.jsonl`` this session; ``executor``: the runner's process
+pool, a local Dask cluster, or a running Dask scheduler, whose ``workers`` are those connected
+when the session started; lines written before these fields existed have neither, and were all
+written by the process pool.)
 
 GPU utilisation is sampled by ``nvidia-smi`` in a background thread of the parent (the parent
 never initialises CUDA: its workers are spawned onto the GPUs), every ``interval`` seconds,
