@@ -166,15 +166,23 @@ def write_outputs(rows: list[dict], info: dict[str, str], out: Path) -> None:
         lines.append(f"| {k} | {v['start']:.2f} | {v['cold']:.2f} | {v['warm']:.2f} | "
                      f"{v['run_s']:.2f} | {v['over']:.1f} ({v['over_min']:.1f}–"
                      f"{v['over_max']:.1f}) | {v['cold_over']:.0f} | {v['shutdown']:.2f} |")
-    d = s["dask"]["over"] - s["processes"]["over"]
     own = 1e3 * s["processes"]["run_s"] / runs
+    over = {(r["executor"], r["round"]): r["overhead_ms_per_run"] for r in rows
+            if r["phase"] == "warm"}
+    paired = [over["dask", k] - over["processes", k] for (e, k) in over if e == "dask"]
+    d = statistics.median(paired)
     lines += ["",
-              f"Dask costs {d:+.1f} ms per run against the process pool once both are warm "
-              f"(medians), {s['dask']['start'] - s['processes']['start']:+.2f} s more to start "
-              f"and {s['dask']['shutdown'] - s['processes']['shutdown']:+.2f} s more to shut "
-              f"down (once per sweep). A smoke run takes {own:.0f} ms of its own, so Dask's "
-              f"extra is {100 * d / own:.1f}% of a run this small; a sweep's runs that take "
-              "seconds or minutes each pay proportionally less.\n",
+              f"Dask's extra per run, paired by round (the two executors' grids of the same "
+              f"round, run back to back): median {d:+.1f} ms (min {min(paired):+.1f}, max "
+              f"{max(paired):+.1f}) over {len(paired)} rounds. Its start takes "
+              f"{s['dask']['start'] - s['processes']['start']:+.2f} s and its shutdown "
+              f"{s['dask']['shutdown'] - s['processes']['shutdown']:+.2f} s against the "
+              f"process pool's, once per sweep. A smoke run took {own:.0f} ms of its own here "
+              f"(median over the pool's warm grids), so Dask's extra is {100 * d / own:.1f}% "
+              "of a run this small; runs of seconds or minutes pay proportionally less. The "
+              "runs' own seconds vary with the machine's load, and so does a task's way through "
+              "Dask's event loops (scheduler, worker, client): these figures were taken at the "
+              "load averages below.\n",
               "## Machine\n"]
     lines += [f"- {k}: {v}" for k, v in info.items()]
     (out / "executor.md").write_text("\n".join(lines) + "\n")

@@ -222,6 +222,24 @@ def test_a_failing_run_is_retried_once_then_logged_while_the_rest_complete(tmp_p
     assert load_sweeps(cfg.results)[0]["failed"] == 2
 
 
+def test_the_executor_benchmark_writes_its_tables(tmp_path):
+    """The writer of results/bench/executor.* on made-up rows (the timings are not tested)."""
+    from ablations.bench_executor import _row, write_outputs
+
+    rows = []
+    for kind, extra in (("processes", 0.0), ("dask", 0.15)):
+        rows.append(_row(kind, 1, "start", 0, 3.0 + 10 * extra))
+        rows.append(_row(kind, 1, "cold", 0, 9.0 + extra, 8.9, 15))
+        rows += [_row(kind, 1, "warm", k, 3.0 + k * 0.01 + extra, 2.9, 15) for k in (1, 2, 3)]
+        rows.append(_row(kind, 1, "shutdown", 0, 4.0))
+    write_outputs(rows, {"cpu": "test"}, tmp_path)
+    text = (tmp_path / "executor.md").read_text()
+    assert "| processes | 3.00 | 9.00 | 3.02 | 2.90 | 8.0 (7.3–8.7) |" in text
+    assert "paired by round" in text and "median +10.0 ms (min +10.0, max +10.0)" in text
+    assert (tmp_path / "executor.csv").read_text().startswith(
+        "executor,workers,phase,round,runs,wall_s,run_s,overhead_ms_per_run\n")
+
+
 def test_run_error_pickles_with_its_text():
     import pickle
 
