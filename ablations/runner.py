@@ -14,7 +14,8 @@ worker (:mod:`ablations.failures`); the other runs go on, and the counts say how
 Before the first run starts, the results folder is checked (``~`` expanded, created,
 writable) and locked against a second sweep (:mod:`ablations.records`). An interrupt
 (KeyboardInterrupt: Ctrl-C, or SIGTERM where the command line maps it so) stops the workers of
-the runner's own pool at once and raises :class:`SweepInterrupted` with the counts. The pool's
+the runner's own pool at once (a local Dask cluster is closed; on a running scheduler the
+sweep's runs are cancelled) and raises :class:`SweepInterrupted` with the counts. The pool's
 workers ignore SIGINT (the parent decides) and exit by themselves when the parent dies, however
 it dies (a watchdog thread polling the parent's pid), so no worker outlives its sweep.
 """
