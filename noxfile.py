@@ -37,7 +37,7 @@ def _install(session, extras):
 @nox.session(python=PY)
 def tests(session):
     """Unit, property and end-to-end tests (CPU)."""
-    _install(session, "test,harness,quantum")
+    _install(session, "test,harness,quantum,dask")
     session.run("pytest", "-q", *session.posargs, env={"HYPOTHESIS_PROFILE": "ci"})
 
 

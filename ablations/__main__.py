@@ -12,12 +12,20 @@ results folder (a folder, writable, not in use by another ``run``).
 Exit status:
 
 * 0: done.
-* 1: a run raised (its traceback is printed; the runs finished before it are stored).
+* 1: some runs failed: each raised twice (it is retried once), the others ran and are stored;
+  the failed ones are named on stderr, their tracebacks are in ``failures.jsonl`` of the
+  results folder, and a rerun tries them again. Also 1 when the executor itself broke (a
+  process-pool worker died: its traceback is printed; the runs finished before it are stored).
 * 2: bad input, one line ``error: ...`` naming the file, key or folder; nothing ran.
 * 3: ``run`` stored every run it started, but rendering the report failed (one line;
   ``report CONFIG`` re-renders it once the cause is fixed).
 * 130: interrupted (SIGINT or SIGTERM): one line saying how many runs are stored; rerunning
   resumes.
+
+``--executor`` chooses where the runs go: ``processes`` (default: one process per core, or per
+GPU slot), ``dask`` (a Dask ``LocalCluster`` laid out the same way; its dashboard's address is
+printed) or ``dask://HOST:PORT`` (a running Dask scheduler and its workers; README, "Sweeps
+beyond one machine"). Whatever runs them, records are appended by this process only.
 
 ``--debug`` shows the traceback instead of the one-line message (statuses 2, 3 and 130).
 """
@@ -33,6 +41,8 @@ from pathlib import Path
 from .cli_support import add_debug_flag, first_line, guarded
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+#: ``run``: some runs failed (logged in failures.jsonl), the others are stored
+EXIT_RUNS_FAILED = 1
 #: ``run`` stored every run, but the report failed
 EXIT_REPORT_FAILED = 3
 
@@ -51,6 +61,15 @@ def _workers(text: str) -> int:
     return n
 
 
+def _executor(text: str) -> str:
+    from .dask_executor import ExecutorError, parse_executor
+
+    try:
+        return parse_executor(text)
+    except ExecutorError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix(f"executor {text!r}: ")) from None
+
+
 def _parser() -> tuple[argparse.ArgumentParser, tuple[argparse.ArgumentParser, ...]]:
     parser = argparse.ArgumentParser(prog="python -m ablations",
                                      description=__doc__.split("\n")[0])
@@ -59,8 +78,11 @@ def _parser() -> tuple[argparse.ArgumentParser, tuple[argparse.ArgumentParser, .
     run_p.add_argument("config", type=Path)
     run_p.add_argument("--results", type=Path, default=None,
                        help="results folder (default: the config's [grid].results)")
+    run_p.add_argument("--executor", type=_executor, default="processes",
+                       help="where the runs go: processes (default), dask (a local Dask "
+                       "cluster) or dask://HOST:PORT (a running Dask scheduler)")
     run_p.add_argument("--workers", type=_workers, default=None,
-                       help="processes (default: cores)")
+                       help="worker processes of processes or dask (default: cores)")
     run_p.add_argument("--runs-per-gpu", type=_workers, default=None,
                        help="worker processes sharing each GPU (default: the config's "
                        "[grid].runs_per_gpu, else 1)")
@@ -88,21 +110,42 @@ def _feeds_ledger(args, cfg) -> bool:
     return args.results is None and cfg.results.resolve().parent == Path("results").resolve()
 
 
+def _failed(counts, results: Path) -> None:
+    from .failures import FAILURES_FILE, load_failures
+    from .runner import RETRIES
+
+    errors = {f["run_id"]: f["error"] for f in load_failures(results)}
+    lines = [f"  {run_id}: {errors.get(run_id, '')}" for run_id in counts["failed_ids"]]
+    print(f"{counts['failed']} run(s) failed (each tried {RETRIES + 1} times) and are not stored "
+          f"(tracebacks in "
+          f"{results / FAILURES_FILE}; rerun to try them again):", *lines, sep="\n",
+          file=sys.stderr, flush=True)
+
+
 def _run(args) -> int:
+    from .cli_support import UsageError
     from .runner import run_grid
 
+    if args.executor.startswith("dask://") and args.workers is not None:
+        raise UsageError(f"--workers {args.workers} does not apply to --executor "
+                         f"{args.executor}: a running scheduler's workers are those started "
+                         "for it (dask worker ...)")
     cfg = _load(args)
     if args.runs_per_gpu is not None:
         cfg = dataclasses.replace(cfg, runs_per_gpu=args.runs_per_gpu)
     t0 = time.perf_counter()
-    counts = run_grid(cfg, workers=args.workers, progress=not args.no_progress,
-                      limit=args.limit)
+    counts = run_grid(cfg, args.executor, workers=args.workers,
+                      progress=not args.no_progress, limit=args.limit)
     print(f"{cfg.name}: {counts['ran']} run(s) done now in "
           f"{(time.perf_counter() - t0) / 60:.1f} min of wall clock, "
           f"{counts['done_before']} already stored, {counts['total']} in the grid "
           f"-> {cfg.results}")
+    status = 0
+    if counts["failed"]:
+        _failed(counts, cfg.results)
+        status = EXIT_RUNS_FAILED
     if args.no_report:
-        return 0
+        return status
     try:
         from .report import render_arm, render_ledger
 
@@ -116,8 +159,8 @@ def _run(args) -> int:
               f"{cfg.results}), but the report failed: {type(err).__name__}: "
               f"{first_line(err)}; `python -m ablations report {args.config}` re-renders it",
               file=sys.stderr)
-        return EXIT_REPORT_FAILED
-    return 0
+        return status or EXIT_REPORT_FAILED
+    return status
 
 
 def _report(args) -> int:

@@ -4,9 +4,10 @@ warnings as one line each, and ``--debug`` to get the traceback instead.
 
 Bad input is an exception of one of the input error types: ``ablations.config.ConfigError``,
 ``ablations.arms.ArmError``, ``ablations.llm.gsm8k.GSM8KFormatError``,
-``ablations.records.ResultsError``, :class:`UsageError`, ``UnicodeDecodeError`` (a file that is
-not UTF-8: the message names the text file being read where the traceback shows it, else the
-command's main input) and ``FileNotFoundError``. The
+``ablations.records.ResultsError``, ``ablations.provenance.ProvenanceError``,
+``ablations.dask_executor.ExecutorError``, :class:`UsageError`, ``UnicodeDecodeError`` (a file
+that is not UTF-8: the message names the text file being read where the traceback shows it,
+else the command's main input) and ``FileNotFoundError``. The
 types are looked up among the modules already imported, so this module imports none of them
 (``python -m ablations.llm summary`` stays free of torch). Any other exception is a bug and
 keeps its traceback.
@@ -37,7 +38,8 @@ EXIT_INTERRUPTED = 130
 _INPUT_ERRORS = (("ablations.config", "ConfigError"), ("ablations.arms.base", "ArmError"),
                  ("ablations.llm.gsm8k", "GSM8KFormatError"),
                  ("ablations.records", "ResultsError"),
-                 ("ablations.provenance", "ProvenanceError"))
+                 ("ablations.provenance", "ProvenanceError"),
+                 ("ablations.dask_executor", "ExecutorError"))
 
 
 class UsageError(ValueError):

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["RUNS_FILE", "LOCK_FILE", "ResultsError", "append_record", "load_records",
-           "encode_record", "json_default", "strict", "prepare_results", "results_lock"]
+           "load_log", "encode_record", "json_default", "strict", "prepare_results", "results_lock"]
 
 RUNS_FILE = "runs.jsonl"
 LOCK_FILE = ".lock"
@@ -180,6 +180,22 @@ def load_records(path: Path | str) -> list[dict[str, Any]]:
         line_of[key] = lineno
         by_key[key] = _decode(rec)
     return list(by_key.values())
+
+
+def load_log(path: Path | str) -> list[dict[str, Any]]:
+    """The entries of a log written line by line with :func:`append_record` (the sweep and
+    failure logs), oldest first; none when the file is absent. A torn or unreadable line is
+    skipped: a log's reader wants what it can read, not a warning per line."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(_decode(json.loads(line)))
+        except json.JSONDecodeError:
+            continue
+    return out
 
 
 def prepare_results(folder: Path | str) -> Path:

@@ -202,6 +202,8 @@ def _sweeps_section(out: Path) -> list[str]:
         rows.append({"started (UTC)": str(s.get("started", ""))[:16],
                      "runs": str(s.get("ran")), "wall (min)": f"{wall / 60:.1f}",
                      "min per run": f"{wall / 60 / max(1, s.get('ran') or 0):.2f}",
+                     "failed": str(s.get("failed", 0)),
+                     "executor": str(s.get("executor", "processes")),
                      "workers": str(s.get("workers")),
                      "runs per GPU": str(s.get("runs_per_gpu")),
                      "GPU util (mean %)": (f"{gpu['util_mean']:.0f}" if "util_mean" in gpu
@@ -212,7 +214,9 @@ def _sweeps_section(out: Path) -> list[str]:
                      + (" (dirty)" if s.get("dirty") else "")})
     return ["## Sweeps: wall clock and GPU use\n",
             f"From `{SWEEPS_FILE}`: one row per session of `python -m ablations run` that ran "
-            "runs (workers: processes; GPU utilisation: the time share with a kernel running, "
+            "runs (failed: runs logged in `failures.jsonl`; executor: the process pool, a "
+            "local Dask cluster or a running Dask scheduler; GPU utilisation: the time share "
+            "with a kernel running, "
             "sampled by nvidia-smi every 2 s, mean over devices).\n",
             md_table(pd.DataFrame(rows), digits=3)]
 

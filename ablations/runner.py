@@ -3,12 +3,19 @@
 ``run_grid`` runs what is missing: a record's ``key`` is the hash of its spec, so a changed
 config never mixes with old runs, and a sweep killed at any moment loses at most the runs in
 flight (a line is written whole, then flushed and fsynced; a torn last line is ignored on
-load). Work goes through any ``concurrent.futures.Executor`` (default: one process per core).
+load). Work goes through any ``concurrent.futures.Executor``: by default one process per core
+(:func:`default_executor`), or Dask distributed (``executor="dask"`` for a local cluster,
+``"dask://HOST:PORT"`` for a running scheduler; :mod:`ablations.dask_executor`). Whatever the
+executor, this process alone appends records, so the atomic append and the resume stay the same.
+
+A run that raises is retried once, then logged in ``failures.jsonl`` with its traceback and
+worker (:mod:`ablations.failures`); the other runs go on, and the counts say how many failed.
 
 Before the first run starts, the results folder is checked (``~`` expanded, created,
 writable) and locked against a second sweep (:mod:`ablations.records`). An interrupt
 (KeyboardInterrupt: Ctrl-C, or SIGTERM where the command line maps it so) stops the workers of
-the runner's own pool at once and raises :class:`SweepInterrupted` with the counts. The pool's
+the runner's own pool at once (a local Dask cluster is closed; on a running scheduler the
+sweep's runs are cancelled) and raises :class:`SweepInterrupted` with the counts. The pool's
 workers ignore SIGINT (the parent decides) and exit by themselves when the parent dies, however
 it dies (a watchdog thread polling the parent's pid), so no worker outlives its sweep.
 """
@@ -30,15 +37,18 @@ from typing import Any
 
 from .arms import get_arm
 from .config import GridConfig, RunSpec, expand
+from .failures import FAILURES_FILE, Attempt, append_failure, failure_entry
 from .provenance import commit_info, cpu_model, provenance, require_commit, utc_now
 from .records import RUNS_FILE, append_record, load_records, prepare_results, results_lock
 from .sweeplog import GpuSampler, append_sweep
 
 __all__ = ["run_one", "run_grid", "load_records", "append_record", "provenance",
-           "default_executor", "RUNS_FILE", "SweepInterrupted"]
+           "default_executor", "RUNS_FILE", "FAILURES_FILE", "RETRIES", "SweepInterrupted"]
 
 #: seconds between a worker's checks that its parent is alive
 PARENT_POLL = 0.5
+#: how many times a run that raised is submitted again before it is logged as failed
+RETRIES = 1
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -114,7 +124,7 @@ def _gpu_worker_init(queue, modules: Sequence[str] = (), parent: int | None = No
     # pin this worker to one GPU before torch initialises CUDA; workers that share the host
     # split its cores (``threads``; 0: torch's default)
     _watch_parent(parent)
-    os.environ["CUDA_VISIBLE_DEVICES"] = str(queue.get())
+    os.environ["CUDA_VISIBLE_DEVICES"] = queue.get()
     if threads:
         import torch
 
@@ -127,6 +137,33 @@ def cpu_count() -> int:
         os.cpu_count() or 1)
 
 
+def device_ids(n_gpu: int) -> list[str]:
+    """The ids a worker pinned to GPU ``i`` of ``n_gpu`` gets as its ``CUDA_VISIBLE_DEVICES``:
+    the i-th entry of this process's own list where it has one (``2,3``: workers see 2 or 3),
+    else ``i``."""
+    mine = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+            if d.strip()]
+    return [mine[i] if i < len(mine) else str(i) for i in range(n_gpu)]
+
+
+def worker_layout(arm: str, max_workers: int | None = None,
+                  runs_per_gpu: int = 1) -> tuple[int, int, list[str]]:
+    """(workers, torch threads per worker, GPU ids) for ``arm``'s resources, the one rule of
+    every executor the runner builds: a CPU arm gets ``max_workers`` (default: the available
+    cores) workers of one thread each; a GPU arm ``runs_per_gpu`` workers per visible GPU,
+    worker ``i`` pinned to GPU id ``ids[i % len(ids)]``, packed workers splitting the cores
+    (threads 0: torch's default), or one unpinned worker without a GPU."""
+    if isinstance(runs_per_gpu, bool) or not isinstance(runs_per_gpu, int) or runs_per_gpu < 1:
+        raise ValueError(f"runs_per_gpu must be an integer >= 1, got {runs_per_gpu!r}")
+    if get_arm(arm).resources != "gpu":
+        return max(1, max_workers or cpu_count()), 1, []
+    n_gpu = _visible_gpus()
+    if n_gpu == 0:
+        return 1, 0, []
+    n = n_gpu * runs_per_gpu
+    return n, (max(1, cpu_count() // n) if runs_per_gpu > 1 else 0), device_ids(n_gpu)
+
+
 def default_executor(max_workers: int | None = None, arm: str = "classifier",
                      runs_per_gpu: int = 1) -> cf.Executor:
     """Processes (spawned: safe with torch) for the arm's resources: over the available cores
@@ -135,30 +172,23 @@ def default_executor(max_workers: int | None = None, arm: str = "classifier",
     GPU). Each worker imports the arm's module first, so an arm registered outside the
     built-ins runs too, ignores SIGINT and exits when this process dies
     (:func:`_watch_parent`)."""
-    if isinstance(runs_per_gpu, bool) or not isinstance(runs_per_gpu, int) or runs_per_gpu < 1:
-        raise ValueError(f"runs_per_gpu must be an integer >= 1, got {runs_per_gpu!r}")
+    n, threads, devices = worker_layout(arm, max_workers, runs_per_gpu)
     ctx = mp.get_context("spawn")
-    a = get_arm(arm)
-    modules, parent = (type(a).__module__,), os.getpid()
-    if a.resources == "gpu":
-        n_gpu = _visible_gpus()
-        if n_gpu > 0:
-            # a plain queue, handed over at spawn: a Manager would be one more process that
-            # outlives a killed sweep. Device i appears runs_per_gpu times, so the pool's
-            # workers pack that many on each GPU (round robin: 0, 1, …, 0, 1, …)
-            queue = ctx.Queue()
-            for _ in range(runs_per_gpu):
-                for i in range(n_gpu):
-                    queue.put(i)
-            n = n_gpu * runs_per_gpu
-            threads = max(1, cpu_count() // n) if runs_per_gpu > 1 else 0
-            return cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx,
-                                          initializer=_gpu_worker_init,
-                                          initargs=(queue, modules, parent, threads))
-        return cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_pool_init,
+    modules, parent = (type(get_arm(arm)).__module__,), os.getpid()
+    if devices:
+        # a plain queue, handed over at spawn: a Manager would be one more process that
+        # outlives a killed sweep. Device i appears runs_per_gpu times, so the pool's
+        # workers pack that many on each GPU (round robin: 0, 1, …, 0, 1, …)
+        queue = ctx.Queue()
+        for i in range(n):
+            queue.put(devices[i % len(devices)])
+        return cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx,
+                                      initializer=_gpu_worker_init,
+                                      initargs=(queue, modules, parent, threads))
+    if threads == 0:  # a GPU arm on a machine without one: one process, torch's threads
+        return cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_pool_init,
                                       initargs=(modules, parent))
-    n = max_workers or cpu_count()
-    return cf.ProcessPoolExecutor(max_workers=max(1, n), mp_context=ctx,
+    return cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx,
                                   initializer=_worker_init, initargs=(modules, parent))
 
 
@@ -175,28 +205,38 @@ def _visible_gpus() -> int:
 
 def run_grid(
     config: GridConfig,
-    executor: cf.Executor | None = None,
+    executor: cf.Executor | str | None = None,
     *,
     workers: int | None = None,
     progress: bool = True,
     limit: int | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     run_fn: Callable[[RunSpec], dict[str, Any]] = run_one,
-) -> dict[str, int]:
+    retries: int = RETRIES,
+) -> dict[str, Any]:
     """Run every spec of ``config`` that has no record yet; return counts (``total`` specs,
-    ``done_before``, ``ran`` now, ``stored`` after).
+    ``done_before``, ``ran`` now, ``stored`` after, ``failed`` now) and ``failed_ids`` (the
+    run ids that failed, in the order they did).
 
-    executor: where the runs go (default: :func:`default_executor` with ``workers``
-        processes, shut down at the end; a given one is left running).
+    executor: where the runs go: an Executor (left running), or one the runner builds for the
+        arm's resources and shuts down at the end: ``"processes"`` (the default,
+        :func:`default_executor` with ``workers`` processes), ``"dask"`` (a local Dask
+        cluster of ``workers`` workers) or ``"dask://HOST:PORT"`` (a running Dask scheduler;
+        :mod:`ablations.dask_executor`).
     limit: caps how many runs start (for smoke tests and partial sweeps).
     on_record: called with each record once it is stored.
     run_fn: what runs one spec (default :func:`run_one`).
+    retries: how many times a run that raised is submitted again; a run that still raises is
+        appended to ``failures.jsonl`` (:mod:`ablations.failures`) and the others go on. An
+        executor that breaks (a process pool whose worker died) stops the grid with a
+        RuntimeError; Dask replaces a dead worker and reruns its run by itself.
 
     The results folder (``config.results``, ``~`` expanded) is checked and locked before
     anything runs (:class:`ablations.records.ResultsError` if it cannot take runs or another
     sweep holds it). A KeyboardInterrupt stops the pool's workers (the default pool's) and
     raises :class:`SweepInterrupted`; the records stored until then stay.
     """
+    kind = _executor_kind(executor, workers)
     require_commit()  # no record of code that cannot be named (a git hash, or $QSGD_COMMIT)
     folder = prepare_results(config.results)
     runs_path = folder / RUNS_FILE
@@ -207,33 +247,45 @@ def run_grid(
             todo = todo[:limit]
         done_before = sum(s.key in done for s in config.specs)
         counts = {"total": len(config.specs), "done_before": done_before, "ran": 0,
-                  "stored": done_before}
+                  "stored": done_before, "failed": 0, "failed_ids": []}
         if not todo:
             return counts
-        own = executor is None
-        ex = executor
+        own = kind is not None
+        ex = None if own else executor
         bar = None
         sampler = GpuSampler().start() if config.arm_obj.resources == "gpu" else None
         started, t0, interrupted = utc_now(), time.perf_counter(), False
+        attempt = Attempt(run_fn)
         try:
-            ex = ex or default_executor(workers, arm=config.arm,
-                                        runs_per_gpu=config.runs_per_gpu)
+            ex = ex or _build_executor(kind, config, workers)
             bar = _progress(len(todo), config.name, progress)
-            futures = {ex.submit(run_fn, s): s for s in todo}
-            for fut in cf.as_completed(futures):
-                spec = futures[fut]
-                try:
-                    record = fut.result()
-                except Exception as err:
-                    raise RuntimeError(f"run {spec.run_id} failed: {err}") from err
-                if config.protocol:
-                    record["protocol"] = config.protocol
-                append_record(runs_path, record)
-                counts["ran"] += 1
-                counts["stored"] += 1
-                if on_record is not None:
-                    on_record(record)
-                bar.update(1)
+            futures = {ex.submit(attempt, s): (s, 0) for s in todo}
+            while futures:
+                finished, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+                for fut in finished:
+                    spec, tries = futures.pop(fut)
+                    try:
+                        record = fut.result()
+                    except cf.BrokenExecutor as err:
+                        raise RuntimeError(f"run {spec.run_id} failed: {err}") from err
+                    except Exception as err:
+                        if tries < retries:
+                            futures[ex.submit(attempt, spec)] = (spec, tries + 1)
+                            continue
+                        append_failure(folder, failure_entry(spec, err, tries + 1))
+                        counts["failed"] += 1
+                        counts["failed_ids"].append(spec.run_id)
+                        bar.set_postfix(failed=counts["failed"])
+                        bar.update(1)
+                        continue
+                    if config.protocol:
+                        record["protocol"] = config.protocol
+                    append_record(runs_path, record)
+                    counts["ran"] += 1
+                    counts["stored"] += 1
+                    if on_record is not None:
+                        on_record(record)
+                    bar.update(1)
         except KeyboardInterrupt:
             if bar is not None:
                 bar.close()
@@ -258,19 +310,38 @@ def run_grid(
     return counts
 
 
+def _executor_kind(executor: cf.Executor | str | None, workers: int | None) -> str | None:
+    """None for a given Executor; else the normalised name of the one to build, checked
+    before anything runs (:class:`ablations.dask_executor.ExecutorError` naming the value)."""
+    if executor is None or isinstance(executor, str):
+        from .dask_executor import parse_executor
+
+        return parse_executor(executor or "processes", workers)
+    return None
+
+
+def _build_executor(kind: str, config: GridConfig, workers: int | None) -> cf.Executor:
+    if kind == "processes":
+        return default_executor(workers, arm=config.arm, runs_per_gpu=config.runs_per_gpu)
+    from .dask_executor import dask_executor
+
+    return dask_executor(kind, arm=config.arm, workers=workers,
+                         runs_per_gpu=config.runs_per_gpu)
+
+
 def _log_sweep(folder, config: GridConfig, counts: dict[str, int], started: str,
                wall: float, ex: cf.Executor | None, sampler: GpuSampler | None,
                interrupted: bool) -> None:
     """One line of ``sweeps.jsonl`` (:mod:`ablations.sweeplog`) for a session that ran
-    something: its wall clock, workers, packing and GPU utilisation."""
+    something: its wall clock, executor, workers, packing and GPU utilisation."""
     gpu = sampler.stop() if sampler is not None else None
-    if counts["ran"] == 0:
+    if counts["ran"] == 0 and counts["failed"] == 0:
         return
     sha, dirty = commit_info()
     append_sweep(folder, dict(
         grid=config.name, started=started, wall_s=round(wall, 1), ran=counts["ran"],
-        stored=counts["stored"], total=counts["total"],
-        interrupted=interrupted,
+        stored=counts["stored"], total=counts["total"], failed=counts["failed"],
+        interrupted=interrupted, executor=getattr(ex, "kind", "processes"),
         workers=getattr(ex, "_max_workers", None), runs_per_gpu=config.runs_per_gpu,
         commit=sha, dirty=dirty, cpu=cpu_model(), gpu=gpu))
 

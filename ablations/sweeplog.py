@@ -6,10 +6,16 @@ GPUs were meanwhile: the figure that says whether packing several runs per GPU
 (``[grid].runs_per_gpu``) paid. Each session of :func:`ablations.runner.run_grid` that started
 at least one run appends one strict-JSON line (NaN/Infinity as strings, as records are)::
 
-    {"started": UTC, "wall_s": s, "ran": n, "stored": n, "total": n, "interrupted": bool,
-     "workers": n, "runs_per_gpu": n, "commit": sha, "dirty": bool, "cpu": model,
+    {"started": UTC, "wall_s": s, "ran": n, "stored": n, "total": n, "failed": n,
+     "interrupted": bool, "executor": "processes" | "dask" | "dask-scheduler", "workers": n,
+     "runs_per_gpu": n, "commit": sha, "dirty": bool, "cpu": model,
      "gpu": {"samples": n, "interval_s": s, "util_mean": %, "util_median": %,
              "mem_max_mib": MiB, "devices": n} | null}
+
+(``failed``: runs logged in ``failures.jsonl`` this session; ``executor``: the runner's process
+pool, a local Dask cluster, or a running Dask scheduler, whose ``workers`` are those connected
+when the session started; lines written before these fields existed have neither, and were all
+written by the process pool.)
 
 GPU utilisation is sampled by ``nvidia-smi`` in a background thread of the parent (the parent
 never initialises CUDA: its workers are spawned onto the GPUs), every ``interval`` seconds,
@@ -19,7 +25,6 @@ not a FLOP utilisation. Where there is no ``nvidia-smi`` the ``gpu`` field is nu
 
 from __future__ import annotations
 
-import json
 import shutil
 import statistics
 import subprocess
@@ -27,7 +32,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .records import _decode, append_record
+from .records import append_record, load_log
 
 __all__ = ["SWEEPS_FILE", "GpuSampler", "append_sweep", "load_sweeps"]
 
@@ -111,13 +116,4 @@ def append_sweep(folder: str | Path, entry: dict[str, Any]) -> Path:
 
 def load_sweeps(folder: str | Path) -> list[dict[str, Any]]:
     """The sweep log's entries (a torn or unreadable line is skipped)."""
-    path = Path(folder) / SWEEPS_FILE
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(_decode(json.loads(line)))
-        except json.JSONDecodeError:
-            continue
-    return out
+    return load_log(Path(folder) / SWEEPS_FILE)
