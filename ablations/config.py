@@ -34,6 +34,10 @@ validation metric in that grid (:func:`ablations.stats.lr_selection`); a sweep t
 finished is an error naming it. ``[grid].selection = true`` marks such a sweep: its report
 shows the selection and judges no claim (its runs chose the settings; they do not also test).
 
+``[grid].exhibits`` (a list of report exhibit names, :mod:`ablations.exhibits`) marks a
+*study* grid: its report shows those exhibits instead of the claims' sections, and it judges no
+claim (e.g. the dose-response grid, whose runs map an effect against a dose, not test a claim).
+
 ``[grid].runs_per_gpu`` (default 1; a GPU arm's setting) packs that many worker processes on
 each GPU: small-batch runs are launch-bound, and several per device use it better. It decides
 where runs go, not what they compute, so it is part of no run's key.
@@ -68,7 +72,7 @@ __all__ = ["ConfigError", "RunSpec", "GridConfig", "load_config", "read_toml", "
            "derived_seeds"]
 
 _GRID_KEYS = {"arm", "name", "results", "baseline_lr", "description", "protocol", "select_lr",
-              "selection", "runs_per_gpu"}
+              "selection", "runs_per_gpu", "exhibits"}
 _CELL_KEYS = {"name", "attention", "variants", "seeds", "lr", "task", "options"}
 #: the protocols a grid may follow (DESIGN.md: the paper's tables, or ours on validation data)
 PROTOCOLS = ("paper", "calibrated")
@@ -167,6 +171,8 @@ class GridConfig:
     selected_lr: dict[str, float] = field(default_factory=dict)
     #: the config of that selection grid (None without one)
     selected_from: Path | None = None
+    #: a study grid's report exhibits (``[grid].exhibits``; empty: the claims' report)
+    exhibits: tuple[str, ...] = ()
 
     @property
     def arm_obj(self) -> Arm:
@@ -271,6 +277,7 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
     if protocol and protocol not in PROTOCOLS:
         raise ConfigError(f"{path}: [grid].protocol must be one of {', '.join(PROTOCOLS)}, "
                           f"got {protocol!r}")
+    exhibits = _exhibits(path, grid)
     selected = _selection(path, grid, arm_obj) if "select_lr" in grid else None
     if "baseline_lr" in grid:
         baseline_lr = _lr_or_selected(grid["baseline_lr"], f"{path}: [grid].baseline_lr",
@@ -329,7 +336,30 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
                       cells=tuple(cells), arm_options=arm_options, protocol=protocol,
                       selection=selection, runs_per_gpu=runs_per_gpu,
                       selected_lr=dict(selected or {}),
-                      selected_from=None if selected is None else path.parent / grid["select_lr"])
+                      selected_from=None if selected is None else path.parent / grid["select_lr"],
+                      exhibits=exhibits)
+
+
+def _exhibits(path: Path, grid: dict) -> tuple[str, ...]:
+    """``[grid].exhibits``: a non-empty list of registered report exhibits, not together with
+    ``selection`` (a grid either selects settings or studies an effect)."""
+    if "exhibits" not in grid:
+        return ()
+    value = grid["exhibits"]
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(x, str) for x in value)):
+        raise ConfigError(f"{path}: [grid].exhibits must be a non-empty list of exhibit names, "
+                          f"got {value!r}")
+    from .exhibits import EXHIBITS  # the report's registry (imported only for such a grid)
+
+    unknown = [x for x in value if x not in EXHIBITS]
+    if unknown:
+        raise ConfigError(f"{path}: [grid].exhibits: unknown exhibit(s) {', '.join(unknown)} "
+                          f"(valid: {', '.join(sorted(EXHIBITS))})")
+    if grid.get("selection", False):
+        raise ConfigError(f"{path}: [grid].exhibits and [grid].selection exclude each other "
+                          "(a study grid judges no claim and selects nothing)")
+    return tuple(value)
 
 
 def _lr_or_selected(value: Any, where: str, selected: dict[str, float] | None,

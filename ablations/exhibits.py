@@ -576,3 +576,7 @@ def _task_options(ctx: Context) -> dict[str, dict[str, Any]]:
             parsed = ctx.arm.parse_options({**ctx.cfg.options, **cell.get("options", {})})
             out[task] = dataclasses.asdict(parsed)
     return out
+
+
+# the exhibits of other modules register into EXHIBITS when this one loads (they import it)
+from . import exhibits_dose  # noqa: E402,F401

@@ -259,6 +259,13 @@ def render_arm(cfg: GridConfig) -> Path:
                     "(`runs.csv`, `stats.csv`) play no part in them.\n")
         for name in arm.selection_exhibits:
             body += _exhibit(name, ctx, None)
+    elif cfg.exhibits:  # a study grid: its own exhibits, no claim
+        body.append("A study grid (`[grid].exhibits`): its report shows the analyses it was "
+                    "run for and judges no claim; `stats.csv` holds every comparison of its "
+                    "runs all the same.\n")
+        for name in cfg.exhibits:
+            body += _exhibit(name, ctx, None)
+        body.append(_statistics_note(ctx))
     elif table.empty:  # e.g. configs/calibration.toml: AdamW alone, nothing to compare
         body.append("No comparisons: the grid has no variant besides its baselines"
                     + ("" if set(runs["variant"]) & set(arm.baselines) else

@@ -17,7 +17,10 @@ S.compare_all(...)``):
 - :mod:`.aggregate`: IQM, stratified bootstrap, probability of improvement (rliable-style);
 - :mod:`.factorial`: the 2 × 2 attention × optimizer analysis;
 - :mod:`.summaries`: t and Wilson intervals, learning-curve summaries, the λ sweep, the
-  learning-rate selection and the runs at each variant's selected lr.
+  learning-rate selection and the runs at each variant's selected lr;
+- :mod:`.dose`: dose-response: each variant's effect against AdamW at its measured ratio
+  ‖λQ‖/‖Adam step‖ (λ and loss-scale sweeps), and the ratio at which it first becomes
+  detectable.
 
 Inputs follow the data contract of ``results/`` (DESIGN.md):
 
@@ -35,6 +38,7 @@ to :func:`compare_all` by the caller.
 from __future__ import annotations
 
 from .aggregate import aggregate_metrics, iqm, probability_of_improvement, stratified_bootstrap_ci
+from .dose import DETECTION_RULE, capped_time_to_target, dose_points, first_detectable
 from .factorial import factorial_2x2
 from .paired import (
     EXTRA_COLUMNS,
@@ -104,4 +108,8 @@ __all__ = [
     "lambda_sweep",
     "lr_selection",
     "at_selected_lr",
+    "DETECTION_RULE",
+    "capped_time_to_target",
+    "dose_points",
+    "first_detectable",
 ]
