@@ -248,7 +248,7 @@ def render_arm(cfg: GridConfig) -> Path:
     horizon = getattr(cfg.arm_options, "epochs", None)
     evidence = Evidence(runs=runs, stats=table, lr=cfg.baseline_lr,
                         horizon=float(horizon) if horizon is not None else None,
-                        directions=arm.directions())
+                        directions=arm.directions(), tables=_bench_tables(out.parent))
     ctx = Context(cfg=cfg, arm=arm, runs=runs, curves=curves_table(records), stats=table,
                   records=records, evidence=evidence, sweep=_sweep_runs(cfg))
     body = _setup(ctx)
@@ -290,6 +290,22 @@ def render_arm(cfg: GridConfig) -> Path:
                   arm.ledger_note(cfg) if ctx.results else "")
     (out / "report.md").write_text("\n".join(header + body))
     return out / "report.md"
+
+
+#: the bench tables a verdict may read (``Evidence.tables`` name → file under results/bench/):
+#: C4's like-with-like timing (ablations/bench_c4.py)
+BENCH_TABLES = {"c4_bench": "c4_like_with_like.csv"}
+
+
+def _bench_tables(root: Path) -> dict[str, pd.DataFrame]:
+    """The :data:`BENCH_TABLES` stored under ``<root>/bench`` (the results root, beside the
+    grid's folder); a table not generated yet is absent."""
+    found = {}
+    for name, file in BENCH_TABLES.items():
+        path = root / "bench" / file
+        if path.is_file():
+            found[name] = pd.read_csv(path)
+    return found
 
 
 def _sweep_runs(cfg: GridConfig) -> pd.DataFrame | None:
