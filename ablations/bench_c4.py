@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import statistics
 import sys
 import time
@@ -172,14 +173,20 @@ def _phi_agreement(ours_model, qiskit_models) -> float:
     return worst
 
 
-def _rounds(fns: dict, rounds: int) -> dict[str, list[float]]:
-    """Each function once per round, in turn (warm-up: one untimed call each first). A
-    function returning a number reports its own seconds (the arm's clock); else wall time."""
+def _rounds(fns: dict, rounds: int, at_most: dict[str, int] | None = None
+            ) -> dict[str, list[float]]:
+    """Each function once per round, in turn (warm-up: one untimed call each first); a
+    function named in ``at_most`` only in that many of the first rounds (the slow Qiskit
+    forwards: the same interleaving, fewer calls). A function returning a number reports its
+    own seconds (the arm's clock); else wall time."""
+    at_most = at_most or {}
     for fn in fns.values():
         fn()
     out: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
+    for i in range(rounds):
         for k, fn in fns.items():
+            if i >= at_most.get(k, rounds):
+                continue
             t0 = time.perf_counter()
             got = fn()
             out[k].append(float(got) if isinstance(got, float) else time.perf_counter() - t0)
@@ -193,8 +200,10 @@ def _summary(ts: list[float]) -> tuple[float, float, float]:
     return statistics.median(ts), q[0], q[2]
 
 
-def bench(rounds: int) -> tuple[list[dict], dict]:
-    """The rows of the table and the facts the markdown states."""
+def bench(rounds: int, qiskit_rounds: int) -> tuple[list[dict], dict]:
+    """The rows of the table and the facts the markdown states: ``rounds`` interleaved rounds,
+    the forward passes (ours and by Qiskit, which they are subtracted from) in the first
+    ``qiskit_rounds`` of them."""
     from ablations.arms.classifier import _task
 
     o = _paper_options()
@@ -207,7 +216,8 @@ def bench(rounds: int) -> tuple[list[dict], dict]:
     fns = {f"epoch {a} {v}": fn for (a, v), fn in epochs.items()}
     fns.update({"forward ours": fwd_ours, "forward statevector": fwd_sv,
                 "forward aer": fwd_aer})
-    t = _rounds(fns, rounds)
+    forwards = ("forward ours", "forward statevector", "forward aer")
+    t = _rounds(fns, rounds, {k: min(rounds, qiskit_rounds) for k in forwards})
     data = _task(o)
     n_seq = len(data["x_train"])
     steps = math.ceil(n_seq / o.batch_size)
@@ -216,6 +226,7 @@ def bench(rounds: int) -> tuple[list[dict], dict]:
     shifts = 2 * gate_angles
     facts = dict(n_seq=n_seq, steps=steps, scores_per_seq=scores_per_seq, shifts=shifts,
                  max_abs_diff=_phi_agreement(ours_model, (sv_model, aer_model)), rounds=rounds,
+                 qiskit_rounds=min(rounds, qiskit_rounds),
                  fwd_ours=_summary(t["forward ours"])[0])
     rows = []
     for (a, v) in epochs:
@@ -223,14 +234,16 @@ def bench(rounds: int) -> tuple[list[dict], dict]:
         phi = "none (SDPA)" if a == "classical" else "ours: closed form (chain)"
         rows.append(dict(row=f"{a} attention, {v}", attention=a, phi=phi, optimizer=v,
                          kind="measured", sec_per_epoch=med, sec_p25=p25, sec_p75=p75,
-                         rounds=rounds, how="the arm's epoch (ablations.arms.classifier.run, "
-                                             "epochs = 1), its sec_per_epoch"))
+                         rounds=len(t[f"epoch {a} {v}"]),
+                         how="the arm's epoch (ablations.arms.classifier.run, epochs = 1), "
+                             "its sec_per_epoch"))
     for backend, label in (("statevector", "Qiskit Statevector, one per score"),
                            ("aer", "Qiskit Aer, one experiment per score")):
         extra = _summary([q - f for q, f in zip(t[f"forward {backend}"], t["forward ours"])])
         facts[f"per_seq_{backend}"] = extra[0]
         facts[f"per_score_{backend}"] = extra[0] / scores_per_seq
-        rows += extrapolate(rows, extra, n_seq=n_seq, shifts=shifts, label=label)
+        rows += extrapolate(rows, extra, n_seq=n_seq, shifts=shifts, label=label,
+                            rounds=len(t[f"forward {backend}"]))
     classical = {r["optimizer"]: r["sec_per_epoch"] for r in rows
                  if r["attention"] == "classical"}
     for r in rows:
@@ -239,12 +252,13 @@ def bench(rounds: int) -> tuple[list[dict], dict]:
 
 
 def extrapolate(measured: list[dict], extra: tuple[float, float, float], *, n_seq: int,
-                shifts: int, label: str) -> list[dict]:
+                shifts: int, label: str, rounds: int) -> list[dict]:
     """The extrapolated rows of one way to compute Φ: for each measured quantum epoch (our
     closed forms, per optimizer), that epoch plus ``n_seq`` × ``extra`` (the measured extra
     seconds of Φ's forward on one sequence: median, p25, p75), "forward only"; and plus
     ``n_seq`` × (1 + ``shifts``) × ``extra`` with Φ's gradient by the parameter-shift rule
-    (``shifts`` more circuits per score, each at the forward's cost)."""
+    (``shifts`` more circuits per score, each at the forward's cost). ``rounds``: how many
+    Qiskit forwards were timed."""
     rows = []
     for b in (r for r in measured if r["attention"] == "quantum" and r["kind"] == "measured"):
         for mode, factor, how in (
@@ -260,7 +274,7 @@ def extrapolate(measured: list[dict], extra: tuple[float, float, float], *, n_se
                              attention="quantum", phi=f"{label}, {mode}",
                              optimizer=b["optimizer"], kind="extrapolated",
                              sec_per_epoch=cost[0], sec_p25=cost[1], sec_p75=cost[2],
-                             rounds=b["rounds"], how=how))
+                             rounds=rounds, how=how))
     return rows
 
 
@@ -292,8 +306,10 @@ def write_outputs(rows: list[dict], facts: dict, info: dict, out: Path, args) ->
         f"feed-forward 128, 2 layers, dropout 0.1, batch 32, sequence 16, circuit 4 qubits "
         f"depth 2, lr 1e-3; its task: {facts['n_seq']:,} training sequences, "
         f"{facts['steps']} steps an epoch), one torch thread, every row timed in "
-        f"{facts['rounds']} interleaved round(s) after one warm-up call; median, p25–p75 over "
-        "rounds. *Measured* rows are the classifier arm's own epoch (its `sec_per_epoch`: the "
+        f"{facts['rounds']} interleaved round(s) after one warm-up call (the forward passes "
+        f"behind the extrapolated rows in the first {facts['qiskit_rounds']} of them); median, "
+        "p25–p75 over rounds (extrapolated rows: from those of their parts). *Measured* rows "
+        "are the classifier arm's own epoch (its `sec_per_epoch`: the "
         "training loop, no evaluation). *Extrapolated* rows add to our measured quantum epoch "
         "the measured extra cost of computing Φ by Qiskit: the model's forward pass on one "
         f"training sequence ({facts['scores_per_seq']:,} scores, each one circuit) with Φ by "
@@ -337,8 +353,12 @@ def write_outputs(rows: list[dict], facts: dict, info: dict, out: Path, args) ->
         f"attention alone (our closed forms against classical, adamw): "
         f"{_times(ours_a['sec_per_epoch'] / cl_a['sec_per_epoch'])}.",
         "",
-        "Notes: wall clock on a possibly shared 2-core machine (load at start above): compare "
-        "rows of one run. Extrapolation is linear in the number of circuits (each Qiskit "
+        "Notes: wall clock on a possibly shared machine (load average at start and end above; "
+        "on a 2-core machine a load above 2 means the rows shared their cores with other "
+        "work, which the interleaving spreads over all rows alike but which widens every "
+        "interval): compare rows of one run; the measured rows differ by tens of percent "
+        "between runs on a loaded machine, the orders of magnitude of the Qiskit rows do "
+        "not. Extrapolation is linear in the number of circuits (each Qiskit "
         "circuit is simulated on its own, so its cost per circuit does not fall with the "
         "batch). Aer with GPU acceleration, which the paper names for larger models, is not "
         "timed here.", ""]
@@ -348,13 +368,17 @@ def write_outputs(rows: list[dict], facts: dict, info: dict, out: Path, args) ->
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("results/bench"))
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    ap.add_argument("--qiskit-rounds", type=int, default=3,
+                    help="of them, the rounds that also time the forward passes with Φ by "
+                         "Qiskit (about 5-20 s each on a shared CPU; default 3)")
     ap.add_argument("--quick", action="store_true", help="one round")
     args = ap.parse_args(argv)
     if args.quick:
-        args.rounds = 1
-    if args.rounds < 1:
-        ap.error(f"--rounds must be >= 1, got {args.rounds}")
+        args.rounds = args.qiskit_rounds = 1
+    if args.rounds < 1 or args.qiskit_rounds < 1:
+        ap.error(f"--rounds and --qiskit-rounds must be >= 1, got {args.rounds}, "
+                 f"{args.qiskit_rounds}")
     try:
         import qiskit  # noqa: F401
         import qiskit_aer  # noqa: F401
@@ -365,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     info = machine_info(1)
-    rows, facts = bench(args.rounds)
+    rows, facts = bench(args.rounds, args.qiskit_rounds)
+    if hasattr(os, "getloadavg"):  # the other end of the run: was the machine shared?
+        info["load average (1 min) at end"] = f"{os.getloadavg()[0]:.2f}"
     for r in rows:
         print(f"{r['row']:<100} {r['sec_per_epoch']:>12.3f} s  {_times(r['vs_classical'])}")
     write_outputs(rows, facts, info, args.out, args)

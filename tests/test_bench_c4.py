@@ -43,7 +43,7 @@ def _measured():
 
 def test_extrapolation_adds_the_qiskit_cost_per_sequence():
     rows = bench.extrapolate(_measured(), (0.5, 0.4, 0.6), n_seq=100, shifts=32,
-                             label="Qiskit Statevector, one per score")
+                             label="Qiskit Statevector, one per score", rounds=2)
     by = {r["row"]: r for r in rows}
     assert len(rows) == 4 and all(r["kind"] == "extrapolated" for r in rows)
     fwd = by["quantum attention, Φ by Qiskit Statevector, one per score, forward only, adamw"]
@@ -53,18 +53,28 @@ def test_extrapolation_adds_the_qiskit_cost_per_sequence():
             "gradient, sin-l0.5"]
     assert ps["sec_per_epoch"] == pytest.approx(2.5 + 100 * 33 * 0.5)
     assert ps["phi"] == "Qiskit Statevector, one per score, parameter-shift gradient"
+    assert ps["rounds"] == 2
+
+
+def test_rounds_interleave_and_cap_the_slow_calls():
+    calls = []
+    fns = {"a": lambda: calls.append("a") or 1.5, "b": lambda: calls.append("b")}
+    t = bench._rounds(fns, 3, {"b": 1})
+    assert calls == ["a", "b", "a", "b", "a", "a"]  # warm-up, then b in the first round only
+    assert t["a"] == [1.5, 1.5, 1.5] and len(t["b"]) == 1
 
 
 def test_markdown_and_csv(tmp_path):
     rows = _measured()
     for label in ("Qiskit Statevector, one per score", "Qiskit Aer, one experiment per score"):
-        rows += bench.extrapolate(rows, (5.0, 4.0, 6.0), n_seq=2500, shifts=32, label=label)
+        rows += bench.extrapolate(rows, (5.0, 4.0, 6.0), n_seq=2500, shifts=32, label=label,
+                                  rounds=2)
     classical = {r["optimizer"]: r["sec_per_epoch"] for r in rows
                  if r["attention"] == "classical"}
     for r in rows:
         r["vs_classical"] = r["sec_per_epoch"] / classical[r["optimizer"]]
     facts = dict(n_seq=2500, steps=79, scores_per_seq=2048, shifts=32, max_abs_diff=3e-7,
-                 rounds=3, fwd_ours=0.008, per_seq_statevector=5.0,
+                 rounds=3, qiskit_rounds=2, fwd_ours=0.008, per_seq_statevector=5.0,
                  per_score_statevector=5.0 / 2048, per_seq_aer=5.0, per_score_aer=5.0 / 2048)
     bench.write_outputs(rows, facts, {"cpu": "test"}, tmp_path,
                         argparse.Namespace(quick=False))
@@ -78,6 +88,7 @@ def test_markdown_and_csv(tmp_path):
 
 
 def test_bad_rounds_are_refused_before_any_work(tmp_path):
-    with pytest.raises(SystemExit):
-        bench.main(["--rounds", "0", "--out", str(tmp_path / "no")])
+    for bad in (["--rounds", "0"], ["--qiskit-rounds", "0"]):
+        with pytest.raises(SystemExit):
+            bench.main([*bad, "--out", str(tmp_path / "no")])
     assert not (tmp_path / "no").exists()
