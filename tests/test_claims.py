@@ -169,13 +169,13 @@ def test_c4_every_branch(diff, lo, hi, expected):
     # the verdict names the implementation the grid times: ours
     res = get_claim("C4").verdict(Evidence(stats=cost_row(diff, lo, hi), lr=LR))
     assert res.kind == expected
-    assert res.verdict == (f"{expected} for our implementation (closed-form Φ and sine, no "
-                           "circuit simulated)")
+    assert res.verdict == (f"{expected} for the sine term of our implementation (closed forms, "
+                           "no circuit simulated)")
 
 
 def test_c4_texts_and_not_run():
     res = get_claim("C4").verdict(Evidence(stats=cost_row(0.001, -0.055, 0.056), lr=LR))
-    assert res.measured.startswith("ours (closed forms): +0.1% per epoch")
+    assert res.measured.startswith("the sine term, ours (closed forms): +0.1% per epoch")
     assert res.ci == "[-5.5%, +5.6%]"
     assert verdict("C4", stats=pd.DataFrame()) == "not run yet"
 
@@ -204,12 +204,13 @@ def test_c4_names_the_qiskit_simulated_implementation_from_the_bench(qiskit_sec,
     res = get_claim("C4").verdict(Evidence(stats=cost_row(0.001, -0.055, 0.056), lr=LR,
                                            tables={"c4_bench": c4_bench(qiskit_sec)}))
     assert res.kind == "contradicted"  # ours first: +0.1%
-    assert res.verdict == ("contradicted for our implementation (closed-form Φ and sine, no "
-                           f"circuit simulated); {expected} for the circuit simulated by "
+    assert res.verdict == ("contradicted for the sine term of our implementation (closed forms, "
+                           f"no circuit simulated); {expected} for the circuit simulated by "
                            f"Qiskit as the paper did ({ratio}, bench)")
-    assert (f"simulated by Qiskit Statevector, one per score (results/bench/"
-            f"c4_like_with_like.md, forward only, extrapolated): {ratio} an epoch of adamw "
-            "with classical attention, ours +17.0%") in res.measured
+    assert ("the paper's method against adamw with classical attention, per epoch of the "
+            "paper's model (results/bench/c4_like_with_like.md): with our closed forms "
+            "+17.0%, with the attention's circuit simulated by Qiskit Statevector, one per "
+            f"score (forward only, extrapolated) {ratio}") in res.measured
     assert res.values["qiskit_ratio"] == pytest.approx(qiskit_sec / 10.0)
     # a bench table without the rows the verdict reads changes nothing
     bare = get_claim("C4").verdict(Evidence(stats=cost_row(0.001, -0.055, 0.056), lr=LR,
