@@ -38,6 +38,10 @@ shows the selection and judges no claim (its runs chose the settings; they do no
 paired seeds, target power and the pilot spread the seeds were computed from
 (:mod:`ablations.design`); the cells must run those seeds, and the seeds must reach the power.
 
+``[grid].exhibits`` (a list of report exhibit names, :mod:`ablations.exhibits`) marks a
+*study* grid: its report shows those exhibits instead of the claims' sections, and it judges no
+claim (e.g. the dose-response grid, whose runs map an effect against a dose, not test a claim).
+
 ``[grid].runs_per_gpu`` (default 1; a GPU arm's setting) packs that many worker processes on
 each GPU: small-batch runs are launch-bound, and several per device use it better. It decides
 where runs go, not what they compute, so it is part of no run's key.
@@ -72,7 +76,7 @@ __all__ = ["ConfigError", "RunSpec", "GridConfig", "load_config", "read_toml", "
            "derived_seeds"]
 
 _GRID_KEYS = {"arm", "name", "results", "baseline_lr", "description", "protocol", "select_lr",
-              "select_task", "selection", "runs_per_gpu"}
+              "select_task", "selection", "runs_per_gpu", "exhibits"}
 _CELL_KEYS = {"name", "attention", "variants", "seeds", "lr", "task", "options"}
 #: the protocols a grid may follow (DESIGN.md: the paper's tables, or ours on validation data)
 PROTOCOLS = ("paper", "calibrated")
@@ -181,6 +185,8 @@ class GridConfig:
     #: claim id → its pre-registered :class:`ablations.design.Design` (``[claims.<id>]``):
     #: margin, Holm family, seeds, target power, pilot spread; {} without the table
     designs: dict[str, Any] = field(default_factory=dict)
+    #: a study grid's report exhibits (``[grid].exhibits``; empty: the claims' report)
+    exhibits: tuple[str, ...] = ()
 
     @property
     def arm_obj(self) -> Arm:
@@ -288,6 +294,7 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
     if protocol and protocol not in PROTOCOLS:
         raise ConfigError(f"{path}: [grid].protocol must be one of {', '.join(PROTOCOLS)}, "
                           f"got {protocol!r}")
+    exhibits = _exhibits(path, grid)
     selected, lr_grid = (_selection(path, grid, arm_obj) if "select_lr" in grid
                          else (None, None))
     if "baseline_lr" in grid:
@@ -352,7 +359,7 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
                       selected_grid=lr_grid,
                       selected_task=level, selected_task_options=level_options,
                       selected_task_from=(path.parent / grid["select_task"] if level else None),
-                      designs=designs)
+                      designs=designs, exhibits=exhibits)
 
 
 def _claim_designs(path: Path, table: Any, arm: str, specs: Iterable[RunSpec],
@@ -367,6 +374,29 @@ def _claim_designs(path: Path, table: Any, arm: str, specs: Iterable[RunSpec],
         return claim_designs(path, table, arm, specs, lr)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+
+def _exhibits(path: Path, grid: dict) -> tuple[str, ...]:
+    """``[grid].exhibits``: a non-empty list of registered report exhibits, not together with
+    ``selection`` (a grid either selects settings or studies an effect)."""
+    if "exhibits" not in grid:
+        return ()
+    value = grid["exhibits"]
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(x, str) for x in value)):
+        raise ConfigError(f"{path}: [grid].exhibits must be a non-empty list of exhibit names, "
+                          f"got {value!r}")
+    from .exhibits import EXHIBITS  # the report's registry (imported only for such a grid)
+
+    unknown = [x for x in value if x not in EXHIBITS]
+    if unknown:
+        raise ConfigError(f"{path}: [grid].exhibits: unknown exhibit(s) {', '.join(unknown)} "
+                          f"(valid: {', '.join(sorted(EXHIBITS))})")
+    if grid.get("selection", False):
+        raise ConfigError(f"{path}: [grid].exhibits and [grid].selection exclude each other "
+                          "(a study grid judges no claim and selects nothing)")
+    return tuple(value)
 
 
 def _lr_or_selected(value: Any, where: str, selected: dict[str, float] | None,

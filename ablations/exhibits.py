@@ -593,3 +593,6 @@ def difficulty(ctx: Context, claim: Claim | None) -> list[str]:
     return ["## Difficulty selection (validation)\n", text,
             md_table(table, None, 4), figure_link(ctx, "difficulty.png", fig)]
 
+
+# the exhibits of other modules register into EXHIBITS when this one loads (they import it)
+from . import exhibits_dose  # noqa: E402,F401

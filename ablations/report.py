@@ -286,6 +286,7 @@ def render_arm(cfg: GridConfig) -> Path:
     evidence = Evidence(runs=runs, stats=table, lr=cfg.baseline_lr,
                         horizon=float(horizon) if horizon is not None else None,
                         directions=arm.directions(), designs=cfg.designs,
+                        tables=_bench_tables(out.parent),
                         null=arm.null_control if arm.null_control in set(runs["variant"])
                         else None)
     ctx = Context(cfg=cfg, arm=arm, runs=runs, curves=curves_table(records), stats=table,
@@ -298,6 +299,13 @@ def render_arm(cfg: GridConfig) -> Path:
                     "(`runs.csv`, `stats.csv`) play no part in them.\n")
         for name in arm.selection_exhibits:
             body += _exhibit(name, ctx, None)
+    elif cfg.exhibits:  # a study grid: its own exhibits, no claim
+        body.append("A study grid (`[grid].exhibits`): its report shows the analyses it was "
+                    "run for and judges no claim; `stats.csv` holds every comparison of its "
+                    "runs all the same.\n")
+        for name in cfg.exhibits:
+            body += _exhibit(name, ctx, None)
+        body.append(_statistics_note(ctx))
     elif table.empty:  # e.g. configs/calibration.toml: AdamW alone, nothing to compare
         body.append("No comparisons: the grid has no variant besides its baselines"
                     + ("" if set(runs["variant"]) & set(arm.baselines) else
@@ -322,6 +330,22 @@ def render_arm(cfg: GridConfig) -> Path:
                   arm.ledger_note(cfg) if ctx.results else "")
     (out / "report.md").write_text("\n".join(header + body))
     return out / "report.md"
+
+
+#: the bench tables a verdict may read (``Evidence.tables`` name → file under results/bench/):
+#: C4's like-with-like timing (ablations/bench_c4.py)
+BENCH_TABLES = {"c4_bench": "c4_like_with_like.csv"}
+
+
+def _bench_tables(root: Path) -> dict[str, pd.DataFrame]:
+    """The :data:`BENCH_TABLES` stored under ``<root>/bench`` (the results root, beside the
+    grid's folder); a table not generated yet is absent."""
+    found = {}
+    for name, file in BENCH_TABLES.items():
+        path = root / "bench" / file
+        if path.is_file():
+            found[name] = pd.read_csv(path)
+    return found
 
 
 def _sweep_runs(cfg: GridConfig) -> pd.DataFrame | None:

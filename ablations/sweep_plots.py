@@ -1,8 +1,9 @@
 """Figures of a metric against a swept setting: the quantum weight λ (claim C3), the
-learning rate (the per-optimizer tuning on validation data) and the task's difficulty level
-(the difficulty selection). Drawing only, as :mod:`ablations.plots`; the tables arrive
-computed (:func:`ablations.stats.lambda_sweep`, :func:`ablations.stats.lr_selection`,
-:func:`ablations.stats.difficulty_selection`).
+learning rate (the per-optimizer tuning on validation data), the task's difficulty level
+(the difficulty selection) and the measured size of the term (the dose-response). Drawing
+only, as :mod:`ablations.plots`; the tables arrive computed
+(:func:`ablations.stats.lambda_sweep`, :func:`ablations.stats.lr_selection`,
+:func:`ablations.stats.difficulty_selection`, :func:`ablations.stats.dose_points`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from matplotlib.figure import Figure
 from .panels import Panel, facet_levels, grid_shape, line_handle, panel_titles, require, share_axes
 from .style import level_colors, new_figure, themed, variant_color
 
-__all__ = ["plot_lambda_sweep", "plot_lr_sensitivity", "plot_difficulty"]
+__all__ = ["plot_lambda_sweep", "plot_lr_sensitivity", "plot_difficulty", "plot_dose_response"]
 
 
 @themed
@@ -192,4 +193,78 @@ def plot_difficulty(table: pd.DataFrame, *, target: float, level: str = "task",
                                markerfacecolor="none"))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3))
     fig.suptitle(title or "Kaplan–Meier median per level (95 % CI)")
+    return fig
+
+
+#: how the dose-response figure draws each sweep: (sweeps token, label, marker, line style)
+_DOSE_SWEEPS = (("λ", "λ sweep (loss × 1)", "o", "-"),
+                ("loss scale", "loss-scale sweep (λ fixed)", "s", "--"))
+
+
+@themed
+def plot_dose_response(points: pd.DataFrame, *, metric_label: str | None = None,
+                       first: pd.DataFrame | None = None, baseline: str = "adamw",
+                       title: str | None = None) -> Figure:
+    """Effect against the measured size of the term: one panel per perturbation family, the
+    paired difference from ``baseline`` (95% t interval) against the median measured ratio
+    ‖λQ‖/‖Adam step‖ on a log axis, the λ sweep and the loss-scale sweep as two lines; a
+    filled marker is detectable under the report's rule, an open one is not, and a dotted
+    vertical line marks the first detectable ratio of a panel's λ sweep.
+
+    Args:
+        points: output of :func:`ablations.stats.dose_points` (family, ratio, diff, ci_low,
+            ci_high, detectable, sweeps, lam, loss_scale).
+        metric_label: the metric's name, for the y-axis ("<label>: variant − baseline").
+        first: output of :func:`ablations.stats.first_detectable` (family, sweep,
+            first_ratio), or None for no vertical lines.
+        baseline: the compared baseline's name (labels).
+        title: figure title.
+
+    Raises:
+        ValueError: a needed column is missing or the table is empty.
+    """
+    require(points, ["family", "ratio", "diff", "ci_low", "ci_high", "detectable", "sweeps"],
+            "plot_dose_response")
+    data = points[np.isfinite(points["ratio"].to_numpy(float))
+                  & (points["ratio"].to_numpy(float) > 0)]
+    require(data, ["ratio"], "plot_dose_response (points with a positive ratio)")
+    families = sorted(map(str, data["family"].unique()))
+    nrows, ncols = grid_shape(len(families), 4)
+    fig, axes = new_figure(nrows, ncols, max(5.6, 3.9 * ncols), 3.3 * nrows + 0.7)
+    ylabel = f"{metric_label or 'metric'}: variant − {baseline}"
+    for ax, fam in zip(axes.flat, families, strict=False):
+        color = variant_color(fam)
+        sub = data[data["family"].astype(str) == fam]
+        ax.axhline(0.0, color="black", lw=0.8)
+        for token, _, marker, ls in _DOSE_SWEEPS:
+            g = sub[sub["sweeps"].astype(str).str.split("+").map(lambda s, t=token: t in s)]
+            g = g.sort_values("ratio")
+            if g.empty:
+                continue
+            xs, m = g["ratio"].to_numpy(float), g["diff"].to_numpy(float)
+            err = np.vstack([m - g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float) - m])
+            ax.errorbar(xs, m, yerr=np.nan_to_num(err, nan=0.0), fmt="none", ecolor=color,
+                        elinewidth=1.0, capsize=2.5, alpha=0.8)
+            ax.plot(xs, m, color=color, ls=ls, lw=1.2)
+            hit = g["detectable"].to_numpy(bool)
+            ax.scatter(xs[hit], m[hit], color=color, marker=marker, s=34, zorder=4)
+            ax.scatter(xs[~hit], m[~hit], facecolors="white", edgecolors=color,
+                       marker=marker, s=34, zorder=4)
+        if first is not None and not first.empty:
+            row = first[(first["family"].astype(str) == fam) & (first["sweep"] == "λ")]
+            if len(row) and np.isfinite(float(row["first_ratio"].iloc[0])):
+                ax.axvline(float(row["first_ratio"].iloc[0]), color=color, ls=":", lw=1.2)
+        ax.set_xscale("log")
+        ax.set(xlabel="measured ‖λQ‖ / ‖Adam step‖", ylabel=ylabel)
+        ax.set_title(fam)
+    share_axes(axes, len(families), x=True, y=True)
+    handles = [line_handle("black", label, marker=marker, ls=ls, lw=1.2)
+               for _, label, marker, ls in _DOSE_SWEEPS]
+    handles += [line_handle("black", "detectable (Holm p < 0.05)", marker="o", lw=0),
+                line_handle("black", "not detectable", marker="o", lw=0,
+                            markerfacecolor="white"),
+                line_handle("black", "first detectable ratio (λ sweep)", ls=":", lw=1.2)]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3)
+    fig.suptitle(title or f"Dose-response: paired difference from {baseline} (95 % CI) "
+                          "against the measured size of the term")
     return fig

@@ -100,7 +100,7 @@ class SuperpositionalAdamW(Optimizer):
     scheduler's in-place change of a Tensor lr recompiles (a float lr recompiles when it
     changes). The default ``nonfinite="raise"`` raises at trace time saying so: the check reads
     one flag on the host, which a graph cannot. Stochastic perturbations (gauss, unif, anneal,
-    anti) key their noise on the host step count and cannot be compiled.
+    annealrel, anti) key their noise on the host step count and cannot be compiled.
 
     Args:
         params: parameters or parameter groups, as for any ``torch.optim`` optimizer. Every
@@ -111,9 +111,8 @@ class SuperpositionalAdamW(Optimizer):
         weight_decay: decoupled weight decay, as ``torch.optim.AdamW`` (default 1e-2).
         quantum_weight: λ, the weight of the perturbation (default 0.5, the paper's best).
         perturbation: a registry name (``qsgd.perturbations.available()``: none, sin, cos,
-            taylor, gauss, unif, anneal, anti, circuit, sinnorm, moment) or a ``Perturbation``
-            object
-            (default ``"sin"``). A name keeps ``state_dict`` loadable with
+            taylor, gauss, unif, anneal, annealrel, anti, circuit, sinnorm, moment) or a
+            ``Perturbation`` object (default ``"sin"``). A name keeps ``state_dict`` loadable with
             ``torch.load(weights_only=True)``; an object does not.
         scope: ``"all"`` (default): Q on every coordinate; ``"first_n"``: Q only on the first
             ``n_qubits`` entries of each flattened tensor (the paper's literal scope); the other

@@ -61,6 +61,7 @@ __all__ = [
     "Gauss",
     "Unif",
     "Anneal",
+    "AnnealRel",
     "Anti",
     "Circuit",
     "SinNorm",
@@ -360,6 +361,9 @@ class Anneal(Perturbation):
     ξ ~ N(0, σ_t²), σ_t² = η / (1 + t')^γ with t' = t − 1 the number of earlier steps (optax's
     count, so the first step has variance η). Added to g before the moments as ``g + λ·ξ``;
     the grid's id ``anneal`` uses λ = 1, so λ = 0 is plain AdamW like every other variant.
+    η is absolute (in squared gradient units), so the noise's size relative to the gradient
+    depends on the loss's units; :class:`AnnealRel` (``annealrel-l{λ}``) scales it to the
+    gradient's RMS instead.
     """
 
     name = "anneal"
@@ -381,6 +385,50 @@ class Anneal(Perturbation):
 
     def __repr__(self) -> str:
         return f"Anneal(eta={self.eta}, gamma={self.gamma})"
+
+
+@register
+class AnnealRel(Perturbation):
+    """Annealed Gaussian gradient noise scaled to the gradient: the informative anneal control.
+
+    In DESIGN.md's table form::
+
+        | annealrel-l{λ} | additive gradient noise before the moments, g + λ·ξ, ξ_i = s_t·z_i,
+        |                | z ~ N(0, 1) keyed, s_t = RMS(g)/(1 + t')^{γ/2}, γ = 0.55 (RMS over the
+        |                | tensor at that step; λ: noise-to-gradient RMS at the first step) |
+
+    As :class:`Anneal` (kind ``"gradient"``: ξ is added to g before both moments; variance
+    decaying as (1 + t')^−γ with t' = t − 1 the number of earlier steps, optax's count), but
+    σ is relative: s_t is the RMS of this step's gradient over the in-scope tensor, so λ is the
+    ratio of the noise's RMS to the gradient's at the first step (λ = 1: as large as the
+    gradient), whatever the units of the loss. ``anneal``'s absolute η = 0.01 gives
+    σ_1 = 0.1 per coordinate, tens of times the classifier's clipped gradients (RMS ~ 10⁻³):
+    the noise swamps the signal and the control sits at chance, showing nothing. Here the
+    gradient the moments see is g + λ·ξ with ξ ∝ RMS(g), so multiplying the loss by c > 0
+    multiplies both by c and the update is unchanged up to ε, as Adam's: the control's size
+    is a property of the noise, not of the gradient scale. z is keyed on (seed, step, tensor
+    index) as every stochastic term (:func:`_keyed_noise`), so a resumed run is bit-identical.
+    A zero gradient gets zero noise.
+    """
+
+    name = "annealrel"
+    kind = "gradient"
+    stochastic = True
+    q_over_g_bound = math.inf  # gradient kind: ξ is added to g, not a multiple of it
+
+    def __init__(self, gamma: float = 0.55):
+        self.gamma = float(gamma)
+
+    def decay(self, step: int) -> float:
+        """(1 + t')^{−γ/2}, t' = step − 1: the factor of s_t on RMS(g)."""
+        return (1.0 + (step - 1)) ** (-0.5 * self.gamma)
+
+    def term(self, theta, grad, ctx):
+        z = _keyed_noise(grad, ctx, "normal")
+        return z.mul_(rms(grad) * self.decay(ctx.step))
+
+    def __repr__(self) -> str:
+        return f"AnnealRel(gamma={self.gamma})"
 
 
 @register

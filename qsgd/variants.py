@@ -5,7 +5,8 @@ An id names one optimizer configuration::
     adamw                  plain AdamW (perturbation none, λ = 0)
     sin-l0.5               perturbation sin, λ = 0.5, scope all
     sin-l0.5-first4        the same, only the first 4 entries of each tensor (scope first_n)
-    anneal                 annealed gradient noise with λ = 1 (η = 0.01, γ = 0.55)
+    anneal                 annealed gradient noise with λ = 1 (η = 0.01, γ = 0.55; absolute)
+    annealrel-l1.0         annealed gradient noise with σ relative to the gradient's RMS
     sinnorm-l0.5           the sine on Adam's normalised step, Q = sin(πθ)⊙m̂/(√v̂+ε)
     moment-l0.5            our reading of the paper's "moment updates": (1 + λ sin πθ)⊙g in m
     <name>-l<λ>[-first<n>] any registered perturbation (qsgd.perturbations.available())

@@ -11,7 +11,8 @@ over both implementations (per-tensor reference and the default foreach/flat pat
 
 Each entry's properties are stated on it, not in the tests: a variant that is not elementwise
 (its term depends on the whole tensor) or draws noise cannot split a complex tensor into two
-real ones; ``anneal`` adds noise to the gradient, so a zero gradient still moves the parameters.
+real ones; ``anneal`` adds noise to the gradient, so a zero gradient still moves the parameters
+(``annealrel``'s noise is relative to the gradient: none at a zero gradient).
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def _variant_input(name: str) -> OptimInput:
     return OptimInput(
         f"{name}-l{lam:g}", dict(perturbation=name, quantum_weight=lam),
         splits_complex=cls.elementwise and not cls.stochastic,
-        zero_grad_noop=cls.kind != "gradient")
+        # gradient-kind noise moves a parameter whose gradient is 0, unless its σ is relative
+        # to the gradient (annealrel: σ ∝ RMS(g) = 0)
+        zero_grad_noop=cls.kind != "gradient" or name == "annealrel")
 
 
 INPUTS = [_variant_input(name) for name in available()] + [

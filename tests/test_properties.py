@@ -81,8 +81,8 @@ def test_q_over_g_bounds_are_declared_on_the_classes():
     bounds = {v: get_perturbation(v).q_over_g_bound for v in available()}
     assert bounds == {"none": 0.0, "sin": 1.0, "cos": 1.0, "circuit": 1.0,
                       "unif": math.sqrt(3.0), "taylor": math.inf, "gauss": math.inf,
-                      "anti": math.inf, "anneal": math.inf, "sinnorm": math.inf,
-                      "moment": math.inf}
+                      "anti": math.inf, "anneal": math.inf, "annealrel": math.inf,
+                      "sinnorm": math.inf, "moment": math.inf}
 
 
 @pytest.mark.parametrize("variant", BOUNDED)

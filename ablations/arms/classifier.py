@@ -67,6 +67,15 @@ class ClassifierOptions:
     n_val drawn; 0: none), scored every epoch: every choice (lr, difficulty, epochs) reads them,
     never the test set. Metrics: target_acc (the accuracy of epochs to target), ratio_every
     (steps between samples of the perturbation ratio; 0: never).
+
+    Gradient scale: loss_scale c (default 1, finite and > 0) multiplies the training loss before
+    backward, and the clipping threshold with it (c·clip_grad), so every gradient the
+    optimizer sees is c times the unscaled run's. Adam's step m̂/(√v̂+ε) is invariant to it up
+    to ε (and float rounding), a term in raw gradient units (the paper's sin(πθ)·g) grows
+    with c. ε is not always negligible: where gradients are of order ε (this task's loss
+    plateau near chance at the start) AdamW at c equals AdamW at c = 1 with ε/c, so the
+    dose-response grid (configs/classifier-dose.toml) compares each variant with AdamW at the
+    same c. The recorded losses are the unscaled ones.
     """
 
     seq_len: int = 16
@@ -99,6 +108,7 @@ class ClassifierOptions:
     n_keys: int = 12
     n_values: int = 2
     pixel_levels: int = 4
+    loss_scale: float = 1.0
 
     def __post_init__(self):
         # ValueError naming [classifier].<key>; every check here runs when the config loads
@@ -120,6 +130,8 @@ class ClassifierOptions:
         for key in ("weight_decay", "clip_grad"):
             value = getattr(self, key)
             need(math.isfinite(value) and value >= 0, key, "finite and >= 0")
+        need(math.isfinite(self.loss_scale) and self.loss_scale > 0, "loss_scale",
+             "finite and > 0")
         need(self.ratio_every >= 0, "ratio_every", ">= 0")
         need(self.data_seed >= 0, "data_seed", ">= 0")
         need(self.schedule in ("cosine", "constant"), "schedule", "cosine or constant")
@@ -201,9 +213,11 @@ def run(spec) -> dict[str, Any]:
             logits = model(data["x_train"][idx])
             loss = loss_fn(logits, data["y_train"][idx])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # loss_scale: c·loss and the threshold c·clip_grad give c times every gradient
+            (loss * o.loss_scale if o.loss_scale != 1.0 else loss).backward()
             if o.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad, foreach=True)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad * o.loss_scale,
+                                               foreach=True)
             opt.track_ratio = o.ratio_every > 0 and step % o.ratio_every == 0
             if o.schedule == "cosine":  # cosine decay to zero over the run, no warm-up
                 lr = lr_at(step, spec.lr, schedule="cosine", horizon=total_steps)

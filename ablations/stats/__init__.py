@@ -19,7 +19,10 @@ S.compare_all(...)``):
 - :mod:`.factorial`: the 2 × 2 attention × optimizer analysis;
 - :mod:`.null`: every variant's effect beside the null control's (a negligible nudge);
 - :mod:`.summaries`: t and Wilson intervals, learning-curve summaries, the λ sweep, the
-  learning-rate selection and the runs at each variant's selected lr.
+  learning-rate selection and the runs at each variant's selected lr;
+- :mod:`.dose`: dose-response: each variant's effect against AdamW at its measured ratio
+  ‖λQ‖/‖Adam step‖ (λ and loss-scale sweeps), and the ratio at which it first becomes
+  detectable.
 
 Inputs follow the data contract of ``results/`` (DESIGN.md):
 
@@ -37,6 +40,7 @@ to :func:`compare_all` by the caller.
 from __future__ import annotations
 
 from .aggregate import aggregate_metrics, iqm, probability_of_improvement, stratified_bootstrap_ci
+from .dose import DETECTION_RULE, capped_time_to_target, dose_points, first_detectable
 from .factorial import factorial_2x2
 from .null import NULL_READINGS, null_control
 from .paired import (
@@ -120,4 +124,8 @@ __all__ = [
     "lambda_sweep",
     "lr_selection",
     "at_selected_lr",
+    "DETECTION_RULE",
+    "capped_time_to_target",
+    "dose_points",
+    "first_detectable",
 ]
