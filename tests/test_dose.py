@@ -258,6 +258,12 @@ def test_the_dose_config(tmp_path, monkeypatch):
     # the calibrated model: classifier-lr's table, so its lr selection applies
     assert text["classifier"] == read_toml(CONFIGS / "classifier-lr.toml")["classifier"]
     path, lr_path = _copy(tmp_path, "classifier-dose"), _copy(tmp_path, "classifier-lr")
+    levels = _copy(tmp_path, "classifier-calibrated-difficulty")
+    with pytest.raises(SelectionPending, match=r"classifier-calibrated-difficulty\.toml has 0 "):
+        load_config(path)
+    # the level: sym8-t1 (90% validation accuracy at epoch 7 at every lr; the others never)
+    run_grid(load_config(levels), SerialExecutor(), progress=False, run_fn=_fake_run(
+        lambda s: (0.92, 0.5, 7.0 if s.task == "sym8-t1" else math.nan, 12.0)))
     with pytest.raises(SelectionPending, match=r"classifier-lr\.toml has 0 of"):
         load_config(path)
     lr = load_config(lr_path)
@@ -265,6 +271,7 @@ def test_the_dose_config(tmp_path, monkeypatch):
         lambda s: _lr_metrics(s if s.variant == "sin-l0.5" else replace(s, variant="adamw"))))
     cfg = load_config(path)
     assert cfg.exhibits == ("dose_response",) and cfg.protocol == "calibrated"
+    assert cfg.selected_task == "sym8-t1" and {s.config["n_symbols"] for s in cfg.specs} == {8}
     assert {s.lr for s in cfg.specs} == {cfg.selected_lr["adamw"]}
     assert {s.seed for s in cfg.specs} == set(range(5)) and len(cfg.specs) == 240
     lam = {}
