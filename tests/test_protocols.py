@@ -382,3 +382,19 @@ def test_the_lr_sensitivity_figure_draws_three_variants():
     rings = [x for c in ax.collections if isinstance(c, PathCollection)
              for x, _ in c.get_offsets()]
     assert sorted(rings) == pytest.approx([1.92e-3, 2e-3, 4.16e-3], rel=1e-9)
+
+
+def test_nox_runs_every_classifier_grid_after_the_selections_it_reads():
+    import ast
+
+    tree = ast.parse((ROOT / "noxfile.py").read_text())
+    grids = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                 and getattr(n.targets[0], "id", "") == "CLASSIFIER_GRIDS")
+    configs = {p.stem for p in CONFIGS.glob("*.toml")
+               if read_toml(p)["grid"]["arm"] == "classifier"} - {"smoke"}
+    assert set(grids) == configs and len(grids) == len(configs)
+    for i, name in enumerate(grids):
+        grid = read_toml(CONFIGS / f"{name}.toml")["grid"]
+        for key in ("select_task", "select_lr"):
+            if key in grid:
+                assert grids.index(Path(grid[key]).stem) < i, (name, key)
