@@ -72,6 +72,8 @@ def ablations(session):
     _install(session, "harness,quantum,llm")
     session.run("python", "-m", "ablations", "run", "ablations/configs/classifier.toml",
                 *session.posargs)
+    session.run("python", "-m", "ablations", "run", "ablations/configs/classifier-tasks.toml",
+                *session.posargs)
     session.run("python", "-m", "theory", "run")
     session.run("python", "-m", "ablations", "report", "all")
 

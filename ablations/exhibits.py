@@ -576,3 +576,6 @@ def _task_options(ctx: Context) -> dict[str, dict[str, Any]]:
             parsed = ctx.arm.parse_options({**ctx.cfg.options, **cell.get("options", {})})
             out[task] = dataclasses.asdict(parsed)
     return out
+
+
+from . import task_exhibits  # noqa: E402,F401  (registers "across_tasks": a grid of several tasks)

@@ -97,7 +97,7 @@ def plot_task(runs: pd.DataFrame, seed_diffs: pd.DataFrame, effects: pd.DataFram
     ax.set_xticks(range(len(others)), others, rotation=30, ha="right")
     ax.set_xlim(-0.6, len(others) - 0.4)
     ax.grid(axis="x", visible=False)
-    ax.set(xlabel="", ylabel=f"difference from {baseline}",
+    ax.set(xlabel="", ylabel=f"{label}: variant − {baseline}",
            title=f"paired difference from {baseline}")
     handles = [line_handle(colors[str(s)], f"data seed {s}", marker="o", ls="none")
                for s in seeds]

@@ -111,6 +111,18 @@ def test_iqm_is_the_trimmed_mean_of_every_run_of_every_task():
         assert t.loc[v, "n_runs"] == 10 and t.loc[v, "n_tasks"] == 2
 
 
+@settings(max_examples=60)
+@given(st.lists(st.lists(st.one_of(st.none(), st.floats(-1e3, 1e3)), min_size=3, max_size=3),
+                min_size=1, max_size=25))
+def test_the_columnwise_iqm_is_scipys_trimmed_mean_of_the_finite_values(rows):
+    x = np.array([[math.nan if v is None else v for v in r] for r in rows], float)
+    got = A._trim_mean_columns(x)
+    for j in range(3):
+        col = x[:, j][np.isfinite(x[:, j])]
+        want = sps.trim_mean(col, 0.25) if col.size else math.nan
+        assert got[j] == pytest.approx(want, abs=1e-9, nan_ok=True)
+
+
 @pytest.mark.parametrize("clusters", [False, True])
 def test_iqm_interval_equals_the_brute_force_stratified_bootstrap(clusters):
     variants = ["adamw", "sin"]
@@ -368,6 +380,19 @@ def test_profiles_are_invariant_to_the_unit_of_time(runs, c):
     b = A.profile_scores(A.time_to_target(runs.assign(epochs=c * runs["epochs"]), "epochs",
                                           "reached"))
     assert np.allclose(a[["score", "solved", "fastest"]], b[["score", "solved", "fastest"]])
+
+
+@settings(max_examples=60)
+@given(st.lists(st.lists(st.sampled_from([1.0, 2.0, 3.0, 7.0, math.inf, math.nan]), min_size=2,
+                         max_size=2), min_size=1, max_size=9))
+def test_the_columnwise_median_is_numpys_nanmedian(rows):
+    import warnings
+
+    x = np.array(rows, float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = np.nanmedian(x, axis=0)
+    assert np.array_equal(A._median_columns(x), want, equal_nan=True)
 
 
 def test_profile_score_interval_brackets_the_score_and_collapses_without_spread():

@@ -267,7 +267,8 @@ class Classifier(Arm):
     curve_value = "test_acc"
     curve_label = "test accuracy"
     setup_exhibits = ("calibration",)
-    analyses = ("factorial", "lr_check", "lr_sensitivity", "tuned_lr", "perturbation", "curves")
+    analyses = ("factorial", "lr_check", "lr_sensitivity", "tuned_lr", "across_tasks",
+                "perturbation", "curves")
     selection_metric = "final_val_acc"
     selection_exhibits = ("difficulty", "lr_sensitivity")
     #: the paper's protocol gives no task: its difficulty is chosen so that Adam reaches 90%
