@@ -121,6 +121,7 @@ def test_the_tiny_grid_renders_the_across_tasks_section(tiny_report):
 def test_a_grid_of_several_tasks_judges_no_claim_and_leaves_the_ledger_alone(tiny_report):
     cfg, text, tmp = tiny_report
     assert "No claim is judged by this grid" in text and "## C1" not in text
+    assert "Tasks: every cell runs a task of its own" in text  # not the table's own task
     claims = json.loads((cfg.results / "claims.json").read_text())
     assert claims["claims"] == {}
     ledger = render_ledger(tmp).read_text()

@@ -15,6 +15,11 @@ S.compare_all(...)``):
   log-rank, the paper's mean among runs that reached the target, the difficulty selection
   (the level whose median time to target is nearest a target);
 - :mod:`.aggregate`: IQM, stratified bootstrap, probability of improvement (rliable-style);
+- :mod:`.across`: a grid of several tasks, each on several data seeds: normalised scores,
+  IQM and probability of improvement across tasks (strata = tasks, the data seed resampled
+  or not), per-task effects with the data seed as a random effect, AlgoPerf's performance
+  profiles of time to target; used as ``stats.across.<name>`` (not re-exported: its
+  ``time_to_target`` is per problem, unlike :func:`.survival.time_to_target`);
 - :mod:`.factorial`: the 2 × 2 attention × optimizer analysis;
 - :mod:`.summaries`: t and Wilson intervals, learning-curve summaries, the λ sweep, the
   learning-rate selection and the runs at each variant's selected lr.
@@ -34,6 +39,7 @@ to :func:`compare_all` by the caller.
 
 from __future__ import annotations
 
+from . import across
 from .aggregate import aggregate_metrics, iqm, probability_of_improvement, stratified_bootstrap_ci
 from .factorial import factorial_2x2
 from .paired import (
@@ -70,6 +76,7 @@ from .survival import (
 )
 
 __all__ = [
+    "across",
     "STATS_COLUMNS",
     "EXTRA_COLUMNS",
     "FAMILIES",
