@@ -3,10 +3,10 @@ on several data seeds, compared within a task and aggregated across tasks as rli
 AlgoPerf do (:mod:`ablations.stats.across` computes, :mod:`ablations.task_plots` draws).
 
 Registered as the exhibit ``across_tasks`` (an arm lists it in ``Arm.analyses``); it shows
-nothing for a grid of one task. It reads the arm's task registry through the options of each
-cell: ``dataset`` (the task), ``data_seed`` (the random effect), the task's chance level
-(1 / classes: every task's labels are balanced) and ceiling (``Task.ceiling``), and
-``target_acc`` (the time to target's threshold, per task).
+nothing for a grid of fewer than two data sets. It reads the arm's task registry through the
+options of each cell: ``dataset`` (the task), ``data_seed`` (the random effect), the task's
+chance level (1 / classes: every task's labels are balanced) and ceiling (``Task.ceiling``),
+and ``target_acc`` (the time to target's threshold, per task).
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ def across_tasks(ctx: Context, claim=None) -> list[str]:
     from .task_plots import plot_across_tasks, plot_task
 
     tasks = task_table(ctx)
-    if tasks.empty or tasks["family"].nunique() < 2 or SCORE not in ctx.runs.columns:
+    # several data sets: cells that vary one data set's other options (difficulty levels,
+    # a dose) are not a benchmark of tasks
+    if tasks.empty or tasks["dataset"].nunique() < 2 or SCORE not in ctx.runs.columns:
         return []
     runs = _main_cell(ctx).merge(tasks[["task", "family", "data_seed", "chance", "ceiling"]],
                                  on="task", how="inner")

@@ -159,3 +159,21 @@ def test_the_task_figures_are_figures_and_name_missing_columns():
         plot_performance_profiles(prof.drop(columns="rho"))
     with pytest.raises(ValueError, match="'iqm'"):
         plot_across_tasks(iqm.drop(columns="iqm"), poi)
+
+
+def test_cells_of_one_data_set_at_several_settings_are_no_benchmark_of_tasks(tmp_path):
+    import pandas as pd
+
+    from ablations.claims import Evidence
+    from ablations.exhibits import EXHIBITS, Context
+
+    cells = "".join(CELL.format(name="parity", d=1, extra=f", seq_len = {n}").replace(
+        "parity-d1", f"parity-l{n}") for n in (8, 12))
+    path = tmp_path / "levels.toml"
+    path.write_text(TINY.format(cells=cells))
+    cfg = load_config(path, results=tmp_path / "levels")
+    runs = pd.DataFrame({"task": ["parity-l8", "parity-l12"], "variant": "adamw", "seed": 0,
+                         "attention": "quantum", "lr": 8e-3, "final_test_acc": 0.6})
+    ctx = Context(cfg=cfg, arm=cfg.arm_obj, runs=runs, curves=pd.DataFrame(),
+                  stats=pd.DataFrame(), records=[], evidence=Evidence())
+    assert EXHIBITS["across_tasks"](ctx, None) == []
