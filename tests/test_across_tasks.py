@@ -145,7 +145,7 @@ def test_resampling_data_seeds_widens_the_interval_when_data_seeds_differ():
     assert random["ci_high"] - random["ci_low"] > 5 * (fixed["ci_high"] - fixed["ci_low"])
 
 
-@settings(max_examples=25)
+@settings(max_examples=15)
 @given(designs(), st.floats(0.1, 10), st.floats(-5, 5), st.booleans())
 def test_iqm_is_affine_equivariant_and_its_interval_ordered(runs, a, b, clusters):
     t0 = A.iqm_across_tasks(runs, "score", n_boot=40, clusters=clusters)
@@ -171,6 +171,12 @@ def test_iqm_needs_its_columns_and_some_values():
         A.iqm_across_tasks(HAND.drop(columns="data_seed"), "score")
     with pytest.raises(ValueError, match="no finite values"):
         A.iqm_across_tasks(HAND.assign(score=math.nan), "score")
+    twice = pd.concat([HAND, HAND.head(1)])  # one run seed twice: two cells mixed up
+    for call in (lambda: A.iqm_across_tasks(twice, "score"),
+                 lambda: A.poi_across_tasks(twice, "score", "sin", "adamw"),
+                 lambda: A.per_task_effects(twice, "score", "sin", "adamw")):
+        with pytest.raises(ValueError, match="2 runs share task, data_seed, seed, variant"):
+            call()
 
 
 # ----------------------------------------------------------------------------- POI
@@ -339,7 +345,7 @@ def time_designs(draw):
     return tte_runs(vals)
 
 
-@settings(max_examples=40)
+@settings(max_examples=20)
 @given(time_designs(), st.booleans())
 def test_performance_profile_and_score_equal_their_definitions(runs, by_task):
     times = A.time_to_target(runs, "epochs", "reached")

@@ -78,6 +78,16 @@ def normalized_scores(values, low, high) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- the design
+def _one_run_each(runs: pd.DataFrame, keys: Sequence[str]) -> None:
+    """ValueError when two runs share ``keys`` (a table of several cells, lrs or attentions
+    say, must be cut to one before runs pair by seed)."""
+    dup = runs.duplicated(list(keys), keep=False)
+    if dup.any():
+        first = runs.loc[dup, list(keys)].iloc[0].to_dict()
+        raise ValueError(f"{int(dup.sum())} runs share {', '.join(keys)} (e.g. {first}): "
+                         "select one cell (attention, lr) first")
+
+
 class _Design:
     """The runs of one metric as a nested design: task → data seed → a matrix of run seeds ×
     variants (NaN where a variant has no run of that seed), rows aligned by run seed."""
@@ -89,6 +99,7 @@ class _Design:
                 raise KeyError(f"column {col!r} is missing; columns: {list(runs.columns)}")
         self.variants = list(variants)
         sub = runs[runs[variant].isin(self.variants)]
+        _one_run_each(sub, [task, cluster, seed, variant])
         wide = (sub.assign(_v=as_float(sub[value]))
                 .pivot_table(index=[task, cluster, seed], columns=variant, values="_v",
                              aggfunc="first")
@@ -265,6 +276,7 @@ def _cluster_diffs(runs: pd.DataFrame, value: str, variant_name: str, baseline: 
     """Paired differences variant − baseline: one row per (task, data seed, run seed) where
     both ran (finite values), column ``diff``."""
     sub = runs[runs[variant].isin([variant_name, baseline])]
+    _one_run_each(sub, [task, cluster, seed, variant])
     wide = sub.assign(_v=as_float(sub[value])).pivot_table(
         index=[task, cluster, seed], columns=variant, values="_v", aggfunc="first")
     if variant_name not in wide.columns or baseline not in wide.columns:
@@ -506,6 +518,7 @@ def profile_score_ci(runs: pd.DataFrame, time: str, event: str, *,
     point = profile_scores(times, problem=problem, variant=variant, tau_max=tau_max,
                            weight_by=weight_by)
     variants = list(point[variant])
+    _one_run_each(runs, problem + [seed, variant])
     t = as_float(runs[time])
     reached = np.nan_to_num(as_float(runs[event]), nan=0.0) != 0
     frame = runs[problem + [seed, variant]].assign(_t=np.where(reached & np.isfinite(t), t,
