@@ -326,8 +326,7 @@ class Classifier(Arm):
         if cfg.cells and all(c.get("task") and c.get("options") for c in cfg.cells):
             # no run reads the table's own task: each cell names its own (listed below)
             task = ("Tasks: every cell runs a task of its own (listed below with the options "
-                    "it changes); the rest is the grid's. ")
-            splits += " (a cell may set its own sizes)"
+                    "it changes, its sizes included); the rest is the grid's. ")
         return (
             task + f"Splits: {splits}. " +
             f"Model: {o.n_layers}-layer transformer, d={o.d_model}, {o.n_heads} heads, "
