@@ -72,7 +72,7 @@ def lint(session):
 #: (chosen on test accuracy, kept as a documented earlier attempt) last
 CLASSIFIER_GRIDS = ("classifier-difficulty", "classifier-paper",
                     "classifier-calibrated-difficulty", "classifier-lr", "classifier-calibrated",
-                    "classifier-dose", "calibration", "classifier")
+                    "classifier-dose", "classifier-tasks", "calibration", "classifier")
 
 
 @nox.session(python=PY)

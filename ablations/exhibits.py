@@ -594,5 +594,6 @@ def difficulty(ctx: Context, claim: Claim | None) -> list[str]:
             md_table(table, None, 4), figure_link(ctx, "difficulty.png", fig)]
 
 
-# the exhibits of other modules register into EXHIBITS when this one loads (they import it)
-from . import exhibits_dose  # noqa: E402,F401
+# the exhibits of other modules register into EXHIBITS when this one loads (they import it):
+# the dose-response study's and "across_tasks" (a grid of several tasks)
+from . import exhibits_dose, task_exhibits  # noqa: E402,F401

@@ -77,6 +77,13 @@ def _baselines(arm, runs: pd.DataFrame) -> tuple[str, ...]:
     return arm.baselines + ((null,) if null and null in set(runs["variant"]) else ())
 
 
+def _one_task(runs: pd.DataFrame) -> bool:
+    """Whether the claims have one comparison to read: some runs of the grid's own task, or
+    one task in all."""
+    tasks = runs["task"].fillna("") if "task" in runs.columns else pd.Series([""])
+    return bool((tasks == "").any() or tasks.nunique() < 2)
+
+
 def _stats_table(arm, runs: pd.DataFrame, designs: dict | None = None) -> pd.DataFrame:
     metrics = [m.name for m in arm.compared_metrics if m.name in runs.columns]
     effects = {k: v for k, v in claimed_effects(arm.name, arm.baselines[0]).items()
@@ -311,10 +318,15 @@ def render_arm(cfg: GridConfig) -> Path:
                     + ("" if set(runs["variant"]) & set(arm.baselines) else
                        f" (and none of the baselines {', '.join(arm.baselines)})") + ".\n")
     else:
-        for claim in claims_for(arm.name):
-            res = claim.verdict(evidence)
-            ctx.results[claim.id] = res
-            body += _claim_section(ctx, claim, res)
+        if _one_task(runs):
+            for claim in claims_for(arm.name):
+                res = claim.verdict(evidence)
+                ctx.results[claim.id] = res
+                body += _claim_section(ctx, claim, res)
+        else:  # a claim reads one cell; several tasks would leave it to pick one of them
+            body.append("No claim is judged by this grid: every cell runs a task of its own, "
+                        "and a claim reads the comparison of one task. The variants are "
+                        "compared per task and across tasks below.\n")
         for name in arm.analyses:
             body += _exhibit(name, ctx, None)
         body.append(_statistics_note(ctx))

@@ -283,7 +283,8 @@ class Classifier(Arm):
     curve_value = "test_acc"
     curve_label = "test accuracy"
     setup_exhibits = ("calibration",)
-    analyses = ("factorial", "lr_check", "lr_sensitivity", "tuned_lr", "perturbation", "curves")
+    analyses = ("factorial", "lr_check", "lr_sensitivity", "tuned_lr", "across_tasks",
+                "perturbation", "curves")
     selection_metric = "final_val_acc"
     selection_exhibits = ("difficulty", "lr_sensitivity")
     #: the paper's protocol gives no task: its difficulty is chosen so that Adam reaches 90%
@@ -337,8 +338,13 @@ class Classifier(Arm):
         else:
             splits = (f"{o.n_train} train / {o.n_test} test examples, no validation split: "
                       "every accuracy below is test accuracy")
+        task = get_task(o.dataset).describe(o)
+        if cfg.cells and all(c.get("task") and c.get("options") for c in cfg.cells):
+            # no run reads the table's own task: each cell names its own (listed below)
+            task = ("Tasks: every cell runs a task of its own (listed below with the options "
+                    "it changes, its sizes included); the rest is the grid's. ")
         return (
-            get_task(o.dataset).describe(o) + f"Splits: {splits}. " +
+            task + f"Splits: {splits}. " +
             f"Model: {o.n_layers}-layer transformer, d={o.d_model}, {o.n_heads} heads, "
             f"feed-forward {o.d_ff}, dropout {o.dropout:g}; attention {attention}. "
             f"{o.epochs} epochs, batch {o.batch_size}, weight decay {o.weight_decay:g}, "

@@ -425,7 +425,8 @@ class Digits(Task):
     the 1,797 images of its writer-independent test part (``optdigits.tes``), 8×8 blocks
     counting the on-pixels of a 32×32 bitmap, values 0…16, about 180 per digit. It ships
     inside scikit-learn (``sklearn.datasets.load_digits``, no download). Licence: the UCI
-    repository publishes the data set under CC BY 4.0 (attribution: Alpaydin and Kaynak);
+    repository licenses its data sets under CC BY 4.0 (its donation policy; attribution:
+    Alpaydin and Kaynak), unconfirmed here for this data set's own page, donated in 1998;
     scikit-learn itself is BSD-3-Clause.
 
     Tokens: each pixel, in row-major order, quantised to ``pixel_levels`` levels,
@@ -458,7 +459,9 @@ class Digits(Task):
     summary = "8x8 handwritten digit as 64 quantised pixel tokens: which digit?"
     source = ("UCI 'Optical Recognition of Handwritten Digits' (Alpaydin & Kaynak 1998), the "
               "1,797-image copy bundled with scikit-learn (sklearn.datasets.load_digits)")
-    licence = "CC BY 4.0 (UCI Machine Learning Repository); scikit-learn: BSD-3-Clause"
+    licence = ("CC BY 4.0, the UCI Machine Learning Repository's licence for its data sets (its "
+               "donation policy), unconfirmed for this 1998 data set's own page; "
+               "scikit-learn's code: BSD-3-Clause")
 
     def check(self, o) -> None:
         _need(o, 4 <= o.pixel_levels <= 17, "pixel_levels",

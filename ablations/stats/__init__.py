@@ -16,6 +16,11 @@ S.compare_all(...)``):
   log-rank, the paper's mean among runs that reached the target, the difficulty selection
   (the level whose median time to target is nearest a target);
 - :mod:`.aggregate`: IQM, stratified bootstrap, probability of improvement (rliable-style);
+- :mod:`.across`: a grid of several tasks, each on several data seeds: normalised scores,
+  IQM and probability of improvement across tasks (strata = tasks, the data seed resampled
+  or not), per-task effects with the data seed as a random effect, AlgoPerf's performance
+  profiles of time to target; used as ``stats.across.<name>`` (not re-exported: its
+  ``time_to_target`` is per problem, unlike :func:`.survival.time_to_target`);
 - :mod:`.factorial`: the 2 × 2 attention × optimizer analysis;
 - :mod:`.null`: every variant's effect beside the null control's (a negligible nudge);
 - :mod:`.summaries`: t and Wilson intervals, learning-curve summaries, the λ sweep, the
@@ -39,6 +44,7 @@ to :func:`compare_all` by the caller.
 
 from __future__ import annotations
 
+from . import across
 from .aggregate import aggregate_metrics, iqm, probability_of_improvement, stratified_bootstrap_ci
 from .dose import DETECTION_RULE, capped_time_to_target, dose_points, first_detectable
 from .factorial import factorial_2x2
@@ -85,6 +91,7 @@ from .survival import (
 )
 
 __all__ = [
+    "across",
     "STATS_COLUMNS",
     "EXTRA_COLUMNS",
     "FAMILIES",

@@ -28,6 +28,7 @@ References
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -158,16 +159,23 @@ def min_detectable_effect(n: int, sd_diff: float, alpha: float = 0.05,
     _check_levels(alpha, power)
     if n is None or not np.isfinite(n) or n < 2 or sd_diff is None or not np.isfinite(sd_diff):
         return math.nan
-    n = int(n)
     if sd_diff == 0:
         return 0.0
+    return float(_detectable_d(int(n), float(alpha), float(power)) * sd_diff)
+
+
+@functools.lru_cache(maxsize=256)
+def _detectable_d(n: int, alpha: float, power: float) -> float:
+    """The standardised effect d_z that n pairs detect with ``power``: a function of n, α
+    and the power alone, so one solve serves every comparison with that many seeds (a grid
+    of many cells asks for the same few n hundreds of times)."""
     hi = 1.0
     while paired_t_power(hi, n, alpha) < power:
         hi *= 2.0
         if hi > 1e6:
             return math.inf
-    d = optimize.brentq(lambda e: paired_t_power(e, n, alpha) - power, 0.0, hi, xtol=1e-10)
-    return float(d * sd_diff)
+    return float(optimize.brentq(lambda e: paired_t_power(e, n, alpha) - power, 0.0, hi,
+                                 xtol=1e-10))
 
 
 def power_to_detect(effect: float | None, sd_diff: float, n: int,
