@@ -478,7 +478,8 @@ def test_fused_attention_float32_threads_gradcheck_and_errors():
     args = (qkv, gamma, *(p.detach().clone().requires_grad_()
                           for p in (layer.phi.scale, layer.phi.weights)))
     assert torch.autograd.gradcheck(fn, args)
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError,
+                       match=r"pass either key_padding_mask or is_causal=True, not both"):
         fused_attention(qkv, layer.phi, gamma, key_padding_mask=torch.zeros(2, 4, dtype=bool),
                         is_causal=True)
     with pytest.raises(ValueError, match=r"qkv must have shape \(B, L, 3, H, E\)"):

@@ -64,7 +64,7 @@ def fused_attention(qkv: Tensor, phi, gamma: Tensor, *, key_padding_mask: Tensor
     sc = 1.0 / math.sqrt(E) if scale is None else float(scale)
     pad = None
     if key_padding_mask is not None and is_causal:  # as quantum_attention (and SDPA)
-        raise ValueError("pass either attn_mask or is_causal=True, not both (as SDPA)")
+        raise ValueError("pass either key_padding_mask or is_causal=True, not both (as SDPA)")
     if key_padding_mask is not None:
         if tuple(key_padding_mask.shape) != (B, L):
             raise ValueError(f"key_padding_mask must have shape {(B, L)}, got "
