@@ -360,7 +360,7 @@ def _toml(tables: dict) -> str:
 
 
 def test_paper_grid_renders_a_report_and_the_ledger(data_dir, tmp_path):
-    """configs/llm-paper.toml at a CPU's scale (moment-l0.5 left out until qsgd has it):
+    """configs/llm-paper.toml at a CPU's scale (one cell, adamw against sin-l0.5, 3 seeds):
     its runs make a report with C6 read as a relative change and a ledger row under the
     paper protocol, with the note that the model stands in."""
     from ablations.config import load_config, read_toml
