@@ -110,10 +110,9 @@ def _spec(n: int, depth: int, entangle: bool, hadamard: bool, encoding: str) -> 
 
 
 def _data_flags(spec: CircuitSpec) -> list[int]:
-    """Which of the four gates (layer 0 Ry, Rz, layer 1 Ry, Rz) carry the data angle."""
-    if spec.encoding == "reupload":
-        return [1, 1, 1, 1] if spec.depth == 2 else [1, 1, 0, 0]
-    return [1, 0, 0, 0]
+    """Which of the four gates (layer 0 Ry, Rz, layer 1 Ry, Rz) carry the data angle
+    (:attr:`CircuitSpec.data_flags`; a depth-1 chain's absent layer 1 reads 0)."""
+    return [int(f) for f in spec.data_flags] + [0] * (4 - 2 * spec.depth)
 
 
 # ----------------------------------------------------------------------------- torch operations

@@ -231,10 +231,8 @@ def _native_applies(spec: CircuitSpec, x: Tensor, w: Tensor | None) -> bool:
 @functools.lru_cache(maxsize=32)
 def _native_tables(spec: CircuitSpec) -> tuple[Tensor, Tensor]:
     """The CNOT chain's permutation (int32) and the data flags per gate slot (depth·2, int32)."""
-    data = [int(spec.encoding == "reupload" or (layer == 0 and g == 0))
-            for layer in range(spec.depth) for g in (0, 1)]
     return (cnot_chain_permutation(spec.n).to(torch.int32),
-            torch.tensor(data, dtype=torch.int32))
+            torch.tensor(spec.data_flags, dtype=torch.int32))
 
 
 def _run_native(spec: CircuitSpec, x: Tensor, w: Tensor | None) -> Tensor:
