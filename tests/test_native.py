@@ -213,9 +213,8 @@ def test_kernel_sine_and_cosine(dtype, tol):
                    torch.tensor([0.0, math.pi / 4, -math.pi / 2, 1e3, -7e3], dtype=F64)])
     x = x.to(dtype)
     s, c = torch.empty_like(x), torch.empty_like(x)
-    suf = "f64" if dtype == F64 else "f32"
-    getattr(_native.library(), f"qsgd_sincos_array_{suf}")(x.numel(), x.data_ptr(),
-                                                           s.data_ptr(), c.data_ptr())
+    _native.kernel("qsgd_sincos_array", dtype)(x.numel(), x.data_ptr(), s.data_ptr(),
+                                               c.data_ptr())
     xd = x.double()
     assert (s.double() - torch.sin(xd)).abs().max() < tol * 4
     assert (c.double() - torch.cos(xd)).abs().max() < tol * 4

@@ -249,8 +249,7 @@ def _run_native(spec: CircuitSpec, x: Tensor, w: Tensor | None) -> Tensor:
     cdt = torch.complex128 if x.dtype == torch.float64 else torch.complex64
     out = torch.empty(B, 2**n, dtype=cdt)
     view = torch.view_as_real(out)
-    suf = "f64" if x.dtype == torch.float64 else "f32"
-    kernel = getattr(_native.library(), f"qsgd_state_{suf}")
+    kernel = _native.kernel("qsgd_state", x.dtype)
     args = (n, spec.depth, x.data_ptr(), w.data_ptr(), stride, data.data_ptr(),
             int(spec.hadamard), int(spec.entangle and n > 1), perm.data_ptr(), view.data_ptr())
     _native.run_parallel(lambda i0, i1: kernel(i0, i1, *args), B, grain=_native.BLOCK)
