@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -530,19 +530,32 @@ def judge_time_to_target_seconds(claim: Claim, ev: Evidence) -> ClaimResult:
         power=power)
 
 
+class C7Test(NamedTuple):
+    """One of C7's pre-specified tests (:data:`C7_TESTS`) on theory T2's table ``escape``."""
+
+    key: str  # its name in the verdict's values
+    condition: str  # the T2 condition whose rows it reads
+    comparator: str  # the variant sin is compared with (``"baseline"``: the claim's)
+    p_column: str  # T2's column of the exact McNemar p value against the comparator
+    holm_column: str  # the column T2 writes this test's Holm-adjusted p values into
+
+
 #: C7's pre-specified tests on theory T2's table ``escape``, one exact McNemar test per
 #: landscape each (runs paired by seed: same start, same gradient noise), Holm over all of
-#: them together: (key, T2 condition, comparator (``"baseline"``: the claim's), p column).
-#: "sine": is it the sinusoid (against magnitude-matched Gaussian noise)? "scale": does it
-#: survive a realistic gradient scale (f and its noise × 1e-3)? "toy": the toy wells at O(1)
-#: gradients, where the escape was first seen (names what holds; decides no support).
+#: them together. "sine": is it the sinusoid (against magnitude-matched Gaussian noise)?
+#: "scale": does it survive a realistic gradient scale (f and its noise × 1e-3)? "toy": the
+#: toy wells at O(1) gradients, where the escape was first seen (names what holds; decides no
+#: support). T2 (theory/escape.py) runs the comparators and names its columns from here.
 C7_TESTS = (
-    ("sine", "noisy", "gauss-l0.5", "p_mcnemar_vs_gauss"),
-    ("scale", "noisy ×1e-3", "baseline", "p_mcnemar_vs_adamw"),
-    ("toy", "noisy", "baseline", "p_mcnemar_vs_adamw"),
+    C7Test("sine", "noisy", "gauss-l0.5", "p_mcnemar_vs_gauss", "p_holm_c7_vs_gauss"),
+    C7Test("scale", "noisy ×1e-3", "baseline", "p_mcnemar_vs_adamw", "p_holm_c7_vs_adamw"),
+    C7Test("toy", "noisy", "baseline", "p_mcnemar_vs_adamw", "p_holm_c7_vs_adamw"),
 )
-_C7_LABEL = {"sine": "vs gauss-l0.5, noisy", "scale": "vs adamw, noisy ×1e-3",
-             "toy": "vs adamw, noisy"}
+
+
+def c7_test(key: str) -> C7Test:
+    """The test of :data:`C7_TESTS` named ``key``."""
+    return next(t for t in C7_TESTS if t.key == key)
 
 
 def _c7_parts(tests: Mapping[str, Mapping]) -> list[str]:
@@ -598,7 +611,7 @@ def judge_escape(claim: Claim, ev: Evidence) -> ClaimResult:
     lands = list(dict.fromkeys(rows["landscape"]))
     short = {name: f"L{i + 1}" for i, name in enumerate(lands)}
     tests: dict[str, dict] = {}
-    for key, cond, comp, pcol in C7_TESTS:
+    for key, cond, comp, pcol, _ in C7_TESTS:
         comparator = claim.baseline if comp == "baseline" else comp
         sub = rows[rows["condition"] == cond]
         v = sub[sub["variant"] == claim.variant].set_index("landscape")
@@ -645,21 +658,23 @@ def judge_escape(claim: Claim, ev: Evidence) -> ClaimResult:
 
     n_runs = tests["sine"]["n"]
     order = ("sine", "scale", "toy")
+    label = {k: f"vs {t['comparator']}, {t['condition']}" for k, t in tests.items()}
     return ClaimResult(
         claim.id, verdict,
         measured=f"escape rates of {claim.variant} from a shallow well, toy functions, noisy "
                  f"start, n = {n_runs} paired seeds each "
                  f"({', '.join(f'{v} = {k}' for k, v in short.items())}): "
-                 + "; ".join(f"({'ab'[j] if j < 2 else 'context'}) {_C7_LABEL[k]}: "
+                 + "; ".join(f"({'ab'[j] if j < 2 else 'context'}) {label[k]}: "
                              f"{rates(tests[k])}" for j, k in enumerate(order)),
         ci="Wilson 95%, sin vs comparator: " + "; ".join(
-            f"{_C7_LABEL[k]}: {cis(tests[k])}" for k in order),
+            f"{label[k]}: {cis(tests[k])}" for k in order),
         test=f"exact McNemar per landscape, paired by seed, Holm over all "
              f"{len(flat)} (3 comparisons × landscapes): "
-             + "; ".join(f"{_C7_LABEL[k]} p = "
+             + "; ".join(f"{label[k]} p = "
                          + ", ".join(f"{p:.2g}" for p in tests[k]["p_holm"])
                          for k in order)
-             + "; supported only if sin beats both gauss-l0.5 (noisy) and adamw at ×1e-3 "
+             + f"; supported only if sin beats both {tests['sine']['comparator']} "
+               f"({tests['sine']['condition']}) and {tests['scale']['comparator']} at ×1e-3 "
                "(theory/report.md, T2)",
         values={"tests": tests, "p_holm": [float(p) for p in flat],
                 "outcomes": {k: t["outcome"] for k, t in tests.items()}},
