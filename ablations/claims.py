@@ -435,7 +435,7 @@ def judge_best_weight(claim: Claim, ev: Evidence) -> ClaimResult:
     in_cell = _select(ev.runs, cell)
     sweep = stats.lambda_sweep(in_cell, claim.metric, families=["sin"])
     sweep_sin = sweep[sweep["family"] == "sin"].dropna(subset=["mean"])
-    r01 = stats_row(ev.stats, claim.metric, "sin-l0.1", claim.baseline, **cell)
+    r01 = stats_row(ev.stats, claim.metric, claim.variant, claim.baseline, **cell)
     if sweep_sin.empty or r01 is None:
         return not_run(claim)
     best = sweep_sin.loc[sweep_sin["mean"].idxmax()]
@@ -445,7 +445,7 @@ def judge_best_weight(claim: Claim, ev: Evidence) -> ClaimResult:
     pre, words = family_rows(claim, ev, cell)
     if pre is not None:  # the pre-registered family: its rows, Holm over them
         vs, holm_words = pre, words
-        r01 = next((r for _, r in pre.iterrows() if r["variant"] == "sin-l0.1"), r01)
+        r01 = next((r for _, r in pre.iterrows() if r["variant"] == claim.variant), r01)
 
     def plain_sin(v: str) -> bool:
         p = parse_variant(v)
@@ -457,17 +457,18 @@ def judge_best_weight(claim: Claim, ev: Evidence) -> ClaimResult:
               if _significant(r, ev.alpha) and (r["diff"] > 0) == higher]
     worse = [r["variant"] for _, r in vs.iterrows()
              if _significant(r, ev.alpha) and (r["diff"] > 0) != higher]
-    verdict = ("contradicted" if better else "supported" if "sin-l0.1" in worse
+    verdict = ("contradicted" if better else "supported" if claim.variant in worse
                else "no detectable difference")
     s = claim.scale
+    lam, lam_base = (parse_variant(v).quantum_weight for v in (claim.variant, claim.baseline))
     return ClaimResult(
         claim.id, verdict,
         measured=f"best mean at λ={best['lam']:g} ({s * best['mean']:.2f}%); "
-                 f"λ=0.1 − λ=0.5: {s * r01['diff']:+.2f} pp",
+                 f"λ={lam:g} − λ={lam_base:g}: {s * r01['diff']:+.2f} pp",
         ci=f"[{s * r01['ci_low']:+.2f}, {s * r01['ci_high']:+.2f}] pp",
-        test=f"paired t vs λ=0.5, Holm {holm_words}: "
-             f"λ=0.1 p={pval(r01['p_holm'])} (unadjusted {pval(r01['p_ttest'])}); "
-             f"λ significantly better than 0.5: {better or 'none'}",
+        test=f"paired t vs λ={lam_base:g}, Holm {holm_words}: "
+             f"λ={lam:g} p={pval(r01['p_holm'])} (unadjusted {pval(r01['p_ttest'])}); "
+             f"λ significantly better than {lam_base:g}: {better or 'none'}",
         values={"best_lambda": float(best["lam"]), "better": better, "worse": worse,
                 "design": claim.design_of(ev).text()},
         power=claim.power_note)
