@@ -72,7 +72,7 @@ def _margins(arm, runs: pd.DataFrame, metrics: list[str],
 
 def _cell_keys(arm, runs: pd.DataFrame) -> tuple[str, ...]:
     """The arm's cell keys, with the task first when the grid runs more than its own task."""
-    tasks = runs["task"].fillna("") if "task" in runs.columns else pd.Series([""])
+    tasks = runs["task"] if "task" in runs.columns else pd.Series([""])
     return (("task",) if (tasks != "").any() else ()) + tuple(arm.cell_keys)
 
 
@@ -144,7 +144,7 @@ def _setup(ctx: Context) -> list[str]:
                f"{runs['device'].iloc[0]}" if loads else "") + ".\n")
     body.append(_code_line(records))
     keys = [k for k in ("task", "attention", "variant", "lr") if k in runs.columns
-            and (k != "task" or (runs["task"].fillna("") != "").any())]
+            and (k != "task" or (runs["task"] != "").any())]
     counts = runs.groupby(keys).size().rename("runs").reset_index()
     body.append("<details><summary>Runs per cell</summary>\n\n" + md_table(counts) +
                 "\n</details>\n")
