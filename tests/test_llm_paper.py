@@ -81,7 +81,10 @@ def test_precision_follows_amp_unless_given():
     assert O(precision="fp16").effective_precision == "fp16"
     assert O(amp=False, precision="fp32").effective_precision == "fp32"
     assert O(precision="fp32").effective_precision == "fp32"  # explicit wins over amp = true
-    assert O(batching="example", max_len=4096).max_len == 4096  # tokens_per_batch unused
+    # tokens_per_batch (8192) must be a multiple of max_len for packed rows only
+    with pytest.raises(ValueError, match=r"must be a positive multiple of max_len \(3000\)"):
+        O(batching="packed", max_len=3000)
+    O(batching="example", max_len=3000)  # one example a step: tokens_per_batch unused
 
 
 def test_stored_grids_keep_their_run_keys():
