@@ -14,9 +14,9 @@
 CPU installs pin torch through constraints-cpu.txt (the CPU wheel); the package itself asks for
 a range. Each session installs the extras it needs (pyproject.toml): harness for the ablations,
 report and theory, quantum for the Qiskit cross-checks, llm for the LLM arm. On a GPU machine
-with torch already installed, run the same commands without nox:
-`python -m ablations run ablations/configs/llm-paper.toml` (and llm-lr, llm-calibrated),
-`python -m ablations.bench_optimizer`.
+with torch already installed, run the same commands without nox: `python -m ablations run
+ablations/configs/<name>.toml` for llm-lr, llm-calibrated and llm-paper in that order (what
+`nox -s llm` runs), `python -m ablations.bench_optimizer`.
 """
 
 import os
@@ -129,7 +129,8 @@ def llm(session):
                         external=True)
     else:
         session.log("no GPU: running the tiny random config; the real LLM arm needs a GPU "
-                    "(python -m ablations run ablations/configs/llm.toml on a CUDA machine)")
+                    "(python -m ablations run ablations/configs/<name>.toml for llm-lr, "
+                    "llm-calibrated, llm-paper, in that order, on a CUDA machine)")
         session.run("python", "-m", "ablations", "run", "ablations/configs/llm-smoke.toml",
                     "--results", ".nox/llm-smoke-results", external=True)
     session.run("python", "-m", "ablations", "report", "all", external=True)

@@ -71,17 +71,11 @@ def design_text(claim: Claim, row: Mapping | None, design: Design) -> str:
     text = "Design: " + text
     if row is not None and finite(row.get("sd_diff")) and finite(row.get("tost_margin")):
         m = row["tost_margin"]
-        need = design_need(m, row["sd_diff"], design.power)
+        need = design.seeds_needed(row["sd_diff"], margin=m)
         text += (f". Achieved: n = {int(row['n'])}, sd of the paired differences "
                  f"{row['sd_diff'] * s:.3g}{u}, TOST power {num(row.get('tost_power'), 2)} at "
                  f"±{m * s:g}{u} (at this sd {design.power:.0%} needs {num(need, 0)} seeds)")
     return text + "."
-
-
-def design_need(margin: float, sd: float, power: float) -> float:
-    from .stats import tost_seeds_needed
-
-    return tost_seeds_needed(margin, sd, power)
 
 
 def null_text(claim: Claim, null: str, base: Mapping | None, vs: Mapping | None,

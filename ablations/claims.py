@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -432,7 +432,7 @@ def judge_best_weight(claim: Claim, ev: Evidence) -> ClaimResult:
     in_cell = _select(ev.runs, cell)
     sweep = stats.lambda_sweep(in_cell, claim.metric, families=["sin"])
     sweep_sin = sweep[sweep["family"] == "sin"].dropna(subset=["mean"])
-    r01 = stats_row(ev.stats, claim.metric, "sin-l0.1", claim.baseline, **cell)
+    r01 = stats_row(ev.stats, claim.metric, claim.variant, claim.baseline, **cell)
     if sweep_sin.empty or r01 is None:
         return not_run(claim)
     best = sweep_sin.loc[sweep_sin["mean"].idxmax()]
@@ -442,7 +442,7 @@ def judge_best_weight(claim: Claim, ev: Evidence) -> ClaimResult:
     pre, words = family_rows(claim, ev, cell)
     if pre is not None:  # the pre-registered family: its rows, Holm over them
         vs, holm_words = pre, words
-        r01 = next((r for _, r in pre.iterrows() if r["variant"] == "sin-l0.1"), r01)
+        r01 = next((r for _, r in pre.iterrows() if r["variant"] == claim.variant), r01)
 
     def plain_sin(v: str) -> bool:
         p = parse_variant(v)
@@ -454,17 +454,18 @@ def judge_best_weight(claim: Claim, ev: Evidence) -> ClaimResult:
               if _significant(r, ev.alpha) and (r["diff"] > 0) == higher]
     worse = [r["variant"] for _, r in vs.iterrows()
              if _significant(r, ev.alpha) and (r["diff"] > 0) != higher]
-    verdict = ("contradicted" if better else "supported" if "sin-l0.1" in worse
+    verdict = ("contradicted" if better else "supported" if claim.variant in worse
                else "no detectable difference")
     s = claim.scale
+    lam, lam_base = (parse_variant(v).quantum_weight for v in (claim.variant, claim.baseline))
     return ClaimResult(
         claim.id, verdict,
         measured=f"best mean at λ={best['lam']:g} ({s * best['mean']:.2f}%); "
-                 f"λ=0.1 − λ=0.5: {s * r01['diff']:+.2f} pp",
+                 f"λ={lam:g} − λ={lam_base:g}: {s * r01['diff']:+.2f} pp",
         ci=f"[{s * r01['ci_low']:+.2f}, {s * r01['ci_high']:+.2f}] pp",
-        test=f"paired t vs λ=0.5, Holm {holm_words}: "
-             f"λ=0.1 p={pval(r01['p_holm'])} (unadjusted {pval(r01['p_ttest'])}); "
-             f"λ significantly better than 0.5: {better or 'none'}",
+        test=f"paired t vs λ={lam_base:g}, Holm {holm_words}: "
+             f"λ={lam:g} p={pval(r01['p_holm'])} (unadjusted {pval(r01['p_ttest'])}); "
+             f"λ significantly better than {lam_base:g}: {better or 'none'}",
         values={"best_lambda": float(best["lam"]), "better": better, "worse": worse,
                 "design": claim.design_of(ev).text()},
         power=claim.power_note)
@@ -582,19 +583,32 @@ def judge_time_to_target_seconds(claim: Claim, ev: Evidence) -> ClaimResult:
         power=power)
 
 
+class C7Test(NamedTuple):
+    """One of C7's pre-specified tests (:data:`C7_TESTS`) on theory T2's table ``escape``."""
+
+    key: str  # its name in the verdict's values
+    condition: str  # the T2 condition whose rows it reads
+    comparator: str  # the variant sin is compared with (``"baseline"``: the claim's)
+    p_column: str  # T2's column of the exact McNemar p value against the comparator
+    holm_column: str  # the column T2 writes this test's Holm-adjusted p values into
+
+
 #: C7's pre-specified tests on theory T2's table ``escape``, one exact McNemar test per
 #: landscape each (runs paired by seed: same start, same gradient noise), Holm over all of
-#: them together: (key, T2 condition, comparator (``"baseline"``: the claim's), p column).
-#: "sine": is it the sinusoid (against magnitude-matched Gaussian noise)? "scale": does it
-#: survive a realistic gradient scale (f and its noise × 1e-3)? "toy": the toy wells at O(1)
-#: gradients, where the escape was first seen (names what holds; decides no support).
+#: them together. "sine": is it the sinusoid (against magnitude-matched Gaussian noise)?
+#: "scale": does it survive a realistic gradient scale (f and its noise × 1e-3)? "toy": the
+#: toy wells at O(1) gradients, where the escape was first seen (names what holds; decides no
+#: support). T2 (theory/escape.py) runs the comparators and names its columns from here.
 C7_TESTS = (
-    ("sine", "noisy", "gauss-l0.5", "p_mcnemar_vs_gauss"),
-    ("scale", "noisy ×1e-3", "baseline", "p_mcnemar_vs_adamw"),
-    ("toy", "noisy", "baseline", "p_mcnemar_vs_adamw"),
+    C7Test("sine", "noisy", "gauss-l0.5", "p_mcnemar_vs_gauss", "p_holm_c7_vs_gauss"),
+    C7Test("scale", "noisy ×1e-3", "baseline", "p_mcnemar_vs_adamw", "p_holm_c7_vs_adamw"),
+    C7Test("toy", "noisy", "baseline", "p_mcnemar_vs_adamw", "p_holm_c7_vs_adamw"),
 )
-_C7_LABEL = {"sine": "vs gauss-l0.5, noisy", "scale": "vs adamw, noisy ×1e-3",
-             "toy": "vs adamw, noisy"}
+
+
+def c7_test(key: str) -> C7Test:
+    """The test of :data:`C7_TESTS` named ``key``."""
+    return next(t for t in C7_TESTS if t.key == key)
 
 
 def _c7_parts(tests: Mapping[str, Mapping]) -> list[str]:
@@ -650,7 +664,7 @@ def judge_escape(claim: Claim, ev: Evidence) -> ClaimResult:
     lands = list(dict.fromkeys(rows["landscape"]))
     short = {name: f"L{i + 1}" for i, name in enumerate(lands)}
     tests: dict[str, dict] = {}
-    for key, cond, comp, pcol in C7_TESTS:
+    for key, cond, comp, pcol, _ in C7_TESTS:
         comparator = claim.baseline if comp == "baseline" else comp
         sub = rows[rows["condition"] == cond]
         v = sub[sub["variant"] == claim.variant].set_index("landscape")
@@ -697,21 +711,23 @@ def judge_escape(claim: Claim, ev: Evidence) -> ClaimResult:
 
     n_runs = tests["sine"]["n"]
     order = ("sine", "scale", "toy")
+    label = {k: f"vs {t['comparator']}, {t['condition']}" for k, t in tests.items()}
     return ClaimResult(
         claim.id, verdict,
         measured=f"escape rates of {claim.variant} from a shallow well, toy functions, noisy "
                  f"start, n = {n_runs} paired seeds each "
                  f"({', '.join(f'{v} = {k}' for k, v in short.items())}): "
-                 + "; ".join(f"({'ab'[j] if j < 2 else 'context'}) {_C7_LABEL[k]}: "
+                 + "; ".join(f"({'ab'[j] if j < 2 else 'context'}) {label[k]}: "
                              f"{rates(tests[k])}" for j, k in enumerate(order)),
         ci="Wilson 95%, sin vs comparator: " + "; ".join(
-            f"{_C7_LABEL[k]}: {cis(tests[k])}" for k in order),
+            f"{label[k]}: {cis(tests[k])}" for k in order),
         test=f"exact McNemar per landscape, paired by seed, Holm over all "
              f"{len(flat)} (3 comparisons × landscapes): "
-             + "; ".join(f"{_C7_LABEL[k]} p = "
+             + "; ".join(f"{label[k]} p = "
                          + ", ".join(f"{p:.2g}" for p in tests[k]["p_holm"])
                          for k in order)
-             + "; supported only if sin beats both gauss-l0.5 (noisy) and adamw at ×1e-3 "
+             + f"; supported only if sin beats both {tests['sine']['comparator']} "
+               f"({tests['sine']['condition']}) and {tests['scale']['comparator']} at ×1e-3 "
                "(theory/report.md, T2)",
         values={"tests": tests, "p_holm": [float(p) for p in flat],
                 "outcomes": {k: t["outcome"] for k, t in tests.items()}},

@@ -456,6 +456,7 @@ def _selection(path: Path, grid: dict, arm_obj: Arm) -> tuple[dict[str, float], 
         raise ConfigError(f"{path}: [grid].select_lr: arm {arm_obj.name} has no validation "
                           "metric to select with")
     from .stats import lr_selection
+    from .tables import own_task
 
     sweep = _selection_grid(path, ref, f"{path}: [grid].select_lr", arm_obj)
     runs = selection_runs(sweep, f"{path}: [grid].select_lr")
@@ -463,7 +464,7 @@ def _selection(path: Path, grid: dict, arm_obj: Arm) -> tuple[dict[str, float], 
         raise ConfigError(f"{path}: [grid].select_lr: the runs of {ref} have no {metric!r} "
                           "(no validation split)")
     higher = arm_obj.metric(metric).higher_is_better is not False
-    table = lr_selection(runs[runs["task"] == ""], metric, higher)
+    table = lr_selection(own_task(runs), metric, higher)
     chosen = table[table["selected"]]
     if "attention" in chosen.columns and chosen["attention"].nunique() > 1:
         chosen = chosen[chosen["attention"] == arm_obj.attentions[0]]

@@ -62,15 +62,24 @@ class Design:
     pilot_sd: float | None = None
     pilot: str = ""
 
+    def seeds_needed(self, sd: float, margin: float | None = None) -> float:
+        """The paired seeds that paired differences of sd ``sd`` need for ``power`` in a TOST
+        at ±``margin`` (default: this design's margin; true difference 0)
+        (:func:`ablations.stats.tost_seeds_needed`); NaN without a margin."""
+        margin = self.margin if margin is None else margin
+        if margin is None:
+            return math.nan
+        from .stats import tost_seeds_needed
+
+        return tost_seeds_needed(margin, sd, self.power)
+
     @property
     def pilot_seeds(self) -> float:
         """The paired seeds that ``pilot_sd`` needs for ``power`` in a TOST at ±margin (true
         difference 0); NaN without a pilot."""
-        if self.pilot_sd is None or self.margin is None:
+        if self.pilot_sd is None:
             return math.nan
-        from .stats import tost_seeds_needed
-
-        return tost_seeds_needed(self.margin, self.pilot_sd, self.power)
+        return self.seeds_needed(self.pilot_sd)
 
     def text(self, scale: float = 1.0, unit: str = "") -> str:
         """The design in one clause, e.g. "pre-registered n = 45 from pilot sd 0.0217

@@ -451,12 +451,12 @@ def lr_sensitivity(ctx: Context, claim: Claim | None) -> list[str]:
     takes its lrs from a selection grid (``[grid].select_lr``), of that grid's runs (its own
     task), which chose them."""
     from .sweep_plots import plot_lr_sensitivity
+    from .tables import own_task
 
     metric = ctx.arm.selection_metric
     runs, source = ctx.runs, ""
     if ctx.sweep is not None:
-        runs = ctx.sweep[ctx.sweep["task"].fillna("") == ""] if "task" in ctx.sweep.columns \
-            else ctx.sweep
+        runs = own_task(ctx.sweep)
         source = (f" The curves are the runs of the selection grid `{ctx.cfg.selected_from.stem}`"
                   " (its report shows them in full); this grid runs at the lrs they chose.")
     if metric is None or metric not in runs.columns or runs["lr"].nunique() < 2:
@@ -483,13 +483,13 @@ def tuned_lr(ctx: Context, claim: Claim | None) -> list[str]:
     baseline at its own (pairs by seed across the two lrs; Holm over these comparisons).
     Final test metrics: the arm's first metric (paired t, TOST at its margin) and, for an arm
     with a time to target, the Kaplan–Meier medians and the log-rank test."""
+    from .tables import own_task
+
     selected = ctx.cfg.selected_lr
     if not selected or ctx.runs.empty:
         return []
     base, metric = ctx.arm.baselines[0], ctx.arm.metrics[0]
-    runs = ctx.runs
-    if "task" in runs.columns:  # the selection is for the grid's own task
-        runs = runs[runs["task"].fillna("") == ""]
+    runs = own_task(ctx.runs)  # the selection is for the grid's own task
     cell: dict[str, Any] = {}
     if "attention" in runs.columns:
         cell["attention"] = ctx.arm.attentions[0]

@@ -14,17 +14,19 @@ from .style import BASELINE_COLOR, REFERENCE_COLOR, new_figure, themed, variant_
 
 __all__ = ["plot_null_control"]
 
-#: the colours of the readings: differs from the nudge (and the baseline), from the baseline
-#: only (a nudge would do as much), from neither
-_READING_COLORS = {"and from the nudge": "#1a9850", "not from the nudge": "#de8f05",
-                   "not from": "#762a83", "neither": "#7f7f7f"}
+#: the colours of the readings by (differs from the baseline, differs from the nudge), as
+#: :data:`ablations.stats.NULL_READINGS`: from both, from the baseline only (a nudge would do
+#: as much), from the nudge only, from neither
+_READING_COLORS = {(True, True): "#1a9850", (True, False): "#de8f05",
+                   (False, True): "#762a83", (False, False): "#7f7f7f"}
 
 
-def _reading_color(reading: str) -> str:
-    for key, color in _READING_COLORS.items():
-        if key in str(reading):
-            return color
-    return REFERENCE_COLOR
+def _row_color(from_baseline, from_null) -> str:
+    """The colour of a row of :func:`ablations.stats.null_control` from its boolean columns;
+    the reference colour where the nudge was not compared (the null's own row included)."""
+    if not isinstance(from_null, (bool, np.bool_)):  # NaN: not compared with the nudge
+        return REFERENCE_COLOR
+    return _READING_COLORS[bool(from_baseline), bool(from_null)]
 
 
 @themed
@@ -35,7 +37,8 @@ def plot_null_control(table: pd.DataFrame, *, null: str, baseline: str = "adamw"
     bands of the null control: its own 95% CI (dark) and its mean ± 1.96 sd of its paired
     differences (light: where a single seed's nudge lands). Right: the sd of each variant's
     paired differences as a multiple of the nudge's (1: it spreads outcomes no more than a
-    nudge). Dots are coloured by the reading (:data:`ablations.stats.NULL_READINGS`).
+    nudge). Dots are coloured by the reading (:data:`ablations.stats.NULL_READINGS`), read
+    from the columns ``differs_from_baseline`` and ``differs_from_null``.
 
     Args:
         table: output of :func:`ablations.stats.null_control` (the null's row first).
@@ -48,7 +51,8 @@ def plot_null_control(table: pd.DataFrame, *, null: str, baseline: str = "adamw"
         ValueError: a needed column is missing or the table is empty.
     """
     require(table, ["variant", "n", "diff", "ci_low", "ci_high", "null_diff", "null_ci_low",
-                    "null_ci_high", "null_sd", "spread_ratio", "reading"], "plot_null_control")
+                    "null_ci_high", "null_sd", "spread_ratio", "differs_from_baseline",
+                    "differs_from_null", "reading"], "plot_null_control")
     df = table.reset_index(drop=True)
     y = np.arange(len(df))[::-1]
     height = 0.32 * len(df) + 1.6
@@ -62,7 +66,8 @@ def plot_null_control(table: pd.DataFrame, *, null: str, baseline: str = "adamw"
     ax.axvspan(float(ref["null_ci_low"]) * scale, float(ref["null_ci_high"]) * scale,
                color=variant_color(null), alpha=0.30, lw=0, label=f"{null}: 95% CI of its mean")
     ax.axvline(0, color=BASELINE_COLOR, lw=0.8)
-    colors = [_reading_color(r) for r in df["reading"]]
+    colors = [_row_color(b, n) for b, n in zip(df["differs_from_baseline"],
+                                               df["differs_from_null"])]
     lo, hi, d = (df[c].to_numpy(float) * scale for c in ("ci_low", "ci_high", "diff"))
     ok = np.isfinite(lo) & np.isfinite(hi)
     ax.hlines(y[ok], lo[ok], hi[ok], colors=np.array(colors)[ok], lw=2)
@@ -80,8 +85,9 @@ def plot_null_control(table: pd.DataFrame, *, null: str, baseline: str = "adamw"
     ax_sd.hlines(y, 1.0, np.nan_to_num(ratio, nan=1.0), colors=colors, lw=1, alpha=0.6)
     ax_sd.set(xlabel=f"sd of paired differences / {null}'s", ylabel="")
     ax_sd.grid(axis="y", visible=False)
-    readings = list(dict.fromkeys(r for r in df["reading"] if r != "the null control"))
-    handles = [line_handle(_reading_color(r), r, marker="o", lw=2) for r in readings]
+    readings = dict.fromkeys((r, c) for r, c in zip(df["reading"], colors)
+                             if r != "the null control")
+    handles = [line_handle(c, r, marker="o", lw=2) for r, c in readings]
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3))
     fig.suptitle(title or f"Effects against {baseline} beside the null control {null}")

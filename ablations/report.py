@@ -46,13 +46,19 @@ def save_figure(fig, path: Path, dpi: int = 150) -> Path:
 
 
 # ----------------------------------------------------------------------------- statistics
+def _registered_margins(designs: dict | None) -> dict[str, tuple[str, float]]:
+    """metric → (claim id, margin) for every claim whose design in the grid sets a margin
+    (``[claims.<id>].margin``)."""
+    return {get_claim(cid).metric: (cid, d.margin) for cid, d in (designs or {}).items()
+            if d.margin is not None}
+
+
 def _margins(arm, runs: pd.DataFrame, metrics: list[str],
              designs: dict | None = None) -> dict[str, float]:
     """TOST margins: the pre-registered one where the grid's design of a claim sets one for
-    the metric (``[claims.<id>].margin``), else the metric's own (absolute, or relative to
+    the metric (:func:`_registered_margins`), else the metric's own (absolute, or relative to
     the baseline's mean)."""
-    from_claims = {get_claim(cid).metric: d.margin for cid, d in (designs or {}).items()
-                   if d.margin is not None}
+    from_claims = {m: margin for m, (_, margin) in _registered_margins(designs).items()}
     base = runs[runs["variant"] == arm.baselines[0]]
     out = {}
     for name in metrics:
@@ -66,15 +72,21 @@ def _margins(arm, runs: pd.DataFrame, metrics: list[str],
 
 def _cell_keys(arm, runs: pd.DataFrame) -> tuple[str, ...]:
     """The arm's cell keys, with the task first when the grid runs more than its own task."""
-    tasks = runs["task"].fillna("") if "task" in runs.columns else pd.Series([""])
+    tasks = runs["task"] if "task" in runs.columns else pd.Series([""])
     return (("task",) if (tasks != "").any() else ()) + tuple(arm.cell_keys)
+
+
+def _null_ran(arm, runs: pd.DataFrame) -> str | None:
+    """The arm's null control where the grid ran it, else None."""
+    null = arm.null_control
+    return null if null and null in set(runs["variant"]) else None
 
 
 def _baselines(arm, runs: pd.DataFrame) -> tuple[str, ...]:
     """The arm's baselines, and its null control where the grid ran it (every variant is
     then also compared with the nudge)."""
-    null = arm.null_control
-    return arm.baselines + ((null,) if null and null in set(runs["variant"]) else ())
+    null = _null_ran(arm, runs)
+    return arm.baselines + ((null,) if null else ())
 
 
 def _one_task(runs: pd.DataFrame) -> bool:
@@ -139,7 +151,7 @@ def _setup(ctx: Context) -> list[str]:
                f"{runs['device'].iloc[0]}" if loads else "") + ".\n")
     body.append(_code_line(records))
     keys = [k for k in ("task", "attention", "variant", "lr") if k in runs.columns
-            and (k != "task" or (runs["task"].fillna("") != "").any())]
+            and (k != "task" or (runs["task"] != "").any())]
     counts = runs.groupby(keys).size().rename("runs").reset_index()
     body.append("<details><summary>Runs per cell</summary>\n\n" + md_table(counts) +
                 "\n</details>\n")
@@ -231,8 +243,7 @@ def _sweeps_section(out: Path) -> list[str]:
 def _statistics_note(ctx: Context) -> str:
     margins = []
     shown = [m for m in ctx.arm.compared_metrics if m.name in ctx.runs.columns]
-    registered = {get_claim(cid).metric: (cid, d.margin) for cid, d in ctx.cfg.designs.items()
-                  if d.margin is not None}
+    registered = _registered_margins(ctx.cfg.designs)
     for m in shown:
         if m.name in registered:
             cid, margin = registered[m.name]
@@ -294,8 +305,7 @@ def render_arm(cfg: GridConfig) -> Path:
                         horizon=float(horizon) if horizon is not None else None,
                         directions=arm.directions(), designs=cfg.designs,
                         tables=_bench_tables(out.parent),
-                        null=arm.null_control if arm.null_control in set(runs["variant"])
-                        else None)
+                        null=_null_ran(arm, runs))
     ctx = Context(cfg=cfg, arm=arm, runs=runs, curves=curves_table(records), stats=table,
                   records=records, evidence=evidence, sweep=_sweep_runs(cfg))
     body = _setup(ctx)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-__all__ = ["IDENTITY", "EARLIER", "current_records", "runs_table", "curves_table"]
+__all__ = ["IDENTITY", "EARLIER", "current_records", "runs_table", "own_task", "curves_table"]
 
 IDENTITY = ["run_id", "arm", "task", "protocol", "variant", "attention", "seed", "lr"]
 #: how the ledger and reports name a grid without ``[grid].protocol`` (the grids of earlier
@@ -43,6 +43,12 @@ def runs_table(records: list[dict], protocol: str = "") -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=IDENTITY)
     return df.sort_values(["attention", "variant", "lr", "seed"]).reset_index(drop=True)
+
+
+def own_task(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the grid's own task (``task`` "", as :func:`runs_table` writes it); all of
+    them for a table without a ``task`` column."""
+    return runs[runs["task"] == ""] if "task" in runs.columns else runs
 
 
 def curves_table(records: list[dict]) -> pd.DataFrame:

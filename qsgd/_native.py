@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["library", "unavailable_reason", "run_parallel", "CHUNK", "BLOCK"]
+__all__ = ["library", "kernel", "unavailable_reason", "run_parallel", "CHUNK", "BLOCK"]
 
 #: lanes per block and scores per partial sum in the C file (QB, CHUNK there)
 BLOCK = 32
@@ -159,6 +159,12 @@ def library() -> ctypes.CDLL | None:
         if "lib" not in _state:
             _state["lib"], _state["reason"] = _load()
         return _state["lib"]  # type: ignore[return-value]
+
+
+def kernel(name: str, dtype: torch.dtype) -> Callable[..., None]:
+    """The compiled kernel ``name`` for ``dtype``: ``{name}_f64`` for float64, else
+    ``{name}_f32`` (the library holds both of every kernel; :func:`library` must not be None)."""
+    return getattr(library(), f"{name}_{'f64' if dtype == torch.float64 else 'f32'}")
 
 
 def unavailable_reason() -> str | None:

@@ -95,7 +95,8 @@ _CACHE_SIZE = 32
 
 
 def _class_code(cls: type[Perturbation]) -> int | None:
-    # the class's own attribute, not an inherited one (see fused_code); the kernel adds a
+    # the one rule for which classes get the kernel (fused_unsupported_reason asks it): the
+    # class's own attribute, not an inherited one (see fused_code); the kernel adds a
     # direction term, so a class of another kind has none whatever it sets
     return cls.__dict__.get("fused_code") if cls.kind == "direction" else None
 
@@ -139,12 +140,11 @@ def fused_unsupported_reason(
     of one dtype (float32 or bfloat16), contiguous, each gradient and moment of its parameter's
     size, fewer than 2**31 − 2**20 elements, and Triton importable.
     """
-    if perturbation.kind != "direction":  # even with a fused_code: the kernel would misplace it
-        return (f"perturbation {perturbation!r} has no fused kernel: its term is of kind "
-                f"{perturbation.kind!r}, the kernel adds a direction term "
-                f"(fused: {', '.join(fused_perturbations())})")
-    if fused_code(perturbation) is None:
-        return (f"perturbation {perturbation!r} has no fused kernel "
+    if fused_code(perturbation) is None:  # the rule is _class_code's; the kind only says why
+        kind = perturbation.kind
+        why = ("" if kind == "direction" else
+               f": its term is of kind {kind!r}, the kernel adds a direction term")
+        return (f"perturbation {perturbation!r} has no fused kernel{why} "
                 f"(fused: {', '.join(fused_perturbations())})")
     if not params:
         return "no parameters"

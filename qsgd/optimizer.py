@@ -139,10 +139,11 @@ class SuperpositionalAdamW(Optimizer):
         track_ratio: record ‖λ·Q‖/‖m̂/(√v̂+ε)‖ over all tensors each step (costs extra work and
             one host sync); read it with :meth:`perturbation_ratio`. Q is the term in the units
             it is added in (:mod:`qsgd.update`): for sinnorm Q = sin(πθ)⊙m̂/(√v̂+ε), so the
-            ratio is at most λ; for moment, ξ/(√v̂+ε) with ξ = sin(πθ)·g the term that m
-            averages in (Adam's units); for anneal ξ in gradient units. The first step whose ratio
-            exceeds 1 warns (once): the term then dominates Adam's step (README, "When the term
-            dominates").
+            ratio is at most λ; for moment, with f = sin(πθ) the factor on g in m, λ·Q is
+            λf/(1+λf)⊙m̂/(√v̂+ε) (0 where 1+λf = 0), the part of m̂ the term holds when f is
+            constant over the moment's averaging window; for anneal Q = ξ in gradient units.
+            The first step whose ratio exceeds 1 warns (once): the term then dominates Adam's
+            step (README, "When the term dominates").
         amsgrad: keep the running maximum of v and divide by it, as
             ``torch.optim.AdamW(amsgrad=True)`` (default False; one more state buffer).
         maximize: maximise the objective (the update sees −g everywhere, the perturbation

@@ -39,11 +39,13 @@ groups, state, complex and DTensor parameters, and chooses the path.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import torch
 from torch import Tensor
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from .perturbations import KINDS, Context, None_, Perturbation, available, perturbation_class
+from .perturbations import Context, None_, Perturbation, available, perturbation_class
 
 __all__ = ["reference_step", "in_scope"]
 
@@ -61,14 +63,24 @@ def _concat(tensors: list[Tensor]) -> Tensor:
     return _flatten_dense_tensors(tensors)
 
 
-def _route(perturbation: Perturbation, term):
-    """(q, gradient ξ, normalized factor r, first-moment factor f): ``term`` (a tensor or a
-    list) in the slot that ``perturbation.kind`` names (:data:`KINDS` order), None elsewhere."""
-    kind = perturbation.kind
-    if kind not in KINDS:
-        raise ValueError(f"perturbation {perturbation!r}: invalid kind {kind!r} "
-                         f"(valid kinds: {', '.join(KINDS)})")
-    return tuple(term if kind == k else None for k in KINDS)
+class _Routed(NamedTuple):
+    """A perturbation's term (a tensor, or a list of them) under the name of its kind
+    (:data:`qsgd.perturbations.KINDS`, "-" read as "_"), None under the others."""
+
+    direction: Any = None  # q: θ −= lr·λ·q
+    gradient: Any = None  # ξ: g + λ·ξ in both moments
+    normalized: Any = None  # r: θ −= lr·λ·r⊙u
+    first_moment: Any = None  # f: m from g + λ·f⊙g
+
+
+#: no term at all (λ = 0 or no perturbation)
+_NO_TERM = _Routed()
+
+
+def _route(perturbation: Perturbation, term) -> _Routed:
+    """``term`` under the name of ``perturbation.kind`` (validated where the perturbation
+    enters: :func:`qsgd.perturbations.register` and :func:`qsgd.hyper.check_group`)."""
+    return _Routed(**{perturbation.kind.replace("-", "_"): term})
 
 
 def _moment_share(f: Tensor, lam: float) -> Tensor:
@@ -132,22 +144,23 @@ def reference_step(
     """
     lam = quantum_weight
     active = lam != 0.0 and not isinstance(perturbation, None_)
-    q = factor = m_factor = None
+    routed = _NO_TERM
     if active:
         ctx = Context(step=step, seed=seed, index=index, n_qubits=n_qubits)
         theta_s = in_scope(param.reshape(-1), scope, n_qubits)
         grad_s = in_scope(grad.reshape(-1), scope, n_qubits)
         term = perturbation.term(theta_s, grad_s, ctx)
-        q, g_term, factor, m_factor = _route(perturbation, term)
-        if g_term is not None:
-            grad = _with_term(grad, g_term, lam, scope, n_qubits)
-        if stats is not None and (q is not None or g_term is not None):
+        routed = _route(perturbation, term)
+        if routed.gradient is not None:
+            grad = _with_term(grad, routed.gradient, lam, scope, n_qubits)
+        if stats is not None and (routed.direction is not None or routed.gradient is not None):
             _acc(stats, "pert_sq", term.double().pow(2).sum() * (lam * lam))
 
-    _adam_update(param, grad, exp_avg, exp_avg_sq, q, step=step, lr=lr, beta1=beta1,
-                 beta2=beta2, eps=eps, weight_decay=weight_decay, lam=lam, scope=scope,
-                 n_qubits=n_qubits, bias_correction=bias_correction, stats=stats,
-                 max_exp_avg_sq=max_exp_avg_sq, factor=factor, m_factor=m_factor)
+    _adam_update(param, grad, exp_avg, exp_avg_sq, routed.direction, step=step, lr=lr,
+                 beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, lam=lam,
+                 scope=scope, n_qubits=n_qubits, bias_correction=bias_correction, stats=stats,
+                 max_exp_avg_sq=max_exp_avg_sq, factor=routed.normalized,
+                 m_factor=routed.first_moment)
 
 
 def _adam_update(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
@@ -231,18 +244,19 @@ def _foreach_group(
     """Multi-tensor form of :func:`reference_step` (same maths, ``torch._foreach_*`` kernels)."""
     lam = quantum_weight
     active = lam != 0.0 and not isinstance(perturbation, None_)
-    terms = factors = m_factors = None
+    routed = _NO_TERM
     if active:
         ctxs = [Context(step=s, seed=seed, index=i, n_qubits=n_qubits)
                 for s, i in zip(steps, indices)]
         thetas = [in_scope(p.view(-1), scope, n_qubits) for p in params]
         gs = [in_scope(g.reshape(-1), scope, n_qubits) for g in grads]
         all_terms = perturbation.terms(thetas, gs, ctxs)
-        terms, g_terms, factors, m_factors = _route(perturbation, all_terms)
-        if stats is not None and (terms is not None or g_terms is not None):
+        routed = _route(perturbation, all_terms)
+        if stats is not None and (routed.direction is not None or routed.gradient is not None):
             _acc(stats, "pert_sq", _foreach_sq(all_terms) * (lam * lam))
-        if g_terms is not None:
-            grads = _foreach_with_terms(grads, g_terms, lam, scope, n_qubits)
+        if routed.gradient is not None:
+            grads = _foreach_with_terms(grads, routed.gradient, lam, scope, n_qubits)
+    terms, factors, m_factors = routed.direction, routed.normalized, routed.first_moment
 
     if weight_decay != 0.0:
         torch._foreach_mul_(params, 1.0 - lr * weight_decay)
@@ -319,7 +333,7 @@ def _flat_group(
     del scope  # "all" (checked by the caller)
     theta = _concat(params)
     lam = quantum_weight
-    q = factor = m_factor = None
+    routed = _NO_TERM
     if lam != 0.0 and not isinstance(perturbation, None_):
         if perturbation.elementwise:
             term = perturbation.term(theta, grad, Context(step=step, seed=seed,
@@ -329,15 +343,15 @@ def _flat_group(
             sizes = [p.numel() for p in params]
             term = torch.cat(perturbation.terms(list(theta.split(sizes)),
                                                 list(grad.split(sizes)), ctxs))
-        q, g_term, factor, m_factor = _route(perturbation, term)
-        if stats is not None and (q is not None or g_term is not None):
+        routed = _route(perturbation, term)
+        if stats is not None and (routed.direction is not None or routed.gradient is not None):
             _acc(stats, "pert_sq", term.double().pow(2).sum() * (lam * lam))
-        if g_term is not None:
-            grad.add_(g_term, alpha=lam)  # grad is this function's own copy
-    _adam_update(theta, grad, exp_avg, exp_avg_sq, q, step=step, lr=lr, beta1=beta1,
-                 beta2=beta2, eps=eps, weight_decay=weight_decay, lam=lam, scope="all",
+        if routed.gradient is not None:
+            grad.add_(routed.gradient, alpha=lam)  # grad is this function's own copy
+    _adam_update(theta, grad, exp_avg, exp_avg_sq, routed.direction, step=step, lr=lr,
+                 beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, lam=lam, scope="all",
                  n_qubits=n_qubits, bias_correction=bias_correction, stats=stats,
-                 factor=factor, m_factor=m_factor)
+                 factor=routed.normalized, m_factor=routed.first_moment)
     torch._foreach_copy_(params, _unflatten_dense_tensors(theta, params))
 
 
@@ -390,16 +404,17 @@ def compiled_group(
                          "step count and cannot run under torch.compile; the deterministic "
                          f"ones can ({', '.join(deterministic)}), or step eagerly")
     for k, (p, g, ea, eas, st) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, steps)):
-        q = factor = m_factor = None
+        routed = _NO_TERM
         if active:  # a deterministic term does not read ctx.step
             ctx = Context(step=0, seed=seed, index=indices[k], n_qubits=n_qubits)
             term = perturbation.term(in_scope(p.reshape(-1), scope, n_qubits),
                                      in_scope(g.reshape(-1), scope, n_qubits), ctx)
-            q, g_term, factor, m_factor = _route(perturbation, term)
-            if g_term is not None:
-                g = _with_term(g, g_term, lam, scope, n_qubits)
-            if stats is not None and (q is not None or g_term is not None):
+            routed = _route(perturbation, term)
+            if routed.gradient is not None:
+                g = _with_term(g, routed.gradient, lam, scope, n_qubits)
+            if stats is not None and (routed.direction is not None or routed.gradient is not None):
                 _acc(stats, "pert_sq", term.double().pow(2).sum() * (lam * lam))
+        q, factor, m_factor = routed.direction, routed.normalized, routed.first_moment
         if weight_decay != 0.0:
             p.mul_(1.0 - lr * weight_decay)
         g_m = g

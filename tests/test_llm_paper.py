@@ -81,7 +81,10 @@ def test_precision_follows_amp_unless_given():
     assert O(precision="fp16").effective_precision == "fp16"
     assert O(amp=False, precision="fp32").effective_precision == "fp32"
     assert O(precision="fp32").effective_precision == "fp32"  # explicit wins over amp = true
-    assert O(batching="example", max_len=4096).max_len == 4096  # tokens_per_batch unused
+    # tokens_per_batch (8192) must be a multiple of max_len for packed rows only
+    with pytest.raises(ValueError, match=r"must be a positive multiple of max_len \(3000\)"):
+        O(batching="packed", max_len=3000)
+    O(batching="example", max_len=3000)  # one example a step: tokens_per_batch unused
 
 
 def test_stored_grids_keep_their_run_keys():
@@ -360,7 +363,7 @@ def _toml(tables: dict) -> str:
 
 
 def test_paper_grid_renders_a_report_and_the_ledger(data_dir, tmp_path):
-    """configs/llm-paper.toml at a CPU's scale (moment-l0.5 left out until qsgd has it):
+    """configs/llm-paper.toml at a CPU's scale (one cell, adamw against sin-l0.5, 3 seeds):
     its runs make a report with C6 read as a relative change and a ledger row under the
     paper protocol, with the note that the model stands in."""
     from ablations.config import load_config, read_toml

@@ -207,15 +207,12 @@ def test_library_reports_why_it_is_unavailable(monkeypatch, tmp_path):
 @needs_native
 @pytest.mark.parametrize("dtype,tol", [(F64, 4e-16), (torch.float32, 1.2e-7)])
 def test_kernel_sine_and_cosine(dtype, tol):
-    import ctypes  # noqa: F401  (the kernel is called through ctypes)
-
     x = torch.cat([torch.linspace(-50, 50, 200_001, dtype=F64),
                    torch.tensor([0.0, math.pi / 4, -math.pi / 2, 1e3, -7e3], dtype=F64)])
     x = x.to(dtype)
     s, c = torch.empty_like(x), torch.empty_like(x)
-    suf = "f64" if dtype == F64 else "f32"
-    getattr(_native.library(), f"qsgd_sincos_array_{suf}")(x.numel(), x.data_ptr(),
-                                                           s.data_ptr(), c.data_ptr())
+    _native.kernel("qsgd_sincos_array", dtype)(x.numel(), x.data_ptr(), s.data_ptr(),
+                                               c.data_ptr())
     xd = x.double()
     assert (s.double() - torch.sin(xd)).abs().max() < tol * 4
     assert (c.double() - torch.cos(xd)).abs().max() < tol * 4
@@ -478,7 +475,8 @@ def test_fused_attention_float32_threads_gradcheck_and_errors():
     args = (qkv, gamma, *(p.detach().clone().requires_grad_()
                           for p in (layer.phi.scale, layer.phi.weights)))
     assert torch.autograd.gradcheck(fn, args)
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError,
+                       match=r"pass either key_padding_mask or is_causal=True, not both"):
         fused_attention(qkv, layer.phi, gamma, key_padding_mask=torch.zeros(2, 4, dtype=bool),
                         is_causal=True)
     with pytest.raises(ValueError, match=r"qkv must have shape \(B, L, 3, H, E\)"):

@@ -203,6 +203,18 @@ def test_invalid_group_override_is_caught():
         SuperpositionalAdamW([{"params": p[:1]}, {"params": p[1:], "quantum_weight": -1}])
 
 
+def test_constructor_defaults_are_hyper_defaults():
+    """qsgd.hyper.DEFAULTS is what the reports and theory checks read as the optimizer's
+    defaults (ε, β): it must be the constructor's."""
+    import inspect
+
+    from qsgd.hyper import DEFAULTS
+
+    sig = inspect.signature(SuperpositionalAdamW).parameters
+    shared = {k: sig[k].default for k in DEFAULTS if k in sig}
+    assert shared == {k: DEFAULTS[k] for k in shared} and {"eps", "betas"} <= set(shared)
+
+
 def test_unknown_variant_lists_valid_ids():
     with pytest.raises(ValueError, match=r"unknown variant 'sinus-l0.5'; valid ids: adamw, anneal"):
         qsgd.parse_variant("sinus-l0.5")

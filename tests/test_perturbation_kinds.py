@@ -22,6 +22,7 @@ import qsgd.optimizer as qopt
 from qsgd import SuperpositionalAdamW, parse_variant
 from qsgd.fused import fused_unsupported_reason
 from qsgd.perturbations import KINDS, Perturbation, SinNorm, get_perturbation, register
+from qsgd.update import _Routed
 
 NEW = ["sinnorm", "moment"]
 
@@ -289,6 +290,8 @@ def test_state_dict_and_deepcopy_continue_bit_for_bit(variant):
 def test_kinds_are_validated_where_a_perturbation_enters():
     assert get_perturbation("sinnorm").kind == "normalized" and "normalized" in KINDS
     assert get_perturbation("moment").kind == "first-moment" and "first-moment" in KINDS
+    # every kind has its slot in the update's routing (which no longer checks the kind a step)
+    assert _Routed._fields == tuple(k.replace("-", "_") for k in KINDS)
 
     class Odd(Perturbation):
         name = "odd"

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from qsgd.hyper import DEFAULTS
+
 from .base import Check, register
 from .inputs import TheoryInputs
 
@@ -54,8 +56,8 @@ KAPPA_FIRST_ORDER = 0.2
 FIRST_ORDER_AGREEMENT = 0.9
 #: pre-specified: |measured − predicted| share of climbing coordinates, in standard errors
 Z_MAX = 3.0
-#: Adam's ε (the optimizers' default)
-EPS = 1e-8
+#: Adam's ε (the optimizer's default, read from qsgd)
+EPS = DEFAULTS["eps"]
 #: pre-specified: how far the final parameters of sinnorm and AdamW at scale c may lie from
 #: those at scale 1 with ε/c (rounding only; by dtype of the problem)
 INV_TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -334,15 +336,29 @@ def _ulp(theta0: Tensor, dtype: torch.dtype) -> Tensor:
 # ------------------------------------------------------------------------------ the check
 
 
+def _is_sine(variant: str) -> bool:
+    """Whether ``variant`` perturbs with the paper's rule, the sine in gradient units (the
+    variant's perturbation is ``sin``; sinnorm and adamw are the invariant ones)."""
+    from qsgd import parse_variant
+
+    return parse_variant(variant).perturbation == "sin"
+
+
+def _row(rows: list[dict], problem: str, c: float, variant: str = VARIANTS[0]) -> dict:
+    """The row of the cell (problem, scale c, variant); by default the paper's rule's."""
+    return next(r for r in rows if r["problem"] == problem and r["scale c"] == c
+                and r["variant"] == variant)
+
+
 def _cell(problem: ConvexProblem, c: float, variant: str, ref_last: Tensor | None,
           p_pred: np.ndarray | None) -> tuple[dict, DrawsRun]:
     """One (problem, scale, variant) cell: the run at scale c, the step-1 predictions, and
     for the invariant variants the run at scale 1 with ε/c (the same update, :func:`_derivation`);
     ``ref_last`` is the variant's final θ at c = 1 (None for the c = 1 cell)."""
+    from qsgd import parse_variant
     from qsgd.perturbations import sinpi
 
-    sine = variant.startswith("sin-")
-    lam = LAMBDA if variant != "adamw" else 0.0
+    sine, lam = _is_sine(variant), parse_variant(variant).quantum_weight
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*dominates the Adam step.*")
         r = run_draws(problem.params, problem.loss, _make_opt(variant, problem, True),
@@ -431,12 +447,11 @@ def t9_scale(size: str, inputs: TheoryInputs) -> Check:
         refs: dict[str, Tensor] = {}
         for variant in VARIANTS:  # c = 1 first: the reference trajectory of each variant
             for c in sorted(scales, key=lambda x: x != 1.0):
-                p_pred = (problem.climb_probability(c, LAMBDA) if variant.startswith("sin-")
-                          else None)
+                p_pred = problem.climb_probability(c, LAMBDA) if _is_sine(variant) else None
                 row, r = _cell(problem, c, variant, refs.get(variant), p_pred)
                 refs.setdefault(variant, r.theta_last)
                 rows.append(row)
-                if variant.startswith("sin-") and c == 1.0:
+                if _is_sine(variant) and c == 1.0:
                     crossings.append(_c_star(problem, r, c))
         grid = np.logspace(math.log10(min(scales)) - 1, math.log10(max(scales)) + 1,
                            13 if size == "full" else 5)
@@ -446,8 +461,8 @@ def t9_scale(size: str, inputs: TheoryInputs) -> Check:
     order = {p.name: i for i, (p, _) in enumerate(problems)}
     rows.sort(key=lambda r: (order[r["problem"]], VARIANTS.index(r["variant"]), r["scale c"]))
 
-    sin_rows = [r for r in rows if r["variant"].startswith("sin-")]
-    inv_rows = [r for r in rows if not r["variant"].startswith("sin-")]
+    sin_rows = [r for r in rows if _is_sine(r["variant"])]
+    inv_rows = [r for r in rows if not _is_sine(r["variant"])]
     z_max = max(abs(r["z"]) for r in sin_rows)
     mismatches = sum(r["formula mismatches"] for r in rows)
     ratio_err = max(abs(r["ratio step 1 (measured)"] / r["ratio step 1 (predicted)"] - 1)
@@ -466,12 +481,9 @@ def t9_scale(size: str, inputs: TheoryInputs) -> Check:
     passed = (z_max <= Z_MAX and mismatches == 0 and ratio_err <= 1e-5 and invariant
               and fo_ok)
 
-    def at(pname: str, c: float, variant: str = "sin-l0.5") -> dict:
-        return next(r for r in rows if r["problem"] == pname and r["scale c"] == c
-                    and r["variant"] == variant)
-
     tname, qname = problems[0][0].name, problems[1][0].name
-    t1, tmax, qmax = at(tname, 1.0), at(tname, max(TORCH_SCALES)), at(qname, max(QUAD_SCALES))
+    t1, tmax = _row(rows, tname, 1.0), _row(rows, tname, max(TORCH_SCALES))
+    qmax = _row(rows, qname, max(QUAD_SCALES))
     nt, nq = problems[0][0].n_draws, problems[1][0].n_draws
     summary = (
         "climbing share at step 1, measured vs predicted from the init distribution: torch's "
@@ -592,14 +604,10 @@ grows where |g| nears ε, e.g. at c = 0.01)."""
 
 
 def _survives(rows, tname, qname, nt, nq, crossings) -> str:
-    def at(pname, c, variant="sin-l0.5"):
-        return next(r for r in rows if r["problem"] == pname and r["scale c"] == c
-                    and r["variant"] == variant)
-
-    t1 = at(tname, 1.0)
-    t_small = at(tname, min(TORCH_SCALES))
-    q_big = at(qname, max(QUAD_SCALES))
-    t_big = at(tname, max(TORCH_SCALES))
+    t1 = _row(rows, tname, 1.0)
+    t_small = _row(rows, tname, min(TORCH_SCALES))
+    q_big = _row(rows, qname, max(QUAD_SCALES))
+    t_big = _row(rows, tname, max(TORCH_SCALES))
     c_t = crossings[0]["c* (‖λQ‖ = ‖Adam step‖)"]
     g_t = crossings[0]["rms |g⁰|"]
     return (

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from qsgd import SuperpositionalAdamW, parse_variant
+from qsgd.hyper import DEFAULTS
 
 from ..provenance import cpu_device
 from ..schedules import lr_at
@@ -320,11 +321,8 @@ class Classifier(Arm):
         clip = f"gradient clipping {o.clip_grad:g}" if o.clip_grad else "no gradient clipping"
         attention = (f"`quantum` (circuit term on: {o.attn_qubits} qubits, depth "
                      f"{o.attn_depth}) or `classical`")
-        import inspect
-
-        adam = inspect.signature(SuperpositionalAdamW).parameters  # the arm sets neither
-        eps = f"{adam['eps'].default:g}".replace("e-0", "e-")
-        lr = (f"Adam β {tuple(adam['betas'].default)}, ε {eps}; reference lr "
+        eps = f"{DEFAULTS['eps']:g}".replace("e-0", "e-")  # the arm sets neither β nor ε
+        lr = (f"Adam β {tuple(DEFAULTS['betas'])}, ε {eps}; reference lr "
               f"{baseline_lr:g}")
         if cfg.selected_lr:
             lr += (f" (the lr {self.baselines[0]} selected on validation; selected: "

@@ -16,7 +16,6 @@ from qsgd import parse_variant
 from qsgd.models.llama import IGNORE
 
 from ..seeds import derived_seeds
-from .examples import ExampleBatches
 from .generate import greedy_generate
 from .options import LLMOptions
 from .precision import LossScaling
@@ -56,7 +55,7 @@ def _hf_baseline(sess: Session, o: LLMOptions, steps: int, warmup: int = 5) -> d
     precision = o.effective_precision
     scaling = LossScaling(precision, dev)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    batch = 1 if o.batching == "example" else 16
+    batch = 1 if o.per_example else 16
     score_all = o.loss_tokens == "all"
     ex = sess.train_examples
     order = np.random.default_rng(0).permutation(len(ex))
@@ -135,7 +134,7 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
     fig = epoch_figures(b, o)
     S = int(fig["steps"])
     capacity = getattr(b, "capacity", 0)
-    per_example = isinstance(b, ExampleBatches)
+    per_example = o.per_example
     step_text = (f"one example a step (bucket {o.bucket}, {len(b.shapes)} shapes)" if per_example
                  else f"{o.tokens_per_batch} tokens a step")
     peak = peak_flops(dev)
@@ -164,9 +163,7 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
                          step_ms=round(base["step_ms"], 2), device=name))
         print(f"[bench] HF baseline: {base['tokens_per_s']:.0f} tokens/s", flush=True)
     ref_tps = ref_epoch = None
-    impl = o.attn_impl if o.attn_impl != "auto" else (
-        "flex" if dev.type == "cuda" and not per_example else "sdpa")
-    loop = (f"arm loop ({impl}, compile={o.compile}, {step_text}, {o.effective_precision}"
+    loop = (f"arm loop ({sess.attn_impl}, compile={o.compile}, {step_text}, {o.effective_precision}"
             + (f", first {max_steps} steps" if max_steps and max_steps < S else ""))
     jobs = [(vid, o.lr) for vid in variants] + [("adamw", lr) for lr in lrs]
     for k, (vid, lr) in enumerate(jobs):

@@ -142,7 +142,7 @@ class LLMOptions:
         if self.batching == "packed" and self.loss_tokens != "answer":
             raise ValueError(f"[llm].loss_tokens = {self.loss_tokens!r} needs batching = "
                              "'example' (packed rows score the answer tokens only)")
-        if self.batching == "example" and self.attn_impl == "flex":
+        if self.per_example and self.attn_impl == "flex":
             raise ValueError("[llm].attn_impl = 'flex' applies to packed rows; batching = "
                              "'example' attends causally with SDPA (use 'auto' or 'sdpa')")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -158,6 +158,12 @@ class LLMOptions:
             raise ValueError(f"[llm].ratio_every must be >= 0, got {self.ratio_every}")
         if self.clip_grad < 0 or self.weight_decay < 0:
             raise ValueError("[llm].clip_grad and [llm].weight_decay must be >= 0")
+
+    @property
+    def per_example(self) -> bool:
+        """Whether batching is ``"example"`` (one example a step) rather than packed rows: the
+        one test of it (sessions, training loop, bench)."""
+        return self.batching == "example"
 
     @property
     def effective_precision(self) -> str:

@@ -78,7 +78,9 @@ class Session:
     the test-loss set and the validation set (carved from the task's training examples; empty
     without ``val_examples``); test_data: the task's test examples (the exact-match questions);
     base_params: device copies of the base weights that every run starts from; loss_fn: the
-    packed rows' loss (``model.loss``, compiled or not); example_fn: with example batching,
+    packed rows' loss (``model.loss``, compiled or not); attn_impl: the attention in effect,
+    ``"flex"`` or ``"sdpa"`` (``[llm].attn_impl`` with ``"auto"`` resolved for the device and
+    batching); example_fn: with example batching,
     ``(ids, tgt, ans) -> (loss, [all-token loss, answer loss])``
     (:func:`ablations.llm.examples.example_losses`, compiled or not); train_cache: training
     batches per data-order seed; warm: (variant, shapes) pairs whose step is compiled.
@@ -98,6 +100,7 @@ class Session:
     test_data: list
     task: LMTask
     val_examples: list = field(default_factory=list)
+    attn_impl: str = "sdpa"
     example_fn: Callable | None = None
     train_cache: dict = field(default_factory=dict)
     eval_cache: dict = field(default_factory=dict)
@@ -134,7 +137,7 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
         raise ValueError(f"{o.model}: weights missing for {sorted(missing)[:5]}")
     model.to(device)
     base_params = [p.detach().clone() for p in model.parameters()]
-    per_example = o.batching == "example"
+    per_example = o.per_example
     impl = o.attn_impl
     if impl == "auto":
         impl = "flex" if device.type == "cuda" and not per_example else "sdpa"
@@ -178,7 +181,8 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
     enc_val = tok.encode_examples([e.question for e in val], [e.answer for e in val]) \
         if val else []
     sess = Session(key, o, base, device, d, model, base_params, loss_fn, flex, enc_train,
-                   enc_test, test, task, val_examples=enc_val, example_fn=example_fn)
+                   enc_test, test, task, val_examples=enc_val, attn_impl=impl,
+                   example_fn=example_fn)
     _SESSIONS["current"] = sess
     return sess
 
@@ -192,7 +196,7 @@ def epoch_batches(sess: Session, order_seed: int) -> DeviceBatches | ExampleBatc
         order = np.random.default_rng(order_seed).permutation(len(sess.train_examples))
         while len(sess.train_cache) >= 2:
             sess.train_cache.pop(next(iter(sess.train_cache)))
-        if o.batching == "example":
+        if o.per_example:
             sess.train_cache[order_seed] = example_batches(
                 sess.train_examples, order, o.max_len, o.bucket, sess.base.tokenizer.pad_id,
                 sess.device)
@@ -211,7 +215,7 @@ def eval_batches(sess: Session, capacity: int, split: str = "test"
     with example batching, one example a step in the set's order."""
     o = sess.opts
     cached = sess.eval_cache.get(split)
-    if o.batching == "example":
+    if o.per_example:
         if cached is None:
             examples = sess.val_examples if split == "val" else sess.test_examples
             sess.eval_cache[split] = cached = example_batches(

@@ -45,7 +45,7 @@ def _step_loss(sess: Session, b: DeviceBatches | ExampleBatches, s: int
     """Step s's trained-on loss (with its graph) and the detached losses recorded for it:
     packed, ``[loss]``, the mean answer-token loss over all ranks' scored tokens (b.n_loss is
     global); per example, ``[all-token loss, answer loss]``."""
-    if isinstance(b, ExampleBatches):
+    if sess.opts.per_example:
         return sess.example_fn(b.ids[s], b.tgt[s], b.ans[s])
     bm = None
     if b.block_masks is not None:
@@ -58,14 +58,14 @@ def _step_loss(sess: Session, b: DeviceBatches | ExampleBatches, s: int
 
 def recorded_losses(b: DeviceBatches | ExampleBatches, o: LLMOptions) -> tuple[str, ...]:
     """Names of the per-step losses :func:`_step_loss` records, in its order."""
-    return ("all", "answer") if isinstance(b, ExampleBatches) else (o.loss_tokens,)
+    return ("all", "answer") if o.per_example else (o.loss_tokens,)
 
 
 def epoch_figures(b: DeviceBatches | ExampleBatches, o: LLMOptions) -> dict[str, float]:
     """Sizes of an epoch of batches: steps, real (non-padding) tokens, token slots, scored
     tokens of the trained-on loss, tokens the LM head runs on (packed: the scored ones; per
     example: every real one, for the all-token loss) and causal attention pairs Σ n(n+1)/2."""
-    if isinstance(b, ExampleBatches):
+    if o.per_example:
         scored = b.n_all if o.loss_tokens == "all" else b.n_answer
         real = float(b.n_real.sum())
         return dict(steps=b.steps, real=real, slots=float(b.slots), scored=float(scored.sum()),
@@ -76,8 +76,8 @@ def epoch_figures(b: DeviceBatches | ExampleBatches, o: LLMOptions) -> dict[str,
                 attn_pairs=p.attn_pairs)
 
 
-def _warm_key(b: DeviceBatches | ExampleBatches) -> tuple:
-    return tuple(b.shapes) if isinstance(b, ExampleBatches) else (b.capacity,)
+def _warm_key(b: DeviceBatches | ExampleBatches, o: LLMOptions) -> tuple:
+    return tuple(b.shapes) if o.per_example else (b.capacity,)
 
 
 def reset_weights(sess: Session) -> None:
@@ -111,13 +111,13 @@ def warm_up(sess: Session, b: DeviceBatches | ExampleBatches, variant, o: LLMOpt
     """Compile the step (every shape of ``b``: one per example bucket) and the optimizer's
     kernels outside the timed loop; weights unchanged (lr = 0 makes every update exactly
     zero) and reset afterwards anyway."""
-    key = (variant.id, _warm_key(b))
+    key = (variant.id, _warm_key(b, o))
     if key in sess.warm:
         return
     params = list(sess.model.parameters())
     opt = _make_optimizer(params, variant, 0.0, o, 0)
     scaling = LossScaling(o.effective_precision, sess.device)
-    if isinstance(b, ExampleBatches):
+    if o.per_example:
         first = {}
         for s, L in enumerate(b.lengths):
             first.setdefault(L, s)
@@ -232,7 +232,7 @@ def evaluate_losses(sess: Session, capacity: int, split: str = "test") -> dict[s
     also ``"all"`` (every token after the first of each example). ``capacity``: the packed
     training batches' loss slots, so that the graph is reused (unused per example)."""
     b = eval_batches(sess, capacity, split)
-    if isinstance(b, ExampleBatches):
+    if sess.opts.per_example:
         per_step = torch.zeros(b.steps, 2, dtype=torch.float32, device=sess.device)
         with torch.enable_grad(), torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
             for s in range(b.steps):
@@ -305,7 +305,7 @@ def run(spec) -> dict[str, Any]:
     flops = sess.base.shape.train_flops(fig["real"], fig["head"], fig["attn_pairs"])
     world = sess.dist.world
     mfu = flops / res["seconds"] / (peak * world) if peak else float("nan")
-    per_example = o.batching == "example"
+    per_example = o.per_example
     curve = []
     for lo in range(0, S, o.curve_every):
         point = {"step": min(lo + o.curve_every, S),

@@ -203,7 +203,7 @@ def lr_selection(runs: pd.DataFrame, metric: str, higher_is_better: bool) -> pd.
     Returns the :func:`ablations.stats.summarize` table with ``lr`` and a bool ``selected``.
     """
     keys = [k for k in ("task", "attention") if k in runs.columns
-            and not (k == "task" and (runs[k].fillna("") == "").all())]
+            and not (k == "task" and (runs[k] == "").all())]
     summ = summarize(runs, metric, [*keys, "variant", "lr"])
     summ["selected"] = False
     for _, grp in summ.groupby([*keys, "variant"], dropna=False):

@@ -82,7 +82,6 @@ def kernel_backward(kernel: Callable, t: Tensor, g: Tensor, args: tuple, width: 
     _native.run_parallel(lambda c0, c1: kernel(c0, c1, *call), chunks, grain=1)
     (wo, wshape), (ao, n) = w_rows, a_rows
     gw, ga = t.new_empty(wshape), t.new_empty(n)
-    reduce = getattr(_native.library(), "qsgd_reduce_f64" if t.dtype == torch.float64
-                     else "qsgd_reduce_f32")
+    reduce = _native.kernel("qsgd_reduce", t.dtype)
     reduce(chunks, width, part.data_ptr(), wo, gw.numel(), gw.data_ptr(), ao, n, ga.data_ptr())
     return gt, gw, ga

@@ -110,10 +110,9 @@ def _spec(n: int, depth: int, entangle: bool, hadamard: bool, encoding: str) -> 
 
 
 def _data_flags(spec: CircuitSpec) -> list[int]:
-    """Which of the four gates (layer 0 Ry, Rz, layer 1 Ry, Rz) carry the data angle."""
-    if spec.encoding == "reupload":
-        return [1, 1, 1, 1] if spec.depth == 2 else [1, 1, 0, 0]
-    return [1, 0, 0, 0]
+    """Which of the four gates (layer 0 Ry, Rz, layer 1 Ry, Rz) carry the data angle
+    (:attr:`CircuitSpec.data_flags`; a depth-1 chain's absent layer 1 reads 0)."""
+    return [int(f) for f in spec.data_flags] + [0] * (4 - 2 * spec.depth)
 
 
 # ----------------------------------------------------------------------------- torch operations
@@ -166,11 +165,9 @@ def _flag_tensor(flags: tuple[int, ...]) -> Tensor:
 def _kernels(spec: CircuitSpec, dtype: torch.dtype) -> tuple:
     """The forward and backward kernels for ``dtype`` and their fixed arguments: n, depth, the
     data flags (a cached tensor that stays alive), hadamard, entangle."""
-    lib = _native.library()
-    suf = "f64" if dtype == torch.float64 else "f32"
     flags = _flag_tensor(tuple(_data_flags(spec)))
     fixed = (spec.n, spec.depth, flags.data_ptr(), int(spec.hadamard), int(spec.entangle))
-    return getattr(lib, f"qsgd_chain_fwd_{suf}"), getattr(lib, f"qsgd_chain_bwd_{suf}"), fixed
+    return _native.kernel("qsgd_chain_fwd", dtype), _native.kernel("qsgd_chain_bwd", dtype), fixed
 
 
 def _native_forward(t: Tensor, a: Tensor, w: Tensor, spec: CircuitSpec) -> Tensor:

@@ -64,7 +64,7 @@ def fused_attention(qkv: Tensor, phi, gamma: Tensor, *, key_padding_mask: Tensor
     sc = 1.0 / math.sqrt(E) if scale is None else float(scale)
     pad = None
     if key_padding_mask is not None and is_causal:  # as quantum_attention (and SDPA)
-        raise ValueError("pass either attn_mask or is_causal=True, not both (as SDPA)")
+        raise ValueError("pass either key_padding_mask or is_causal=True, not both (as SDPA)")
     if key_padding_mask is not None:
         if tuple(key_padding_mask.shape) != (B, L):
             raise ValueError(f"key_padding_mask must have shape {(B, L)}, got "
@@ -79,22 +79,17 @@ def fused_attention(qkv: Tensor, phi, gamma: Tensor, *, key_padding_mask: Tensor
                                  sc, spec)
 
 
-def _suffix(t: Tensor) -> str:
-    return "f64" if t.dtype == torch.float64 else "f32"
-
-
 class _FusedAttention(torch.autograd.Function):
     """The kernel's forward (keeping S, Φ, P) and backward (module docstring)."""
 
     @staticmethod
     def forward(ctx, qkv, a, w, gamma, pad, causal, scale, spec):
         B, L, _, H, E = qkv.shape
-        lib = _native.library()
         out = qkv.new_empty(B, L, H, E)
         S, Phi, P = (qkv.new_empty(B, H, L, L) for _ in range(3))
         flags = _flag_tensor(tuple(_data_flags(spec)))
         g = float(gamma)
-        getattr(lib, f"qsgd_attn_fwd_{_suffix(qkv)}")(
+        _native.kernel("qsgd_attn_fwd", qkv.dtype)(
             0, B * H, H, L, E, qkv.data_ptr(), None if pad is None else pad.data_ptr(),
             int(causal), scale, g, spec.n, spec.depth, a.data_ptr(), w.data_ptr(),
             flags.data_ptr(), int(spec.hadamard), int(spec.entangle), out.data_ptr(),
@@ -111,19 +106,18 @@ class _FusedAttention(torch.autograd.Function):
         n, depth = spec.n, spec.depth
         dout = dout if dout.dtype == qkv.dtype else dout.to(qkv.dtype)
         dout = dout if dout.is_contiguous() else dout.contiguous()
-        lib = _native.library()
         dqkv = torch.empty_like(qkv)
         width = 5 * n + 1  # per head: the chain's dL/dw (4 gates), dL/da, then dL/dgamma
         part = torch.empty(B * H, width, dtype=torch.float64)
         flags = _flag_tensor(tuple(_data_flags(spec)))
-        getattr(lib, f"qsgd_attn_bwd_{_suffix(qkv)}")(
+        _native.kernel("qsgd_attn_bwd", qkv.dtype)(
             0, B * H, H, L, E, qkv.data_ptr(), ctx.scale, ctx.gamma, n, depth, a.data_ptr(),
             w.data_ptr(), flags.data_ptr(), int(spec.hadamard), int(spec.entangle),
             S.data_ptr(), Phi.data_ptr(), P.data_ptr(), dout.data_ptr(), dqkv.data_ptr(),
             part.data_ptr())
         gw, ga = qkv.new_empty(depth, 2, n), qkv.new_empty(n)
         ggamma = torch.empty((), dtype=qkv.dtype)
-        reduce = getattr(lib, f"qsgd_reduce_{_suffix(qkv)}")
+        reduce = _native.kernel("qsgd_reduce", qkv.dtype)
         reduce(B * H, width, part.data_ptr(), 0, gw.numel(), gw.data_ptr(), 4 * n, n,
                ga.data_ptr())
         reduce(B * H, width, part.data_ptr(), 5 * n, 1, ggamma.data_ptr(), 0, 0, None)

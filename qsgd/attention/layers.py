@@ -57,7 +57,9 @@ from .state import state_line
 __all__ = ["ScoreCircuit", "quantum_attention", "QuantumAttention", "PHI_READOUTS",
            "PHI_METHODS", "FOURIER_AUTO_MAX"]
 
-PHI_READOUTS = ("amp", "z")
+#: Φ's readouts and the circuit readout (:data:`qsgd.circuit.READOUTS`) each one computes
+_CIRCUIT_READOUT = {"amp": "amp_sum", "z": "Z"}
+PHI_READOUTS = tuple(_CIRCUIT_READOUT)
 PHI_METHODS = ("auto", "chain", "fourier", "state")
 #: the most Fourier coefficients rⁿ for which ``method="auto"`` takes "fourier" over "state"
 #: where "chain" does not apply, with the statevector's native kernel and without it (forward +
@@ -154,15 +156,13 @@ class ScoreCircuit(nn.Module):
         method = self.resolved_method(scores.device)
         if method == "chain":
             return chain_line(w, self.scale, scores, **kw)
-        if method == "fourier":
-            ro = "amp_sum" if self.readout == "amp" else "Z"
-            return circuit_line(w, self.scale, scores, readout=ro, **kw)
-        ro = "amp_sum" if self.readout == "amp" else "Z"
-        return state_line(w, self.scale, scores, readout=ro, **kw)
+        line = circuit_line if method == "fourier" else state_line
+        return line(w, self.scale, scores, readout=_CIRCUIT_READOUT[self.readout], **kw)
 
 
 @functools.lru_cache(maxsize=64)
 def _spec(n: int, depth: int, entangle: bool) -> CircuitSpec:
+    """Φ's circuit of width n: H first, data in every gate (cached)."""
     return CircuitSpec(n, depth, entangle, True, "reupload")
 
 
@@ -171,8 +171,7 @@ def _resolve(method: str, n: int, depth: int, entangle: bool, readout: str,
              native: bool) -> str:
     """:meth:`ScoreCircuit.resolved_method` for a valid ``method`` (cached: read on every
     forward pass); ``native``: whether the chain's kernel runs for the scores."""
-    spec = CircuitSpec(n, depth, entangle, True, "reupload")
-    ro = "amp_sum" if readout == "amp" else "Z"
+    spec, ro = _spec(n, depth, entangle), _CIRCUIT_READOUT[readout]
     if method == "chain" and not chain_supported(spec, ro):
         raise ValueError(f"method 'chain' needs readout 'amp' and depth <= 2, got readout "
                          f"{readout!r}, depth {depth}")

@@ -85,12 +85,8 @@ def _fixed(spec: CircuitSpec) -> tuple:
             int(spec.entangle and spec.n > 1), perm.data_ptr())
 
 
-def _suffix(t: Tensor) -> str:
-    return "f64" if t.dtype == torch.float64 else "f32"
-
-
 def _forward(t: Tensor, a: Tensor, w: Tensor, spec: CircuitSpec, code: int) -> Tensor:
-    kernel = getattr(_native.library(), f"qsgd_line_state_fwd_{_suffix(t)}")
+    kernel = _native.kernel("qsgd_line_state_fwd", t.dtype)
     n, depth, data, had, ent, perm = _fixed(spec)
     return kernel_forward(kernel, t, (n, depth, t.data_ptr(), a.data_ptr(), w.data_ptr(), data,
                                       had, ent, perm, code))
@@ -109,7 +105,7 @@ class _NativeStateLine(torch.autograd.Function):
     def backward(ctx, g):
         t, a, w = ctx.saved_tensors
         spec = ctx.spec
-        kernel = getattr(_native.library(), f"qsgd_line_state_bwd_{_suffix(t)}")
+        kernel = _native.kernel("qsgd_line_state_bwd", t.dtype)
         n, depth, data, had, ent, perm = _fixed(spec)
         args = (n, depth, t.data_ptr(), a.data_ptr(), w.data_ptr(), data, had, ent, perm,
                 ctx.code)

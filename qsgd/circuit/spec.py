@@ -75,9 +75,17 @@ class CircuitSpec:
         return (self.depth, 2, self.n)
 
     @property
+    def data_flags(self) -> tuple[bool, ...]:
+        """Per gate slot (layer 0 Ry, layer 0 Rz, layer 1 Ry, …; 2·depth of them), whether the
+        gate carries the data angle x: all of them (``"reupload"``) or layer 0's Ry alone
+        (``"once"``). The one statement of this rule; the simulator, its native tables and the
+        attention's chain kernels read it."""
+        return tuple(self.encoding == "reupload" or slot == 0 for slot in range(2 * self.depth))
+
+    @property
     def data_gates(self) -> int:
         """G: how many gates carry the data angle on each qubit (2·depth or 1)."""
-        return 2 * self.depth if self.encoding == "reupload" else 1
+        return sum(self.data_flags)
 
     def check_weights(self, weights: Tensor | None) -> None:
         """Raise unless ``weights`` is None or has trailing shape (depth, 2, n)."""
@@ -90,12 +98,9 @@ class CircuitSpec:
     def plan(self, has_weights: bool) -> list[tuple[bool, bool]]:
         """Per layer, whether its Ry and Rz gates exist (a gate with angle ≡ 0, i.e. no data
         and no extra angle, is the identity and skipped)."""
-        out = []
-        for layer in range(self.depth):
-            ry = has_weights or self.encoding == "reupload" or layer == 0
-            rz = has_weights or self.encoding == "reupload"
-            out.append((ry, rz))
-        return out
+        flags = self.data_flags
+        return [(has_weights or flags[2 * layer], has_weights or flags[2 * layer + 1])
+                for layer in range(self.depth)]
 
     def gates(self, has_weights: bool) -> list[Gate]:
         """The circuit in time order as (gate, qubit(s), (layer, g, q) angle slot or None),
@@ -129,6 +134,7 @@ def spec_gate_angles(spec: CircuitSpec, angles: Tensor,
                      weights: Tensor | None) -> list[tuple[Tensor | None, Tensor | None]]:
     """:func:`gate_angles` for a validated ``spec`` (``angles`` (…, spec.n))."""
     spec.check_weights(weights)
+    flags = spec.data_flags
     out: list[tuple[Tensor | None, Tensor | None]] = []
     for layer, present in enumerate(spec.plan(weights is not None)):
         pair: list[Tensor | None] = []
@@ -136,8 +142,7 @@ def spec_gate_angles(spec: CircuitSpec, angles: Tensor,
             if not present[g]:
                 pair.append(None)
                 continue
-            data = spec.encoding == "reupload" or (layer == 0 and g == 0)
-            a = angles if data else None
+            a = angles if flags[2 * layer + g] else None
             if weights is not None:
                 w = weights[..., layer, g, :]
                 a = w if a is None else a + w

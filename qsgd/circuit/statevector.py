@@ -231,10 +231,8 @@ def _native_applies(spec: CircuitSpec, x: Tensor, w: Tensor | None) -> bool:
 @functools.lru_cache(maxsize=32)
 def _native_tables(spec: CircuitSpec) -> tuple[Tensor, Tensor]:
     """The CNOT chain's permutation (int32) and the data flags per gate slot (depth·2, int32)."""
-    data = [int(spec.encoding == "reupload" or (layer == 0 and g == 0))
-            for layer in range(spec.depth) for g in (0, 1)]
     return (cnot_chain_permutation(spec.n).to(torch.int32),
-            torch.tensor(data, dtype=torch.int32))
+            torch.tensor(spec.data_flags, dtype=torch.int32))
 
 
 def _run_native(spec: CircuitSpec, x: Tensor, w: Tensor | None) -> Tensor:
@@ -251,8 +249,7 @@ def _run_native(spec: CircuitSpec, x: Tensor, w: Tensor | None) -> Tensor:
     cdt = torch.complex128 if x.dtype == torch.float64 else torch.complex64
     out = torch.empty(B, 2**n, dtype=cdt)
     view = torch.view_as_real(out)
-    suf = "f64" if x.dtype == torch.float64 else "f32"
-    kernel = getattr(_native.library(), f"qsgd_state_{suf}")
+    kernel = _native.kernel("qsgd_state", x.dtype)
     args = (n, spec.depth, x.data_ptr(), w.data_ptr(), stride, data.data_ptr(),
             int(spec.hadamard), int(spec.entangle and n > 1), perm.data_ptr(), view.data_ptr())
     _native.run_parallel(lambda i0, i1: kernel(i0, i1, *args), B, grain=_native.BLOCK)
