@@ -43,7 +43,9 @@ def commit_info() -> tuple[str, bool]:
     commit it copied (``<40 hex digits>``, with ``-dirty`` appended when the copy had
     uncommitted changes); a git history that travels with such a copy may be stale (seen on
     the GPU machines: a copy of the session's first commit), so the declaration wins. Else
-    git, where the tree has its history (dirty: a tracked file differs from the commit).
+    git, where the tree has its history (dirty: a tracked file outside ``results/`` differs
+    from the commit: the runs a grid appends to its tracked ``runs.jsonl`` are data, not code,
+    and must not mark the records after the first as made by changed code).
     Else ("unknown", False); a ``$QSGD_COMMIT`` that is not a hash also gives "unknown".
     """
     env = os.environ.get(COMMIT_ENV, "").strip()
@@ -54,7 +56,8 @@ def commit_info() -> tuple[str, bool]:
     head = _git("rev-parse", "--verify", "HEAD")
     sha = head.stdout.strip() if head is not None and head.returncode == 0 else ""
     if _HASH.match(sha):
-        status = _git("status", "--porcelain", "--untracked-files=no")
+        status = _git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                      ":(exclude)results")
         return sha, bool(status is not None and status.stdout.strip())
     return "unknown", False
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -327,4 +328,33 @@ def test_the_runner_records_no_run_of_code_it_cannot_name(tmp_path, monkeypatch)
     monkeypatch.setenv("QSGD_COMMIT", "c" * 40)
     prov.commit_info.cache_clear()
     assert prov.commit_info() == ("c" * 40, False)
+    prov.commit_info.cache_clear()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_appending_runs_to_results_does_not_mark_the_code_dirty(tmp_path, monkeypatch):
+    """A grid appends to its tracked results/<grid>/runs.jsonl while it runs: that is data,
+    and the records after the first must name the same clean commit; a changed code file
+    outside results/ is dirty."""
+    from ablations import provenance as prov
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "results" / "g").mkdir(parents=True)
+    (tmp_path / "results" / "g" / "runs.jsonl").write_text("{}\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    monkeypatch.setattr(prov, "_ROOT", tmp_path)
+    monkeypatch.delenv("QSGD_COMMIT", raising=False)
+    with open(tmp_path / "results" / "g" / "runs.jsonl", "a") as fh:
+        fh.write("{}\n")
+    prov.commit_info.cache_clear()
+    sha, dirty = prov.commit_info()
+    assert len(sha) == 40 and not dirty
+    (tmp_path / "code.py").write_text("x = 2\n")
+    prov.commit_info.cache_clear()
+    assert prov.commit_info() == (sha, True)
     prov.commit_info.cache_clear()
