@@ -504,7 +504,9 @@ def _ratio_text(x: float) -> str:
 
 def judge_cost(claim: Claim, ev: Evidence) -> ClaimResult:
     """C4, the per-epoch cost: supported when the 95% interval of the relative cost contains
-    the paper's figure, contradicted when it lies wholly above or below it.
+    the paper's figure and excludes no cost (0), contradicted when it lies wholly above or
+    below the figure, no detectable difference when it holds both the figure and 0 (too wide
+    to tell them apart: a few noisy seeds must not read as support).
 
     The grid's comparison (the claim's variant against its baseline, our quantum attention in
     both) times :data:`C4_OURS`, which the verdict names. The paper attributes its +35% to
@@ -522,7 +524,8 @@ def judge_cost(claim: Claim, ev: Evidence) -> ClaimResult:
         return not_run(claim)
     base = row["mean_baseline"]
     rel, lo, hi = row["diff"] / base, row["ci_low"] / base, row["ci_high"] / base
-    ours = "supported" if lo <= claim.claimed <= hi else "contradicted"
+    ours = ("contradicted" if not lo <= claim.claimed <= hi else
+            "no detectable difference" if lo <= 0 <= hi else "supported")
     verdict = f"{ours} for {C4_OURS}"
     measured = (f"the sine term, ours (closed forms): {pct(rel)} per epoch ({claim.variant} "
                 f"{row['mean_variant']:.3f} s vs AdamW {row['mean_baseline']:.3f} s, both with "

@@ -164,6 +164,8 @@ def cost_row(diff, lo, hi, base=1.0):
     (0.001, -0.05, 0.05, "contradicted"),    # far below
     (0.80, 0.75, 0.85, "contradicted"),      # far above: the old rule called this supported
     (0.35, 0.35, 0.35, "supported"),         # edge: the interval is the figure itself
+    (0.10, -0.20, 0.40, "no detectable difference"),  # holds +35% and 0: too wide to tell
+    (0.30, 0.0, 0.40, "no detectable difference"),    # edge: 0 on the interval
 ])
 def test_c4_every_branch(diff, lo, hi, expected):
     # the verdict names the implementation the grid times: ours
