@@ -169,10 +169,10 @@ def test_loader_reads_configs():
     from ablations.config import load_config, read_toml
 
     inputs = load_inputs(ROOT / "no-such-results")
-    cls = read_toml(ROOT / "ablations" / "configs" / "classifier-paper.toml")  # the paper's
+    cls = read_toml(ROOT / "ablations" / "configs" / "classifier.toml")
     llm = load_config(ROOT / "ablations" / "configs" / "llm-calibrated.toml")
     assert inputs.lr == {"classifier": cls["grid"]["baseline_lr"], "llm": llm.baseline_lr}
-    assert inputs.lr == {"classifier": 1e-3, "llm": LR["llm"]}
+    assert inputs.lr == LR
     # every registered arm (a test may register more than the built-in ones), none has run
     assert {"classifier", "llm"} <= set(inputs.runs)
     assert all(v is None for v in inputs.runs.values())
@@ -184,8 +184,8 @@ def test_loader_reads_a_results_folder(tmp_path):
     torn line skipped with a warning; else None."""
     from ablations.records import append_record
 
-    (tmp_path / "classifier-paper").mkdir()  # the classifier arm's reference grid
-    _synthetic_runs().to_csv(tmp_path / "classifier-paper" / "runs.csv", index=False)
+    (tmp_path / "classifier").mkdir()
+    _synthetic_runs().to_csv(tmp_path / "classifier" / "runs.csv", index=False)
     jl = tmp_path / "llm-calibrated" / "runs.jsonl"  # the llm arm's reference grid
     for seed, loss in ((0, 0.30), (1, 0.31), (0, 0.25)):  # seed 0 run twice: the last counts
         append_record(jl, {"key": f"k{seed}", "run_id": f"r{seed}", "arm": "llm", "task": "gsm8k",
@@ -200,7 +200,7 @@ def test_loader_reads_a_results_folder(tmp_path):
         "key k0 is stored on line 1 too; keeping line 3 (the newer)",
         "skipping a torn record (a run killed mid-write)"]
     cls, llm = inputs.runs_of("classifier"), inputs.runs_of("llm")
-    assert cls.complete and cls.source == str(tmp_path / "classifier-paper" / "runs.csv")
+    assert cls.complete and cls.source == str(tmp_path / "classifier" / "runs.csv")
     assert len(cls.table) == 24 and set(cls.table["variant"]) == {"adamw", "sin-l0.5"}
     assert not llm.complete and len(llm.table) == 2
     assert llm.source == f"{jl} (2 runs; no runs.csv yet, the grid may be incomplete)"
@@ -607,8 +607,8 @@ def test_cli_results_root_feeds_the_loader(tmp_path, capsys):
     from theory.__main__ import main
 
     root = tmp_path / "res"
-    (root / "classifier-paper").mkdir(parents=True)  # runs at its reference lr, 1e-3
-    _synthetic_runs(lr=1e-3).to_csv(root / "classifier-paper" / "runs.csv", index=False)
+    (root / "classifier").mkdir(parents=True)
+    _synthetic_runs().to_csv(root / "classifier" / "runs.csv", index=False)
     assert main(["run", "--quick", "--only", "T8", "--out", str(tmp_path / "out"),
                  "--results-root", str(root)]) == 0
     out = capsys.readouterr().out
