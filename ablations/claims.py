@@ -413,7 +413,7 @@ def judge_time_to_target(claim: Claim, ev: Evidence) -> ClaimResult:
            f" vs [{num(tt['median_baseline_low'], 1)}, {num(tt['median_baseline_high'], 1)}]",
         test=f"log-rank χ²={num(tt['logrank_chi2'], 2)}, p={pval(tt['p_logrank'])}",
         values={**{k: tt[k] for k in ("median_variant", "median_baseline", "p_logrank")},
-                "design": claim.design_of(ev).text()},
+                "design": design_text(claim, None, claim.design_of(ev))},
         power=logrank_power_text(claim, tt, claim.design_of(ev)))
 
 
@@ -467,7 +467,7 @@ def judge_best_weight(claim: Claim, ev: Evidence) -> ClaimResult:
              f"λ={lam:g} p={pval(r01['p_holm'])} (unadjusted {pval(r01['p_ttest'])}); "
              f"λ significantly better than {lam_base:g}: {better or 'none'}",
         values={"best_lambda": float(best["lam"]), "better": better, "worse": worse,
-                "design": claim.design_of(ev).text()},
+                "design": design_text(claim, None, claim.design_of(ev))},
         power=claim.power_note)
 
 
@@ -531,7 +531,7 @@ def judge_cost(claim: Claim, ev: Evidence) -> ClaimResult:
                 f"{row['mean_variant']:.3f} s vs AdamW {row['mean_baseline']:.3f} s, both with "
                 "our quantum attention)")
     values: dict[str, Any] = {"rel": rel, "rel_low": lo, "rel_high": hi,
-                              "design": claim.design_of(ev).text()}
+                              "design": design_text(claim, None, claim.design_of(ev))}
     q = _c4_qiskit(ev.tables.get("c4_bench"), claim.variant, claim.baseline)
     if q is not None:
         inside = q["qiskit_low"] - 1 <= claim.claimed <= q["qiskit_high"] - 1
@@ -582,7 +582,7 @@ def judge_time_to_target_seconds(claim: Claim, ev: Evidence) -> ClaimResult:
         ci=f"diff [{num(t5['reached_ci_low'], 2)}, {num(t5['reached_ci_high'], 2)}] s (Welch)",
         test=f"log-rank (never-reached runs censored) p={pval(t5['p_logrank'])}",
         values={"rel": t5["reached_rel_change"], "p_logrank": t5["p_logrank"],
-                "design": claim.design_of(ev).text()},
+                "design": design_text(claim, None, claim.design_of(ev))},
         power=power)
 
 

@@ -105,7 +105,7 @@ def test_time_to_target_claims_state_the_log_rank_power(claim_id, runs, hr):
     want = f"{logrank_power(hr, 20):.2f}"
     assert res.power == (f"log-rank for the paper's hazard ratio {hr:.2f}: {want} (20 events, "
                          "n = 10 + 10, 45 each pre-registered; Schoenfeld)")
-    assert res.values["design"] == "pre-registered n = 45"
+    assert res.values["design"] == "Design: pre-registered n = 45."
 
 
 def test_claims_without_a_power_say_why():
