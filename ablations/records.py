@@ -19,7 +19,9 @@ What :func:`load_records` skips, each with a RuntimeWarning naming file and line
   ``key``, a ``run_id`` and a ``metrics`` object (such a record cannot count as done).
 
 A key stored twice is warned about with both line numbers; the newer record wins (at the place
-of the first, so the order of the records stays the order their keys were first stored).
+of the first, so the order of the records stays the order their keys were first stored). The
+one repeat that is not warned about is the expected one: a record from a tree with uncommitted
+changes (:func:`is_dirty`) followed by its clean rerun (the runner reruns dirty records).
 
 :func:`prepare_results` checks a results folder before any run starts (``~`` expanded,
 created, writable), and :func:`results_lock` keeps a second sweep out of it.
@@ -39,7 +41,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RUNS_FILE", "LOCK_FILE", "ResultsError", "append_record", "load_records",
+__all__ = ["RUNS_FILE", "LOCK_FILE", "ResultsError", "append_record", "load_records", "is_dirty",
            "load_log", "encode_record", "json_default", "strict", "prepare_results", "results_lock"]
 
 RUNS_FILE = "runs.jsonl"
@@ -142,6 +144,14 @@ def _problem(rec: Any) -> str | None:
     return None
 
 
+def is_dirty(rec: dict[str, Any]) -> bool:
+    """Whether a record was made by a tree with uncommitted changes (its provenance's
+    ``dirty`` flag, or a commit ending in ``-dirty``): its code cannot be named exactly, so
+    the runner counts it as not done and reruns it."""
+    prov = rec.get("provenance") or {}
+    return bool(prov.get("dirty")) or str(prov.get("commit", "")).endswith("-dirty")
+
+
 def load_records(path: Path | str) -> list[dict[str, Any]]:
     """Every finished run of a runs.jsonl, one per key (none when the file is absent).
 
@@ -174,7 +184,7 @@ def load_records(path: Path | str) -> list[dict[str, Any]]:
                           RuntimeWarning, stacklevel=2)
             continue
         key = rec["key"]
-        if key in line_of:
+        if key in line_of and not (is_dirty(by_key[key]) and not is_dirty(rec)):
             warnings.warn(f"{path}:{lineno}: key {key} is stored on line {line_of[key]} too; "
                           f"keeping line {lineno} (the newer)", RuntimeWarning, stacklevel=2)
         line_of[key] = lineno

@@ -39,7 +39,7 @@ from .arms import get_arm
 from .config import GridConfig, RunSpec, expand
 from .failures import FAILURES_FILE, Attempt, append_failure, failure_entry
 from .provenance import commit_info, cpu_model, provenance, require_commit, utc_now
-from .records import RUNS_FILE, append_record, load_records, prepare_results, results_lock
+from .records import RUNS_FILE, append_record, is_dirty, load_records, prepare_results, results_lock
 from .sweeplog import GpuSampler, append_sweep
 
 __all__ = ["run_one", "run_grid", "load_records", "append_record", "provenance",
@@ -214,9 +214,10 @@ def run_grid(
     run_fn: Callable[[RunSpec], dict[str, Any]] = run_one,
     retries: int = RETRIES,
 ) -> dict[str, Any]:
-    """Run every spec of ``config`` that has no record yet; return counts (``total`` specs,
-    ``done_before``, ``ran`` now, ``stored`` after, ``failed`` now) and ``failed_ids`` (the
-    run ids that failed, in the order they did).
+    """Run every spec of ``config`` that has no clean record yet (a record from a tree with
+    uncommitted changes, :func:`ablations.records.is_dirty`, is rerun); return counts
+    (``total`` specs, ``done_before``, ``ran`` now, ``stored`` after, ``failed`` now) and
+    ``failed_ids`` (the run ids that failed, in the order they did).
 
     executor: where the runs go: an Executor (left running), or one the runner builds for the
         arm's resources and shuts down at the end: ``"processes"`` (the default,
@@ -241,7 +242,8 @@ def run_grid(
     folder = prepare_results(config.results)
     runs_path = folder / RUNS_FILE
     with results_lock(folder):
-        done = {r["key"] for r in load_records(runs_path)}
+        # a record from a dirty tree is not done: its clean rerun supersedes it
+        done = {r["key"] for r in load_records(runs_path) if not is_dirty(r)}
         todo = [s for s in expand(config.specs) if s.key not in done]
         if limit is not None:
             todo = todo[:limit]

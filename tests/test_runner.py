@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 
 from ablations.arms.classifier import TIMING_METRICS
 from ablations.config import ConfigError, RunSpec, load_config
+from ablations.records import is_dirty
 from ablations.runner import append_record, load_records, run_grid, run_one
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,6 +158,52 @@ def test_rerun_skips_finished_runs_and_ignores_torn_lines(tmp_path):
     with pytest.warns(RuntimeWarning):
         keys = [r["key"] for r in load_records(runs)]
     assert sorted(keys) == sorted(s.key for s in cfg.specs)
+
+
+def test_a_dirty_record_is_rerun_and_its_clean_rerun_supersedes_it(tmp_path):
+    """A record from a tree with uncommitted changes is not done: the next sweep reruns it,
+    the clean record wins, and that expected repeat of its key is not warned about (any
+    other repeat is)."""
+    cfg = load_config(_write(tmp_path))
+    run_grid(cfg, SerialExecutor(), progress=False, limit=2)
+    runs = cfg.results / "runs.jsonl"
+    lines = runs.read_text().splitlines()
+    first = json.loads(lines[0])
+
+    def load_records_of(rec):  # as the loader decodes it (strict-JSON NaN strings)
+        path = tmp_path / "one.jsonl"
+        path.write_text(json.dumps(rec) + "\n")
+        return load_records(path)[0]["metrics"]
+
+    flagged = [
+        dict(first, provenance={**first["provenance"], "dirty": True}),
+        dict(
+            json.loads(lines[1]),
+            provenance={
+                **json.loads(lines[1])["provenance"],
+                "commit": json.loads(lines[1])["provenance"]["commit"] + "-dirty",
+            },
+        ),
+    ]
+    runs.write_text("".join(json.dumps(r) + "\n" for r in flagged))
+    counts = run_grid(cfg, SerialExecutor(), progress=False)
+    assert counts["done_before"] == 0 and counts["ran"] == len(cfg.specs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the dirty-then-clean repeats are expected
+        recs = {r["key"]: r for r in load_records(runs)}
+    assert set(recs) == {s.key for s in cfg.specs}
+    assert not any(is_dirty(r) for r in recs.values())
+
+    def untimed(metrics):
+        return {k: v for k, v in metrics.items() if k not in TIMING_METRICS}
+
+    rerun = recs[first["key"]]["metrics"]  # same code, same numbers
+    assert json.dumps(untimed(rerun), sort_keys=True, default=str) == json.dumps(
+        untimed(load_records_of(first)), sort_keys=True, default=str
+    )
+    append_record(runs, flagged[0])  # a dirty record after a clean one: warned, and it wins
+    with pytest.warns(RuntimeWarning, match=rf"key {first['key']} is stored on line \d+ too"):
+        assert is_dirty({r["key"]: r for r in load_records(runs)}[first["key"]])
 
 
 def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
