@@ -23,9 +23,9 @@ ALL = ["T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9"]
 #: expected outcome from them)
 PASSING = [c for c in ALL if c != "T8"]
 ROOT = Path(__file__).resolve().parents[1]
-#: reference learning rates of the classifier and llm arms, as ablations/configs set them
-#: (test_loader_reads_configs checks that these are the configs' numbers)
-LR = {"classifier": 6e-3, "llm": 4e-4}
+#: reference learning rates of the classifier and llm arms, as their reference grids'
+#: configs set them (classifier-paper, llm-calibrated; test_loader_reads_configs checks them)
+LR = {"classifier": 1e-3, "llm": 4e-4}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def small_checks() -> dict[str, Check]:
     return {c.id: c for c in run_checks(size="small", inputs=inputs)}
 
 
-def _synthetic_runs(seeds: int = 12, lr: float = 6e-3):
+def _synthetic_runs(seeds: int = 12, lr: float = LR["classifier"]):
     """A classifier runs table: adamw and sin-l0.5, quantum attention, paired seeds."""
     import numpy as np
     import pandas as pd
@@ -82,7 +82,7 @@ def test_t8_with_runs_passed_in():
     c = t8_power("small", TheoryInputs(runs={"classifier": _synthetic_runs()}, lr=LR))
     assert c.status == "ran" and isinstance(c.passed, bool)
     c1 = next(r for r in c.tables["power"] if r["claim"] == "C1")
-    assert c1["n_pairs"] == 12 and c1["seeds_needed_80"] >= 2 and c1["lr"] == 6e-3
+    assert c1["n_pairs"] == 12 and c1["seeds_needed_80"] >= 2 and c1["lr"] == LR["classifier"]
     assert c.measured == pytest.approx(single_run_power(0.023, c1["sd_diff"]))
     assert c.passed == (c.measured >= 0.8)
     # these runs hold no null control: the paper's ±0.7 pp sets the expected outcome
@@ -90,15 +90,16 @@ def test_t8_with_runs_passed_in():
     paper = next(r for r in c.tables["power"] if r["claim"].startswith("C1 (paper's"))
     assert paper["sets_expected_outcome"] and paper["single_run_power"] < 0.8
     null = next(r for r in c.tables["power"] if "null control" in r["claim"])
-    assert null["status"] == "0 seeds paired gauss-l0.001/adamw with final_test_acc at lr 0.006, " \
-        "fewer than 5" and "sets_expected_outcome" not in null
+    assert null["status"] == ("0 seeds paired gauss-l0.001/adamw with final_test_acc at lr "
+                              f"{LR['classifier']:g}, fewer than 5")
+    assert "sets_expected_outcome" not in null
     c6 = next(r for r in c.tables["power"] if r["claim"] == "C6")
     assert c6["status"] == "llm arm not run yet"
     # one run: 80% power needs the effect to be 2.8 standard deviations
     assert single_run_power(2.8016, 1.0) == pytest.approx(0.8, abs=1e-3)
 
 
-def _runs_with_null(sin_sd: float, null_sd: float, seeds: int = 12, lr: float = 6e-3,
+def _runs_with_null(sin_sd: float, null_sd: float, seeds: int = 12, lr: float = LR["classifier"],
                     null_lr: float | None = None):
     """adamw, sin-l0.5 and the null control gauss-l0.001 (at ``null_lr``, default ``lr``),
     quantum attention, paired seeds; the paired differences of final_test_acc have about
@@ -221,8 +222,8 @@ def test_t8_incomplete_grid_and_reference_lr_tie():
 
     from theory.power import t8_power
 
-    runs = pd.concat([_synthetic_runs(lr=3e-3), _synthetic_runs(lr=6e-3)], ignore_index=True)
-    for ref in (3e-3, 6e-3):
+    runs = pd.concat([_synthetic_runs(lr=1e-3), _synthetic_runs(lr=3e-3)], ignore_index=True)
+    for ref in (1e-3, 3e-3):
         inputs = TheoryInputs(runs={"classifier": ArmRuns(runs, "a running grid", False)},
                               lr={"classifier": ref, "llm": LR["llm"]})
         c = t8_power("small", inputs)
@@ -243,7 +244,7 @@ def test_t8_too_few_pairs():
 
 
 def test_inputs_validate():
-    inputs = TheoryInputs(runs={"classifier": None}, lr={"classifier": 6e-3})
+    inputs = TheoryInputs(runs={"classifier": None}, lr={"classifier": LR["classifier"]})
     assert inputs.runs_of("classifier") is None and inputs.runs_of("llm") is None
     with pytest.raises(KeyError,
                        match="no reference learning rate of arm 'llm'.*llm-calibrated.toml"):
@@ -265,12 +266,15 @@ def test_checks_needing_an_lr_say_which(small_checks):
 
 
 def test_loader_reads_configs():
-    """The reference rates are the reference grids' (the classifier's [grid].baseline_lr, the
-    llm's lr selected for AdamW on validation in llm-calibrated), through load_config."""
+    """The reference rates are the reference grids' (the classifier's: classifier-paper's
+    [grid].baseline_lr, Table II's 1e-3; the llm's: lr selected for AdamW on validation in
+    llm-calibrated), through load_config."""
+    from ablations.arms import get_arm
     from ablations.config import load_config, read_toml
 
+    assert get_arm("classifier").reference_grid == "classifier-paper"
     inputs = load_inputs(ROOT / "no-such-results")
-    cls = read_toml(ROOT / "ablations" / "configs" / "classifier.toml")
+    cls = read_toml(ROOT / "ablations" / "configs" / "classifier-paper.toml")
     llm = load_config(ROOT / "ablations" / "configs" / "llm-calibrated.toml")
     assert inputs.lr == {"classifier": cls["grid"]["baseline_lr"], "llm": llm.baseline_lr}
     assert inputs.lr == LR
@@ -285,8 +289,10 @@ def test_loader_reads_a_results_folder(tmp_path):
     torn line skipped with a warning; else None."""
     from ablations.records import append_record
 
-    (tmp_path / "classifier").mkdir()
-    _synthetic_runs().to_csv(tmp_path / "classifier" / "runs.csv", index=False)
+    (tmp_path / "classifier-paper").mkdir()  # the classifier arm's reference grid
+    _synthetic_runs().to_csv(tmp_path / "classifier-paper" / "runs.csv", index=False)
+    (tmp_path / "classifier").mkdir()  # the earlier grid: not read
+    _synthetic_runs(seeds=3).to_csv(tmp_path / "classifier" / "runs.csv", index=False)
     jl = tmp_path / "llm-calibrated" / "runs.jsonl"  # the llm arm's reference grid
     for seed, loss in ((0, 0.30), (1, 0.31), (0, 0.25)):  # seed 0 run twice: the last counts
         append_record(jl, {"key": f"k{seed}", "run_id": f"r{seed}", "arm": "llm", "task": "gsm8k",
@@ -301,7 +307,7 @@ def test_loader_reads_a_results_folder(tmp_path):
         "key k0 is stored on line 1 too; keeping line 3 (the newer)",
         "skipping a torn record (a run killed mid-write)"]
     cls, llm = inputs.runs_of("classifier"), inputs.runs_of("llm")
-    assert cls.complete and cls.source == str(tmp_path / "classifier" / "runs.csv")
+    assert cls.complete and cls.source == str(tmp_path / "classifier-paper" / "runs.csv")
     assert len(cls.table) == 24 and set(cls.table["variant"]) == {"adamw", "sin-l0.5"}
     assert not llm.complete and len(llm.table) == 2
     assert llm.source == f"{jl} (2 runs; no runs.csv yet, the grid may be incomplete)"
@@ -708,8 +714,8 @@ def test_cli_results_root_feeds_the_loader(tmp_path, capsys):
     from theory.__main__ import main
 
     root = tmp_path / "res"
-    (root / "classifier").mkdir(parents=True)
-    _synthetic_runs().to_csv(root / "classifier" / "runs.csv", index=False)
+    (root / "classifier-paper").mkdir(parents=True)  # the classifier arm's reference grid
+    _synthetic_runs().to_csv(root / "classifier-paper" / "runs.csv", index=False)
     assert main(["run", "--quick", "--only", "T8", "--out", str(tmp_path / "out"),
                  "--results-root", str(root)]) == 0
     out = capsys.readouterr().out
