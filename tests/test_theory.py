@@ -19,12 +19,13 @@ from theory import CHECKS, ArmRuns, Check, TheoryInputs, compare, load_inputs, r
 from theory.base import SIZES
 
 ALL = ["T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9"]
-#: the checks designed to pass (T8 is designed to fail)
+#: the checks expected to pass on analytic inputs alone (T8 needs runs, and derives its
+#: expected outcome from them)
 PASSING = [c for c in ALL if c != "T8"]
 ROOT = Path(__file__).resolve().parents[1]
-#: reference learning rates of the classifier and llm arms, as ablations/configs set them
-#: (test_loader_reads_configs checks that these are the configs' numbers)
-LR = {"classifier": 6e-3, "llm": 4e-4}
+#: reference learning rates of the classifier and llm arms, as their reference grids'
+#: configs set them (classifier-paper, llm-calibrated; test_loader_reads_configs checks them)
+LR = {"classifier": 1e-3, "llm": 4e-4}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def small_checks() -> dict[str, Check]:
     return {c.id: c for c in run_checks(size="small", inputs=inputs)}
 
 
-def _synthetic_runs(seeds: int = 12, lr: float = 6e-3):
+def _synthetic_runs(seeds: int = 12, lr: float = LR["classifier"]):
     """A classifier runs table: adamw and sin-l0.5, quantum attention, paired seeds."""
     import numpy as np
     import pandas as pd
@@ -70,6 +71,9 @@ def test_t8_not_run_without_classifier_results(small_checks):
     assert c.passed is None and math.isnan(c.measured)
     assert "classifier arm not run yet" in c.status
     assert "classifier arm not run yet" in c.summary
+    # no null control either: the paper's own ±0.7 pp sets the expectation (power 0.64)
+    assert c.expected_outcome == "fail" and not c.met
+    assert "expected to fail: a single run at the paper's own ±0.7 pp" in c.summary
 
 
 def test_t8_with_runs_passed_in():
@@ -78,13 +82,111 @@ def test_t8_with_runs_passed_in():
     c = t8_power("small", TheoryInputs(runs={"classifier": _synthetic_runs()}, lr=LR))
     assert c.status == "ran" and isinstance(c.passed, bool)
     c1 = next(r for r in c.tables["power"] if r["claim"] == "C1")
-    assert c1["n_pairs"] == 12 and c1["seeds_needed_80"] >= 2 and c1["lr"] == 6e-3
+    assert c1["n_pairs"] == 12 and c1["seeds_needed_80"] >= 2 and c1["lr"] == LR["classifier"]
     assert c.measured == pytest.approx(single_run_power(0.023, c1["sd_diff"]))
     assert c.passed == (c.measured >= 0.8)
+    # these runs hold no null control: the paper's ±0.7 pp sets the expected outcome
+    assert c.expected_outcome == "fail"
+    paper = next(r for r in c.tables["power"] if r["claim"].startswith("C1 (paper's"))
+    assert paper["sets_expected_outcome"] and paper["single_run_power"] < 0.8
+    null = next(r for r in c.tables["power"] if "null control" in r["claim"])
+    assert null["status"] == ("0 seeds paired gauss-l0.001/adamw with final_test_acc at lr "
+                              f"{LR['classifier']:g}, fewer than 5")
+    assert "sets_expected_outcome" not in null
     c6 = next(r for r in c.tables["power"] if r["claim"] == "C6")
     assert c6["status"] == "llm arm not run yet"
     # one run: 80% power needs the effect to be 2.8 standard deviations
     assert single_run_power(2.8016, 1.0) == pytest.approx(0.8, abs=1e-3)
+
+
+def _runs_with_null(sin_sd: float, null_sd: float, seeds: int = 12, lr: float = LR["classifier"],
+                    null_lr: float | None = None):
+    """adamw, sin-l0.5 and the null control gauss-l0.001 (at ``null_lr``, default ``lr``),
+    quantum attention, paired seeds; the paired differences of final_test_acc have about
+    the given sds (sin-l0.5 − adamw: ``sin_sd``, gauss-l0.001 − adamw: ``null_sd``)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for s in range(seeds):
+        base = 0.92 + 0.01 * rng.standard_normal()
+        for v, sd, at in (("adamw", 0.0, lr), ("sin-l0.5", sin_sd, lr),
+                          ("gauss-l0.001", null_sd, lr if null_lr is None else null_lr)):
+            rows.append({"run_id": f"{v}-{s}", "arm": "classifier", "variant": v,
+                         "attention": "quantum", "seed": s, "lr": at,
+                         "final_test_acc": base + sd * rng.standard_normal(),
+                         "epochs_to_90": 6.0})
+    return pd.DataFrame(rows)
+
+
+#: spreads of paired differences far below and far above the one where a single run has 80%
+#: power for C1's +2.3 pp (0.023 / 2.80 = 0.0082)
+SMALL_SD, LARGE_SD = 0.002, 0.03
+
+
+@pytest.mark.parametrize("sin_sd, null_sd, passed, expected", [
+    (SMALL_SD, SMALL_SD, True, "pass"),    # the paper grid's case: both spreads small
+    (LARGE_SD, LARGE_SD, False, "fail"),   # the earlier grid's case: both large
+    (LARGE_SD, SMALL_SD, False, "pass"),   # the sine widens the spread: T8 misses
+    (SMALL_SD, LARGE_SD, True, "fail")])   # the sine narrows it: T8 misses
+def test_t8_expected_outcome_follows_the_null_control(sin_sd, null_sd, passed, expected):
+    """T8 passes on the sine's spread and expects what the null control's spread gives: it
+    meets its expectation only when the two lie on the same side of 80% single-run power."""
+    from theory.power import single_run_power
+
+    inputs = TheoryInputs(runs={"classifier": _runs_with_null(sin_sd, null_sd)}, lr=LR)
+    (c,) = run_checks(["T8"], size="small", inputs=inputs)
+    rows = {r["claim"]: r for r in c.tables["power"]}
+    null = rows["C1 null control (gauss-l0.001 − adamw)"]
+    assert null["status"] == "ran" and null["n_pairs"] == 12 and null["sets_expected_outcome"]
+    assert "sets_expected_outcome" not in rows["C1 (paper's ±0.7 pp as seed sd)"]
+    assert c.passed is passed and c.measured == pytest.approx(
+        single_run_power(0.023, rows["C1"]["sd_diff"]))
+    assert c.expected_outcome == expected and c.met == (passed == (expected == "pass"))
+    assert f"expected to {expected}: a single run at the null control's spread" in c.summary
+    assert f"T8 was expected to {expected}" in c.survives
+
+
+def test_t8_null_control_counts_only_at_the_claims_learning_rate():
+    """Null-control runs at another learning rate than C1's pairs (or fewer than 5 pairs)
+    do not set the expectation: the paper's ±0.7 pp does."""
+    inputs = TheoryInputs(runs={"classifier": _runs_with_null(SMALL_SD, SMALL_SD,
+                                                              null_lr=3e-3)}, lr=LR)
+    (c,) = run_checks(["T8"], size="small", inputs=inputs)
+    null = next(r for r in c.tables["power"] if "null control" in r["claim"])
+    assert null["status"].startswith("0 seeds paired gauss-l0.001/adamw")
+    assert c.passed is True and c.expected_outcome == "fail" and not c.met
+    few = _runs_with_null(SMALL_SD, SMALL_SD)
+    few = few[(few["variant"] != "gauss-l0.001") | (few["seed"] < 4)]
+    (c,) = run_checks(["T8"], size="small", inputs=TheoryInputs(runs={"classifier": few}, lr=LR))
+    assert c.expected_outcome == "fail" and "4 seeds paired gauss-l0.001/adamw" in c.summary
+
+
+def test_derived_expectations_are_registered_and_checked(monkeypatch):
+    """T8 is registered to derive its expectation; a check so registered must return "pass"
+    or "fail", and a statically registered one gets its registration whatever it returns."""
+    from theory import base
+
+    base._load_all()
+    assert base.EXPECTED_OUTCOMES["T8"] == base.DERIVED
+    assert {base.EXPECTED_OUTCOMES[c] for c in PASSING} == {"pass"}
+    with pytest.raises(ValueError, match="invalid expected_outcome: 'maybe'"):
+        base.register("T99", expected_outcome="maybe")
+
+    def returns(outcome):
+        def check(size, inputs):
+            return Check(id="T9", claim="a stand-in", measured=1.0, expected=1.0,
+                         tolerance=0.0, passed=True, expected_outcome=outcome)
+        return check
+
+    monkeypatch.setitem(base.CHECKS, "T9", returns("fail"))
+    assert run_checks(["T9"], inputs=TheoryInputs())[0].expected_outcome == "pass"
+    monkeypatch.setitem(base.EXPECTED_OUTCOMES, "T9", base.DERIVED)
+    assert run_checks(["T9"], inputs=TheoryInputs())[0].expected_outcome == "fail"
+    monkeypatch.setitem(base.CHECKS, "T9", returns("derived"))
+    with pytest.raises(ValueError, match="T9 derives its expected outcome and returned "
+                                         "'derived'"):
+        run_checks(["T9"], inputs=TheoryInputs())
 
 
 def test_t8_reads_the_claims_it_is_given():
@@ -120,8 +222,8 @@ def test_t8_incomplete_grid_and_reference_lr_tie():
 
     from theory.power import t8_power
 
-    runs = pd.concat([_synthetic_runs(lr=3e-3), _synthetic_runs(lr=6e-3)], ignore_index=True)
-    for ref in (3e-3, 6e-3):
+    runs = pd.concat([_synthetic_runs(lr=1e-3), _synthetic_runs(lr=3e-3)], ignore_index=True)
+    for ref in (1e-3, 3e-3):
         inputs = TheoryInputs(runs={"classifier": ArmRuns(runs, "a running grid", False)},
                               lr={"classifier": ref, "llm": LR["llm"]})
         c = t8_power("small", inputs)
@@ -142,7 +244,7 @@ def test_t8_too_few_pairs():
 
 
 def test_inputs_validate():
-    inputs = TheoryInputs(runs={"classifier": None}, lr={"classifier": 6e-3})
+    inputs = TheoryInputs(runs={"classifier": None}, lr={"classifier": LR["classifier"]})
     assert inputs.runs_of("classifier") is None and inputs.runs_of("llm") is None
     with pytest.raises(KeyError,
                        match="no reference learning rate of arm 'llm'.*llm-calibrated.toml"):
@@ -164,12 +266,15 @@ def test_checks_needing_an_lr_say_which(small_checks):
 
 
 def test_loader_reads_configs():
-    """The reference rates are the reference grids' (the classifier's [grid].baseline_lr, the
-    llm's lr selected for AdamW on validation in llm-calibrated), through load_config."""
+    """The reference rates are the reference grids' (the classifier's: classifier-paper's
+    [grid].baseline_lr, Table II's 1e-3; the llm's: lr selected for AdamW on validation in
+    llm-calibrated), through load_config."""
+    from ablations.arms import get_arm
     from ablations.config import load_config, read_toml
 
+    assert get_arm("classifier").reference_grid == "classifier-paper"
     inputs = load_inputs(ROOT / "no-such-results")
-    cls = read_toml(ROOT / "ablations" / "configs" / "classifier.toml")
+    cls = read_toml(ROOT / "ablations" / "configs" / "classifier-paper.toml")
     llm = load_config(ROOT / "ablations" / "configs" / "llm-calibrated.toml")
     assert inputs.lr == {"classifier": cls["grid"]["baseline_lr"], "llm": llm.baseline_lr}
     assert inputs.lr == LR
@@ -184,8 +289,10 @@ def test_loader_reads_a_results_folder(tmp_path):
     torn line skipped with a warning; else None."""
     from ablations.records import append_record
 
-    (tmp_path / "classifier").mkdir()
-    _synthetic_runs().to_csv(tmp_path / "classifier" / "runs.csv", index=False)
+    (tmp_path / "classifier-paper").mkdir()  # the classifier arm's reference grid
+    _synthetic_runs().to_csv(tmp_path / "classifier-paper" / "runs.csv", index=False)
+    (tmp_path / "classifier").mkdir()  # the earlier grid: not read
+    _synthetic_runs(seeds=3).to_csv(tmp_path / "classifier" / "runs.csv", index=False)
     jl = tmp_path / "llm-calibrated" / "runs.jsonl"  # the llm arm's reference grid
     for seed, loss in ((0, 0.30), (1, 0.31), (0, 0.25)):  # seed 0 run twice: the last counts
         append_record(jl, {"key": f"k{seed}", "run_id": f"r{seed}", "arm": "llm", "task": "gsm8k",
@@ -200,7 +307,7 @@ def test_loader_reads_a_results_folder(tmp_path):
         "key k0 is stored on line 1 too; keeping line 3 (the newer)",
         "skipping a torn record (a run killed mid-write)"]
     cls, llm = inputs.runs_of("classifier"), inputs.runs_of("llm")
-    assert cls.complete and cls.source == str(tmp_path / "classifier" / "runs.csv")
+    assert cls.complete and cls.source == str(tmp_path / "classifier-paper" / "runs.csv")
     assert len(cls.table) == 24 and set(cls.table["variant"]) == {"adamw", "sin-l0.5"}
     assert not llm.complete and len(llm.table) == 2
     assert llm.source == f"{jl} (2 runs; no runs.csv yet, the grid may be incomplete)"
@@ -607,8 +714,8 @@ def test_cli_results_root_feeds_the_loader(tmp_path, capsys):
     from theory.__main__ import main
 
     root = tmp_path / "res"
-    (root / "classifier").mkdir(parents=True)
-    _synthetic_runs().to_csv(root / "classifier" / "runs.csv", index=False)
+    (root / "classifier-paper").mkdir(parents=True)  # the classifier arm's reference grid
+    _synthetic_runs().to_csv(root / "classifier-paper" / "runs.csv", index=False)
     assert main(["run", "--quick", "--only", "T8", "--out", str(tmp_path / "out"),
                  "--results-root", str(root)]) == 0
     out = capsys.readouterr().out
@@ -628,7 +735,7 @@ def _fake(passed):
 @pytest.mark.parametrize("passed, expected_outcome, status, mark", [
     (True, "pass", 0, "pass"), (False, "pass", 1, "FAIL"), (None, "pass", 1, "NOT RUN"),
     (False, "fail", 0, "FAIL (expected)"),
-    (True, "fail", 1, "pass (UNEXPECTED: designed to fail)")])
+    (True, "fail", 1, "pass (UNEXPECTED: expected to fail)")])
 def test_cli_exit_status_says_whether_every_check_met_its_expectation(
         tmp_path, capsys, monkeypatch, passed, expected_outcome, status, mark):
     from theory import base
@@ -663,22 +770,37 @@ def test_cli_unknown_check_id_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_t8_is_marked_expected_to_fail_in_checks_csv_and_report(tmp_path):
-    """T8 fails by design (the paper's single run has no 80% power): checks.csv says so in
-    expected_outcome, the report next to its result. A raw/T8.json stored before checks
-    carried the mark (the stored one without its expected_outcome) gets T8's registered one
-    when re-rendered."""
-    from theory.report import load_checks, render
+def test_expected_outcomes_in_checks_csv_and_report(tmp_path, monkeypatch):
+    """A check's expected outcome is stored with it and shown: checks.csv's expected_outcome,
+    the report's "(expected)" beside a failure it expects. A check stored before checks
+    carried the mark gets its registered one when re-rendered; one whose expectation is
+    derived from its inputs (T8) cannot, and re-rendering it asks for a re-run."""
+    from theory import base
+    from theory.report import load_checks, render, save_check
 
-    (tmp_path / "raw").mkdir()
-    stored = json.loads((ROOT / "results" / "theory" / "raw" / "T8.json").read_text())
-    stored.pop("expected_outcome", None)
-    (tmp_path / "raw" / "T8.json").write_text(json.dumps(stored))
-    (c,) = load_checks(tmp_path)
-    assert c.passed is False and c.expected_outcome == "fail" and c.met
+    base._load_all()
+    monkeypatch.setitem(base.EXPECTED_OUTCOMES, "T9", "fail")
+    t8 = Check(id="T8", claim="a stand-in", measured=0.2, expected=0.8, tolerance=0.0,
+               passed=False, relation=">=", summary="s", expected_outcome="fail")
+    t9 = Check(id="T9", claim="another", measured=0.0, expected=1.0, tolerance=0.0,
+               passed=False, summary="s")
+    for c in (t8, t9):
+        save_check(c, tmp_path)
+    stored = json.loads((tmp_path / "raw" / "T9.json").read_text())
+    stored.pop("expected_outcome")  # stored before the mark: gets T9's registered "fail"
+    (tmp_path / "raw" / "T9.json").write_text(json.dumps(stored))
+    c8, c9 = load_checks(tmp_path)
+    assert (c8.expected_outcome, c9.expected_outcome) == ("fail", "fail") and c8.met and c9.met
     render(tmp_path)
     with open(tmp_path / "checks.csv", newline="") as fh:
-        (row,) = list(csv.DictReader(fh))
-    assert (row["passed"], row["expected_outcome"]) == ("False", "fail")
+        rows = list(csv.DictReader(fh))
+    assert [(r["id"], r["passed"], r["expected_outcome"]) for r in rows] == [
+        ("T8", "False", "fail"), ("T9", "False", "fail")]
     md = (tmp_path / "report.md").read_text()
     assert "| **fail** (expected) |" in md and "**Result:** **fail** (expected) (" in md
+    stored = json.loads((tmp_path / "raw" / "T8.json").read_text())
+    stored.pop("expected_outcome")
+    (tmp_path / "raw" / "T8.json").write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match="T8 derives its expected outcome from its inputs "
+                                         "and this stored check has none; re-run it"):
+        load_checks(tmp_path)

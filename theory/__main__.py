@@ -9,8 +9,10 @@ the committed results.
 ``--only`` runs some checks and re-renders the report with the others as last stored.
 
 Exit status of ``run``: 0 when every check run meets its expectation (passes, or fails where it
-is designed to, like T8: :attr:`theory.base.Check.met`); 1 when one does not (a failure, a pass
-of a check expected to fail, or a check that could not run for lack of inputs). Both commands:
+is designed or, by its stated rule, expected to: :attr:`theory.base.Check.met`; T8 derives its
+expectation from the grid's null control); 1 when one does not (a failure of a check expected
+to pass, a pass of a check expected to fail, or a check that could not run for lack of
+inputs). Both commands:
 2 for bad arguments or input (one line ``error: ...``, e.g. an unknown ``--only`` id, or no
 stored checks to re-render), 130 when interrupted; ``--debug`` shows the traceback instead.
 """
@@ -30,7 +32,7 @@ def _mark(check) -> str:
         return "NOT RUN"
     mark = "pass" if check.passed else "FAIL"
     if check.expected_outcome == "fail":
-        mark += " (expected)" if not check.passed else " (UNEXPECTED: designed to fail)"
+        mark += " (expected)" if not check.passed else " (UNEXPECTED: expected to fail)"
     return mark
 
 

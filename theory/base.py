@@ -21,12 +21,15 @@ arms' runs tables, their reference learning rates, the claims. A check reads no 
 
 ``passed`` is ``None`` when the check could not run (its ``status`` then says why, e.g.
 "classifier arm not run yet"). ``expected_outcome`` is ``"pass"``, or ``"fail"`` for a check
-designed to fail (T8: the paper's single-run design has no 80% power; registered with
-``@register("T8", expected_outcome="fail")``): a check *meets its expectation*
-(:attr:`Check.met`) when it ran and ``passed`` is what was expected, and ``python -m theory run``
-exits 0 only when every check does. Beyond the six CSV fields a check carries a one-line
-``summary`` (printed by the CLI), the ``derivation`` and ``survives`` paragraphs of the
-report (markdown), result ``tables`` (lists of row dicts) and ``data`` for its figures.
+designed to fail (registered with ``@register("T…", expected_outcome="fail")``), or for a
+check registered with ``expected_outcome="derived"`` whatever the check derives from its inputs
+by a rule its docstring states and sets on the :class:`Check` it returns (T8: pass expected
+where the reference grid's null control gives a single run 80% power, fail otherwise). A check
+*meets its expectation* (:attr:`Check.met`) when it ran and ``passed`` is what was expected, and
+``python -m theory run`` exits 0 only when every check does. Beyond the six CSV fields a
+check carries a one-line ``summary`` (printed by the CLI), the ``derivation`` and
+``survives`` paragraphs of the report (markdown), result ``tables`` (lists of row dicts) and
+``data`` for its figures.
 Checks compute only; :mod:`theory.plots` draws and :mod:`theory.report` writes.
 """
 
@@ -41,12 +44,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .inputs import TheoryInputs
 
-__all__ = ["Check", "SIZES", "RELATIONS", "OUTCOMES", "register", "CHECKS",
+__all__ = ["Check", "SIZES", "RELATIONS", "OUTCOMES", "DERIVED", "register", "CHECKS",
            "EXPECTED_OUTCOMES", "run_checks", "compare", "check_ids"]
 
 SIZES = ("small", "full")
 RELATIONS = ("<=", "==", ">=", "x")
+#: what a check may be expected to do (:attr:`Check.expected_outcome`)
 OUTCOMES = ("pass", "fail")
+#: registered instead of an outcome: the check derives its expected outcome from its inputs
+DERIVED = "derived"
 
 
 def compare(measured: float, expected: float, tolerance: float, relation: str) -> bool:
@@ -112,17 +118,19 @@ class Check:
 
 CheckFn = Callable[..., Check]
 CHECKS: dict[str, CheckFn] = {}
-#: check id → "pass" or "fail": what the check is designed to show
+#: check id → "pass" or "fail" (what the check is designed to show), or :data:`DERIVED`
 EXPECTED_OUTCOMES: dict[str, str] = {}
 
 
 def register(check_id: str, *, expected_outcome: str = "pass") -> Callable[[CheckFn], CheckFn]:
     """Decorator: make a check function available under ``check_id`` (run in id order).
     ``expected_outcome="fail"`` marks a check designed to fail (module docstring); the checks
-    it returns, and stored ones re-rendered, carry the mark."""
-    if expected_outcome not in OUTCOMES:
+    it returns, and stored ones re-rendered, carry the mark. ``expected_outcome="derived"``
+    (:data:`DERIVED`): the check sets ``expected_outcome`` on each check it returns, from its
+    inputs, by the rule its docstring states."""
+    if expected_outcome not in (*OUTCOMES, DERIVED):
         raise ValueError(f"invalid expected_outcome: {expected_outcome!r} "
-                         f"(valid: {', '.join(OUTCOMES)})")
+                         f"(valid: {', '.join((*OUTCOMES, DERIVED))})")
 
     def wrap(fn: CheckFn) -> CheckFn:
         CHECKS[check_id] = fn
@@ -166,7 +174,12 @@ def run_checks(ids: list[str] | None = None, size: str = "full", *, inputs: Theo
         check = CHECKS[cid](size, inputs)
         check.seconds = time.perf_counter() - t0
         check.size = size
-        check.expected_outcome = EXPECTED_OUTCOMES.get(cid, "pass")
+        registered = EXPECTED_OUTCOMES.get(cid, "pass")
+        if registered != DERIVED:
+            check.expected_outcome = registered
+        elif check.expected_outcome not in OUTCOMES:
+            raise ValueError(f"{cid} derives its expected outcome and returned "
+                             f"{check.expected_outcome!r} (valid: {', '.join(OUTCOMES)})")
         out.append(check)
         if on_done is not None:
             on_done(check)

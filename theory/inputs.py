@@ -6,13 +6,14 @@ arms' reference learning rates and the paper's claims. :func:`load_inputs` is th
 of the suite that reads files for them (``python -m theory run`` calls it once); no theory
 module reads a file when imported or inside a check, so a check runs on hand-made inputs::
 
-    inputs = TheoryInputs(runs={"classifier": runs_df}, lr={"classifier": 6e-3})
+    inputs = TheoryInputs(runs={"classifier": runs_df}, lr={"classifier": 1e-3})
     t8_power("small", inputs)
 
 What :func:`load_inputs` reads:
 
 * ``<results_root>/<grid>/runs.csv`` of every registered arm (:func:`ablations.arms.arm_names`),
-  ``<grid>`` its ``reference_grid`` (the llm arm: ``llm-calibrated``) or else its name; else
+  ``<grid>`` its ``reference_grid`` (the classifier arm: ``classifier-paper``, the paper
+  protocol's grid; the llm arm: ``llm-calibrated``) or else its name; else
   that grid's ``runs.jsonl`` (a grid still running: flattened with
   :func:`ablations.tables.runs_table`, the newest record of each run kept), else nothing;
 * the arm's reference learning rate, ``baseline_lr`` of ``ablations/configs/<grid>.toml``

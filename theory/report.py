@@ -5,7 +5,8 @@ Layout of ``results/theory/`` (the data contract, DESIGN.md)::
 
     raw/<id>.json      every field of one check (re-rendering needs no re-run)
     checks.csv         id, claim, measured, expected, tolerance, passed, then extras (the last,
-                       expected_outcome: "fail" for a check designed to fail)
+                       expected_outcome: "fail" for a check designed or, by its rule,
+                       expected to fail)
     claims.json        {"C7": {"measured", "ci", "test", "verdict"}} for the claims ledger
     report.md          derivations, measurements, figures, verdicts
     figures/*.png
@@ -24,7 +25,7 @@ from typing import Any
 
 from ablations.records import json_default
 
-from .base import EXPECTED_OUTCOMES, Check, check_ids
+from .base import DERIVED, EXPECTED_OUTCOMES, Check, check_ids
 
 __all__ = ["CSV_COLUMNS", "save_check", "load_checks", "render", "write_csv"]
 
@@ -45,14 +46,20 @@ def save_check(check: Check, out: Path) -> Path:
 
 def load_checks(out: Path) -> list[Check]:
     """All checks stored under ``out/raw``, in id order; one stored before checks carried
-    their ``expected_outcome`` gets its check's registered one."""
+    their ``expected_outcome`` gets its check's registered one (a check that derives its
+    expectation from its inputs has none to give: ValueError, re-run it)."""
     raw = Path(out) / "raw"
     names = {f.name for f in fields(Check)}
     check_ids()  # registers every check, and so its expected outcome
     checks = []
     for path in sorted(raw.glob("*.json")):
         d = json.loads(path.read_text())
-        d.setdefault("expected_outcome", EXPECTED_OUTCOMES.get(d.get("id"), "pass"))
+        registered = EXPECTED_OUTCOMES.get(d.get("id"), "pass")
+        if "expected_outcome" not in d and registered == DERIVED:
+            raise ValueError(f"{path}: {d.get('id')} derives its expected outcome from its "
+                             "inputs and this stored check has none; re-run it "
+                             f"(`python -m theory run --only {d.get('id')}`)")
+        d.setdefault("expected_outcome", registered)
         checks.append(Check(**{k: v for k, v in d.items() if k in names}))
     return sorted(checks, key=lambda c: c.id)
 

@@ -13,6 +13,7 @@ import functools
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -300,8 +301,9 @@ def _changed(thetas, grads, variant: str, lr: float, limit: int | None = None
 
 @functools.lru_cache(maxsize=2)
 def classifier_trace(size: str, lr: float, variant: str = "sin-l0.5") -> dict:
-    """A short classifier-arm training run (quantum attention, the arm's task and model,
-    constant ``lr`` (the arm's reference learning rate), clip 1, wd 0.01). Every 4th step
+    """A short classifier-arm training run (quantum attention, the arm's default task and
+    model, ``ClassifierOptions()``, whichever grid is the reference; constant ``lr``, the
+    reference grid's learning rate; clip 1, wd 0.01). Every 4th step
     the optimizer's ratio is tracked and compared with the estimates from that step's θ and
     clipped g (cached; treat the returned tensors as read-only)."""
     from ablations.arms.classifier import ClassifierOptions, build_model, derived_seeds, make_task
@@ -353,7 +355,8 @@ def classifier_trace(size: str, lr: float, variant: str = "sin-l0.5") -> dict:
         rec["theta_rms"].append(math.sqrt(st["th2"] / st["n"]))
         rec["grad_rms"].append(math.sqrt(st["g2"] / st["n"]))
     names = [nm for nm, _ in model.named_parameters()]
-    return {"rec": rec, "names": names, "init_thetas": init_thetas, "first_grads": first_grads}
+    return {"rec": rec, "names": names, "init_thetas": init_thetas, "first_grads": first_grads,
+            "options": o}
 
 
 @functools.lru_cache(maxsize=2)
@@ -369,6 +372,13 @@ def llm_measurements(size: str, lr: float) -> dict:
     ch_all = _changed(llm.thetas, llm.grads, "sin-l0.5", lr, limit=65536)
     ch_first = _changed(llm.thetas, llm.grads, "sin-l0.5-first4", lr, limit=8)
     return {"stats": st, "ratio": ratio, "changed_all": ch_all, "changed_first4": ch_first}
+
+
+def _grid_name(source: str) -> str:
+    """The grid folder of a runs table's source (``results/classifier-paper/runs.csv`` →
+    ``classifier-paper``); a source that is no such path, as given."""
+    path = Path(source)
+    return path.parent.name if path.name == "runs.csv" and path.parent.name else source
 
 
 def _grid_ratios(inputs: TheoryInputs) -> list[dict]:
@@ -485,20 +495,27 @@ g_rms ≤ 1/√18296 ≈ 7·10⁻³ and the ratio is ~10⁻³.
 a unit in the last place of θ_i (ulp(0.05) ≈ 3.7·10⁻⁹ in float32) the addition changes
 nothing. With lr = {llm_lr:g} and |Q_i| ~ 10⁻⁵ that is the case for almost every weight.
 
-**Measurement.** (1) The classifier arm's model and task, quantum attention, sin-l0.5,
-lr {cls_lr:g} constant, clip 1, {rec['step'][-1]} steps: every {'4th' if size == 'full' else ''}
-step, the optimizer's own ratio (`track_ratio=True`) against the estimates from that step's
-θ and clipped g, with a_rms from the optimizer state. (2) {llm_name} ({llm.source}), one
-forward and backward pass in float32 on {llm.data} ({llm.n_tokens} answer tokens, loss
-{llm.loss:.3f}, raw gradient norm {llm.raw_norm:.3g}, clipped to 1): the real optimizer's
-ratio at step 1 (whole model) against the a-priori estimate (A = g/(|g|+ε)). (3) One float32
-step of sin-l0.5 and of adamw from the same state and gradient: how many weights end up
-different (for the LLM over the first 65,536 entries of every tensor — the update is per
+**Measurement.** (1) The classifier arm's default model and task (`ClassifierOptions()`:
+d_model {tr['options'].d_model}, {tr['options'].attn_qubits}-qubit attention, batch
+{tr['options'].batch_size}; not the reference grid's model), quantum attention, sin-l0.5,
+lr {cls_lr:g} (the reference grid's) constant, clip 1, {rec['step'][-1]} steps: every
+{'4th ' if size == 'full' else ''}step, the optimizer's own ratio (`track_ratio=True`) against
+the estimates from that step's θ and clipped g, with a_rms from the optimizer state.
+(2) {llm_name} ({llm.source}), one forward and backward pass in float32 on {llm.data}
+({llm.n_tokens} answer tokens, loss {llm.loss:.3f}, raw gradient norm {llm.raw_norm:.3g},
+clipped to 1): the real optimizer's ratio at step 1 (whole model) against the a-priori
+estimate (A = g/(|g|+ε)). (3) One float32 step of sin-l0.5 and of adamw from the same state
+and gradient: how many weights end up different (for the LLM over the first 65,536 entries
+of every tensor — the update is per
 coordinate, so these are exactly the values a full step gives)."""
     if grid:
-        derivation += ("\n\n**Grid runs.** The `perturbation_ratio` column of the arms' runs "
-                       "(mean over each run's sampled steps) is in the table *grid ratios*; "
-                       "the estimate predicts it proportional to λ (column ratio_over_lambda).")
+        # the grid folder of each arm's runs.csv (the table's source), e.g. classifier-paper
+        sources = ", ".join(sorted({f"{g['arm']}: {_grid_name(inputs.runs_of(g['arm']).source)}"
+                                    for g in grid}))
+        derivation += ("\n\n**Grid runs.** The `perturbation_ratio` column of the arms' "
+                       f"reference grids' runs ({sources}; mean over each run's sampled steps) "
+                       "is in the table *grid ratios*; the estimate predicts it proportional to "
+                       "λ (column ratio_over_lambda).")
     frac = changed / compared if compared else math.nan
     survives = (
         f"No: the sine term is about {cls_med:.0e} of Adam's step in the classifier and "
@@ -549,13 +566,16 @@ def t7_scope(size: str, inputs: TheoryInputs) -> Check:
     from ablations.llm import PRESETS
 
     rows = []
+    opts = ClassifierOptions()  # the arm's default model, not the reference grid's (T3's trace)
     for att in ("quantum", "classical"):
         torch.manual_seed(0)
-        m = build_model(ClassifierOptions(), att)
+        m = build_model(opts, att)
         numels = [p.numel() for p in m.parameters()]
         t, tot, fr = scope_fraction(numels)
         rows.append({"model": f"classifier ({att} attention)", "tensors": len(numels),
-                     "params": tot, "touched": t, "fraction": fr, "source": "built"})
+                     "params": tot, "touched": t, "fraction": fr,
+                     "source": f"built from ClassifierOptions() (d_model {opts.d_model}, "
+                               f"{opts.attn_qubits} qubits)"})
     llm = llm_gradients(size)
     lm = llm_measurements(size, llm_lr)
     real = [t.numel() for t in llm.thetas]

@@ -288,6 +288,8 @@ class Classifier(Arm):
                 "perturbation", "curves")
     selection_metric = "final_val_acc"
     selection_exhibits = ("difficulty", "lr_sensitivity")
+    #: the theory suite reads the paper protocol's grid (Table II's model, lr 1e-3, its seeds)
+    reference_grid = "classifier-paper"
     #: the paper's protocol gives no task: its difficulty is chosen so that Adam reaches 90%
     #: validation accuracy at about the paper's 7.4 epochs (configs/classifier-difficulty.toml)
     difficulty = TimeTarget("epochs_to_90_val", "reached_90_val", "epochs", 7.4,
