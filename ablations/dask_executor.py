@@ -130,7 +130,7 @@ class DaskExecutor(cf.Executor):
         resources = {"resources": {"GPU": 1}} if self._gpu else {}
         self._inner = client.get_executor(pure=False, **resources)
         self._setup = ((type(a).__module__,), int(threads), tuple(devices))
-        self._max_workers = len(client.scheduler_info()["workers"])
+        self.workers = len(client.scheduler_info()["workers"])
 
     @property
     def dashboard_link(self) -> str | None:
@@ -152,7 +152,7 @@ class DaskExecutor(cf.Executor):
 
 def _announce(ex: DaskExecutor, where: str) -> None:
     link = ex.dashboard_link
-    print(f"Dask: {where}, {ex._max_workers} worker(s); dashboard "
+    print(f"Dask: {where}, {ex.workers} worker(s); dashboard "
           + (link if link else "not served (pip install bokeh>=3.1)"), file=sys.stderr,
           flush=True)
 

@@ -173,6 +173,12 @@ def default_executor(max_workers: int | None = None, arm: str = "classifier",
     built-ins runs too, ignores SIGINT and exits when this process dies
     (:func:`_watch_parent`)."""
     n, threads, devices = worker_layout(arm, max_workers, runs_per_gpu)
+    pool = _pool(n, threads, devices, arm)
+    pool.workers = n  # the sweep log reads this (Dask's executor has it too)
+    return pool
+
+
+def _pool(n: int, threads: int, devices: list[str], arm: str) -> cf.ProcessPoolExecutor:
     ctx = mp.get_context("spawn")
     modules, parent = (type(get_arm(arm)).__module__,), os.getpid()
     if devices:
@@ -344,7 +350,7 @@ def _log_sweep(folder, config: GridConfig, counts: dict[str, int], started: str,
         grid=config.name, started=started, wall_s=round(wall, 1), ran=counts["ran"],
         stored=counts["stored"], total=counts["total"], failed=counts["failed"],
         interrupted=interrupted, executor=getattr(ex, "kind", "processes"),
-        workers=getattr(ex, "_max_workers", None), runs_per_gpu=config.runs_per_gpu,
+        workers=getattr(ex, "workers", None), runs_per_gpu=config.runs_per_gpu,
         commit=sha, dirty=dirty, cpu=cpu_model(), gpu=gpu))
 
 
