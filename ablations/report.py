@@ -219,7 +219,9 @@ def _sweeps_section(out: Path) -> list[str]:
         gpu = s.get("gpu") or {}
         wall = float(s.get("wall_s", float("nan")))
         rows.append({"started (UTC)": str(s.get("started", ""))[:16],
-                     "runs": str(s.get("ran")), "wall (min)": f"{wall / 60:.1f}",
+                     "runs": str(s.get("ran")) + (" (killed: its last checkpoint)"
+                                                  if s.get("partial") else ""),
+                     "wall (min)": f"{wall / 60:.1f}",
                      "min per run": f"{wall / 60 / max(1, s.get('ran') or 0):.2f}",
                      "failed": str(s.get("failed", 0)),
                      "executor": str(s.get("executor", "processes")),

@@ -35,6 +35,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import sweeplog
 from .arms import get_arm
 from .config import GridConfig, RunSpec, expand
 from .failures import FAILURES_FILE, Attempt, append_failure, failure_entry
@@ -263,6 +264,7 @@ def run_grid(
         bar = None
         sampler = GpuSampler().start() if config.arm_obj.resources == "gpu" else None
         started, t0, interrupted = utc_now(), time.perf_counter(), False
+        logged = t0
         attempt = Attempt(run_fn)
         try:
             ex = ex or _build_executor(kind, config, workers)
@@ -291,6 +293,10 @@ def run_grid(
                     append_record(runs_path, record)
                     counts["ran"] += 1
                     counts["stored"] += 1
+                    if time.perf_counter() - logged >= sweeplog.CHECKPOINT_S:
+                        logged = time.perf_counter()  # a killed session keeps its figures
+                        _log_sweep(folder, config, counts, started, logged - t0, ex,
+                                   sampler, False, partial=True)
                     if on_record is not None:
                         on_record(record)
                     bar.update(1)
@@ -339,10 +345,14 @@ def _build_executor(kind: str, config: GridConfig, workers: int | None) -> cf.Ex
 
 def _log_sweep(folder, config: GridConfig, counts: dict[str, int], started: str,
                wall: float, ex: cf.Executor | None, sampler: GpuSampler | None,
-               interrupted: bool) -> None:
+               interrupted: bool, partial: bool = False) -> None:
     """One line of ``sweeps.jsonl`` (:mod:`ablations.sweeplog`) for a session that ran
-    something: its wall clock, executor, workers, packing and GPU utilisation."""
-    gpu = sampler.stop() if sampler is not None else None
+    something: its wall clock, executor, workers, packing and GPU utilisation; ``partial``:
+    a checkpoint of the session so far (the sampler keeps sampling)."""
+    if sampler is None:
+        gpu = None
+    else:
+        gpu = sampler.summary() if partial else sampler.stop()
     if counts["ran"] == 0 and counts["failed"] == 0:
         return
     sha, dirty = commit_info()
@@ -351,7 +361,8 @@ def _log_sweep(folder, config: GridConfig, counts: dict[str, int], started: str,
         stored=counts["stored"], total=counts["total"], failed=counts["failed"],
         interrupted=interrupted, executor=getattr(ex, "kind", "processes"),
         workers=getattr(ex, "workers", None), runs_per_gpu=config.runs_per_gpu,
-        commit=sha, dirty=dirty, cpu=cpu_model(), gpu=gpu))
+        commit=sha, dirty=dirty, cpu=cpu_model(), gpu=gpu, **({"partial": True} if partial
+                                                               else {})))
 
 
 def _stop_workers(ex: cf.Executor) -> None:

@@ -12,6 +12,12 @@ at least one run appends one strict-JSON line (NaN/Infinity as strings, as recor
      "gpu": {"samples": n, "interval_s": s, "util_mean": %, "util_median": %,
              "mem_max_mib": MiB, "devices": n} | null}
 
+A session also appends a *checkpoint* of that line (``"partial": true``, the figures so far)
+after a stored run once :data:`CHECKPOINT_S` seconds have passed since its previous line, so a
+session killed outright (a GPU machine taken back, SIGKILL) still leaves its wall clock and GPU
+utilisation up to its last checkpoint. Lines share ``started``; :func:`load_sweeps` keeps the
+last line of each session (its final line, or its last checkpoint when it was killed).
+
 (``failed``: runs logged in ``failures.jsonl`` this session; ``executor``: the runner's process
 pool, a local Dask cluster, or a running Dask scheduler, whose ``workers`` are those connected
 when the session started; lines written before these fields existed have neither, and were all
@@ -34,9 +40,11 @@ from typing import Any
 
 from .records import append_record, load_log
 
-__all__ = ["SWEEPS_FILE", "GpuSampler", "append_sweep", "load_sweeps"]
+__all__ = ["SWEEPS_FILE", "CHECKPOINT_S", "GpuSampler", "append_sweep", "load_sweeps"]
 
 SWEEPS_FILE = "sweeps.jsonl"
+#: seconds between a session's checkpoint lines (written after a stored run)
+CHECKPOINT_S = 300.0
 
 _QUERY = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
           "--format=csv,noheader,nounits"]
@@ -94,7 +102,7 @@ class GpuSampler:
             self._thread.join(timeout=15)
         return self.summary()
 
-    def summary(self) -> dict[str, Any] | None:
+    def summary(self) -> dict[str, Any] | None:  # also while sampling: a checkpoint's figures
         """Utilisation mean and median (% over samples, each the mean over devices), the
         largest memory used on one device (MiB), the sample count; None without samples."""
         if not self.samples:
@@ -115,5 +123,11 @@ def append_sweep(folder: str | Path, entry: dict[str, Any]) -> Path:
 
 
 def load_sweeps(folder: str | Path) -> list[dict[str, Any]]:
-    """The sweep log's entries (a torn or unreadable line is skipped)."""
-    return load_log(Path(folder) / SWEEPS_FILE)
+    """The sweep log's sessions, one entry each in the order they started: the last line of
+    each (grid, ``started``) (a session's checkpoints are superseded by its later lines; a torn or
+    unreadable line is skipped)."""
+    last: dict[Any, dict[str, Any]] = {}
+    for i, entry in enumerate(load_log(Path(folder) / SWEEPS_FILE)):
+        sid = (entry.get("grid"), entry.get("started")) if entry.get("started") else i
+        last[sid] = entry  # at the place of the session's first line
+    return list(last.values())

@@ -206,6 +206,33 @@ def test_a_dirty_record_is_rerun_and_its_clean_rerun_supersedes_it(tmp_path):
         assert is_dirty({r["key"]: r for r in load_records(runs)}[first["key"]])
 
 
+def test_a_session_checkpoints_its_sweep_line_so_a_killed_one_keeps_its_figures(
+        tmp_path, monkeypatch):
+    """After a stored run, once CHECKPOINT_S has passed, the session appends a partial sweep
+    line; the final line supersedes them (one session, one entry); a session killed before
+    its final line leaves its last checkpoint, which the report marks."""
+    from ablations import sweeplog
+    from ablations.report import render_arm
+
+    cfg = load_config(_write(tmp_path))
+    monkeypatch.setattr(sweeplog, "CHECKPOINT_S", 0.0)  # a checkpoint after every run
+    run_grid(cfg, SerialExecutor(), progress=False)
+    path = cfg.results / sweeplog.SWEEPS_FILE
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    n = len(cfg.specs)
+    assert [x.get("partial", False) for x in lines] == [True] * n + [False]
+    assert [x["ran"] for x in lines] == [*range(1, n + 1), n]
+    assert len({x["started"] for x in lines}) == 1
+    (session,) = sweeplog.load_sweeps(cfg.results)
+    assert session == lines[-1] and "partial" not in session
+    # killed before the final line: the last checkpoint stands for the session
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines[:-2]))
+    (session,) = sweeplog.load_sweeps(cfg.results)
+    assert session["partial"] is True and session["ran"] == n - 1
+    row = next(x for x in render_arm(cfg).read_text().splitlines() if x.startswith("| 20"))
+    assert f"| {n - 1} (killed: its last checkpoint) |" in row
+
+
 def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
     """Kill a real `python -m ablations run` mid-grid, rerun it, and count the records."""
     cfg_path = _write(tmp_path, seeds=12)  # enough runs that the kill lands mid-grid
