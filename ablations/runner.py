@@ -309,7 +309,7 @@ def run_grid(
                 own = False
             with warnings.catch_warnings():  # the file's problems were reported on entry
                 warnings.simplefilter("ignore")
-                stored = {r["key"] for r in load_records(runs_path)}
+                stored = {r["key"] for r in load_records(runs_path) if not is_dirty(r)}
             counts["stored"] = sum(s.key in stored for s in config.specs)
             counts["ran"] = counts["stored"] - done_before
             interrupted = True

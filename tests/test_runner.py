@@ -206,6 +206,26 @@ def test_a_dirty_record_is_rerun_and_its_clean_rerun_supersedes_it(tmp_path):
         assert is_dirty({r["key"]: r for r in load_records(runs)}[first["key"]])
 
 
+def test_an_interrupted_sweep_counts_no_dirty_record_as_stored(tmp_path):
+    """Interrupted before any run ends: the runs it says are stored are the clean ones, and
+    none of them ran this time (a dirty record is not done, before or after)."""
+    from ablations.runner import SweepInterrupted
+
+    cfg = load_config(_write(tmp_path))
+    run_grid(cfg, SerialExecutor(), progress=False, limit=2)
+    runs = cfg.results / "runs.jsonl"
+    first, second = (json.loads(x) for x in runs.read_text().splitlines())
+    first["provenance"]["dirty"] = True
+    runs.write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n")
+
+    def interrupt(spec):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SweepInterrupted) as caught:
+        run_grid(cfg, SerialExecutor(), progress=False, run_fn=interrupt)
+    assert (caught.value.counts["stored"], caught.value.counts["ran"]) == (1, 0)
+
+
 def test_a_session_checkpoints_its_sweep_line_so_a_killed_one_keeps_its_figures(
         tmp_path, monkeypatch):
     """After a stored run, once CHECKPOINT_S has passed, the session appends a partial sweep
