@@ -296,11 +296,11 @@ lower spread it passes, which a fixed expectation could not anticipate."""
             + "; 80% needs "
             f"{c1['seeds_needed_80']:.0f} paired seeds, and a single-run difference at least "
             f"as large as the paper's arises by chance with probability "
-            f"{c1['p_single_run_this_large_by_chance']:.2f}. "
+            f"{c1['p_single_run_this_large_by_chance']:.2g}. "
             + " ".join(f"{cid}: {have[cid]['seeds_needed_80']:.0f} seeds needed, single-run "
                        f"power {have[cid]['single_run_power']:.2f}, chance of the paper's "
                        f"difference under no effect "
-                       f"{have[cid]['p_single_run_this_large_by_chance']:.2f}."
+                       f"{have[cid]['p_single_run_this_large_by_chance']:.2g}."
                        for cid in POWER_CLAIMS[1:] if cid in have)
             + " (C6's sd comes from SmolLM2-135M, not the paper's Llama-3.2-1B.)" * ("C6" in have)
             + (f" Provisional: {c1['n_pairs']} pairs from a grid still running; re-run with "
