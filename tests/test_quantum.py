@@ -104,3 +104,20 @@ def test_noisy_program_noiseless_is_ideal_and_series_is_direct():
                                   m.weights.double())
         direct = weight_classes(p) @ weight_values(2, torch.float64)
         assert torch.allclose(m(s), direct, atol=1e-9)
+
+
+def test_c4_ledger_note_reads_the_qpu_table():
+    import pandas as pd
+
+    from ablations.claims import _c4_qpu
+
+    assert _c4_qpu(None) is None
+    t = pd.DataFrame([
+        {"model": "the paper's classifier (x)", "shots": 1024, "scenario": "shot-limited",
+         "qpu_seconds": 86400.0 * 3},
+        {"model": "the paper's classifier (x)", "shots": 1024, "scenario": "session",
+         "qpu_seconds": 86400.0 * 4},
+        {"model": "the paper's LLM epoch", "shots": 1024, "scenario": "shot-limited",
+         "qpu_seconds": 3.156e7 * 2}])
+    note = _c4_qpu(t)
+    assert "3 days shot-limited (4 in a reserved session)" in note and "2 years" in note
