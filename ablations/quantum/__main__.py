@@ -61,6 +61,11 @@ def _t_ci(d: np.ndarray) -> tuple[float, float, float]:
     return float(m), float(m - h), float(m + h)
 
 
+def _num(v) -> float:
+    """A stored metric as a float (strict JSON stores a missing value as null)."""
+    return float("nan") if v is None else float(v)
+
+
 def _epochs_to(curve: list[dict], acc: float) -> float:
     return next((float(p["epoch"]) for p in curve if p["test_acc"] >= acc), float("nan"))
 
@@ -72,7 +77,7 @@ def training_table(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         r = json.loads(line)
         rows.append({"cell": r.get("task") or "exact", "variant": r["variant"],
                      "seed": r["seed"], "final_test_acc": r["metrics"]["final_test_acc"],
-                     "epochs_to_90": r["metrics"]["epochs_to_90"],
+                     "epochs_to_90": _num(r["metrics"]["epochs_to_90"]),
                      "epochs_to_85": _epochs_to(r["curve"], 0.85),
                      "sec_per_epoch": r["metrics"]["sec_per_epoch"],
                      "commit": r["provenance"]["commit"][:10]})
@@ -178,12 +183,14 @@ def _report(out: Path) -> int:
                   "expected count < 5 pooled); over the circuits a KS test of the p values "
                   "against U(0, 1). A correct sampler: ks_p not small, about 5% of p < 0.05.",
                   "", _md(pd.read_csv(out / "gof_shots.csv")), ""]
+    if (out / "gof_noisy.csv").exists():
         parts += ["## The noisy device: our torch program against Aer", "",
                   "Aer's density-matrix simulation of the transpiled circuit with "
                   "`NoiseModel.from_backend` (100 random circuits, 10⁵ shots each) against "
                   "the probabilities of qsgd/circuit/noisy.py; `ks_p_vs_ideal_probs`: the "
                   "same counts against the ideal (noiseless) probabilities, which the test "
                   "must reject (its power).", "", _md(pd.read_csv(out / "gof_noisy.csv")), ""]
+    if (out / "transpiled.csv").exists():
         parts += ["## Transpiled circuits", "", _md(pd.read_csv(out / "transpiled.csv")), ""]
     sec = None
     if (TRAIN / "runs.jsonl").exists():
