@@ -498,6 +498,32 @@ def _c4_qiskit(bench: pd.DataFrame, variant: str, baseline: str) -> dict | None:
             "ours": float(ours["sec_per_epoch"].iloc[0]) / b}
 
 
+def _c4_qpu(table: pd.DataFrame | None) -> str | None:
+    """The ledger's note on C4 from the QPU projection (``results/quantum/qpu_cost.csv``,
+    :mod:`ablations.quantum.cost`): one epoch of the paper's classifier and of its LLM epoch
+    at 1024 shots, shot-limited and in a reserved session; None without the table."""
+    need = {"model", "shots", "scenario", "qpu_seconds"}
+    if table is None or len(table) == 0 or not need <= set(table.columns):
+        return None
+    rows = table[table["shots"] == 1024]
+
+    def sec(model: str, scenario: str) -> float | None:
+        r = rows[rows["model"].astype(str).str.startswith(model) & (rows["scenario"] == scenario)]
+        return float(r["qpu_seconds"].iloc[0]) if len(r) else None
+
+    cls, cls_s, llm = (sec("the paper's classifier", "shot-limited"),
+                       sec("the paper's classifier", "session"),
+                       sec("the paper's LLM", "shot-limited"))
+    if cls is None or llm is None:
+        return None
+    text = (f"on a QPU (results/quantum/report.md; 1,024 shots a circuit, parameter-shift "
+            f"gradients, fake_sherbrooke's calibrated timings) one epoch of the paper's "
+            f"classifier would take {cls / 86400:,.0f} days shot-limited")
+    if cls_s is not None:
+        text += f" ({cls_s / 86400:,.0f} in a reserved session)"
+    return text + f" and its LLM epoch {llm / 3.156e7:.2g} years, against seconds simulated"
+
+
 def _ratio_text(x: float) -> str:
     return pct(x - 1) if x < 2 else f"×{x:,.0f}" if x >= 100 else f"×{x:.3g}"
 
@@ -544,6 +570,9 @@ def judge_cost(claim: Claim, ev: Evidence) -> ClaimResult:
                      f"Qiskit Statevector, one per score (forward only, extrapolated) "
                      f"{_ratio_text(q['qiskit'])}")
         values.update(qiskit_ratio=q["qiskit"], ours_vs_classical=q["ours"])
+    qpu = _c4_qpu(ev.tables.get("qpu_cost"))
+    if qpu is not None:
+        measured += "; " + qpu
     return ClaimResult(
         claim.id, verdict, measured=measured, ci=f"[{pct(lo)}, {pct(hi)}]",
         test=f"paired t p={pval(row['p_ttest'])} (wall clock{_timed_on(ev.runs)})",

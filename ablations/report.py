@@ -356,17 +356,18 @@ def render_arm(cfg: GridConfig) -> Path:
     return out / "report.md"
 
 
-#: the bench tables a verdict may read (``Evidence.tables`` name → file under results/bench/):
-#: C4's like-with-like timing (ablations/bench_c4.py)
-BENCH_TABLES = {"c4_bench": "c4_like_with_like.csv"}
+#: the bench tables a verdict may read (``Evidence.tables`` name → file under the results
+#: root): C4's like-with-like timing (ablations/bench_c4.py) and the QPU projection of an
+#: epoch (``python -m ablations.quantum report``, issue 20)
+BENCH_TABLES = {"c4_bench": "bench/c4_like_with_like.csv", "qpu_cost": "quantum/qpu_cost.csv"}
 
 
 def _bench_tables(root: Path) -> dict[str, pd.DataFrame]:
-    """The :data:`BENCH_TABLES` stored under ``<root>/bench`` (the results root, beside the
-    grid's folder); a table not generated yet is absent."""
+    """The :data:`BENCH_TABLES` stored under ``<root>`` (the results root, beside the grid's
+    folder); a table not generated yet is absent."""
     found = {}
     for name, file in BENCH_TABLES.items():
-        path = root / "bench" / file
+        path = root / file
         if path.is_file():
             found[name] = pd.read_csv(path)
     return found

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from qsgd import SuperpositionalAdamW, parse_variant
+from qsgd.circuit.noisy import FAKE_BACKENDS
 from qsgd.hyper import DEFAULTS
 
 from ..provenance import cpu_device
@@ -64,10 +65,16 @@ class ClassifierOptions:
     batch_size, weight_decay, clip_grad (0: off), schedule (cosine or constant),
     bias_correction. Model: d_model, n_heads (dividing
     d_model), n_layers, d_ff, dropout, attn_qubits and attn_depth (the circuit of quantum
-    attention). Validation: n_val examples carved from the n_train training examples (the last
-    n_val drawn; 0: none), scored every epoch: every choice (lr, difficulty, epochs) reads them,
-    never the test set. Metrics: target_acc (the accuracy of epochs to target), ratio_every
-    (steps between samples of the perturbation ratio; 0: never).
+    attention); attn_readout (Φ's readout: ``amp``, the amplitude sum, default, or ``z``, the
+    measurable mean ⟨Z_q⟩), attn_shots (S > 0: Φ estimated from S measurement shots per
+    score; 0, default: exact) and attn_noise (a fake IBM backend whose noise model the circuit
+    runs under, e.g. ``fake_sherbrooke``; "" default: ideal), the quantum-realism options of
+    :mod:`qsgd.attention.measured` (issue 20; shots and noise need readout ``z``, except
+    shots alone with ``amp``: a Hadamard test). Validation: n_val examples carved from the
+    n_train training examples (the last n_val drawn; 0: none), scored every epoch: every
+    choice (lr, difficulty, epochs) reads them, never the test set. Metrics: target_acc (the
+    accuracy of epochs to target), ratio_every (steps between samples of the perturbation
+    ratio; 0: never).
 
     Gradient scale: loss_scale c (default 1, finite and > 0) multiplies the training loss before
     backward, and the clipping threshold with it (c·clip_grad), so every gradient the
@@ -110,6 +117,9 @@ class ClassifierOptions:
     n_values: int = 2
     pixel_levels: int = 4
     loss_scale: float = 1.0
+    attn_readout: str = "amp"
+    attn_shots: int = 0
+    attn_noise: str = ""
 
     def __post_init__(self):
         # ValueError naming [classifier].<key>; every check here runs when the config loads
@@ -136,6 +146,12 @@ class ClassifierOptions:
         need(self.ratio_every >= 0, "ratio_every", ">= 0")
         need(self.data_seed >= 0, "data_seed", ">= 0")
         need(self.schedule in ("cosine", "constant"), "schedule", "cosine or constant")
+        need(self.attn_readout in ("amp", "z"), "attn_readout", "amp or z")
+        need(self.attn_shots >= 0, "attn_shots", ">= 0")
+        need(self.attn_noise in ("",) + FAKE_BACKENDS, "attn_noise",
+             "empty or one of " + ", ".join(FAKE_BACKENDS))
+        need(self.attn_readout == "z" or not self.attn_noise, "attn_noise",
+             "empty with attn_readout 'amp' (a noisy Hadamard test is not modelled)")
         check_task(self)  # the dataset and its own keys
 
 
@@ -159,16 +175,34 @@ def _task(o: ClassifierOptions) -> dict[str, torch.Tensor]:
     return _TASK_CACHE[o]
 
 
-def build_model(o: ClassifierOptions, attention: str) -> torch.nn.Module:
+def build_model(o: ClassifierOptions, attention: str, shot_seed: int = 0) -> torch.nn.Module:
+    """The model of the options; with attn_shots or attn_noise, each layer's Φ is replaced by
+    a :class:`~qsgd.attention.measured.MeasuredScoreCircuit` holding the same parameters (the
+    same initial values as the exact model of that seed), its shots keyed on ``shot_seed``
+    and the layer index."""
     from qsgd.models import TransformerClassifier
 
     task = get_task(o.dataset)
-    return TransformerClassifier(
+    model = TransformerClassifier(
         vocab_size=task.vocab_size(o), n_classes=task.n_classes(o), max_len=task.seq_len(o),
         d_model=o.d_model, n_heads=o.n_heads, n_layers=o.n_layers, d_ff=o.d_ff,
         attention=attention, pad_id=PAD, n_qubits=o.attn_qubits, depth=o.attn_depth,
-        dropout=o.dropout,
+        dropout=o.dropout, readout=o.attn_readout,
     )
+    if attention == "quantum" and (o.attn_shots or o.attn_noise):
+        from qsgd.attention.measured import MeasuredScoreCircuit
+
+        for i, block in enumerate(model.blocks):
+            exact = block.attn.phi
+            with torch.random.fork_rng():  # the global stream (dropout) as in the exact run
+                phi = MeasuredScoreCircuit(o.attn_qubits, o.attn_depth, readout=o.attn_readout,
+                                           shots=o.attn_shots, noise=o.attn_noise,
+                                           seed=shot_seed, position=i)
+            with torch.no_grad():
+                phi.scale.copy_(exact.scale)
+                phi.weights.copy_(exact.weights)
+            block.attn.phi = phi
+    return model
 
 
 @torch.no_grad()
@@ -192,7 +226,7 @@ def run(spec) -> dict[str, Any]:
     seeds = derived_seeds(spec.seed)
     data = _task(o)
     torch.manual_seed(seeds["init"])
-    model = build_model(o, spec.attention)
+    model = build_model(o, spec.attention, shot_seed=seeds["noise"])
     opt = SuperpositionalAdamW(model.parameters(), lr=spec.lr, weight_decay=o.weight_decay,
                                seed=seeds["noise"], bias_correction=o.bias_correction,
                                **variant.optimizer_kwargs())
@@ -320,7 +354,10 @@ class Classifier(Arm):
                     else "constant learning rate")
         clip = f"gradient clipping {o.clip_grad:g}" if o.clip_grad else "no gradient clipping"
         attention = (f"`quantum` (circuit term on: {o.attn_qubits} qubits, depth "
-                     f"{o.attn_depth}) or `classical`")
+                     f"{o.attn_depth}, readout {o.attn_readout}"
+                     + (f", {o.attn_shots} shots per score" if o.attn_shots else "")
+                     + (f", noise model of {o.attn_noise}" if o.attn_noise else "")
+                     + ") or `classical`")
         eps = f"{DEFAULTS['eps']:g}".replace("e-0", "e-")  # the arm sets neither β nor ε
         lr = (f"Adam β {tuple(DEFAULTS['betas'])}, ε {eps}; reference lr "
               f"{baseline_lr:g}")

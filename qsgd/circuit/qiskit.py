@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .spec import CircuitSpec, spec_gate_angles
 
-__all__ = ["to_qiskit", "run_aer"]
+__all__ = ["to_qiskit", "run_aer", "parameterised_circuit"]
 
 _INSTALL = "pip install 'qsgd[quantum]' (or: pip install qiskit qiskit-aer)"
 
@@ -87,20 +87,14 @@ def to_qiskit(
     return qc
 
 
-@functools.lru_cache(maxsize=32)
-def _aer_template(spec: CircuitSpec, has_weights: bool):
-    """A parameterised, transpiled circuit (one Parameter per gate angle) and its simulator:
-    (AerSimulator, transpiled circuit, parameters, their (layer, g, q) slots). Cached per
-    circuit shape; ablations/bench_attention.py sets the simulator's thread count through it."""
-    qiskit = _require("qiskit", "backend='aer' (the Qiskit Aer cross-check)")
-    AerSimulator = _require("qiskit_aer", "backend='aer' (the Qiskit Aer cross-check)").AerSimulator
-    QuantumCircuit, transpile = qiskit.QuantumCircuit, qiskit.transpile
-    ParameterVector = _require("qiskit.circuit", "backend='aer'").ParameterVector
-
+def parameterised_circuit(spec: CircuitSpec, has_weights: bool):
+    """The circuits ``spec`` as one ``QuantumCircuit`` with a Parameter per gate angle, in the
+    order of :meth:`CircuitSpec.gates`: (circuit, parameters, their (layer, g, q) slots)."""
+    qiskit = _require("qiskit", "the parameterised circuit (the Qiskit cross-check)")
     ops = spec.gates(has_weights)
     slots = [slot for _, _, slot in ops if slot is not None]
-    pv = ParameterVector("a", len(slots))
-    qc = QuantumCircuit(spec.n)
+    pv = qiskit.circuit.ParameterVector("a", len(slots))
+    qc = qiskit.QuantumCircuit(spec.n)
     i = 0
     for gate, qubits, _ in ops:
         if gate == "h":
@@ -110,6 +104,18 @@ def _aer_template(spec: CircuitSpec, has_weights: bool):
         else:
             getattr(qc, gate)(pv[i], qubits[0])
             i += 1
+    return qc, list(pv), slots
+
+
+@functools.lru_cache(maxsize=32)
+def _aer_template(spec: CircuitSpec, has_weights: bool):
+    """A parameterised, transpiled circuit (one Parameter per gate angle) and its simulator:
+    (AerSimulator, transpiled circuit, parameters, their (layer, g, q) slots). Cached per
+    circuit shape; ablations/bench_attention.py sets the simulator's thread count through it."""
+    qiskit = _require("qiskit", "backend='aer' (the Qiskit Aer cross-check)")
+    AerSimulator = _require("qiskit_aer", "backend='aer' (the Qiskit Aer cross-check)").AerSimulator
+    transpile = qiskit.transpile
+    qc, pv, slots = parameterised_circuit(spec, has_weights)
     qc.save_statevector()
     sim = AerSimulator(method="statevector")
     # optimization_level=0: ry, rz, h, cx are Aer basis gates, so the circuit runs gate for gate
