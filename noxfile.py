@@ -72,7 +72,9 @@ def lint(session):
 #: (chosen on test accuracy, kept as a documented earlier attempt) last
 CLASSIFIER_GRIDS = ("classifier-difficulty", "classifier-paper",
                     "classifier-calibrated-difficulty", "classifier-lr", "classifier-calibrated",
-                    "classifier-dose", "classifier-tasks", "calibration", "classifier")
+                    "classifier-dose", "classifier-tasks", "classifier-dose-parity",
+                    "classifier-dose-retrieval", "classifier-dose-digits", "calibration",
+                    "classifier")
 
 
 @nox.session(python=PY)
