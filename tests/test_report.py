@@ -75,6 +75,10 @@ def test_committed_reports_regenerate_from_the_stored_runs(tmp_path):
 
     # the bench tables a verdict reads (C4: results/bench/c4_like_with_like.csv) sit beside
     shutil.copytree(ROOT / "results" / "bench", tmp_path / "bench")
+    # and the QPU projection the C4 row quotes (results/quantum/qpu_cost.csv), when it exists
+    if (ROOT / "results" / "quantum" / "qpu_cost.csv").is_file():
+        (tmp_path / "quantum").mkdir()
+        shutil.copy(ROOT / "results" / "quantum" / "qpu_cost.csv", tmp_path / "quantum")
     for name in ("classifier-paper", "classifier-calibrated", "classifier", "llm-calibrated"):
         cfg = load_config(ROOT / "ablations" / "configs" / f"{name}.toml",
                           results=tmp_path / name)
