@@ -81,6 +81,22 @@ def test_a_non_finite_gradient_names_its_run_and_changes_nothing():
         SeedBatchedAdamW([torch.zeros(3, 2)], SEEDS)
 
 
+def test_dropout_masks_are_torchs_own_draws_and_leave_its_state():
+    from qsgd.models.batched import _fast_bernoulli_ok, bernoulli_
+
+    for seed, skip, n, p in [(0, 0, 5, 0.9), (1, 1, 623, 0.37), (2, 3, 1249, 1.0),
+                             (3, 1, 20_000, 0.0)]:
+        a, b = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        torch.rand(skip, generator=a)  # an odd offset in the stream: a pair across blocks
+        torch.rand(skip, generator=b)
+        want = torch.empty(n).bernoulli_(p, generator=a)
+        assert torch.equal(bernoulli_(torch.empty(n), p, b), want)
+        assert torch.equal(a.get_state(), b.get_state())
+    from qsgd import _native
+
+    assert _fast_bernoulli_ok() == (_native.library() is not None)
+
+
 @pytest.mark.parametrize("attention", ["quantum", "classical"])
 def test_batched_model_equals_its_models_with_padding_and_dropout(attention):
     models, states = [], []

@@ -18,9 +18,10 @@ computes each run's entries as that run's model does:
 * dropout draws run s's masks from run s's own generator (``generators[s]``: a copy of the
   global generator's state after that model was built), in the order the model draws them
   from the global one: ``F.dropout`` is ``x · bernoulli(1 − p) / (1 − p)`` with the mask drawn
-  as one ``bernoulli_`` over x's shape, which is drawn here the same way; dropout inside
-  ``F.scaled_dot_product_attention`` (classical attention) draws from the global generator,
-  which is set to run s's state for that call.
+  as one ``bernoulli_`` over x's shape, which is drawn here the same way (by
+  :func:`bernoulli_`: torch's own loop redone natively, the same numbers at about a fifth of
+  its cost); dropout inside ``F.scaled_dot_product_attention`` (classical attention) draws
+  from the global generator, which is set to run s's state for that call.
 
 What batching saves is the per-operation overhead of S separate passes (Python, dispatch,
 autograd bookkeeping) over the elementwise work; the matrix products and Φ cost what they
@@ -29,6 +30,7 @@ cost per run.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -36,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import _native
 from ..attention.fused import fused_applies, fused_attention
 from .classifier import TransformerClassifier
 
@@ -151,9 +154,7 @@ class SeedBatchedClassifier(nn.Module):
 
     # ------------------------------------------------------------------ per-run kernels
     def _linear(self, x: Tensor, name: str) -> Tensor:
-        w, b = self.param(name + ".weight"), self.param(name + ".bias")
-        return torch.stack([F.linear(xs, ws, bs)
-                            for xs, ws, bs in zip(x.unbind(0), w.unbind(0), b.unbind(0))])
+        return _RunsLinear.apply(x, self.param(name + ".weight"), self.param(name + ".bias"))
 
     def _layer_norm(self, x: Tensor, name: str) -> Tensor:
         w, b, eps = self.param(name + ".weight"), self.param(name + ".bias"), self.eps[name]
@@ -166,8 +167,8 @@ class SeedBatchedClassifier(nn.Module):
         if gens is None or p == 0.0:
             return x
         mask = torch.empty_like(x)
-        for s, g in enumerate(gens):
-            mask[s].bernoulli_(1.0 - p, generator=g)
+        for m, g in zip(mask.unbind(0), gens):
+            bernoulli_(m, 1.0 - p, g)
         return x * mask.div_(1.0 - p)
 
     def _attention(self, i: int, x: Tensor, pads: list[Tensor | None],
@@ -178,29 +179,33 @@ class SeedBatchedClassifier(nn.Module):
         qkv = self._linear(x, pre + "qkv")  # [S, B, T, 3D]
         p = self.attn_dropout if self.training else 0.0
         phi = self._phis[i]
+        # per-run slices by unbind (its backward stacks the runs' gradients once; indexing
+        # would give each run a gradient of the whole batch's size)
+        runs = qkv.unbind(0)
         if phi is None:  # classical: SDPA per run, its dropout from the run's generator
             ys = []
             for s in range(S):
-                q, k, v = qkv[s].view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4).unbind(0)
+                q, k, v = runs[s].view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4).unbind(0)
                 mask = None if pads[s] is None else (~pads[s])[:, None, None, :]
                 gen = gens[s] if gens is not None and p > 0.0 else None
                 y = _with_generator(gen, F.scaled_dot_product_attention, q, k, v,
                                     attn_mask=mask, dropout_p=p)
                 ys.append(y.transpose(1, 2).reshape(B, T, D))
             return self._linear(torch.stack(ys), pre + "out")
-        gamma, a, w = (self.param(pre + n) for n in ("gamma", "phi.scale", "phi.weights"))
+        gamma = self.param(pre + "gamma")
+        a, w = self.param(pre + "phi.scale").unbind(0), self.param(pre + "phi.weights").unbind(0)
         dropping = gens is not None and p > 0.0
         if self.fused and fused_applies(phi, x, dropping):  # one native kernel per run
             y = torch.stack([
-                fused_attention(qkv[s].view(B, T, 3, H, D // H), phi, gamma[s],
-                                key_padding_mask=pads[s], phi_params=(a[s], w[s]))
-                for s in range(S)])
+                fused_attention(runs[s].view(B, T, 3, H, D // H), phi, g, key_padding_mask=pads[s],
+                                phi_params=(a[s], w[s]))
+                for s, g in enumerate(gamma.unbind(0))])
             return self._linear(y.reshape(S, B, T, D), pre + "out")
         # quantum_attention's torch path, all runs at once; Φ per run
         q, k, v = qkv.view(S, B, T, 3, H, D // H).permute(3, 0, 1, 4, 2, 5).contiguous().unbind(0)
         scores = torch.stack([qs @ ks.transpose(-2, -1) for qs, ks in zip(q, k)])
         scores = scores * (1.0 / math.sqrt(D // H))
-        phis = torch.stack([phi.evaluate(scores[s], w[s], a[s]) for s in range(S)])
+        phis = torch.stack([phi.evaluate(sc, w[s], a[s]) for s, sc in enumerate(scores.unbind(0))])
         logits = scores + gamma.view(S, 1, 1, 1, 1) * phis
         if any(pd is not None for pd in pads):
             keep = torch.stack([torch.ones(B, T, dtype=torch.bool, device=x.device)
@@ -209,6 +214,78 @@ class SeedBatchedClassifier(nn.Module):
         weights = self._dropout(torch.softmax(logits, dim=-1), p, gens if dropping else None)
         y = torch.stack([ws @ vs for ws, vs in zip(weights, v)])
         return self._linear(y.transpose(2, 3).reshape(S, B, T, D), pre + "out")
+
+
+def bernoulli_(out: Tensor, p: float, generator: torch.Generator) -> Tensor:
+    """``out.bernoulli_(p, generator=generator)``: the same numbers, and the generator left in
+    the same state, by the native kernel ``qsgd_mt_bernoulli_f32`` (torch's CPU loop redone:
+    MT19937, two draws per entry) where it is compiled, ``out`` a contiguous float32 CPU tensor
+    and the kernel passed its check against torch in this process; else by torch itself."""
+    if (out.dtype == torch.float32 and out.device.type == "cpu" and out.is_contiguous()
+            and generator.device.type == "cpu" and _fast_bernoulli_ok()):
+        state = generator.get_state()
+        _native.library().qsgd_mt_bernoulli_f32(state.data_ptr(), out.numel(), float(p),
+                                                out.data_ptr())
+        generator.set_state(state)
+        return out
+    return out.bernoulli_(p, generator=generator)
+
+
+@functools.lru_cache(maxsize=1)
+def _fast_bernoulli_ok() -> bool:
+    """Whether the kernel is compiled, reads this torch's generator state (its layout: 5056
+    bytes) and draws what ``bernoulli_`` draws, checked once per process on 1,001 entries
+    from a fresh generator at an odd offset of its stream."""
+    lib = _native.library()
+    if lib is None or torch.Generator().get_state().numel() != 5056:
+        return False
+    a, b = torch.Generator().manual_seed(20260101), torch.Generator().manual_seed(20260101)
+    torch.rand(1, generator=a)
+    torch.rand(1, generator=b)
+    want = torch.empty(1001).bernoulli_(0.9, generator=a)
+    state, got = b.get_state(), torch.empty(1001)
+    lib.qsgd_mt_bernoulli_f32(state.data_ptr(), got.numel(), 0.9, got.data_ptr())
+    return bool(torch.equal(want, got) and torch.equal(state, a.get_state()))
+
+
+class _RunsLinear(torch.autograd.Function):
+    """``F.linear(x[s], w[s], b[s])`` of every run s into one ``[S, …, out]`` tensor, and its
+    backward, with the very calls autograd makes for one run's ``F.linear`` (``addmm`` forward;
+    ``grad @ w``, ``gradᵀ @ x`` and the bias's sum over rows backward), each writing its run's
+    slice of a batched result: no per-run outputs to stack."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        S, n_out, n_in = w.shape
+        xs = x.reshape(S, -1, n_in)
+        out = x.new_empty(S, xs.shape[1], n_out)
+        for s in range(S):
+            torch.addmm(b[s], xs[s], w[s].t(), out=out[s])
+        ctx.save_for_backward(xs, w)
+        ctx.shape = x.shape
+        return out.view(*x.shape[:-1], n_out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xs, w = ctx.saved_tensors
+        S, n_out, n_in = w.shape
+        g = grad.reshape(S, -1, n_out)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = xs.new_empty(xs.shape)
+            for s in range(S):
+                torch.mm(g[s], w[s], out=gx[s])
+            gx = gx.view(ctx.shape)
+        if ctx.needs_input_grad[1]:
+            gw = w.new_empty(S, n_out, n_in)
+            for s in range(S):
+                torch.mm(g[s].t(), xs[s], out=gw[s])
+        if ctx.needs_input_grad[2]:
+            gb = w.new_empty(S, 1, n_out)
+            for s in range(S):
+                torch.sum(g[s], 0, keepdim=True, out=gb[s])
+            gb = gb.view(S, n_out)
+        return gx, gw, gb
 
 
 def _with_generator(gen: torch.Generator | None, fn, *args, **kwargs):
