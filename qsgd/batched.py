@@ -155,8 +155,11 @@ class SeedBatchedAdamW:
     # ------------------------------------------------------------------ checks
     def _nonfinite_errors(self, grad: Tensor) -> dict[int, str]:
         """Run position → the single-run optimizer's message, for runs whose gradient is not
-        finite (one float64 sum per run first, then the exact check where it is not)."""
-        sums = grad.sum(dim=1, dtype=torch.float64)
+        finite: one sum per run first (NaN and ±inf propagate through it; an overflow to inf
+        only sends that run to the exact check), then the exact check where it is not
+        finite. In the gradient's own dtype: a float64 copy of the whole batch would cost more
+        than the step's update."""
+        sums = grad.sum(dim=1)
         bad = [s for s in range(len(self.seeds)) if not bool(torch.isfinite(sums[s]))]
         errors = {}
         for s in bad:
