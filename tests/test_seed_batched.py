@@ -250,3 +250,27 @@ def test_a_run_that_fails_in_its_job_is_retried_then_logged_alone(tmp_path):
     failures = load_failures(cfg.results)
     assert [f["error"] for f in failures] == ["FloatingPointError: seed 1 diverges"] * 2
     assert all(f["attempts"] == 2 and f["spec"]["seed"] == 1 for f in failures)
+
+
+def test_the_bench_writes_its_figures(tmp_path):
+    from ablations import bench_batched as bench
+
+    rows = []
+    for rnd in (1, 2):
+        for mode, wall, jobs in (("one-run", 60.0 + rnd, 16), ("seed-batched", 40.0, 2)):
+            rows.append(dict(section="grid", mode=mode, round=rnd, workers=2, seeds=8, epochs=2,
+                             runs=16, jobs=jobs, wall_s=wall, runs_per_hour=3600 * 16 / wall,
+                             run_s=wall * 2, equal=True))
+    for mode, seeds in (("one-run", 1), ("seed-batched", 8)):
+        for cat in [*bench.PER_RUN, "rest", "step (wall)"]:
+            rows.append(dict(section="profile", mode=mode, seeds=seeds, category=cat,
+                             ms_per_run_step=2.0 if cat != "rest" else (8.0 if seeds == 1
+                                                                        else 2.0)))
+    bench.write_outputs(rows, {"cpu": "test"}, tmp_path)
+    text = (tmp_path / "seed_batched.md").read_text()
+    assert "| seed-batched | 16 | 2 | 40.0 | 1,440 | **1.54×** |" in text
+    assert "median 1.54× (min 1.52, max 1.55) over 2 round(s)" in text and "**yes**" in text
+    assert "the per-run kernels take 8.0 of 16.0 ms of CPU time (50%)" in text
+    assert "bounded by 2.0×" in text
+    header = (tmp_path / "seed_batched.csv").read_text().splitlines()[0]
+    assert header.split(",") == bench.CSV_COLUMNS
