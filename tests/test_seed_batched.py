@@ -260,7 +260,8 @@ def test_the_bench_writes_its_figures(tmp_path):
         for mode, wall, jobs in (("one-run", 60.0 + rnd, 16), ("seed-batched", 40.0, 2)):
             rows.append(dict(section="grid", mode=mode, round=rnd, workers=2, seeds=8, epochs=2,
                              runs=16, jobs=jobs, wall_s=wall, runs_per_hour=3600 * 16 / wall,
-                             run_s=wall * 2, equal=True))
+                             cpu_s=wall * 2, runs_per_cpu_hour=1800 * 16 / wall, run_s=wall * 2,
+                             equal=True))
     for mode, seeds in (("one-run", 1), ("seed-batched", 8)):
         for cat in [*bench.PER_RUN, "rest", "step (wall)"]:
             rows.append(dict(section="profile", mode=mode, seeds=seeds, category=cat,
@@ -268,8 +269,9 @@ def test_the_bench_writes_its_figures(tmp_path):
                                                                         else 2.0)))
     bench.write_outputs(rows, {"cpu": "test"}, tmp_path)
     text = (tmp_path / "seed_batched.md").read_text()
-    assert "| seed-batched | 16 | 2 | 40.0 | 1,440 | **1.54×** |" in text
+    assert "| seed-batched | 16 | 2 | 40.0 | 1,440 | **1.54×** | 80.0 | 720 | **1.54×** |" in text
     assert "median 1.54× (min 1.52, max 1.55) over 2 round(s)" in text and "**yes**" in text
+    assert "in the workers' CPU time" in text
     assert "the per-run kernels take 8.0 of 16.0 ms of CPU time (50%)" in text
     assert "bounded by 2.0×" in text
     header = (tmp_path / "seed_batched.csv").read_text().splitlines()[0]

@@ -223,10 +223,11 @@ def bernoulli_(out: Tensor, p: float, generator: torch.Generator) -> Tensor:
     and the kernel passed its check against torch in this process; else by torch itself."""
     if (out.dtype == torch.float32 and out.device.type == "cpu" and out.is_contiguous()
             and generator.device.type == "cpu" and _fast_bernoulli_ok()):
-        state = generator.get_state()
-        _native.library().qsgd_mt_bernoulli_f32(state.data_ptr(), out.numel(), float(p),
-                                                out.data_ptr())
-        generator.set_state(state)
+        with torch.profiler.record_function("qsgd::bernoulli_"):  # named in a profile
+            state = generator.get_state()
+            _native.library().qsgd_mt_bernoulli_f32(state.data_ptr(), out.numel(), float(p),
+                                                    out.data_ptr())
+            generator.set_state(state)
         return out
     return out.bernoulli_(p, generator=generator)
 
