@@ -269,9 +269,9 @@ def test_the_bench_writes_its_figures(tmp_path):
                                                                         else 2.0)))
     bench.write_outputs(rows, {"cpu": "test"}, tmp_path)
     text = (tmp_path / "seed_batched.md").read_text()
-    assert "| seed-batched | 16 | 2 | 40.0 | 1,440 | **1.54×** | 80.0 | 720 | **1.54×** |" in text
-    assert "median 1.54× (min 1.52, max 1.55) over 2 round(s)" in text and "**yes**" in text
-    assert "in the workers' CPU time" in text
+    assert "| seed-batched | 32 | 2 | 1,440 | **1.54×** | 720 | **1.54×** |" in text
+    assert "| 2 |  | 62.0 | 40.0 | 1.55× | 124.0 | 80.0 | 1.55× |" in text
+    assert "1.54× over all rounds (by round: 1.52–1.55×)" in text and "**yes**" in text
     assert "the per-run kernels take 8.0 of 16.0 ms of CPU time (50%)" in text
     assert "bounded by 2.0×" in text
     header = (tmp_path / "seed_batched.csv").read_text().splitlines()[0]
