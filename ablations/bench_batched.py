@@ -333,7 +333,9 @@ def write_outputs(rows: list[dict], info: dict[str, str], out: Path) -> None:
                   "Self CPU time by `torch.profiler` (one thread, this process, the cell's "
                   f"model, sin-l0.5), one run against a batch of {seeds}; the last row is the "
                   "unprofiled wall time. The first four rows are kernels a batch still calls "
-                  "once per run, with the same sizes as one run's.\n",
+                  "once per run, with the same sizes as one run's (the batch draws its dropout "
+                  "masks with `qsgd.models.batched.bernoulli_`, a native copy of torch's loop: "
+                  "the same numbers; the one-run path keeps torch's).\n",
                   "| category | one run | seed-batched | per run in a batch |",
                   "|---|---:|---:|---|"]
         for c in cats:
@@ -343,11 +345,17 @@ def write_outputs(rows: list[dict], info: dict[str, str], out: Path) -> None:
             lines.append(f"| {c} | {a:.2f} | {b:.2f} | {kind} |")
         fixed = sum(val[("one-run", c)] for c in PER_RUN)
         total = sum(val[("one-run", c)] for c in list(PER_RUN) + ["rest"])
+        rest = (val[("one-run", "rest")], val[("seed-batched", "rest")])
         lines += ["",
                   f"In one run's step the per-run kernels take {fixed:.1f} of {total:.1f} ms "
                   f"of CPU time ({100 * fixed / total:.0f}%): even with every other cost "
-                  f"shared by a batch, the speed-up is bounded by {total / fixed:.1f}× "
-                  "(Amdahl) on this machine.\n"]
+                  f"shared by a batch, the speed-up would be bounded by {total / fixed:.1f}× "
+                  f"(Amdahl) on this machine. The rest is not all per-operation overhead: "
+                  f"batched it still takes {rest[1]:.1f} ms a run and step against "
+                  f"{rest[0]:.1f} ms alone, for it is mostly the elementwise work itself "
+                  "(activations, dropout products, the optimizer's pass over the parameters), "
+                  "which a batch does for every run, over tensors S times larger (out of the "
+                  "caches one run's fit in), plus the copies that stack the runs' results.\n"]
     lines += ["## Machine\n"] + [f"- {k}: {v}" for k, v in info.items()]
     (out / "seed_batched.md").write_text("\n".join(lines) + "\n")
 

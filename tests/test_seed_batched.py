@@ -197,6 +197,9 @@ def test_a_batched_grid_has_keys_of_its_own_and_is_validated(tmp_path):
     assert batched.seed_batched and not plain.seed_batched and batched.seeds_per_job == 16
     assert {s.numerics for s in batched.specs} == {BATCHED_NUMERICS} != {NUMERICS}
     assert not {s.key for s in batched.specs} & {s.key for s in plain.specs}
+    arm = batched.arm_obj
+    assert "Seed-batched" in arm.describe(batched, None)
+    assert "Seed-batched" not in arm.describe(plain, None)
     for bad, msg in [("seed_batched = 1", r"seed_batched must be true or false, got 1"),
                      ("seeds_per_job = 4", r"seeds_per_job applies to a seed-batched grid"),
                      ("seed_batched = true\nseeds_per_job = 0", r"seeds_per_job must be an "
@@ -273,6 +276,6 @@ def test_the_bench_writes_its_figures(tmp_path):
     assert "| 2 |  | 62.0 | 40.0 | 1.55× | 124.0 | 80.0 | 1.55× |" in text
     assert "1.54× over all rounds (by round: 1.52–1.55×)" in text and "**yes**" in text
     assert "the per-run kernels take 8.0 of 16.0 ms of CPU time (50%)" in text
-    assert "bounded by 2.0×" in text
+    assert "bounded by 2.0×" in text and "batched it still takes 2.0 ms" in text
     header = (tmp_path / "seed_batched.csv").read_text().splitlines()[0]
     assert header.split(",") == bench.CSV_COLUMNS

@@ -390,7 +390,10 @@ class Classifier(Arm):
             f"feed-forward {o.d_ff}, dropout {o.dropout:g}; attention {attention}. "
             f"{o.epochs} epochs, batch {o.batch_size}, weight decay {o.weight_decay:g}, "
             f"{clip}, {schedule}; {lr}. Seeds pair runs: seed s fixes data order, init and "
-            f"noise for every variant.\n")
+            f"noise for every variant." + (
+                " Seed-batched: a cell's seeds were trained at once, each run as its own (the "
+                "same metrics as one run alone), its timings its share of its job's."
+                if getattr(cfg, "seed_batched", False) else "") + "\n")
 
 
 #: Wall-clock metrics: they vary between equal runs; every other metric is bit-reproducible.
