@@ -86,6 +86,9 @@ def _parser() -> tuple[argparse.ArgumentParser, tuple[argparse.ArgumentParser, .
     run_p.add_argument("--runs-per-gpu", type=_workers, default=None,
                        help="worker processes sharing each GPU (default: the config's "
                        "[grid].runs_per_gpu, else 1)")
+    run_p.add_argument("--seeds-per-job", type=_workers, default=None,
+                       help="most seeds in one job of a seed-batched grid (default: the "
+                       "config's [grid].seeds_per_job, else 16)")
     run_p.add_argument("--limit", type=_count, default=None, help="start at most N runs")
     run_p.add_argument("--no-report", action="store_true")
     run_p.add_argument("--no-progress", action="store_true")
@@ -133,6 +136,11 @@ def _run(args) -> int:
     cfg = _load(args)
     if args.runs_per_gpu is not None:
         cfg = dataclasses.replace(cfg, runs_per_gpu=args.runs_per_gpu)
+    if args.seeds_per_job is not None:
+        if not cfg.seed_batched:
+            raise UsageError(f"--seeds-per-job applies to a seed-batched grid ([grid]."
+                             f"seed_batched = true); {args.config} is not one")
+        cfg = dataclasses.replace(cfg, seeds_per_job=args.seeds_per_job)
     t0 = time.perf_counter()
     counts = run_grid(cfg, args.executor, workers=args.workers,
                       progress=not args.no_progress, limit=args.limit)

@@ -46,6 +46,14 @@ claim (e.g. the dose-response grid, whose runs map an effect against a dose, not
 each GPU: small-batch runs are launch-bound, and several per device use it better. It decides
 where runs go, not what they compute, so it is part of no run's key.
 
+``[grid].seed_batched = true`` (an arm with a seed-batched path: ``Arm.batched_numerics``) runs
+the grid seed-batched: the runner hands the seeds of a cell to the arm as one job
+(``Arm.run_batch``), which trains them at once, each run still its own record. Its specs carry
+the arm's ``batched_numerics`` instead of ``numerics``, so a grid is batched or not, never
+both: a batched run and a one-run run never share a key (nor a report). ``[grid].seeds_per_job``
+(default 16) caps the seeds of one job (a cell's are split into near-equal jobs); a run's result
+does not depend on its job's other seeds, so this decides where runs go, not what they compute.
+
 Typos fail loudly: an unknown key or variant id names the file (and the line, for TOML syntax).
 The arm's table is parsed into its options dataclass when the config loads
 (:meth:`ablations.arms.Arm.parse_options`), so a wrong option fails before any run starts.
@@ -76,7 +84,8 @@ __all__ = ["ConfigError", "RunSpec", "GridConfig", "load_config", "read_toml", "
            "derived_seeds"]
 
 _GRID_KEYS = {"arm", "name", "results", "baseline_lr", "description", "protocol", "select_lr",
-              "select_task", "selection", "runs_per_gpu", "exhibits"}
+              "select_task", "selection", "runs_per_gpu", "exhibits", "seed_batched",
+              "seeds_per_job"}
 _CELL_KEYS = {"name", "attention", "variants", "seeds", "lr", "task", "options"}
 #: the protocols a grid may follow (DESIGN.md: the paper's tables, or ours on validation data)
 PROTOCOLS = ("paper", "calibrated")
@@ -187,6 +196,11 @@ class GridConfig:
     designs: dict[str, Any] = field(default_factory=dict)
     #: a study grid's report exhibits (``[grid].exhibits``; empty: the claims' report)
     exhibits: tuple[str, ...] = ()
+    #: the grid runs seed-batched (``[grid].seed_batched``): a cell's seeds in one job each
+    #: (its specs carry the arm's ``batched_numerics``)
+    seed_batched: bool = False
+    #: the most seeds in one seed-batched job (``[grid].seeds_per_job``); part of no run's key
+    seeds_per_job: int = 16
 
     @property
     def arm_obj(self) -> Arm:
@@ -295,6 +309,7 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
         raise ConfigError(f"{path}: [grid].protocol must be one of {', '.join(PROTOCOLS)}, "
                           f"got {protocol!r}")
     exhibits = _exhibits(path, grid)
+    seed_batched, seeds_per_job = _seed_batching(path, grid, arm_obj)
     selected, lr_grid = (_selection(path, grid, arm_obj) if "select_lr" in grid
                          else (None, None))
     if "baseline_lr" in grid:
@@ -306,7 +321,7 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
     if not isinstance(cells, list) or not cells:
         raise ConfigError(f"{path}: at least one [[cells]] table is required")
     frozen_opts = _freeze(options)
-    numerics = int(arm_obj.numerics)
+    numerics = int(arm_obj.batched_numerics if seed_batched else arm_obj.numerics)
     specs: dict[str, RunSpec] = {}
     for i, cell in enumerate(cells):
         if not isinstance(cell, dict):
@@ -359,7 +374,27 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
                       selected_grid=lr_grid,
                       selected_task=level, selected_task_options=level_options,
                       selected_task_from=(path.parent / grid["select_task"] if level else None),
-                      designs=designs, exhibits=exhibits)
+                      designs=designs, exhibits=exhibits, seed_batched=seed_batched,
+                      seeds_per_job=seeds_per_job)
+
+
+def _seed_batching(path: Path, grid: dict, arm_obj: Arm) -> tuple[bool, int]:
+    """``[grid].seed_batched`` (true or false; true needs an arm with a seed-batched path) and
+    ``[grid].seeds_per_job`` (an integer >= 1, only with seed_batched = true)."""
+    batched = grid.get("seed_batched", False)
+    if not isinstance(batched, bool):
+        raise ConfigError(f"{path}: [grid].seed_batched must be true or false, got {batched!r}")
+    if batched and arm_obj.batched_numerics is None:
+        raise ConfigError(f"{path}: [grid].seed_batched: arm {arm_obj.name} has no "
+                          "seed-batched path")
+    per_job = grid.get("seeds_per_job", GridConfig.seeds_per_job)
+    if "seeds_per_job" in grid and not batched:
+        raise ConfigError(f"{path}: [grid].seeds_per_job applies to a seed-batched grid only "
+                          "(set [grid].seed_batched = true)")
+    if not _is_int(per_job) or per_job < 1:
+        raise ConfigError(f"{path}: [grid].seeds_per_job must be an integer >= 1, got "
+                          f"{per_job!r}")
+    return batched, per_job
 
 
 def _claim_designs(path: Path, table: Any, arm: str, specs: Iterable[RunSpec],

@@ -29,8 +29,8 @@ from typing import Any
 from .cli_support import first_line
 from .records import append_record, load_log
 
-__all__ = ["FAILURES_FILE", "RunError", "Attempt", "failure_entry", "append_failure",
-           "load_failures"]
+__all__ = ["FAILURES_FILE", "RunError", "Attempt", "BatchAttempt", "failure_entry",
+           "append_failure", "load_failures"]
 
 FAILURES_FILE = "failures.jsonl"
 
@@ -103,6 +103,25 @@ class Attempt:
         except Exception as err:
             raise RunError(f"{type(err).__name__}: {first_line(err)}", traceback_text(err),
                            worker_name()) from None
+
+
+class BatchAttempt:
+    """``BatchAttempt(fn)(specs)`` is ``fn(specs)`` (a seed-batched job: per spec a record or
+    the exception that ended that run), with every exception, of a run or of the whole job, as
+    :class:`RunError`: per spec a record or a RunError, or the job's RunError raised."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, specs):
+        try:
+            results = self.fn(specs)
+        except Exception as err:
+            raise RunError(f"{type(err).__name__}: {first_line(err)}", traceback_text(err),
+                           worker_name()) from None
+        return [RunError(f"{type(r).__name__}: {first_line(r)}", traceback_text(r),
+                         worker_name()) if isinstance(r, BaseException) else r
+                for r in results]
 
 
 def failure_entry(spec, err: BaseException, attempts: int) -> dict[str, Any]:

@@ -11,6 +11,12 @@ executor, this process alone appends records, so the atomic append and the resum
 A run that raises is retried once, then logged in ``failures.jsonl`` with its traceback and
 worker (:mod:`ablations.failures`); the other runs go on, and the counts say how many failed.
 
+A seed-batched grid (``[grid].seed_batched``) goes through the executor in jobs of one cell's
+seeds (:func:`seed_jobs`, at most ``[grid].seeds_per_job`` each; :func:`run_batch_one` runs one):
+a job returns one record per run, each appended as it would be alone, and a run that failed
+inside its job is retried (with the job's other failed runs) and logged as above. The resume
+is per record: the missing runs of a cell make the next sweep's jobs.
+
 Before the first run starts, the results folder is checked (``~`` expanded, created,
 writable) and locked against a second sweep (:mod:`ablations.records`). An interrupt
 (KeyboardInterrupt: Ctrl-C, or SIGTERM where the command line maps it so) stops the workers of
@@ -38,13 +44,14 @@ from typing import Any
 from . import sweeplog
 from .arms import get_arm
 from .config import GridConfig, RunSpec, expand
-from .failures import FAILURES_FILE, Attempt, append_failure, failure_entry
+from .failures import FAILURES_FILE, Attempt, BatchAttempt, append_failure, failure_entry
 from .provenance import commit_info, cpu_model, provenance, require_commit, utc_now
 from .records import RUNS_FILE, append_record, is_dirty, load_records, prepare_results, results_lock
 from .sweeplog import GpuSampler, append_sweep
 
-__all__ = ["run_one", "run_grid", "load_records", "append_record", "provenance",
-           "default_executor", "RUNS_FILE", "FAILURES_FILE", "RETRIES", "SweepInterrupted"]
+__all__ = ["run_one", "run_batch_one", "seed_jobs", "run_grid", "load_records",
+           "append_record", "provenance", "default_executor", "RUNS_FILE", "FAILURES_FILE",
+           "RETRIES", "SweepInterrupted"]
 
 #: seconds between a worker's checks that its parent is alive
 PARENT_POLL = 0.5
@@ -61,21 +68,59 @@ class SweepInterrupted(KeyboardInterrupt):
         self.counts, self.results = counts, results
 
 
-def run_one(spec: RunSpec) -> dict[str, Any]:
-    """Run one spec in this process and return its record (data contract of DESIGN.md)."""
-    arm = get_arm(spec.arm)
-    t0 = time.perf_counter()
-    out = arm.run(spec)
-    wall = time.perf_counter() - t0
+def _record(spec: RunSpec, out: dict[str, Any], wall: float, seed_batch: int = 0
+            ) -> dict[str, Any]:
+    """The record of ``spec`` from its arm's output (data contract of DESIGN.md); a run of a
+    seed-batched job also names the job's size in its provenance (``seed_batch``)."""
     record = dict(run_id=spec.run_id, key=spec.key, arm=spec.arm, variant=spec.variant,
                   attention=spec.attention, seed=spec.seed, lr=spec.lr, config=spec.config,
                   metrics=out["metrics"], curve=out.get("curve", []),
                   provenance=provenance(wall, out.get("device")))
+    if seed_batch:
+        record["provenance"]["seed_batch"] = seed_batch
     if spec.numerics:
         record["numerics"] = spec.numerics
     if spec.task:
         record["task"] = spec.task
     return record
+
+
+def run_one(spec: RunSpec) -> dict[str, Any]:
+    """Run one spec in this process and return its record (data contract of DESIGN.md)."""
+    arm = get_arm(spec.arm)
+    t0 = time.perf_counter()
+    out = arm.run(spec)
+    return _record(spec, out, time.perf_counter() - t0)
+
+
+def run_batch_one(specs: Sequence[RunSpec]) -> list[dict[str, Any] | Exception]:
+    """Run one seed-batched job (one cell's specs, :meth:`ablations.arms.Arm.run_batch`) in this
+    process: per spec, in order, its record (``wall_seconds``: the job's wall clock divided by
+    its runs) or the exception that ended that run."""
+    specs = list(specs)
+    arm = get_arm(specs[0].arm)
+    t0 = time.perf_counter()
+    outs = arm.run_batch(specs)
+    share = (time.perf_counter() - t0) / len(specs)
+    return [out if isinstance(out, BaseException) else _record(spec, out, share, len(specs))
+            for spec, out in zip(specs, outs)]
+
+
+def seed_jobs(specs: Sequence[RunSpec], per_job: int) -> list[tuple[RunSpec, ...]]:
+    """``specs`` grouped by cell (every field but the seed), each cell's split into near-equal
+    jobs of at most ``per_job`` seeds (in seed order); the jobs in the order of each cell's
+    first spec."""
+    cells: dict[tuple, list[RunSpec]] = {}
+    for s in specs:
+        cells.setdefault((s.arm, s.variant, s.attention, s.lr, s.options, s.numerics, s.task),
+                         []).append(s)
+    jobs = []
+    for runs in cells.values():
+        runs.sort(key=lambda s: s.seed)
+        k = -(-len(runs) // per_job)  # jobs for this cell
+        size = -(-len(runs) // k)
+        jobs += [tuple(runs[i:i + size]) for i in range(0, len(runs), size)]
+    return jobs
 
 
 def _import_all(modules: Sequence[str]) -> None:
@@ -220,6 +265,7 @@ def run_grid(
     on_record: Callable[[dict[str, Any]], None] | None = None,
     run_fn: Callable[[RunSpec], dict[str, Any]] = run_one,
     retries: int = RETRIES,
+    batch_fn: Callable[[Sequence[RunSpec]], list] = run_batch_one,
 ) -> dict[str, Any]:
     """Run every spec of ``config`` that has no clean record yet (a record from a tree with
     uncommitted changes, :func:`ablations.records.is_dirty`, is rerun); return counts
@@ -234,6 +280,8 @@ def run_grid(
     limit: caps how many runs start (for smoke tests and partial sweeps).
     on_record: called with each record once it is stored.
     run_fn: what runs one spec (default :func:`run_one`).
+    batch_fn: what runs one job of a seed-batched grid (default :func:`run_batch_one`): the
+        specs of one cell in, per spec a record or the exception of that run out.
     retries: how many times a run that raised is submitted again; a run that still raises is
         appended to ``failures.jsonl`` (:mod:`ablations.failures`) and the others go on. An
         executor that breaks (a process pool whose worker died) stops the grid with a
@@ -265,41 +313,53 @@ def run_grid(
         sampler = GpuSampler().start() if config.arm_obj.resources == "gpu" else None
         started, t0, interrupted = utc_now(), time.perf_counter(), False
         logged = t0
-        attempt = Attempt(run_fn)
+        batched = config.seed_batched
+        attempt = BatchAttempt(batch_fn) if batched else Attempt(run_fn)
         try:
             ex = ex or _build_executor(kind, config, workers)
             bar = _progress(len(todo), config.name, progress)
-            futures = {ex.submit(attempt, s): (s, 0) for s in todo}
+            jobs = seed_jobs(todo, config.seeds_per_job) if batched else todo
+            futures = {ex.submit(attempt, job): (job, 0) for job in jobs}
             while futures:
                 finished, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
                 for fut in finished:
-                    spec, tries = futures.pop(fut)
+                    job, tries = futures.pop(fut)
+                    specs = job if batched else (job,)
                     try:
-                        record = fut.result()
+                        results = fut.result()
                     except cf.BrokenExecutor as err:
-                        raise RuntimeError(f"run {spec.run_id} failed: {err}") from err
-                    except Exception as err:
-                        if tries < retries:
-                            futures[ex.submit(attempt, spec)] = (spec, tries + 1)
+                        raise RuntimeError(f"run {specs[0].run_id} failed: {err}") from err
+                    except Exception as err:  # the whole job: each of its runs failed
+                        results = [err] * len(specs)
+                    else:
+                        results = results if batched else [results]
+                    again = []
+                    for spec, result in zip(specs, results):
+                        if isinstance(result, BaseException):
+                            if tries < retries:
+                                again.append(spec)
+                                continue
+                            append_failure(folder, failure_entry(spec, result, tries + 1))
+                            counts["failed"] += 1
+                            counts["failed_ids"].append(spec.run_id)
+                            bar.set_postfix(failed=counts["failed"])
+                            bar.update(1)
                             continue
-                        append_failure(folder, failure_entry(spec, err, tries + 1))
-                        counts["failed"] += 1
-                        counts["failed_ids"].append(spec.run_id)
-                        bar.set_postfix(failed=counts["failed"])
+                        if config.protocol:
+                            result["protocol"] = config.protocol
+                        append_record(runs_path, result)
+                        counts["ran"] += 1
+                        counts["stored"] += 1
+                        if time.perf_counter() - logged >= sweeplog.CHECKPOINT_S:
+                            logged = time.perf_counter()  # a killed session keeps its figures
+                            _log_sweep(folder, config, counts, started, logged - t0, ex,
+                                       sampler, False, partial=True)
+                        if on_record is not None:
+                            on_record(result)
                         bar.update(1)
-                        continue
-                    if config.protocol:
-                        record["protocol"] = config.protocol
-                    append_record(runs_path, record)
-                    counts["ran"] += 1
-                    counts["stored"] += 1
-                    if time.perf_counter() - logged >= sweeplog.CHECKPOINT_S:
-                        logged = time.perf_counter()  # a killed session keeps its figures
-                        _log_sweep(folder, config, counts, started, logged - t0, ex,
-                                   sampler, False, partial=True)
-                    if on_record is not None:
-                        on_record(record)
-                    bar.update(1)
+                    if again:  # a failed run is tried again (a batch: with its job's others)
+                        retry = tuple(again) if batched else again[0]
+                        futures[ex.submit(attempt, retry)] = (retry, tries + 1)
         except KeyboardInterrupt:
             if bar is not None:
                 bar.close()

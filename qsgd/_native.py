@@ -149,6 +149,8 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
             fn.argtypes, fn.restype = args, None
     lib.qsgd_openmp.argtypes, lib.qsgd_openmp.restype = [], ctypes.c_int
     lib.qsgd_exp_array_f32.argtypes, lib.qsgd_exp_array_f32.restype = [_i64, _P, _P], None
+    lib.qsgd_mt_bernoulli_f32.argtypes = [_P, _i64, ctypes.c_double, _P]
+    lib.qsgd_mt_bernoulli_f32.restype = None
     return lib, None
 
 

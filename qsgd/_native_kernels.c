@@ -23,7 +23,9 @@
  *       chain, softmax, values) and its gradient in one pass per head, q, k, v read in place
  *       from the projection (qsgd/attention/fused.py);
  *   qsgd_reduce_SUF   the backward kernels' per-chunk partial sums, summed in a fixed order;
- *   qsgd_sincos_array_SUF   the kernels' sine and cosine over an array (for the tests).
+ *   qsgd_sincos_array_SUF   the kernels' sine and cosine over an array (for the tests);
+ *   qsgd_mt_bernoulli_f32   torch's CPU bernoulli_(p) from a generator's state (dropout masks
+ *       of qsgd.models.batched).
  */
 #ifndef QSGD_BODY
 #define QSGD_BODY
@@ -141,6 +143,89 @@ void qsgd_sincos_array_f32(int64_t m, const float *x, float *s, float *c) {
 }
 void qsgd_exp_array_f32(int64_t m, const float *x, float *y) {
     for (int64_t i = 0; i < m; ++i) y[i] = qsgd_exp_f(x[i]);
+}
+
+/* torch's CPU Tensor.bernoulli_(p, generator=g) of n float entries in memory order (a dropout
+ * mask), drawn from g's state as g.get_state() lays it out (uint64 seed at byte 0, int32 left at
+ * 8, int32 seeded at 12, uint64 next at 16, the 624 MT19937 words as uint64 from 24), which is
+ * advanced in place for g.set_state(): per entry two draws hi, lo of torch's mt19937 (its
+ * random64), x = ((hi << 32 | lo) mod 2^53) * 2^-53 (its uniform double) and the entry is x < p.
+ * The same numbers as torch's serial loop, at a fraction of its cost per entry. */
+static void qsgd_mt_regen(uint32_t *mt) {
+    const uint32_t A = 0x9908b0dfU, U = 0x80000000U, L = 0x7fffffffU;
+    int k;
+    for (k = 0; k < 624 - 397; ++k) {
+        uint32_t y = (mt[k] & U) | (mt[k + 1] & L);
+        mt[k] = mt[k + 397] ^ (y >> 1) ^ ((mt[k + 1] & 1U) ? A : 0U);
+    }
+    for (; k < 623; ++k) {
+        uint32_t y = (mt[k] & U) | (mt[k + 1] & L);
+        mt[k] = mt[k + 397 - 624] ^ (y >> 1) ^ ((mt[k + 1] & 1U) ? A : 0U);
+    }
+    uint32_t y = (mt[623] & U) | (mt[0] & L);
+    mt[623] = mt[396] ^ (y >> 1) ^ ((mt[0] & 1U) ? A : 0U);
+}
+
+void qsgd_mt_bernoulli_f32(uint8_t *state, int64_t n, double p, float *out) {
+    uint32_t mt[624], buf[624];
+    int32_t left;
+    uint64_t next, w;
+    memcpy(&left, state + 8, 4);
+    memcpy(&next, state + 16, 8);
+    for (int i = 0; i < 624; ++i) {
+        memcpy(&w, state + 24 + 8 * i, 8);
+        mt[i] = (uint32_t)w;
+    }
+    /* x < p with x = v 2^-53 exactly (v < 2^53) is v < p 2^53 (exact), i.e. v < ceil(p 2^53) */
+    const int64_t T = (int64_t)ceil(p * 9007199254740992.0);
+    int64_t i = 0;
+    int have_hi = 0;
+    uint32_t hi = 0;
+    while (i < n) {
+        if (left == 1) { /* torch regenerates on the draw that takes left to 0 */
+            qsgd_mt_regen(mt);
+            left = 625;
+            next = 0;
+        }
+        const int64_t avail = left - 1, need = 2 * (n - i) - have_hi;
+        const int64_t take = avail < need ? avail : need;
+        const uint32_t *src = mt + next;
+        for (int64_t k = 0; k < take; ++k) { /* tempering, vectorised */
+            uint32_t y = src[k];
+            y ^= y >> 11;
+            y ^= (y << 7) & 0x9d2c5680U;
+            y ^= (y << 15) & 0xefc60000U;
+            buf[k] = y ^ (y >> 18);
+        }
+        next += (uint64_t)take;
+        left -= (int32_t)take;
+        int64_t k = 0;
+        if (have_hi) { /* a pair across two blocks of words */
+            const int64_t v = ((int64_t)(hi & 0x1fffffU) << 32) | buf[0];
+            out[i++] = v < T ? 1.0f : 0.0f;
+            k = 1;
+            have_hi = 0;
+        }
+        const int64_t pairs = (take - k) / 2;
+        const uint32_t *b = buf + k;
+        float *o = out + i;
+        for (int64_t j = 0; j < pairs; ++j) { /* hi, lo: the high word first (random64) */
+            const int64_t v = ((int64_t)(b[2 * j] & 0x1fffffU) << 32) | b[2 * j + 1];
+            o[j] = v < T ? 1.0f : 0.0f;
+        }
+        i += pairs;
+        k += 2 * pairs;
+        if (k < take) {
+            hi = buf[k];
+            have_hi = 1;
+        }
+    }
+    memcpy(state + 8, &left, 4);
+    memcpy(state + 16, &next, 8);
+    for (int j = 0; j < 624; ++j) {
+        w = mt[j];
+        memcpy(state + 24 + 8 * j, &w, 8);
+    }
 }
 
 #define QSGD_REAL double

@@ -48,3 +48,15 @@ def _clean_commit(monkeypatch):
     provenance.commit_info.cache_clear()
     yield
     provenance.commit_info.cache_clear()
+
+
+@pytest.fixture
+def one_thread():
+    """torch at one thread for the test, as the runner's CPU workers run (where the CPU paths'
+    bit-for-bit equalities are stated), restored after it."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -43,11 +43,8 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test here at one torch thread (conftest's ``one_thread``)."""
 
 
 def _spec(data_dir, variant="adamw", seed=0, lr=1e-3, **over):

@@ -140,6 +140,9 @@ class Arm(abc.ABC):
     options: a frozen dataclass; the config's table named after the arm fills it.
     numerics: version of the arm's numerics, part of every run's key: bump it when a code
         change alters the metrics of an unchanged spec, so stored runs become stale.
+    batched_numerics: the version of the arm's seed-batched runs (:meth:`run_batch`, for a
+        grid with ``[grid].seed_batched = true``), a series apart from ``numerics`` so that a
+        batched run and a one-run run never share a key; None: the arm has no such path.
     metrics: every metric a run reports that reports should know about.
     resources: ``"cpu"`` (one process per core) or ``"gpu"`` (one process per GPU).
     attentions: the values a cell's ``attention`` may take; the first is the default.
@@ -163,6 +166,7 @@ class Arm(abc.ABC):
     name: ClassVar[str] = ""
     options: ClassVar[type] = type(None)
     numerics: ClassVar[int] = 0
+    batched_numerics: ClassVar[int | None] = None
     metrics: ClassVar[tuple[Metric, ...]] = ()
     resources: ClassVar[str] = "cpu"
     attentions: ClassVar[tuple[str, ...]] = ("none",)
@@ -220,6 +224,12 @@ class Arm(abc.ABC):
         """Train and evaluate one spec; return ``{"metrics": {...}, "curve": [...]}`` and
         optionally ``"device"`` (a name for the provenance). Pure: everything it depends on is
         in ``spec`` (variant, attention, seed, lr, config)."""
+
+    def run_batch(self, specs) -> list:
+        """Train ``specs``, the runs of one cell (they differ in their seeds only), at once;
+        return per spec, in order, what :meth:`run` returns for it, or the exception that
+        ended that run (the others go on). Only for an arm with ``batched_numerics``."""
+        raise NotImplementedError(f"arm {self.name!r} has no seed-batched path")
 
     # ------------------------------------------------------------------ reporting
     def describe(self, cfg, runs) -> str:

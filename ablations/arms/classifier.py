@@ -35,7 +35,7 @@ from .base import Arm, Metric, TimeTarget, register_arm
 from .tasks import check_task, get_task
 
 __all__ = ["ClassifierOptions", "Classifier", "make_task", "build_model", "derived_seeds", "run",
-           "TIMING_METRICS", "NUMERICS"]
+           "RunCurve", "TIMING_METRICS", "NUMERICS", "BATCHED_NUMERICS"]
 
 #: Version of this arm's numerics, part of every run's key (ablations.config.RunSpec): bump it
 #: whenever a code change alters the metrics of an unchanged spec, so the stored runs become
@@ -48,6 +48,13 @@ __all__ = ["ClassifierOptions", "Classifier", "make_task", "build_model", "deriv
 #: (``qsgd.attention.fused``), Fourier coefficients from the minimal grid: the same function,
 #: rounded differently (agreement to float32 rounding is tested).
 NUMERICS = 4
+#: Version of the seed-batched path's numerics (:mod:`ablations.arms.seed_batch`, a grid's
+#: ``[grid].seed_batched``), in the keys and records of its runs: 1000·b + NUMERICS, b the
+#: batched path's own version, so that it never equals NUMERICS (a batched run and a one-run
+#: run never share a key, and a grid runs one way or the other) and moves with it. b = 1:
+#: every metric but the timings equals the one-run path's bit for bit on a CPU at one thread;
+#: timings are a run's share of its batch's.
+BATCHED_NUMERICS = 1000 * 1 + NUMERICS
 
 PAD = 0
 
@@ -215,6 +222,68 @@ def _accuracy(model, x, y, batch=500) -> float:
     return correct / len(x)
 
 
+class RunCurve:
+    """One run's per-epoch curve and its metrics: what the one-run loop (:func:`run`) and the
+    seed-batched one (:mod:`ablations.arms.seed_batch`) record, epoch by epoch, the same way.
+
+    ``target``: the accuracy of epochs to target; ``has_val``: the task has a validation split.
+    """
+
+    def __init__(self, target: float, has_val: bool):
+        self.target, self.has_val = target, has_val
+        self.curve: list[dict[str, Any]] = []
+        self.losses: list[float] = []
+        self.epoch_times: list[float] = []
+        self.epochs_to_target = self.sec_to_target = self.epochs_to_target_val = None
+        self.train_time = 0.0
+        self.diverged = False
+
+    def add_epoch(self, epoch: int, seconds: float, epoch_losses: list[float], test_acc: float,
+                  val_acc: float | None = None) -> bool:
+        """Record an epoch: its training seconds, step losses and accuracies. Returns False
+        when the run diverged (a non-finite loss): its curve ends here."""
+        self.train_time += seconds
+        self.epoch_times.append(seconds)
+        self.losses.extend(epoch_losses)
+        point = {"epoch": epoch, "test_acc": test_acc,
+                 "train_loss": float(np.mean(epoch_losses)), "sec": round(self.train_time, 4)}
+        if self.has_val:
+            point["val_acc"] = val_acc
+            if self.epochs_to_target_val is None and val_acc >= self.target:
+                self.epochs_to_target_val = epoch
+        self.curve.append(point)
+        if self.epochs_to_target is None and test_acc >= self.target:
+            self.epochs_to_target, self.sec_to_target = epoch, self.train_time
+        if not all(math.isfinite(v) for v in epoch_losses):
+            self.diverged = True
+        return not self.diverged
+
+    def metrics(self, perturbation_ratio: float, steps: int) -> dict[str, Any]:
+        curve, diverged = self.curve, self.diverged
+        metrics = {
+            "final_test_acc": curve[-1]["test_acc"] if not diverged else float("nan"),
+            "epochs_to_90": (float(self.epochs_to_target) if self.epochs_to_target
+                             else float("nan")),
+            "reached_90": self.epochs_to_target is not None,
+            "mean_train_loss": float(np.mean(self.losses)),
+            "final_train_loss": curve[-1]["train_loss"],
+            "sec_per_epoch": float(np.median(self.epoch_times)),
+            "sec_to_target": (float(self.sec_to_target) if self.sec_to_target is not None
+                              else float("nan")),
+            "sec_total": float(self.train_time),
+            "perturbation_ratio": perturbation_ratio,
+            "steps": steps,
+            "diverged": diverged,
+        }
+        if self.has_val:  # what every choice reads (lr, difficulty, epochs): never the test set
+            metrics.update(
+                final_val_acc=curve[-1]["val_acc"] if not diverged else float("nan"),
+                epochs_to_90_val=(float(self.epochs_to_target_val) if self.epochs_to_target_val
+                                  else float("nan")),
+                reached_90_val=self.epochs_to_target_val is not None)
+        return metrics
+
+
 def run(spec) -> dict[str, Any]:
     """Train one classifier run; return metrics and the per-epoch curve.
 
@@ -235,10 +304,8 @@ def run(spec) -> dict[str, Any]:
     n = len(data["x_train"])
     steps_per_epoch = math.ceil(n / o.batch_size)
     total_steps = steps_per_epoch * o.epochs
-    curve, losses, epoch_times = [], [], []
-    epochs_to_target, sec_to_target, train_time, step = None, None, 0.0, 0
-    has_val, epochs_to_target_val = "x_val" in data, None
-    diverged = False
+    has_val = "x_val" in data
+    rec, step = RunCurve(o.target_acc, has_val), 0
     for epoch in range(1, o.epochs + 1):
         perm = torch.randperm(n, generator=order_gen)
         t0 = time.perf_counter()
@@ -262,43 +329,13 @@ def run(spec) -> dict[str, Any]:
             step += 1
             epoch_losses.append(float(loss.detach()))
         dt_epoch = time.perf_counter() - t0
-        train_time += dt_epoch
-        epoch_times.append(dt_epoch)
-        losses.extend(epoch_losses)
         acc = _accuracy(model, data["x_test"], data["y_test"])
-        point = {"epoch": epoch, "test_acc": acc, "train_loss": float(np.mean(epoch_losses)),
-                 "sec": round(train_time, 4)}
-        if has_val:
-            point["val_acc"] = _accuracy(model, data["x_val"], data["y_val"])
-            if epochs_to_target_val is None and point["val_acc"] >= o.target_acc:
-                epochs_to_target_val = epoch
-        curve.append(point)
-        if epochs_to_target is None and acc >= o.target_acc:
-            epochs_to_target, sec_to_target = epoch, train_time
-        if not all(math.isfinite(v) for v in epoch_losses):
-            diverged = True
+        val = _accuracy(model, data["x_val"], data["y_val"]) if has_val else None
+        if not rec.add_epoch(epoch, dt_epoch, epoch_losses, acc, val):
             break
-    metrics = {
-        "final_test_acc": curve[-1]["test_acc"] if not diverged else float("nan"),
-        "epochs_to_90": float(epochs_to_target) if epochs_to_target else float("nan"),
-        "reached_90": epochs_to_target is not None,
-        "mean_train_loss": float(np.mean(losses)),
-        "final_train_loss": curve[-1]["train_loss"],
-        "sec_per_epoch": float(np.median(epoch_times)),
-        "sec_to_target": float(sec_to_target) if sec_to_target is not None else float("nan"),
-        "sec_total": float(train_time),
-        "perturbation_ratio": opt.perturbation_ratio(),
-        "steps": step,
-        "diverged": diverged,
-    }
-    if has_val:  # what every choice reads (lr, difficulty, epochs): never the test set
-        metrics.update(
-            final_val_acc=curve[-1]["val_acc"] if not diverged else float("nan"),
-            epochs_to_90_val=float(epochs_to_target_val) if epochs_to_target_val
-            else float("nan"),
-            reached_90_val=epochs_to_target_val is not None)
     # trained on the CPU, also where the host has a GPU (its name is not this run's device)
-    return {"metrics": metrics, "curve": curve, "device": cpu_device()}
+    return {"metrics": rec.metrics(opt.perturbation_ratio(), step), "curve": rec.curve,
+            "device": cpu_device()}
 
 
 _PP = dict(unit=" pp", scale=100.0)
@@ -307,11 +344,12 @@ _PP = dict(unit=" pp", scale=100.0)
 @register_arm
 class Classifier(Arm):
     """The classifier arm (claims C1–C5): the task of ``dataset`` (query-count by default),
-    one run per spec."""
+    one run per spec, or a cell's seeds at once in a seed-batched grid (:meth:`run_batch`)."""
 
     name = "classifier"
     options = ClassifierOptions
     numerics = NUMERICS
+    batched_numerics = BATCHED_NUMERICS
     resources = "cpu"
     attentions = ("quantum", "classical")  # the circuit term on (the default) or off
     curve_x = "epoch"
@@ -347,6 +385,11 @@ class Classifier(Arm):
 
     def run(self, spec) -> dict[str, Any]:
         return run(spec)
+
+    def run_batch(self, specs) -> list:
+        from .seed_batch import run_batch
+
+        return run_batch(specs)
 
     def describe(self, cfg, runs) -> str:
         o, baseline_lr = cfg.arm_options, cfg.baseline_lr
@@ -386,7 +429,10 @@ class Classifier(Arm):
             f"feed-forward {o.d_ff}, dropout {o.dropout:g}; attention {attention}. "
             f"{o.epochs} epochs, batch {o.batch_size}, weight decay {o.weight_decay:g}, "
             f"{clip}, {schedule}; {lr}. Seeds pair runs: seed s fixes data order, init and "
-            f"noise for every variant.\n")
+            f"noise for every variant." + (
+                " Seed-batched: a cell's seeds were trained at once, each run as its own (the "
+                "same metrics as one run alone), its timings its share of its job's."
+                if getattr(cfg, "seed_batched", False) else "") + "\n")
 
 
 #: Wall-clock metrics: they vary between equal runs; every other metric is bit-reproducible.

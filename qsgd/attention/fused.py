@@ -50,13 +50,15 @@ def fused_applies(phi, x: Tensor, dropout_active: bool) -> bool:
 
 
 def fused_attention(qkv: Tensor, phi, gamma: Tensor, *, key_padding_mask: Tensor | None = None,
-                    is_causal: bool = False, scale: float | None = None) -> Tensor:
+                    is_causal: bool = False, scale: float | None = None,
+                    phi_params: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """The attention of one layer (module docstring) from its projection ``qkv`` (B, L, 3, H, E)
     (queries, keys, values; contiguous), the circuit term ``phi`` (a ScoreCircuit taking the
     chain: :func:`fused_applies`) and its weight ``gamma`` (a 0-dim tensor). ``key_padding_mask``
     (B, L) bool, True marks padding keys; ``is_causal``: keys after the query are masked;
-    ``scale``: of the scores, default 1/√E. Returns O (B, L, H, E), differentiable in ``qkv``,
-    ``gamma`` and Φ's ``scale`` and ``weights``."""
+    ``scale``: of the scores, default 1/√E; ``phi_params``: Φ's (scale, weights) to use in
+    place of ``phi``'s own parameters (a seed-batched model passes each run's slice). Returns
+    O (B, L, H, E), differentiable in ``qkv``, ``gamma`` and Φ's ``scale`` and ``weights``."""
     if qkv.dim() != 5 or qkv.shape[2] != 3:
         raise ValueError(f"qkv must have shape (B, L, 3, H, E), got {tuple(qkv.shape)}")
     B, L, _, H, E = qkv.shape
@@ -70,8 +72,9 @@ def fused_attention(qkv: Tensor, phi, gamma: Tensor, *, key_padding_mask: Tensor
             raise ValueError(f"key_padding_mask must have shape {(B, L)}, got "
                              f"{tuple(key_padding_mask.shape)}")
         pad = key_padding_mask.to(torch.uint8).contiguous()
-    a = phi.scale if phi.scale.dtype == dt else phi.scale.to(dt)
-    w = phi.weights if phi.weights.dtype == dt else phi.weights.to(dt)
+    a, w = (phi.scale, phi.weights) if phi_params is None else phi_params
+    a = a if a.dtype == dt else a.to(dt)
+    w = w if w.dtype == dt else w.to(dt)
     g = gamma if gamma.dtype == dt else gamma.to(dt)
     spec = phi.chain_spec()
     qkv = qkv if qkv.is_contiguous() else qkv.contiguous()

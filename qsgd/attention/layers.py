@@ -151,13 +151,19 @@ class ScoreCircuit(nn.Module):
         return _spec(self.n_qubits, self.depth, self.entangle)
 
     def forward(self, scores: Tensor) -> Tensor:
-        w = self.weights if self.weights.dtype == scores.dtype else self.weights.to(scores.dtype)
+        return self.evaluate(scores, self.weights, self.scale)
+
+    def evaluate(self, scores: Tensor, weights: Tensor, scale: Tensor) -> Tensor:
+        """Φ of ``scores`` with ``weights`` (L, 2, n) and ``scale`` (n,) in place of the module's
+        own parameters: the same computation as :meth:`forward`, for a caller that holds the
+        parameters elsewhere (a seed-batched model passes each run's slice)."""
+        w = weights if weights.dtype == scores.dtype else weights.to(scores.dtype)
         kw = dict(depth=self.depth, entangle=self.entangle, hadamard=True, encoding="reupload")
         method = self.resolved_method(scores.device)
         if method == "chain":
-            return chain_line(w, self.scale, scores, **kw)
+            return chain_line(w, scale, scores, **kw)
         line = circuit_line if method == "fourier" else state_line
-        return line(w, self.scale, scores, readout=_CIRCUIT_READOUT[self.readout], **kw)
+        return line(w, scale, scores, readout=_CIRCUIT_READOUT[self.readout], **kw)
 
 
 @functools.lru_cache(maxsize=64)
