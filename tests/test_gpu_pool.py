@@ -121,3 +121,23 @@ def test_gpu_sampler_summarises_nvidia_smi_lines(tmp_path):
     assert out["devices"] == 2 and out["samples"] >= 2
     assert out["util_mean"] == out["util_median"] == 50.0 and out["mem_max_mib"] == 3000.0
     assert GpuSampler(query=["no-such-command-here"]).start().stop() is None
+
+
+def test_an_arm_without_a_batched_path_runs_a_batch_one_run_after_another(monkeypatch):
+    """Arm.run_batch's default: what run returns for each spec, in order, or the exception
+    that ended that run while the others go on."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    arm = Pinned()
+    calls = []
+
+    def run(spec):
+        calls.append(spec)
+        if spec == "bad":
+            raise ValueError("this run failed")
+        return {"metrics": {"device": 0}, "curve": [spec]}
+
+    monkeypatch.setattr(arm, "run", run)
+    out = arm.run_batch(["a", "bad", "c"])
+    assert calls == ["a", "bad", "c"]
+    assert out[0]["curve"] == ["a"] and out[2]["curve"] == ["c"]
+    assert isinstance(out[1], ValueError) and str(out[1]) == "this run failed"

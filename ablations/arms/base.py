@@ -228,8 +228,16 @@ class Arm(abc.ABC):
     def run_batch(self, specs) -> list:
         """Train ``specs``, the runs of one cell (they differ in their seeds only), at once;
         return per spec, in order, what :meth:`run` returns for it, or the exception that
-        ended that run (the others go on). Only for an arm with ``batched_numerics``."""
-        raise NotImplementedError(f"arm {self.name!r} has no seed-batched path")
+        ended that run (the others go on). This default runs them one after another with
+        :meth:`run`; an arm with a real seed-batched path (``batched_numerics``, the only
+        arms a grid may batch) overrides it."""
+        out: list = []
+        for spec in specs:
+            try:
+                out.append(self.run(spec))
+            except Exception as err:  # that run ended; the others go on
+                out.append(err)
+        return out
 
     # ------------------------------------------------------------------ reporting
     def describe(self, cfg, runs) -> str:
