@@ -23,6 +23,8 @@ Verdicts (the ledger's legend):
   0.28)``);
 * ``not supported: …`` (a claim judged by several pre-specified tests, C7): not every test
   that support needs passes, and none contradicts; the text names what each test found;
+* ``too few seeds``: the claim's cell has runs, but fewer than two seeds are paired, so no
+  test can be made yet (a grid part-way through its seeds);
 * ``not run yet``: the arm has no runs of the claim's cell.
 
 Margins, Holm families and seeds are not constants here: a grid pre-registers them in its
@@ -56,7 +58,7 @@ __all__ = ["Claim", "ClaimResult", "Evidence", "register_claim", "get_claim", "c
 
 ALPHA = 0.05
 VERDICTS = ("supported", "contradicted", "equivalent", "no detectable difference",
-            "not supported", "not run yet")
+            "not supported", "too few seeds", "not run yet")
 
 
 @dataclass(frozen=True)
@@ -248,8 +250,12 @@ def _significant(row: Mapping, alpha: float) -> bool:
 
 
 def paired_verdict(claim: Claim, row: Mapping, alpha: float, target_power: float = 0.8,
-                   vs_null: Mapping | None = None, null: str | None = None) -> str:
+                   vs_null: Mapping | None = None, null: str | None = None,
+                   seeds: int | None = None) -> str:
     """The verdict of a paired comparison against the paper's claimed direction.
+
+    0. Fewer than two paired seeds (the row's ``n``): ``too few seeds``, naming how many of
+       the pre-registered ``seeds`` are paired; no test is possible yet.
 
     1. Significant after Holm (the row's ``p_holm``) in the paper's direction: supported;
        against it: contradicted. With a comparison of the variant against the null control
@@ -263,6 +269,10 @@ def paired_verdict(claim: Claim, row: Mapping, alpha: float, target_power: float
        ``(power p)`` at or above it.
     """
     s, u = claim.scale, claim.unit
+    n = int(row["n"]) if finite(row.get("n")) else 0
+    if n < 2:
+        of = f" of {seeds} pre-registered" if seeds else ""
+        return f"too few seeds ({n}{of} paired): no test yet"
     if _significant(row, alpha):
         text = "supported" if np.sign(row["diff"]) == np.sign(claim.claimed) else "contradicted"
         if vs_null is not None and null and not _significant(vs_null, alpha):
@@ -362,7 +372,8 @@ def judge_paired(claim: Claim, ev: Evidence) -> ClaimResult:
     else:
         null, null_values = "–", {}
     values.update(null_values, design=design_text(claim, row, design))
-    verdict = paired_verdict(claim, row, ev.alpha, design.power, vs_null, ev.null)
+    verdict = paired_verdict(claim, row, ev.alpha, design.power, vs_null, ev.null,
+                             design.seeds)
     return ClaimResult(claim.id, verdict, **texts, values=values,
                        power=power_text(claim, row, design), null=null)
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from ablations.claims import Evidence, claims, get_claim
+from ablations.design import Design
 
 LR = 0.006
 Q = {"attention": "quantum", "lr": LR}
@@ -74,6 +75,20 @@ LLM = dict(metric="mean_train_loss", attention="none", lr=3e-4, mean_baseline=0.
 def test_c6_every_branch(row, expected):
     runs = pd.DataFrame({"attention": ["none"], "variant": ["adamw"]})
     assert verdict("C6", stats=stats_rows({**LLM, **row}), runs=runs, lr=3e-4) == expected
+
+
+@pytest.mark.parametrize("n, design, expected", [
+    (1, None, "too few seeds (1 paired): no test yet"),
+    (0, {"C6": {"margin": 0.005, "seeds": 5}},"too few seeds (0 of 5 pre-registered paired): "
+                                                "no test yet"),
+])
+def test_c6_too_few_seeds_is_no_test(n, design, expected):
+    """A grid part-way through its seeds: one pair gives no interval, so no verdict either."""
+    runs = pd.DataFrame({"attention": ["none"], "variant": ["adamw"]})
+    row = {**LLM, "n": n, "p_holm": 1.0, "p_tost": math.nan, "ci_low": math.nan,
+           "ci_high": math.nan}
+    extra = {"designs": {k: Design(k, **v) for k, v in design.items()}} if design else {}
+    assert verdict("C6", stats=stats_rows(row), runs=runs, lr=3e-4, **extra) == expected
 
 
 def test_c6_not_run():
