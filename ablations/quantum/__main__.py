@@ -110,6 +110,14 @@ def training_table(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return summ, pd.DataFrame(deltas)
 
 
+def _shot_cells(summ: pd.DataFrame) -> str:
+    """The shot counts of the summary's ``shots-S`` cells, as "64, 256 or 1024"."""
+    counts = sorted(int(c.split("-", 1)[1]) for c in set(summ.cell) if c.startswith("shots-"))
+    if not counts:
+        return "no"
+    return ", ".join(map(str, counts[:-1])) + (" or " if len(counts) > 1 else "") + str(counts[-1])
+
+
 def cost_table(out: Path, train_sec_per_epoch: float | None) -> pd.DataFrame:
     """The QPU projection (ablations.quantum.cost) for our grid's model, the paper's
     classifier and the paper's LLM epoch."""
@@ -203,11 +211,12 @@ def _report(out: Path) -> int:
                           for x in (TRAIN / "runs.jsonl").read_text().splitlines()})
         parts += ["## Training under shots and device noise", "",
                   f"ablations/quantum/train.toml (runs at commit(s) {', '.join(commits)}): "
-                  "the query-count classifier, readout z, 8 epochs; cells exact, 64 shots per "
-                  "score (training and evaluation), and fake_sherbrooke's noise model (exact "
-                  "expectation). Deltas pair by seed with the exact cell (same init, data "
-                  "order, optimizer noise); 95% t intervals. epochs_to_85 is read post hoc "
-                  "from the curves (few runs reach 90% in 8 epochs).", "", _md(summ), "",
+                  "the query-count classifier, readout z, 8 epochs; cells exact, "
+                  f"{_shot_cells(summ)} shots per score (training and evaluation), and "
+                  "fake_sherbrooke's noise model (exact expectation). Deltas pair by seed "
+                  "with the exact cell (same init, data order, optimizer noise); 95% t "
+                  "intervals. epochs_to_85 is read post hoc from the curves (few runs reach "
+                  "90% in 8 epochs).", "", _md(summ), "",
                   _md(deltas), ""]
     if (out / "transpiled.csv").exists():
         cost = cost_table(out, sec)
