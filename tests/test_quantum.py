@@ -121,3 +121,41 @@ def test_c4_ledger_note_reads_the_qpu_table():
          "qpu_seconds": 3.156e7 * 2}])
     note = _c4_qpu(t)
     assert "3 days shot-limited (4 in a reserved session)" in note and "2 years" in note
+
+
+def test_training_table_pairs_each_cell_with_exact_by_seed(tmp_path):
+    """The training summary: per cell and variant its runs and cpu; deltas against the exact
+    cell paired by seed (a seed missing from one side drops out), and sin − adamw per cell."""
+    import json
+
+    from ablations.quantum.__main__ import _shot_cells, training_table
+
+    def rec(task, variant, seed, acc, cpu="A"):
+        return {"task": task, "variant": variant, "seed": seed,
+                "metrics": {"final_test_acc": acc, "epochs_to_90": None, "sec_per_epoch": 1.0},
+                "curve": [{"epoch": 1, "test_acc": acc}],
+                "provenance": {"commit": "0123456789ab", "cpu": cpu}}
+
+    rows = [rec(None, v, s, 0.80 + 0.01 * s) for v in ("adamw", "sin-l0.5") for s in range(3)]
+    rows += [rec("shots-256", "adamw", s, 0.82 + 0.01 * s, cpu="B") for s in range(2)]
+    rows += [rec("shots-256", "sin-l0.5", s, 0.79 + 0.01 * s, cpu="B") for s in range(3)]
+    (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    summ, deltas = training_table(tmp_path)
+    assert set(summ.cell) == {"exact", "shots-256"} and set(summ.cpu) == {"A", "B"}
+    d = deltas.set_index(["cell", "variant", "metric"])
+    assert d.loc[("shots-256", "adamw", "final_test_acc"), "seeds"] == 2
+    assert d.loc[("shots-256", "adamw", "final_test_acc"), "mean_diff_vs_exact"] == \
+        pytest.approx(0.02)
+    assert d.loc[("shots-256", "sin-l0.5", "final_test_acc"), "mean_diff_vs_exact"] == \
+        pytest.approx(-0.01)
+    assert d.loc[("exact", "sin-l0.5 - adamw", "final_test_acc"), "mean_diff_vs_exact"] == \
+        pytest.approx(0.0, abs=1e-12)
+    assert _shot_cells(summ) == "256"
+    more = pd_concat_cells(summ, ["shots-64", "shots-1024"])
+    assert _shot_cells(more) == "64, 256 or 1024"
+
+
+def pd_concat_cells(summ, cells):
+    import pandas as pd
+
+    return pd.concat([summ, pd.DataFrame({"cell": cells})], ignore_index=True)

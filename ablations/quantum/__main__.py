@@ -80,13 +80,15 @@ def training_table(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                      "epochs_to_90": _num(r["metrics"]["epochs_to_90"]),
                      "epochs_to_85": _epochs_to(r["curve"], 0.85),
                      "sec_per_epoch": r["metrics"]["sec_per_epoch"],
-                     "commit": r["provenance"]["commit"][:10]})
+                     "commit": r["provenance"]["commit"][:10],
+                     "cpu": r["provenance"].get("cpu", "?")})
     df = pd.DataFrame(rows)
     summ = df.groupby(["cell", "variant"]).agg(
         n=("seed", "size"), final_test_acc=("final_test_acc", "mean"),
         reached_90=("epochs_to_90", lambda s: float(np.isfinite(s).mean())),
         reached_85=("epochs_to_85", lambda s: float(np.isfinite(s).mean())),
-        sec_per_epoch=("sec_per_epoch", "median")).reset_index()
+        sec_per_epoch=("sec_per_epoch", "median"),
+        cpu=("cpu", lambda s: " + ".join(sorted(set(s))))).reset_index()
     deltas = []
     exact = df[df.cell == "exact"].set_index(["variant", "seed"])
     for (cell, variant), g in df[df.cell != "exact"].groupby(["cell", "variant"]):
@@ -216,7 +218,10 @@ def _report(out: Path) -> int:
                   "fake_sherbrooke's noise model (exact expectation). Deltas pair by seed "
                   "with the exact cell (same init, data order, optimizer noise); 95% t "
                   "intervals. epochs_to_85 is read post hoc from the curves (few runs reach "
-                  "90% in 8 epochs).", "", _md(summ), "",
+                  "90% in 8 epochs). Column cpu: where the cell ran; a change of processor "
+                  "alters the rounding and so acts like a small nudge (README), which a "
+                  "paired delta's interval then carries; seconds compare only within a cpu.",
+                  "", _md(summ), "",
                   _md(deltas), ""]
     if (out / "transpiled.csv").exists():
         cost = cost_table(out, sec)
