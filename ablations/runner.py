@@ -312,7 +312,8 @@ def run_grid(
         bar = None
         sampler = GpuSampler().start() if config.arm_obj.resources == "gpu" else None
         started, t0, interrupted = utc_now(), time.perf_counter(), False
-        logged = t0
+        checkpoints = _Checkpoints(lambda now: _log_sweep(
+            folder, config, counts, started, now - t0, ex, sampler, False, partial=True), t0)
         batched = config.seed_batched
         attempt = BatchAttempt(batch_fn) if batched else Attempt(run_fn)
         try:
@@ -350,10 +351,7 @@ def run_grid(
                         append_record(runs_path, result)
                         counts["ran"] += 1
                         counts["stored"] += 1
-                        if time.perf_counter() - logged >= sweeplog.CHECKPOINT_S:
-                            logged = time.perf_counter()  # a killed session keeps its figures
-                            _log_sweep(folder, config, counts, started, logged - t0, ex,
-                                       sampler, False, partial=True)
+                        checkpoints.stored()  # a killed session keeps its figures
                         if on_record is not None:
                             on_record(result)
                         bar.update(1)
@@ -375,6 +373,7 @@ def run_grid(
             interrupted = True
             raise SweepInterrupted(counts, folder) from None
         finally:
+            checkpoints.close()
             if bar is not None:
                 bar.close()
             if own and ex is not None:
@@ -382,6 +381,42 @@ def run_grid(
             _log_sweep(folder, config, counts, started, time.perf_counter() - t0, ex,
                        sampler, interrupted)
     return counts
+
+
+class _Checkpoints:
+    """The checkpoint lines of a session's sweep log (:mod:`ablations.sweeplog`): one is
+    written as soon as :data:`~ablations.sweeplog.CHECKPOINT_S` seconds have passed since the
+    previous line (or the session's start) and a run has been stored since; checked after each
+    stored run and by a timer thread, so that runs stored shortly after a checkpoint are not
+    left out of the log when the session is then killed while its next runs train (a GPU
+    machine given back mid-wave)."""
+
+    def __init__(self, write: Callable[[float], None], start: float):
+        self._write, self._last, self._pending = write, start, False
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sweep-checkpoints",
+                                        daemon=True)
+        self._thread.start()
+
+    def stored(self) -> None:
+        with self._lock:
+            self._pending = True
+            self._due()
+
+    def _due(self) -> None:
+        now = time.perf_counter()
+        if self._pending and now - self._last >= sweeplog.CHECKPOINT_S:
+            self._last, self._pending = now, False
+            self._write(now)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(max(sweeplog.CHECKPOINT_S / 4, 0.05)):
+            with self._lock:
+                self._due()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 def _executor_kind(executor: cf.Executor | str | None, workers: int | None) -> str | None:

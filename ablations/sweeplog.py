@@ -13,10 +13,11 @@ at least one run appends one strict-JSON line (NaN/Infinity as strings, as recor
              "mem_max_mib": MiB, "devices": n} | null}
 
 A session also appends a *checkpoint* of that line (``"partial": true``, the figures so far)
-after a stored run once :data:`CHECKPOINT_S` seconds have passed since its previous line, so a
-session killed outright (a GPU machine taken back, SIGKILL) still leaves its wall clock and GPU
-utilisation up to its last checkpoint. Lines share ``started``; :func:`load_sweeps` keeps the
-last line of each session (its final line, or its last checkpoint when it was killed).
+as soon as :data:`CHECKPOINT_S` seconds have passed since its previous line and a run has been
+stored since (checked after each stored run and by a timer), so a session killed outright (a
+GPU machine taken back, SIGKILL) still leaves its wall clock and GPU utilisation up to its last
+checkpoint. Lines share ``started``; :func:`load_sweeps` keeps the last line of each session
+(its final line, or its last checkpoint when it was killed).
 
 (``failed``: runs logged in ``failures.jsonl`` this session; ``executor``: the runner's process
 pool, a local Dask cluster, or a running Dask scheduler, whose ``workers`` are those connected
@@ -43,7 +44,7 @@ from .records import append_record, load_log
 __all__ = ["SWEEPS_FILE", "CHECKPOINT_S", "GpuSampler", "append_sweep", "load_sweeps"]
 
 SWEEPS_FILE = "sweeps.jsonl"
-#: seconds between a session's checkpoint lines (written after a stored run)
+#: the least seconds between a session's checkpoint lines (each follows a stored run)
 CHECKPOINT_S = 300.0
 
 _QUERY = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",

@@ -253,6 +253,33 @@ def test_a_session_checkpoints_its_sweep_line_so_a_killed_one_keeps_its_figures(
     assert f"| {n - 1} (killed: its last checkpoint) |" in row
 
 
+def test_a_run_stored_just_after_a_checkpoint_reaches_the_log_before_the_session_ends(
+        tmp_path, monkeypatch):
+    """Runs stored less than CHECKPOINT_S after the previous line are written by the timer
+    once the period is up, while the session still trains (here: waits in on_record), so a
+    session killed then still counts them; with nothing stored since, no line is added."""
+    from ablations import sweeplog
+
+    cfg = load_config(_write(tmp_path))
+    n = len(cfg.specs)
+    monkeypatch.setattr(sweeplog, "CHECKPOINT_S", 0.4)
+    path = cfg.results / sweeplog.SWEEPS_FILE
+    seen = []
+
+    def slow_last(record):  # every run is stored at once; the session then lingers
+        seen.append(record)
+        if len(seen) == n:
+            time.sleep(1.5)
+
+    run_grid(cfg, SerialExecutor(), progress=False, on_record=slow_last)
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    partial = [x for x in lines if x.get("partial")]
+    assert lines[-1].get("partial") is None and lines[-1]["ran"] == n
+    assert partial and partial[-1]["ran"] == n  # the last runs are in a checkpoint
+    ran = [x["ran"] for x in partial]
+    assert ran == sorted(set(ran))  # a checkpoint only after a new run: none repeats
+
+
 def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
     """Kill a real `python -m ablations run` mid-grid, rerun it, and count the records."""
     cfg_path = _write(tmp_path, seeds=12)  # enough runs that the kill lands mid-grid
