@@ -242,6 +242,60 @@ def _sweeps_section(out: Path) -> list[str]:
             md_table(pd.DataFrame(rows), digits=3)]
 
 
+def waves_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Runs that trained at the same time, grouped into waves: a run's interval is its
+    provenance ``utc`` (when it was stored) less its ``wall_seconds``; a run that starts
+    before every run of the current wave has ended joins it. Per wave: its runs, start, wall
+    clock (first start to last end), the median run's wall clock and training seconds
+    (``train_seconds``, where the arm records it), the wave's wall clock per run (what one run
+    costs when the wave's runs share the device) and its commits. Empty without timings."""
+    spans = []
+    for r in records:
+        p = r.get("provenance") or {}
+        try:
+            end = pd.Timestamp(p["utc"]).timestamp()
+            wall = float(p["wall_seconds"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        spans.append((end - wall, end, wall, r))
+    spans.sort(key=lambda x: x[0])
+    waves: list[list[tuple]] = []
+    for span in spans:
+        if waves and span[0] < max(x[1] for x in waves[-1]):
+            waves[-1].append(span)
+        else:
+            waves.append([span])
+    rows = []
+    for w in waves:
+        start, end = min(x[0] for x in w), max(x[1] for x in w)
+        train = [float(x[3].get("metrics", {}).get("train_seconds", float("nan"))) for x in w]
+        rows.append({
+            "started (UTC)": pd.Timestamp(start, unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M"),
+            "runs": len(w), "wall (min)": (end - start) / 60,
+            "run wall, median (s)": float(np.median([x[2] for x in w])),
+            "run training, median (s)": float(np.nanmedian(train)) if np.isfinite(train).any()
+            else float("nan"),
+            "wave wall per run (s)": (end - start) / len(w),
+            "commit": ", ".join(sorted({str((x[3].get("provenance") or {}).get("commit", ""))[:7]
+                                        for x in w}))})
+    return pd.DataFrame(rows)
+
+
+def _waves_section(out: Path) -> list[str]:
+    """For a GPU arm: the waves of runs that shared the device (:func:`waves_table`)."""
+    records = load_records(out / RUNS_FILE) if (out / RUNS_FILE).exists() else []
+    table = waves_table(records)
+    if table.empty:
+        return []
+    return ["## Waves: runs that shared the GPU\n",
+            "From each record's provenance (stored at `utc` after `wall_seconds`): runs "
+            "whose intervals overlap trained side by side, `runs_per_gpu` to a GPU. A run's "
+            "wall clock includes loading the model, compiling and evaluating; its training "
+            "seconds are the epoch's alone; the wave's wall clock per run is what a run cost "
+            "when the wave's runs shared the device.\n",
+            md_table(table, digits=3)]
+
+
 def _statistics_note(ctx: Context) -> str:
     margins = []
     shown = [m for m in ctx.arm.compared_metrics if m.name in ctx.runs.columns]
@@ -343,6 +397,8 @@ def render_arm(cfg: GridConfig) -> Path:
             body += _exhibit(name, ctx, None)
         body.append(_statistics_note(ctx))
     body += _sweeps_section(out)
+    if arm.resources == "gpu":
+        body += _waves_section(out)
     figs = out / "figures"
     for name, fig in ctx.figures.items():
         save_figure(fig, figs / name)

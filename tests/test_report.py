@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -152,3 +153,27 @@ def test_ledger_shows_each_protocol_of_a_claim_and_its_power(tmp_path):
     assert "| paper | classifier-paper numbers |" in rows[1] and "| 0.31 |" in rows[1]
     assert "| calibrated | classifier-calibrated numbers |" in rows[0] and "| 0.83 |" in rows[0]
     assert ledger.count("\n| C2 |") == 1 and "the classifier arm has not run yet" in ledger
+
+
+def test_waves_group_runs_that_overlapped_in_time():
+    """Runs whose [utc - wall, utc] intervals overlap form one wave; the next starts after
+    all of them ended; records without timings are left out."""
+    from ablations.report import waves_table
+
+    def rec(end, wall, train=None, commit="abcdef1234"):
+        return {"provenance": {"utc": end, "wall_seconds": wall, "commit": commit},
+                "metrics": {} if train is None else {"train_seconds": train}}
+
+    records = [rec("2026-01-01T00:10:00+00:00", 600, 300),     # 00:00-00:10
+               rec("2026-01-01T00:12:00+00:00", 660, 340),     # 00:01-00:12: overlaps
+               rec("2026-01-01T00:30:00+00:00", 300, None, "0123456789"),  # 00:25-00:30
+               {"provenance": {}}]
+    t = waves_table(records)
+    assert list(t["runs"]) == [2, 1]
+    assert t["wall (min)"].tolist() == pytest.approx([12.0, 5.0])
+    assert t["wave wall per run (s)"].tolist() == pytest.approx([360.0, 300.0])
+    assert t["run training, median (s)"].iloc[0] == pytest.approx(320.0)
+    assert math.isnan(t["run training, median (s)"].iloc[1])
+    assert list(t["commit"]) == ["abcdef1", "0123456"]
+    assert list(t["started (UTC)"]) == ["2026-01-01T00:00", "2026-01-01T00:25"]
+    assert waves_table([]).empty
