@@ -37,9 +37,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .hyper import DEFAULTS, check_group, check_settings
+from .hyper import DEFAULTS, check_group, check_settings, group_perturbation
 from .optimizer import NonFiniteGradientError
-from .perturbations import Context, None_, get_perturbation
+from .perturbations import Context, None_
 from .update import _acc, _bias_corrections, _foreach_sq, _moment_share
 
 __all__ = ["SeedBatchedAdamW", "SeedNonFiniteError"]
@@ -67,7 +67,8 @@ class SeedBatchedAdamW:
             (their values are kept).
         seeds: the noise seed of each run (``seed`` of its single-run optimizer), S of them.
         lr, betas, eps, weight_decay, quantum_weight, perturbation, scope, n_qubits,
-            bias_correction: as :class:`qsgd.SuperpositionalAdamW`, shared by the runs.
+            bias_correction, circuit_shots: as :class:`qsgd.SuperpositionalAdamW`, shared by
+            the runs (run s's shots keyed on its own seed).
             ``lr`` may be changed between steps (a schedule).
         nonfinite: ``"raise"`` (default): a run whose gradient holds NaN or ±inf raises
             :class:`SeedNonFiniteError` naming it (and the tensor) before anything changes;
@@ -83,7 +84,7 @@ class SeedBatchedAdamW:
                  perturbation: Any = DEFAULTS["perturbation"], scope: str = DEFAULTS["scope"],
                  n_qubits: int = DEFAULTS["n_qubits"],
                  bias_correction: bool = DEFAULTS["bias_correction"], nonfinite: str = "raise",
-                 track_ratio: bool = False):
+                 track_ratio: bool = False, circuit_shots: int | None = None):
         if nonfinite not in ("raise", "off"):
             raise ValueError(f"invalid nonfinite: {nonfinite!r} (a seed-batched step supports "
                              "'raise' and 'off')")
@@ -91,7 +92,8 @@ class SeedBatchedAdamW:
         seeds = [int(s) for s in seeds]
         group = dict(DEFAULTS, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                      quantum_weight=quantum_weight, perturbation=perturbation, scope=scope,
-                     n_qubits=n_qubits, bias_correction=bias_correction, seed=0)
+                     n_qubits=n_qubits, bias_correction=bias_correction, seed=0,
+                     circuit_shots=circuit_shots)
         check_group(group)
         if isinstance(lr, Tensor):
             raise ValueError("a seed-batched step takes a float lr")
@@ -111,7 +113,7 @@ class SeedBatchedAdamW:
         self.lr = float(lr)
         self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
         self.quantum_weight = float(quantum_weight)
-        self.perturbation = get_perturbation(perturbation)
+        self.perturbation = group_perturbation(group)
         self.scope, self.n_qubits, self.bias_correction = scope, n_qubits, bias_correction
         self.nonfinite, self.track_ratio = nonfinite, track_ratio
         self.step_count = 0

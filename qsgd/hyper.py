@@ -16,6 +16,7 @@ optimizer's decay is always decoupled.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -23,7 +24,8 @@ from torch import Tensor
 
 from .perturbations import KINDS, get_perturbation
 
-__all__ = ["DEFAULTS", "SCOPES", "NONFINITE", "check_group", "check_settings", "complete"]
+__all__ = ["DEFAULTS", "SCOPES", "NONFINITE", "check_group", "check_settings", "complete",
+           "group_perturbation"]
 
 SCOPES = ("all", "first_n")
 NONFINITE = ("raise", "skip", "off")
@@ -33,6 +35,7 @@ DEFAULTS: dict[str, Any] = dict(
     lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, quantum_weight=0.5,
     perturbation="sin", scope="all", n_qubits=4, bias_correction=True, seed=0, foreach=None,
     fused=None, amsgrad=False, maximize=False, capturable=False, differentiable=False,
+    circuit_shots=None,
 )
 
 _UNSUPPORTED = {
@@ -115,6 +118,39 @@ def check_group(group: dict[str, Any], where: str = "") -> None:
     if pert.kind not in KINDS:  # an instance of an unregistered class is not checked by register
         raise ValueError(f"{where}invalid perturbation kind: {pert.kind!r} of {pert!r} "
                          f"(valid kinds: {', '.join(KINDS)})")
+    _circuit_shots(group, pert, where)
+
+
+def _circuit_shots(group: dict[str, Any], pert: Any, where: str = "") -> int | None:
+    """The group's ``circuit_shots`` checked: None, or an integer >= 1 with the circuit
+    perturbation (a name or a :class:`~qsgd.perturbations.Circuit`) whose own shots, if it
+    has any, agree."""
+    shots = group.get("circuit_shots")
+    if shots is None:
+        return None
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+        raise ValueError(f"{where}invalid circuit_shots: {shots!r} (must be an integer >= 1, "
+                         "or None for the exact readout)")
+    if pert.name != "circuit":
+        raise ValueError(f"{where}circuit_shots={shots} needs perturbation='circuit', got "
+                         f"{pert.name!r}")
+    own = getattr(pert, "shots", None)
+    if own is not None and own != shots:
+        raise ValueError(f"{where}circuit_shots={shots} disagrees with the perturbation "
+                         f"object's shots={own}")
+    return shots
+
+
+def group_perturbation(group: dict[str, Any]) -> Any:
+    """The perturbation object of a (checked) group: ``group["perturbation"]`` resolved, with
+    ``circuit_shots`` (when set) as the circuit's shots (a copy; an object passed in is never
+    changed)."""
+    pert = get_perturbation(group["perturbation"])
+    shots = group.get("circuit_shots")
+    if shots is not None and getattr(pert, "shots", None) != shots:
+        pert = copy.copy(pert)
+        pert.shots, pert.stochastic = int(shots), True
+    return pert
 
 
 def check_settings(nonfinite: Any, track_ratio: Any, skipped_steps: Any = 0,

@@ -25,8 +25,16 @@ from torch import Tensor
 from torch._utils import _unflatten_dense_tensors
 from torch.optim import Optimizer
 
-from .hyper import DEFAULTS, NONFINITE, SCOPES, check_group, check_settings, complete
-from .perturbations import Perturbation, get_perturbation
+from .hyper import (
+    DEFAULTS,
+    NONFINITE,
+    SCOPES,
+    check_group,
+    check_settings,
+    complete,
+    group_perturbation,
+)
+from .perturbations import Perturbation
 from .update import (
     _concat,
     _flat_group,
@@ -100,11 +108,12 @@ class SuperpositionalAdamW(Optimizer):
     scheduler's in-place change of a Tensor lr recompiles (a float lr recompiles when it
     changes). The default ``nonfinite="raise"`` raises at trace time saying so: the check reads
     one flag on the host, which a graph cannot. Stochastic perturbations (gauss, unif, anneal,
-    annealrel, anti) key their noise on the host step count and cannot be compiled.
+    annealrel, anti, and circuit with ``circuit_shots``) key their noise on the host step
+    count and cannot be compiled.
 
     Args:
         params: parameters or parameter groups, as for any ``torch.optim`` optimizer. Every
-            argument below from ``lr`` to ``differentiable`` may be overridden per group.
+            argument below from ``lr`` to ``circuit_shots`` may be overridden per group.
         lr: learning rate α (default 1e-3): a number or a one-element Tensor.
         betas: (β1, β2) for the moment averages (default (0.9, 0.999)).
         eps: ε added to √v̂ (default 1e-8).
@@ -150,6 +159,11 @@ class SuperpositionalAdamW(Optimizer):
             included), as ``torch.optim.AdamW(maximize=True)`` (default False).
         capturable, differentiable: accepted for ``torch.optim.AdamW`` compatibility only as
             False; True raises ``ValueError`` saying why.
+        circuit_shots: for ``perturbation="circuit"`` only: S ≥ 1 measurement shots per
+            circuit and step, r_i estimated from S X-basis outcomes as a device returns them
+            (unbiased, variance (1 − ⟨X⟩²)/S; :class:`qsgd.perturbations.Circuit`, keyed on
+            seed, step and tensor index), or ``None`` (default): the exact ⟨X⟩. Any other
+            perturbation with a value raises ``ValueError``. Per group, as the keys above.
 
     References:
         A. E. Pamuk, E. K. Özdemir, Ş. T. Kocabay, "Superpositional Gradient Descent",
@@ -179,6 +193,7 @@ class SuperpositionalAdamW(Optimizer):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
+        circuit_shots: int | None = None,
     ) -> None:
         check_settings(nonfinite, track_ratio)
         defaults = dict(
@@ -187,7 +202,7 @@ class SuperpositionalAdamW(Optimizer):
             perturbation=perturbation, scope=scope, n_qubits=n_qubits,
             bias_correction=bias_correction, seed=seed, foreach=foreach, fused=fused,
             amsgrad=amsgrad, maximize=maximize, capturable=capturable,
-            differentiable=differentiable,
+            differentiable=differentiable, circuit_shots=circuit_shots,
         )
         check_group(defaults)
         self.nonfinite = nonfinite
@@ -487,7 +502,7 @@ class SuperpositionalAdamW(Optimizer):
             lr=lr if compiling and isinstance(lr, Tensor) else float(lr),
             beta1=beta1, beta2=beta2, eps=group["eps"],
             weight_decay=group["weight_decay"], quantum_weight=float(group["quantum_weight"]),
-            perturbation=get_perturbation(group["perturbation"]), scope=group["scope"],
+            perturbation=group_perturbation(group), scope=group["scope"],
             n_qubits=group["n_qubits"], bias_correction=group["bias_correction"],
             seed=group["seed"],
         )

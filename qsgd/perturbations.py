@@ -491,8 +491,26 @@ class Circuit(Perturbation):
     by the statevector simulator of :mod:`qsgd.circuit` (encoding angles π·θ).
     ``backend="aer"`` routes every group through Qiskit Aer instead (slow; for cost checks).
 
+    Finite shots (``shots=S``): r_i is what a device returns instead of the exact ⟨X_j⟩. Each
+    group's circuit is measured S times with every qubit in the X basis (H on each qubit, then
+    Z): the S outcomes are one draw (N_k) ~ Multinomial(S; p^X), p^X_k = |(H^⊗n ψ)_k|² over the
+    2ⁿ basis states (exact, by conditional binomials, :mod:`qsgd.circuit.shots`), and every
+    qubit's estimate is read off the same outcomes, r̂_j = Σ_k (N_k/S)(1 − 2 b_j(k)). So
+    E[r̂_j] = ⟨X_j⟩, the exact readout (unbiased), Var r̂_j = (1 − ⟨X_j⟩²)/S, the qubits of a
+    group correlated as on a device (Cov(r̂_j, r̂_l) = (⟨X_j X_l⟩ − ⟨X_j⟩⟨X_l⟩)/S), and
+    r̂_j ∈ {−1, −1 + 2/S, …, 1}, so |Q_i| ≤ |g_i| still holds. The draw of a tensor is keyed
+    on (the optimizer's noise seed, step, tensor index, stream
+    :data:`~qsgd.circuit.shots.CIRCUIT_SHOT_STREAM`), its groups in order, so a resumed run is
+    bit-identical and the batched :meth:`terms` equals :meth:`term` tensor by tensor; it is
+    drawn on θ's device from a keyed ``torch.Generator`` (CPU and CUDA draw different, equally
+    distributed shots). Cost: 2ⁿ − 1 binomial draws per tensor and step (vectorised over its
+    groups), on top of the simulation. ``shots=None`` (default) is the exact readout, the
+    same bits as without the option. With shots the term is stochastic (``stochastic`` is
+    True on the instance), so it cannot run under ``torch.compile``.
+
     Args (the circuit, as :func:`qsgd.circuit.simulate`): depth, entangle, hadamard, encoding;
-    extra_ry, extra_rz: the fixed extra angles; backend: ``"torch"`` or ``"aer"``.
+    extra_ry, extra_rz: the fixed extra angles; backend: ``"torch"`` or ``"aer"``;
+    shots: S ≥ 1 measurement shots per group and step, or None (default): exact ⟨X⟩.
     """
 
     name = "circuit"
@@ -500,7 +518,7 @@ class Circuit(Perturbation):
 
     def __init__(self, depth: int = 2, entangle: bool = True, hadamard: bool = False,
                  encoding: str = "once", extra_ry: float = 0.0, extra_rz: float = 0.0,
-                 backend: str = "torch"):
+                 backend: str = "torch", shots: int | None = None):
         # the simulator is imported here and in readout(), not at module level: ``import qsgd``
         # stays free of the circuit package until a circuit perturbation is made
         from .circuit.spec import CircuitSpec, check_backend
@@ -514,15 +532,53 @@ class Circuit(Perturbation):
         self.extra_ry = float(extra_ry)
         self.extra_rz = float(extra_rz)
         self.backend = backend
+        if shots is not None:
+            from .circuit.shots import check_shots
+
+            shots = check_shots(shots)
+        self.shots = shots
+        self.stochastic = shots is not None  # the class attribute stays False: exact by default
 
     def __repr__(self) -> str:
         return (f"Circuit(depth={self.depth}, entangle={self.entangle}, "
                 f"hadamard={self.hadamard}, encoding={self.encoding!r}, "
                 f"extra_ry={self.extra_ry}, extra_rz={self.extra_rz}, "
-                f"backend={self.backend!r})")
+                f"backend={self.backend!r}"
+                + (f", shots={self.shots})" if self.shots is not None else ")"))
 
     def readout(self, theta: Tensor, n_qubits: int) -> Tensor:
-        """r for a 1-D θ: ⟨X⟩ per entry, same length, dtype and device as θ."""
+        """r for a 1-D θ: the exact ⟨X⟩ per entry, same length, dtype and device as θ."""
+        return self._simulate(theta, n_qubits, "X")
+
+    def x_probabilities(self, theta: Tensor, n_qubits: int) -> Tensor:
+        """The X-basis outcome probabilities p^X (groups, 2ⁿ) of each group's circuit for a
+        1-D θ (groups as :meth:`readout`, the last padded with zeros), float64."""
+        from .circuit.shots import x_basis_probabilities
+
+        state = self._simulate(theta, n_qubits, "amplitudes")
+        return x_basis_probabilities(state.to(torch.complex128))
+
+    def shot_readout(self, theta: Tensor, n_qubits: int,
+                     generator: torch.Generator) -> Tensor:
+        """r̂ for a 1-D θ from ``self.shots`` X-basis shots per group drawn with ``generator``
+        (class docstring); same length, dtype and device as θ."""
+        return self._estimate(self.x_probabilities(theta, n_qubits), theta.numel(),
+                              generator, theta.dtype)
+
+    def _estimate(self, probs: Tensor, length: int, generator: torch.Generator,
+                  dtype: torch.dtype) -> Tensor:
+        from .circuit.shots import x_estimates
+
+        return x_estimates(probs, self.shots, generator).reshape(-1)[:length].to(dtype)
+
+    def shot_generator(self, device: torch.device | str, ctx: Context) -> torch.Generator:
+        """The generator of one tensor's shots: keyed on (seed, step, tensor index) and the
+        stream :data:`qsgd.circuit.shots.CIRCUIT_SHOT_STREAM`."""
+        from .circuit.shots import CIRCUIT_SHOT_STREAM
+
+        return ctx.generator(device, stream=CIRCUIT_SHOT_STREAM)
+
+    def _simulate(self, theta: Tensor, n_qubits: int, readout: str) -> Tensor:
         from .circuit.spec import CircuitSpec
         from .circuit.statevector import simulate_spec
 
@@ -541,11 +597,16 @@ class Circuit(Perturbation):
                 w = x.new_empty(self.depth, 2, n)
                 w[:, 0] = self.extra_ry
                 w[:, 1] = self.extra_rz
-            r = simulate_spec(spec, x, w, readout="X", backend=self.backend)
+            r = simulate_spec(spec, x, w, readout=readout, backend=self.backend)
+            if readout != "X":
+                return r  # (groups, 2ⁿ) amplitudes
             return r.reshape(-1)[:length].to(theta.dtype)
 
     def term(self, theta: Tensor, grad: Tensor, ctx: Context) -> Tensor:
-        return self.readout(theta, ctx.n_qubits).mul_(grad)
+        if self.shots is None:
+            return self.readout(theta, ctx.n_qubits).mul_(grad)
+        gen = self.shot_generator(theta.device, ctx)
+        return self.shot_readout(theta, ctx.n_qubits, gen).mul_(grad)
 
     def terms(self, thetas: list[Tensor], grads: list[Tensor],
               ctxs: list[Context]) -> list[Tensor]:
@@ -565,6 +626,16 @@ class Circuit(Perturbation):
             pad = (-flat.numel()) % n
             parts.append(torch.cat((flat, flat.new_zeros(pad))) if pad else flat)
             lengths.append(flat.numel())
+        if self.shots is not None:  # one simulation, then each tensor's own keyed draw
+            probs = self.x_probabilities(torch.cat(parts), n)
+            out, start = [], 0
+            for length, t, g, c in zip(lengths, thetas, grads, ctxs):
+                rows = -(-length // n)
+                gen = self.shot_generator(t.device, c)
+                r = self._estimate(probs[start:start + rows], length, gen, t.dtype)
+                out.append(r.mul_(g))
+                start += rows
+            return out
         r = self.readout(torch.cat(parts), n)
         out, start = [], 0
         for length, g in zip(lengths, grads):

@@ -184,6 +184,12 @@ class Arm(abc.ABC):
     reference_grid: ClassVar[str] = ""
 
     # ------------------------------------------------------------------ options
+    def check_spec(self, spec) -> None:
+        """Refuse, with ``ValueError`` naming the option, a run whose options do not apply
+        to its variant or attention (called for every run when the config loads, before any
+        work starts). The default accepts every run."""
+        return None
+
     def parse_options(self, table: Mapping[str, Any] | None) -> Any:
         """The options dataclass from a config table (:func:`options_from_table`), errors as
         :class:`ArmError` naming ``[arm].key``."""

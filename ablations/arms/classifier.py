@@ -77,7 +77,11 @@ class ClassifierOptions:
     score; 0, default: exact) and attn_noise (a fake IBM backend whose noise model the circuit
     runs under, e.g. ``fake_sherbrooke``; "" default: ideal), the quantum-realism options of
     :mod:`qsgd.attention.measured` (issue 20; shots and noise need readout ``z``, except
-    shots alone with ``amp``: a Hadamard test). Validation: n_val examples carved from the
+    shots alone with ``amp``: a Hadamard test). circuit_shots (S > 0: the ``circuit``
+    perturbation's r_i estimated from S X-basis shots per group and step, the optimizer's
+    ``circuit_shots``; 0, default: exact ⟨X⟩): the quantum-realism option of the optimizer
+    side; a run with it must use a circuit variant (refused when the config loads otherwise).
+    Validation: n_val examples carved from the
     n_train training examples (the last n_val drawn; 0: none), scored every epoch: every
     choice (lr, difficulty, epochs) reads them, never the test set. Metrics: target_acc (the
     accuracy of epochs to target), ratio_every (steps between samples of the perturbation
@@ -127,6 +131,7 @@ class ClassifierOptions:
     attn_readout: str = "amp"
     attn_shots: int = 0
     attn_noise: str = ""
+    circuit_shots: int = 0
 
     def __post_init__(self):
         # ValueError naming [classifier].<key>; every check here runs when the config loads
@@ -155,11 +160,30 @@ class ClassifierOptions:
         need(self.schedule in ("cosine", "constant"), "schedule", "cosine or constant")
         need(self.attn_readout in ("amp", "z"), "attn_readout", "amp or z")
         need(self.attn_shots >= 0, "attn_shots", ">= 0")
+        need(self.circuit_shots >= 0, "circuit_shots", ">= 0 (0: the exact readout)")
         need(self.attn_noise in ("",) + FAKE_BACKENDS, "attn_noise",
              "empty or one of " + ", ".join(FAKE_BACKENDS))
         need(self.attn_readout == "z" or not self.attn_noise, "attn_noise",
              "empty with attn_readout 'amp' (a noisy Hadamard test is not modelled)")
         check_task(self)  # the dataset and its own keys
+
+
+def optimizer_options(o: ClassifierOptions, variant) -> dict[str, Any]:
+    """The optimizer's keyword arguments of a run's variant (``Variant.optimizer_kwargs``) and
+    options: ``circuit_shots`` when the options set it (0 is the exact readout, the default)."""
+    kwargs = variant.optimizer_kwargs()
+    if o.circuit_shots:
+        kwargs["circuit_shots"] = o.circuit_shots
+    return kwargs
+
+
+def check_circuit_shots(o: ClassifierOptions, variant) -> None:
+    """``ValueError`` naming [classifier].circuit_shots when it is set for a variant whose
+    perturbation is not ``circuit`` (the shots would silently do nothing)."""
+    if o.circuit_shots and variant.perturbation != "circuit":
+        raise ValueError(f"[classifier].circuit_shots = {o.circuit_shots} applies to circuit "
+                         f"variants only, not {variant.id!r} (give circuit shots a cell of "
+                         "their own)")
 
 
 def make_task(o: ClassifierOptions) -> dict[str, torch.Tensor]:
@@ -296,9 +320,10 @@ def run(spec) -> dict[str, Any]:
     data = _task(o)
     torch.manual_seed(seeds["init"])
     model = build_model(o, spec.attention, shot_seed=seeds["noise"])
+    check_circuit_shots(o, variant)
     opt = SuperpositionalAdamW(model.parameters(), lr=spec.lr, weight_decay=o.weight_decay,
                                seed=seeds["noise"], bias_correction=o.bias_correction,
-                               **variant.optimizer_kwargs())
+                               **optimizer_options(o, variant))
     order_gen = torch.Generator().manual_seed(seeds["order"])
     loss_fn = torch.nn.CrossEntropyLoss()
     n = len(data["x_train"])
@@ -386,6 +411,9 @@ class Classifier(Arm):
     def run(self, spec) -> dict[str, Any]:
         return run(spec)
 
+    def check_spec(self, spec) -> None:
+        check_circuit_shots(ClassifierOptions(**spec.config), parse_variant(spec.variant))
+
     def run_batch(self, specs) -> list:
         from .seed_batch import run_batch
 
@@ -401,6 +429,9 @@ class Classifier(Arm):
                      + (f", {o.attn_shots} shots per score" if o.attn_shots else "")
                      + (f", noise model of {o.attn_noise}" if o.attn_noise else "")
                      + ") or `classical`")
+        if o.circuit_shots:
+            attention += (f"; circuit perturbation read out from {o.circuit_shots} X-basis "
+                          "shots per group and step")
         eps = f"{DEFAULTS['eps']:g}".replace("e-0", "e-")  # the arm sets neither β nor ε
         lr = (f"Adam β {tuple(DEFAULTS['betas'])}, ε {eps}; reference lr "
               f"{baseline_lr:g}")

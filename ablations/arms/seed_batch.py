@@ -41,7 +41,7 @@ from qsgd.models.batched import SeedBatchedClassifier, dropout_generators
 from ..provenance import cpu_device
 from ..schedules import lr_at
 from ..seeds import derived_seeds
-from .classifier import ClassifierOptions, RunCurve, _task, build_model
+from .classifier import ClassifierOptions, RunCurve, _task, build_model, optimizer_options
 
 __all__ = ["run_batch", "same_cell"]
 
@@ -107,7 +107,7 @@ def run_batch(specs: Sequence) -> list[dict[str, Any] | Exception]:
     S = len(specs)
     opt = SeedBatchedAdamW(params, [d["noise"] for d in derived], lr=first.lr,
                            weight_decay=o.weight_decay, bias_correction=o.bias_correction,
-                           **variant.optimizer_kwargs())
+                           **optimizer_options(o, variant))
     order_gens = [torch.Generator().manual_seed(d["order"]) for d in derived]
     loss_fn = torch.nn.CrossEntropyLoss()
     x_train, y_train = data["x_train"], data["y_train"]

@@ -105,6 +105,8 @@ def training_table(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         a = g[g.variant == "adamw"].set_index("seed")["final_test_acc"]
         s = g[g.variant == "sin-l0.5"].set_index("seed")["final_test_acc"]
         seeds = sorted(set(a.index) & set(s.index))
+        if not seeds:  # a cell of other variants (the circuit perturbation's shots)
+            continue
         m, lo, hi = _t_ci(s.loc[seeds].to_numpy(float) - a.loc[seeds].to_numpy(float))
         deltas.append({"cell": cell, "variant": "sin-l0.5 - adamw", "metric": "final_test_acc",
                        "pairs": len(seeds), "seeds": len(seeds), "mean_diff_vs_exact": m,
