@@ -5,7 +5,7 @@
     integrations  the README's trainer recipes: Hugging Face Trainer, PyTorch Lightning (CPU)
     lint          ruff
     ablations     the classifier grids in selection order (runs what is missing or stale), the
-                  theory suite, reports
+                  theory suite, the FSDP2 check on CPU processes, reports
     report        re-render reports, figures and the ledger from stored runs (seconds)
     theory        the theory checks alone -> results/theory/
     llm           the LLM arm on a GPU; on a CPU, the tiny random config (and says so)
@@ -87,6 +87,9 @@ def ablations(session):
         session.run("python", "-m", "ablations", "run", f"ablations/configs/{name}.toml",
                     "--no-report", *session.posargs)
     session.run("python", "-m", "theory", "run")
+    # the FSDP2 check at world size 2 over gloo (results/llm/multigpu.*; NCCL: --backend nccl)
+    session.run("python", "-m", "ablations.multigpu", "--world", "2", "--backend", "gloo",
+                "--preset", "tiny", "--steps", "50")
     session.run("python", "-m", "ablations", "report", "all")
 
 
