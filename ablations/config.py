@@ -361,12 +361,12 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
                     for seed in seeds:
                         spec = RunSpec(arm, vid, a, seed, lr, cell_opts or frozen_opts,
                                        numerics, task)
-                        if spec.key not in specs:
-                            try:
-                                arm_obj.check_spec(spec)
-                            except ValueError as err:
-                                raise ConfigError(f"{where}: {err}") from None
                         specs.setdefault(spec.key, spec)
+                if lrs:  # the check reads the options, variant and attention: one run of each
+                    try:
+                        arm_obj.check_spec(spec)
+                    except ValueError as err:
+                        raise ConfigError(f"{where}: {err}") from None
     designs = _claim_designs(path, raw.get("claims"), arm, specs.values(), baseline_lr)
     res = (Path(results) if results is not None
            else Path(grid.get("results", f"results/{arm}"))).expanduser()

@@ -260,11 +260,13 @@ def waves_table(records: list[dict[str, Any]]) -> pd.DataFrame:
         spans.append((end - wall, end, wall, r))
     spans.sort(key=lambda x: x[0])
     waves: list[list[tuple]] = []
+    wave_end = -np.inf  # the last end of the current wave's runs
     for span in spans:
-        if waves and span[0] < max(x[1] for x in waves[-1]):
+        if span[0] < wave_end:
             waves[-1].append(span)
         else:
             waves.append([span])
+        wave_end = max(wave_end, span[1])
     rows = []
     for w in waves:
         start, end = min(x[0] for x in w), max(x[1] for x in w)
@@ -281,9 +283,9 @@ def waves_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _waves_section(out: Path) -> list[str]:
-    """For a GPU arm: the waves of runs that shared the device (:func:`waves_table`)."""
-    records = load_records(out / RUNS_FILE) if (out / RUNS_FILE).exists() else []
+def _waves_section(records: list[dict[str, Any]]) -> list[str]:
+    """For a GPU arm: the waves of the grid's runs that shared the device
+    (:func:`waves_table`)."""
     table = waves_table(records)
     if table.empty:
         return []
@@ -398,7 +400,7 @@ def render_arm(cfg: GridConfig) -> Path:
         body.append(_statistics_note(ctx))
     body += _sweeps_section(out)
     if arm.resources == "gpu":
-        body += _waves_section(out)
+        body += _waves_section(records)
     figs = out / "figures"
     for name, fig in ctx.figures.items():
         save_figure(fig, figs / name)

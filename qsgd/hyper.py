@@ -118,16 +118,16 @@ def check_group(group: dict[str, Any], where: str = "") -> None:
     if pert.kind not in KINDS:  # an instance of an unregistered class is not checked by register
         raise ValueError(f"{where}invalid perturbation kind: {pert.kind!r} of {pert!r} "
                          f"(valid kinds: {', '.join(KINDS)})")
-    _circuit_shots(group, pert, where)
+    _check_circuit_shots(group, pert, where)
 
 
-def _circuit_shots(group: dict[str, Any], pert: Any, where: str = "") -> int | None:
+def _check_circuit_shots(group: dict[str, Any], pert: Any, where: str = "") -> None:
     """The group's ``circuit_shots`` checked: None, or an integer >= 1 with the circuit
     perturbation (a name or a :class:`~qsgd.perturbations.Circuit`) whose own shots, if it
     has any, agree."""
     shots = group.get("circuit_shots")
     if shots is None:
-        return None
+        return
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
         raise ValueError(f"{where}invalid circuit_shots: {shots!r} (must be an integer >= 1, "
                          "or None for the exact readout)")
@@ -138,7 +138,6 @@ def _circuit_shots(group: dict[str, Any], pert: Any, where: str = "") -> int | N
     if own is not None and own != shots:
         raise ValueError(f"{where}circuit_shots={shots} disagrees with the perturbation "
                          f"object's shots={own}")
-    return shots
 
 
 def group_perturbation(group: dict[str, Any]) -> Any:
