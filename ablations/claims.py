@@ -51,7 +51,7 @@ import pandas as pd
 
 from .claim_power import design_text, family_holm, logrank_power_text, null_text, power_text
 from .design import DESIGN_KEYS, Design
-from .fmt import finite, num, pct, pval
+from .fmt import finite, num, pct, pct_digits, pval
 
 __all__ = ["Claim", "ClaimResult", "Evidence", "register_claim", "get_claim", "claims",
            "claims_for", "claimed_effects", "not_run", "VERDICTS", "ALPHA"]
@@ -351,9 +351,11 @@ def judge_paired(claim: Claim, ev: Evidence) -> ClaimResult:
     if claim.style == "relative":  # as the paper reports it: a relative change
         base = row["mean_baseline"]
         rel, lo, hi = row["diff"] / base, row["ci_low"] / base, row["ci_high"] / base
+        dg = pct_digits(rel, lo, hi)  # a tiny change keeps its digits
         texts["measured"] = (f"{row['mean_variant']:.4f} vs {row['mean_baseline']:.4f} "
-                             f"({pct(rel, 2)}, n={int(row['n'])} seeds)")
-        texts["ci"] = f"[{pct(lo, 2)}, {pct(hi, 2)}] of {claim.baseline}'s mean ({texts['ci']})"
+                             f"({pct(rel, dg)}, n={int(row['n'])} seeds)")
+        texts["ci"] = (f"[{pct(lo, dg)}, {pct(hi, dg)}] of {claim.baseline}'s mean "
+                       f"({texts['ci']})")
         if claim.claimed_relative is not None and finite(lo) and finite(hi):
             inside = lo <= claim.claimed_relative <= hi
             texts["ci"] += (f"; {'contains' if inside else 'excludes'} the paper's "

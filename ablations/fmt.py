@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["num", "pval", "pct", "finite"]
+__all__ = ["num", "pval", "pct", "pct_digits", "finite"]
 
 
 def finite(x: Any) -> bool:
@@ -44,3 +44,13 @@ def pval(x: Any) -> str:
 def pct(x: float, digits: int = 1) -> str:
     """A relative change as a signed percentage with ``digits`` decimals (default one)."""
     return "–" if not np.isfinite(x) else f"{100 * x:+.{digits}f}%"
+
+
+def pct_digits(*xs: float, sig: int = 2, least: int = 2) -> int:
+    """Decimals for printing the relative changes ``xs`` with :func:`pct` side by side: at
+    least ``least``, and enough that the largest |x| shows ``sig`` significant digits (a CI of
+    ±0.003% prints as such, not as "−0.00%, +0.00%"). Non-finite and zero values are ignored."""
+    ax = [abs(100 * float(x)) for x in xs if finite(x) and x != 0]
+    if not ax:
+        return least
+    return max(least, sig - 1 - math.floor(math.log10(max(ax))))
