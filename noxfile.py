@@ -9,7 +9,8 @@
     report        re-render reports, figures and the ledger from stored runs (seconds)
     theory        the theory checks alone -> results/theory/
     llm           the LLM arm on a GPU; on a CPU, the tiny random config (and says so)
-    bench         GPU benchmarks (optimizer step; attention) -> results/bench/
+    bench         GPU benchmarks (optimizer step; attention) -> results/bench/; the LLM arm
+                  against the compiled HF peer -> results/llm/throughput_bench.*, bench-1b/
 
 CPU installs pin torch through constraints-cpu.txt (the CPU wheel); the package itself asks for
 a range. Each session installs the extras it needs (pyproject.toml): harness for the ablations,
@@ -141,9 +142,28 @@ def llm(session):
     session.run("python", "-m", "ablations", "report", "all", external=True)
 
 
+#: the LLM arm's throughput bench against the compiled Hugging Face peer, at SmolLM2-135M
+#: (every variant) and at the Llama-3.2-1B shape (random weights, SmolLM2's tokenizer)
+LLM_BENCHES = (
+    ("results/llm", ()),
+    ("results/llm/bench-1b", ("--set", "model=random:1b", "--set",
+                              "tokenizer=smollm2-135m-instruct", "--set", "eval_questions=0",
+                              "--variants", "adamw,sin-l0.5")),
+)
+
+
 @nox.session(python=False)
 def bench(session):
-    """GPU benchmarks (in the current interpreter); on a CPU only the attention one runs."""
-    _in_this_python(session, "harness,quantum")
+    """GPU benchmarks (in the current interpreter): attention, the optimizer step, and the LLM
+    arm against the compiled HF peer (LLM_BENCHES); on a CPU only the attention one runs."""
+    _in_this_python(session, "harness,quantum,llm")
     session.run("python", "-m", "ablations.bench_attention", external=True)
     session.run("python", "-m", "ablations.bench_optimizer", external=True)
+    has_gpu = session.run("python", "-c", "import torch; print(int(torch.cuda.is_available()))",
+                          silent=True, external=True).strip().endswith("1")
+    if not has_gpu:
+        session.log("no GPU: the LLM throughput bench (python -m ablations.llm bench) is skipped")
+        return
+    for out, args in LLM_BENCHES:
+        session.run("python", "-m", "ablations.llm", "bench", *args, "--out", out,
+                    external=True)

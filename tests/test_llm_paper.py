@@ -329,6 +329,8 @@ def test_bench_measures_the_per_epoch_cost_of_batch_1(data_dir, tmp_path, capsys
     for r in rows:  # 4 of 24 steps timed: the epoch's seconds are 6 times theirs
         assert float(r["epoch_s"]) == pytest.approx(24 * float(r["step_ms"]) / 1e3, abs=0.01)
     assert rows[0]["cost_vs_adamw"] == "+0.00%" and rows[1]["cost_vs_adamw"].endswith("%")
+    # the compiled HF peer trains on packed rows: no peer, no ratio to it, at batch 1
+    assert all(r["ratio_to_peer"] == "" for r in rows)
     assert "epoch_s" in (out / "throughput_bench.md").read_text()
     assert main(["bench", *sets, "--steps", "-1", "--out", str(out)]) == 2
     assert "--steps must be >= 0" in capsys.readouterr().err

@@ -3,7 +3,8 @@
 * ``train``: one run (under ``torchrun --nproc-per-node N``: data-parallel); prints the JSON
   record's result part and writes it to ``--out``;
 * ``bench``: the throughput benchmark → ``OUT/throughput_bench.{csv,md}`` (``--steps N``
-  times the first N steps of each epoch: the paper's batch-1 epoch at the 1B shape, C4);
+  times the first N steps of each epoch: the paper's batch-1 epoch at the 1B shape, C4),
+  with the compiled Hugging Face peer on the same packed rows (``--no-peer`` skips it);
 * ``decode-check``: CUDA-graph against eager greedy decoding, timed;
 * ``summary``: the per-variant throughput of a grid's ``runs.jsonl`` →
   ``OUT/throughput.{csv,md}``.
@@ -74,13 +75,26 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--lr", type=float, default=0.0)
     tr.add_argument("--out", type=Path, default=None, help="write the result JSON here")
-    bn = sub.add_parser("bench", help="throughput figures -> OUT/throughput.{csv,md}")
+    bn = sub.add_parser("bench", help="throughput figures, the arm against the compiled HF "
+                        "peer -> OUT/throughput_bench.{csv,md}", description=(
+                            "Time the arm's loop per variant and, on the same packed rows, "
+                            "the compiled Hugging Face peer (transformers' LlamaForCausalLM, "
+                            "SDPA, torch.compile, autocast over float32 weights, fused torch "
+                            "AdamW; labels -100 outside the answer tokens the arm scores): "
+                            "tokens/s, ratio_to_peer, step time, peak memory, MFU from one "
+                            "FLOP count."))
     bn.add_argument("--config", type=Path, default=None)
     bn.add_argument("--set", action="append", default=[])
     bn.add_argument("--variants", default="adamw,sin-l0.5,sin-l0.1,sin-l0.5-first4,cos-l0.5,"
                     "gauss-l0.5,unif-l0.5,taylor-l0.5,circuit-l0.5,anneal")
     bn.add_argument("--baseline-steps", type=int, default=40,
-                    help="steps of the plain padded HF loop (0: skip it)")
+                    help="example batching: steps of the plain eager HF loop at batch 1 "
+                         "(0: skip it)")
+    bn.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
+                    help="packed batching: time the compiled HF peer (LlamaForCausalLM, "
+                         "SDPA, torch.compile unless --set compile=false, autocast, fused "
+                         "torch AdamW) on the arm's packed rows, over the same steps as the "
+                         "arm, and give every arm row its ratio_to_peer (default: on)")
     dc = sub.add_parser("decode-check", help="CUDA-graph vs eager greedy decoding, timed")
     dc.add_argument("--config", type=Path, default=None)
     dc.add_argument("--set", action="append", default=[])
@@ -139,5 +153,5 @@ def _command(args: argparse.Namespace) -> int:
         raise UsageError(f"--steps must be >= 0, got {args.steps}")
     benchmark(LLMOptions.from_dict(opts), [v for v in args.variants.split(",") if v],
               args.baseline_steps, args.out, [float(x) for x in args.lrs.split(",") if x],
-              max_steps=args.steps)
+              max_steps=args.steps, peer=args.peer)
     return 0

@@ -66,11 +66,11 @@ def throughput_summary(runs: Path, out_dir: Path, bench_csv: Path | None = None,
             bench = list(csv.DictReader(fh))
         keep = [r for r in bench if r["config"].startswith(("HF ", "lr check", "check:"))
                 or (r["config"].startswith("arm loop") and r["variant"] == "adamw")]
-        bcols = ["config", "variant", "tokens_per_s", "step_ms", "mfu", "mean_train_loss",
-                 "value", "device"]
-        md += ["", f"Baseline and checks from `{Path(bench_csv).name}` (`python -m ablations.llm "
-               "bench`, one process, seed-0 data order; its per-variant rows predate the fused "
-               "optimizer step and are superseded by the table above):", "",
+        bcols = ["config", "variant", "tokens_per_s", "ratio_to_peer", "step_ms", "mfu",
+                 "peak_mem_mib", "mean_train_loss", "value", "device"]
+        md += ["", f"Peer, baseline and checks from `{Path(bench_csv).name}` (`python -m "
+               "ablations.llm bench`, one process, seed-0 data order; its per-variant rows "
+               "predate the fused optimizer step and are superseded by the table above):", "",
                "| " + " | ".join(bcols) + " |", "|" + "---|" * len(bcols)]
         md += ["| " + " | ".join(r.get(c, "") for c in bcols) + " |" for r in keep]
     if decode_log is not None and Path(decode_log).is_file():

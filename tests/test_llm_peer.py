@@ -1,0 +1,119 @@
+"""The LLM bench's Hugging Face peer (ablations/llm/bench.py) on a CPU, tiny random model,
+float32, eager: it trains on the arm's packed rows with the arm's loss (same scored tokens,
+document-causal attention from restarting position ids, same gradients from the same
+weights), and the bench writes its row, the loss check and every arm row's ratio_to_peer."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from ablations import llm
+from qsgd.models.llama import IGNORE
+from tests import test_llm
+
+pytest.importorskip("transformers")
+
+# the LLM arm's fixtures: a generated GSM8K of 24 training and 6 test examples; one thread
+data_dir, _one_thread = test_llm.data_dir, test_llm._one_thread
+
+
+def _session(data_dir):
+    from ablations.llm.session import epoch_batches, open_session
+    from ablations.llm.train import reset_weights
+
+    o = llm.LLMOptions.from_dict({**test_llm.TINY, "data_dir": str(data_dir), "amp": False})
+    sess = open_session(o, 0)
+    reset_weights(sess)
+    return sess, epoch_batches(sess, 0)
+
+
+def _arm_args(b, s):
+    return b.ids[s], b.pos[s], b.doc[s], b.loss_idx[s], b.loss_tgt[s], b.n_loss[s]
+
+
+def test_peer_labels_score_the_tokens_the_arm_scores(data_dir):
+    from ablations.llm.bench import _peer_labels
+
+    _, b = _session(data_dir)
+    lab = _peer_labels(b, torch.device("cpu"))
+    tgt = torch.from_numpy(b.packed.tgt)
+    assert lab.shape == tgt.shape
+    assert ((lab != IGNORE).flatten(1).sum(1).numpy() == b.packed.n_loss).all()
+    # HF shifts inside its loss: position j's target is label j + 1
+    assert torch.equal(lab[..., 1:], tgt[..., :-1]) and (lab[..., 0] == IGNORE).all()
+
+
+def test_peer_computes_the_arms_loss_and_gradients_on_packed_rows(data_dir):
+    from ablations.llm.bench import _hf_model, _peer_labels
+
+    sess, b = _session(data_dir)
+    assert int(b.doc[0].max()) >= 1  # several examples share a row: the mask matters
+    hf = _hf_model(sess)
+    lab = _peer_labels(b, sess.device)
+    for s in range(b.steps):
+        arm = sess.model.loss(*_arm_args(b, s), None)
+        peer = hf(input_ids=b.ids[s], position_ids=b.pos[s], labels=lab[s]).loss
+        assert float(peer.detach()) == pytest.approx(float(arm.detach()), rel=1e-5), s
+        if s == 0:
+            arm.backward()
+            peer.backward()
+    grads = dict(hf.named_parameters())
+    for name, p in sess.model.named_parameters():
+        torch.testing.assert_close(grads[name].grad, p.grad, rtol=1e-4, atol=1e-6)
+    # plain causal attention over the whole row (no position ids) is another loss, by far
+    # more than the tolerance above (small random weights: attention matters little)
+    with torch.no_grad():
+        causal = float(hf(input_ids=b.ids[0], labels=lab[0]).loss)
+        arm0 = float(sess.model.loss(*_arm_args(b, 0), None))
+    assert abs(causal - arm0) > 10 * 1e-5 * arm0
+
+
+def _bench(data_dir, out, *extra):
+    from ablations.llm.cli import main
+
+    sets = [f"--set={k}={v}" for k, v in {**test_llm.TINY, "data_dir": str(data_dir),
+                                          "amp": False, "eval_questions": 0}.items()]
+    assert main(["bench", *sets, "--variants", "adamw,sin-l0.5", *extra,
+                 "--out", str(out)]) == 0
+    with open(out / "throughput_bench.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_bench_writes_the_peer_row_the_loss_check_and_ratio_to_peer(data_dir, tmp_path):
+    from ablations.llm.bench import BENCH_COLUMNS, PEER
+
+    rows = _bench(data_dir, tmp_path / "b")
+    assert list(rows[0]) == BENCH_COLUMNS
+    check = next(r for r in rows if r["config"].startswith("check: HF peer vs arm loss"))
+    peer_loss, arm_loss = (float(x) for x in check["value"].split(" vs "))
+    assert peer_loss == pytest.approx(arm_loss, abs=2e-5)
+    peer, = [r for r in rows if r["config"].startswith(PEER)]
+    assert "eager" in peer["config"] and peer["variant"] == "adamw"
+    assert float(peer["tokens_per_s"]) > 0 and float(peer["ratio_to_peer"]) == 1.0
+    arm = [r for r in rows if r["config"].startswith("arm loop")]
+    assert [r["variant"] for r in arm] == ["adamw", "sin-l0.5"]
+    for r in arm:
+        assert float(r["ratio_to_peer"]) == pytest.approx(
+            float(r["tokens_per_s"]) / float(peer["tokens_per_s"]), rel=1e-3)
+        assert r["peak_mem_mib"] == ""  # CUDA only
+    # the same loop (adamw is AdamW), the same rows, loss and schedule: the same epoch
+    assert float(peer["mean_train_loss"]) == pytest.approx(float(arm[0]["mean_train_loss"]),
+                                                           rel=1e-4)
+    md = (tmp_path / "b" / "throughput_bench.md").read_text()
+    assert "ratio_to_peer" in md and "one FLOP count for every row" in md
+    rows = _bench(data_dir, tmp_path / "n", "--no-peer")
+    assert not [r for r in rows if r["config"].startswith(("HF", "check: HF"))]
+    assert all(r["ratio_to_peer"] == "" for r in rows)
+
+
+def test_bench_help_documents_the_peer(capsys):
+    from ablations.llm.cli import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["bench", "--help"])
+    assert err.value.code == 0
+    text = capsys.readouterr().out
+    assert "--no-peer" in text and "ratio_to_peer" in text and "torch.compile" in text
