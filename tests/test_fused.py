@@ -407,36 +407,39 @@ _INTERP_VARIANTS_SCRIPT = textwrap.dedent("""
         g = torch.Generator().manual_seed(100 + t)
         return [torch.randn(s, generator=g) for s in shapes]
 
-    cases = [(name, get_perturbation(name), 4) for name in ("anti", "anneal", "annealrel")]
-    cases += [("circuit", Circuit(), 4), ("circuit-d1-h", Circuit(depth=1, hadamard=True), 4),
-              ("circuit-2", Circuit(), 2), ("circuit-8", Circuit(depth=3), 8),
-              ("circuit-1", Circuit(), 1)]
-    for name, P, nq in cases:
+    every = [(scope, bc) for scope in ("all", "first_n") for bc in (True, False)]
+    cases = [(name, get_perturbation(name), 4, every) for name in ("anti", "anneal", "annealrel")]
+    cases += [("circuit", Circuit(), 4, every)]
+    # other circuit settings (register sizes, depth, Hadamards): two configurations each
+    two = [("all", True), ("first_n", False)]
+    cases += [("circuit-d1-h", Circuit(depth=1, hadamard=True), 4, two),
+              ("circuit-2", Circuit(), 2, two), ("circuit-8", Circuit(depth=3), 8, two),
+              ("circuit-1", Circuit(), 1, two)]
+    for name, P, nq, configs in cases:
         code = fused.fused_code(P)
         assert code is not None and P.fused_unsupported(nq) is None, name
-        for scope in ["all", "first_n"]:
-            for bc in (True, False):
-                hyper = dict(base, n_qubits=nq)
-                (pa, ma, va), (pr, mr, vr) = mk(5), mk(5)
-                idx = list(range(3, 3 + len(shapes)))
-                for t in (1, 2, 3):
-                    gs = grads(t)
-                    p0 = [p.clone() for p in pr]
-                    fused._dispatch(pa, [g.clone() for g in gs], ma, va, [t] * len(shapes), idx,
-                                    [x.numel() for x in pa], code, lam=0.5,
-                                    first_n=scope == "first_n", bias_correction=bc,
-                                    perturbation=P, **hyper)
-                    for i in range(len(shapes)):
-                        reference_step(pr[i], gs[i].clone(), mr[i], vr[i], step=t, index=idx[i],
-                                       perturbation=P, scope=scope, bias_correction=bc,
-                                       quantum_weight=0.5, **hyper)
-                        d_ref = (pr[i] - p0[i]).double()
-                        d_fused = (pa[i] - p0[i]).double()
-                        err = float((d_ref - d_fused).norm() / d_ref.norm())
-                        assert err < 1e-4, (name, scope, bc, t, i, err)
-                        for x, y in ((ma[i], mr[i]), (va[i], vr[i])):
-                            tol = 1e-5 * float(y.abs().max())
-                            assert float((x - y).abs().max()) <= tol, (name, scope, bc, t, i)
+        for scope, bc in configs:
+            hyper = dict(base, n_qubits=nq)
+            (pa, ma, va), (pr, mr, vr) = mk(5), mk(5)
+            idx = list(range(3, 3 + len(shapes)))
+            for t in (1, 2, 3):
+                gs = grads(t)
+                p0 = [p.clone() for p in pr]
+                fused._dispatch(pa, [g.clone() for g in gs], ma, va, [t] * len(shapes), idx,
+                                [x.numel() for x in pa], code, lam=0.5,
+                                first_n=scope == "first_n", bias_correction=bc,
+                                perturbation=P, **hyper)
+                for i in range(len(shapes)):
+                    reference_step(pr[i], gs[i].clone(), mr[i], vr[i], step=t, index=idx[i],
+                                   perturbation=P, scope=scope, bias_correction=bc,
+                                   quantum_weight=0.5, **hyper)
+                    d_ref = (pr[i] - p0[i]).double()
+                    d_fused = (pa[i] - p0[i]).double()
+                    err = float((d_ref - d_fused).norm() / d_ref.norm())
+                    assert err < 1e-4, (name, scope, bc, t, i, err)
+                    for x, y in ((ma[i], mr[i]), (va[i], vr[i])):
+                        tol = 1e-5 * float(y.abs().max())
+                        assert float((x - y).abs().max()) <= tol, (name, scope, bc, t, i)
     # the in-kernel draw is cuda_noise's for the same key: from m = v = 0 and g = 0, anneal's
     # first moment after one step is (1 − β1)·λ·σ_1·z, z = cuda_noise(noise_key(seed, 1, index))
     P = get_perturbation("anneal")
