@@ -43,8 +43,12 @@ import torch
 
 CSV_COLUMNS = ["variant", "params", "ms_median", "ms_min", "ms_max", "ratio_to_adamw_fused",
                "bytes_per_param", "achieved_tb_s"]
-QSGD_FUSED = ["none", "sin", "cos", "taylor", "gauss", "unif"]
-TARGETS = {"sin": 1.05, "cos": 1.05, "taylor": 1.05, "gauss": 1.15, "unif": 1.15}
+QSGD_FUSED = ["none", "sin", "cos", "taylor", "gauss", "unif", "anti", "circuit", "anneal",
+              "annealrel"]
+#: bytes per fp32 parameter of each fused variant (qsgd/fused.py): 28, plus a reduction pass
+FUSED_BYTES = {"gauss": 32, "unif": 32, "annealrel": 32, "anti": 36}
+TARGETS = {"sin": 1.05, "cos": 1.05, "taylor": 1.05, "gauss": 1.15, "unif": 1.15,
+           "circuit": 1.05, "anneal": 1.05, "annealrel": 1.15, "anti": 1.25}
 LR, WD, LAM = 1e-3, 1e-2, 0.5
 
 
@@ -165,7 +169,7 @@ def variants(compiled: bool) -> list[tuple[str, Callable, int]]:
          lambda ps: torch.optim.AdamW(ps, lr=LR, weight_decay=WD, foreach=True), 28),
     ]
     for name in QSGD_FUSED:
-        rows.append((f"qsgd-{name}-fused", _qsgd(name), 32 if name in ("gauss", "unif") else 28))
+        rows.append((f"qsgd-{name}-fused", _qsgd(name), FUSED_BYTES.get(name, 28)))
     rows += [
         ("qsgd-sin-first4-fused", _qsgd("sin", scope="first_n"), 28),
         ("qsgd-gauss-first4-fused", _qsgd("gauss", scope="first_n"), 28),

@@ -7,13 +7,15 @@ and a block → tensor map).
 
 * ``adamw_kernel``: one read of θ, g, m, v and one write of θ, m, v per element; the
   perturbation term is computed from the loaded θ in registers, so sin/cos/taylor cost no memory
-  traffic. Noise (gauss/unif) is Philox keyed on (seed, step, tensor index), the key mixed in
-  the kernel with the same SplitMix64 as :func:`qsgd.perturbations.noise_key`.
-* ``sumsq_sin_kernel`` + ``finalize_rms_kernel``: s = RMS of sin(πθ) over each in-scope tensor
-  before the update (gauss/unif only): per-block partial sums, then one program per tensor adds
-  its partials in a fixed order (deterministic, no atomics).
+  traffic (the circuit's closed-form readout too: its groups lie inside one block). Noise
+  (gauss, unif, anti, anneal, annealrel) is Philox keyed on (seed, step, tensor index), the key
+  mixed in the kernel with the same SplitMix64 as :func:`qsgd.perturbations.noise_key`.
+* ``sumsq_kernel`` + ``finalize_rms_kernel``: s = RMS over each in-scope tensor before the
+  update of sin(πθ) (gauss/unif), sin(πθ)·g (anti) or g (annealrel): per-block partial sums,
+  then one program per tensor adds its partials in a fixed order (deterministic, no atomics).
 * ``noise_kernel``: the same Philox noise (``_noise``) written to a buffer; the reference path
-  on CUDA draws its gauss/unif noise here, so reference and fused steps see the same ξ.
+  on CUDA draws its noise here (every stochastic term but circuit's shots), so reference and
+  fused steps see the same ξ.
 """
 
 from __future__ import annotations
@@ -29,8 +31,12 @@ from triton.language.extra import libdevice
 _INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 # Perturbation codes (constexpr PERT).
-PERT_NONE, PERT_SIN, PERT_COS, PERT_TAYLOR, PERT_GAUSS, PERT_UNIF = 0, 1, 2, 3, 4, 5
+PERT_NONE, PERT_SIN, PERT_COS, PERT_TAYLOR, PERT_GAUSS, PERT_UNIF, PERT_ANTI, PERT_CIRCUIT, \
+    PERT_ANNEAL, PERT_ANNEALREL = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 NOISE_NORMAL, NOISE_UNIFORM = 0, 1
+# What the reduction pass sums (constexpr SQ of sumsq_kernel): sin(πθ)² (gauss, unif),
+# (sin(πθ)·g)² (anti), g² (annealrel).
+SQ_SIN, SQ_SIN_G, SQ_G = 0, 1, 2
 
 
 @triton.jit
@@ -129,23 +135,33 @@ def _tensor_ptr(base, tab, tid, k, T, VEC: tl.constexpr):
 
 
 @triton.jit
-def _sumsq_sin(tp, offs, n, MASKED: tl.constexpr):
+def _sq(tp, gp, offs, n, SQ: tl.constexpr, MASKED: tl.constexpr):
+    """The squares the reduction sums, of the in-scope entries offs (< n when MASKED)."""
     if MASKED:
         mask = offs < n
-        x = tl.load(tp + offs, mask=mask, other=0.0).to(tl.float32)
-        s = sinpi(x)
-        return tl.where(mask, s * s, 0.0)
+        if SQ == 2:
+            x = tl.load(gp + offs, mask=mask, other=0.0).to(tl.float32)
+        else:
+            x = sinpi(tl.load(tp + offs, mask=mask, other=0.0).to(tl.float32))
+            if SQ == 1:
+                x = x * tl.load(gp + offs, mask=mask, other=0.0).to(tl.float32)
+        return tl.where(mask, x * x, 0.0)
     else:
-        x = tl.load(tp + offs).to(tl.float32)
-        s = sinpi(x)
-        return s * s
+        if SQ == 2:
+            x = tl.load(gp + offs).to(tl.float32)
+        else:
+            x = sinpi(tl.load(tp + offs).to(tl.float32))
+            if SQ == 1:
+                x = x * tl.load(gp + offs).to(tl.float32)
+        return x * x
 
 
 @triton.jit(do_not_specialize=["T", "n_qubits"])
-def sumsq_sin_kernel(base, off_tab, numel_tab, rblk_tensor, rblk_first, partial_ptr, T,
-                     n_qubits, FIRST_N: tl.constexpr, VEC: tl.constexpr, RB: tl.constexpr,
-                     BLOCK: tl.constexpr):
-    """partial[b] = Σ sin(πθ)² over reduction block b (RB in-scope elements of one tensor)."""
+def sumsq_kernel(base, off_tab, numel_tab, rblk_tensor, rblk_first, partial_ptr, T,
+                 n_qubits, SQ: tl.constexpr, FIRST_N: tl.constexpr, VEC: tl.constexpr,
+                 RB: tl.constexpr, BLOCK: tl.constexpr):
+    """partial[b] = Σ x² over reduction block b (RB in-scope elements of one tensor), with
+    x = sin(πθ) (SQ 0), sin(πθ)·g (SQ 1) or g (SQ 2)."""
     pid = tl.program_id(0)
     tid = tl.load(rblk_tensor + pid)
     lb = pid - tl.load(rblk_first + tid)
@@ -153,13 +169,14 @@ def sumsq_sin_kernel(base, off_tab, numel_tab, rblk_tensor, rblk_first, partial_
     if FIRST_N:
         n = tl.minimum(n, n_qubits)
     tp = _tensor_ptr(base, off_tab, tid, 0, T, VEC)
+    gp = _tensor_ptr(base, off_tab, tid, 1, T, VEC)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     if (lb + 1) * RB <= n:
         for i in range(0, RB, BLOCK):
-            acc += _sumsq_sin(tp, lb * RB + i + tl.arange(0, BLOCK), n, False)
+            acc += _sq(tp, gp, lb * RB + i + tl.arange(0, BLOCK), n, SQ, False)
     else:
         for i in range(0, RB, BLOCK):
-            acc += _sumsq_sin(tp, lb * RB + i + tl.arange(0, BLOCK), n, True)
+            acc += _sq(tp, gp, lb * RB + i + tl.arange(0, BLOCK), n, SQ, True)
     tl.store(partial_ptr + pid, tl.sum(acc, axis=0))
 
 
@@ -183,10 +200,35 @@ def finalize_rms_kernel(partial_ptr, rblk_first, numel_tab, s_ptr, n_qubits,
 
 
 @triton.jit
+def _circuit_readout(theta, BLOCK: tl.constexpr, NQ: tl.constexpr, CMASK: tl.constexpr,
+                     CCOS: tl.constexpr):
+    """r = ⟨X_j⟩ of the circuit perturbation for BLOCK entries (BLOCK a multiple of NQ, the
+    block starting at a group boundary), in closed form (theory T5): with f_q = sin(πθ_q)
+    (cos(πθ_q) with the leading Hadamards, CCOS), r_j = Π_{q∈S_j} f_q over the qubits q of
+    its own group. CMASK packs the supports: bit NQ·q + j is set when q ∈ S_j. Entries past a
+    tensor's end are loaded as θ = 0, the reference's zero padding."""
+    if CCOS:
+        f = cospi(theta)
+    else:
+        f = sinpi(theta)
+    f2 = tl.reshape(f, [BLOCK // NQ, NQ])
+    col = tl.arange(0, NQ)[None, :]
+    r2 = tl.full([BLOCK // NQ, NQ], 1.0, tl.float32)
+    for q in tl.static_range(NQ):
+        fq = tl.sum(tl.where(col == q, f2, 0.0), axis=1)  # f of qubit q of each group
+        outs = (CMASK >> (NQ * q)) & ((1 << NQ) - 1)  # the outputs j whose S_j holds q
+        sel = ((tl.full([1, NQ], outs, tl.int32) >> col) & 1) == 1
+        r2 = tl.where(sel, r2 * fq[:, None], r2)
+    return tl.reshape(r2, [BLOCK])
+
+
+@triton.jit
 def _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid,
                  seed, step, decay, w1, beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam,
-                 n_qubits, PERT: tl.constexpr, FIRST_N: tl.constexpr, LERP_LOW: tl.constexpr,
-                 BLOCK: tl.constexpr, MASKED: tl.constexpr):
+                 n_qubits, lam, sigma, PERT: tl.constexpr, FIRST_N: tl.constexpr,
+                 LERP_LOW: tl.constexpr, PREV: tl.constexpr, NQ: tl.constexpr,
+                 CMASK: tl.constexpr, CCOS: tl.constexpr, BLOCK: tl.constexpr,
+                 MASKED: tl.constexpr):
     offs = start + tl.arange(0, BLOCK)
     if MASKED:
         mask = offs < n
@@ -200,6 +242,7 @@ def _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid,
         m = tl.load(mp + offs).to(tl.float32)
         v = tl.load(vp + offs).to(tl.float32)
 
+    # the direction term q (PERT 1-7), or the gradient the moments see (PERT 8, 9)
     if PERT == 1:
         q = sinpi(theta) * g
     elif PERT == 2:
@@ -214,8 +257,27 @@ def _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid,
         a = tl.load(s_ptr + tid) * 1.7320508075688772
         key = noise_key_device(seed, step, tl.load(index_tab + tid))
         q = (((_noise(key, start, BLOCK, 1) * 2.0) - 1.0) * a) * g
+    elif PERT == 6:  # anti: s·(z_t − z_{t−1})/√2, z_0 = 0
+        index = tl.load(index_tab + tid)
+        z = _noise(noise_key_device(seed, step, index), start, BLOCK, 0)
+        if PREV:
+            z = z - _noise(noise_key_device(seed, step - 1, index), start, BLOCK, 0)
+        q = z * (tl.load(s_ptr + tid) * 0.7071067811865476)
+    elif PERT == 7:
+        q = _circuit_readout(theta, BLOCK, NQ, CMASK, CCOS) * g
     else:
         q = g  # unused
+    if PERT >= 8:  # anneal (σ_t = sigma), annealrel (σ_t = RMS(g)·sigma): g + λ·σ_t·z
+        key = noise_key_device(seed, step, tl.load(index_tab + tid))
+        if PERT == 8:
+            sd = sigma
+        else:
+            sd = tl.load(s_ptr + tid) * sigma
+        gn = g + lam * (_noise(key, start, BLOCK, 0) * sd)
+        if FIRST_N:
+            g = tl.where(offs < n_qubits, gn, g)
+        else:
+            g = gn
 
     theta_new = theta * decay
     if LERP_LOW:
@@ -226,7 +288,7 @@ def _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid,
     v = v + (c2 * g) * g
     denom = tl.div_rn(tl.sqrt_rn(v), bc2s) + eps
     theta_new = theta_new + neg_step_size * tl.div_rn(m, denom)
-    if PERT != 0:
+    if PERT != 0 and PERT < 8:
         if FIRST_N:
             theta_new = tl.where(offs < n_qubits, theta_new + neg_lr_lam * q, theta_new)
         else:
@@ -246,19 +308,24 @@ def _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid,
 # Scalars that change between steps or groups are not specialized on (no recompiles when the
 # step count happens to be a multiple of 16).
 @triton.jit(do_not_specialize=["T", "seed", "step", "decay", "w1", "beta2", "c2", "bc2s", "eps",
-                               "neg_step_size", "neg_lr_lam", "n_qubits"])
+                               "neg_step_size", "neg_lr_lam", "n_qubits", "lam", "sigma"])
 def adamw_kernel(base, off_tab, numel_tab, index_tab, blk_tensor, blk_first, s_ptr, T,
                  seed, step, decay, w1, beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam,
-                 n_qubits,
+                 n_qubits, lam, sigma,
                  PERT: tl.constexpr, FIRST_N: tl.constexpr, LERP_LOW: tl.constexpr,
-                 VEC: tl.constexpr, BLOCK: tl.constexpr):
+                 PREV: tl.constexpr, NQ: tl.constexpr, CMASK: tl.constexpr,
+                 CCOS: tl.constexpr, VEC: tl.constexpr, BLOCK: tl.constexpr):
     """One SuperpositionalAdamW step over BLOCK elements of one tensor (see qsgd.fused).
 
     Op order mirrors qsgd.optimizer.reference_step (itself torch.optim.AdamW's):
-    Q from θ before decay; θ·decay; m lerp; v·β2 + (1−β2)·g·g; denom = √v/√bc2 + ε;
-    θ + (−lr/bc1)·(m/denom); θ + (−lr·λ)·Q. Full blocks run unmasked (16-byte accesses);
-    only each tensor's last block is masked. With scope first_n, blocks past the first
-    n_qubits entries skip the perturbation entirely.
+    Q from θ before decay (direction kind), or g ← g + λ·ξ on the in-scope entries (gradient
+    kind: anneal, annealrel; both moments see it); θ·decay; m lerp; v·β2 + (1−β2)·g·g;
+    denom = √v/√bc2 + ε; θ + (−lr/bc1)·(m/denom); θ + (−lr·λ)·Q. Full blocks run unmasked
+    (16-byte accesses); only each tensor's last block is masked. With scope first_n, blocks
+    past the first n_qubits entries skip the perturbation entirely. Scalars: lam = λ and
+    sigma (σ_t of anneal; the decay factor of annealrel), PREV: step > 1 (anti's z_{t−1});
+    NQ, CMASK, CCOS: the circuit's group size, supports and sines/cosines
+    (_circuit_readout).
     """
     pid = tl.program_id(0)
     tid = tl.load(blk_tensor + pid)
@@ -274,17 +341,17 @@ def adamw_kernel(base, off_tab, numel_tab, index_tab, blk_tensor, blk_first, s_p
         # a block past the first n_qubits entries: plain AdamW (no noise drawn)
         if full:
             _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid, seed, step, decay, w1,
-                         beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam, n_qubits,
-                         0, FIRST_N, LERP_LOW, BLOCK, False)
+                         beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam, n_qubits, lam, sigma,
+                         0, FIRST_N, LERP_LOW, PREV, NQ, CMASK, CCOS, BLOCK, False)
         else:
             _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid, seed, step, decay, w1,
-                         beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam, n_qubits,
-                         0, FIRST_N, LERP_LOW, BLOCK, True)
+                         beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam, n_qubits, lam, sigma,
+                         0, FIRST_N, LERP_LOW, PREV, NQ, CMASK, CCOS, BLOCK, True)
     elif full:
         _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid, seed, step, decay, w1,
-                     beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam, n_qubits,
-                     PERT, FIRST_N, LERP_LOW, BLOCK, False)
+                     beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam, n_qubits, lam, sigma,
+                     PERT, FIRST_N, LERP_LOW, PREV, NQ, CMASK, CCOS, BLOCK, False)
     else:
         _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid, seed, step, decay, w1,
-                     beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam, n_qubits,
-                     PERT, FIRST_N, LERP_LOW, BLOCK, True)
+                     beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam, n_qubits, lam, sigma,
+                     PERT, FIRST_N, LERP_LOW, PREV, NQ, CMASK, CCOS, BLOCK, True)

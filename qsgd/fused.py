@@ -2,48 +2,83 @@
 
 One kernel launch updates a whole list of tensors: it reads θ, g, m, v once and writes θ, m, v
 once (28 bytes per fp32 parameter, the memory floor of any AdamW step), and computes the
-perturbation term λ·Q from the θ it has already loaded, so the sine (and cos, taylor) costs no
-memory traffic at all. The maths and its op order are those of
-:func:`qsgd.optimizer.reference_step`; results agree with it to fp32 rounding
-(tests/test_fused.py, on a GPU).
+perturbation term from the θ and g it has already loaded, so the sine (and cos, taylor, the
+circuit's readout, the keyed noise) costs no memory traffic at all. The maths and its op order
+are those of :func:`qsgd.optimizer.reference_step`; results agree with it to fp32 rounding
+(tests/test_fused.py: on a GPU, and on the CPU under Triton's interpreter).
 
 Supported, used automatically (``fused=None``) when every tensor of a parameter group is on one
 CUDA device, contiguous, of one dtype, float32 or bfloat16 (parameters, gradients, moments),
 has fewer than 2**31 − 2**20 elements, Triton can be imported, and ``track_ratio`` is off:
 
-* perturbations ``none``, ``sin``, ``cos``, ``taylor``, ``gauss``, ``unif`` (and any of them with
-  λ = 0), scopes ``all`` and ``first_n``, bias correction on or off, weight decay, per-tensor
-  step counts (tensors are batched by step), any number and sizes of tensors (one launch covers
-  them all: ~100 big ones or thousands of small ones).
+* perturbations (and any of them with λ = 0), with the bytes moved per fp32 parameter
+  (bfloat16: half):
+
+  ======================================  =====  ==============================================
+  none, sin, cos, taylor                  28     one pass
+  circuit (closed form, below)            28     one pass: the readout is computed in registers
+  anneal                                  28     one pass: σ_t·z added to g in registers
+  gauss, unif                             32     + the RMS of sin(πθ) (reads θ)
+  annealrel                               32     + the RMS of g (reads g)
+  anti                                    36     + the RMS of sin(πθ)·g (reads θ and g)
+  ======================================  =====  ==============================================
+
+  scopes ``all`` and ``first_n`` (the reduction and the term over the first n_qubits entries
+  only; with first_n the reduction pass reads n_qubits entries per tensor, so the step moves
+  about 28 bytes), bias correction on or off, weight decay, per-tensor step counts (tensors are
+  batched by step), any number and sizes of tensors (one launch covers them all: ~100 big ones
+  or thousands of small ones).
 
 Which perturbations have a kernel is a property of their class: ``Perturbation.fused_code``
 (the kernel's constexpr ``PERT``), read from the exact class only, so a subclass that overrides
-``term`` never inherits a kernel that would not see its override. :data:`FUSED_PERTURBATIONS`
-is derived from the registry. Anything else (``anneal``, ``anti``, ``circuit``, ``sinnorm``,
-``moment``, custom perturbations, CPU tensors, other dtypes, non-contiguous tensors,
-``track_ratio=True``, no Triton) falls back silently to the foreach or per-tensor path;
-:func:`fused_unsupported_reason` is the one support check, and says why for a given group.
+``term`` never inherits a kernel that would not see its override; an instance whose settings
+the kernel does not compute says why (``Perturbation.fused_unsupported``).
+:data:`FUSED_PERTURBATIONS` is derived from the registry. Anything else (``sinnorm``,
+``moment``, a circuit with shots, the Aer backend, encoding ``reupload``, extra angles or a
+register that is not 1, 2, 4 or 8 qubits, custom perturbations, CPU tensors, other dtypes,
+non-contiguous tensors, ``track_ratio=True``, no Triton) falls back silently to the foreach
+or per-tensor path; :func:`fused_unsupported_reason` is the one support check, and says why for
+a given group.
 
-gauss and unif need s = RMS of sin(πθ) over each in-scope tensor *before* the update, a
-reduction: it is a first pass over θ (partial sums per block, then one fixed-order sum per
-tensor in float64: deterministic, no atomics), so these two move 32 bytes per fp32 parameter.
+Kinds. A direction-kind term Q is added as θ − lr·λ·Q after the Adam step (as the reference).
+A gradient-kind term (anneal, annealrel) replaces g by g + λ·ξ on the in-scope entries right
+after the load, before anything else reads g: both moments see it, weight decay (θ only) does
+not, exactly the reference's order. Gradient clipping is the caller's, before ``step``, so it
+sees the raw g in both.
 
-Noise. On CUDA, the ξ of gauss and unif is Philox-4x32-10 keyed on
+Reductions. gauss and unif need s = RMS of sin(πθ), anti s = RMS of sin(πθ)·g, annealrel
+RMS(g), each over the in-scope tensor *before* the update: a first pass over θ and/or g
+(partial sums per block, then one fixed-order sum per tensor in float64: deterministic, no
+atomics). Measured on an H200 (results/bench/optimizer_step.md, 1B parameters): gauss 8.90 ms,
+unif 8.77, sin 7.21; so Box–Muller costs gauss ~1.5% over unif, and both pay ~23% for this
+pass (32 vs 28 bytes and a second launch), which the rule (s from θ before the update) makes
+necessary: a gauss slower than unif in a training run is not this kernel's doing.
+
+Circuit. The readout ⟨X_j⟩ of the circuit perturbation's default circuit (U·⊗Ry(πθ_q)|0⟩, U the
+CNOT chains; any depth, entangle, hadamard) is Π_{q∈S_j} f_q over qubits of its own group, with
+f = sin(πθ) (cos(πθ) with the leading Hadamards): theory T5,
+:meth:`qsgd.perturbations.Circuit.readout_supports`. The kernel's blocks (BLOCK = 1024) start at
+a multiple of BLOCK inside each tensor, so for n_qubits ∈ {1, 2, 4, 8} no group straddles two
+blocks; the tail group of a tensor whose size is not a multiple of n_qubits reads θ = 0 past the
+end, as the reference pads it (f = 0, or 1 with Hadamards).
+
+Noise. On CUDA, every keyed ξ (gauss, unif, anti, anneal, annealrel) is Philox-4x32-10 keyed on
 :func:`qsgd.noise.noise_key` (seed, step, tensor index): element i of the in-scope slice
 is word i mod 4 of the Philox block at counter ⌊i/4⌋ (normal: Box–Muller on word pairs;
-uniform: Triton's uint → [0, 1) map). The fused kernel mixes the key in-kernel with the same
-SplitMix64; the reference and foreach paths on CUDA draw the same stream through
-:func:`qsgd.noise.cuda_noise` (same Triton code). So on CUDA reference ≡ fused for the noise, and
-a resumed run is bit-identical (the fused step is deterministic: fixed reduction order, keyed
-noise). On the CPU the noise comes from a keyed ``torch.Generator`` as before: CPU and CUDA runs
-draw different (equally distributed) noise.
+uniform: Triton's uint → [0, 1) map); anti draws z_t and z_{t−1} (keys at steps t and t − 1;
+z_0 = 0). The fused kernel mixes the key in-kernel with the same SplitMix64; the reference and
+foreach paths on CUDA draw the same stream through :func:`qsgd.noise.cuda_noise` (same Triton
+code). So on CUDA reference ≡ fused for the noise, and a resumed run is bit-identical (the fused
+step is deterministic: fixed reduction order, keyed noise). On the CPU the noise comes from a
+keyed ``torch.Generator`` as before: CPU and CUDA runs draw different (equally distributed)
+noise.
 
 Numerics: the kernel computes in float32 (bfloat16 tensors are loaded to float32 and rounded
 once on store, as ``torch.optim.AdamW(fused=True)`` does); √ and ÷ are correctly rounded
 (``sqrt_rn``, ``div_rn``); sin(πθ) and cos(πθ) use the argument reduction of
 :func:`qsgd.perturbations.sinpi` and libdevice's precise sinf/cosf, like torch's CUDA kernels.
-The only differences from the reference are FMA contraction and, for gauss/unif, the summation
-order of s.
+The only differences from the reference are FMA contraction, for the reductions the summation
+order of s, and for the circuit the closed form in place of the simulator's statevector.
 
 Why a Triton kernel rather than torch.compile: measured on an H200 (1B fp32 parameters in 100
 tensors, results/bench/optimizer_step.md), a torch.compile'd per-tensor sin step reaches the same
@@ -93,12 +128,15 @@ _FIN_FB = 1024
 
 _CACHE_SIZE = 32
 
+#: the kinds of term the kernel computes: added to Adam's direction, or to the gradient
+_KERNEL_KINDS = ("direction", "gradient")
+
 
 def _class_code(cls: type[Perturbation]) -> int | None:
     # the one rule for which classes get the kernel (fused_unsupported_reason asks it): the
     # class's own attribute, not an inherited one (see fused_code); the kernel adds a
-    # direction term, so a class of another kind has none whatever it sets
-    return cls.__dict__.get("fused_code") if cls.kind == "direction" else None
+    # direction term or a gradient term, so a class of another kind has none whatever it sets
+    return cls.__dict__.get("fused_code") if cls.kind in _KERNEL_KINDS else None
 
 
 def fused_code(perturbation: Perturbation) -> int | None:
@@ -106,7 +144,9 @@ def fused_code(perturbation: Perturbation) -> int | None:
 
     Read from ``type(perturbation).__dict__``, not by attribute lookup: only the class that
     sets ``fused_code`` gets the kernel, never a subclass (which may override ``term``, and the
-    kernel would not see the override). None for every kind but ``"direction"``."""
+    kernel would not see the override). None for every kind but ``"direction"`` and
+    ``"gradient"``. An instance's settings may still rule the kernel out
+    (:meth:`Perturbation.fused_unsupported`, asked by :func:`fused_unsupported_reason`)."""
     return _class_code(type(perturbation))
 
 
@@ -128,17 +168,20 @@ def fused_unsupported_reason(
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     perturbation: Perturbation,
+    n_qubits: int = 4,
 ) -> str | None:
     """None when the fused kernel can run this group, else a short reason.
 
     The one support check: :func:`fused_group` runs it on every step, so the common (supported)
     case maps C-level accessors over all tensors with no Python loop; a reason string is only
-    built for an unsupported group. Requirements: a perturbation of the direction kind (the
-    kernel adds λ·Q to Adam's direction; the normalized-kind sinnorm, the first-moment-kind
-    moment and the gradient-kind anneal place their term elsewhere and take the foreach path)
-    with a kernel (:func:`fused_code`), at least one tensor, every tensor on one CUDA device,
-    of one dtype (float32 or bfloat16), contiguous, each gradient and moment of its parameter's
-    size, fewer than 2**31 − 2**20 elements, and Triton importable.
+    built for an unsupported group. Requirements: a perturbation of the direction or gradient
+    kind (the kernel adds λ·Q to Adam's direction, or λ·ξ to g before the moments; the
+    normalized-kind sinnorm and the first-moment-kind moment place their term elsewhere and
+    take the foreach path) with a kernel (:func:`fused_code`) that its settings allow at this
+    ``n_qubits`` (:meth:`Perturbation.fused_unsupported`: e.g. a circuit with shots or extra
+    angles has no closed form), at least one tensor, every tensor on one CUDA device, of one
+    dtype (float32 or bfloat16), contiguous, each gradient and moment of its parameter's size,
+    fewer than 2**31 − 2**20 elements, and Triton importable.
     """
     if fused_code(perturbation) is None:  # the rule is _class_code's; the kind only says why
         kind = perturbation.kind
@@ -146,6 +189,9 @@ def fused_unsupported_reason(
                f": its term is of kind {kind!r}, the kernel adds a direction term")
         return (f"perturbation {perturbation!r} has no fused kernel{why} "
                 f"(fused: {', '.join(fused_perturbations())})")
+    why = perturbation.fused_unsupported(n_qubits)
+    if why is not None:
+        return f"perturbation {perturbation!r} has no fused kernel here: {why}"
     if not params:
         return "no parameters"
     p0 = params[0]
@@ -268,7 +314,8 @@ def fused_group(
     numbers (this step's, ≥ 1), ``indices`` their global indices (the noise key). Tensors with
     different step counts run in separate launches. Zero-size tensors are skipped.
     """
-    if fused_unsupported_reason(params, grads, exp_avgs, exp_avg_sqs, perturbation) is not None:
+    if fused_unsupported_reason(params, grads, exp_avgs, exp_avg_sqs, perturbation,
+                                n_qubits) is not None:
         return False
     code = fused_code(perturbation)
     numels = tuple(map(Tensor.numel, params))
@@ -276,7 +323,7 @@ def fused_group(
     _dispatch(params, grads, exp_avgs, exp_avg_sqs, steps, indices, numels, code,
               lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
               lam=quantum_weight, first_n=scope == "first_n", n_qubits=n_qubits,
-              bias_correction=bias_correction, seed=seed,
+              bias_correction=bias_correction, seed=seed, perturbation=perturbation,
               addrs=tuple(map(Tensor.data_ptr, tensors)))
     return True
 
@@ -285,7 +332,9 @@ def _dispatch(params, grads, exp_avgs, exp_avg_sqs, steps, indices, numels, code
               lam, addrs=None, **hyper) -> None:
     """Launch per step-count bucket, on the tensors' device (no validation: see fused_group;
     tests call this directly on CPU tensors under TRITON_INTERPRET=1). ``addrs``: the data
-    pointers of params, grads, exp_avgs, exp_avg_sqs in that order, if already at hand."""
+    pointers of params, grads, exp_avgs, exp_avg_sqs in that order, if already at hand.
+    ``perturbation``: the object whose code ``code`` is (anneal's σ_t, annealrel's decay and
+    the circuit's supports are read from it; not needed for the other codes)."""
     if lam == 0.0:
         code = 0  # PERT_NONE: λ·Q = 0
     if len(set(steps)) == 1 and all(numels):
@@ -316,9 +365,27 @@ def _dispatch(params, grads, exp_avgs, exp_avg_sqs, steps, indices, numels, code
             torch.cuda.set_device(prev)
 
 
+def _kernel_args(K, code: int, perturbation: Perturbation | None, step: int,
+                 n_qubits: int) -> dict:
+    """The per-perturbation scalars and constexprs of adamw_kernel for this step."""
+    args = dict(sigma=0.0, PREV=False, NQ=1, CMASK=0, CCOS=False)
+    if code == K.PERT_ANTI:
+        args["PREV"] = step > 1
+    elif code == K.PERT_ANNEAL:
+        args["sigma"] = perturbation.sigma(step)
+    elif code == K.PERT_ANNEALREL:
+        args["sigma"] = perturbation.decay(step)
+    elif code == K.PERT_CIRCUIT:
+        supports = perturbation.readout_supports(n_qubits)
+        args.update(NQ=n_qubits, CCOS=perturbation.hadamard,
+                    CMASK=sum(1 << (n_qubits * q + j) for j, sj in enumerate(supports)
+                              for q in sj))
+    return args
+
+
 def _launch(params, grads, exp_avgs, exp_avg_sqs, indices, numels, device, step, code, *,
             lr, beta1, beta2, eps, weight_decay, lam, first_n, n_qubits, bias_correction,
-            seed, addrs=None) -> None:
+            seed, perturbation=None, addrs=None) -> None:
     K = triton_kernels()
     T = len(params)
     if addrs is None:
@@ -327,23 +394,30 @@ def _launch(params, grads, exp_avgs, exp_avg_sqs, indices, numels, device, step,
     off_tab, vec = _offsets(device, addrs, params[0].element_size())
     blk_tensor, blk_first, numel_tab, nblocks = _layout(device, numels, BLOCK)
 
-    if code in (K.PERT_GAUSS, K.PERT_UNIF):  # their term needs s = RMS of sin(πθ) first
+    # s = RMS over each in-scope tensor, a first pass: of sin(πθ) (gauss, unif), of
+    # sin(πθ)·g (anti), of g (annealrel)
+    sq = {K.PERT_GAUSS: K.SQ_SIN, K.PERT_UNIF: K.SQ_SIN, K.PERT_ANTI: K.SQ_SIN_G,
+          K.PERT_ANNEALREL: K.SQ_G}.get(code)
+    if code in (K.PERT_GAUSS, K.PERT_UNIF, K.PERT_ANTI, K.PERT_ANNEAL, K.PERT_ANNEALREL):
         index_tab = _int64_table(device, tuple(indices))
+    else:
+        index_tab = off_tab  # unused by the kernel
+    if sq is not None:
         rblk_tensor, rblk_first, nrblocks, most = _red_layout(device, numels, first_n, n_qubits,
                                                         RED_RB)
         partial = torch.empty(max(nrblocks, 1), dtype=torch.float32, device=device)
         s_buf = torch.empty(T, dtype=torch.float32, device=device)
         if nrblocks:
-            K.sumsq_sin_kernel[(nrblocks,)](
+            K.sumsq_kernel[(nrblocks,)](
                 base, off_tab, numel_tab, rblk_tensor, rblk_first, partial, T, n_qubits,
-                FIRST_N=first_n, VEC=vec, RB=RED_RB, BLOCK=RED_BLOCK, num_warps=RED_WARPS)
+                SQ=sq, FIRST_N=first_n, VEC=vec, RB=RED_RB, BLOCK=RED_BLOCK,
+                num_warps=RED_WARPS)
         # a power of two ≥ the most partials of one tensor: few compiled variants
         max_parts = max(_FIN_FB, 1 << max(most - 1, 0).bit_length())
         K.finalize_rms_kernel[(T,)](partial, rblk_first, numel_tab, s_buf, n_qubits,
                                     FIRST_N=first_n, MAX_PARTS=max_parts, FB=_FIN_FB,
                                     num_warps=4)
     else:
-        index_tab = off_tab  # unused by the kernel
         s_buf = numel_tab
 
     if bias_correction:
@@ -355,7 +429,6 @@ def _launch(params, grads, exp_avgs, exp_avg_sqs, indices, numels, device, step,
         base, off_tab, numel_tab, index_tab, blk_tensor, blk_first, s_buf, T,
         int(seed) & 0xFFFFFFFFFFFFFFFF, int(step),
         1.0 - lr * weight_decay, w1, beta2, 1.0 - beta2, bc2**0.5, eps, -(lr / bc1),
-        -lr * lam, n_qubits,
+        -lr * lam, n_qubits, lam,
         PERT=code, FIRST_N=first_n, LERP_LOW=abs(w1) < 0.5, VEC=vec, BLOCK=BLOCK,
-        num_warps=NUM_WARPS)
-
+        num_warps=NUM_WARPS, **_kernel_args(K, code, perturbation, step, n_qubits))

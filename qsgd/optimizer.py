@@ -135,7 +135,8 @@ class SuperpositionalAdamW(Optimizer):
             bit for bit, tested for every variant).
         fused: use the fused Triton kernel of :mod:`qsgd.fused` (one launch, one pass over
             memory). ``None`` (default): whenever the group supports it (CUDA, contiguous,
-            float32/bfloat16; perturbations none, sin, cos, taylor, gauss, unif) unless
+            float32/bfloat16; perturbations none, sin, cos, taylor, gauss, unif, anti,
+            anneal, annealrel, and circuit in its closed form) unless
             ``foreach=False``; ``True``: the same, also with ``foreach=False``; ``False``: never.
             Unsupported groups, ``amsgrad=True`` and every step with ``track_ratio=True`` fall
             back silently to the foreach or per-tensor path.

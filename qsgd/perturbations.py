@@ -160,7 +160,9 @@ class Perturbation(abc.ABC):
       that computes this term in-kernel (:mod:`qsgd.fused`), or None: no kernel, the optimizer
       takes another path. It holds for the class that sets it and for no subclass: a subclass
       may override :meth:`term`, which the kernel would not see, so :mod:`qsgd.fused` reads it
-      from ``type(p).__dict__`` only; a subclass that keeps the maths may set it again.
+      from ``type(p).__dict__`` only; a subclass that keeps the maths may set it again. An
+      instance whose settings the kernel does not compute says why in
+      :meth:`fused_unsupported`.
     * ``q_over_g_bound``: a bound B with |Q_i| ≤ B·|g_i| for every θ and every step (for the
       direction kind), ``math.inf`` when there is none: 0 for none, 1 for sin, cos and circuit
       (|sin|, |cos|, |⟨X⟩| ≤ 1), √3 for unif (|ξ| ≤ √3·RMS(sin πθ) ≤ √3), ∞ for taylor (π|θ|
@@ -187,6 +189,11 @@ class Perturbation(abc.ABC):
               ctxs: list[Context]) -> list[Tensor]:
         """Batched form for the foreach path; the default loops over :meth:`term`."""
         return [self.term(t, g, c) for t, g, c in zip(thetas, grads, ctxs)]
+
+    def fused_unsupported(self, n_qubits: int) -> str | None:
+        """Why this instance's term, at register size ``n_qubits``, is not what its class's
+        fused kernel (``fused_code``) computes, or None (the default: it is)."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -313,9 +320,10 @@ def _sin_rms(theta: Tensor) -> Tensor:
     return rms(sinpi(theta))
 
 
-# [cuda-noise] On CUDA (with Triton) gauss/unif draw ξ from the Philox stream the fused kernel
-# draws in-kernel (qsgd.noise.cuda_noise), so reference, foreach and fused steps agree there.
-# Elsewhere a keyed torch.Generator. Both are keyed on (seed, step, tensor index).
+# [cuda-noise] On CUDA (with Triton) gauss, unif, anti, anneal and annealrel draw their noise
+# from the Philox stream the fused kernel draws in-kernel (qsgd.noise.cuda_noise), so reference,
+# foreach and fused steps agree there. Elsewhere a keyed torch.Generator (the same draws as
+# ``ctx.generator``). Both are keyed on (seed, step, tensor index).
 def _keyed_noise(grad: Tensor, ctx: Context, kind: str) -> Tensor:
     """ξ ~ N(0, 1) (``kind="normal"``) or U[0, 1) (``"uniform"``), shaped and typed as grad."""
     return keyed_noise(grad.shape, kind, seed=ctx.seed, step=ctx.step, index=ctx.index,
@@ -369,6 +377,7 @@ class Anneal(Perturbation):
     name = "anneal"
     kind = "gradient"
     stochastic = True
+    fused_code = 8  # PERT_ANNEAL of qsgd._fused_kernels
     q_over_g_bound = math.inf  # gradient kind: ξ is added to g, not a multiple of it
 
     def __init__(self, eta: float = 0.01, gamma: float = 0.55):
@@ -379,8 +388,7 @@ class Anneal(Perturbation):
         return math.sqrt(self.eta / (1.0 + (step - 1)) ** self.gamma)
 
     def term(self, theta, grad, ctx):
-        xi = torch.randn(grad.shape, generator=ctx.generator(grad.device), dtype=grad.dtype,
-                         device=grad.device)
+        xi = _keyed_noise(grad, ctx, "normal")  # [cuda-noise]: the fused kernel's on CUDA
         return xi.mul_(self.sigma(ctx.step))
 
     def __repr__(self) -> str:
@@ -414,6 +422,7 @@ class AnnealRel(Perturbation):
     name = "annealrel"
     kind = "gradient"
     stochastic = True
+    fused_code = 9  # PERT_ANNEALREL of qsgd._fused_kernels
     q_over_g_bound = math.inf  # gradient kind: ξ is added to g, not a multiple of it
 
     def __init__(self, gamma: float = 0.55):
@@ -443,16 +452,15 @@ class Anti(Perturbation):
 
     name = "anti"
     stochastic = True
+    fused_code = 6  # PERT_ANTI of qsgd._fused_kernels
     q_over_g_bound = math.inf  # additive: Q is not a multiple of g
 
     def term(self, theta, grad, ctx):
         s = rms(sinpi(theta).mul_(grad))
-        dev, dt = grad.device, grad.dtype
-        z = torch.randn(grad.shape, generator=ctx.generator(dev), dtype=dt, device=dev)
+        z = _keyed_noise(grad, ctx, "normal")  # [cuda-noise]: the fused kernel's on CUDA
         if ctx.step > 1:
-            z_prev = torch.randn(grad.shape, generator=ctx.generator(dev, step=ctx.step - 1),
-                                 dtype=dt, device=dev)
-            z.sub_(z_prev)
+            z.sub_(keyed_noise(grad.shape, "normal", seed=ctx.seed, step=ctx.step - 1,
+                               index=ctx.index, device=grad.device, dtype=grad.dtype))
         return z.mul_(s / math.sqrt(2.0))
 
 
@@ -514,6 +522,7 @@ class Circuit(Perturbation):
     """
 
     name = "circuit"
+    fused_code = 7  # PERT_CIRCUIT of qsgd._fused_kernels: the closed form (fused_unsupported)
     q_over_g_bound = 1.0  # |⟨X⟩| ≤ 1
 
     def __init__(self, depth: int = 2, entangle: bool = True, hadamard: bool = False,
@@ -545,6 +554,43 @@ class Circuit(Perturbation):
                 f"extra_ry={self.extra_ry}, extra_rz={self.extra_rz}, "
                 f"backend={self.backend!r}"
                 + (f", shots={self.shots})" if self.shots is not None else ")"))
+
+    #: the register sizes of the fused kernel's closed form (groups of NQ entries in a block)
+    FUSED_QUBITS: ClassVar[tuple[int, ...]] = (1, 2, 4, 8)
+
+    def readout_supports(self, n_qubits: int) -> list[list[int]]:
+        """S_j, j = 0 … n−1: the qubits whose f_q multiply into ⟨X_j⟩ (theory T5), with
+        f_q = sin(πθ_q), or cos(πθ_q) with the leading Hadamards. The circuit is U·⊗Ry(πθ_q)|0⟩
+        with U = M^depth, M the CNOT chain as a GF(2) matrix on basis bits (bit k becomes
+        b_0 ⊕ … ⊕ b_k); U†X_jU is X on the support of column j of M^−depth, and
+        M^−1 = I + (ones below the diagonal, k − 1 → k). Without entanglement S_j = {j}.
+        Holds for ``encoding="once"`` and no extra angles only (:meth:`fused_unsupported`)."""
+        n = int(n_qubits)
+        a = [[int(q == j) for j in range(n)] for q in range(n)]
+        if self.entangle and n > 1:
+            d = [[int(q == j or q == j + 1) for j in range(n)] for q in range(n)]  # M^−1
+            for _ in range(self.depth):
+                a = [[sum(a[q][k] * d[k][j] for k in range(n)) % 2 for j in range(n)]
+                     for q in range(n)]
+        return [[q for q in range(n) if a[q][j]] for j in range(n)]
+
+    def fused_unsupported(self, n_qubits: int) -> str | None:
+        """The fused kernel computes the readout in closed form (:meth:`readout_supports`):
+        exact ⟨X⟩ (no shots), the torch backend's maths, πθ in the first Ry only, no extra
+        angles, and groups of 1, 2, 4 or 8 qubits (whole groups in one kernel block)."""
+        if self.shots is not None:
+            return f"circuit_shots={self.shots}: finite-shot readout is drawn on the host"
+        if self.backend != "torch":
+            return f"backend {self.backend!r} runs every group through its simulator"
+        if self.encoding != "once":
+            return (f"encoding {self.encoding!r}: the readout is a product of sines only for "
+                    "encoding 'once' (theory T5)")
+        if self.extra_ry != 0.0 or self.extra_rz != 0.0:
+            return "extra_ry/extra_rz != 0: the readout is no product of sines (theory T5)"
+        if int(n_qubits) not in self.FUSED_QUBITS:
+            return (f"n_qubits={n_qubits}: the kernel's qubit groups are "
+                    f"{', '.join(map(str, self.FUSED_QUBITS))} wide")
+        return None
 
     def readout(self, theta: Tensor, n_qubits: int) -> Tensor:
         """r for a 1-D θ: the exact ⟨X⟩ per entry, same length, dtype and device as θ."""

@@ -24,7 +24,7 @@ from qsgd.perturbations import _REGISTRY, Sin, available, get_perturbation, nois
 
 CUDA = torch.cuda.is_available()
 gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device (fused Triton kernels)")
-NOISY = ("gauss", "unif")
+NOISY = ("gauss", "unif", "anti", "anneal", "annealrel")
 
 # odd sizes: tails, tensors shorter than n_qubits, one longer than a block, a matrix
 SHAPES = [(7, 5), (5,), (3, 4, 2), (1,), (4099,), (64, 33), (3,)]
@@ -88,9 +88,79 @@ def test_invalid_fused_flag_names_the_argument():
 def test_unsupported_reasons():
     p = [torch.zeros(4)]
     assert "not cuda" in fused_unsupported_reason(p, p, p, p, get_perturbation("sin"))
-    msg = fused_unsupported_reason(p, p, p, p, get_perturbation("anneal"))
-    assert "no fused kernel" in msg and "sin" in msg
-    assert set(FUSED_PERTURBATIONS) == {"none", "sin", "cos", "taylor", "gauss", "unif"}
+    for name, kind in (("sinnorm", "normalized"), ("moment", "first-moment")):
+        msg = fused_unsupported_reason(p, p, p, p, get_perturbation(name))
+        assert "no fused kernel" in msg and f"of kind {kind!r}" in msg and "sin" in msg
+    assert set(FUSED_PERTURBATIONS) == {"none", "sin", "cos", "taylor", "gauss", "unif", "anti",
+                                        "circuit", "anneal", "annealrel"}
+    for name in ("anti", "anneal", "annealrel", "circuit"):
+        assert "not cuda" in fused_unsupported_reason(p, p, p, p, get_perturbation(name))
+
+
+@pytest.mark.parametrize("kw, n_qubits, why", [
+    (dict(shots=64), 4, "circuit_shots=64: finite-shot readout"),
+    (dict(backend="aer"), 4, "backend 'aer'"),
+    (dict(encoding="reupload"), 4, "encoding 'reupload'"),
+    (dict(extra_ry=0.3), 4, "extra_ry/extra_rz != 0"),
+    (dict(extra_rz=-1.0), 4, "extra_ry/extra_rz != 0"),
+    ({}, 3, "n_qubits=3: the kernel's qubit groups are 1, 2, 4, 8 wide"),
+    ({}, 16, "n_qubits=16"),
+])
+def test_circuit_kernel_only_for_its_closed_form(kw, n_qubits, why):
+    """The circuit's kernel computes the closed form of theory T5: other settings fall back,
+    and the support check says why (before any tensor check)."""
+    from qsgd.perturbations import Circuit
+
+    p = [torch.zeros(4)]
+    msg = fused_unsupported_reason(p, p, p, p, Circuit(**kw), n_qubits)
+    assert msg.startswith("perturbation Circuit(") and "no fused kernel here: " + why in msg
+    for ok in (Circuit(), Circuit(depth=1), Circuit(depth=3, hadamard=True),
+               Circuit(entangle=False)):
+        for n in (1, 2, 4, 8):
+            assert fused_unsupported_reason(p, p, p, p, ok, n) == "tensors on cpu, not cuda"
+
+
+def test_anti_and_anneal_draw_the_keyed_generator_on_cpu():
+    """On the CPU the noise of anti and anneal (now drawn through keyed_noise, which on CUDA is
+    the kernel's stream) is the keyed torch.Generator's, as before: the same bits."""
+    from qsgd.noise import keyed_generator
+    from qsgd.perturbations import Context, rms, sinpi
+
+    g = torch.Generator().manual_seed(0)
+    theta, grad = torch.randn(37, generator=g), torch.randn(37, generator=g)
+    for step in (1, 4):
+        ctx = Context(step=step, seed=11, index=3)
+
+        def z(t):
+            return torch.randn(37, generator=keyed_generator("cpu", 11, t, 3))
+
+        want = z(step) - z(step - 1) if step > 1 else z(step)
+        want = want * (rms(sinpi(theta) * grad) / math.sqrt(2.0))
+        assert torch.equal(get_perturbation("anti").term(theta, grad, ctx), want)
+        an = get_perturbation("anneal")
+        assert torch.equal(an.term(theta, grad, ctx), z(step) * an.sigma(step))
+
+
+def test_circuit_supports_are_theory_t5s():
+    """Circuit.readout_supports (what the kernel multiplies) equals theory T5's Heisenberg
+    supports, and the product of sines over them equals the simulator's ⟨X⟩."""
+    from qsgd.perturbations import Circuit
+    from theory.circuits import closed_form, heisenberg_supports
+
+    g = torch.Generator().manual_seed(3)
+    for n in (1, 2, 3, 4, 5, 8):
+        for depth in (1, 2, 3):
+            for entangle in (True, False):
+                c = Circuit(depth=depth, entangle=entangle)
+                assert c.readout_supports(n) == heisenberg_supports(n, depth, entangle)[0]
+    assert Circuit().readout_supports(4) == [[0, 2], [1, 3], [2], [3]]
+    theta = torch.rand(37, generator=g, dtype=torch.float64) * 6 - 3
+    for n in (1, 2, 4, 8):
+        for had in (False, True):
+            c = Circuit(hadamard=had)
+            padded = torch.cat([theta, theta.new_zeros((-37) % n)]).reshape(-1, n)
+            want = closed_form(padded, 2, "X", had).reshape(-1)[:37]
+            torch.testing.assert_close(c.readout(theta, n), want, rtol=0, atol=1e-12)
 
 
 def test_noise_is_a_leaf_module():
@@ -199,7 +269,7 @@ class _OptedInSin(Sin):
 
 
 def test_fused_support_follows_the_class_attribute():
-    assert fused.fused_code(Sin()) == 1 and fused.fused_code(get_perturbation("circuit")) is None
+    assert fused.fused_code(Sin()) == 1 and fused.fused_code(get_perturbation("sinnorm")) is None
     assert fused.fused_code(_ShiftedSin()) is None and fused.fused_code(_PlainSin()) is None
     assert fused.fused_code(_OptedInSin()) == 1
     p = [torch.zeros(4)]
@@ -308,6 +378,92 @@ _INTERP_SCRIPT = textwrap.dedent("""
 """)
 
 
+# The kernels of anti, anneal, annealrel and circuit against the reference step, several steps,
+# on the interpreter. The reference's keyed_noise is pointed at cuda_noise (which the
+# interpreter runs on CPU tensors), the stream it draws on CUDA: so the perturbations' own
+# term() and reference_step run unchanged, with the kernel's noise definition.
+_INTERP_VARIANTS_SCRIPT = textwrap.dedent("""
+    import math, torch
+    from qsgd import fused, noise, perturbations
+    from qsgd.optimizer import reference_step
+    from qsgd.perturbations import Circuit, get_perturbation, noise_key
+
+    def cuda_keyed_noise(shape, kind, *, seed, step, index, device, dtype):
+        n = math.prod(shape)
+        return noise.cuda_noise(noise_key(seed, step, index), n, kind, device, dtype).view(shape)
+
+    perturbations.keyed_noise = cuda_keyed_noise
+    shapes = [(1,), (3,), (5,), (1025,), (2, 3), (4,)]
+    base = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, seed=7)
+
+    def mk(seed):
+        g = torch.Generator().manual_seed(seed)
+        p = [torch.randn(s, generator=g) * 0.8 for s in shapes]
+        m = [torch.randn(s, generator=g) * 0.1 for s in shapes]
+        v = [torch.rand(s, generator=g) * 1e-2 for s in shapes]
+        return p, m, v
+
+    def grads(t):
+        g = torch.Generator().manual_seed(100 + t)
+        return [torch.randn(s, generator=g) for s in shapes]
+
+    every = [(scope, bc) for scope in ("all", "first_n") for bc in (True, False)]
+    cases = [(name, get_perturbation(name), 4, every) for name in ("anti", "anneal", "annealrel")]
+    cases += [("circuit", Circuit(), 4, every)]
+    # other circuit settings (register sizes, depth, Hadamards): two configurations each
+    two = [("all", True), ("first_n", False)]
+    cases += [("circuit-d1-h", Circuit(depth=1, hadamard=True), 4, two),
+              ("circuit-2", Circuit(), 2, two), ("circuit-8", Circuit(depth=3), 8, two),
+              ("circuit-1", Circuit(), 1, two)]
+    for name, P, nq, configs in cases:
+        code = fused.fused_code(P)
+        assert code is not None and P.fused_unsupported(nq) is None, name
+        for scope, bc in configs:
+            hyper = dict(base, n_qubits=nq)
+            (pa, ma, va), (pr, mr, vr) = mk(5), mk(5)
+            idx = list(range(3, 3 + len(shapes)))
+            for t in (1, 2, 3):
+                gs = grads(t)
+                p0 = [p.clone() for p in pr]
+                fused._dispatch(pa, [g.clone() for g in gs], ma, va, [t] * len(shapes), idx,
+                                [x.numel() for x in pa], code, lam=0.5,
+                                first_n=scope == "first_n", bias_correction=bc,
+                                perturbation=P, **hyper)
+                for i in range(len(shapes)):
+                    reference_step(pr[i], gs[i].clone(), mr[i], vr[i], step=t, index=idx[i],
+                                   perturbation=P, scope=scope, bias_correction=bc,
+                                   quantum_weight=0.5, **hyper)
+                    d_ref = (pr[i] - p0[i]).double()
+                    d_fused = (pa[i] - p0[i]).double()
+                    err = float((d_ref - d_fused).norm() / d_ref.norm())
+                    assert err < 1e-4, (name, scope, bc, t, i, err)
+                    for x, y in ((ma[i], mr[i]), (va[i], vr[i])):
+                        tol = 1e-5 * float(y.abs().max())
+                        assert float((x - y).abs().max()) <= tol, (name, scope, bc, t, i)
+    # the in-kernel draw is cuda_noise's for the same key: from m = v = 0 and g = 0, anneal's
+    # first moment after one step is (1 − β1)·λ·σ_1·z, z = cuda_noise(noise_key(seed, 1, index))
+    P = get_perturbation("anneal")
+    p, g, m, v = ([torch.zeros(1027)] for _ in range(4))
+    fused._dispatch(p, g, m, v, [1], [9], [1027], fused.fused_code(P), lam=0.5, first_n=False,
+                    bias_correction=True, perturbation=P, **dict(base, n_qubits=4))
+    z = noise.cuda_noise(noise_key(7, 1, 9), 1027, "normal", "cpu")
+    torch.testing.assert_close(m[0] / (0.1 * 0.5 * P.sigma(1)), z, rtol=1e-6, atol=1e-6)
+    print("interpreter variants ok")
+""")
+
+
+def test_new_variant_kernels_under_the_triton_interpreter():
+    """anti, anneal, annealrel and circuit (several register sizes and settings): the fused
+    kernel equals the reference step for 3 steps, scopes all and first_n, bias correction on
+    and off, sizes 1, 3, 5, 1025 (a second block; a tail group), on CPU (TRITON_INTERPRET=1)."""
+    pytest.importorskip("triton", reason="Triton not installed (CPU CI); the GPU tests cover it")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", _INTERP_VARIANTS_SCRIPT], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "interpreter variants ok" in out.stdout
+
+
 def test_kernels_under_the_triton_interpreter():
     """The kernels' maths on CPU (TRITON_INTERPRET=1), when Triton is installed."""
     pytest.importorskip("triton", reason="Triton not installed (CPU CI); the GPU tests cover it")
@@ -355,7 +511,7 @@ def test_deterministic_terms_match_bit_for_bit_or_within_one_rounding(variant):
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", ["none", "sin", "gauss", "unif"])
+@pytest.mark.parametrize("variant", ["none", "sin", "gauss", "unif", "anti", "anneal", "circuit"])
 def test_fused_matches_reference_bf16(variant):
     """bf16 tensors: the kernel computes in fp32 and rounds once; the reference on fp32 copies,
     rounded to bf16, agrees to bf16 rounding after one step."""
@@ -414,7 +570,8 @@ def test_cuda_noise_key_and_distribution():
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", ["sin", "gauss", "unif"])
+@pytest.mark.parametrize("variant", ["sin", "gauss", "unif", "anti", "anneal", "annealrel",
+                                     "circuit"])
 def test_fused_resume_is_bit_identical(variant):
     kw = dict(perturbation=variant, lr=1e-2, seed=3)
     a = _make(SHAPES, torch.float32, "cuda")
@@ -439,7 +596,7 @@ def test_many_small_tensors_and_mixed_step_counts():
     the group holds two step counts (two launches)."""
     g = torch.Generator().manual_seed(2)
     shapes = [(int(n),) for n in torch.randint(1, 300, (300,), generator=g)]
-    for variant in ("sin", "gauss"):
+    for variant in ("sin", "gauss", "anti", "annealrel", "circuit"):
         a, fo, b, ro = _pair(shapes, perturbation=variant, scope="first_n")
         start = [p.detach().double().clone() for p in a]
         for t in range(3):
@@ -474,10 +631,13 @@ def test_dispatch_uses_the_fused_kernel_only_when_supported(monkeypatch):
         return list(calls)
 
     assert steps() == [True]                                   # auto on CUDA
+    for name in ("anti", "anneal", "annealrel", "circuit"):
+        assert steps(perturbation=name) == [True], name
     assert steps(fused=False) == []
     assert steps(foreach=False) == []                          # auto respects foreach=False
     assert steps(foreach=False, fused=True) == [True]
-    assert steps(perturbation="anneal") == [False]             # falls back, silently
+    assert steps(perturbation="sinnorm") == [False]            # falls back, silently
+    assert steps(perturbation="circuit", circuit_shots=8) == [False]
     assert steps(track_ratio=True) == []                       # ratio uses the foreach path
     p = _make(SHAPES, torch.float64, "cuda")
     assert fused_unsupported_reason(p, p, p, p, get_perturbation("sin")).startswith("dtype")
@@ -517,11 +677,33 @@ def test_track_ratio_and_nonfinite_still_work_on_cuda():
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", ["sin", "gauss"])
+@pytest.mark.parametrize("variant", ["sin", "gauss", "anti", "anneal", "annealrel"])
 def test_first_n_wider_than_a_block(variant):
     """n_qubits past the kernel's block size: the in-scope part spans several blocks."""
     a, fo, b, ro = _pair(perturbation=variant, scope="first_n", n_qubits=2500)
     start = [p.detach().double().clone() for p in a]
     _run(fo, a, 2)
     _run(ro, b, 2)
+    _close_step(a, b, start, rtol=2e-5)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("depth, hadamard, entangle, n_qubits", [
+    (2, False, True, 4), (1, True, True, 4), (2, False, True, 2), (3, False, True, 8),
+    (2, False, True, 1), (2, False, False, 4)])
+@pytest.mark.parametrize("scope", ["all", "first_n"])
+def test_fused_circuit_closed_form_matches_the_simulator(depth, hadamard, entangle, n_qubits,
+                                                         scope):
+    """The circuit kernel's closed form (theory T5) against the reference's statevector
+    simulator, tensors of sizes that leave tail groups (SHAPES) and one of two blocks."""
+    from qsgd.perturbations import Circuit
+
+    pert = Circuit(depth=depth, hadamard=hadamard, entangle=entangle)
+    shapes = [*SHAPES, (1025,)]
+    a, fo, b, ro = _pair(shapes, perturbation=pert, scope=scope, n_qubits=n_qubits)
+    assert fused_unsupported_reason(a, a, a, a, pert, n_qubits) is None  # the kernel runs
+    start = [p.detach().double().clone() for p in a]
+    _run(fo, a, 3)
+    _run(ro, b, 3)
     _close_step(a, b, start, rtol=2e-5)
