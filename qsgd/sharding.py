@@ -125,8 +125,9 @@ class ShardLayout:
 def layout_of(t: Tensor) -> ShardLayout | None:
     """The :class:`ShardLayout` of a DTensor that is sharded over some mesh dimension, for the
     tensor the optimizer steps (``view_as_real`` of a complex one: one more dim of size 2);
-    None for a replicated one. Raises ``ValueError`` for placements other than ``Shard(d)`` and
-    ``Replicate`` (``Partial``, ``_StridedShard``)."""
+    None for a replicated one, or one sharded over mesh dimensions of size 1 only. Raises
+    ``ValueError`` for placements other than ``Shard(d)`` and ``Replicate`` (``Partial``,
+    ``_StridedShard``)."""
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
@@ -139,8 +140,10 @@ def layout_of(t: Tensor) -> ShardLayout | None:
                 f"SuperpositionalAdamW steps DTensor parameters with Shard(d) and Replicate "
                 f"placements only, got {names}: a {type(p).__name__} placement's local shard "
                 "is not one box of the tensor")
-    if not any(isinstance(p, Shard) for p in placements):
-        return None  # replicated: the local tensor is the whole tensor
+    if all(not isinstance(p, Shard) or mesh.size(d) == 1 for d, p in enumerate(placements)):
+        # replicated, or sharded over one rank only (FSDP2 at world size 1): the local tensor is
+        # the whole tensor on every rank, so it is stepped as one (the same bits as unsharded)
+        return None
     local, offset = compute_local_shape_and_global_offset(shape, mesh, placements)
     groups = tuple(mesh.get_group(d) for d, p in enumerate(placements) if isinstance(p, Shard))
     if complex_:  # the optimizer steps view_as_real: one more dim of 2, never sharded

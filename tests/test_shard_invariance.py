@@ -110,6 +110,12 @@ def _worker(rank: int, folder: str) -> None:
                 out[name] = [p.full_tensor() for p in params]
             if name == "sin":  # the shard sizes this test claims
                 out["local_shapes"] = [tuple(p.to_local().shape) for p in params]
+        from qsgd.sharding import layout_of
+
+        mesh2 = init_device_mesh("cpu", (WORLD, 1))
+        out["layouts"] = [
+            layout_of(distribute_tensor(torch.zeros(5, 2), mesh2, pl)) is None
+            for pl in ([Replicate(), Shard(0)], [Shard(0), Replicate()])]
         if rank == 0:
             torch.save(out, f"{folder}/out.pt")
     finally:
@@ -128,6 +134,12 @@ def sharded() -> dict:
 def test_the_shards_are_uneven_empty_strided_and_replicated(sharded):
     # rank 0's shards: 4 of 7 rows, the one row (rank 1: none), 2 of 3, 3 of 6 columns, all 5
     assert sharded["local_shapes"] == [(4, 5), (1, 3), (2,), (4, 3), (5,), (8, 3)]
+
+
+def test_a_shard_over_one_rank_is_stepped_as_a_whole_tensor(sharded):
+    # Shard(0) on a mesh dim of size 1 (FSDP2 at world size 1): no layout, today's path;
+    # on the dim of size 2: a layout
+    assert sharded["layouts"] == [True, False]
 
 
 @pytest.mark.parametrize("name, kwargs, exact", CASES, ids=[c[0] for c in CASES])
