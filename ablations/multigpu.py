@@ -27,13 +27,17 @@ the reference's computation with the batch split and the gradient summed in anot
 The loss curve recorded is the step's loss before the update, all-reduced and averaged over the
 ranks; the final parameters are gathered with ``full_tensor()``.
 
-Expected: variants whose term is elementwise in scope ``all`` (adamw, sin, cos, taylor,
-sinnorm, moment) equal the reference to float32 rounding of the split batch and the reordered
-gradient sum; terms that read several entries (gauss, unif, anti: the RMS of sin πθ and the
-keyed noise; circuit's groups; ``first_n``) are computed per local shard (qsgd/optimizer.py),
-so the sharded run is a different, equally valid, random run. To size that, stochastic
-variants also run the reference with noise seed ``--noise-seed + 1``: the spread of two noise
-seeds is what a different noise draw alone does.
+Expected: every built-in variant equals the reference to float32 rounding of the split batch
+and the reordered gradient sum. Elementwise terms (adamw, sin, cos, taylor, sinnorm, moment)
+are the same on a shard; terms that read several entries of a tensor are computed over the
+global tensor (:mod:`qsgd.sharding`): the RMS of gauss, unif, anti and annealrel is
+all-reduced, keyed noise is drawn by global position (a shard takes its entries of the whole
+tensor's stream), circuit gathers the tensor's θ, and ``first_n`` is the first entries of the
+flattened global tensor. A custom perturbation that is neither elementwise nor
+``shard_invariant`` is expected ``per-shard``. To show what the agreement is worth for the
+stochastic variants, they also run the reference with noise seed ``--noise-seed + 1``: the
+spread of two noise seeds is what a different noise draw alone does, against which the
+sharded run's difference is read.
 
 Outputs, in ``--out`` (default results/llm): ``multigpu.csv``, one row a variant, columns
 :data:`CSV_COLUMNS` (``loss_rel_*``: |L_sharded − L_ref| / |L_ref| over the steps;
@@ -349,16 +353,18 @@ def param_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 
 def expectation(variant: str) -> str:
-    """What the design predicts: ``equal`` for a term elementwise in scope all (and the peer),
-    ``per-shard`` otherwise (the term reads several entries of a tensor)."""
+    """What the design predicts: ``equal`` for an elementwise term or one that reads its whole
+    tensor through the shard's layout (``Perturbation.shard_invariant``: every built-in one;
+    ``first_n`` too, FSDP2's ``Shard(0)`` shards being ranges of the flattened tensor) and for
+    the peer, ``per-shard`` otherwise (a custom term that reads several entries of its shard
+    alone)."""
     from qsgd.perturbations import perturbation_class
     from qsgd.variants import parse_variant
 
     if variant == PEER:
         return "equal"
-    v = parse_variant(variant)
-    return "equal" if perturbation_class(v.perturbation).elementwise and v.scope == "all" \
-        else "per-shard"
+    cls = perturbation_class(parse_variant(variant).perturbation)
+    return "equal" if cls.elementwise or cls.shard_invariant else "per-shard"
 
 
 def _median_after(xs: list[float], warmup: int) -> float:
@@ -476,10 +482,19 @@ def reading(rows: list[dict]) -> str:
             f"({worst['variant']}) and {max(r['param_max_abs'] for r in equal):.1e} in any "
             "parameter: float32 rounding of the split batch and of the reordered gradient "
             "sum, as the optimizer's contract says.")
+        noisy = [r for r in equal if r["seed_spread_param_max"] != ""]
+        for r in noisy:
+            parts.append(
+                f"{r['variant']} draws keyed noise by global position and takes its RMS over "
+                f"the whole tensor, so it is {r['loss_rel_max']:.1e} (loss) and "
+                f"{r['param_max_abs']:.1e} (parameter) from the one-process run, where a new "
+                f"noise seed moves the run by {r['seed_spread_rel_max']:.1e} and "
+                f"{r['seed_spread_param_max']:.1e}.")
     floor = max((r["param_max_abs"] for r in equal), default=None)
     for r in shard:
-        txt = (f"{r['variant']} is computed per local shard (the RMS that scales its noise, and "
-               f"its noise keys), so its run differs from the one-process run by up to "
+        txt = (f"{r['variant']} reads several entries of its local shard alone (it is "
+               "neither elementwise nor shard-invariant), so its run differs from the "
+               "one-process run by up to "
                f"{r['loss_rel_max']:.1e} in the loss (mean {r['loss_rel_mean']:.1e}) and "
                f"{r['param_max_abs']:.1e} in a parameter")
         if floor is not None:

@@ -109,6 +109,7 @@ __all__ = [
     "fused_code",
     "fused_perturbations",
     "fused_unsupported_reason",
+    "fused_sharded_reason",
     "fused_group",
 ]
 
@@ -218,6 +219,19 @@ def fused_unsupported_reason(
     return None
 
 
+def fused_sharded_reason(perturbation: Perturbation) -> str | None:
+    """None when the kernel steps DTensor shards as the whole tensor would be stepped, else
+    why not: an elementwise term is the same on a shard, but gauss and unif read their whole
+    tensor (the RMS of sin(πθ), noise keyed by global position), which the kernel computes
+    over the local shard it sees; such a group takes the foreach path, which computes them
+    over the global tensor (:mod:`qsgd.sharding`)."""
+    if perturbation.elementwise:
+        return None
+    return (f"perturbation {perturbation!r} reads its whole tensor (an RMS, noise keyed by "
+            "global position) and the group holds DTensor shards: the kernel would compute "
+            "them per shard, the foreach path computes them over the global tensor")
+
+
 # ---------------------------------------------------------------------------------------------
 # Device tables, cached: the block layout depends only on the sizes; the address table only on
 # the addresses (gradients are often re-allocated each step; a small LRU keeps the recent ones).
@@ -306,14 +320,19 @@ def fused_group(
     n_qubits: int,
     bias_correction: bool,
     seed: int,
+    sharded: bool = False,
 ) -> bool:
     """In-place fused form of :func:`qsgd.optimizer.reference_step` for a list of tensors.
 
     Returns False, touching nothing, when the group is not supported (the caller then runs
-    another path); :func:`fused_unsupported_reason` says why. ``steps`` are the tensors' step
-    numbers (this step's, ≥ 1), ``indices`` their global indices (the noise key). Tensors with
-    different step counts run in separate launches. Zero-size tensors are skipped.
+    another path); :func:`fused_unsupported_reason` says why, and for ``sharded=True`` (the
+    tensors are DTensor local shards, scope ``"all"``) :func:`fused_sharded_reason`.
+    ``steps`` are the tensors' step numbers (this step's, ≥ 1), ``indices`` their global
+    indices (the noise key). Tensors with different step counts run in separate launches.
+    Zero-size tensors are skipped.
     """
+    if sharded and fused_sharded_reason(perturbation) is not None:
+        return False
     if fused_unsupported_reason(params, grads, exp_avgs, exp_avg_sqs, perturbation,
                                 n_qubits) is not None:
         return False

@@ -65,11 +65,13 @@ class _Work(NamedTuple):
     grads: list[Tensor]      # their gradients, likewise, negated when maximize=True
     idx: list[int]           # global tensor indices (the noise key)
     flat: bool               # the group may take the flat CPU path
+    shards: list | None = None  # each tensor's ShardLayout (None: whole); None: none sharded
 
 
 def _real_local(t: Tensor) -> Tensor:
     """The tensor the update runs on: a DTensor's local shard (FSDP2 parameters, gradients and
-    state are DTensors; the update is elementwise, so each rank steps its own shard), and a
+    state are DTensors; each rank steps its own shard, and a term that reads several entries
+    reads the global tensor through the shard's layout, :mod:`qsgd.sharding`), and a
     complex tensor's real view ``view_as_real`` (as ``torch.optim.AdamW``: the real and
     imaginary parts are two real coordinates). Plain real tensors are returned as they are."""
     dtensor = sys.modules.get("torch.distributed.tensor")  # no DTensor exists before its import
@@ -98,9 +100,18 @@ class SuperpositionalAdamW(Optimizer):
     Tensor ``lr``, zero and absent gradients. Complex parameters are optimised as their real
     view (``torch.view_as_real``), as AdamW does: the perturbation is defined on that view,
     Q = sin(π·Re θ)·Re g and sin(π·Im θ)·Im g (``first_n`` counts real entries of the view).
-    FSDP2 (DTensor) parameters are stepped shard by shard on their local tensors (elementwise
-    terms equal the unsharded run; terms that read several entries, circuit's groups, ``first_n``
-    and the RMS of gauss, unif and anti, are per shard when a tensor is split over ranks).
+    FSDP2 (DTensor) parameters are stepped shard by shard on their local tensors, and every
+    built-in term equals the unsharded run's to float rounding whatever the sharding
+    (``Shard(d)`` on any dim and ``Replicate``, uneven and empty shards): elementwise terms
+    need nothing; the RMS of gauss, unif, anti and annealrel is reduced over the global tensor
+    (one all-reduce of the local sums of squares per group), keyed noise is drawn by global
+    position (a shard takes its entries of the whole tensor's stream: on the CPU each rank
+    draws the whole tensor's noise), circuit gathers each tensor's θ (its groups may straddle
+    shards), and ``first_n`` is the first ``n_qubits`` entries of the flattened global tensor
+    (shards that are contiguous ranges of it only, as ``Shard(0)``, FSDP2's default; others
+    raise ``ValueError``). Sharded groups of gauss and unif take the foreach path instead of
+    the fused kernel (:func:`qsgd.fused.fused_sharded_reason`), and ``first_n`` on shards the
+    per-tensor path. See :mod:`qsgd.sharding`.
 
     ``torch.compile(fullgraph=True)`` of a function that calls :meth:`step` works with
     ``nonfinite="off"`` and ``track_ratio=False``: the compiled step keeps its step counts and a
@@ -323,8 +334,34 @@ class SuperpositionalAdamW(Optimizer):
                 if group["maximize"]:
                     grads = torch._foreach_neg(grads)
                 flat = plain and self._flat_candidate(group, params, grads)
-                work.append(_Work(gi, group, originals, params, grads, idx, flat))
+                shards = None if plain else self._shards(gi, originals, params)
+                work.append(_Work(gi, group, originals, params, grads, idx, flat, shards))
         return work
+
+    def _shards(self, gi: int, originals: list[Tensor], params: list[Tensor]) -> list | None:
+        """Each tensor's :class:`qsgd.sharding.ShardLayout` (None for a plain or replicated
+        one), or None when no tensor of the group is sharded. Cached per parameter: a
+        parameter's placements do not change."""
+        dtensor = sys.modules.get("torch.distributed.tensor")
+        if dtensor is None:
+            return None
+        from .sharding import layout_of
+
+        cache = self.__dict__.setdefault("_layout_cache", {})
+        out = []
+        for p, rp in zip(originals, params):
+            hit = cache.get(id(p))
+            if hit is None or hit[0] is not p:
+                lay = layout_of(p) if isinstance(p, dtensor.DTensor) else None
+                if lay is not None and lay.local_shape != tuple(rp.shape):
+                    pi = next(i for i, q in enumerate(self.param_groups[gi]["params"]) if q is p)
+                    raise ValueError(
+                        f"{self._param_name(gi, pi, p)}: local shard of shape "
+                        f"{tuple(rp.shape)}, but its placements {lay.placements} give "
+                        f"{lay.local_shape}: the shard is not the box the placements describe")
+                hit = cache[id(p)] = (p, lay)
+            out.append(hit[1])
+        return out if any(lay is not None for lay in out) else None
 
     def _nonfinite_ok(self, work: list[_Work], flat: dict[int, Tensor]) -> bool:
         """True if every gradient is finite; otherwise raise or report a skip. ``flat`` holds
@@ -421,6 +458,14 @@ class SuperpositionalAdamW(Optimizer):
             group, params, grads, idx = w.group, w.params, w.grads, w.idx
             m, v, vmax, steps = self._state_lists(w, compiling)
             hyper = self._hyper(group, compiling)
+            shards = w.shards
+            if compiling and shards is not None and (
+                    group["scope"] != "all" or not hyper["perturbation"].elementwise):
+                raise ValueError(
+                    f"perturbation {hyper['perturbation'].name!r} with scope "
+                    f"{group['scope']!r} reads the whole of a sharded (DTensor) tensor, which "
+                    "the compiled step does not do: step eagerly, or use an elementwise "
+                    "perturbation with scope 'all'")
             if compiling:  # traced into the caller's graph (qsgd.update.compiled_group)
                 compiled_group(params, grads, m, v, steps, idx, stats=stats,
                                max_exp_avg_sqs=vmax, **hyper)
@@ -429,6 +474,13 @@ class SuperpositionalAdamW(Optimizer):
                 m_flat, v_flat = self._flat_state(w.gi, params, m, v)
                 _flat_group(params, flat[w.gi], m_flat, v_flat, steps[0], idx, stats=stats,
                             **hyper)
+                continue
+            if shards is not None and group["scope"] != "all":
+                # first_n on shards: each shard's in-scope prefix has its own length
+                for k, (p, g, ea, eas, s, i) in enumerate(zip(params, grads, m, v, steps, idx)):
+                    reference_step(p, g, ea, eas, step=s, index=i, stats=stats,
+                                   max_exp_avg_sq=None if vmax is None else vmax[k],
+                                   shard=shards[k], **hyper)
                 continue
             # [fused] one Triton launch for the group when supported (qsgd.fused); else below.
             # Support (device, dtype, perturbation, Triton) is decided by fused_group alone, with
@@ -440,7 +492,8 @@ class SuperpositionalAdamW(Optimizer):
             if use_fused and stats is None and vmax is None:
                 from .fused import fused_group
 
-                if fused_group(params, grads, m, v, steps, idx, **hyper):
+                if fused_group(params, grads, m, v, steps, idx, sharded=shards is not None,
+                               **hyper):
                     continue
             # [/fused]
             use_foreach = group["foreach"]
@@ -448,11 +501,12 @@ class SuperpositionalAdamW(Optimizer):
                 use_foreach = len({p.device for p in params}) == 1
             if use_foreach and all(p.is_contiguous() for p in params):
                 _foreach_group(params, grads, m, v, steps, idx, stats=stats,
-                               max_exp_avg_sqs=vmax, **hyper)
+                               max_exp_avg_sqs=vmax, shards=shards, **hyper)
             else:
                 for k, (p, g, ea, eas, s, i) in enumerate(zip(params, grads, m, v, steps, idx)):
                     reference_step(p, g, ea, eas, step=s, index=i, stats=stats,
-                                   max_exp_avg_sq=None if vmax is None else vmax[k], **hyper)
+                                   max_exp_avg_sq=None if vmax is None else vmax[k],
+                                   shard=None if shards is None else shards[k], **hyper)
         if stats is not None and "adam_sq" in stats:
             self._record_ratio(stats)
         return loss

@@ -33,13 +33,17 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
 
-from .noise import keyed_generator, keyed_noise, noise_key
+from .noise import keyed_generator, keyed_noise, noise_key, triton_available
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .sharding import ShardLayout
 
 __all__ = [
     "Context",
@@ -50,6 +54,7 @@ __all__ = [
     "available",
     "keyed_generator",
     "rms",
+    "global_rms",
     "sinpi",
     "cospi",
     "noise_key",
@@ -119,6 +124,31 @@ def rms(x: Tensor) -> Tensor:
     return x.pow(2).mean().sqrt()
 
 
+def global_rms(xs: Iterable[Tensor], ctxs: list[Context]) -> list[Tensor]:
+    """The RMS of each ``xs[k]`` over its whole tensor (``ctxs[k].shard``; :func:`rms` itself
+    where there is none). A sharded tensor's local sum of squares (float64) is summed over the
+    ranks that hold its other shards and divided by the global number of entries: one
+    all-reduce for all tensors that share their process groups and device. ``xs`` may be a
+    generator (each entry is reduced as it comes, so the terms need not all be held). Every
+    rank must call it with the same tensors in the same order. The float64 sums make the
+    result equal the unsharded float32 RMS to float rounding, not bit for bit."""
+    out: list[Tensor | None] = []
+    pending: dict[tuple, list[tuple[int, Tensor, torch.dtype]]] = {}
+    for k, (x, c) in enumerate(zip(xs, ctxs)):
+        if c.shard is None:
+            out.append(rms(x))
+            continue
+        out.append(None)
+        pending.setdefault((c.shard.groups, x.device), []).append(
+            (k, x.double().pow(2).sum(), x.dtype))
+    for sums in pending.values():
+        total = ctxs[sums[0][0]].shard.all_reduce(torch.stack([s for _, s, _ in sums]))
+        for (k, _, dtype), sq in zip(sums, total):
+            n = ctxs[k].shard.numel
+            out[k] = ((sq / n).sqrt() if n else sq.new_zeros(())).to(dtype)
+    return out
+
+
 @dataclass(frozen=True)
 class Context:
     """Where a perturbation is evaluated.
@@ -126,13 +156,34 @@ class Context:
     step: t = 1, 2, … (this step's number). seed: the optimizer's noise seed.
     index: the tensor's position among all parameters of the optimizer (group order, then
     parameter order), stable across ``state_dict`` round trips. n_qubits: register size for the
-    circuit variant and the ``first_n`` scope.
+    circuit variant and the ``first_n`` scope. shard: None for a whole tensor; for the local
+    shard of a DTensor, where it lies in the global in-scope tensor
+    (:class:`qsgd.sharding.ShardLayout`): a term that reads several entries computes its
+    statistics (:meth:`rms`) and noise (:meth:`local`) over the global tensor through it, so
+    the run does not depend on the sharding.
     """
 
     step: int
     seed: int
     index: int
     n_qubits: int = 4
+    shard: ShardLayout | None = None
+
+    def rms(self, x: Tensor) -> Tensor:
+        """RMS of ``x`` (this tensor's in-scope entries, or a function of them entry by entry)
+        over the whole tensor: :func:`rms` when unsharded, else :func:`global_rms`."""
+        if self.shard is None:
+            return rms(x)
+        return global_rms([x], [self])[0]
+
+    def local(self, draw, like: Tensor) -> Tensor:
+        """Noise keyed by global position: ``draw(shape)`` for the whole in-scope tensor (1-D,
+        as ``like``), of which this shard's entries are returned; unsharded, ``draw(like.shape)``
+        itself. ``draw`` must draw a stream whose element i does not depend on where it is
+        cut (a keyed generator drawing the global tensor's length does so by construction)."""
+        if self.shard is None:
+            return draw(like.shape)
+        return self.shard.take(draw((self.shard.numel,)))
 
     def generator(self, device: torch.device | str, stream: int = 0,
                   step: int | None = None) -> torch.Generator:
@@ -155,7 +206,14 @@ class Perturbation(abc.ABC):
       ``"gradient"``, ``"normalized"`` or ``"first-moment"`` (module docstring; checked by
       :func:`register` and by the optimizer). ``stochastic``: the term draws keyed noise.
     * ``elementwise``: Q_i depends on (θ_i, g_i) alone, so one call on several tensors
-      concatenated equals the calls tensor by tensor (the flat CPU path uses this).
+      concatenated equals the calls tensor by tensor (the flat CPU path uses this). Such a
+      term is the same on a DTensor's local shard as on the whole tensor.
+    * ``shard_invariant``: a term that reads several entries (an RMS, keyed noise, groups) and
+      computes them over the whole tensor when given a shard (``ctx.shard``): through
+      :meth:`Context.rms` / :func:`global_rms`, :meth:`Context.local` for noise keyed by
+      global position, or ``ctx.shard.gather``. Every built-in term is elementwise or
+      shard-invariant; a custom non-elementwise term that ignores ``ctx.shard`` is computed
+      per shard under FSDP2.
     * ``fused_code``: the perturbation code (constexpr ``PERT``) of the fused Triton kernel
       that computes this term in-kernel (:mod:`qsgd.fused`), or None: no kernel, the optimizer
       takes another path. It holds for the class that sets it and for no subclass: a subclass
@@ -178,6 +236,7 @@ class Perturbation(abc.ABC):
     kind: ClassVar[str] = "direction"  # one of KINDS
     stochastic: ClassVar[bool] = False
     elementwise: ClassVar[bool] = False
+    shard_invariant: ClassVar[bool] = False
     fused_code: ClassVar[int | None] = None
     q_over_g_bound: ClassVar[float] = math.inf
 
@@ -316,19 +375,33 @@ class Taylor(Perturbation):
         return q
 
 
-def _sin_rms(theta: Tensor) -> Tensor:
-    return rms(sinpi(theta))
-
-
 # [cuda-noise] On CUDA (with Triton) gauss, unif, anti, anneal and annealrel draw their noise
 # from the Philox stream the fused kernel draws in-kernel (qsgd.noise.cuda_noise), so reference,
 # foreach and fused steps agree there. Elsewhere a keyed torch.Generator (the same draws as
 # ``ctx.generator``). Both are keyed on (seed, step, tensor index).
-def _keyed_noise(grad: Tensor, ctx: Context, kind: str) -> Tensor:
-    """ξ ~ N(0, 1) (``kind="normal"``) or U[0, 1) (``"uniform"``), shaped and typed as grad."""
-    return keyed_noise(grad.shape, kind, seed=ctx.seed, step=ctx.step, index=ctx.index,
-                       device=grad.device, dtype=grad.dtype)
+def _keyed_noise(grad: Tensor, ctx: Context, kind: str, step: int | None = None) -> Tensor:
+    """ξ ~ N(0, 1) (``kind="normal"``) or U[0, 1) (``"uniform"``) of the stream keyed on
+    (seed, ``step`` or this step, index), shaped and typed as grad; for a shard
+    (``ctx.shard``), its entries of the whole in-scope tensor's ξ."""
+    def draw(shape):
+        return keyed_noise(shape, kind, seed=ctx.seed, step=ctx.step if step is None else step,
+                           index=ctx.index, device=grad.device, dtype=grad.dtype)
+
+    lay = ctx.shard
+    if (lay is not None and lay.flat_range is not None and grad.device.type == "cuda"
+            and triton_available()):
+        # Philox is counter-based: element i of the stream does not depend on the length
+        # drawn, so a contiguous shard [start, stop) needs the first stop entries only
+        start, stop = lay.flat_range
+        return draw((stop,))[start:].view(grad.shape)
+    return ctx.local(draw, grad)
 # [/cuda-noise]
+
+
+def _randn(grad: Tensor, ctx: Context, step: int | None = None) -> Tensor:
+    """z ~ N(0, 1) keyed on (seed, ``step`` or this step, index): :func:`_keyed_noise`'s normal
+    draw (on CUDA the fused kernel's stream, see [cuda-noise])."""
+    return _keyed_noise(grad, ctx, "normal", step)
 
 
 @register
@@ -341,8 +414,16 @@ class Gauss(Perturbation):
     fused_code = 4  # PERT_GAUSS of qsgd._fused_kernels
     q_over_g_bound = math.inf  # ξ is normal, unbounded
 
+    shard_invariant = True
+
     def term(self, theta, grad, ctx):
-        s = _sin_rms(theta)
+        return self._scaled(ctx.rms(sinpi(theta)), grad, ctx)
+
+    def terms(self, thetas, grads, ctxs):
+        ss = global_rms((sinpi(t) for t in thetas), ctxs)  # one all-reduce when sharded
+        return [self._scaled(s, g, c) for s, g, c in zip(ss, grads, ctxs)]
+
+    def _scaled(self, s, grad, ctx):
         xi = _keyed_noise(grad, ctx, "normal")
         return xi.mul_(s).mul_(grad)
 
@@ -356,8 +437,17 @@ class Unif(Perturbation):
     fused_code = 5  # PERT_UNIF of qsgd._fused_kernels
     q_over_g_bound = math.sqrt(3.0)
 
+    shard_invariant = True
+
     def term(self, theta, grad, ctx):
-        a = _sin_rms(theta) * math.sqrt(3.0)
+        return self._scaled(ctx.rms(sinpi(theta)), grad, ctx)
+
+    def terms(self, thetas, grads, ctxs):
+        ss = global_rms((sinpi(t) for t in thetas), ctxs)
+        return [self._scaled(s, g, c) for s, g, c in zip(ss, grads, ctxs)]
+
+    def _scaled(self, s, grad, ctx):
+        a = s * math.sqrt(3.0)
         u = _keyed_noise(grad, ctx, "uniform")
         return u.mul_(2.0).sub_(1.0).mul_(a).mul_(grad)
 
@@ -386,6 +476,8 @@ class Anneal(Perturbation):
 
     def sigma(self, step: int) -> float:
         return math.sqrt(self.eta / (1.0 + (step - 1)) ** self.gamma)
+
+    shard_invariant = True
 
     def term(self, theta, grad, ctx):
         xi = _keyed_noise(grad, ctx, "normal")  # [cuda-noise]: the fused kernel's on CUDA
@@ -432,9 +524,17 @@ class AnnealRel(Perturbation):
         """(1 + t')^{−γ/2}, t' = step − 1: the factor of s_t on RMS(g)."""
         return (1.0 + (step - 1)) ** (-0.5 * self.gamma)
 
+    shard_invariant = True
+
     def term(self, theta, grad, ctx):
+        return self._scaled(ctx.rms(grad), grad, ctx)
+
+    def terms(self, thetas, grads, ctxs):
+        return [self._scaled(s, g, c) for s, g, c in zip(global_rms(grads, ctxs), grads, ctxs)]
+
+    def _scaled(self, s, grad, ctx):
         z = _keyed_noise(grad, ctx, "normal")
-        return z.mul_(rms(grad) * self.decay(ctx.step))
+        return z.mul_(s * self.decay(ctx.step))
 
     def __repr__(self) -> str:
         return f"AnnealRel(gamma={self.gamma})"
@@ -455,12 +555,19 @@ class Anti(Perturbation):
     fused_code = 6  # PERT_ANTI of qsgd._fused_kernels
     q_over_g_bound = math.inf  # additive: Q is not a multiple of g
 
+    shard_invariant = True
+
     def term(self, theta, grad, ctx):
-        s = rms(sinpi(theta).mul_(grad))
-        z = _keyed_noise(grad, ctx, "normal")  # [cuda-noise]: the fused kernel's on CUDA
+        return self._scaled(ctx.rms(sinpi(theta).mul_(grad)), grad, ctx)
+
+    def terms(self, thetas, grads, ctxs):
+        ss = global_rms((sinpi(t).mul_(g) for t, g in zip(thetas, grads)), ctxs)
+        return [self._scaled(s, g, c) for s, g, c in zip(ss, grads, ctxs)]
+
+    def _scaled(self, s, grad, ctx):
+        z = _randn(grad, ctx)
         if ctx.step > 1:
-            z.sub_(keyed_noise(grad.shape, "normal", seed=ctx.seed, step=ctx.step - 1,
-                               index=ctx.index, device=grad.device, dtype=grad.dtype))
+            z.sub_(_randn(grad, ctx, step=ctx.step - 1))
         return z.mul_(s / math.sqrt(2.0))
 
 
@@ -471,7 +578,11 @@ class Circuit(Perturbation):
     The flattened in-scope θ is cut into groups of n = ``ctx.n_qubits`` consecutive entries
     (the last group padded with zeros); entry j of a group is qubit j of that group's circuit,
     whose data angles are x = π·θ_group. r_i is ⟨X_j⟩ of that circuit (Pauli X on qubit j).
-    All groups of all tensors are simulated as one batch.
+    All groups of all tensors are simulated as one batch. On a DTensor's local shard
+    (``ctx.shard``) groups may straddle two shards, so the shard gathers the whole in-scope θ
+    of its tensor (one all-reduce of the tensor's size), simulates every group and keeps its
+    own entries: the same r as unsharded (the shots too: the draw is of the whole tensor), at
+    the cost of each rank simulating the whole tensor.
 
     Defaults (documented choices):
         * ``hadamard=False``: the circuit starts from |0…0⟩. On |0⟩ the paper's leading
@@ -524,6 +635,7 @@ class Circuit(Perturbation):
     name = "circuit"
     fused_code = 7  # PERT_CIRCUIT of qsgd._fused_kernels: the closed form (fused_unsupported)
     q_over_g_bound = 1.0  # |⟨X⟩| ≤ 1
+    shard_invariant = True  # a shard gathers its tensor's θ (groups may straddle shards)
 
     def __init__(self, depth: int = 2, entangle: bool = True, hadamard: bool = False,
                  encoding: str = "once", extra_ry: float = 0.0, extra_rz: float = 0.0,
@@ -631,6 +743,10 @@ class Circuit(Perturbation):
         n = int(n_qubits)
         spec = CircuitSpec(n, self.depth, self.entangle, self.hadamard, self.encoding)
         length = theta.numel()
+        if length == 0:  # no group (an empty tensor, or an empty shard of one)
+            if readout == "X":
+                return theta.detach().reshape(-1).clone()
+            return torch.zeros(0, 2 ** n, dtype=torch.complex128, device=theta.device)
         dt = theta.dtype if theta.dtype in (torch.float32, torch.float64) else torch.float32
         with torch.no_grad():
             x = theta.detach().reshape(-1).to(dt)
@@ -649,10 +765,15 @@ class Circuit(Perturbation):
             return r.reshape(-1)[:length].to(theta.dtype)
 
     def term(self, theta: Tensor, grad: Tensor, ctx: Context) -> Tensor:
-        if self.shots is None:
-            return self.readout(theta, ctx.n_qubits).mul_(grad)
-        gen = self.shot_generator(theta.device, ctx)
-        return self.shot_readout(theta, ctx.n_qubits, gen).mul_(grad)
+        if ctx.shard is not None:  # groups may straddle shards: the whole in-scope θ
+            whole = ctx.shard.gather(theta.detach())
+            return ctx.shard.take(self._r(whole, ctx)).mul(grad)
+        return self._r(theta, ctx).mul_(grad)
+
+    def _r(self, theta: Tensor, ctx: Context) -> Tensor:
+        if self.shots is None or theta.numel() == 0:
+            return self.readout(theta, ctx.n_qubits)
+        return self.shot_readout(theta, ctx.n_qubits, self.shot_generator(theta.device, ctx))
 
     def terms(self, thetas: list[Tensor], grads: list[Tensor],
               ctxs: list[Context]) -> list[Tensor]:
@@ -660,6 +781,8 @@ class Circuit(Perturbation):
         once and split back (groups never straddle two tensors)."""
         if not thetas:
             return []
+        if any(c.shard is not None for c in ctxs):  # each tensor gathered whole (term)
+            return super().terms(thetas, grads, ctxs)
         ns = {c.n_qubits for c in ctxs}
         dts = {t.dtype for t in thetas}
         devs = {t.device for t in thetas}

@@ -39,13 +39,16 @@ groups, state, complex and DTensor parameters, and chooses the path.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from .perturbations import Context, None_, Perturbation, available, perturbation_class
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .sharding import ShardLayout
 
 __all__ = ["reference_step", "in_scope"]
 
@@ -131,6 +134,7 @@ def reference_step(
     index: int,
     stats: dict[str, Tensor] | None = None,
     max_exp_avg_sq: Tensor | None = None,
+    shard: ShardLayout | None = None,
 ) -> None:
     """One SuperpositionalAdamW step for one real tensor, in place. The reference for all paths.
 
@@ -141,24 +145,34 @@ def reference_step(
     max(itself, v) and replaces v in the denominator. ``maximize`` is the caller's: it passes −g.
     Op order mirrors ``torch.optim.AdamW``'s single-tensor path, so λ = 0 matches it exactly.
     The perturbation's kind says where its term enters (module docstring).
+
+    ``shard``: for the local shard of a DTensor (``param`` is the local tensor), where it lies
+    in the global tensor (:class:`qsgd.sharding.ShardLayout`): the term sees it in its
+    context and reads the whole tensor through it (the RMS, keyed noise, circuit groups), and
+    scope ``first_n`` is the first ``n_qubits`` entries of the flattened *global* tensor (the
+    shard's share of them is a prefix of its flattened local tensor, possibly empty; this needs
+    a shard that is a contiguous range of the flattened tensor, as ``Shard(0)`` is).
     """
     lam = quantum_weight
     active = lam != 0.0 and not isinstance(perturbation, None_)
     routed = _NO_TERM
+    n_scope = n_qubits  # the in-scope prefix of the flattened tensor for first_n
+    if shard is not None and scope == "first_n":
+        shard, n_scope = shard.prefix(n_qubits)
     if active:
-        ctx = Context(step=step, seed=seed, index=index, n_qubits=n_qubits)
-        theta_s = in_scope(param.reshape(-1), scope, n_qubits)
-        grad_s = in_scope(grad.reshape(-1), scope, n_qubits)
+        ctx = Context(step=step, seed=seed, index=index, n_qubits=n_qubits, shard=shard)
+        theta_s = in_scope(param.reshape(-1), scope, n_scope)
+        grad_s = in_scope(grad.reshape(-1), scope, n_scope)
         term = perturbation.term(theta_s, grad_s, ctx)
         routed = _route(perturbation, term)
         if routed.gradient is not None:
-            grad = _with_term(grad, routed.gradient, lam, scope, n_qubits)
+            grad = _with_term(grad, routed.gradient, lam, scope, n_scope)
         if stats is not None and (routed.direction is not None or routed.gradient is not None):
             _acc(stats, "pert_sq", term.double().pow(2).sum() * (lam * lam))
 
     _adam_update(param, grad, exp_avg, exp_avg_sq, routed.direction, step=step, lr=lr,
                  beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, lam=lam,
-                 scope=scope, n_qubits=n_qubits, bias_correction=bias_correction, stats=stats,
+                 scope=scope, n_qubits=n_scope, bias_correction=bias_correction, stats=stats,
                  max_exp_avg_sq=max_exp_avg_sq, factor=routed.normalized,
                  m_factor=routed.first_moment)
 
@@ -240,14 +254,26 @@ def _foreach_group(
     seed: int,
     stats: dict[str, Tensor] | None,
     max_exp_avg_sqs: list[Tensor] | None = None,
+    shards: list[ShardLayout | None] | None = None,
 ) -> None:
-    """Multi-tensor form of :func:`reference_step` (same maths, ``torch._foreach_*`` kernels)."""
+    """Multi-tensor form of :func:`reference_step` (same maths, ``torch._foreach_*`` kernels).
+
+    ``shards``: each tensor's :class:`qsgd.sharding.ShardLayout` (None for a whole tensor), as
+    ``reference_step``'s ``shard``, in scope ``"all"`` only (``first_n`` on shards has a
+    prefix of its own length per tensor: the per-tensor reference takes it)."""
     lam = quantum_weight
     active = lam != 0.0 and not isinstance(perturbation, None_)
     routed = _NO_TERM
+    if shards is not None and scope != "all":
+        raise ValueError(f"scope={scope!r} on sharded tensors takes the per-tensor reference "
+                         "path (reference_step with shard=), not the foreach path")
     if active:
-        ctxs = [Context(step=s, seed=seed, index=i, n_qubits=n_qubits)
-                for s, i in zip(steps, indices)]
+        if shards is None:
+            ctxs = [Context(step=s, seed=seed, index=i, n_qubits=n_qubits)
+                    for s, i in zip(steps, indices)]
+        else:
+            ctxs = [Context(step=s, seed=seed, index=i, n_qubits=n_qubits, shard=sh)
+                    for s, i, sh in zip(steps, indices, shards)]
         thetas = [in_scope(p.view(-1), scope, n_qubits) for p in params]
         gs = [in_scope(g.reshape(-1), scope, n_qubits) for g in grads]
         all_terms = perturbation.terms(thetas, gs, ctxs)

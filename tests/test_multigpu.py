@@ -78,10 +78,18 @@ def test_report_names_the_setup_and_no_machine_path(world2):
 def test_expectation_follows_the_perturbation_class():
     assert multigpu.expectation("sin-l0.5") == "equal"
     assert multigpu.expectation("sinnorm-l0.5") == "equal"
-    assert multigpu.expectation("gauss-l0.5") == "per-shard"
-    assert multigpu.expectation("circuit-l0.5") == "per-shard"
-    assert multigpu.expectation("sin-l0.5-first4") == "per-shard"
+    assert multigpu.expectation("gauss-l0.5") == "equal"
+    assert multigpu.expectation("anti-l0.5") == "equal"
+    assert multigpu.expectation("circuit-l0.5") == "equal"
+    assert multigpu.expectation("sin-l0.5-first4") == "equal"
     assert multigpu.expectation(multigpu.PEER) == "equal"
+
+
+def test_a_term_that_reads_its_shard_alone_is_expected_per_shard(monkeypatch):
+    from qsgd.perturbations import Gauss
+
+    monkeypatch.setattr(Gauss, "shard_invariant", False)
+    assert multigpu.expectation("gauss-l0.5") == "per-shard"
 
 
 @pytest.mark.parametrize("argv, message", [
