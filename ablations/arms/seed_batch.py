@@ -21,6 +21,12 @@ resumes record by record. The records carry ``numerics = BATCHED_NUMERICS``, nev
 one-run path's version: the two never share a key, so a grid runs one way or the other (its
 timings mean different things).
 
+On ``[classifier].device = "cuda"`` the batch trains on the device: each run's init drawn on
+the CPU as its one-run path draws it, its dropout from its own device generator
+(:func:`ablations.arms.classifier.dropout_generator`, as its one-run path on CUDA), and each
+run's record equals its one-run record on the same device to float rounding (the GPU tests
+of tests/test_seed_batched.py), not bit for bit.
+
 A run whose gradient turns non-finite fails alone, with the message its one-run optimizer
 would raise; the others go on.
 """
@@ -38,10 +44,19 @@ from qsgd import NonFiniteGradientError, parse_variant
 from qsgd.batched import SeedBatchedAdamW, SeedNonFiniteError
 from qsgd.models.batched import SeedBatchedClassifier, dropout_generators
 
-from ..provenance import cpu_device
 from ..schedules import lr_at
 from ..seeds import derived_seeds
-from .classifier import ClassifierOptions, RunCurve, _task, build_model, optimizer_options
+from . import classifier as _classifier
+from .classifier import (
+    ClassifierOptions,
+    RunCurve,
+    _task,
+    build_model,
+    device_name,
+    dropout_generator,
+    optimizer_options,
+    run_device,
+)
 
 __all__ = ["run_batch", "same_cell"]
 
@@ -64,7 +79,7 @@ def same_cell(specs: Sequence) -> None:
 def _accuracies(model: SeedBatchedClassifier, x, y, batch: int = 500) -> list[float]:
     """Every run's accuracy on (x, y), in chunks of ``batch`` as the one-run path's."""
     model.eval()
-    correct = torch.zeros(model.n_runs, dtype=torch.int64)
+    correct = torch.zeros(model.n_runs, dtype=torch.int64, device=x.device)
     for i in range(0, len(x), batch):
         correct += (model(x[i:i + batch]).argmax(-1) == y[i:i + batch]).sum(1)
     model.train()
@@ -94,15 +109,20 @@ def run_batch(specs: Sequence) -> list[dict[str, Any] | Exception]:
     o = ClassifierOptions(**first.config)
     variant = parse_variant(first.variant)
     derived = [derived_seeds(s.seed) for s in specs]
-    data = _task(o)
+    device = run_device(o)
+    data = _task(o, device)
     models, states = [], []
     for d in derived:  # each run's init as its one-run path draws it, then its dropout stream
         torch.manual_seed(d["init"])
         models.append(build_model(o, first.attention))
         states.append(torch.get_rng_state())
-    model = SeedBatchedClassifier(models)
+    model = SeedBatchedClassifier(models).to(device)
     del models
-    gens = dropout_generators(states)
+    if _classifier.keyed_dropout(o):  # each run's own generator on the device, as one run's
+        model.keyed_dropout = True
+        gens = [dropout_generator(s.seed, device) for s in specs]
+    else:
+        gens = dropout_generators(states)
     params = list(model.parameters())
     S = len(specs)
     opt = SeedBatchedAdamW(params, [d["noise"] for d in derived], lr=first.lr,
@@ -123,8 +143,10 @@ def run_batch(specs: Sequence) -> list[dict[str, Any] | Exception]:
         perms = [torch.randperm(n, generator=g) for g in order_gens]
         t0 = time.perf_counter()
         epoch_losses: list[list[float]] = [[] for _ in specs]
+        step_losses: list[torch.Tensor] = []
         for b in range(steps_per_epoch):
-            idx = torch.stack([p[b * o.batch_size:(b + 1) * o.batch_size] for p in perms])
+            idx = torch.stack([p[b * o.batch_size:(b + 1) * o.batch_size]
+                               for p in perms]).to(device)
             logits = model(x_train[idx], gens)
             losses = torch.stack([loss_fn(lg, t) for lg, t in zip(logits.unbind(0),
                                                                    y_train[idx].unbind(0))])
@@ -150,8 +172,9 @@ def run_batch(specs: Sequence) -> list[dict[str, Any] | Exception]:
                         p.grad[s].zero_()
                 opt.step()
             step += 1
-            for s, v in enumerate(losses.detach().tolist()):
-                epoch_losses[s].append(v)
+            step_losses.append(losses.detach())
+        for s, v in enumerate(torch.stack(step_losses, 1).tolist()):  # one sync an epoch
+            epoch_losses[s] = v
         share = (time.perf_counter() - t0) / S
         acc = _accuracies(model, data["x_test"], data["y_test"])
         val = _accuracies(model, data["x_val"], data["y_val"]) if has_val else [None] * S
@@ -161,10 +184,10 @@ def run_batch(specs: Sequence) -> list[dict[str, Any] | Exception]:
         if not live:
             break
     ratios = opt.perturbation_ratio()
-    device = cpu_device()
+    name = device_name(device)
     return [failed[s] if s in failed else
             {"metrics": recs[s].metrics(ratios[s], _steps(recs[s], steps_per_epoch)),
-             "curve": recs[s].curve, "device": device} for s in range(S)]
+             "curve": recs[s].curve, "device": name} for s in range(S)]
 
 
 def _steps(rec: RunCurve, steps_per_epoch: int) -> int:

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from .. import _native
 from ..attention.fused import fused_applies, fused_attention
+from ..attention.layers import quantum_attention
 from .classifier import TransformerClassifier
 
 __all__ = ["SeedBatchedClassifier", "dropout_generators"]
@@ -77,8 +78,14 @@ class SeedBatchedClassifier(nn.Module):
     :attr:`names` holds their names in the models. ``forward(tokens, generators=None)``:
     tokens ``[S, B, T]`` (each run its own) or ``[B, T]`` (shared, e.g. evaluation) →
     logits ``[S, B, n_classes]``; in training mode with dropout ``generators`` (one
-    ``torch.Generator`` per run, :func:`dropout_generators`) is required.
+    ``torch.Generator`` per run, :func:`dropout_generators`, or with :attr:`keyed_dropout` the
+    runs' own generators on the module's device) is required.
     """
+
+    #: the runs' models draw dropout from their own generators (module docstring): set it
+    #: when their one-run models have ``set_dropout_generator``; False: the global generator's
+    #: rule (the CPU's bit-for-bit path)
+    keyed_dropout: bool = False
 
     def __init__(self, models: Sequence[TransformerClassifier]):
         super().__init__()
@@ -113,6 +120,14 @@ class SeedBatchedClassifier(nn.Module):
         # Φ's configuration per layer (its method, readout, circuit): the template's modules,
         # held in a plain list so that their own parameters are not this module's
         self._phis = [b.attn.phi for b in first.blocks]
+
+    def _apply(self, fn, recurse=True):
+        # Φ's template modules move with the parameters (``.to(device)``)
+        super()._apply(fn, recurse)
+        for phi in self._phis:
+            if phi is not None:
+                phi._apply(fn)
+        return self
 
     def param(self, name: str) -> Tensor:
         """The stacked parameter of the models' parameter ``name``."""
@@ -188,8 +203,11 @@ class SeedBatchedClassifier(nn.Module):
                 q, k, v = runs[s].view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4).unbind(0)
                 mask = None if pads[s] is None else (~pads[s])[:, None, None, :]
                 gen = gens[s] if gens is not None and p > 0.0 else None
-                y = _with_generator(gen, F.scaled_dot_product_attention, q, k, v,
-                                    attn_mask=mask, dropout_p=p)
+                if gen is not None and self.keyed_dropout:  # as the run's keyed model
+                    y = quantum_attention(q, k, v, attn_mask=mask, dropout_p=p, generator=gen)
+                else:
+                    y = _with_generator(gen, F.scaled_dot_product_attention, q, k, v,
+                                        attn_mask=mask, dropout_p=p)
                 ys.append(y.transpose(1, 2).reshape(B, T, D))
             return self._linear(torch.stack(ys), pre + "out")
         gamma = self.param(pre + "gamma")
