@@ -187,6 +187,36 @@ def test_keyed_seed_batched_records_equal_the_keyed_one_run_records(variant, ext
     assert _comparable(outs[0]) != _comparable(plain)  # other masks than the global stream's
 
 
+@pytest.mark.parametrize("attention", ["quantum", "classical"])
+def test_grouped_kernels_equal_the_per_run_kernels_to_rounding(attention):
+    models, batched = _keyed_models(attention, "cpu", dropout=0.0)
+    grouped = SeedBatchedClassifier(models)
+    grouped.grouped = True
+    tokens = torch.randint(1, 6, (3, 4, 7), generator=torch.Generator().manual_seed(0))
+    tokens[1, :, 5:] = 0
+    tokens[2, 0] = 0
+    for m in (batched, grouped):
+        m(tokens).pow(2).sum().backward()
+    for name in batched.names:
+        a, b = batched.param(name), grouped.param(name)
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6, msg=name)
+    assert torch.equal(grouped.param("tok.weight").grad[:, 0], torch.zeros(3, 12))  # pad row
+    with torch.no_grad():
+        torch.testing.assert_close(grouped(tokens), batched(tokens), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant, extra", VARIANTS[1:3])
+def test_grouped_seed_batched_records_equal_the_one_run_records_to_rounding(variant, extra,
+                                                                            monkeypatch):
+    opts = _freeze({**TINY, **extra})
+    specs = [RunSpec("classifier", variant, "quantum", s, 3e-3, opts, BATCHED_NUMERICS)
+             for s in (0, 1)]
+    monkeypatch.setattr(clf, "keyed_dropout", lambda o: True)  # the CUDA rules, on the CPU
+    monkeypatch.setattr(clf, "grouped_kernels", lambda o: True)
+    for spec, out in zip(specs, run_batch(specs)):
+        _close(out, run(spec), TINY["n_test"])
+
+
 # ---------------------------------------------------------------------- on a CUDA device
 def _close(a: dict, b: dict, n_test: int) -> None:
     """Two records of one run on CUDA agree to float rounding: losses to 1e-3 relative,

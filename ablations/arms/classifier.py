@@ -37,7 +37,7 @@ from .tasks import check_task, get_task
 
 __all__ = ["ClassifierOptions", "Classifier", "make_task", "build_model", "derived_seeds", "run",
            "RunCurve", "TIMING_METRICS", "NUMERICS", "BATCHED_NUMERICS", "DEVICES",
-           "run_device", "device_name", "keyed_dropout", "dropout_generator"]
+           "run_device", "device_name", "keyed_dropout", "grouped_kernels", "dropout_generator"]
 
 #: Version of this arm's numerics, part of every run's key (ablations.config.RunSpec): bump it
 #: whenever a code change alters the metrics of an unchanged spec, so the stored runs become
@@ -201,6 +201,13 @@ def keyed_dropout(o: ClassifierOptions) -> bool:
     (:func:`dropout_generator`): on CUDA, where the global generator's stream (the CPU rule,
     kept bit for bit) cannot be split per run in a seed batch. The one-run and the seed-batched
     paths ask this same function, so they always draw alike."""
+    return o.device != "cpu"
+
+
+def grouped_kernels(o: ClassifierOptions) -> bool:
+    """Whether a seed batch of ``o`` runs the per-run kernels grouped
+    (:attr:`qsgd.models.SeedBatchedClassifier.grouped`): on CUDA, where it agrees with the
+    one-run path to rounding either way; on the CPU the per-run kernels keep it bit for bit."""
     return o.device != "cpu"
 
 

@@ -25,7 +25,10 @@ On ``[classifier].device = "cuda"`` the batch trains on the device: each run's i
 the CPU as its one-run path draws it, its dropout from its own device generator
 (:func:`ablations.arms.classifier.dropout_generator`, as its one-run path on CUDA), and each
 run's record equals its one-run record on the same device to float rounding (the GPU tests
-of tests/test_seed_batched.py), not bit for bit.
+of tests/test_classifier_device.py), not bit for bit; there the batch also runs its per-run
+kernels grouped (:attr:`qsgd.models.SeedBatchedClassifier.grouped`: linear layers, layer
+norms, embedding, attention products, the loss and the clipping norms once for all runs, not
+one launch per run).
 
 A run whose gradient turns non-finite fails alone, with the message its one-run optimizer
 would raise; the others go on.
@@ -39,6 +42,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from qsgd import NonFiniteGradientError, parse_variant
 from qsgd.batched import SeedBatchedAdamW, SeedNonFiniteError
@@ -99,6 +103,15 @@ def _clip(params: list[torch.Tensor], max_norm: float, runs: int) -> None:
         p.grad.mul_(coef.view(runs, *([1] * (p.dim() - 1))))
 
 
+def _clip_grouped(params: list[torch.Tensor], max_norm: float, runs: int) -> None:
+    """:func:`_clip` with every run's norm from one norm per tensor over the runs (the same
+    clipping, rounded differently: the grouped kernels' path)."""
+    norms = torch.stack([p.grad.reshape(runs, -1).norm(dim=1) for p in params], dim=1)
+    coef = torch.clamp(max_norm / (torch.linalg.vector_norm(norms, 2.0, dim=1) + 1e-6), max=1.0)
+    for p in params:
+        p.grad.mul_(coef.view(runs, *([1] * (p.dim() - 1))))
+
+
 def run_batch(specs: Sequence) -> list[dict[str, Any] | Exception]:
     """Train the runs of ``specs`` (one cell's, :func:`same_cell`) at once; per spec, in order,
     its ``{"metrics", "curve", "device"}`` as :func:`ablations.arms.classifier.run` returns
@@ -118,6 +131,7 @@ def run_batch(specs: Sequence) -> list[dict[str, Any] | Exception]:
         states.append(torch.get_rng_state())
     model = SeedBatchedClassifier(models).to(device)
     del models
+    model.grouped = _classifier.grouped_kernels(o)
     if _classifier.keyed_dropout(o):  # each run's own generator on the device, as one run's
         model.keyed_dropout = True
         gens = [dropout_generator(s.seed, device) for s in specs]
@@ -148,8 +162,12 @@ def run_batch(specs: Sequence) -> list[dict[str, Any] | Exception]:
             idx = torch.stack([p[b * o.batch_size:(b + 1) * o.batch_size]
                                for p in perms]).to(device)
             logits = model(x_train[idx], gens)
-            losses = torch.stack([loss_fn(lg, t) for lg, t in zip(logits.unbind(0),
-                                                                   y_train[idx].unbind(0))])
+            if model.grouped:  # every run's mean loss from one kernel
+                losses = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(),
+                                         reduction="none").view(S, -1).mean(1)
+            else:
+                losses = torch.stack([loss_fn(lg, t) for lg, t in zip(logits.unbind(0),
+                                                                       y_train[idx].unbind(0))])
             opt.zero_grad()
             # loss_scale: c·loss and the threshold c·clip_grad give c times every gradient
             (losses * o.loss_scale if o.loss_scale != 1.0 else losses).sum().backward()
@@ -158,7 +176,8 @@ def run_batch(specs: Sequence) -> list[dict[str, Any] | Exception]:
                     for p in params:
                         p.grad[s].zero_()
             if o.clip_grad:
-                _clip(params, o.clip_grad * o.loss_scale, S)
+                (_clip_grouped if model.grouped else _clip)(params, o.clip_grad * o.loss_scale,
+                                                            S)
             opt.track_ratio = o.ratio_every > 0 and step % o.ratio_every == 0
             if o.schedule == "cosine":  # cosine decay to zero over the run, no warm-up
                 opt.lr = lr_at(step, first.lr, schedule="cosine", horizon=total_steps)

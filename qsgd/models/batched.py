@@ -86,6 +86,13 @@ class SeedBatchedClassifier(nn.Module):
     #: when their one-run models have ``set_dropout_generator``; False: the global generator's
     #: rule (the CPU's bit-for-bit path)
     keyed_dropout: bool = False
+    #: compute the kernels the per-run path calls once per run (linear layers, layer norms,
+    #: the embedding, the attention's score and value products) once for all runs, as grouped
+    #: ones (``baddbmm``, a layer norm without affine then each run's affine, one embedding
+    #: over the runs' stacked tables): the same function, rounded differently. For CUDA,
+    #: where a batch agrees with its runs to rounding anyway and a launch per run is what a
+    #: batch would otherwise pay; False (default): per run, bit for bit on a CPU
+    grouped: bool = False
 
     def __init__(self, models: Sequence[TransformerClassifier]):
         super().__init__()
@@ -152,8 +159,11 @@ class SeedBatchedClassifier(nn.Module):
         full = valid.flatten(1).all(dim=1).tolist()
         pads = [None if full[s] else ~valid[s] for s in range(S)]
         tok = self.param("tok.weight")
-        h = torch.stack([F.embedding(tokens[s], w, self.padding_idx)
-                         for s, w in enumerate(tok.unbind(0))])
+        if self.grouped:
+            h = self._embedding(tokens, tok)
+        else:
+            h = torch.stack([F.embedding(tokens[s], w, self.padding_idx)
+                             for s, w in enumerate(tok.unbind(0))])
         h = h + self.param("pos.weight")[:, None, :T]
         for i in range(self.n_layers):
             pre = f"blocks.{i}."
@@ -168,12 +178,33 @@ class SeedBatchedClassifier(nn.Module):
         return self._linear(z, "head")
 
     # ------------------------------------------------------------------ per-run kernels
+    def _embedding(self, tokens: Tensor, tok: Tensor) -> Tensor:
+        """Grouped: every run's ``F.embedding(tokens[s], tok[s], padding_idx)`` as one lookup
+        in the stacked tables (run s's ids offset by s·V); the padding id's row gets no
+        gradient, as with ``padding_idx``."""
+        S, V, D = tok.shape
+        idx = tokens + (torch.arange(S, device=tokens.device) * V).view(S, 1, 1)
+        flat = tok.reshape(S * V, D)
+        h = F.embedding(idx, flat)
+        if self.padding_idx is None:
+            return h
+        pad = (tokens == self.padding_idx).unsqueeze(-1)
+        return torch.where(pad, F.embedding(idx, flat.detach()), h)
+
     def _linear(self, x: Tensor, name: str) -> Tensor:
-        return _RunsLinear.apply(x, self.param(name + ".weight"), self.param(name + ".bias"))
+        w, b = self.param(name + ".weight"), self.param(name + ".bias")
+        if self.grouped:
+            S, n_out, n_in = w.shape
+            out = torch.baddbmm(b.unsqueeze(1), x.reshape(S, -1, n_in), w.transpose(1, 2))
+            return out.view(*x.shape[:-1], n_out)
+        return _RunsLinear.apply(x, w, b)
 
     def _layer_norm(self, x: Tensor, name: str) -> Tensor:
         w, b, eps = self.param(name + ".weight"), self.param(name + ".bias"), self.eps[name]
         shape = (x.shape[-1],)
+        if self.grouped:
+            view = (x.shape[0],) + (1,) * (x.dim() - 2) + shape
+            return F.layer_norm(x, shape, None, None, eps) * w.view(view) + b.view(view)
         return torch.stack([F.layer_norm(xs, shape, ws, bs, eps)
                             for xs, ws, bs in zip(x.unbind(0), w.unbind(0), b.unbind(0))])
 
@@ -221,7 +252,10 @@ class SeedBatchedClassifier(nn.Module):
             return self._linear(y.reshape(S, B, T, D), pre + "out")
         # quantum_attention's torch path, all runs at once; Φ per run
         q, k, v = qkv.view(S, B, T, 3, H, D // H).permute(3, 0, 1, 4, 2, 5).contiguous().unbind(0)
-        scores = torch.stack([qs @ ks.transpose(-2, -1) for qs, ks in zip(q, k)])
+        if self.grouped:
+            scores = q @ k.transpose(-2, -1)
+        else:
+            scores = torch.stack([qs @ ks.transpose(-2, -1) for qs, ks in zip(q, k)])
         scores = scores * (1.0 / math.sqrt(D // H))
         phis = torch.stack([phi.evaluate(sc, w[s], a[s]) for s, sc in enumerate(scores.unbind(0))])
         logits = scores + gamma.view(S, 1, 1, 1, 1) * phis
@@ -230,7 +264,7 @@ class SeedBatchedClassifier(nn.Module):
                                 if pd is None else ~pd for pd in pads])
             logits = logits.masked_fill(~keep[:, :, None, None, :], float("-inf"))
         weights = self._dropout(torch.softmax(logits, dim=-1), p, gens if dropping else None)
-        y = torch.stack([ws @ vs for ws, vs in zip(weights, v)])
+        y = weights @ v if self.grouped else torch.stack([ws @ vs for ws, vs in zip(weights, v)])
         return self._linear(y.transpose(2, 3).reshape(S, B, T, D), pre + "out")
 
 
