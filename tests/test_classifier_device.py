@@ -188,19 +188,28 @@ def test_keyed_seed_batched_records_equal_the_keyed_one_run_records(variant, ext
 
 
 @pytest.mark.parametrize("attention", ["quantum", "classical"])
-def test_grouped_kernels_equal_the_per_run_kernels_to_rounding(attention):
-    models, batched = _keyed_models(attention, "cpu", dropout=0.0)
+def test_grouped_kernels_equal_the_per_run_kernels_to_rounding(attention, monkeypatch):
+    from qsgd.models import batched as batched_module
+
+    calls = []
+    vmapped = batched_module._vmapped_chain
+    monkeypatch.setattr(batched_module, "_vmapped_chain",
+                        lambda *a: calls.append(1) or vmapped(*a))
+    models, batched = _keyed_models(attention, "cpu")  # dropout on: not the fused kernel
     grouped = SeedBatchedClassifier(models)
-    grouped.grouped = True
+    grouped.grouped = grouped.keyed_dropout = True
     tokens = torch.randint(1, 6, (3, 4, 7), generator=torch.Generator().manual_seed(0))
     tokens[1, :, 5:] = 0
     tokens[2, 0] = 0
     for m in (batched, grouped):
-        m(tokens).pow(2).sum().backward()
+        m(tokens, [dropout_generator(s, "cpu") for s in range(3)]).pow(2).sum().backward()
     for name in batched.names:
         a, b = batched.param(name), grouped.param(name)
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6, msg=name)
     assert torch.equal(grouped.param("tok.weight").grad[:, 0], torch.zeros(3, 12))  # pad row
+    assert bool(calls) == (attention == "quantum")  # Φ of every run in one vmapped pass
+    grouped.eval()
+    batched.eval()
     with torch.no_grad():
         torch.testing.assert_close(grouped(tokens), batched(tokens), rtol=1e-5, atol=1e-6)
 

@@ -27,8 +27,8 @@ the CPU as its one-run path draws it, its dropout from its own device generator
 run's record equals its one-run record on the same device to float rounding (the GPU tests
 of tests/test_classifier_device.py), not bit for bit; there the batch also runs its per-run
 kernels grouped (:attr:`qsgd.models.SeedBatchedClassifier.grouped`: linear layers, layer
-norms, embedding, attention products, the loss and the clipping norms once for all runs, not
-one launch per run).
+norms, embedding, attention products, Φ (the torch chain, vmapped over the runs), the loss
+and the clipping norms once for all runs, not one launch per run).
 
 A run whose gradient turns non-finite fails alone, with the message its one-run optimizer
 would raise; the others go on.

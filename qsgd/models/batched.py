@@ -87,9 +87,10 @@ class SeedBatchedClassifier(nn.Module):
     #: rule (the CPU's bit-for-bit path)
     keyed_dropout: bool = False
     #: compute the kernels the per-run path calls once per run (linear layers, layer norms,
-    #: the embedding, the attention's score and value products) once for all runs, as grouped
-    #: ones (``baddbmm``, a layer norm without affine then each run's affine, one embedding
-    #: over the runs' stacked tables): the same function, rounded differently. For CUDA,
+    #: the embedding, the attention's score and value products, Φ) once for all runs, as
+    #: grouped ones (``baddbmm``, a layer norm without affine then each run's affine, one
+    #: embedding over the runs' stacked tables, Φ's torch chain vmapped over the runs where Φ
+    #: is the chain): the same function, rounded differently. For CUDA,
     #: where a batch agrees with its runs to rounding anyway and a launch per run is what a
     #: batch would otherwise pay; False (default): per run, bit for bit on a CPU
     grouped: bool = False
@@ -257,7 +258,12 @@ class SeedBatchedClassifier(nn.Module):
         else:
             scores = torch.stack([qs @ ks.transpose(-2, -1) for qs, ks in zip(q, k)])
         scores = scores * (1.0 / math.sqrt(D // H))
-        phis = torch.stack([phi.evaluate(sc, w[s], a[s]) for s, sc in enumerate(scores.unbind(0))])
+        if self.grouped and _chain_maps(phi, scores):  # Φ of every run in one vmapped pass
+            phis = _vmapped_chain(phi, self.param(pre + "phi.weights"),
+                                  self.param(pre + "phi.scale"), scores)
+        else:
+            phis = torch.stack([phi.evaluate(sc, w[s], a[s])
+                                for s, sc in enumerate(scores.unbind(0))])
         logits = scores + gamma.view(S, 1, 1, 1, 1) * phis
         if any(pd is not None for pd in pads):
             keep = torch.stack([torch.ones(B, T, dtype=torch.bool, device=x.device)
@@ -266,6 +272,30 @@ class SeedBatchedClassifier(nn.Module):
         weights = self._dropout(torch.softmax(logits, dim=-1), p, gens if dropping else None)
         y = weights @ v if self.grouped else torch.stack([ws @ vs for ws, vs in zip(weights, v)])
         return self._linear(y.transpose(2, 3).reshape(S, B, T, D), pre + "out")
+
+
+def _chain_maps(phi, scores: Tensor) -> bool:
+    """Whether Φ of ``phi`` on ``scores`` is the transfer-matrix chain (a
+    :class:`~qsgd.attention.ScoreCircuit` whose method there is the chain), whose torch
+    operations :func:`torch.func.vmap` maps over the runs (on CUDA what each run computes; on
+    a CPU in place of its native kernel, to rounding)."""
+    from ..attention import ScoreCircuit
+
+    return type(phi) is ScoreCircuit and phi.resolved_method(scores.device) == "chain"
+
+
+def _vmapped_chain(phi, weights: Tensor, scales: Tensor, scores: Tensor) -> Tensor:
+    """``stack(phi.evaluate(scores[s], weights[s], scales[s]))`` by one vmapped pass of the torch
+    chain over the runs (the same operations, batched: equal to rounding)."""
+    from ..attention.chain import chain_line
+
+    w = weights if weights.dtype == scores.dtype else weights.to(scores.dtype)
+
+    def one(w_s: Tensor, a_s: Tensor, t_s: Tensor) -> Tensor:
+        return chain_line(w_s, a_s, t_s, depth=phi.depth, entangle=phi.entangle, hadamard=True,
+                          encoding="reupload", native=False)
+
+    return torch.func.vmap(one)(w, scales, scores)
 
 
 def bernoulli_(out: Tensor, p: float, generator: torch.Generator) -> Tensor:
