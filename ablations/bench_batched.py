@@ -42,12 +42,14 @@ seed_batched_gpu.{csv,md}, the CPU's files stay): several one-run processes shar
 (``[grid].runs_per_gpu``), so the one-run baseline is measured at each ``--runs-per-gpu``
 (default 1 and 8) on the pool :func:`ablations.runner.default_executor` builds for a GPU grid,
 over the runs of ``--one-run-seeds`` seeds (default 8: 16 runs; a run's throughput does not
-depend on how many seeds its grid has), and its best is the baseline. Seed-batched is measured
-at each ``--seeds`` (a comma list, default 8,32: seeds per job), the two variants' jobs on a
-pool of 2 processes on the GPU. Each pool is started and warmed (CUDA initialised in every
-worker) before it is timed. The runs both ways hold (the one-run seeds) are compared to float
-rounding (on CUDA the two paths agree to rounding, not bit for bit): ``max_dloss`` is the
-largest relative difference of a curve's training loss, ``max_dacc`` of its test accuracy.
+depend on how many seeds its grid has), and its best is the baseline. On CUDA a seed batch
+runs its per-run kernels grouped (:attr:`qsgd.models.SeedBatchedClassifier.grouped`).
+Seed-batched is measured at each ``--seeds`` (a comma list, default 8,32: seeds per job), the
+two variants' jobs on a pool of 2 processes on the GPU. Each pool is started and warmed (CUDA
+initialised and the optimizer's kernels compiled in every worker) before it is timed. The runs
+both ways hold (the one-run seeds) are compared to float rounding (on CUDA the two paths agree
+to rounding, not bit for bit): ``max_dloss`` is the largest relative difference of a curve's
+training loss, ``max_dacc`` of its test accuracy.
 
 Columns of seed_batched_gpu.csv: mode, runs_per_gpu, seeds (a job's, for seed-batched; the
 grid's for one-run), epochs, runs, jobs, wall_s, runs_per_hour, max_dloss, max_dacc.
@@ -92,12 +94,19 @@ def _ready() -> bool:
 
 
 def _ready_cuda() -> str:
-    """Initialise CUDA in a pool worker (what its first run would pay otherwise)."""
+    """Initialise CUDA in a pool worker and step the optimizer there once per variant (its
+    kernels compiled or loaded from Triton's cache): what its first run would pay otherwise."""
     import time as _time
 
     import torch
 
-    torch.zeros(1, device="cuda").sum().item()
+    from qsgd import SuperpositionalAdamW, parse_variant
+
+    for v in VARIANTS:
+        p = torch.zeros(8, device="cuda", requires_grad=True)
+        p.grad = torch.ones_like(p)
+        SuperpositionalAdamW([p], lr=1e-3, **parse_variant(v).optimizer_kwargs()).step()
+    torch.cuda.synchronize()
     _time.sleep(0.5)  # hold this worker so that the others take the other warm-ups
     return torch.cuda.get_device_name(0)
 
