@@ -180,11 +180,15 @@ class ClassifierOptions:
 def run_device(o: ClassifierOptions) -> torch.device:
     """The torch device a run of ``o`` trains on; ``RuntimeError`` naming [classifier].device
     when it is ``cuda`` and torch sees no CUDA device (asked when a run starts, not when the
-    config loads)."""
-    if o.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("[classifier].device = 'cuda', but torch sees no CUDA device "
-                           f"(torch {torch.__version__}, torch.cuda.is_available() is False): "
-                           "run the grid on a machine with a GPU, or set device = 'cpu'")
+    config loads). On CUDA it also turns TF32 matrix products off (full float32, as on the
+    CPU), so that a run does not depend on what its process ran before."""
+    if o.device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("[classifier].device = 'cuda', but torch sees no CUDA device "
+                               f"(torch {torch.__version__}, torch.cuda.is_available() is "
+                               "False): run the grid on a machine with a GPU, or set device = "
+                               "'cpu'")
+        torch.backends.cuda.matmul.allow_tf32 = False
     return torch.device(o.device)
 
 
