@@ -2,6 +2,7 @@
 
     python -m ablations.bench_batched                  # writes results/bench/seed_batched.{csv,md}
     python -m ablations.bench_batched --seeds 2 --epochs 1 --rounds 1 --out /tmp/b  # smoke
+    python -m ablations.bench_batched --device cuda    # one GPU: seed_batched_gpu.{csv,md}
 
 The cell: ``headline`` of ``configs/classifier-paper.toml`` (the paper's Table II model:
 embedding 64, 4 heads, feed-forward 128, 2 layers, dropout 0.1, quantum attention with the
@@ -36,6 +37,23 @@ The workers' CPU time (user + system seconds of the pool's processes over a grid
 /proc) is reported beside the wall clock: on a machine shared with other processes it does not
 grow while they hold the cores, so its ratio is the steadier figure of the two.
 
+On one GPU (``--device cuda``, the cell with ``[classifier].device = "cuda"``; written to
+seed_batched_gpu.{csv,md}, the CPU's files stay): several one-run processes share a device
+(``[grid].runs_per_gpu``), so the one-run baseline is measured at each ``--runs-per-gpu``
+(default 1 and 8) on the pool :func:`ablations.runner.default_executor` builds for a GPU grid,
+over the runs of ``--one-run-seeds`` seeds (default 8: 16 runs; a run's throughput does not
+depend on how many seeds its grid has), and its best is the baseline. On CUDA a seed batch
+runs its per-run kernels grouped (:attr:`qsgd.models.SeedBatchedClassifier.grouped`).
+Seed-batched is measured at each ``--seeds`` (a comma list, default 8,32: seeds per job), the
+two variants' jobs on a pool of 2 processes on the GPU. Each pool is started and warmed (CUDA
+initialised and the optimizer's kernels compiled in every worker) before it is timed. The runs
+both ways hold (the one-run seeds) are compared to float rounding (on CUDA the two paths agree
+to rounding, not bit for bit): ``max_dloss`` is the largest relative difference of a curve's
+training loss, ``max_dacc`` of its test accuracy.
+
+Columns of seed_batched_gpu.csv: mode, runs_per_gpu, seeds (a job's, for seed-batched; the
+grid's for one-run), epochs, runs, jobs, wall_s, runs_per_hour, max_dloss, max_dacc.
+
 Columns of seed_batched.csv: section (grid or profile), mode (one-run or seed-batched), round,
 workers, seeds, epochs, runs, jobs, wall_s, runs_per_hour, cpu_s (the workers' CPU seconds),
 runs_per_cpu_hour, run_s (Σ of the records' wall_seconds), load_1min (at the grid's end),
@@ -54,7 +72,8 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["bench_grids", "profile_steps", "write_outputs", "main"]
+__all__ = ["bench_grids", "profile_steps", "write_outputs", "bench_gpu", "write_gpu_outputs",
+           "main"]
 
 PAPER_CONFIG = Path(__file__).resolve().parent / "configs" / "classifier-paper.toml"
 VARIANTS = ("adamw", "sin-l0.5")
@@ -74,6 +93,24 @@ def _ready() -> bool:
     return True
 
 
+def _ready_cuda() -> str:
+    """Initialise CUDA in a pool worker and step the optimizer there once per variant (its
+    kernels compiled or loaded from Triton's cache): what its first run would pay otherwise."""
+    import time as _time
+
+    import torch
+
+    from qsgd import SuperpositionalAdamW, parse_variant
+
+    for v in VARIANTS:
+        p = torch.zeros(8, device="cuda", requires_grad=True)
+        p.grad = torch.ones_like(p)
+        SuperpositionalAdamW([p], lr=1e-3, **parse_variant(v).optimizer_kwargs()).step()
+    torch.cuda.synchronize()
+    _time.sleep(0.5)  # hold this worker so that the others take the other warm-ups
+    return torch.cuda.get_device_name(0)
+
+
 def _cpu_seconds(ex) -> float | None:
     """CPU seconds (user + system) the pool's worker processes have used so far, from
     /proc (None where it cannot be read): unlike the wall clock, what a grid costs does not
@@ -90,25 +127,30 @@ def _cpu_seconds(ex) -> float | None:
         return None
 
 
-def _grid(seeds: int, epochs: int, batched: bool, results: Path):
+def _grid(seeds: int, epochs: int, batched: bool, results: Path, device: str = "cpu",
+          runs_per_gpu: int = 1):
     """The headline cell of the paper grid as a GridConfig of ``VARIANTS`` × ``seeds`` runs of
-    ``epochs`` epochs, one-run or seed-batched, writing into ``results``."""
+    ``epochs`` epochs, one-run or seed-batched, writing into ``results``; ``device``: its
+    ``[classifier].device`` (``cpu`` leaves the options as the config has them)."""
     from .arms import get_arm
     from .config import _freeze, load_config
 
     cfg = load_config(PAPER_CONFIG)
     arm = get_arm(cfg.arm)
     numerics = arm.batched_numerics if batched else arm.numerics
+    extra = {"epochs": epochs} | ({"device": device} if device != "cpu" else {})
     specs = []
     for v in VARIANTS:
         base = next(s for s in cfg.specs if s.variant == v and s.attention == "quantum"
                     and not s.task)
-        opts = _freeze({**base.config, "epochs": epochs})
+        opts = _freeze({**base.config, **extra})
         specs += [dataclasses.replace(base, seed=s, options=opts, numerics=numerics)
                   for s in range(seeds)]
+    arm_options = dataclasses.replace(cfg.arm_options, **extra)
     return dataclasses.replace(cfg, name=f"bench-{'batched' if batched else 'one-run'}",
                                results=results, specs=tuple(specs), designs={},
-                               seed_batched=batched, seeds_per_job=seeds)
+                               seed_batched=batched, seeds_per_job=seeds,
+                               arm_options=arm_options, runs_per_gpu=runs_per_gpu)
 
 
 def _comparable(record: dict) -> str:
@@ -162,6 +204,129 @@ def bench_grids(seeds: int, epochs: int, workers: int, rounds: int) -> list[dict
     finally:
         ex.shutdown()
     return rows
+
+
+def _timed_grid(cfg, ex) -> tuple[float, list[dict]]:
+    """(wall seconds, records) of ``cfg`` run on ``ex`` into a temporary folder."""
+    from .records import load_records
+    from .runner import RUNS_FILE, run_grid
+
+    with tempfile.TemporaryDirectory(prefix="qsgd-bench-batched-") as tmp:
+        cfg = dataclasses.replace(cfg, results=Path(tmp) / "g")
+        t0 = time.perf_counter()
+        counts = run_grid(cfg, ex, progress=False)
+        wall = time.perf_counter() - t0
+        records = load_records(cfg.results / RUNS_FILE)
+    if counts["ran"] != len(cfg.specs) or counts["failed"]:
+        raise RuntimeError(f"the {cfg.name} grid did not complete: {counts}")
+    return wall, records
+
+
+def _differences(a: list[dict], b: list[dict]) -> tuple[float, float]:
+    """(largest relative difference of a curve's train_loss, largest difference of its
+    test_acc) over the runs (variant, seed) that both record lists hold."""
+    at = {(r["variant"], r["seed"]): r for r in b}
+    dloss = dacc = 0.0
+    for r in a:
+        other = at.get((r["variant"], r["seed"]))
+        if other is None:
+            continue
+        for p, q in zip(r["curve"], other["curve"]):
+            dloss = max(dloss, abs(p["train_loss"] - q["train_loss"])
+                        / max(abs(q["train_loss"]), 1e-30))
+            dacc = max(dacc, abs(p["test_acc"] - q["test_acc"]))
+    return dloss, dacc
+
+
+def bench_gpu(seeds: list[int], one_run_seeds: int, epochs: int,
+              runs_per_gpu: list[int]) -> list[dict]:
+    """The rows of seed_batched_gpu.csv (module docstring): one-run at each ``runs_per_gpu``
+    over ``one_run_seeds`` seeds a variant, seed-batched at each of ``seeds`` seeds a job."""
+    from .runner import default_executor
+
+    rows, one_records = [], None
+
+    def pool(n: int):
+        ex = default_executor(arm="classifier", runs_per_gpu=n, resources="gpu")
+        for f in [ex.submit(_ready_cuda) for _ in range(n)]:
+            f.result()
+        return ex
+
+    for rpg in runs_per_gpu:
+        ex = pool(rpg)
+        try:
+            cfg = _grid(one_run_seeds, epochs, False, Path("unused"), "cuda", rpg)
+            wall, records = _timed_grid(cfg, ex)
+        finally:
+            ex.shutdown()
+        if one_records is None:
+            one_records = records
+        rows.append(dict(mode="one-run", runs_per_gpu=rpg, seeds=one_run_seeds, epochs=epochs,
+                         runs=len(records), jobs=len(records), wall_s=round(wall, 3),
+                         runs_per_hour=round(3600 * len(records) / wall, 1)))
+        print(f"one-run, {rpg} a GPU: {len(records)} runs in {wall:.1f} s "
+              f"({rows[-1]['runs_per_hour']:.0f} runs/hour)", flush=True)
+    ex = pool(len(VARIANTS))  # the variants' jobs side by side
+    try:
+        for n in seeds:
+            cfg = _grid(n, epochs, True, Path("unused"), "cuda", len(VARIANTS))
+            wall, records = _timed_grid(cfg, ex)
+            dloss, dacc = _differences(records, one_records)
+            rows.append(dict(mode="seed-batched", runs_per_gpu=len(VARIANTS), seeds=n,
+                             epochs=epochs, runs=len(records), jobs=len(VARIANTS),
+                             wall_s=round(wall, 3),
+                             runs_per_hour=round(3600 * len(records) / wall, 1),
+                             max_dloss=f"{dloss:.3g}", max_dacc=f"{dacc:.3g}"))
+            print(f"seed-batched, {n} seeds a job: {len(records)} runs in {wall:.1f} s "
+                  f"({rows[-1]['runs_per_hour']:.0f} runs/hour; vs one-run: loss {dloss:.2g}, "
+                  f"accuracy {dacc:.2g})", flush=True)
+    finally:
+        ex.shutdown()
+    return rows
+
+
+GPU_COLUMNS = ["mode", "runs_per_gpu", "seeds", "epochs", "runs", "jobs", "wall_s",
+               "runs_per_hour", "max_dloss", "max_dacc"]
+
+
+def write_gpu_outputs(rows: list[dict], info: dict[str, str], out: Path) -> None:
+    """seed_batched_gpu.csv (every row) and seed_batched_gpu.md (the figures, the method, the
+    machine)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "seed_batched_gpu.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=GPU_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    one = [r for r in rows if r["mode"] == "one-run"]
+    best = max(one, key=lambda r: r["runs_per_hour"])
+    epochs = rows[0]["epochs"]
+    lines = [
+        "# Seed-batched training on one GPU: runs per hour of the headline cell\n",
+        "Generated by `python -m ablations.bench_batched --device cuda` (method in its "
+        "docstring). The `headline` cell of `configs/classifier-paper.toml` (Table II model, "
+        "quantum attention, 4 qubits, dropout 0.1, batch 32, 79 steps an epoch) with "
+        f"`[classifier].device = \"cuda\"`, {' and '.join(VARIANTS)}, {epochs} epoch(s) a "
+        "run, through `run_grid`: one-run with `runs_per_gpu` processes sharing the GPU (the "
+        f"baseline: the best, {best['runs_per_gpu']} a GPU), seed-batched with each variant's "
+        "seeds in one job, the two jobs side by side. The speed-up is runs per hour over the "
+        "baseline's.\n",
+        "| way | runs per GPU | seeds a job | runs | wall (s) | runs/hour | speed-up "
+        "| vs one-run: loss (rel.) | accuracy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        batched = r["mode"] == "seed-batched"
+        speed = r["runs_per_hour"] / best["runs_per_hour"]
+        lines.append(f"| {r['mode']} | {r['runs_per_gpu']} | {r['seeds'] if batched else 1} | "
+                     f"{r['runs']} | {r['wall_s']:.1f} | {r['runs_per_hour']:,.0f} | "
+                     + (f"**{speed:.2f}×**" if batched else f"{speed:.2f}×")
+                     + f" | {r.get('max_dloss', '') or '–'} | {r.get('max_dacc', '') or '–'} |")
+    lines += ["", "The last two columns: the largest difference between a run's seed-batched "
+              "and one-run curves (training loss relative, test accuracy absolute) over the "
+              "runs both hold: on CUDA the two paths agree to float rounding, not bit for bit "
+              "(a prediction on the decision boundary may flip).\n",
+              "## Machine\n"] + [f"- {k}: {v}" for k, v in info.items()]
+    (out / "seed_batched_gpu.md").write_text("\n".join(lines) + "\n")
 
 
 def _categorise(prof) -> dict[str, float]:
@@ -255,15 +420,25 @@ def profile_steps(seeds: int, steps: int) -> list[dict]:
     return rows
 
 
-def machine_info() -> dict[str, str]:
+def machine_info(gpu: bool = False) -> dict[str, str]:
+    import subprocess
+    import sys
+
     import torch
 
     from .provenance import commit, cpu_model
 
-    return {"commit": commit(), "cpu": cpu_model(), "logical cores": str(os.cpu_count()),
+    info = {"commit": commit(), "cpu": cpu_model(), "logical cores": str(os.cpu_count()),
             "load average (1 min) at start": f"{os.getloadavg()[0]:.2f}",
             "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform()}
+    if gpu:  # asked in a child: this process must not initialise CUDA before the pools fork
+        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda."
+                              "get_device_name(0), torch.version.cuda, sep='|')"],
+                             capture_output=True, text=True, timeout=120)
+        name, _, cuda = out.stdout.strip().rpartition("\n")[2].partition("|")
+        info |= {"gpu": name or "none", "cuda": cuda or "none"}
+    return info
 
 
 def write_outputs(rows: list[dict], info: dict[str, str], out: Path) -> None:
@@ -363,15 +538,40 @@ def write_outputs(rows: list[dict], info: dict[str, str], out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("results/bench"))
-    ap.add_argument("--seeds", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: the one-GPU bench (seed_batched_gpu.*)")
+    ap.add_argument("--seeds", default=None,
+                    help="seeds a job: one integer (cpu; default 8) or a comma list (cuda; "
+                         "default 8,32)")
+    ap.add_argument("--epochs", type=int, default=None, help="a run's (default cpu 2, cuda 1)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--profile-steps", type=int, default=10)
+    ap.add_argument("--runs-per-gpu", default="1,8", help="cuda: the one-run layouts")
+    ap.add_argument("--one-run-seeds", type=int, default=8, help="cuda: the one-run grid's")
     args = ap.parse_args(argv)
-    if min(args.seeds, args.epochs, args.workers, args.rounds, args.profile_steps) < 1:
-        ap.error("--seeds, --epochs, --workers, --rounds and --profile-steps must be >= 1")
-    info = machine_info()
+    gpu = args.device == "cuda"
+    try:
+        seeds = [int(x) for x in (args.seeds or ("8,32" if gpu else "8")).split(",")]
+        rpgs = [int(x) for x in args.runs_per_gpu.split(",")]
+    except ValueError:
+        ap.error("--seeds and --runs-per-gpu take integers separated by commas")
+    epochs = args.epochs or (1 if gpu else 2)
+    if min(seeds + rpgs + [epochs, args.workers, args.rounds, args.profile_steps,
+                           args.one_run_seeds]) < 1:
+        ap.error("--seeds, --epochs, --workers, --rounds, --profile-steps, --runs-per-gpu and "
+                 "--one-run-seeds must be >= 1")
+    if not gpu and len(seeds) != 1:
+        ap.error("--seeds takes one integer on the CPU")
+    info = machine_info(gpu)
+    if gpu:
+        rows = bench_gpu(seeds, args.one_run_seeds, epochs, rpgs)
+        info["load average (1 min) at end"] = f"{os.getloadavg()[0]:.2f}"
+        write_gpu_outputs(rows, info, args.out)
+        print(f"wrote {args.out / 'seed_batched_gpu.csv'} and "
+              f"{args.out / 'seed_batched_gpu.md'}")
+        return 0
+    args.seeds, args.epochs = seeds[0], epochs
     rows = bench_grids(args.seeds, args.epochs, args.workers, args.rounds)
     rows += profile_steps(args.seeds, args.profile_steps)
     info["load average (1 min) at end"] = f"{os.getloadavg()[0]:.2f}"

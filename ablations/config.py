@@ -206,6 +206,12 @@ class GridConfig:
     def arm_obj(self) -> Arm:
         return get_arm(self.arm)
 
+    @property
+    def resources(self) -> str:
+        """Where the grid's runs train, ``"cpu"`` or ``"gpu"``
+        (:meth:`ablations.arms.Arm.resources_of` of its options): the runner's worker layout."""
+        return self.arm_obj.resources_of(self.arm_options)
+
 
 def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
@@ -554,9 +560,14 @@ def _task(cell: dict, where: str, options: dict, arm_obj: Arm) -> tuple[str, tup
         return task, ()
     merged = {**options, **extra}
     try:
-        arm_obj.parse_options(merged)
+        parsed = arm_obj.parse_options(merged)
+        grid_resources = arm_obj.resources_of(arm_obj.parse_options(options))
     except ArmError as err:
         raise ConfigError(f"{where}: options: {err}") from None
+    if arm_obj.resources_of(parsed) != grid_resources:
+        raise ConfigError(f"{where}: options: a cell trains where its grid does "
+                          f"({grid_resources}); set the device in the arm's table, not a cell's "
+                          f"(got {extra!r})")
     return task, _freeze(merged)
 
 

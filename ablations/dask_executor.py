@@ -121,12 +121,13 @@ class DaskExecutor(cf.Executor):
     caller's). ``kind``: how the sweep log names it."""
 
     def __init__(self, client, *, arm: str = "classifier", threads: int = 1,
-                 devices: tuple[str, ...] = (), owned: tuple = (), kind: str = "dask"):
+                 devices: tuple[str, ...] = (), owned: tuple = (), kind: str = "dask",
+                 resources: str | None = None):
         from .arms import get_arm
 
         a = get_arm(arm)
         self.client, self.kind, self._owned = client, kind, owned
-        self._gpu = a.resources == "gpu"
+        self._gpu = (resources or a.resources) == "gpu"
         resources = {"resources": {"GPU": 1}} if self._gpu else {}
         self._inner = client.get_executor(pure=False, **resources)
         self._setup = ((type(a).__module__,), int(threads), tuple(devices))
@@ -159,11 +160,13 @@ def _announce(ex: DaskExecutor, where: str) -> None:
 
 def local_cluster_executor(arm: str = "classifier", workers: int | None = None,
                            runs_per_gpu: int = 1, dashboard: str = ":8787",
-                           announce: bool = True) -> DaskExecutor:
+                           announce: bool = True, resources: str | None = None
+                           ) -> DaskExecutor:
     """A ``LocalCluster`` laid out by :func:`ablations.runner.worker_layout` (one thread per
     worker process; a GPU arm's workers one ``GPU`` slot each) and an executor over it that
     closes it on shutdown. ``dashboard``: the dashboard's address (``:0``: any free port;
-    Dask takes another port when 8787 is taken and warns)."""
+    Dask takes another port when 8787 is taken and warns). ``resources``: the grid's (None:
+    the arm's)."""
     import logging
 
     from .runner import worker_layout
@@ -171,10 +174,10 @@ def local_cluster_executor(arm: str = "classifier", workers: int | None = None,
     distributed = _distributed()
     import dask
 
-    n, threads, devices = worker_layout(arm, workers, runs_per_gpu)
+    n, threads, devices = worker_layout(arm, workers, runs_per_gpu, resources)
     from .arms import get_arm
 
-    gpu = get_arm(arm).resources == "gpu"
+    gpu = (resources or get_arm(arm).resources) == "gpu"
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     if threads == 0:  # torch's default threads, as an unpacked process-pool worker has them
         environ = {k: v for k, v in environ.items() if k not in THREAD_VARS}
@@ -187,18 +190,18 @@ def local_cluster_executor(arm: str = "classifier", workers: int | None = None,
             silence_logs=logging.ERROR)
     client = distributed.Client(cluster)
     ex = DaskExecutor(client, arm=arm, threads=threads, devices=tuple(devices),
-                      owned=(client, cluster), kind="dask")
+                      owned=(client, cluster), kind="dask", resources=resources)
     if announce:
         _announce(ex, "local cluster")
     return ex
 
 
-def connect_executor(address: str, arm: str = "classifier", announce: bool = True
-                     ) -> DaskExecutor:
+def connect_executor(address: str, arm: str = "classifier", announce: bool = True,
+                     resources: str | None = None) -> DaskExecutor:
     """An executor over the scheduler at ``address`` (``dask://HOST:PORT`` or
     ``tcp://HOST:PORT``); its workers are whoever joins it. CPU runs get one torch thread
     each, GPU runs the worker's own setting; a GPU arm warns when no worker offers a ``GPU``
-    resource yet (its runs wait for one)."""
+    resource yet (its runs wait for one). ``resources``: the grid's (None: the arm's)."""
     import warnings
 
     from .arms import get_arm
@@ -212,9 +215,9 @@ def connect_executor(address: str, arm: str = "classifier", announce: bool = Tru
                             f"({' '.join(str(err).split())[:200]}); start one with "
                             "`dask scheduler` and its workers with `dask worker "
                             f"{tcp}`") from None
-    gpu = get_arm(arm).resources == "gpu"
+    gpu = (resources or get_arm(arm).resources) == "gpu"
     ex = DaskExecutor(client, arm=arm, threads=0 if gpu else 1, owned=(client,),
-                      kind="dask-scheduler")
+                      kind="dask-scheduler", resources=resources)
     if gpu:
         workers = client.scheduler_info()["workers"].values()
         if not any(w.get("resources", {}).get("GPU") for w in workers):

@@ -399,7 +399,7 @@ def render_arm(cfg: GridConfig) -> Path:
             body += _exhibit(name, ctx, None)
         body.append(_statistics_note(ctx))
     body += _sweeps_section(out)
-    if arm.resources == "gpu":
+    if cfg.resources == "gpu":
         body += _waves_section(records)
     figs = out / "figures"
     for name, fig in ctx.figures.items():

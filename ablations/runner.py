@@ -192,16 +192,18 @@ def device_ids(n_gpu: int) -> list[str]:
     return [mine[i] if i < len(mine) else str(i) for i in range(n_gpu)]
 
 
-def worker_layout(arm: str, max_workers: int | None = None,
-                  runs_per_gpu: int = 1) -> tuple[int, int, list[str]]:
+def worker_layout(arm: str, max_workers: int | None = None, runs_per_gpu: int = 1,
+                  resources: str | None = None) -> tuple[int, int, list[str]]:
     """(workers, torch threads per worker, GPU ids) for ``arm``'s resources, the one rule of
     every executor the runner builds: a CPU arm gets ``max_workers`` (default: the available
     cores) workers of one thread each; a GPU arm ``runs_per_gpu`` workers per visible GPU,
     worker ``i`` pinned to GPU id ``ids[i % len(ids)]``, packed workers splitting the cores
-    (threads 0: torch's default), or one unpinned worker without a GPU."""
+    (threads 0: torch's default), or one unpinned worker without a GPU. ``resources``: the
+    grid's (:attr:`ablations.config.GridConfig.resources`, e.g. a classifier grid on CUDA);
+    None: the arm's default."""
     if isinstance(runs_per_gpu, bool) or not isinstance(runs_per_gpu, int) or runs_per_gpu < 1:
         raise ValueError(f"runs_per_gpu must be an integer >= 1, got {runs_per_gpu!r}")
-    if get_arm(arm).resources != "gpu":
+    if (resources or get_arm(arm).resources) != "gpu":
         return max(1, max_workers or cpu_count()), 1, []
     n_gpu = _visible_gpus()
     if n_gpu == 0:
@@ -211,14 +213,14 @@ def worker_layout(arm: str, max_workers: int | None = None,
 
 
 def default_executor(max_workers: int | None = None, arm: str = "classifier",
-                     runs_per_gpu: int = 1) -> cf.Executor:
+                     runs_per_gpu: int = 1, resources: str | None = None) -> cf.Executor:
     """Processes (spawned: safe with torch) for the arm's resources: over the available cores
     for a CPU arm, one thread each; ``runs_per_gpu`` per visible GPU for a GPU arm, each
     pinned to its GPU and given an equal share of the cores (one process when there is no
     GPU). Each worker imports the arm's module first, so an arm registered outside the
     built-ins runs too, ignores SIGINT and exits when this process dies
     (:func:`_watch_parent`)."""
-    n, threads, devices = worker_layout(arm, max_workers, runs_per_gpu)
+    n, threads, devices = worker_layout(arm, max_workers, runs_per_gpu, resources)
     pool = _pool(n, threads, devices, arm)
     pool.workers = n  # the sweep log reads this (Dask's executor has it too)
     return pool
@@ -310,7 +312,7 @@ def run_grid(
         own = kind is not None
         ex = None if own else executor
         bar = None
-        sampler = GpuSampler().start() if config.arm_obj.resources == "gpu" else None
+        sampler = GpuSampler().start() if config.resources == "gpu" else None
         started, t0, interrupted = utc_now(), time.perf_counter(), False
         checkpoints = _Checkpoints(lambda now: _log_sweep(
             folder, config, counts, started, now - t0, ex, sampler, False, partial=True), t0)
@@ -431,11 +433,12 @@ def _executor_kind(executor: cf.Executor | str | None, workers: int | None) -> s
 
 def _build_executor(kind: str, config: GridConfig, workers: int | None) -> cf.Executor:
     if kind == "processes":
-        return default_executor(workers, arm=config.arm, runs_per_gpu=config.runs_per_gpu)
+        return default_executor(workers, arm=config.arm, runs_per_gpu=config.runs_per_gpu,
+                                resources=config.resources)
     from .dask_executor import dask_executor
 
     return dask_executor(kind, arm=config.arm, workers=workers,
-                         runs_per_gpu=config.runs_per_gpu)
+                         runs_per_gpu=config.runs_per_gpu, resources=config.resources)
 
 
 def _log_sweep(folder, config: GridConfig, counts: dict[str, int], started: str,

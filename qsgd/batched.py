@@ -162,7 +162,7 @@ class SeedBatchedAdamW:
         finite. In the gradient's own dtype: a float64 copy of the whole batch would cost more
         than the step's update."""
         sums = grad.sum(dim=1)
-        bad = [s for s in range(len(self.seeds)) if not bool(torch.isfinite(sums[s]))]
+        bad = (~torch.isfinite(sums)).nonzero().flatten().tolist()  # one device sync
         errors = {}
         for s in bad:
             for k, p in enumerate(self.params):

@@ -144,7 +144,8 @@ class Arm(abc.ABC):
         grid with ``[grid].seed_batched = true``), a series apart from ``numerics`` so that a
         batched run and a one-run run never share a key; None: the arm has no such path.
     metrics: every metric a run reports that reports should know about.
-    resources: ``"cpu"`` (one process per core) or ``"gpu"`` (one process per GPU).
+    resources: ``"cpu"`` (one process per core) or ``"gpu"`` (one process per GPU), the
+        default of :meth:`resources_of`, which a grid's options may change.
     attentions: the values a cell's ``attention`` may take; the first is the default.
     cell_keys: the columns that define a cell: comparisons pair seeds within a cell only.
     baselines: the variants every other variant is compared with in ``stats.csv``.
@@ -230,6 +231,12 @@ class Arm(abc.ABC):
         """Train and evaluate one spec; return ``{"metrics": {...}, "curve": [...]}`` and
         optionally ``"device"`` (a name for the provenance). Pure: everything it depends on is
         in ``spec`` (variant, attention, seed, lr, config)."""
+
+    def resources_of(self, options) -> str:
+        """Where runs of the parsed ``options`` train, ``"cpu"`` or ``"gpu"`` (the runner's
+        worker layout, :func:`ablations.runner.worker_layout`): this arm's :attr:`resources`,
+        unless an arm's options choose its device (the classifier's ``device``)."""
+        return self.resources
 
     def run_batch(self, specs) -> list:
         """Train ``specs``, the runs of one cell (they differ in their seeds only), at once;

@@ -27,6 +27,7 @@ import torch
 from qsgd import SuperpositionalAdamW, parse_variant
 from qsgd.circuit.noisy import FAKE_BACKENDS
 from qsgd.hyper import DEFAULTS
+from qsgd.noise import noise_key
 
 from ..provenance import cpu_device
 from ..schedules import lr_at
@@ -35,7 +36,8 @@ from .base import Arm, Metric, TimeTarget, register_arm
 from .tasks import check_task, get_task
 
 __all__ = ["ClassifierOptions", "Classifier", "make_task", "build_model", "derived_seeds", "run",
-           "RunCurve", "TIMING_METRICS", "NUMERICS", "BATCHED_NUMERICS"]
+           "RunCurve", "TIMING_METRICS", "NUMERICS", "BATCHED_NUMERICS", "DEVICES",
+           "run_device", "device_name", "keyed_dropout", "grouped_kernels", "dropout_generator"]
 
 #: Version of this arm's numerics, part of every run's key (ablations.config.RunSpec): bump it
 #: whenever a code change alters the metrics of an unchanged spec, so the stored runs become
@@ -57,6 +59,11 @@ NUMERICS = 4
 BATCHED_NUMERICS = 1000 * 1 + NUMERICS
 
 PAD = 0
+#: the values of ``[classifier].device``
+DEVICES = ("cpu", "cuda")
+#: the stream of a run seed's dropout key on a device (:func:`dropout_generator`); the streams
+#: 1–3 are :data:`ablations.seeds.STREAMS`
+DROPOUT_STREAM = 4
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,7 @@ class ClassifierOptions:
     attn_shots: int = 0
     attn_noise: str = ""
     circuit_shots: int = 0
+    device: str = "cpu"
 
     def __post_init__(self):
         # ValueError naming [classifier].<key>; every check here runs when the config loads
@@ -165,7 +173,56 @@ class ClassifierOptions:
              "empty or one of " + ", ".join(FAKE_BACKENDS))
         need(self.attn_readout == "z" or not self.attn_noise, "attn_noise",
              "empty with attn_readout 'amp' (a noisy Hadamard test is not modelled)")
+        need(self.device in DEVICES, "device", "one of " + ", ".join(DEVICES))
         check_task(self)  # the dataset and its own keys
+
+
+def run_device(o: ClassifierOptions) -> torch.device:
+    """The torch device a run of ``o`` trains on; ``RuntimeError`` naming [classifier].device
+    when it is ``cuda`` and torch sees no CUDA device (asked when a run starts, not when the
+    config loads). On CUDA it also turns TF32 matrix products off (full float32, as on the
+    CPU), so that a run does not depend on what its process ran before."""
+    if o.device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("[classifier].device = 'cuda', but torch sees no CUDA device "
+                               f"(torch {torch.__version__}, torch.cuda.is_available() is "
+                               "False): run the grid on a machine with a GPU, or set device = "
+                               "'cpu'")
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return torch.device(o.device)
+
+
+def device_name(device: torch.device) -> str:
+    """The provenance's name of a run's device: :func:`ablations.provenance.cpu_device` on the
+    CPU, ``cuda (<the GPU's name>)`` on CUDA."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return cpu_device()
+
+
+def keyed_dropout(o: ClassifierOptions) -> bool:
+    """Whether a run of ``o`` draws its dropout masks from its own generator on its device
+    (:func:`dropout_generator`): on CUDA, where the global generator's stream (the CPU rule,
+    kept bit for bit) cannot be split per run in a seed batch. The one-run and the seed-batched
+    paths ask this same function, so they always draw alike."""
+    return o.device != "cpu"
+
+
+def grouped_kernels(o: ClassifierOptions) -> bool:
+    """Whether a seed batch of ``o`` runs the per-run kernels grouped
+    (:attr:`qsgd.models.SeedBatchedClassifier.grouped`): on CUDA, where it agrees with the
+    one-run path to rounding either way; on the CPU the per-run kernels keep it bit for bit."""
+    return o.device != "cpu"
+
+
+def dropout_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """Run seed ``seed``'s dropout generator on ``device``: a ``torch.Generator`` there seeded
+    with ``noise_key(seed, 0, 0, DROPOUT_STREAM)``. Both paths draw each dropout mask from it,
+    as one ``bernoulli_`` over the layer's shape, in the model's order
+    (:func:`qsgd.attention.keyed_dropout`), so a run's masks do not depend on its batch."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(noise_key(seed, 0, 0, DROPOUT_STREAM))
+    return gen
 
 
 def optimizer_options(o: ClassifierOptions, variant) -> dict[str, Any]:
@@ -197,13 +254,17 @@ def make_task(o: ClassifierOptions) -> dict[str, torch.Tensor]:
     return get_task(o.dataset).make(o)
 
 
-_TASK_CACHE: dict[ClassifierOptions, dict[str, torch.Tensor]] = {}
+_TASK_CACHE: dict[tuple, dict[str, torch.Tensor]] = {}
 
 
-def _task(o: ClassifierOptions) -> dict[str, torch.Tensor]:
-    if o not in _TASK_CACHE:
-        _TASK_CACHE[o] = make_task(o)
-    return _TASK_CACHE[o]
+def _task(o: ClassifierOptions, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The task's tensors of ``o`` on ``device`` (made once per process and device)."""
+    key = (o, str(device))
+    if key not in _TASK_CACHE:
+        cpu = _TASK_CACHE.get((o, "cpu")) or make_task(o)
+        _TASK_CACHE[o, "cpu"] = cpu
+        _TASK_CACHE[key] = {k: v.to(device) for k, v in cpu.items()}
+    return _TASK_CACHE[key]
 
 
 def build_model(o: ClassifierOptions, attention: str, shot_seed: int = 0) -> torch.nn.Module:
@@ -312,14 +373,20 @@ def run(spec) -> dict[str, Any]:
     """Train one classifier run; return metrics and the per-epoch curve.
 
     ``spec`` needs: variant, attention, seed, lr, config (dict of ClassifierOptions fields).
-    All metrics except the wall-clock ones are bit-identical for equal specs on a CPU.
+    All metrics except the wall-clock ones are bit-identical for equal specs on a CPU. On
+    ``[classifier].device = "cuda"`` the model is built (drawn from the CPU generator, the
+    same init as on the CPU) and moved to the device, with the data; dropout draws from the
+    run's own device generator (:func:`dropout_generator`).
     """
     o = ClassifierOptions(**spec.config)
     variant = parse_variant(spec.variant)
     seeds = derived_seeds(spec.seed)
-    data = _task(o)
+    device = run_device(o)
+    data = _task(o, device)
     torch.manual_seed(seeds["init"])
-    model = build_model(o, spec.attention, shot_seed=seeds["noise"])
+    model = build_model(o, spec.attention, shot_seed=seeds["noise"]).to(device)
+    if keyed_dropout(o):
+        model.set_dropout_generator(dropout_generator(spec.seed, device))
     check_circuit_shots(o, variant)
     opt = SuperpositionalAdamW(model.parameters(), lr=spec.lr, weight_decay=o.weight_decay,
                                seed=seeds["noise"], bias_correction=o.bias_correction,
@@ -336,7 +403,7 @@ def run(spec) -> dict[str, Any]:
         t0 = time.perf_counter()
         epoch_losses = []
         for b in range(steps_per_epoch):
-            idx = perm[b * o.batch_size:(b + 1) * o.batch_size]
+            idx = perm[b * o.batch_size:(b + 1) * o.batch_size].to(device)
             logits = model(data["x_train"][idx])
             loss = loss_fn(logits, data["y_train"][idx])
             opt.zero_grad(set_to_none=True)
@@ -352,15 +419,16 @@ def run(spec) -> dict[str, Any]:
                     group["lr"] = lr
             opt.step()
             step += 1
-            epoch_losses.append(float(loss.detach()))
+            epoch_losses.append(loss.detach())
+        epoch_losses = torch.stack(epoch_losses).tolist()  # one device sync an epoch
         dt_epoch = time.perf_counter() - t0
         acc = _accuracy(model, data["x_test"], data["y_test"])
         val = _accuracy(model, data["x_val"], data["y_val"]) if has_val else None
         if not rec.add_epoch(epoch, dt_epoch, epoch_losses, acc, val):
             break
-    # trained on the CPU, also where the host has a GPU (its name is not this run's device)
+    # on the CPU the CPU's name, also where the host has a GPU (not this run's device)
     return {"metrics": rec.metrics(opt.perturbation_ratio(), step), "curve": rec.curve,
-            "device": cpu_device()}
+            "device": device_name(device)}
 
 
 _PP = dict(unit=" pp", scale=100.0)
@@ -410,6 +478,11 @@ class Classifier(Arm):
 
     def run(self, spec) -> dict[str, Any]:
         return run(spec)
+
+    def resources_of(self, options: ClassifierOptions) -> str:
+        """``gpu`` for ``[classifier].device = "cuda"`` (the runner's GPU layout), else
+        ``cpu``."""
+        return "gpu" if getattr(options, "device", "cpu") == "cuda" else "cpu"
 
     def check_spec(self, spec) -> None:
         check_circuit_shots(ClassifierOptions(**spec.config), parse_variant(spec.variant))

@@ -21,6 +21,15 @@ resumes record by record. The records carry ``numerics = BATCHED_NUMERICS``, nev
 one-run path's version: the two never share a key, so a grid runs one way or the other (its
 timings mean different things).
 
+On ``[classifier].device = "cuda"`` the batch trains on the device: each run's init drawn on
+the CPU as its one-run path draws it, its dropout from its own device generator
+(:func:`ablations.arms.classifier.dropout_generator`, as its one-run path on CUDA), and each
+run's record equals its one-run record on the same device to float rounding (the GPU tests
+of tests/test_classifier_device.py), not bit for bit; there the batch also runs its per-run
+kernels grouped (:attr:`qsgd.models.SeedBatchedClassifier.grouped`: linear layers, layer
+norms, embedding, attention products, Φ (the torch chain, vmapped over the runs), the loss
+and the clipping norms once for all runs, not one launch per run).
+
 A run whose gradient turns non-finite fails alone, with the message its one-run optimizer
 would raise; the others go on.
 """
@@ -33,15 +42,25 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from qsgd import NonFiniteGradientError, parse_variant
 from qsgd.batched import SeedBatchedAdamW, SeedNonFiniteError
 from qsgd.models.batched import SeedBatchedClassifier, dropout_generators
 
-from ..provenance import cpu_device
 from ..schedules import lr_at
 from ..seeds import derived_seeds
-from .classifier import ClassifierOptions, RunCurve, _task, build_model, optimizer_options
+from . import classifier as _classifier
+from .classifier import (
+    ClassifierOptions,
+    RunCurve,
+    _task,
+    build_model,
+    device_name,
+    dropout_generator,
+    optimizer_options,
+    run_device,
+)
 
 __all__ = ["run_batch", "same_cell"]
 
@@ -64,7 +83,7 @@ def same_cell(specs: Sequence) -> None:
 def _accuracies(model: SeedBatchedClassifier, x, y, batch: int = 500) -> list[float]:
     """Every run's accuracy on (x, y), in chunks of ``batch`` as the one-run path's."""
     model.eval()
-    correct = torch.zeros(model.n_runs, dtype=torch.int64)
+    correct = torch.zeros(model.n_runs, dtype=torch.int64, device=x.device)
     for i in range(0, len(x), batch):
         correct += (model(x[i:i + batch]).argmax(-1) == y[i:i + batch]).sum(1)
     model.train()
@@ -84,6 +103,15 @@ def _clip(params: list[torch.Tensor], max_norm: float, runs: int) -> None:
         p.grad.mul_(coef.view(runs, *([1] * (p.dim() - 1))))
 
 
+def _clip_grouped(params: list[torch.Tensor], max_norm: float, runs: int) -> None:
+    """:func:`_clip` with every run's norm from one norm per tensor over the runs (the same
+    clipping, rounded differently: the grouped kernels' path)."""
+    norms = torch.stack([p.grad.reshape(runs, -1).norm(dim=1) for p in params], dim=1)
+    coef = torch.clamp(max_norm / (torch.linalg.vector_norm(norms, 2.0, dim=1) + 1e-6), max=1.0)
+    for p in params:
+        p.grad.mul_(coef.view(runs, *([1] * (p.dim() - 1))))
+
+
 def run_batch(specs: Sequence) -> list[dict[str, Any] | Exception]:
     """Train the runs of ``specs`` (one cell's, :func:`same_cell`) at once; per spec, in order,
     its ``{"metrics", "curve", "device"}`` as :func:`ablations.arms.classifier.run` returns
@@ -94,15 +122,21 @@ def run_batch(specs: Sequence) -> list[dict[str, Any] | Exception]:
     o = ClassifierOptions(**first.config)
     variant = parse_variant(first.variant)
     derived = [derived_seeds(s.seed) for s in specs]
-    data = _task(o)
+    device = run_device(o)
+    data = _task(o, device)
     models, states = [], []
     for d in derived:  # each run's init as its one-run path draws it, then its dropout stream
         torch.manual_seed(d["init"])
         models.append(build_model(o, first.attention))
         states.append(torch.get_rng_state())
-    model = SeedBatchedClassifier(models)
+    model = SeedBatchedClassifier(models).to(device)
     del models
-    gens = dropout_generators(states)
+    model.grouped = _classifier.grouped_kernels(o)
+    if _classifier.keyed_dropout(o):  # each run's own generator on the device, as one run's
+        model.keyed_dropout = True
+        gens = [dropout_generator(s.seed, device) for s in specs]
+    else:
+        gens = dropout_generators(states)
     params = list(model.parameters())
     S = len(specs)
     opt = SeedBatchedAdamW(params, [d["noise"] for d in derived], lr=first.lr,
@@ -123,11 +157,17 @@ def run_batch(specs: Sequence) -> list[dict[str, Any] | Exception]:
         perms = [torch.randperm(n, generator=g) for g in order_gens]
         t0 = time.perf_counter()
         epoch_losses: list[list[float]] = [[] for _ in specs]
+        step_losses: list[torch.Tensor] = []
         for b in range(steps_per_epoch):
-            idx = torch.stack([p[b * o.batch_size:(b + 1) * o.batch_size] for p in perms])
+            idx = torch.stack([p[b * o.batch_size:(b + 1) * o.batch_size]
+                               for p in perms]).to(device)
             logits = model(x_train[idx], gens)
-            losses = torch.stack([loss_fn(lg, t) for lg, t in zip(logits.unbind(0),
-                                                                   y_train[idx].unbind(0))])
+            if model.grouped:  # every run's mean loss from one kernel
+                losses = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(),
+                                         reduction="none").view(S, -1).mean(1)
+            else:
+                losses = torch.stack([loss_fn(lg, t) for lg, t in zip(logits.unbind(0),
+                                                                       y_train[idx].unbind(0))])
             opt.zero_grad()
             # loss_scale: c·loss and the threshold c·clip_grad give c times every gradient
             (losses * o.loss_scale if o.loss_scale != 1.0 else losses).sum().backward()
@@ -136,7 +176,8 @@ def run_batch(specs: Sequence) -> list[dict[str, Any] | Exception]:
                     for p in params:
                         p.grad[s].zero_()
             if o.clip_grad:
-                _clip(params, o.clip_grad * o.loss_scale, S)
+                (_clip_grouped if model.grouped else _clip)(params, o.clip_grad * o.loss_scale,
+                                                            S)
             opt.track_ratio = o.ratio_every > 0 and step % o.ratio_every == 0
             if o.schedule == "cosine":  # cosine decay to zero over the run, no warm-up
                 opt.lr = lr_at(step, first.lr, schedule="cosine", horizon=total_steps)
@@ -150,8 +191,9 @@ def run_batch(specs: Sequence) -> list[dict[str, Any] | Exception]:
                         p.grad[s].zero_()
                 opt.step()
             step += 1
-            for s, v in enumerate(losses.detach().tolist()):
-                epoch_losses[s].append(v)
+            step_losses.append(losses.detach())
+        for s, v in enumerate(torch.stack(step_losses, 1).tolist()):  # one sync an epoch
+            epoch_losses[s] = v
         share = (time.perf_counter() - t0) / S
         acc = _accuracies(model, data["x_test"], data["y_test"])
         val = _accuracies(model, data["x_val"], data["y_val"]) if has_val else [None] * S
@@ -161,10 +203,10 @@ def run_batch(specs: Sequence) -> list[dict[str, Any] | Exception]:
         if not live:
             break
     ratios = opt.perturbation_ratio()
-    device = cpu_device()
+    name = device_name(device)
     return [failed[s] if s in failed else
             {"metrics": recs[s].metrics(ratios[s], _steps(recs[s], steps_per_epoch)),
-             "curve": recs[s].curve, "device": device} for s in range(S)]
+             "curve": recs[s].curve, "device": name} for s in range(S)]
 
 
 def _steps(rec: RunCurve, steps_per_epoch: int) -> int:

@@ -26,7 +26,14 @@ from __future__ import annotations
 from .chain import chain_line
 from .coefficients import line_coefficients
 from .fused import fused_applies, fused_attention
-from .layers import PHI_METHODS, PHI_READOUTS, QuantumAttention, ScoreCircuit, quantum_attention
+from .layers import (
+    PHI_METHODS,
+    PHI_READOUTS,
+    QuantumAttention,
+    ScoreCircuit,
+    keyed_dropout,
+    quantum_attention,
+)
 from .series import circuit_line, fourier_eval_line, line_series
 from .state import state_line
 
@@ -44,4 +51,5 @@ __all__ = [
     "state_line",
     "fused_attention",
     "fused_applies",
+    "keyed_dropout",
 ]

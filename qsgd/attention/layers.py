@@ -55,7 +55,7 @@ from .series import circuit_line
 from .state import state_line
 
 __all__ = ["ScoreCircuit", "quantum_attention", "QuantumAttention", "PHI_READOUTS",
-           "PHI_METHODS", "FOURIER_AUTO_MAX"]
+           "PHI_METHODS", "FOURIER_AUTO_MAX", "keyed_dropout"]
 
 #: Φ's readouts and the circuit readout (:data:`qsgd.circuit.READOUTS`) each one computes
 _CIRCUIT_READOUT = {"amp": "amp_sum", "z": "Z"}
@@ -190,6 +190,17 @@ def _resolve(method: str, n: int, depth: int, entangle: bool, readout: str,
     return "fourier" if r**n <= limit else "state"
 
 
+def keyed_dropout(x: Tensor, p: float, generator: torch.Generator) -> Tensor:
+    """``F.dropout(x, p)`` in training with its mask drawn from ``generator`` (on x's device):
+    ``x · m / (1 − p)``, m one ``bernoulli_(1 − p)`` over x's shape, the rule of ``F.dropout``
+    on a CPU (there the two agree bit for bit when the generator is in the global one's
+    state). A run that owns its generator draws the same masks in any batch of runs."""
+    if p == 0.0:
+        return x
+    mask = torch.empty_like(x).bernoulli_(1.0 - p, generator=generator)
+    return x * mask.div_(1.0 - p)
+
+
 def quantum_attention(
     query: Tensor,
     key: Tensor,
@@ -201,6 +212,7 @@ def quantum_attention(
     *,
     phi: nn.Module | None = None,
     gamma: Tensor | float | None = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """softmax(S + γ·Φ(S) + mask)·V with S = Q Kᵀ·scale; arguments as
     ``torch.nn.functional.scaled_dot_product_attention`` (shapes (…, L, E), (…, S, E),
@@ -209,19 +221,23 @@ def quantum_attention(
 
     ``phi=None`` calls ``F.scaled_dot_product_attention`` with exactly these arguments.
     Otherwise ``phi`` maps the score tensor elementwise and ``gamma`` (tensor or float) weighs it.
+    ``generator``: with ``dropout_p > 0``, the attention weights' dropout mask is drawn from it
+    (:func:`keyed_dropout`), for ``phi=None`` too (then by the explicit softmax(S + mask)·V,
+    not SDPA, whose dropout reads the global generator).
     """
-    if phi is None:
+    keyed = generator is not None and dropout_p > 0.0
+    if phi is None and not keyed:
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask,
                                               dropout_p=dropout_p, is_causal=is_causal,
                                               scale=scale)
     if is_causal and attn_mask is not None:
         raise ValueError("pass either attn_mask or is_causal=True, not both (as SDPA)")
-    if gamma is None:
+    if gamma is None and phi is not None:
         raise ValueError("gamma is required when phi is given")
     L, S = query.size(-2), key.size(-2)
     sc = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
     scores = (query @ key.transpose(-2, -1)) * sc
-    logits = scores + gamma * phi(scores)
+    logits = scores if phi is None else scores + gamma * phi(scores)
     if is_causal:
         keep = torch.ones(L, S, dtype=torch.bool, device=query.device).tril()
         logits = logits.masked_fill(~keep, float("-inf"))
@@ -231,7 +247,9 @@ def quantum_attention(
         else:
             logits = logits + attn_mask
     weights = torch.softmax(logits, dim=-1)
-    if dropout_p > 0.0:
+    if keyed:
+        weights = keyed_dropout(weights, dropout_p, generator)
+    elif dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     return weights @ value
 
@@ -255,8 +273,12 @@ class QuantumAttention(nn.Module):
 
     ``forward(x, key_padding_mask=None, is_causal=False)``: x (B, T, d_model);
     ``key_padding_mask`` (B, T) bool, True marks padding keys to ignore (as
-    ``nn.MultiheadAttention``). Returns (B, T, d_model).
+    ``nn.MultiheadAttention``). Returns (B, T, d_model). ``generator`` (attribute, default
+    None: the global generator): where the attention dropout draws its masks
+    (:func:`keyed_dropout`).
     """
+
+    generator: torch.Generator | None = None
 
     def __init__(self, d_model: int, n_heads: int = 2, *, circuit: str = "on",
                  n_qubits: int = 2, depth: int = 2, entangle: bool = True,
@@ -297,5 +319,6 @@ class QuantumAttention(nn.Module):
             mask = (~key_padding_mask)[:, None, None, :]  # SDPA: True = attend
         y = quantum_attention(q, k, v, attn_mask=mask,
                               dropout_p=self.dropout if self.training else 0.0,
-                              is_causal=is_causal, phi=self.phi, gamma=self.gamma)
+                              is_causal=is_causal, phi=self.phi, gamma=self.gamma,
+                              generator=self.generator)
         return self.out(y.transpose(1, 2).reshape(B, T, D))

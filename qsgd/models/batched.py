@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from .. import _native
 from ..attention.fused import fused_applies, fused_attention
+from ..attention.layers import quantum_attention
 from .classifier import TransformerClassifier
 
 __all__ = ["SeedBatchedClassifier", "dropout_generators"]
@@ -77,8 +78,22 @@ class SeedBatchedClassifier(nn.Module):
     :attr:`names` holds their names in the models. ``forward(tokens, generators=None)``:
     tokens ``[S, B, T]`` (each run its own) or ``[B, T]`` (shared, e.g. evaluation) →
     logits ``[S, B, n_classes]``; in training mode with dropout ``generators`` (one
-    ``torch.Generator`` per run, :func:`dropout_generators`) is required.
+    ``torch.Generator`` per run, :func:`dropout_generators`, or with :attr:`keyed_dropout` the
+    runs' own generators on the module's device) is required.
     """
+
+    #: the runs' models draw dropout from their own generators (module docstring): set it
+    #: when their one-run models have ``set_dropout_generator``; False: the global generator's
+    #: rule (the CPU's bit-for-bit path)
+    keyed_dropout: bool = False
+    #: compute the kernels the per-run path calls once per run (linear layers, layer norms,
+    #: the embedding, the attention's score and value products, Φ) once for all runs, as
+    #: grouped ones (``baddbmm``, a layer norm without affine then each run's affine, one
+    #: embedding over the runs' stacked tables, Φ's torch chain vmapped over the runs where Φ
+    #: is the chain): the same function, rounded differently. For CUDA,
+    #: where a batch agrees with its runs to rounding anyway and a launch per run is what a
+    #: batch would otherwise pay; False (default): per run, bit for bit on a CPU
+    grouped: bool = False
 
     def __init__(self, models: Sequence[TransformerClassifier]):
         super().__init__()
@@ -114,6 +129,14 @@ class SeedBatchedClassifier(nn.Module):
         # held in a plain list so that their own parameters are not this module's
         self._phis = [b.attn.phi for b in first.blocks]
 
+    def _apply(self, fn, recurse=True):
+        # Φ's template modules move with the parameters (``.to(device)``)
+        super()._apply(fn, recurse)
+        for phi in self._phis:
+            if phi is not None:
+                phi._apply(fn)
+        return self
+
     def param(self, name: str) -> Tensor:
         """The stacked parameter of the models' parameter ``name``."""
         return getattr(self, name.replace(".", "__"))
@@ -137,8 +160,11 @@ class SeedBatchedClassifier(nn.Module):
         full = valid.flatten(1).all(dim=1).tolist()
         pads = [None if full[s] else ~valid[s] for s in range(S)]
         tok = self.param("tok.weight")
-        h = torch.stack([F.embedding(tokens[s], w, self.padding_idx)
-                         for s, w in enumerate(tok.unbind(0))])
+        if self.grouped:
+            h = self._embedding(tokens, tok)
+        else:
+            h = torch.stack([F.embedding(tokens[s], w, self.padding_idx)
+                             for s, w in enumerate(tok.unbind(0))])
         h = h + self.param("pos.weight")[:, None, :T]
         for i in range(self.n_layers):
             pre = f"blocks.{i}."
@@ -153,12 +179,33 @@ class SeedBatchedClassifier(nn.Module):
         return self._linear(z, "head")
 
     # ------------------------------------------------------------------ per-run kernels
+    def _embedding(self, tokens: Tensor, tok: Tensor) -> Tensor:
+        """Grouped: every run's ``F.embedding(tokens[s], tok[s], padding_idx)`` as one lookup
+        in the stacked tables (run s's ids offset by s·V); the padding id's row gets no
+        gradient, as with ``padding_idx``."""
+        S, V, D = tok.shape
+        idx = tokens + (torch.arange(S, device=tokens.device) * V).view(S, 1, 1)
+        flat = tok.reshape(S * V, D)
+        h = F.embedding(idx, flat)
+        if self.padding_idx is None:
+            return h
+        pad = (tokens == self.padding_idx).unsqueeze(-1)
+        return torch.where(pad, F.embedding(idx, flat.detach()), h)
+
     def _linear(self, x: Tensor, name: str) -> Tensor:
-        return _RunsLinear.apply(x, self.param(name + ".weight"), self.param(name + ".bias"))
+        w, b = self.param(name + ".weight"), self.param(name + ".bias")
+        if self.grouped:
+            S, n_out, n_in = w.shape
+            out = torch.baddbmm(b.unsqueeze(1), x.reshape(S, -1, n_in), w.transpose(1, 2))
+            return out.view(*x.shape[:-1], n_out)
+        return _RunsLinear.apply(x, w, b)
 
     def _layer_norm(self, x: Tensor, name: str) -> Tensor:
         w, b, eps = self.param(name + ".weight"), self.param(name + ".bias"), self.eps[name]
         shape = (x.shape[-1],)
+        if self.grouped:
+            view = (x.shape[0],) + (1,) * (x.dim() - 2) + shape
+            return F.layer_norm(x, shape, None, None, eps) * w.view(view) + b.view(view)
         return torch.stack([F.layer_norm(xs, shape, ws, bs, eps)
                             for xs, ws, bs in zip(x.unbind(0), w.unbind(0), b.unbind(0))])
 
@@ -188,8 +235,11 @@ class SeedBatchedClassifier(nn.Module):
                 q, k, v = runs[s].view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4).unbind(0)
                 mask = None if pads[s] is None else (~pads[s])[:, None, None, :]
                 gen = gens[s] if gens is not None and p > 0.0 else None
-                y = _with_generator(gen, F.scaled_dot_product_attention, q, k, v,
-                                    attn_mask=mask, dropout_p=p)
+                if gen is not None and self.keyed_dropout:  # as the run's keyed model
+                    y = quantum_attention(q, k, v, attn_mask=mask, dropout_p=p, generator=gen)
+                else:
+                    y = _with_generator(gen, F.scaled_dot_product_attention, q, k, v,
+                                        attn_mask=mask, dropout_p=p)
                 ys.append(y.transpose(1, 2).reshape(B, T, D))
             return self._linear(torch.stack(ys), pre + "out")
         gamma = self.param(pre + "gamma")
@@ -203,17 +253,49 @@ class SeedBatchedClassifier(nn.Module):
             return self._linear(y.reshape(S, B, T, D), pre + "out")
         # quantum_attention's torch path, all runs at once; Φ per run
         q, k, v = qkv.view(S, B, T, 3, H, D // H).permute(3, 0, 1, 4, 2, 5).contiguous().unbind(0)
-        scores = torch.stack([qs @ ks.transpose(-2, -1) for qs, ks in zip(q, k)])
+        if self.grouped:
+            scores = q @ k.transpose(-2, -1)
+        else:
+            scores = torch.stack([qs @ ks.transpose(-2, -1) for qs, ks in zip(q, k)])
         scores = scores * (1.0 / math.sqrt(D // H))
-        phis = torch.stack([phi.evaluate(sc, w[s], a[s]) for s, sc in enumerate(scores.unbind(0))])
+        if self.grouped and _chain_maps(phi, scores):  # Φ of every run in one vmapped pass
+            phis = _vmapped_chain(phi, self.param(pre + "phi.weights"),
+                                  self.param(pre + "phi.scale"), scores)
+        else:
+            phis = torch.stack([phi.evaluate(sc, w[s], a[s])
+                                for s, sc in enumerate(scores.unbind(0))])
         logits = scores + gamma.view(S, 1, 1, 1, 1) * phis
         if any(pd is not None for pd in pads):
             keep = torch.stack([torch.ones(B, T, dtype=torch.bool, device=x.device)
                                 if pd is None else ~pd for pd in pads])
             logits = logits.masked_fill(~keep[:, :, None, None, :], float("-inf"))
         weights = self._dropout(torch.softmax(logits, dim=-1), p, gens if dropping else None)
-        y = torch.stack([ws @ vs for ws, vs in zip(weights, v)])
+        y = weights @ v if self.grouped else torch.stack([ws @ vs for ws, vs in zip(weights, v)])
         return self._linear(y.transpose(2, 3).reshape(S, B, T, D), pre + "out")
+
+
+def _chain_maps(phi, scores: Tensor) -> bool:
+    """Whether Φ of ``phi`` on ``scores`` is the transfer-matrix chain (a
+    :class:`~qsgd.attention.ScoreCircuit` whose method there is the chain), whose torch
+    operations :func:`torch.func.vmap` maps over the runs (on CUDA what each run computes; on
+    a CPU in place of its native kernel, to rounding)."""
+    from ..attention import ScoreCircuit
+
+    return type(phi) is ScoreCircuit and phi.resolved_method(scores.device) == "chain"
+
+
+def _vmapped_chain(phi, weights: Tensor, scales: Tensor, scores: Tensor) -> Tensor:
+    """``stack(phi.evaluate(scores[s], weights[s], scales[s]))`` by one vmapped pass of the torch
+    chain over the runs (the same operations, batched: equal to rounding)."""
+    from ..attention.chain import chain_line
+
+    w = weights if weights.dtype == scores.dtype else weights.to(scores.dtype)
+
+    def one(w_s: Tensor, a_s: Tensor, t_s: Tensor) -> Tensor:
+        return chain_line(w_s, a_s, t_s, depth=phi.depth, entangle=phi.entangle, hadamard=True,
+                          encoding="reupload", native=False)
+
+    return torch.func.vmap(one)(w, scales, scores)
 
 
 def bernoulli_(out: Tensor, p: float, generator: torch.Generator) -> Tensor:

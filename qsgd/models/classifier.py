@@ -16,9 +16,10 @@ Attention ``"classical"`` is ``QuantumAttention(circuit="off")``, i.e. exactly
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from ..attention import QuantumAttention
+from ..attention import QuantumAttention, keyed_dropout
 
 __all__ = ["TransformerClassifier", "ATTENTIONS"]
 
@@ -26,6 +27,8 @@ ATTENTIONS = ("classical", "quantum")
 
 
 class _Block(nn.Module):
+    generator: torch.Generator | None = None  # TransformerClassifier.set_dropout_generator
+
     def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, circuit: str,
                  circuit_kw: dict):
         super().__init__()
@@ -36,9 +39,14 @@ class _Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model))
         self.drop = nn.Dropout(dropout)
 
+    def _drop(self, x: Tensor) -> Tensor:
+        if self.generator is None or not self.training:
+            return self.drop(x)
+        return keyed_dropout(x, self.drop.p, self.generator)
+
     def forward(self, h: Tensor, pad: Tensor | None) -> Tensor:
-        h = h + self.drop(self.attn(self.ln1(h), key_padding_mask=pad))
-        return h + self.drop(self.mlp(self.ln2(h)))
+        h = h + self._drop(self.attn(self.ln1(h), key_padding_mask=pad))
+        return h + self._drop(self.mlp(self.ln2(h)))
 
 
 class TransformerClassifier(nn.Module):
@@ -62,6 +70,11 @@ class TransformerClassifier(nn.Module):
     ``forward(tokens)``: tokens (B, T) int64, T ≤ max_len → logits (B, n_classes). A sequence
     made only of padding attends to all its positions and pools over all of them (so it gives a
     finite output instead of NaN).
+
+    Dropout draws from torch's global generator, or, after :meth:`set_dropout_generator`, from
+    the given generator (every mask one ``bernoulli_`` over its layer's shape,
+    :func:`qsgd.attention.keyed_dropout`, in the order of the forward pass: per block the
+    attention weights, the attention branch, the MLP branch).
     """
 
     def __init__(self, vocab_size: int, n_classes: int, max_len: int, d_model: int = 32,
@@ -91,6 +104,13 @@ class TransformerClassifier(nn.Module):
         )
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, n_classes)
+
+    def set_dropout_generator(self, generator: torch.Generator | None) -> None:
+        """Draw every dropout mask from ``generator`` (on the model's device; None: the global
+        generator again, with F.dropout and SDPA's own dropout)."""
+        for block in self.blocks:
+            block.generator = generator
+            block.attn.generator = generator
 
     def forward(self, tokens: Tensor) -> Tensor:
         B, T = tokens.shape
