@@ -318,6 +318,9 @@ def _worker(rank: int, setup: Setup, world: int, folder: str) -> None:
             results[variant] = out
             del model, opt
         torch.save(results, f"{folder}/rank{rank}.pt")
+        # no rank tears its process group down while another still has work in flight (gloo
+        # worker threads holding async work at exit abort the process: seen once, on 2 cores)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

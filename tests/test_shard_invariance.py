@@ -118,6 +118,7 @@ def _worker(rank: int, folder: str) -> None:
             for pl in ([Replicate(), Shard(0)], [Shard(0), Replicate()])]
         if rank == 0:
             torch.save(out, f"{folder}/out.pt")
+        dist.barrier()  # no rank tears gloo down while the other still has work in flight
     finally:
         dist.destroy_process_group()
 
