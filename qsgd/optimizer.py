@@ -367,7 +367,13 @@ class SuperpositionalAdamW(Optimizer):
         """True if every gradient is finite; otherwise raise or report a skip. ``flat`` holds
         the concatenated gradients of the flat-path groups: one sum checks each (NaN and ±inf
         propagate through it; an overflow to inf only sends us to the exact check below).
-        Meta tensors hold no values: they are not checked."""
+        Meta tensors hold no values: they are not checked.
+
+        Sharded (DTensor) parameters: the verdict is collective. Each rank's finding is summed
+        over the process groups that shard its tensors (one scalar all-reduce a step), so a
+        NaN in one rank's shard makes every rank raise or skip together: a rank that skipped
+        alone would desynchronise the shards' step counts, and one that raised alone would
+        leave the others waiting in their next collective."""
         if torch.compiler.is_compiling():
             raise RuntimeError(
                 f"nonfinite={self.nonfinite!r} reads one flag on the host each step, which a "
@@ -380,29 +386,51 @@ class SuperpositionalAdamW(Optimizer):
             maxabs = torch._foreach_norm(rest, float("inf"))
             dev = maxabs[0].device
             checks.append(torch.isfinite(torch.stack([x.float().to(dev) for x in maxabs])).all())
-        if all(bool(c) for c in checks):
-            return True
+        bad = None if all(bool(c) for c in checks) else self._first_nonfinite(work)
+        remote = self._nonfinite_elsewhere(work, bad is not None)
+        if bad is None and not remote:
+            return True  # (also when a sum overflowed: every value is finite)
+        where = ("a gradient of another rank's shard (this rank's gradients are finite)"
+                 if bad is None else bad)
+        if self.nonfinite == "raise":
+            raise NonFiniteGradientError(
+                f"non-finite gradient (NaN or inf) in {where}; no parameter or optimizer "
+                "state was changed. Pass nonfinite='skip' to skip such steps instead.")
+        self.skipped_steps += 1
+        warnings.warn(f"non-finite gradient in {where}: step skipped "
+                      f"({self.skipped_steps} skipped so far)", RuntimeWarning, stacklevel=3)
+        return False
+
+    def _first_nonfinite(self, work: list[_Work]) -> str | None:
+        """The name of the first parameter whose gradient holds a NaN or inf, or None."""
         for w in work:
             group_params = self.param_groups[w.gi]["params"]
             for p, g in zip(w.originals, w.grads):
                 if g.device.type != "meta" and not bool(torch.isfinite(g).all()):
                     pi = next(i for i, q in enumerate(group_params) if q is p)
-                    where = self._param_name(w.gi, pi, p)
-                    if self.nonfinite == "raise":
-                        raise NonFiniteGradientError(
-                            f"non-finite gradient (NaN or inf) in {where}; no parameter or "
-                            "optimizer state was changed. Pass nonfinite='skip' to skip such "
-                            "steps instead."
-                        )
-                    self.skipped_steps += 1
-                    warnings.warn(
-                        f"non-finite gradient in {where}: step skipped "
-                        f"({self.skipped_steps} skipped so far)",
-                        RuntimeWarning,
-                        stacklevel=3,
-                    )
-                    return False
-        return True  # the sum overflowed, every value is finite
+                    return self._param_name(w.gi, pi, p)
+        return None
+
+    @staticmethod
+    def _nonfinite_elsewhere(work: list[_Work], here: bool) -> bool:
+        """For sharded groups: whether some rank (this one included) found a non-finite
+        gradient, summed over the process groups that shard the tensors, in the order the
+        tensors first name them (the same on every rank); False when nothing is sharded."""
+        groups, device = {}, None
+        for w in work:
+            for lay, g in zip(w.shards or (), w.grads):
+                if lay is not None:
+                    device = device or g.device
+                    for pg in lay.groups:
+                        groups.setdefault(id(pg), pg)
+        if not groups:
+            return False
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if here else 0.0], device=device)
+        for pg in groups.values():
+            dist.all_reduce(flag, op=dist.ReduceOp.SUM, group=pg)
+        return bool(flag.item() > 0) and not here
 
     def _state_lists(self, w: _Work, compiling: bool = False) -> tuple[
             list[Tensor], list[Tensor], list[Tensor] | None, list]:

@@ -18,6 +18,7 @@ the group's tensors) is held to the same bound.
 
 from __future__ import annotations
 
+import datetime
 import os
 import tempfile
 
@@ -153,6 +154,77 @@ def test_sharded_step_equals_one_process(sharded, name, kwargs, exact):
             assert torch.equal(a, b), f"tensor {k}: max diff {(a - b).abs().max():.3g}"
         else:
             torch.testing.assert_close(a, b, rtol=0, atol=ATOL, msg=f"{name}, tensor {k}")
+
+
+# ---------------------------------------------------------------------------------------------
+# a NaN in one rank's shard: every rank raises or skips together
+
+def _nonfinite_worker(rank: int, folder: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    torch.set_num_threads(1)
+    # a rank that skips or raises alone leaves the other waiting in a collective: the
+    # timeout turns that hang into a failure
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD,
+                            init_method=f"file://{folder}/rendezvous",
+                            timeout=datetime.timedelta(seconds=30))
+    try:
+        mesh = init_device_mesh("cpu", (WORLD,))
+        out = {}
+        for mode in ("skip", "raise"):
+            start = [torch.randn(7, 5, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
+            params = [torch.nn.Parameter(distribute_tensor(t, mesh, [Shard(0)])) for t in start]
+            opt = qsgd.SuperpositionalAdamW(params, lr=0.05, seed=5, perturbation="gauss",
+                                            nonfinite=mode)
+            bad = torch.ones(7, 5, dtype=torch.float64)
+            bad[6, 2] = float("nan")  # row 6: rank 1's shard (rows 4-6)
+            for p, g in zip(params, (bad, torch.ones(3, dtype=torch.float64))):
+                p.grad = distribute_tensor(g, mesh, [Shard(0)])
+            before = [p.to_local().clone() for p in params]
+            res = {}
+            try:
+                opt.step()
+                res["raised"] = None
+            except qsgd.NonFiniteGradientError as err:
+                res["raised"] = str(err)
+            res["unchanged"] = all(torch.equal(p.to_local(), b) for p, b in zip(params, before))
+            res["skipped"] = opt.skipped_steps
+            for p in params:  # a finite step afterwards: the ranks are still in step
+                p.grad = distribute_tensor(torch.ones(p.shape, dtype=torch.float64), mesh,
+                                           [Shard(0)])
+            opt.step()
+            res["steps"] = [opt.state[p]["step"] for p in params]
+            out[mode] = res
+        torch.save(out, f"{folder}/nonfinite{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def nonfinite() -> list[dict]:
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(prefix="qsgd-shard-nan-") as folder:
+        mp.spawn(_nonfinite_worker, args=(folder,), nprocs=WORLD, join=True)
+        return [torch.load(os.path.join(folder, f"nonfinite{r}.pt")) for r in range(WORLD)]
+
+
+def test_a_nan_in_one_shard_skips_the_step_on_every_rank(nonfinite):
+    for rank, out in enumerate(nonfinite):
+        res = out["skip"]
+        assert res["raised"] is None and res["unchanged"] and res["skipped"] == 1, rank
+        assert res["steps"] == [1, 1], rank  # the step counts stay equal across the ranks
+
+
+def test_a_nan_in_one_shard_raises_on_every_rank(nonfinite):
+    mine, theirs = nonfinite[1]["raise"], nonfinite[0]["raise"]
+    assert mine["raised"] and "another rank" not in mine["raised"]
+    assert "another rank's shard" in theirs["raised"]  # rank 0's own gradients were finite
+    for res in (mine, theirs):
+        assert res["unchanged"] and res["skipped"] == 0 and res["steps"] == [1, 1]
 
 
 # ---------------------------------------------------------------------------------------------
