@@ -68,7 +68,6 @@ import dataclasses
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -163,8 +162,7 @@ def _comparable(record: dict) -> str:
 
 def bench_grids(seeds: int, epochs: int, workers: int, rounds: int) -> list[dict]:
     """The grid rows of seed_batched.csv (module docstring)."""
-    from .records import load_records
-    from .runner import RUNS_FILE, default_executor, run_grid
+    from .runner import default_executor, timed_grid
 
     rows = []
     ex = default_executor(workers, arm="classifier")
@@ -174,15 +172,11 @@ def bench_grids(seeds: int, epochs: int, workers: int, rounds: int) -> list[dict
         for rnd in range(1, rounds + 1):
             got = {}
             for mode in (MODES if rnd % 2 else MODES[::-1]):
-                with tempfile.TemporaryDirectory(prefix="qsgd-bench-batched-") as tmp:
-                    cfg = _grid(seeds, epochs, mode == "seed-batched", Path(tmp) / "g")
-                    c0, t0 = _cpu_seconds(ex), time.perf_counter()
-                    counts = run_grid(cfg, ex, progress=False)
-                    wall, c1 = time.perf_counter() - t0, _cpu_seconds(ex)
-                    cpu = None if c0 is None or c1 is None else c1 - c0
-                    records = load_records(cfg.results / RUNS_FILE)
-                if counts["ran"] != len(cfg.specs) or counts["failed"]:
-                    raise RuntimeError(f"the {mode} grid did not complete: {counts}")
+                cfg = _grid(seeds, epochs, mode == "seed-batched", Path("unused"))
+                c0 = _cpu_seconds(ex)  # the workers' CPU time: idle outside run_grid
+                wall, records = timed_grid(cfg, ex)
+                c1 = _cpu_seconds(ex)
+                cpu = None if c0 is None or c1 is None else c1 - c0
                 got[mode] = {(r["variant"], r["seed"]): _comparable(r) for r in records}
                 jobs = 2 if mode == "seed-batched" else len(records)
                 rows.append(dict(section="grid", mode=mode, round=rnd, workers=workers,
@@ -206,22 +200,6 @@ def bench_grids(seeds: int, epochs: int, workers: int, rounds: int) -> list[dict
     return rows
 
 
-def _timed_grid(cfg, ex) -> tuple[float, list[dict]]:
-    """(wall seconds, records) of ``cfg`` run on ``ex`` into a temporary folder."""
-    from .records import load_records
-    from .runner import RUNS_FILE, run_grid
-
-    with tempfile.TemporaryDirectory(prefix="qsgd-bench-batched-") as tmp:
-        cfg = dataclasses.replace(cfg, results=Path(tmp) / "g")
-        t0 = time.perf_counter()
-        counts = run_grid(cfg, ex, progress=False)
-        wall = time.perf_counter() - t0
-        records = load_records(cfg.results / RUNS_FILE)
-    if counts["ran"] != len(cfg.specs) or counts["failed"]:
-        raise RuntimeError(f"the {cfg.name} grid did not complete: {counts}")
-    return wall, records
-
-
 def _differences(a: list[dict], b: list[dict]) -> tuple[float, float]:
     """(largest relative difference of a curve's train_loss, largest difference of its
     test_acc) over the runs (variant, seed) that both record lists hold."""
@@ -242,7 +220,7 @@ def bench_gpu(seeds: list[int], one_run_seeds: int, epochs: int,
               runs_per_gpu: list[int]) -> list[dict]:
     """The rows of seed_batched_gpu.csv (module docstring): one-run at each ``runs_per_gpu``
     over ``one_run_seeds`` seeds a variant, seed-batched at each of ``seeds`` seeds a job."""
-    from .runner import default_executor
+    from .runner import default_executor, timed_grid
 
     rows, one_records = [], None
 
@@ -256,7 +234,7 @@ def bench_gpu(seeds: list[int], one_run_seeds: int, epochs: int,
         ex = pool(rpg)
         try:
             cfg = _grid(one_run_seeds, epochs, False, Path("unused"), "cuda", rpg)
-            wall, records = _timed_grid(cfg, ex)
+            wall, records = timed_grid(cfg, ex)
         finally:
             ex.shutdown()
         if one_records is None:
@@ -270,7 +248,7 @@ def bench_gpu(seeds: list[int], one_run_seeds: int, epochs: int,
     try:
         for n in seeds:
             cfg = _grid(n, epochs, True, Path("unused"), "cuda", len(VARIANTS))
-            wall, records = _timed_grid(cfg, ex)
+            wall, records = timed_grid(cfg, ex)
             dloss, dacc = _differences(records, one_records)
             rows.append(dict(mode="seed-batched", runs_per_gpu=len(VARIANTS), seeds=n,
                              epochs=epochs, runs=len(records), jobs=len(VARIANTS),

@@ -35,7 +35,6 @@ import importlib.metadata as md
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -65,17 +64,9 @@ def _build(kind: str, workers: int):
 def _grid(ex, workers: int) -> tuple[float, float, int]:
     """(wall seconds, Σ of the runs' own seconds, runs) of the smoke grid on ``ex``."""
     from .config import load_config
-    from .records import load_records
-    from .runner import RUNS_FILE, run_grid
+    from .runner import timed_grid
 
-    with tempfile.TemporaryDirectory(prefix="qsgd-bench-executor-") as tmp:
-        cfg = load_config(SMOKE, Path(tmp) / "smoke")
-        t0 = time.perf_counter()
-        counts = run_grid(cfg, ex, progress=False)
-        wall = time.perf_counter() - t0
-        records = load_records(cfg.results / RUNS_FILE)
-    if counts["ran"] != len(cfg.specs) or counts["failed"]:
-        raise RuntimeError(f"the smoke grid did not complete: {counts}")
+    wall, records = timed_grid(load_config(SMOKE), ex)
     return wall, sum(r["provenance"]["wall_seconds"] for r in records), len(records)
 
 

@@ -51,7 +51,7 @@ from .sweeplog import GpuSampler, append_sweep
 
 __all__ = ["run_one", "run_batch_one", "seed_jobs", "run_grid", "load_records",
            "append_record", "provenance", "default_executor", "RUNS_FILE", "FAILURES_FILE",
-           "RETRIES", "SweepInterrupted"]
+           "RETRIES", "SweepInterrupted", "timed_grid"]
 
 #: seconds between a worker's checks that its parent is alive
 PARENT_POLL = 0.5
@@ -482,3 +482,22 @@ def _progress(total: int, name: str, enabled: bool):
 
     return tqdm(total=total, desc=name, unit="run", disable=not enabled, smoothing=0.1,
                 file=sys.stderr, dynamic_ncols=True)
+
+
+def timed_grid(cfg: GridConfig, executor: cf.Executor) -> tuple[float, list[dict]]:
+    """Every run of ``cfg`` on ``executor``, into a temporary results folder (the benchmarks'
+    way to time a grid): (wall seconds of :func:`run_grid` alone, the stored records). Raises
+    ``RuntimeError`` when a run failed or did not run."""
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="qsgd-timed-grid-") as tmp:
+        cfg = dataclasses.replace(cfg, results=Path(tmp) / "g")
+        t0 = time.perf_counter()
+        counts = run_grid(cfg, executor, progress=False)
+        wall = time.perf_counter() - t0
+        records = load_records(cfg.results / RUNS_FILE)
+    if counts["ran"] != len(cfg.specs) or counts["failed"]:
+        raise RuntimeError(f"the {cfg.name} grid did not complete: {counts}")
+    return wall, records

@@ -413,9 +413,11 @@ class SuperpositionalAdamW(Optimizer):
 
     @staticmethod
     def _nonfinite_elsewhere(work: list[_Work], here: bool) -> bool:
-        """For sharded groups: whether some rank (this one included) found a non-finite
-        gradient, summed over the process groups that shard the tensors, in the order the
-        tensors first name them (the same on every rank); False when nothing is sharded."""
+        """For sharded groups: True when this rank's gradients are finite (``here`` False)
+        but another rank's are not. Every rank's finding is summed over the process groups
+        that shard the tensors, in the order the tensors first name them (the same on every
+        rank), so every rank takes part even when it found a NaN itself. False, with no
+        collective, when nothing is sharded."""
         groups, device = {}, None
         for w in work:
             for lay, g in zip(w.shards or (), w.grads):

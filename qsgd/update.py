@@ -39,6 +39,7 @@ groups, state, complex and DTensor parameters, and chooses the path.
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -268,12 +269,8 @@ def _foreach_group(
         raise ValueError(f"scope={scope!r} on sharded tensors takes the per-tensor reference "
                          "path (reference_step with shard=), not the foreach path")
     if active:
-        if shards is None:
-            ctxs = [Context(step=s, seed=seed, index=i, n_qubits=n_qubits)
-                    for s, i in zip(steps, indices)]
-        else:
-            ctxs = [Context(step=s, seed=seed, index=i, n_qubits=n_qubits, shard=sh)
-                    for s, i, sh in zip(steps, indices, shards)]
+        ctxs = [Context(step=s, seed=seed, index=i, n_qubits=n_qubits, shard=sh)
+                for s, i, sh in zip(steps, indices, shards or itertools.repeat(None))]
         thetas = [in_scope(p.view(-1), scope, n_qubits) for p in params]
         gs = [in_scope(g.reshape(-1), scope, n_qubits) for g in grads]
         all_terms = perturbation.terms(thetas, gs, ctxs)
