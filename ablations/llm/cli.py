@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     bn.add_argument("--config", type=Path, default=None)
     bn.add_argument("--set", action="append", default=[])
     bn.add_argument("--variants", default="adamw,sin-l0.5,sin-l0.1,sin-l0.5-first4,cos-l0.5,"
-                    "gauss-l0.5,unif-l0.5,taylor-l0.5,circuit-l0.5,anneal")
+                    "gauss-l0.5,unif-l0.5,taylor-l0.5,circuit-l0.5,anneal,annealrel-l1.0,"
+                    "anti-l0.5,moment-l0.5")
     bn.add_argument("--baseline-steps", type=int, default=40,
                     help="example batching: steps of the plain eager HF loop at batch 1 "
                          "(0: skip it)")
