@@ -491,8 +491,13 @@ def test_fused_matches_reference_fp32(variant, scope, bias_correction):
     _close_step(a, b, start, rtol=2e-5)
     for pa, pb in zip(a, b, strict=False):
         for key in ("exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(fo.state[pa][key], ro.state[pb][key], rtol=2e-6,
-                                       atol=1e-9)
+            # annealrel's noise scale comes from an RMS the kernel reduces in another order
+            # than torch: its rounding moves an element where gradient and noise cancel by
+            # ~1e-5 of itself (measured on an H200: 6e-9 on a 6e-4 entry), so the absolute
+            # tolerance is relative to the tensor, as in the interpreter test
+            ref = ro.state[pb][key]
+            torch.testing.assert_close(fo.state[pa][key], ref, rtol=2e-6,
+                                       atol=max(1e-9, 2e-6 * float(ref.abs().max())))
         assert fo.state[pa]["step"] == ro.state[pb]["step"] == 3
 
 

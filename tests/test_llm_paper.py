@@ -116,6 +116,20 @@ def test_linear_schedule_of_the_paper():
     assert (np.diff(lrs[500:]) < 0).all()
 
 
+def test_a_bare_cuda_device_names_the_current_gpu(monkeypatch):
+    """[llm].device = "cuda" (no index) becomes the current GPU's index, which
+    torch.cuda.set_device needs (it raised "Expected a torch.device with a specified index"
+    on an H200); "auto" and an explicit index are kept."""
+    from ablations.llm.session import Dist, _pick_device
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    pick = [_pick_device(llm.LLMOptions(device=d), Dist()) for d in ("cuda", "cuda:1", "auto")]
+    assert pick == [torch.device("cuda", 3), torch.device("cuda", 1), torch.device("cuda", 0)]
+    assert _pick_device(llm.LLMOptions(device="cuda"), Dist(world=2, local_rank=1)) == \
+        torch.device("cuda", 1)
+
+
 # ------------------------------------------------------------------------ batches and losses
 
 

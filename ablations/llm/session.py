@@ -67,6 +67,9 @@ def _pick_device(o: LLMOptions, d: Dist) -> torch.device:
     dev = torch.device(o.device)
     if dev.type == "cuda" and d.world > 1:
         return torch.device("cuda", d.local_rank)
+    if dev.type == "cuda" and dev.index is None:
+        # "cuda" names the current GPU; torch.cuda.set_device needs its index
+        return torch.device("cuda", torch.cuda.current_device())
     return dev
 
 
