@@ -102,6 +102,26 @@ def test_stored_grids_keep_their_run_keys():
         assert (o.batching, o.effective_precision, o.loss_tokens) == ("packed", "bf16", "answer")
 
 
+def test_reports_say_which_split_every_number_comes_from():
+    """The LLM reports' setup names the split of each metric and what the choices read: the
+    paper grid held nothing out and chose nothing; the calibrated grid names the lrs selected
+    on val_loss; the selection grid, which measures no exact match, says it."""
+    import pandas as pd
+
+    from ablations.config import load_config
+
+    text = {}
+    for name in ("llm-paper", "llm-calibrated", "llm-lr"):
+        cfg = load_config(CONFIGS / f"{name}.toml")
+        text[name] = cfg.arm_obj.describe(cfg, pd.DataFrame({"device": ["NVIDIA H200"]}))
+    for t in text.values():
+        assert "Splits: the training losses" in t and "read for final metrics only" in t
+    assert "none held out" in text["llm-paper"] and "the paper's own" in text["llm-paper"]
+    assert "selected on `val_loss` (adamw 0.0004, sin-l0.5 0.0004)" in text["llm-calibrated"]
+    assert "less the last 373, held out" in text["llm-calibrated"]
+    assert "no exact match" in text["llm-lr"] and "reads its `val_loss` only" in text["llm-lr"]
+
+
 def test_linear_schedule_of_the_paper():
     """500 warm-up steps to the peak, then linear decay to exactly 0 at the last of the
     epoch's 7,473 steps (ablations.schedules.lr_at)."""

@@ -81,4 +81,33 @@ class LLM(Arm):
         task = get_task(name).description or f"task `{name}`"
         return (f"Model `{o.get('model', 'smollm2-135m-instruct')}`, {task}, one epoch, lr "
                 f"{cfg.baseline_lr:g}, options: "
-                f"`{json.dumps(o, sort_keys=True)}`. Devices: {devices}.\n")
+                f"`{json.dumps(o, sort_keys=True)}`. Devices: {devices}. "
+                + self.splits_text(cfg) + "\n")
+
+    @staticmethod
+    def splits_text(cfg) -> str:
+        """Which split every recorded number comes from, and which split the choices read."""
+        a = cfg.arm_options
+        train = (f"the first {a.train_examples} training examples" if a.train_examples
+                 else "the task's training examples")
+        if a.val_examples:
+            train += f" less the last {a.val_examples}, held out as the validation split"
+        test = (f"the first {a.test_loss_examples} test examples" if a.test_loss_examples
+                else "the task's test examples")
+        if cfg.selected_lr:
+            chosen = ("the lr of each variant was selected on `val_loss` ("
+                      + ", ".join(f"{v} {x:g}" for v, x in sorted(cfg.selected_lr.items()))
+                      + ")")
+        else:
+            chosen = ("no setting of this grid was chosen from a metric: they are the "
+                      "config's" + (", the paper's own" if cfg.protocol == "paper" else "")
+                      + ("; a selection made from this grid reads its `val_loss` only"
+                         if a.val_examples else ""))
+        em = (f"`test_exact_match` over the first {a.eval_questions} test questions"
+              if a.eval_questions else "no exact match (`eval_questions` = 0)")
+        return (f"Splits: the training losses (`mean_train_loss*`, `final_train_loss`, the "
+                f"curves) are the losses of the trained steps over {train}; `val_loss` is the "
+                "validation split's, which every choice reads"
+                + ("" if a.val_examples else " (none held out in this grid)")
+                + f"; `test_loss*` are over {test}, {em}: read for final metrics only; "
+                f"{chosen}.")
