@@ -69,6 +69,10 @@ def _examples(seed=0, sizes=((9, 3), (30, 11), (17, 6))):
                                                    "packed rows"),
     ({"bucket": "64"}, r"\[llm\].bucket must be int, got '64'"),
     ({"max_len": 1000, "tokens_per_batch": 2500}, "multiple of max_len"),  # packed only
+    ({"compile_mode": "graphs"}, r"\[llm\].compile_mode must be one of default, "
+                                 "reduce-overhead, max-autotune, max-autotune-no-cudagraphs"),
+    ({"compile": False, "compile_mode": "reduce-overhead"},
+     r"\[llm\].compile_mode = 'reduce-overhead' needs \[llm\].compile = true"),
 ])
 def test_paper_options_are_validated(table, message):
     with pytest.raises(ValueError, match=message):
@@ -120,6 +124,35 @@ def test_reports_say_which_split_every_number_comes_from():
     assert "selected on `val_loss` (adamw 0.0004, sin-l0.5 0.0004)" in text["llm-calibrated"]
     assert "less the last 373, held out" in text["llm-calibrated"]
     assert "no exact match" in text["llm-lr"] and "reads its `val_loss` only" in text["llm-lr"]
+
+
+def test_compile_mode_reaches_torch_compile_and_cuda_graphs_mark_each_step(data_dir,
+                                                                          monkeypatch):
+    """[llm].compile_mode is torch.compile's mode for the step (packed and per example); with
+    CUDA graphs ("reduce-overhead") every step's forward first begins a new step of the graph
+    pool, so that no step reads outputs the next replay overwrites; the default marks none.
+    (torch.compile is replaced by a recorder: its compilation is not what is tested.)"""
+    modes, marks = [], []
+
+    def fake_compile(fn, **kw):
+        modes.append(kw.get("mode"))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    from ablations.llm import session
+
+    out = {}
+    for mode in ("default", "reduce-overhead"):
+        session._SESSIONS.clear()
+        modes.clear(), marks.clear()
+        out[mode] = llm.run(_spec(data_dir, "sin-l0.5", compile=True, compile_mode=mode,
+                                  eval_questions=0))["metrics"]
+        assert modes and set(modes) == {mode}, (mode, modes)
+        steps = out[mode]["steps"]
+        assert (len(marks) >= steps) if mode == "reduce-overhead" else not marks, len(marks)
+    session._SESSIONS.clear()
+    assert out["default"]["mean_train_loss"] == out["reduce-overhead"]["mean_train_loss"]
 
 
 def test_linear_schedule_of_the_paper():

@@ -16,7 +16,7 @@ from ..schedules import lr_at as _lr_at
 from .data import task_names
 
 __all__ = ["LLMOptions", "lr_at", "DEFAULT_MODEL", "ATTN_IMPLS", "BATCHINGS", "PRECISIONS",
-           "LOSS_TOKENS"]
+           "LOSS_TOKENS", "COMPILE_MODES", "CUDA_GRAPH_MODES"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 ATTN_IMPLS = ("auto", "flex", "sdpa")
@@ -26,6 +26,9 @@ BATCHINGS = ("packed", "example")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 #: the tokens the trained-on loss scores: the assistant's answer, or the whole conversation
 LOSS_TOKENS = ("answer", "all")
+#: torch.compile's modes for the training forward; the second and third replay CUDA graphs
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,10 @@ class LLMOptions:
     train_examples / test_loss_examples: use only the first N (0: all). eval_questions: test
     questions decoded greedily for exact match. max_new_tokens, eval_batch: decoding limits.
     curve_every, ratio_every: sampling of the curve and of the perturbation ratio (steps).
-    compile: torch.compile the training forward. attn_impl: auto (flex on CUDA, sdpa on CPU),
+    compile: torch.compile the training forward. compile_mode: its ``mode`` (``"default"``;
+    ``"reduce-overhead"`` replays each static shape, one per length bucket, as a CUDA graph:
+    the same kernels, so the same numbers, without their launch cost; on a CPU there is no
+    graph to replay). attn_impl: auto (flex on CUDA, sdpa on CPU),
     flex, sdpa (packed only: example batching attends causally with SDPA). amp: mixed
     precision (bfloat16 autocast unless ``precision`` says otherwise). precision: ``"auto"``
     (default: bf16 with ``amp``, else fp32), ``"bf16"``, ``"fp16"`` (float16 autocast with
@@ -92,6 +98,7 @@ class LLMOptions:
     curve_every: int = 10
     ratio_every: int = 50
     compile: bool = True
+    compile_mode: str = "default"
     attn_impl: str = "auto"
     amp: bool = True
     precision: str = "auto"
@@ -128,7 +135,7 @@ class LLMOptions:
             raise ValueError(f"[llm].task must be one of {', '.join(task_names())}, "
                              f"got {self.task!r}")
         for key, valid in (("batching", BATCHINGS), ("precision", PRECISIONS),
-                           ("loss_tokens", LOSS_TOKENS)):
+                           ("loss_tokens", LOSS_TOKENS), ("compile_mode", COMPILE_MODES)):
             if getattr(self, key) not in valid:
                 raise ValueError(f"[llm].{key} must be one of {', '.join(valid)}, "
                                  f"got {getattr(self, key)!r}")
@@ -136,6 +143,9 @@ class LLMOptions:
             raise ValueError(f"[llm].precision = {self.precision!r} is mixed precision, but "
                              "[llm].amp = false: drop amp (precision wins) or set precision = "
                              "'fp32'")
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"[llm].compile_mode = {self.compile_mode!r} needs [llm].compile "
+                             "= true")
         if not 0 <= self.bucket <= self.max_len:
             raise ValueError(f"[llm].bucket must lie in [0, max_len = {self.max_len}], "
                              f"got {self.bucket}")
@@ -158,6 +168,11 @@ class LLMOptions:
             raise ValueError(f"[llm].ratio_every must be >= 0, got {self.ratio_every}")
         if self.clip_grad < 0 or self.weight_decay < 0:
             raise ValueError("[llm].clip_grad and [llm].weight_decay must be >= 0")
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the compiled training forward replays CUDA graphs (``compile_mode``)."""
+        return self.compile and self.compile_mode in CUDA_GRAPH_MODES
 
     @property
     def per_example(self) -> bool:

@@ -120,9 +120,9 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
     d = dist_info()
     device = _pick_device(o, d)
     key = (o.model, o.tokenizer, o.task, o.data_dir, o.max_len, o.tokens_per_batch,
-           o.val_examples, o.train_examples, o.test_loss_examples, o.compile, o.attn_impl,
-           o.amp, o.batching, o.bucket, o.effective_precision, o.loss_tokens, str(device),
-           d.world, d.rank, init_seed if o.model.startswith("random:") else None)
+           o.val_examples, o.train_examples, o.test_loss_examples, o.compile, o.compile_mode,
+           o.attn_impl, o.amp, o.batching, o.bucket, o.effective_precision, o.loss_tokens,
+           str(device), d.world, d.rank, init_seed if o.model.startswith("random:") else None)
     cur = _SESSIONS.get("current")
     if cur is not None and cur.key == key:
         return cur
@@ -156,7 +156,7 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
     flex = FlexMasks(rows // d.world, o.max_len, device) if impl == "flex" else None
     loss_fn = model.loss
     if o.compile:
-        loss_fn = torch.compile(model.loss, dynamic=False)
+        loss_fn = torch.compile(model.loss, dynamic=False, mode=o.compile_mode)
     example_fn = None
     if per_example:
         train_all = o.loss_tokens == "all"
@@ -165,7 +165,7 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
             return example_losses(model, ids, tgt, ans, train_all)
 
         if o.compile:  # static shapes per bucket, dynamic ones without buckets (examples.py)
-            example_fn = torch.compile(example_fn, dynamic=o.bucket == 0)
+            example_fn = torch.compile(example_fn, dynamic=o.bucket == 0, mode=o.compile_mode)
     tok = base.tokenizer
     task = get_task(o.task).from_options(o)
     train = list(task.train_examples())

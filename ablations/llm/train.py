@@ -44,7 +44,11 @@ def _step_loss(sess: Session, b: DeviceBatches | ExampleBatches, s: int
                ) -> tuple[Tensor, Tensor]:
     """Step s's trained-on loss (with its graph) and the detached losses recorded for it:
     packed, ``[loss]``, the mean answer-token loss over all ranks' scored tokens (b.n_loss is
-    global); per example, ``[all-token loss, answer loss]``."""
+    global); per example, ``[all-token loss, answer loss]``. With CUDA graphs
+    (``compile_mode``) each call begins a new step of the graphs' memory pool: the previous
+    step's outputs are consumed by then."""
+    if sess.opts.cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()
     if sess.opts.per_example:
         return sess.example_fn(b.ids[s], b.tgt[s], b.ans[s])
     bm = None
