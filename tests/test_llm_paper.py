@@ -385,15 +385,15 @@ def test_bench_measures_the_per_epoch_cost_of_batch_1(data_dir, tmp_path, capsys
                                           "amp": False, "eval_questions": 0}.items()]
     out = tmp_path / "bench"
     assert main(["bench", *sets, "--variants", "adamw,sin-l0.5", "--steps", "4",
-                 "--baseline-steps", "0", "--out", str(out)]) == 0
+                 "--rounds", "2", "--baseline-steps", "0", "--out", str(out)]) == 0
     import csv
 
     with open(out / "throughput_bench.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["variant"]]
     assert [r["variant"] for r in rows] == ["adamw", "sin-l0.5"]
     assert "one example a step (bucket 64" in rows[0]["config"]
-    assert "first 4 steps" in rows[0]["config"]
-    for r in rows:  # 4 of 24 steps timed: the epoch's seconds are 6 times theirs
+    assert "first 2 steps, median of 2 rounds" in rows[0]["config"]
+    for r in rows:  # 2 rounds of 2 of 24 steps: the epoch's seconds are 12 times the median's
         assert float(r["epoch_s"]) == pytest.approx(24 * float(r["step_ms"]) / 1e3, abs=0.01)
     assert rows[0]["cost_vs_adamw"] == "+0.00%" and rows[1]["cost_vs_adamw"].endswith("%")
     # the compiled HF peer trains on packed rows: no peer, no ratio to it, at batch 1

@@ -117,3 +117,72 @@ def test_bench_help_documents_the_peer(capsys):
     assert err.value.code == 0
     text = capsys.readouterr().out
     assert "--no-peer" in text and "ratio_to_peer" in text and "torch.compile" in text
+
+
+def test_segments_take_the_median_and_the_spread():
+    from ablations.llm.bench import _segments
+
+    res = [dict(seconds=s, steps=5) for s in (1.2, 0.9, 1.0)]
+    assert _segments(res) == (1.0, 5, "30.0%")  # (1.2 - 0.9) / 1.0
+    assert _segments(res[:1]) == (1.2, 5, "0.0%")
+
+
+def test_bench_interleaves_the_rows_in_rotating_rounds(data_dir, tmp_path, monkeypatch):
+    from ablations.llm import bench
+
+    calls = []
+    real_epoch, real_time = bench.train_epoch, bench.HFPeer.time
+
+    def spy_epoch(sess, b, variant, lr, noise_seed, o, max_steps=0):
+        calls.append((variant.id, max_steps))
+        return real_epoch(sess, b, variant, lr, noise_seed, o, max_steps=max_steps)
+
+    def spy_time(self, steps=0):
+        calls.append(("peer", steps))
+        return real_time(self, steps)
+
+    monkeypatch.setattr(bench, "train_epoch", spy_epoch)
+    monkeypatch.setattr(bench.HFPeer, "time", spy_time)
+    rows = _bench(data_dir, tmp_path / "r", "--rounds", "2", "--steps", "2")
+    # 2 timed steps in 2 rounds: one step a segment; round 2 starts one row further on
+    assert calls == [("peer", 1), ("adamw", 1), ("sin-l0.5", 1),
+                     ("adamw", 1), ("sin-l0.5", 1), ("peer", 1)]
+    assert list(rows[0]) == bench.BENCH_COLUMNS
+    assert bench.BENCH_COLUMNS.index("spread") == bench.BENCH_COLUMNS.index("step_ms") + 1
+    peer, = [r for r in rows if r["config"].startswith(bench.PEER)]
+    arm = [r for r in rows if r["config"].startswith("arm loop")]
+    assert [r["variant"] for r in arm] == ["adamw", "sin-l0.5"]  # one row per variant
+    for r in [peer, *arm]:
+        assert "first 1 step, median of 2 rounds" in r["config"]
+        assert r["spread"].endswith("%") and float(r["spread"][:-1]) >= 0
+        # 1 of the epoch's 9 steps timed: the epoch's seconds are 9 times the median step's
+        assert float(r["epoch_s"]) == pytest.approx(9 * float(r["step_ms"]) / 1e3, abs=0.01)
+    for r in arm:
+        assert float(r["ratio_to_peer"]) == pytest.approx(
+            float(r["tokens_per_s"]) / float(peer["tokens_per_s"]), rel=1e-3)
+    # the first round's step from the base weights: peer and arm train on the same loss
+    assert float(peer["mean_train_loss"]) == pytest.approx(float(arm[0]["mean_train_loss"]),
+                                                           rel=1e-4)
+    md = (tmp_path / "r" / "throughput_bench.md").read_text()
+    assert "2 interleaved rounds" in md and "rotating by one row" in md
+
+
+def test_bench_profiles_the_arm_and_the_peer(data_dir, tmp_path, capsys):
+    out = tmp_path / "p"
+    _bench(data_dir, out, "--rounds", "1", "--steps", "2", "--profile", "2")
+    printed = capsys.readouterr().out
+    for name in ("profile_arm.txt", "profile_peer.txt"):
+        text = (out / name).read_text()
+        assert "aten::" in text and "Self CPU" in text, name
+        assert str(out / name) in printed
+
+
+def test_bench_rejects_rounds_below_1(data_dir, tmp_path, capsys):
+    from ablations.llm.cli import main
+
+    assert main(["bench", f"--set=data_dir={data_dir}", "--rounds", "0",
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --rounds must be >= 1, got 0"]
+    assert main(["bench", "--profile", "-1", "--out", str(tmp_path)]) == 2
+    assert "--profile must be >= 0, got -1" in capsys.readouterr().err

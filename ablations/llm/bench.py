@@ -31,14 +31,15 @@ from .train import (
     warm_up,
 )
 
-__all__ = ["benchmark", "decode_check", "PEER", "BENCH_COLUMNS"]
+__all__ = ["benchmark", "decode_check", "HFPeer", "PEER", "BENCH_COLUMNS"]
 
 #: the peer row's config prefix (the summary keeps rows starting "HF ")
 PEER = "HF peer: LlamaForCausalLM"
 #: columns of throughput_bench.csv (the markdown table: all but the device)
-BENCH_COLUMNS = ["config", "variant", "tokens_per_s", "ratio_to_peer", "step_ms", "epoch_s",
-                 "ratio_to_adamw", "cost_vs_adamw", "optimizer_share", "mfu", "peak_mem_mib",
-                 "mean_train_loss", "skipped_steps", "warmup_s", "value", "seconds", "device"]
+BENCH_COLUMNS = ["config", "variant", "tokens_per_s", "ratio_to_peer", "step_ms", "spread",
+                 "epoch_s", "ratio_to_adamw", "cost_vs_adamw", "optimizer_share", "mfu",
+                 "peak_mem_mib", "mean_train_loss", "skipped_steps", "warmup_s", "value",
+                 "seconds", "device"]
 
 
 def _hf_model(sess: Session):
@@ -82,10 +83,9 @@ def _peer_labels(b: DeviceBatches, dev: torch.device) -> Tensor:
     return lab.to(dev)
 
 
-def _hf_peer(sess: Session, o: LLMOptions, b: DeviceBatches, max_steps: int = 0,
-             warmup: int = 3) -> dict[str, Any]:
+class HFPeer:
     """The compiled Hugging Face loop a user would write instead of the arm, on the arm's own
-    packed steps.
+    packed steps; built, compiled and warmed up once, then timed as often as wanted.
 
     transformers' ``LlamaForCausalLM`` (:func:`_hf_model`: SDPA attention, the arm's shape and
     base weights), ``torch.compile`` of the whole model (``[llm].compile``), the run's precision
@@ -97,62 +97,84 @@ def _hf_peer(sess: Session, o: LLMOptions, b: DeviceBatches, max_steps: int = 0,
     dense boolean mask for SDPA; labels from :func:`_peer_labels`; the loss is HF's mean
     cross-entropy over the scored tokens, computed from logits at every position.
 
-    ``warmup`` untimed steps first (compilation), then the weights and optimizer start afresh
-    and the first ``max_steps`` steps of the epoch (0: all) are timed, with the device
-    synchronised at both ends. Returns ``seconds``, ``steps`` (timed), ``losses`` (float64, per
-    timed step; the first is the loss of step 0 from the base weights), ``peak_mem_mib`` (the
-    peak allocated memory of the timed steps above what the session held before the peer was
-    built: the arm's model, its base copy and the batches are not the peer's; None on a CPU)
-    and ``warmup_s``."""
-    dev = sess.device
-    if sess.dist.world > 1:
-        raise ValueError("the HF peer runs in one process; run the bench without torchrun")
-    cuda = dev.type == "cuda"
-    held = torch.cuda.memory_allocated(dev) if cuda else 0  # the session's: not the peer's
-    hf = _hf_model(sess)
-    fwd = torch.compile(hf) if o.compile else hf
-    params = list(hf.parameters())
-    precision = o.effective_precision
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    labels = _peer_labels(b, dev)
-    S = b.steps
-    run_steps = min(S, max_steps) if max_steps else S
+    Args:
+        sess: the session (one process: the peer is not data-parallel).
+        o: the options (compile, precision, lr schedule, weight decay, clipping).
+        b: the epoch's packed steps.
+        warmup: untimed steps run once at construction (compilation), in ``warmup_s``.
 
-    def step(s, opt, scaling):
-        with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = fwd(input_ids=b.ids[s], position_ids=b.pos[s], labels=labels[s]).loss
+    Attributes: ``warmup_s``; ``held`` (bytes allocated on the device before the peer was
+    built: the session's, the arm's model, its base copy and the batches; 0 on a CPU);
+    ``resident_mib`` (the peer's own memory between timings, allocated after the build and
+    the warm-up minus ``held``: its model and labels; None on a CPU)."""
+
+    def __init__(self, sess: Session, o: LLMOptions, b: DeviceBatches, warmup: int = 3):
+        dev = sess.device
+        if sess.dist.world > 1:
+            raise ValueError("the HF peer runs in one process; run the bench without torchrun")
+        self.sess, self.o, self.b = sess, o, b
+        self.cuda = dev.type == "cuda"
+        self.held = torch.cuda.memory_allocated(dev) if self.cuda else 0
+        self.hf = _hf_model(sess)
+        self.fwd = torch.compile(self.hf) if o.compile else self.hf
+        self.params = list(self.hf.parameters())
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(o.effective_precision)
+        self.labels = _peer_labels(b, dev)
+        t_warm = time.perf_counter()
+        opt, scaling = self._fresh()
+        for i in range(warmup):
+            self._step(i % b.steps, opt, scaling)
+        sync(dev)
+        self.warmup_s = time.perf_counter() - t_warm
+        del opt, scaling
+        self.resident_mib = None
+        if self.cuda:
+            import gc
+
+            gc.collect()
+            self.resident_mib = (torch.cuda.memory_allocated(dev) - self.held) / 2**20
+
+    def _fresh(self):
+        # the base weights and a new optimizer and loss scaling: every timing starts alike
+        self.hf.load_state_dict(_base_state(self.sess), strict=False)
+        opt = torch.optim.AdamW(self.params, lr=self.o.lr, weight_decay=self.o.weight_decay,
+                                fused=self.cuda)
+        return opt, LossScaling(self.o.effective_precision, self.sess.device)
+
+    def _step(self, s: int, opt, scaling) -> Tensor:
+        dt = self.dtype
+        with torch.autocast(self.sess.device.type, dtype=dt or torch.float32,
+                            enabled=dt is not None):
+            loss = self.fwd(input_ids=self.b.ids[s], position_ids=self.b.pos[s],
+                            labels=self.labels[s]).loss
         scaling.backward(loss)
-        scaling.clip(opt, params, o.clip_grad)
+        scaling.clip(opt, self.params, self.o.clip_grad)
         scaling.step(opt)
         opt.zero_grad(set_to_none=True)
         return loss.detach()
 
-    def fresh():
-        hf.load_state_dict(_base_state(sess), strict=False)
-        opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay,
-                                fused=cuda)
-        return opt, LossScaling(precision, dev)
-
-    t_warm = time.perf_counter()
-    opt, scaling = fresh()
-    for i in range(warmup):
-        step(i % S, opt, scaling)
-    sync(dev)
-    warm = time.perf_counter() - t_warm
-    opt, scaling = fresh()
-    losses = torch.zeros(run_steps, dtype=torch.float32, device=dev)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(dev)
-    sync(dev)
-    t0 = time.perf_counter()
-    for s in range(run_steps):
-        opt.param_groups[0]["lr"] = lr_at(s, S, o, o.lr)
-        losses[s] = step(s, opt, scaling)
-    sync(dev)
-    sec = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated(dev) - held) / 2**20 if cuda else None
-    return dict(seconds=sec, steps=run_steps, losses=losses.cpu().double().numpy(),
-                peak_mem_mib=peak, warmup_s=warm)
+    def time(self, steps: int = 0) -> dict[str, Any]:
+        """Time the first ``steps`` steps of the epoch (0: all) from the base weights with a
+        fresh AdamW and loss scaling, the device synchronised at both ends. Returns
+        ``seconds``, ``steps`` (timed), ``losses`` (float64, per timed step; the first is the
+        loss of step 0 from the base weights) and ``peak_mem_mib`` (the peak allocated memory
+        of the timed steps above ``held``; None on a CPU)."""
+        dev, o, S = self.sess.device, self.o, self.b.steps
+        run_steps = min(S, steps) if steps else S
+        opt, scaling = self._fresh()
+        losses = torch.zeros(run_steps, dtype=torch.float32, device=dev)
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(dev)
+        sync(dev)
+        t0 = time.perf_counter()
+        for s in range(run_steps):
+            opt.param_groups[0]["lr"] = lr_at(s, S, o, o.lr)
+            losses[s] = self._step(s, opt, scaling)
+        sync(dev)
+        sec = time.perf_counter() - t0
+        peak = (torch.cuda.max_memory_allocated(dev) - self.held) / 2**20 if self.cuda else None
+        return dict(seconds=sec, steps=run_steps, losses=losses.cpu().double().numpy(),
+                    peak_mem_mib=peak)
 
 
 def _hf_baseline(sess: Session, o: LLMOptions, steps: int, warmup: int = 5) -> dict[str, Any]:
@@ -160,7 +182,7 @@ def _hf_baseline(sess: Session, o: LLMOptions, steps: int, warmup: int = 5) -> d
     (fused on CUDA), the run's precision (fp16 with GradScaler) and clipping. Example
     batching (what the bench runs it for): one example a step (the paper's batch 1), the
     tokens of ``loss_tokens`` scored; packed options: one padded batch of 16 examples a step,
-    the answer tokens scored (no longer benchmarked: :func:`_hf_peer` trains on the arm's own
+    the answer tokens scored (no longer benchmarked: :class:`HFPeer` trains on the arm's own
     packed rows). ``warmup`` untimed steps first; examples in the seed-0 order, cycled."""
     dev = sess.device
     hf = _hf_model(sess)
@@ -219,35 +241,84 @@ def _peak_mib(dev: torch.device) -> float | str:
     return round(torch.cuda.max_memory_allocated(dev) / 2**20) if dev.type == "cuda" else ""
 
 
+def _profile(fn, dev: torch.device, path: Path) -> Path:
+    """Run ``fn()`` under torch.profiler (CPU and CUDA activities on a GPU, CPU only on a CPU)
+    and write the operators' key averages to ``path``: sorted by self CUDA time on a GPU, by
+    self CPU time on a CPU, the first 40 rows."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = dev.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        fn()
+        sync(dev)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    path.write_text(prof.key_averages().table(sort_by=key, row_limit=40) + "\n")
+    return path
+
+
+def _segments(res: list[dict[str, Any]]) -> tuple[float, int, str]:
+    # a row's segments: the median seconds, the steps of one and the spread (max − min) / median
+    sec = np.array([r["seconds"] for r in res])
+    med = float(np.median(sec))
+    return med, res[0]["steps"], f"{(sec.max() - sec.min()) / med:.1%}" if med > 0 else ""
+
+
 def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
               out_dir: Path, lrs: Sequence[float] = (), max_steps: int = 0,
-              peer: bool = True) -> list[dict[str, Any]]:
+              peer: bool = True, rounds: int = 3, profile: int = 0) -> list[dict[str, Any]]:
     """Measure the arm's throughput; write ``throughput_bench.csv`` and ``throughput_bench.md``.
 
-    Rows: with packed batching and ``peer``, the compiled Hugging Face peer (:func:`_hf_peer`)
+    Rows: with packed batching and ``peer``, the compiled Hugging Face peer (:class:`HFPeer`)
     on the arm's own packed steps, timed over the same steps as the arm's loop, and the check
     that it and the arm compute the same loss of step 0 from the base weights; with example
     batching, the plain HF loop at batch 1 (:func:`_hf_baseline`, ``baseline_steps`` steps
-    after 5 warm-up steps; CUDA only); then one epoch of the arm's loop per variant (seed 0
-    data order, no evaluation), each with its tokens/s, ratio to adamw, ratio to the peer
-    (``ratio_to_peer``: tokens/s over the peer's, same run, same rows), seconds per epoch and
-    their relative cost against adamw's (C4), optimizer share, MFU and peak memory; then the
-    greedy decoding of ``eval_questions`` test questions and the test loss (seconds). On CUDA
-    the compiled flex path is checked against the dense-mask SDPA reference on one batch
-    first (packed). ``lrs``: extra adamw epochs at these learning rates (mean training loss
-    and test loss: the lr check). ``max_steps``: time only the first N steps of each epoch
-    (0: all) and extrapolate the epoch's seconds as seconds / N × steps, e.g. for the paper's
-    batch-1 protocol at the Llama-3.2-1B shape, whose 7,473 steps would take long::
+    after 5 warm-up steps; CUDA only); then the arm's loop per variant (seed 0 data order, no
+    evaluation), each with its tokens/s, ratio to adamw, ratio to the peer (``ratio_to_peer``:
+    tokens/s over the peer's, same run, same rows), seconds per epoch and their relative cost
+    against adamw's (C4), optimizer share, MFU and peak memory; then the greedy decoding of
+    ``eval_questions`` test questions and the test loss (seconds). On CUDA the compiled flex
+    path is checked against the dense-mask SDPA reference on one batch first (packed).
 
-        python -m ablations.llm bench --config ablations/configs/llm-paper.toml \\
-            --set model=random:1b --set tokenizer=smollm2-135m-instruct \\
-            --variants adamw,sin-l0.5 --steps 500 --baseline-steps 50
+    Interleaved rounds: the timed steps of a row (the first ``max_steps`` steps of the epoch,
+    0: all of them) are split into ``rounds`` segments of n = max(1, N // rounds) steps, each
+    the first n steps of the epoch from the base weights (the same work every time). A round
+    runs every row once (the peer, then each variant), the order rotating by one row per
+    round, so that the device's drift falls on every row alike. A row's figures: the median
+    segment's seconds (tokens/s, step time, the epoch's seconds extrapolated as seconds / n ×
+    steps, MFU), the median optimizer share, ``spread`` = (max − min) / median of the segment
+    seconds, the mean training loss and skipped steps of the first segment, the largest peak
+    memory of the segments. The peer stays resident during the arm's segments: its resident
+    memory (:attr:`HFPeer.resident_mib`) is subtracted from the arm rows' peak, which is then
+    what the arm alone holds. Compilation is outside the rounds, in ``warmup_s``.
 
-    (``random:1b``: the Llama-3.2-1B shape with random weights; SmolLM2's tokenizer gives
-    GSM8K examples of realistic token lengths, the byte tokenizer about four times longer.)
-    Compilation is outside the timed loop, in ``warmup_s``: one static graph per length
-    bucket (8 with ``bucket = 64``); ``--set bucket=0`` compiles one dynamic-shape graph
-    instead, ``--set bucket=256`` three static ones, so the two can be compared.
+    Args:
+        o: the options.
+        variants: variant ids, one arm row each.
+        baseline_steps: example batching: steps of the plain HF loop (0: none).
+        out_dir: where the CSV, the markdown and the profiles go.
+        lrs: extra adamw runs at these learning rates after the rounds, each over the first
+            ``max_steps`` steps once, not interleaved (mean training loss and test loss: the
+            lr check).
+        max_steps: time only the first N steps of the epoch (0: all), e.g. for the paper's
+            batch-1 protocol at the Llama-3.2-1B shape, whose 7,473 steps would take long::
+
+                python -m ablations.llm bench --config ablations/configs/llm-paper.toml \\
+                    --set model=random:1b --set tokenizer=smollm2-135m-instruct \\
+                    --variants adamw,sin-l0.5 --steps 500 --baseline-steps 50
+
+            (``random:1b``: the Llama-3.2-1B shape with random weights; SmolLM2's tokenizer
+            gives GSM8K examples of realistic token lengths, the byte tokenizer about four
+            times longer.)
+        peer: packed batching: time the HF peer.
+        rounds: the interleaved rounds (>= 1); 1 times each row once, one after another.
+        profile: after the rounds, profile this many steps of the adamw arm loop and of the
+            peer with torch.profiler (:func:`_profile`) into ``profile_arm.txt`` and
+            ``profile_peer.txt`` (0: no profile).
+
+    Compilation: one static graph per length bucket (8 with ``bucket = 64``); ``--set
+    bucket=0`` compiles one dynamic-shape graph instead, ``--set bucket=256`` three static
+    ones, so the two can be compared.
 
     One FLOP count serves every row's MFU: :meth:`qsgd.models.llama.LlamaShape.train_flops`
     of the epoch (the decoder on every real token, the LM head on the scored tokens,
@@ -255,13 +326,19 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
     every position, its SDPA over the dense mask), so MFU ratios equal tokens/s ratios.
     """
     import csv
+    import gc
 
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     seeds = derived_seeds(0)
     sess = open_session(o, seeds["init"])
     dev = sess.device
+    cuda = dev.type == "cuda"
     b = epoch_batches(sess, seeds["order"])
     fig = epoch_figures(b, o)
     S = int(fig["steps"])
+    N = min(S, max_steps) if max_steps else S
+    n = max(1, N // rounds)
     capacity = getattr(b, "capacity", 0)
     per_example = o.per_example
     step_text = (f"one example a step (bucket {o.bucket}, {len(b.shapes)} shapes)" if per_example
@@ -270,10 +347,11 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
     flops = sess.base.shape.train_flops(fig["real"], fig["head"], fig["attn_pairs"])
     rows: list[dict[str, Any]] = []
     name = device_name(dev)
-    timed = (f", first {max_steps} steps" if max_steps and max_steps < S else "")
+    timed = (f", first {n} step{'s' * (n > 1)}" if n < S else "") + (f", median of {rounds} rounds"
+                                                       if rounds > 1 else "")
     print(f"[bench] {name}: {o.model}, {S} steps, {step_text}, {o.effective_precision}, "
           f"{fig['real']:.0f} real tokens ({fig['real'] / fig['slots']:.1%} of the slots), "
-          f"{fig['scored']:.0f} scored", flush=True)
+          f"{fig['scored']:.0f} scored; {rounds} rounds of {n} steps a row", flush=True)
     arm0 = None
     if not per_example:
         reset_weights(sess)
@@ -297,74 +375,129 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
                     step_ms=round(1e3 * seconds / steps, 2),
                     mfu=round(flops / epoch_s / peak, 4) if peak else "")
 
-    peer_tps = None
-    if peer and not per_example:
-        res = _hf_peer(sess, o, b, max_steps=max_steps)
-        if dev.type == "cuda":  # the peer's model and optimizer state are gone
-            import gc
+    hf = HFPeer(sess, o, b) if peer and not per_example else None
+    resident = hf.resident_mib if hf is not None and hf.resident_mib is not None else 0.0
+    if hf is not None and cuda:
+        print(f"[bench] the peer holds {resident:.0f} MiB between its timings (subtracted "
+              "from the arm's peak memory)", flush=True)
+    if baseline_steps and per_example and cuda:
+        base = _hf_baseline(sess, o, baseline_steps)
+        base_row = dict(config=f"HF LlamaForCausalLM, batch 1, SDPA, eager, AdamW, "
+                               f"{o.effective_precision}",
+                        variant="adamw", tokens_per_s=round(base["tokens_per_s"]),
+                        step_ms=round(base["step_ms"], 2), device=name)
+        print(f"[bench] HF baseline: {base['tokens_per_s']:.0f} tokens/s", flush=True)
+    else:
+        base_row = None
+    arms = [parse_variant(vid) for vid in variants]
+    warm: dict[str, float] = {}
+    for v in arms:  # every variant's kernels compiled before the rounds
+        t_warm = time.perf_counter()
+        warm_up(sess, b, v, o)
+        warm.setdefault(v.id, time.perf_counter() - t_warm)
+    # the rounds: every row once a round, the order rotating by one row per round
+    keys: list[Any] = (["peer"] if hf is not None else []) + list(range(len(arms)))
+    segs: dict[Any, list[dict[str, Any]]] = {k: [] for k in keys}
+    for r in range(rounds if keys else 0):
+        turn = r % len(keys)
+        for k in keys[turn:] + keys[:turn]:
+            if k == "peer":
+                segs[k].append(hf.time(n))
+                continue
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(dev)
+            res = train_epoch(sess, b, arms[k], o.lr, seeds["noise"], o, max_steps=n)
+            res["peak_mem_mib"] = ((torch.cuda.max_memory_allocated(dev) / 2**20 - resident)
+                                   if cuda else None)
+            segs[k].append(res)
+        print(f"[bench] round {r + 1}/{rounds}, step ms: " + ", ".join(
+            f"{'peer' if k == 'peer' else arms[k].id} {1e3 * segs[k][-1]['seconds'] / n:.2f}"
+            for k in keys[turn:] + keys[:turn]), flush=True)
 
+    def peak_of(res: list[dict[str, Any]]) -> float | str:
+        mem = [x["peak_mem_mib"] for x in res if x["peak_mem_mib"] is not None]
+        return round(max(mem)) if mem else ""
+
+    peer_tps = None
+    if hf is not None:
+        res = segs["peer"]
+        sec, steps, spread = _segments(res)
+        t = timing(sec, steps)
+        peer_tps = fig["real"] * steps / S / sec
+        loss0 = res[0]["losses"][0]
+        mode = "torch.compile" if o.compile else "eager"
+        rows.append(dict(config="check: HF peer vs arm loss, batch 0, base weights",
+                         value=f"{loss0:.5f} vs {arm0:.5f}", device=name))
+        rows.append(dict(config=f"{PEER}, SDPA (document mask from position_ids), {mode}, "
+                                f"{step_text}, {o.effective_precision}, torch AdamW"
+                                f"{' (fused)' if cuda else ''}{timed}",
+                         variant="adamw", **t, ratio_to_peer=1.0, spread=spread,
+                         mean_train_loss=round(float(np.mean(res[0]["losses"])), 5),
+                         peak_mem_mib=peak_of(res), warmup_s=round(hf.warmup_s, 1),
+                         device=name))
+        print(f"[bench] HF peer ({mode}): {peer_tps:.0f} tokens/s, step {t['step_ms']} ms "
+              f"(spread {spread}), loss of batch 0 {loss0:.5f} (arm {arm0:.5f})", flush=True)
+    if base_row is not None:
+        rows.append(base_row)
+    loop = f"arm loop ({sess.attn_impl}, compile={o.compile}, {step_text}, " \
+           f"{o.effective_precision}{timed}"
+    med = [_segments(segs[k]) for k in range(len(arms))]
+    ref = next((k for k, v in enumerate(arms) if v.id == "adamw"), None)
+    ref_epoch = med[ref][0] * S / med[ref][1] if ref is not None else None
+    ref_tps = fig["real"] / ref_epoch if ref_epoch else None
+
+    def arm_row(vid, lr, res, sec, steps, config, mem, warm_s, **extra):
+        t = timing(sec, steps)
+        epoch_s = sec * S / steps
+        tps = fig["real"] / epoch_s
+        row = dict(config=config, variant=vid, **t, **extra,
+                   ratio_to_adamw=round(tps / ref_tps, 4) if ref_tps else "",
+                   ratio_to_peer=round(tps / peer_tps, 4) if peer_tps else "",
+                   cost_vs_adamw=f"{epoch_s / ref_epoch - 1:+.2%}" if ref_epoch else "",
+                   mean_train_loss=round(float(np.mean(res[0]["losses"])), 5),
+                   skipped_steps=res[0]["skipped_steps"], peak_mem_mib=mem,
+                   warmup_s=round(warm_s, 1), device=name)
+        rows.append(row)
+        print(f"[bench] {vid} lr {lr:g}: {tps:.0f} tokens/s, {epoch_s:.1f} s an epoch "
+              f"({row['cost_vs_adamw'] or 'reference'}), spread {row.get('spread', '-')}, "
+              f"ratio to the peer {row['ratio_to_peer'] or '-'}, optimizer share "
+              f"{row['optimizer_share']:.3f}, mean loss {row['mean_train_loss']}, ratio "
+              f"{res[0]['perturbation_ratio']:.3g} {row.get('value', '')}", flush=True)
+        return row
+
+    for k, v in enumerate(arms):
+        sec, steps, spread = med[k]
+        share = float(np.median([x["optimizer_share"] for x in segs[k]]))
+        arm_row(v.id, o.lr, segs[k], sec, steps, f"{loop}, lr {o.lr:g})", peak_of(segs[k]),
+                warm[v.id], spread=spread, optimizer_share=round(share, 4))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if profile:
+        adamw = parse_variant("adamw")
+        warm_up(sess, b, adamw, o)
+        paths = [_profile(lambda: train_epoch(sess, b, adamw, o.lr, seeds["noise"], o,
+                                              max_steps=profile), dev,
+                          out_dir / "profile_arm.txt")]
+        if hf is not None:
+            paths.append(_profile(lambda: hf.time(profile), dev, out_dir / "profile_peer.txt"))
+        print(f"[bench] profiles of {profile} steps: " + ", ".join(map(str, paths)), flush=True)
+    if hf is not None:  # the peer's model is dropped: the lr checks' peak memory is the arm's
+        del hf
+        if cuda:
             gc.collect()
             torch.cuda.empty_cache()
             print(f"[bench] after the peer: {torch.cuda.memory_allocated(dev) / 2**20:.0f} MiB "
                   "allocated (the session's)", flush=True)
-        t = timing(res["seconds"], res["steps"])
-        peer_tps = fig["real"] * res["steps"] / S / res["seconds"]
-        mode = "torch.compile" if o.compile else "eager"
-        rows.append(dict(config="check: HF peer vs arm loss, batch 0, base weights",
-                         value=f"{res['losses'][0]:.5f} vs {arm0:.5f}", device=name))
-        rows.append(dict(config=f"{PEER}, SDPA (document mask from position_ids), {mode}, "
-                                f"{step_text}, {o.effective_precision}, torch AdamW"
-                                f"{' (fused)' if dev.type == 'cuda' else ''}{timed}",
-                         variant="adamw", **t, ratio_to_peer=1.0,
-                         mean_train_loss=round(float(np.mean(res["losses"])), 5),
-                         peak_mem_mib=round(res["peak_mem_mib"]) if res["peak_mem_mib"]
-                         else "", warmup_s=round(res["warmup_s"], 1), device=name))
-        print(f"[bench] HF peer ({mode}): {peer_tps:.0f} tokens/s, step "
-              f"{t['step_ms']} ms, loss of batch 0 {res['losses'][0]:.5f} (arm "
-              f"{arm0:.5f})", flush=True)
-    if baseline_steps and per_example and dev.type == "cuda":
-        base = _hf_baseline(sess, o, baseline_steps)
-        rows.append(dict(config=f"HF LlamaForCausalLM, batch 1, SDPA, eager, AdamW, "
-                                f"{o.effective_precision}",
-                         variant="adamw", tokens_per_s=round(base["tokens_per_s"]),
-                         step_ms=round(base["step_ms"], 2), device=name))
-        print(f"[bench] HF baseline: {base['tokens_per_s']:.0f} tokens/s", flush=True)
-    ref_tps = ref_epoch = None
-    loop = f"arm loop ({sess.attn_impl}, compile={o.compile}, {step_text}, " \
-           f"{o.effective_precision}{timed}"
-    jobs = [(vid, o.lr) for vid in variants] + [("adamw", lr) for lr in lrs]
-    for k, (vid, lr) in enumerate(jobs):
-        variant = parse_variant(vid)
+    adamw = parse_variant("adamw")
+    for lr in lrs:
         t_warm = time.perf_counter()
-        warm_up(sess, b, variant, o)
-        warm = time.perf_counter() - t_warm
-        if dev.type == "cuda":
+        warm_up(sess, b, adamw, o)
+        warm_s = time.perf_counter() - t_warm
+        if cuda:
             torch.cuda.reset_peak_memory_stats(dev)
-        res = train_epoch(sess, b, variant, lr, seeds["noise"], o, max_steps=max_steps)
-        mem = _peak_mib(dev)
-        t = timing(res["seconds"], res["steps"])
-        epoch_s = res["seconds"] * S / res["steps"]
-        tps = fig["real"] / epoch_s
-        if ref_tps is None and vid == "adamw":
-            ref_tps, ref_epoch = tps, epoch_s
-        lr_check = k >= len(variants)
-        row = dict(config=(f"lr check, lr {lr:g}" if lr_check else f"{loop}, lr {lr:g})"),
-                   variant=vid, **t,
-                   ratio_to_adamw=round(tps / ref_tps, 4) if ref_tps else "",
-                   ratio_to_peer=round(tps / peer_tps, 4) if peer_tps else "",
-                   cost_vs_adamw=f"{epoch_s / ref_epoch - 1:+.2%}" if ref_epoch else "",
-                   optimizer_share=round(res["optimizer_share"], 4),
-                   mean_train_loss=round(float(np.mean(res["losses"])), 5),
-                   skipped_steps=res["skipped_steps"], peak_mem_mib=mem,
-                   warmup_s=round(warm, 1), device=name)
-        if lr_check:
-            row["value"] = f"test loss {evaluate_loss(sess, capacity):.5f}"
-        rows.append(row)
-        print(f"[bench] {vid} lr {lr:g}: {tps:.0f} tokens/s, {epoch_s:.1f} s an epoch "
-              f"({row['cost_vs_adamw'] or 'reference'}), ratio to the peer "
-              f"{row['ratio_to_peer'] or '-'}, optimizer share "
-              f"{res['optimizer_share']:.3f}, mean loss {row['mean_train_loss']}, "
-              f"ratio {res['perturbation_ratio']:.3g} {row.get('value', '')}", flush=True)
+        res = train_epoch(sess, b, adamw, lr, seeds["noise"], o, max_steps=max_steps)
+        arm_row("adamw", lr, [res], res["seconds"], res["steps"], f"lr check, lr {lr:g}",
+                _peak_mib(dev), warm_s, optimizer_share=round(res["optimizer_share"], 4),
+                value=f"test loss {evaluate_loss(sess, capacity):.5f}")
     t = time.perf_counter()
     tl = evaluate_loss(sess, capacity)
     rows.append(dict(config=f"test loss, {len(sess.test_examples)} examples",
@@ -375,7 +508,6 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
                             f"max_new_tokens {o.max_new_tokens}, batch {o.eval_batch}",
                      value=round(em, 4), seconds=round(time.perf_counter() - t, 2), device=name))
     print(f"[bench] eval: test loss {tl:.4f}, exact match {em:.4f}", flush=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "throughput_bench.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=BENCH_COLUMNS)
         w.writeheader()
@@ -391,7 +523,7 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
         + (f"{o.effective_precision} autocast over float32 weights"
            if o.effective_precision != "fp32" else "float32 without autocast")
         + ", torch AdamW"
-        + (" (fused)" if dev.type == "cuda" else "")
+        + (" (fused)" if cuda else "")
         + " with the arm's lr schedule, weight decay and clipping, on the arm's own packed "
         "rows (position_ids restarting per example and no attention mask, from which "
         "transformers builds the same document-causal mask), labels −100 outside the "
@@ -400,12 +532,29 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
         "batches of 16 that this bench timed before are not run: eager and two thirds "
         "padding, they were no peer a reader would compare with."
         if peer_tps else "")
+    rounds_text = (
+        (f" Each row is timed in {rounds} interleaved rounds: a round runs every row once"
+         + (" (the peer, then each variant)" if peer_tps else "")
+         + ", the order rotating by one row per round so that the device's drift falls on "
+         f"every row alike; each round times the first {n} step{'s' * (n > 1)} of the epoch "
+         "from the base weights (the same work every time). A row's figures come from its "
+         f"median round (optimizer_share: the median); spread = (max − min) / median of its "
+         f"{rounds} timings; peak_mem_mib: the largest of its rounds; mean_train_loss: the "
+         "mean training loss over the timed steps of its first round."
+         if rounds > 1 else " Each row is timed once, one after another; mean_train_loss: "
+         "the mean training loss over its timed steps.")
+        + (f" The peer's model stays resident while the arm's loop is timed: its "
+           f"{resident:.0f} MiB (allocated after its build and warm-up, measured once) are "
+           "subtracted from the arm rows' peak, which is what the arm alone holds."
+           if peer_tps and cuda else "")
+        + (" The lr check rows run once each after the rounds, not interleaved, over "
+           + (f"the first {N} steps" if N < S else "the whole epoch") + "." if lrs else ""))
     (out_dir / "throughput_bench.md").write_text(
         f"# LLM arm throughput benchmark\n\nDevice: {name}. Model: {o.model} "
         f"({sess.base.shape.n_params() / 1e6:.1f}M parameters), {o.effective_precision}. One "
         f"epoch = {fig['real']:.0f} non-padding tokens in {S} steps, {step_text}"
-        + (f"; the first {max_steps} steps of each epoch timed, the epoch's seconds "
-           "extrapolated by steps" if max_steps and max_steps < S else "")
+        + (f"; the first {n} step{'s' * (n > 1)} of the epoch timed, the epoch's seconds "
+           "extrapolated by steps" if n < S else "")
         + ". tokens_per_s counts non-padding tokens over the "
         f"timed loop (compilation excluded, in warmup_s); epoch_s: seconds per epoch, "
         f"cost_vs_adamw their relative difference to adamw's; peak_mem_mib: "
@@ -416,7 +565,7 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
         f"document-causal attention on {fig['attn_pairs']:.4g} query-key pairs; work a loop "
         f"does beyond it is not counted) over time and the dense bf16 peak "
         f"({peak or 'unknown'} FLOP/s)."
-        + peer_text + "\n\n" + "\n".join(lines) + "\n")
+        + rounds_text + peer_text + "\n\n" + "\n".join(lines) + "\n")
     return rows
 
 

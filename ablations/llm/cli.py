@@ -4,7 +4,9 @@
   record's result part and writes it to ``--out``;
 * ``bench``: the throughput benchmark → ``OUT/throughput_bench.{csv,md}`` (``--steps N``
   times the first N steps of each epoch: the paper's batch-1 epoch at the 1B shape, C4),
-  with the compiled Hugging Face peer on the same packed rows (``--no-peer`` skips it);
+  with the compiled Hugging Face peer on the same packed rows (``--no-peer`` skips it); the
+  rows timed in ``--rounds R`` interleaved rounds (median and spread); ``--profile K``
+  writes torch.profiler tables of K steps of the arm and of the peer;
 * ``decode-check``: CUDA-graph against eager greedy decoding, timed;
 * ``summary``: the per-variant throughput of a grid's ``runs.jsonl`` →
   ``OUT/throughput.{csv,md}``.
@@ -109,6 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     bn.add_argument("--steps", type=int, default=0,
                     help="time only the first N steps of each epoch and extrapolate the "
                          "epoch's seconds (0: the whole epoch)")
+    bn.add_argument("--rounds", type=int, default=3,
+                    help="split the timed steps into R segments of N // R steps, each from "
+                         "the base weights, and time them in R rounds that run every row "
+                         "(the peer, then each variant) once, the order rotating by one row "
+                         "a round; a row's figures are its median segment's, spread = "
+                         "(max - min) / median (default: 3)")
+    bn.add_argument("--profile", type=int, default=0,
+                    help="after the rounds, profile K steps of the adamw arm loop and K of "
+                         "the peer with torch.profiler -> OUT/profile_arm.txt, "
+                         "OUT/profile_peer.txt (0: off)")
     bn.add_argument("--out", type=Path, default=Path("results/llm"))
     add_debug_flag(ap, (tr, bn, dc, su))
     args = ap.parse_args(argv)
@@ -152,7 +164,11 @@ def _command(args: argparse.Namespace) -> int:
 
     if args.steps < 0:
         raise UsageError(f"--steps must be >= 0, got {args.steps}")
+    if args.rounds < 1:
+        raise UsageError(f"--rounds must be >= 1, got {args.rounds}")
+    if args.profile < 0:
+        raise UsageError(f"--profile must be >= 0, got {args.profile}")
     benchmark(LLMOptions.from_dict(opts), [v for v in args.variants.split(",") if v],
               args.baseline_steps, args.out, [float(x) for x in args.lrs.split(",") if x],
-              max_steps=args.steps, peer=args.peer)
+              max_steps=args.steps, peer=args.peer, rounds=args.rounds, profile=args.profile)
     return 0
