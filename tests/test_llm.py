@@ -342,7 +342,8 @@ def test_summary_command_averages_runs_per_variant(tmp_path, capsys):
     runs = tmp_path / "runs.jsonl"
     recs = [("adamw", 100.0), ("adamw", 120.0), ("sin-l0.5", 99.0)]
     runs.write_text("".join(json.dumps({
-        "key": f"k{i}", "run_id": f"r{i}", "variant": v, "provenance": {"device": "H200"},
+        "key": f"k{i}", "run_id": f"r{i}", "variant": v,
+        "provenance": {"device": "H200", "commit": "0123456789abcdef"},
         "metrics": {"tokens_per_s": t, "optimizer_share": 0.1, "mfu": 0.2,
                     "train_seconds": 3.0, "eval_seconds": 1.0}}) + "\n"
         for i, (v, t) in enumerate(recs)))
@@ -354,7 +355,11 @@ def test_summary_command_averages_runs_per_variant(tmp_path, capsys):
     assert rows["adamw"]["runs"] == "2" and rows["adamw"]["tokens_per_s"] == "110"
     assert float(rows["sin-l0.5"]["ratio_to_adamw"]) == round(99 / 110, 4)
     assert rows["sin-l0.5"]["within_5pct"] == "False"
-    assert "# LLM arm: throughput" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "# LLM arm: throughput" in out
+    # the header names the runs file by its folder (no machine path) and the code that ran
+    assert f"3 runs of `{tmp_path.name}/runs.jsonl`, on H200, code `0123456`" in out
+    assert not (tmp_path / "out" / "throughput_bench.png").exists()  # no bench CSV given
     # a missing input: one line, exit status 2 (ablations.cli_support)
     assert main(["summary", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == f"error: no runs file at {tmp_path / 'absent.jsonl'}\n"

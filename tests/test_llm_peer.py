@@ -103,6 +103,9 @@ def test_bench_writes_the_peer_row_the_loss_check_and_ratio_to_peer(data_dir, tm
     assert float(peer["mean_train_loss"]) == pytest.approx(float(arm[0]["mean_train_loss"]),
                                                            rel=1e-4)
     md = (tmp_path / "b" / "throughput_bench.md").read_text()
+    # the figure beside the table, linked from it
+    assert (tmp_path / "b" / "throughput_bench.png").stat().st_size > 5000
+    assert "](throughput_bench.png)" in md
     assert "ratio_to_peer" in md and "one FLOP count for every row" in md
     rows = _bench(data_dir, tmp_path / "n", "--no-peer")
     assert not [r for r in rows if r["config"].startswith(("HF", "check: HF"))]

@@ -439,7 +439,8 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
               f"(spread {spread}), loss of batch 0 {loss0:.5f} (arm {arm0:.5f})", flush=True)
     if base_row is not None:
         rows.append(base_row)
-    loop = f"arm loop ({sess.attn_impl}, compile={o.compile}, {step_text}, " \
+    graphs = f" {o.compile_mode}" if o.compile and o.compile_mode != "default" else ""
+    loop = f"arm loop ({sess.attn_impl}, compile={o.compile}{graphs}, {step_text}, " \
            f"{o.effective_precision}{timed}"
     med = [_segments(segs[k]) for k in range(len(arms))]
     ref = next((k for k, v in enumerate(arms) if v.id == "adamw"), None)
@@ -565,7 +566,15 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
         f"document-causal attention on {fig['attn_pairs']:.4g} query-key pairs; work a loop "
         f"does beyond it is not counted) over time and the dense bf16 peak "
         f"({peak or 'unknown'} FLOP/s)."
-        + rounds_text + peer_text + "\n\n" + "\n".join(lines) + "\n")
+        + rounds_text + peer_text
+        + "\n\n![tokens per second of every timed row](throughput_bench.png)\n\n"
+        + "\n".join(lines) + "\n")
+    from .bench_plot import plot_bench
+
+    png = plot_bench(out_dir / "throughput_bench.csv", out_dir / "throughput_bench.png",
+                     f"{o.model} on {name}, {step_text}")
+    if png:
+        print(f"[bench] wrote {png}", flush=True)
     return rows
 
 

@@ -50,9 +50,13 @@ def throughput_summary(runs: Path, out_dir: Path, bench_csv: Path | None = None,
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
         w.writerows(rows)
+    commits = ", ".join(f"`{c}`" for c in sorted(
+        {str(r["provenance"].get("commit", "unknown"))[:7] for r in recs}))
     md = ["# LLM arm: throughput", "",
-          f"Training throughput of the grid's runs ({len(recs)} runs on "
-          f"{', '.join(sorted(dev))}): tokens_per_s counts the non-padding tokens of the epoch "
+          f"Training throughput of the grid's runs ({len(recs)} runs of "
+          f"`{Path(runs).parent.name}/{Path(runs).name}`, on {', '.join(sorted(dev))}, code "
+          f"{commits}; runs that shared a GPU, as the grid packs them, slowed one another): "
+          "tokens_per_s counts the non-padding tokens of the epoch "
           "(prompt and answer) over the timed training loop (compilation warm-up and "
           "evaluation excluded); optimizer_share is the share of GPU step time inside "
           "optimizer.step (CUDA events); MFU = model FLOPs (forward + backward of the decoder on "
@@ -62,17 +66,23 @@ def throughput_summary(runs: Path, out_dir: Path, bench_csv: Path | None = None,
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     if bench_csv is not None and Path(bench_csv).is_file():
+        from .bench_plot import plot_bench
+
+        png = plot_bench(Path(bench_csv), out_dir / "throughput_bench.png")
         with open(bench_csv, newline="") as fh:
             bench = list(csv.DictReader(fh))
         keep = [r for r in bench if r["config"].startswith(("HF ", "lr check", "check:"))
                 or (r["config"].startswith("arm loop") and r["variant"] == "adamw")]
-        bcols = ["config", "variant", "tokens_per_s", "ratio_to_peer", "step_ms", "mfu",
-                 "peak_mem_mib", "mean_train_loss", "value", "device"]
+        bcols = ["config", "variant", "tokens_per_s", "ratio_to_peer", "step_ms", "spread",
+                 "mfu", "peak_mem_mib", "mean_train_loss", "value", "device"]
         md += ["", f"Peer, baseline and checks from `{Path(bench_csv).name}` (`python -m "
-               "ablations.llm bench`, one process, seed-0 data order; its per-variant rows "
-               "predate the fused optimizer step and are superseded by the table above):", "",
+               "ablations.llm bench`, one process, seed-0 data order; its rows of the other "
+               "variants are in that file):", "",
                "| " + " | ".join(bcols) + " |", "|" + "---|" * len(bcols)]
         md += ["| " + " | ".join(r.get(c, "") for c in bcols) + " |" for r in keep]
+        if png:
+            md += ["", "Every timed row of that file: ![tokens per second of the bench's rows]"
+                   "(throughput_bench.png)"]
     if decode_log is not None and Path(decode_log).is_file():
         for line in Path(decode_log).read_text().splitlines():
             if line.startswith("[decode-check]"):
