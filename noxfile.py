@@ -39,8 +39,10 @@ def _install(session, extras):
 
 @nox.session(python=PY)
 def tests(session):
-    """Unit, property and end-to-end tests (CPU)."""
-    _install(session, "test,harness,quantum,dask")
+    """Unit, property and end-to-end tests (CPU). With the llm extra and the SmolLM2 file: the
+    model's equivalence to transformers' Llama, the GGUF loader and the bench's HF peer run
+    here too (they were skipped without transformers)."""
+    _install(session, "test,harness,quantum,dask,llm")
     session.run("pytest", "-q", *session.posargs, env={"HYPOTHESIS_PROFILE": "ci"})
 
 
