@@ -485,3 +485,28 @@ def test_paper_protocol_on_cuda_compiled_fp16(data_dir):
     for key in ("mean_train_loss_all", "mean_train_loss_answer", "test_loss"):
         assert compiled[key] == pytest.approx(eager[key], rel=2e-2), key
     assert compiled["skipped_steps"] <= 2 and compiled["steps"] == 24
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("batching", ["example", "packed"])
+def test_cuda_graphs_replay_the_compiled_step(data_dir, batching):
+    """compile_mode = "reduce-overhead" (CUDA graphs per static shape) replays the kernels of
+    the default compiled step: the same losses, step by step, to float rounding (fp16
+    batch 1, bf16 packed), and as many skipped steps."""
+    over = dict(device="cuda", compile=True, eval_questions=0)
+    if batching == "example":
+        over.update(precision="fp16")
+    else:
+        over.update(batching="packed", loss_tokens="answer", precision="bf16",
+                    tokens_per_batch=512)
+    runs = {mode: llm.run(_spec(data_dir, "sin-l0.5", compile_mode=mode, **over))
+            for mode in ("default", "reduce-overhead")}
+    a, b = (runs[m]["metrics"] for m in ("default", "reduce-overhead"))
+    for key in ("mean_train_loss", "final_train_loss", "test_loss"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5), key
+    assert a.get("skipped_steps") == b.get("skipped_steps")
+    ca, cb = (runs[m]["curve"] for m in ("default", "reduce-overhead"))
+    assert [p["step"] for p in ca] == [p["step"] for p in cb]
+    for p, q in zip(ca, cb, strict=True):
+        assert q["train_loss"] == pytest.approx(p["train_loss"], rel=1e-5), p["step"]
