@@ -118,6 +118,24 @@ def warm_up(sess: Session, b: DeviceBatches | ExampleBatches, variant, o: LLMOpt
     key = (variant.id, _warm_key(b, o))
     if key in sess.warm:
         return
+    if o.compile and sess.device.type == "cuda" and sess.dist.world == 1 and not sess.warm:
+        # this process's first compilation of the step's graphs: the first process of the
+        # host compiles them alone, the others then load them from the cache side by side
+        # (a data-parallel group skips the gate: its ranks meet in collectives while warming)
+        from .compile_gate import first_compile
+
+        tag = (torch.__version__, o.model, o.tokenizer, o.max_len, o.tokens_per_batch,
+               o.batching, o.bucket, o.effective_precision, o.loss_tokens, o.attn_impl,
+               o.compile_mode, _warm_key(b, o))
+        first_compile(tag, lambda: _warm_steps(sess, b, variant, o))
+    else:
+        _warm_steps(sess, b, variant, o)
+    sess.warm.add(key)
+
+
+def _warm_steps(sess: Session, b: DeviceBatches | ExampleBatches, variant,
+                o: LLMOptions) -> None:
+    # one step of every shape at lr 0, then the base weights back (warm_up's work)
     params = list(sess.model.parameters())
     opt = _make_optimizer(params, variant, 0.0, o, 0)
     scaling = LossScaling(o.effective_precision, sess.device)
@@ -140,7 +158,6 @@ def warm_up(sess: Session, b: DeviceBatches | ExampleBatches, variant, o: LLMOpt
     del opt
     reset_weights(sess)
     sync(sess.device)
-    sess.warm.add(key)
 
 
 def train_epoch(sess: Session, b: DeviceBatches | ExampleBatches, variant, lr: float,
