@@ -79,3 +79,16 @@ def test_without_fcntl_the_function_is_simply_called(tmp_path, monkeypatch):
     monkeypatch.setattr(compile_gate, "fcntl", None)
     assert first_compile("x", lambda: 3, tmp_path) == 3
     assert not any(tmp_path.iterdir())
+
+
+def test_a_process_held_too_long_compiles_without_the_gate(tmp_path, capsys):
+    lock, done = gate_paths("stuck", tmp_path)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # a first compiler that never finishes
+        t0 = time.monotonic()
+        assert first_compile("stuck", lambda: 5, tmp_path, wait_s=0.5) == 5
+        assert time.monotonic() - t0 >= 0.5
+    out = capsys.readouterr().out
+    assert f"another process compiles these graphs first ({lock}): waiting" in out
+    assert "still held after 0.5 s: compiling side by side" in out
+    assert not done.exists()  # it did not compile first: no marker

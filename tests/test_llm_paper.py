@@ -71,6 +71,9 @@ def _examples(seed=0, sizes=((9, 3), (30, 11), (17, 6))):
     ({"max_len": 1000, "tokens_per_batch": 2500}, "multiple of max_len"),  # packed only
     ({"compile_mode": "graphs"}, r"\[llm\].compile_mode must be one of default, "
                                  "reduce-overhead, max-autotune, max-autotune-no-cudagraphs"),
+    ({"batching": "example", "bucket": 0, "compile_mode": "reduce-overhead"},
+     r"\[llm\].compile_mode = 'reduce-overhead' needs \[llm\].bucket > 0 with batching = "
+     "'example'"),
     ({"compile": False, "compile_mode": "reduce-overhead"},
      r"\[llm\].compile_mode = 'reduce-overhead' needs \[llm\].compile = true"),
 ])

@@ -407,8 +407,10 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
             if cuda:
                 torch.cuda.reset_peak_memory_stats(dev)
             res = train_epoch(sess, b, arms[k], o.lr, seeds["noise"], o, max_steps=n)
+            # CUDA graphs keep their activations in pools the allocator's peak leaves out:
+            # no figure rather than a wrong one
             res["peak_mem_mib"] = ((torch.cuda.max_memory_allocated(dev) / 2**20 - resident)
-                                   if cuda else None)
+                                   if cuda and not o.cuda_graphs else None)
             segs[k].append(res)
         print(f"[bench] round {r + 1}/{rounds}, step ms: " + ", ".join(
             f"{'peer' if k == 'peer' else arms[k].id} {1e3 * segs[k][-1]['seconds'] / n:.2f}"
@@ -426,6 +428,8 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
         peer_tps = fig["real"] * steps / S / sec
         loss0 = res[0]["losses"][0]
         mode = "torch.compile" if o.compile else "eager"
+        if o.compile and o.compile_mode != "default":  # the peer is compiled as a user would
+            mode += f" (default mode; the arm's: {o.compile_mode})"
         rows.append(dict(config="check: HF peer vs arm loss, batch 0, base weights",
                          value=f"{loss0:.5f} vs {arm0:.5f}", device=name))
         rows.append(dict(config=f"{PEER}, SDPA (document mask from position_ids), {mode}, "
@@ -557,9 +561,11 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
         + (f"; the first {n} step{'s' * (n > 1)} of the epoch timed, the epoch's seconds "
            "extrapolated by steps" if n < S else "")
         + ". tokens_per_s counts non-padding tokens over the "
-        f"timed loop (compilation excluded, in warmup_s); epoch_s: seconds per epoch, "
-        f"cost_vs_adamw their relative difference to adamw's; peak_mem_mib: "
-        f"torch.cuda.max_memory_allocated over the timed loop (the peer's: above the memory "
+        "timed loop (compilation excluded, in warmup_s); epoch_s: seconds per epoch, "
+        "cost_vs_adamw their relative difference to adamw's; peak_mem_mib: "
+        + ("(none for the arm's rows with CUDA graphs, whose pools that peak does not count) "
+           if o.cuda_graphs else "")
+        + f"torch.cuda.max_memory_allocated over the timed loop (the peer's: above the memory "
         f"the session held before it, the arm's model and base copy); MFU = one FLOP count "
         f"for every row, {flops:.4g} FLOPs an epoch (forward + backward: 6·N per token for "
         f"the decoder's matrices, the LM head on the {fig['head']:.0f} scored tokens only, "

@@ -146,6 +146,10 @@ class LLMOptions:
         if self.compile_mode != "default" and not self.compile:
             raise ValueError(f"[llm].compile_mode = {self.compile_mode!r} needs [llm].compile "
                              "= true")
+        if self.compile_mode in CUDA_GRAPH_MODES and self.per_example and self.bucket == 0:
+            raise ValueError(f"[llm].compile_mode = {self.compile_mode!r} needs [llm].bucket > 0 "
+                             "with batching = 'example' (bucket 0 compiles one dynamic shape, "
+                             "which CUDA graphs would record once per example length)")
         if not 0 <= self.bucket <= self.max_len:
             raise ValueError(f"[llm].bucket must lie in [0, max_len = {self.max_len}], "
                              f"got {self.bucket}")

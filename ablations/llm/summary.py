@@ -55,7 +55,7 @@ def throughput_summary(runs: Path, out_dir: Path, bench_csv: Path | None = None,
     md = ["# LLM arm: throughput", "",
           f"Training throughput of the grid's runs ({len(recs)} runs of "
           f"`{Path(runs).parent.name}/{Path(runs).name}`, on {', '.join(sorted(dev))}, code "
-          f"{commits}; runs that shared a GPU, as the grid packs them, slowed one another): "
+          f"{commits}; as the grid ran them: runs it packed on one GPU slowed one another): "
           "tokens_per_s counts the non-padding tokens of the epoch "
           "(prompt and answer) over the timed training loop (compilation warm-up and "
           "evaluation excluded); optimizer_share is the share of GPU step time inside "
@@ -68,7 +68,9 @@ def throughput_summary(runs: Path, out_dir: Path, bench_csv: Path | None = None,
     if bench_csv is not None and Path(bench_csv).is_file():
         from .bench_plot import plot_bench
 
-        png = plot_bench(Path(bench_csv), out_dir / "throughput_bench.png")
+        png = out_dir / "throughput_bench.png"
+        if not png.exists():  # the bench's own figure (titled with its device) is kept
+            png = plot_bench(Path(bench_csv), png)
         with open(bench_csv, newline="") as fh:
             bench = list(csv.DictReader(fh))
         keep = [r for r in bench if r["config"].startswith(("HF ", "lr check", "check:"))

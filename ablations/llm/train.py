@@ -126,7 +126,7 @@ def warm_up(sess: Session, b: DeviceBatches | ExampleBatches, variant, o: LLMOpt
 
         tag = (torch.__version__, o.model, o.tokenizer, o.max_len, o.tokens_per_batch,
                o.batching, o.bucket, o.effective_precision, o.loss_tokens, o.attn_impl,
-               o.compile_mode, _warm_key(b, o))
+               o.compile_mode, tuple(sorted(_warm_key(b, o))))  # the shapes, not their order
         first_compile(tag, lambda: _warm_steps(sess, b, variant, o))
     else:
         _warm_steps(sess, b, variant, o)
@@ -146,6 +146,8 @@ def _warm_steps(sess: Session, b: DeviceBatches | ExampleBatches, variant,
         steps = [0, *first.values()]
     else:
         steps = [0, 0]
+    if o.cuda_graphs:  # CUDA-graph trees record a shape on its second call: two of each
+        steps = [s for s in dict.fromkeys(steps) for _ in range(2)]
     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
         for s in steps:
             loss, _ = _step_loss(sess, b, s)
