@@ -146,18 +146,27 @@ def llm(session):
 
 #: the LLM arm's throughput bench against the compiled Hugging Face peer, at SmolLM2-135M
 #: (every variant) and at the Llama-3.2-1B shape (random weights, SmolLM2's tokenizer)
+_PAPER_B1 = ("--config", "ablations/configs/llm-paper.toml", "--variants", "adamw,sin-l0.5",
+             "--steps", "600", "--baseline-steps", "0", "--set", "eval_questions=0")
 LLM_BENCHES = (
     ("results/llm", ()),
     ("results/llm/bench-1b", ("--set", "model=random:1b", "--set",
                               "tokenizer=smollm2-135m-instruct", "--set", "eval_questions=0",
                               "--variants", "adamw,sin-l0.5")),
+    # the paper's batch-1 protocol (C4 at both shapes), the first 600 steps of the epoch
+    ("results/llm/paper-135m", _PAPER_B1),
+    ("results/llm/paper-135m-graphs", (*_PAPER_B1, "--set", "compile_mode=reduce-overhead")),
+    ("results/llm/paper-1b", (*_PAPER_B1, "--set", "model=random:1b", "--set",
+                              "tokenizer=smollm2-135m-instruct")),
 )
 
 
 @nox.session(python=False)
 def bench(session):
-    """GPU benchmarks (in the current interpreter): attention, the optimizer step, and the LLM
-    arm against the compiled HF peer (LLM_BENCHES); on a CPU only the attention one runs."""
+    """GPU benchmarks (in the current interpreter): attention, the optimizer step, the
+    seed-batched classifier on CUDA, and the LLM arm against the compiled HF peer and under the
+    paper's batch-1 protocol (LLM_BENCHES); on a CPU only the attention one (the optimizer
+    bench says it has nothing to measure)."""
     _in_this_python(session, "harness,quantum,llm")
     session.run("python", "-m", "ablations.bench_attention", external=True)
     session.run("python", "-m", "ablations.bench_optimizer", external=True)
@@ -166,6 +175,7 @@ def bench(session):
     if not has_gpu:
         session.log("no GPU: the LLM throughput bench (python -m ablations.llm bench) is skipped")
         return
+    session.run("python", "-m", "ablations.bench_batched", "--device", "cuda", external=True)
     for out, args in LLM_BENCHES:
         session.run("python", "-m", "ablations.llm", "bench", *args, "--out", out,
                     external=True)
