@@ -63,13 +63,14 @@ equal, category (profile rows), ms_per_run_step (profile rows).
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import os
 import platform
 import time
 from pathlib import Path
+
+from .fmt import write_csv
 
 __all__ = ["bench_grids", "profile_steps", "write_outputs", "bench_gpu", "write_gpu_outputs",
            "main"]
@@ -271,10 +272,7 @@ def write_gpu_outputs(rows: list[dict], info: dict[str, str], out: Path) -> None
     """seed_batched_gpu.csv (every row) and seed_batched_gpu.md (the figures, the method, the
     machine)."""
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "seed_batched_gpu.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=GPU_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "seed_batched_gpu.csv", GPU_COLUMNS, rows)
     one = [r for r in rows if r["mode"] == "one-run"]
     best = max(one, key=lambda r: r["runs_per_hour"])
     epochs = rows[0]["epochs"]
@@ -423,10 +421,7 @@ def write_outputs(rows: list[dict], info: dict[str, str], out: Path) -> None:
     """seed_batched.csv (every row) and seed_batched.md (the figures, the method, the
     machine)."""
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "seed_batched.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "seed_batched.csv", CSV_COLUMNS, rows)
     grid = [r for r in rows if r["section"] == "grid"]
     at = {(r["mode"], r["round"]): r for r in grid}
     rounds = sorted({r["round"] for r in grid})

@@ -3,12 +3,15 @@ row prints a number the same way)."""
 
 from __future__ import annotations
 
+import csv
 import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["num", "pval", "pct", "pct_digits", "finite"]
+__all__ = ["num", "pval", "pct", "pct_digits", "finite", "write_csv", "dict_table"]
 
 
 def finite(x: Any) -> bool:
@@ -54,3 +57,19 @@ def pct_digits(*xs: float, sig: int = 2, least: int = 2) -> int:
     if not ax:
         return least
     return max(least, sig - 1 - math.floor(math.log10(max(ax))))
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> None:
+    """``rows`` as a CSV at ``path`` with these columns, a missing key an empty cell."""
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(columns))
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: r.get(c, "") for c in columns})
+
+
+def dict_table(rows: Iterable[dict], columns: Sequence[str]) -> list[str]:
+    """The lines of a markdown table of ``rows`` (dicts of printed values) in these columns,
+    a missing key an empty cell."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]

@@ -34,3 +34,12 @@ def test_num_pval_pct_missing_values():
     assert num(None) == num(math.nan) == pval(None) == pct(math.nan) == "–"
     assert num(5) == "5" and num(2e-4) == "2.00e-04" and num(0.5) == "0.500"
     assert pval(0.0213) == "0.021" and pval(3e-7) == "3.0e-07"
+
+
+def test_write_csv_and_dict_table_leave_missing_keys_empty(tmp_path):
+    from ablations.fmt import dict_table, write_csv
+
+    rows = [dict(a=1, b="x"), dict(a=2)]
+    write_csv(tmp_path / "t.csv", ["a", "b"], rows)
+    assert (tmp_path / "t.csv").read_text().splitlines() == ["a,b", "1,x", "2,"]
+    assert dict_table(rows, ["a", "b"]) == ["| a | b |", "|---|---|", "| 1 | x |", "| 2 |  |"]

@@ -16,6 +16,7 @@ from torch import Tensor
 from qsgd import parse_variant
 from qsgd.models.llama import IGNORE
 
+from ..fmt import dict_table, write_csv
 from ..seeds import derived_seeds
 from .generate import greedy_generate
 from .options import LLMOptions, lr_at
@@ -325,7 +326,6 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
     document-causal attention), whatever a loop computes beyond it (the peer's LM head runs on
     every position, its SDPA over the dense mask), so MFU ratios equal tokens/s ratios.
     """
-    import csv
     import gc
 
     if rounds < 1:
@@ -476,8 +476,8 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
         arm_row(v.id, o.lr, segs[k], sec, steps, f"{loop}, lr {o.lr:g})", peak_of(segs[k]),
                 warm[v.id], spread=spread, optimizer_share=round(share, 4))
     out_dir.mkdir(parents=True, exist_ok=True)
+    adamw = parse_variant("adamw")  # the profile's and the lr checks'
     if profile:
-        adamw = parse_variant("adamw")
         warm_up(sess, b, adamw, o)
         paths = [_profile(lambda: train_epoch(sess, b, adamw, o.lr, seeds["noise"], o,
                                               max_steps=profile), dev,
@@ -492,7 +492,6 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
             torch.cuda.empty_cache()
             print(f"[bench] after the peer: {torch.cuda.memory_allocated(dev) / 2**20:.0f} MiB "
                   "allocated (the session's)", flush=True)
-    adamw = parse_variant("adamw")
     for lr in lrs:
         t_warm = time.perf_counter()
         warm_up(sess, b, adamw, o)
@@ -513,14 +512,8 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
                             f"max_new_tokens {o.max_new_tokens}, batch {o.eval_batch}",
                      value=round(em, 4), seconds=round(time.perf_counter() - t, 2), device=name))
     print(f"[bench] eval: test loss {tl:.4f}, exact match {em:.4f}", flush=True)
-    with open(out_dir / "throughput_bench.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=BENCH_COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: r.get(c, "") for c in BENCH_COLUMNS})
-    cols = BENCH_COLUMNS[:-1]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    write_csv(out_dir / "throughput_bench.csv", BENCH_COLUMNS, rows)
+    lines = dict_table(rows, BENCH_COLUMNS[:-1])
     peer_text = (
         " The peer (the `HF peer` row) is the loop a user would write instead: transformers' "
         "LlamaForCausalLM with SDPA attention, the same shape and base weights, "

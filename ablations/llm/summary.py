@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fmt import dict_table, write_csv
 from ..records import load_records
 
 __all__ = ["throughput_summary"]
@@ -46,10 +47,7 @@ def throughput_summary(runs: Path, out_dir: Path, bench_csv: Path | None = None,
                          eval_seconds=round(mean("eval_seconds"), 2)))
     cols = list(rows[0]) if rows else []
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "throughput.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out_dir / "throughput.csv", cols, rows)
     commits = ", ".join(f"`{c}`" for c in sorted(
         {str(r["provenance"].get("commit", "unknown"))[:7] for r in recs}))
     md = ["# LLM arm: throughput", "",
@@ -62,9 +60,7 @@ def throughput_summary(runs: Path, out_dir: Path, bench_csv: Path | None = None,
           "optimizer.step (CUDA events); MFU = model FLOPs (forward + backward of the decoder on "
           "every token, the LM head on the scored tokens, causal attention) over time and the "
           "dense bf16 peak (989 TFLOP/s). Means over seeds; ratio_to_adamw = mean tokens/s over "
-          "adamw's; within_5pct: ratio ≥ 0.95.", "",
-          "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+          "adamw's; within_5pct: ratio ≥ 0.95.", "", *dict_table(rows, cols)]
     if bench_csv is not None and Path(bench_csv).is_file():
         from .bench_plot import plot_bench
 
@@ -79,9 +75,7 @@ def throughput_summary(runs: Path, out_dir: Path, bench_csv: Path | None = None,
                  "mfu", "peak_mem_mib", "mean_train_loss", "value", "device"]
         md += ["", f"Peer, baseline and checks from `{Path(bench_csv).name}` (`python -m "
                "ablations.llm bench`, one process, seed-0 data order; its rows of the other "
-               "variants are in that file):", "",
-               "| " + " | ".join(bcols) + " |", "|" + "---|" * len(bcols)]
-        md += ["| " + " | ".join(r.get(c, "") for c in bcols) + " |" for r in keep]
+               "variants are in that file):", "", *dict_table(keep, bcols)]
         if png:
             md += ["", "Every timed row of that file: ![tokens per second of the bench's rows]"
                    "(throughput_bench.png)"]
