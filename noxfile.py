@@ -150,6 +150,8 @@ _PAPER_B1 = ("--config", "ablations/configs/llm-paper.toml", "--variants", "adam
              "--steps", "600", "--baseline-steps", "0", "--set", "eval_questions=0")
 LLM_BENCHES = (
     ("results/llm", ()),
+    # the same with the arm's forward and backward replayed as CUDA graphs (the peer unchanged)
+    ("results/llm/bench-graphs", ("--set", "compile_mode=reduce-overhead")),
     ("results/llm/bench-1b", ("--set", "model=random:1b", "--set",
                               "tokenizer=smollm2-135m-instruct", "--set", "eval_questions=0",
                               "--variants", "adamw,sin-l0.5")),

@@ -32,7 +32,7 @@ _INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 # Perturbation codes (constexpr PERT).
 PERT_NONE, PERT_SIN, PERT_COS, PERT_TAYLOR, PERT_GAUSS, PERT_UNIF, PERT_ANTI, PERT_CIRCUIT, \
-    PERT_ANNEAL, PERT_ANNEALREL = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
+    PERT_ANNEAL, PERT_ANNEALREL, PERT_MOMENT, PERT_SINNORM = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
 NOISE_NORMAL, NOISE_UNIFORM = 0, 1
 # What the reduction pass sums (constexpr SQ of sumsq_kernel): sin(πθ)² (gauss, unif),
 # (sin(πθ)·g)² (anti), g² (annealrel).
@@ -242,7 +242,8 @@ def _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid,
         m = tl.load(mp + offs).to(tl.float32)
         v = tl.load(vp + offs).to(tl.float32)
 
-    # the direction term q (PERT 1-7), or the gradient the moments see (PERT 8, 9)
+    # the direction term q (PERT 1-7), the gradient the moments see (PERT 8, 9), or the one
+    # the first moment sees (PERT 10); sinnorm's term (PERT 11) needs this step's u, below
     if PERT == 1:
         q = sinpi(theta) * g
     elif PERT == 2:
@@ -267,7 +268,7 @@ def _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid,
         q = _circuit_readout(theta, BLOCK, NQ, CMASK, CCOS) * g
     else:
         q = g  # unused
-    if PERT >= 8:  # anneal (σ_t = sigma), annealrel (σ_t = RMS(g)·sigma): g + λ·σ_t·z
+    if PERT == 8 or PERT == 9:  # anneal (σ_t = sigma), annealrel (σ_t = RMS(g)·sigma): g + λ·σ_t·z
         key = noise_key_device(seed, step, tl.load(index_tab + tid))
         if PERT == 8:
             sd = sigma
@@ -279,16 +280,26 @@ def _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid,
         else:
             g = gn
 
+    gm = g  # what the first moment averages
+    if PERT == 10:  # moment: (1 + λ·sin(πθ))⊙g = g + λ·(sin(πθ)·g) into m alone, v from g
+        gt = g + lam * (sinpi(theta) * g)
+        if FIRST_N:
+            gm = tl.where(offs < n_qubits, gt, g)
+        else:
+            gm = gt
+
     theta_new = theta * decay
     if LERP_LOW:
-        m = m + w1 * (g - m)
+        m = m + w1 * (gm - m)
     else:
-        m = g - (g - m) * (1.0 - w1)
+        m = gm - (gm - m) * (1.0 - w1)
     v = v * beta2
     v = v + (c2 * g) * g
     denom = tl.div_rn(tl.sqrt_rn(v), bc2s) + eps
     theta_new = theta_new + neg_step_size * tl.div_rn(m, denom)
-    if PERT != 0 and PERT < 8:
+    if PERT == 11:  # sinnorm: Q = sin(πθ)⊙u, u = (m/bc1)/denom this step's Adam direction
+        q = tl.div_rn(tl.div_rn(m, sigma), denom) * sinpi(theta)  # sigma = bc1
+    if (PERT != 0 and PERT < 8) or PERT == 11:
         if FIRST_N:
             theta_new = tl.where(offs < n_qubits, theta_new + neg_lr_lam * q, theta_new)
         else:
@@ -319,11 +330,14 @@ def adamw_kernel(base, off_tab, numel_tab, index_tab, blk_tensor, blk_first, s_p
 
     Op order mirrors qsgd.optimizer.reference_step (itself torch.optim.AdamW's):
     Q from θ before decay (direction kind), or g ← g + λ·ξ on the in-scope entries (gradient
-    kind: anneal, annealrel; both moments see it); θ·decay; m lerp; v·β2 + (1−β2)·g·g;
-    denom = √v/√bc2 + ε; θ + (−lr/bc1)·(m/denom); θ + (−lr·λ)·Q. Full blocks run unmasked
+    kind: anneal, annealrel; both moments see it); θ·decay; m lerp (towards g + λ·sin(πθ)·g
+    for moment, the first-moment kind); v·β2 + (1−β2)·g·g; denom = √v/√bc2 + ε;
+    θ + (−lr/bc1)·(m/denom); θ + (−lr·λ)·Q (sinnorm, the normalized kind: Q = sin(πθ)·u with
+    u = (m/bc1)/denom, bc1 passed as sigma). Full blocks run unmasked
     (16-byte accesses); only each tensor's last block is masked. With scope first_n, blocks
     past the first n_qubits entries skip the perturbation entirely. Scalars: lam = λ and
-    sigma (σ_t of anneal; the decay factor of annealrel), PREV: step > 1 (anti's z_{t−1});
+    sigma (σ_t of anneal; the decay factor of annealrel; bc1 for sinnorm),
+    PREV: step > 1 (anti's z_{t−1});
     NQ, CMASK, CCOS: the circuit's group size, supports and sines/cosines
     (_circuit_readout).
     """

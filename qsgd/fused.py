@@ -16,6 +16,7 @@ has fewer than 2**31 − 2**20 elements, Triton can be imported, and ``track_rat
 
   ======================================  =====  ==============================================
   none, sin, cos, taylor                  28     one pass
+  sinnorm, moment                         28     one pass: sin(πθ) on u, or on g into m alone
   circuit (closed form, below)            28     one pass: the readout is computed in registers
   anneal                                  28     one pass: σ_t·z added to g in registers
   gauss, unif                             32     + the RMS of sin(πθ) (reads θ)
@@ -33,8 +34,8 @@ Which perturbations have a kernel is a property of their class: ``Perturbation.f
 (the kernel's constexpr ``PERT``), read from the exact class only, so a subclass that overrides
 ``term`` never inherits a kernel that would not see its override; an instance whose settings
 the kernel does not compute says why (``Perturbation.fused_unsupported``).
-:data:`FUSED_PERTURBATIONS` is derived from the registry. Anything else (``sinnorm``,
-``moment``, a circuit with shots, the Aer backend, encoding ``reupload``, extra angles or a
+:data:`FUSED_PERTURBATIONS` is derived from the registry. Anything else (a circuit with shots,
+the Aer backend, encoding ``reupload``, extra angles or a
 register that is not 1, 2, 4 or 8 qubits, custom perturbations, CPU tensors, other dtypes,
 non-contiguous tensors, ``track_ratio=True``, no Triton) falls back silently to the foreach
 or per-tensor path; :func:`fused_unsupported_reason` is the one support check, and says why for
@@ -43,8 +44,10 @@ a given group.
 Kinds. A direction-kind term Q is added as θ − lr·λ·Q after the Adam step (as the reference).
 A gradient-kind term (anneal, annealrel) replaces g by g + λ·ξ on the in-scope entries right
 after the load, before anything else reads g: both moments see it, weight decay (θ only) does
-not, exactly the reference's order. Gradient clipping is the caller's, before ``step``, so it
-sees the raw g in both.
+not, exactly the reference's order. The first-moment kind (moment) feeds g + λ·sin(πθ)·g to m
+alone (v from the raw g); the normalized kind (sinnorm) adds −lr·λ·sin(πθ)·u after the Adam
+step, u = (m/bc1)/denom this step's Adam direction, in the reference's op order. Gradient
+clipping is the caller's, before ``step``, so it sees the raw g in both.
 
 Reductions. gauss and unif need s = RMS of sin(πθ), anti s = RMS of sin(πθ)·g, annealrel
 RMS(g), each over the in-scope tensor *before* the update: a first pass over θ and/or g
@@ -129,14 +132,15 @@ _FIN_FB = 1024
 
 _CACHE_SIZE = 32
 
-#: the kinds of term the kernel computes: added to Adam's direction, or to the gradient
-_KERNEL_KINDS = ("direction", "gradient")
+#: the kinds of term the kernel computes (qsgd.perturbations.KINDS): added to Adam's direction,
+#: to the gradient, to the gradient the first moment sees, or as a factor on Adam's direction
+_KERNEL_KINDS = ("direction", "gradient", "first-moment", "normalized")
 
 
 def _class_code(cls: type[Perturbation]) -> int | None:
     # the one rule for which classes get the kernel (fused_unsupported_reason asks it): the
-    # class's own attribute, not an inherited one (see fused_code); the kernel adds a
-    # direction term or a gradient term, so a class of another kind has none whatever it sets
+    # class's own attribute, not an inherited one (see fused_code); a class of a kind the
+    # kernel does not compute has none whatever it sets
     return cls.__dict__.get("fused_code") if cls.kind in _KERNEL_KINDS else None
 
 
@@ -145,8 +149,9 @@ def fused_code(perturbation: Perturbation) -> int | None:
 
     Read from ``type(perturbation).__dict__``, not by attribute lookup: only the class that
     sets ``fused_code`` gets the kernel, never a subclass (which may override ``term``, and the
-    kernel would not see the override). None for every kind but ``"direction"`` and
-    ``"gradient"``. An instance's settings may still rule the kernel out
+    kernel would not see the override). None for a kind the kernel does not compute
+    (``_KERNEL_KINDS``: today every kind of :data:`qsgd.perturbations.KINDS`). An instance's
+    settings may still rule the kernel out
     (:meth:`Perturbation.fused_unsupported`, asked by :func:`fused_unsupported_reason`)."""
     return _class_code(type(perturbation))
 
@@ -175,10 +180,8 @@ def fused_unsupported_reason(
 
     The one support check: :func:`fused_group` runs it on every step, so the common (supported)
     case maps C-level accessors over all tensors with no Python loop; a reason string is only
-    built for an unsupported group. Requirements: a perturbation of the direction or gradient
-    kind (the kernel adds λ·Q to Adam's direction, or λ·ξ to g before the moments; the
-    normalized-kind sinnorm and the first-moment-kind moment place their term elsewhere and
-    take the foreach path) with a kernel (:func:`fused_code`) that its settings allow at this
+    built for an unsupported group. Requirements: a perturbation with a kernel
+    (:func:`fused_code`; its kind one the kernel computes) that its settings allow at this
     ``n_qubits`` (:meth:`Perturbation.fused_unsupported`: e.g. a circuit with shots or extra
     angles has no closed form), at least one tensor, every tensor on one CUDA device, of one
     dtype (float32 or bfloat16), contiguous, each gradient and moment of its parameter's size,
@@ -186,8 +189,8 @@ def fused_unsupported_reason(
     """
     if fused_code(perturbation) is None:  # the rule is _class_code's; the kind only says why
         kind = perturbation.kind
-        why = ("" if kind == "direction" else
-               f": its term is of kind {kind!r}, the kernel adds a direction term")
+        why = ("" if kind in _KERNEL_KINDS else
+               f": its term is of kind {kind!r}, which the kernel does not compute")
         return (f"perturbation {perturbation!r} has no fused kernel{why} "
                 f"(fused: {', '.join(fused_perturbations())})")
     why = perturbation.fused_unsupported(n_qubits)
@@ -444,10 +447,13 @@ def _launch(params, grads, exp_avgs, exp_avg_sqs, indices, numels, device, step,
     else:
         bc1, bc2 = 1.0, 1.0
     w1 = 1.0 - beta1
+    kargs = _kernel_args(K, code, perturbation, step, n_qubits)
+    if code == K.PERT_SINNORM:
+        kargs["sigma"] = bc1  # u = (m/bc1)/denom, as the reference divides
     K.adamw_kernel[(nblocks,)](
         base, off_tab, numel_tab, index_tab, blk_tensor, blk_first, s_buf, T,
         int(seed) & 0xFFFFFFFFFFFFFFFF, int(step),
         1.0 - lr * weight_decay, w1, beta2, 1.0 - beta2, bc2**0.5, eps, -(lr / bc1),
         -lr * lam, n_qubits, lam,
         PERT=code, FIRST_N=first_n, LERP_LOW=abs(w1) < 0.5, VEC=vec, BLOCK=BLOCK,
-        num_warps=NUM_WARPS, **_kernel_args(K, code, perturbation, step, n_qubits))
+        num_warps=NUM_WARPS, **kargs)

@@ -830,6 +830,7 @@ class SinNorm(Perturbation):
     name = "sinnorm"
     kind = "normalized"
     elementwise = True
+    fused_code = 11  # PERT_SINNORM of qsgd._fused_kernels
     q_over_g_bound = math.inf  # Q = r⊙u is a multiple of Adam's step, not of g
 
     def term(self, theta, grad, ctx):
@@ -859,4 +860,5 @@ class Moment(SinNorm):
 
     name = "moment"
     kind = "first-moment"
+    fused_code = 10  # PERT_MOMENT of qsgd._fused_kernels
     q_over_g_bound = math.inf  # the term enters m, not the direction

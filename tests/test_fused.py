@@ -88,13 +88,14 @@ def test_invalid_fused_flag_names_the_argument():
 def test_unsupported_reasons():
     p = [torch.zeros(4)]
     assert "not cuda" in fused_unsupported_reason(p, p, p, p, get_perturbation("sin"))
-    for name, kind in (("sinnorm", "normalized"), ("moment", "first-moment")):
-        msg = fused_unsupported_reason(p, p, p, p, get_perturbation(name))
-        assert "no fused kernel" in msg and f"of kind {kind!r}" in msg and "sin" in msg
-    assert set(FUSED_PERTURBATIONS) == {"none", "sin", "cos", "taylor", "gauss", "unif", "anti",
-                                        "circuit", "anneal", "annealrel"}
-    for name in ("anti", "anneal", "annealrel", "circuit"):
+    # every built-in perturbation has a kernel, each of the four kinds included
+    assert set(FUSED_PERTURBATIONS) == set(available())
+    for name in ("anti", "anneal", "annealrel", "circuit", "sinnorm", "moment"):
         assert "not cuda" in fused_unsupported_reason(p, p, p, p, get_perturbation(name))
+    # a kind the kernel does not compute is named, whatever the class sets
+    odd = type("OddKind", (Sin,), {"name": "odd", "kind": "hessian", "fused_code": 1})()
+    msg = fused_unsupported_reason(p, p, p, p, odd)
+    assert "no fused kernel" in msg and "of kind 'hessian'" in msg and "sinnorm" in msg
 
 
 @pytest.mark.parametrize("kw, n_qubits, why", [
@@ -269,7 +270,8 @@ class _OptedInSin(Sin):
 
 
 def test_fused_support_follows_the_class_attribute():
-    assert fused.fused_code(Sin()) == 1 and fused.fused_code(get_perturbation("sinnorm")) is None
+    assert fused.fused_code(Sin()) == 1 and fused.fused_code(get_perturbation("sinnorm")) == 11
+    assert fused.fused_code(get_perturbation("moment")) == 10  # its own, not SinNorm's
     assert fused.fused_code(_ShiftedSin()) is None and fused.fused_code(_PlainSin()) is None
     assert fused.fused_code(_OptedInSin()) == 1
     p = [torch.zeros(4)]
@@ -410,6 +412,9 @@ _INTERP_VARIANTS_SCRIPT = textwrap.dedent("""
     every = [(scope, bc) for scope in ("all", "first_n") for bc in (True, False)]
     cases = [(name, get_perturbation(name), 4, every) for name in ("anti", "anneal", "annealrel")]
     cases += [("circuit", Circuit(), 4, every)]
+    # the first-moment kind (moment: sin(πθ)·g into m alone) and the normalized kind
+    # (sinnorm: sin(πθ) on this step's Adam direction)
+    cases += [(name, get_perturbation(name), 4, every) for name in ("moment", "sinnorm")]
     # other circuit settings (register sizes, depth, Hadamards): two configurations each
     two = [("all", True), ("first_n", False)]
     cases += [("circuit-d1-h", Circuit(depth=1, hadamard=True), 4, two),
@@ -453,7 +458,8 @@ _INTERP_VARIANTS_SCRIPT = textwrap.dedent("""
 
 
 def test_new_variant_kernels_under_the_triton_interpreter():
-    """anti, anneal, annealrel and circuit (several register sizes and settings): the fused
+    """anti, anneal, annealrel, circuit (several register sizes and settings), moment and
+    sinnorm: the fused
     kernel equals the reference step for 3 steps, scopes all and first_n, bias correction on
     and off, sizes 1, 3, 5, 1025 (a second block; a tail group), on CPU (TRITON_INTERPRET=1)."""
     pytest.importorskip("triton", reason="Triton not installed (CPU CI); the GPU tests cover it")
@@ -516,7 +522,8 @@ def test_deterministic_terms_match_bit_for_bit_or_within_one_rounding(variant):
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", ["none", "sin", "gauss", "unif", "anti", "anneal", "circuit"])
+@pytest.mark.parametrize("variant", ["none", "sin", "gauss", "unif", "anti", "anneal", "circuit",
+                                     "moment", "sinnorm"])
 def test_fused_matches_reference_bf16(variant):
     """bf16 tensors: the kernel computes in fp32 and rounds once; the reference on fp32 copies,
     rounded to bf16, agrees to bf16 rounding after one step."""

@@ -107,6 +107,10 @@ def test_bench_writes_the_peer_row_the_loss_check_and_ratio_to_peer(data_dir, tm
     assert (tmp_path / "b" / "throughput_bench.png").stat().st_size > 5000
     assert "](throughput_bench.png)" in md
     assert "ratio_to_peer" in md and "one FLOP count for every row" in md
+    # provenance: the commit and the command that made the report, which reproduces it
+    machine = md.split("## Machine", 1)[1]
+    assert "- commit: " in machine and "- torch: " in machine
+    assert "- command: `python -m ablations.llm bench " in machine and "--out" in machine
     rows = _bench(data_dir, tmp_path / "n", "--no-peer")
     assert not [r for r in rows if r["config"].startswith(("HF", "check: HF"))]
     assert all(r["ratio_to_peer"] == "" for r in rows)

@@ -267,7 +267,8 @@ def _segments(res: list[dict[str, Any]]) -> tuple[float, int, str]:
 
 def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
               out_dir: Path, lrs: Sequence[float] = (), max_steps: int = 0,
-              peer: bool = True, rounds: int = 3, profile: int = 0) -> list[dict[str, Any]]:
+              peer: bool = True, rounds: int = 3, profile: int = 0,
+              command: str = "") -> list[dict[str, Any]]:
     """Measure the arm's throughput; write ``throughput_bench.csv`` and ``throughput_bench.md``.
 
     Rows: with packed batching and ``peer``, the compiled Hugging Face peer (:class:`HFPeer`)
@@ -316,6 +317,8 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
         profile: after the rounds, profile this many steps of the adamw arm loop and of the
             peer with torch.profiler (:func:`_profile`) into ``profile_arm.txt`` and
             ``profile_peer.txt`` (0: no profile).
+        command: the command line that called it, for the report's ``## Machine`` section
+            (with the commit, the device and the versions).
 
     Compilation: one static graph per length bucket (8 with ``bucket = 64``); ``--set
     bucket=0`` compiles one dynamic-shape graph instead, ``--set bucket=256`` three static
@@ -567,7 +570,7 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
         f"({peak or 'unknown'} FLOP/s)."
         + rounds_text + peer_text
         + "\n\n![tokens per second of every timed row](throughput_bench.png)\n\n"
-        + "\n".join(lines) + "\n")
+        + "\n".join(lines) + "\n\n" + machine_section(name, command) + "\n")
     from .bench_plot import plot_bench
 
     png = plot_bench(out_dir / "throughput_bench.csv", out_dir / "throughput_bench.png",
@@ -575,6 +578,26 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
     if png:
         print(f"[bench] wrote {png}", flush=True)
     return rows
+
+
+def machine_section(device: str, command: str = "") -> str:
+    """The report's ``## Machine`` section: the code's commit (``-dirty`` for uncommitted
+    changes), the command that made it (when given), the device, and the versions the
+    timings depend on."""
+    import platform
+
+    from ..provenance import commit, utc_now
+
+    try:
+        import transformers
+        tv = transformers.__version__
+    except ImportError:  # pragma: no cover - the llm extra installs it
+        tv = "not installed"
+    info = {"commit": commit(), "utc": utc_now(),
+            "command": f"`{command}`" if command else "(called from Python)",
+            "device": device, "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": str(torch.version.cuda), "transformers": tv}
+    return "## Machine\n\n" + "\n".join(f"- {k}: {v}" for k, v in info.items())
 
 
 def decode_check(o: LLMOptions, n: int = 64) -> dict[str, Any]:

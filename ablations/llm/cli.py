@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     bn.add_argument("--out", type=Path, default=Path("results/llm"))
     add_debug_flag(ap, (tr, bn, dc, su))
     args = ap.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     source = args.runs if args.cmd == "summary" else args.config
     return guarded(lambda: _command(args), debug=args.debug, source=source)
 
@@ -170,5 +172,7 @@ def _command(args: argparse.Namespace) -> int:
         raise UsageError(f"--profile must be >= 0, got {args.profile}")
     benchmark(LLMOptions.from_dict(opts), [v for v in args.variants.split(",") if v],
               args.baseline_steps, args.out, [float(x) for x in args.lrs.split(",") if x],
-              max_steps=args.steps, peer=args.peer, rounds=args.rounds, profile=args.profile)
+              max_steps=args.steps, peer=args.peer, rounds=args.rounds, profile=args.profile,
+              command="python -m ablations.llm " + " ".join(
+                  shlex.quote(a) for a in args.argv))
     return 0
