@@ -158,6 +158,9 @@ LLM_BENCHES = (
     # the paper's batch-1 protocol (C4 at both shapes), the first 600 steps of the epoch
     ("results/llm/paper-135m", _PAPER_B1),
     ("results/llm/paper-135m-graphs", (*_PAPER_B1, "--set", "compile_mode=reduce-overhead")),
+    # one decoder layer compiled for all 30 (compile_scope): the compile time of 8 buckets
+    ("results/llm/paper-135m-layer-graphs", (*_PAPER_B1, "--set", "compile_mode=reduce-overhead",
+                                             "--set", "compile_scope=layer")),
     ("results/llm/paper-1b", (*_PAPER_B1, "--set", "model=random:1b", "--set",
                               "tokenizer=smollm2-135m-instruct")),
 )
@@ -178,6 +181,9 @@ def bench(session):
         session.log("no GPU: the LLM throughput bench (python -m ablations.llm bench) is skipped")
         return
     session.run("python", "-m", "ablations.bench_batched", "--device", "cuda", external=True)
+    session.run("python", "-m", "ablations.bench_compile", "--device", "cuda", "--lengths",
+                "128,192,256,320,384,448,512,576", "--out", "results/bench/compile-gpu",
+                external=True)
     for out, args in LLM_BENCHES:
         session.run("python", "-m", "ablations.llm", "bench", *args, "--out", out,
                     external=True)

@@ -76,6 +76,12 @@ def _examples(seed=0, sizes=((9, 3), (30, 11), (17, 6))):
      "'example'"),
     ({"compile": False, "compile_mode": "reduce-overhead"},
      r"\[llm\].compile_mode = 'reduce-overhead' needs \[llm\].compile = true"),
+    ({"compile_scope": "block"}, r"\[llm\].compile_scope must be one of model, layer, got "
+                                 "'block'"),
+    ({"compile_scope": "layer"}, r"\[llm\].compile_scope = 'layer' needs \[llm\].compile = "
+                                 "true and batching = 'example'"),
+    ({"batching": "example", "compile": False, "compile_scope": "layer"},
+     r"\[llm\].compile_scope = 'layer' needs \[llm\].compile = true"),
 ])
 def test_paper_options_are_validated(table, message):
     with pytest.raises(ValueError, match=message):
@@ -127,6 +133,42 @@ def test_reports_say_which_split_every_number_comes_from():
     assert "selected on `val_loss` (adamw 0.0004, sin-l0.5 0.0004)" in text["llm-calibrated"]
     assert "less the last 373, held out" in text["llm-calibrated"]
     assert "no exact match" in text["llm-lr"] and "reads its `val_loss` only" in text["llm-lr"]
+
+
+def test_layer_scope_compiles_one_layer_for_all_and_trains_as_eager(data_dir, monkeypatch):
+    """[llm].compile_scope = "layer" (real torch.compile, CPU Inductor): the one function
+    compiled is the decoder layer's, every layer runs it, it is compiled once per shape (not
+    once per layer), and the run follows the uncompiled run to float rounding."""
+    from torch._dynamo.utils import counters
+
+    from ablations.llm import session
+
+    compiled, real_compile = [], torch.compile
+
+    def spy(fn, **kw):
+        compiled.append(fn.__name__)
+        return real_compile(fn, **kw)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    torch._dynamo.reset()
+    counters.clear()
+    session._SESSIONS.clear()
+    over = dict(eval_questions=0, train_examples=8)
+    lay = llm.run(_spec(data_dir, "sin-l0.5", compile=True, compile_scope="layer", **over))
+    sess = session._SESSIONS["current"]
+    shapes = len(set(sess.train_cache[next(iter(sess.train_cache))].lengths))
+    graphs = counters["stats"]["unique_graphs"]
+    session._SESSIONS.clear()
+    ref = llm.run(_spec(data_dir, "sin-l0.5", **over))
+    session._SESSIONS.clear()
+    n_layers = llm.load_base("random:tiny", init_seed=0).shape.num_layers
+    assert n_layers > 1 and shapes > 1
+    assert compiled == ["causal_layer"]
+    assert graphs == shapes, (graphs, shapes)  # one per shape, shared by the layers
+    a, b = lay["metrics"], ref["metrics"]
+    assert a["steps"] == b["steps"]
+    assert a["mean_train_loss"] == pytest.approx(b["mean_train_loss"], rel=1e-5)
+    assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-5)
 
 
 def test_compile_mode_reaches_torch_compile_and_cuda_graphs_mark_each_step(data_dir,
@@ -513,3 +555,19 @@ def test_cuda_graphs_replay_the_compiled_step(data_dir, batching):
     assert [p["step"] for p in ca] == [p["step"] for p in cb]
     for p, q in zip(ca, cb, strict=True):
         assert q["train_loss"] == pytest.approx(p["train_loss"], rel=1e-5), p["step"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_layer_scope_on_cuda_follows_the_whole_step(data_dir, mode):
+    """compile_scope = "layer" on CUDA, fp16 batch 1, with and without CUDA graphs (one graph
+    per layer call and shape): the losses of the whole-step compile to fp16 precision, as
+    many steps, no more skipped ones after the scale search."""
+    over = dict(device="cuda", compile=True, precision="fp16", eval_questions=0,
+                compile_mode=mode)
+    whole = llm.run(_spec(data_dir, "sin-l0.5", **over))["metrics"]
+    layer = llm.run(_spec(data_dir, "sin-l0.5", compile_scope="layer", **over))["metrics"]
+    for key in ("mean_train_loss_all", "mean_train_loss_answer", "test_loss"):
+        assert layer[key] == pytest.approx(whole[key], rel=2e-2), key
+    assert layer["steps"] == whole["steps"] and layer["skipped_steps"] <= 2

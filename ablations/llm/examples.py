@@ -23,7 +23,10 @@ with static shapes (``dynamic=False``: Inductor specialises every kernel on the 
 static shapes are what CUDA graphs need) before the timed loop; ``bucket = 0`` gives every
 length its own shape and is compiled once with dynamic shapes (``dynamic=True``) instead of
 once per length. Padding costs little at batch 1, where a step is bound by kernel launches,
-not by arithmetic.
+not by arithmetic. ``[llm].compile_scope = "layer"`` compiles one decoder layer
+(:func:`causal_layer`) instead of the whole step: the 30 layers share its code, so each shape
+costs one layer's compilation rather than the model's (the embedding, the LM head and the
+loss run eager).
 """
 
 from __future__ import annotations
@@ -144,8 +147,15 @@ def _causal(q: Tensor, k: Tensor, v: Tensor, i: int) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
 
+def causal_layer(layer, x: Tensor, cos: Tensor, sin: Tensor, dtype: torch.dtype) -> Tensor:
+    """One decoder layer with causal attention (the ``layer_fn`` of
+    :meth:`CompactLlama.hidden`): the function ``[llm].compile_scope = "layer"`` compiles once
+    and calls for every layer. The causal mask needs no layer index, so it passes 0."""
+    return layer(x, cos, sin, _causal, 0, dtype)
+
+
 def example_losses(model: CompactLlama, ids: Tensor, tgt: Tensor, ans: Tensor,
-                   train_all: bool) -> tuple[Tensor, Tensor]:
+                   train_all: bool, layer_fn=None) -> tuple[Tensor, Tensor]:
     """Both losses of one (padded) example, from one forward (module docstring).
 
     Args:
@@ -153,6 +163,7 @@ def example_losses(model: CompactLlama, ids: Tensor, tgt: Tensor, ans: Tensor,
         ids: [1, L] token ids; tgt: [L] next-token targets (IGNORE: not scored); ans: [L]
             bool, the answer targets (a subset of the scored ones).
         train_all: the trained-on loss is the all-token one (else the answer one).
+        layer_fn: runs each decoder layer (:func:`causal_layer`, compiled), or None.
 
     Returns ``(loss, both)``: the trained-on loss (with its graph) and the detached
     float32 pair ``[all-token loss, answer loss]``. A loss with no scored token is 0.
@@ -160,7 +171,7 @@ def example_losses(model: CompactLlama, ids: Tensor, tgt: Tensor, ans: Tensor,
     L = ids.shape[1]
     pos = torch.arange(L, device=ids.device).unsqueeze(0)
     with model.autocast(ids.device):
-        h = model.hidden(ids, pos, _causal)[0]
+        h = model.hidden(ids, pos, _causal, layer_fn)[0]
         logits = F.linear(h, model.lm_head.weight)
         ce = F.cross_entropy(logits.float(), tgt, ignore_index=IGNORE, reduction="none")
     n_all = (tgt != IGNORE).sum().clamp_min(1)

@@ -16,7 +16,7 @@ from ..schedules import lr_at as _lr_at
 from .data import task_names
 
 __all__ = ["LLMOptions", "lr_at", "DEFAULT_MODEL", "ATTN_IMPLS", "BATCHINGS", "PRECISIONS",
-           "LOSS_TOKENS", "COMPILE_MODES", "CUDA_GRAPH_MODES"]
+           "LOSS_TOKENS", "COMPILE_MODES", "CUDA_GRAPH_MODES", "COMPILE_SCOPES"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 ATTN_IMPLS = ("auto", "flex", "sdpa")
@@ -29,6 +29,8 @@ LOSS_TOKENS = ("answer", "all")
 #: torch.compile's modes for the training forward; the second and third replay CUDA graphs
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+#: what torch.compile compiles: the whole training step, or one decoder layer shared by all
+COMPILE_SCOPES = ("model", "layer")
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,10 @@ class LLMOptions:
     compile: torch.compile the training forward. compile_mode: its ``mode`` (``"default"``;
     ``"reduce-overhead"`` replays each static shape, one per length bucket, as a CUDA graph:
     the same kernels, so the same numbers, without their launch cost; on a CPU there is no
-    graph to replay). attn_impl: auto (flex on CUDA, sdpa on CPU),
+    graph to replay). compile_scope: ``"model"`` (default: the whole step, one graph per
+    shape) or ``"layer"`` (example batching only: one decoder layer is compiled and reused by
+    every layer, so each shape costs one layer's compilation; the embedding, LM head and loss
+    run eager; other fusions, so not the same bits). attn_impl: auto (flex on CUDA, sdpa on CPU),
     flex, sdpa (packed only: example batching attends causally with SDPA). amp: mixed
     precision (bfloat16 autocast unless ``precision`` says otherwise). precision: ``"auto"``
     (default: bf16 with ``amp``, else fp32), ``"bf16"``, ``"fp16"`` (float16 autocast with
@@ -69,8 +74,8 @@ class LLMOptions:
     device: auto, cpu, cuda, cuda:N.
 
     A run's key hashes the table as written, so options left at their defaults (``task``,
-    ``batching``, ``bucket``, ``precision``, ``loss_tokens``) keep the keys of runs made
-    before they existed.
+    ``batching``, ``bucket``, ``precision``, ``loss_tokens``, ``compile_mode``,
+    ``compile_scope``) keep the keys of runs made before they existed.
     """
 
     model: str = DEFAULT_MODEL
@@ -99,6 +104,7 @@ class LLMOptions:
     ratio_every: int = 50
     compile: bool = True
     compile_mode: str = "default"
+    compile_scope: str = "model"
     attn_impl: str = "auto"
     amp: bool = True
     precision: str = "auto"
@@ -135,7 +141,8 @@ class LLMOptions:
             raise ValueError(f"[llm].task must be one of {', '.join(task_names())}, "
                              f"got {self.task!r}")
         for key, valid in (("batching", BATCHINGS), ("precision", PRECISIONS),
-                           ("loss_tokens", LOSS_TOKENS), ("compile_mode", COMPILE_MODES)):
+                           ("loss_tokens", LOSS_TOKENS), ("compile_mode", COMPILE_MODES),
+                           ("compile_scope", COMPILE_SCOPES)):
             if getattr(self, key) not in valid:
                 raise ValueError(f"[llm].{key} must be one of {', '.join(valid)}, "
                                  f"got {getattr(self, key)!r}")
@@ -146,6 +153,10 @@ class LLMOptions:
         if self.compile_mode != "default" and not self.compile:
             raise ValueError(f"[llm].compile_mode = {self.compile_mode!r} needs [llm].compile "
                              "= true")
+        if self.compile_scope != "model" and not (self.compile and self.per_example):
+            raise ValueError(f"[llm].compile_scope = {self.compile_scope!r} needs [llm].compile "
+                             "= true and batching = 'example' (packed rows compile the whole "
+                             "step)")
         if self.compile_mode in CUDA_GRAPH_MODES and self.per_example and self.bucket == 0:
             raise ValueError(f"[llm].compile_mode = {self.compile_mode!r} needs [llm].bucket > 0 "
                              "with batching = 'example' (bucket 0 compiles one dynamic shape, "

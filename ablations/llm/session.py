@@ -21,7 +21,7 @@ from torch import Tensor
 from qsgd.models.llama import CompactLlama
 
 from .data import LMTask, get_task
-from .examples import ExampleBatches, example_batches, example_losses
+from .examples import ExampleBatches, causal_layer, example_batches, example_losses
 from .loading import BaseModel, load_base
 from .options import LLMOptions
 from .packing import DeviceBatches, FlexMasks, loss_capacity, pack, to_device
@@ -121,7 +121,8 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
     device = _pick_device(o, d)
     key = (o.model, o.tokenizer, o.task, o.data_dir, o.max_len, o.tokens_per_batch,
            o.val_examples, o.train_examples, o.test_loss_examples, o.compile, o.compile_mode,
-           o.attn_impl, o.amp, o.batching, o.bucket, o.effective_precision, o.loss_tokens,
+           o.compile_scope, o.attn_impl, o.amp, o.batching, o.bucket, o.effective_precision,
+           o.loss_tokens,
            str(device), d.world, d.rank, init_seed if o.model.startswith("random:") else None)
     cur = _SESSIONS.get("current")
     if cur is not None and cur.key == key:
@@ -155,16 +156,20 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
         raise ValueError(f"{rows} rows per step do not split over {d.world} ranks")
     flex = FlexMasks(rows // d.world, o.max_len, device) if impl == "flex" else None
     loss_fn = model.loss
-    if o.compile:
+    if o.compile and not per_example:  # example batching steps through example_fn alone
         loss_fn = torch.compile(model.loss, dynamic=False, mode=o.compile_mode)
     example_fn = None
     if per_example:
         train_all = o.loss_tokens == "all"
 
-        def example_fn(ids, tgt, ans):
-            return example_losses(model, ids, tgt, ans, train_all)
+        layer_fn = None
+        if o.compile and o.compile_scope == "layer":  # one layer compiled, shared by all
+            layer_fn = torch.compile(causal_layer, dynamic=o.bucket == 0, mode=o.compile_mode)
 
-        if o.compile:  # static shapes per bucket, dynamic ones without buckets (examples.py)
+        def example_fn(ids, tgt, ans):
+            return example_losses(model, ids, tgt, ans, train_all, layer_fn)
+
+        if o.compile and layer_fn is None:  # static shapes per bucket, dynamic without buckets
             example_fn = torch.compile(example_fn, dynamic=o.bucket == 0, mode=o.compile_mode)
     tok = base.tokenizer
     task = get_task(o.task).from_options(o)

@@ -126,7 +126,8 @@ def warm_up(sess: Session, b: DeviceBatches | ExampleBatches, variant, o: LLMOpt
 
         tag = (torch.__version__, o.model, o.tokenizer, o.max_len, o.tokens_per_batch,
                o.batching, o.bucket, o.effective_precision, o.loss_tokens, o.attn_impl,
-               o.compile_mode, tuple(sorted(_warm_key(b, o))))  # the shapes, not their order
+               o.compile_mode, o.compile_scope,
+               tuple(sorted(_warm_key(b, o))))  # the shapes, not their order
         first_compile(tag, lambda: _warm_steps(sess, b, variant, o))
     else:
         _warm_steps(sess, b, variant, o)

@@ -227,19 +227,24 @@ class CompactLlama(nn.Module):
     def _dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.amp else torch.float32
 
-    def hidden(self, ids: Tensor, pos: Tensor, attend: Callable) -> Tensor:
+    def hidden(self, ids: Tensor, pos: Tensor, attend: Callable,
+               layer_fn: Callable | None = None) -> Tensor:
         """Final-norm hidden states [B, T, D] for token ids and positions [B, T].
 
         ``attend(q, k, v, layer_index)`` computes attention from q [B, H, T, d] and k, v
         [B, H_kv, T, d] (bfloat16 under amp): the caller chooses the mask (training) or a KV
-        cache (decoding)."""
+        cache (decoding). ``layer_fn(layer, x, cos, sin, dtype)``, when given, runs each
+        decoder layer in place of ``layer(x, cos, sin, attend, index, dtype)``: one compiled
+        function for every layer (regional compilation), which must attend as ``attend`` does
+        and needs no layer index (it gets none, so a compiled one is not specialised on it)."""
         freqs = pos.unsqueeze(-1).float() * self.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # [B, 1, T, head_dim]
         cos, sin = emb.cos(), emb.sin()
         x = self.model.embed_tokens(ids)
         dtype = self._dtype()
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, attend, i, dtype)
+            x = (layer(x, cos, sin, attend, i, dtype) if layer_fn is None
+                 else layer_fn(layer, x, cos, sin, dtype))
         return self.model.norm(x)
 
     def loss(self, ids: Tensor, pos: Tensor, doc: Tensor, loss_idx: Tensor, loss_tgt: Tensor,
