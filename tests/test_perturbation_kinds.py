@@ -307,16 +307,18 @@ def test_kinds_are_validated_where_a_perturbation_enters():
         SuperpositionalAdamW([torch.zeros(2, requires_grad=True)], perturbation=Odd())
 
 
-def test_the_fused_kernel_refuses_both_kinds_even_with_a_code():
-    """The kernel adds a direction term: sinnorm and moment (and a subclass that sets a kernel
-    code on another kind) fall back to the multi-tensor path, and the reason says why."""
+def test_the_fused_kernel_takes_both_kinds_and_refuses_an_unknown_one():
+    """sinnorm and moment have their own kernels (codes 11 and 10): off CUDA the only reason
+    left is the device; a class of a kind the kernel does not compute is refused by kind,
+    whatever code it sets."""
     p = [torch.zeros(4)]
     for name in NEW:
-        pert = get_perturbation(name)
-        msg = fused_unsupported_reason(p, p, p, p, pert)
-        assert "no fused kernel" in msg and f"kind {pert.kind!r}" in msg
+        msg = fused_unsupported_reason(p, p, p, p, get_perturbation(name))
+        assert msg == "tensors on cpu, not cuda", (name, msg)
 
-    class CodedSinNorm(SinNorm):
-        fused_code = 1  # the sine's direction kernel: wrong for a factor on Adam's step
+    class OddKind(SinNorm):
+        kind = "hessian"
+        fused_code = 11
 
-    assert "kind 'normalized'" in fused_unsupported_reason(p, p, p, p, CodedSinNorm())
+    msg = fused_unsupported_reason(p, p, p, p, OddKind())
+    assert "no fused kernel" in msg and "kind 'hessian'" in msg
