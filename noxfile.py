@@ -16,8 +16,8 @@ CPU installs pin torch through constraints-cpu.txt (the CPU wheel); the package 
 a range. Each session installs the extras it needs (pyproject.toml): harness for the ablations,
 report and theory, quantum for the Qiskit cross-checks, llm for the LLM arm. On a GPU machine
 with torch already installed, run the same commands without nox: `python -m ablations run
-ablations/configs/<name>.toml` for llm-lr, llm-calibrated and llm-paper in that order (what
-`nox -s llm` runs), `python -m ablations.bench_optimizer`.
+ablations/configs/<name>.toml` for llm-lr, llm-calibrated, llm-paper and llm-paper-graphs in
+that order (what `nox -s llm` runs), `python -m ablations.bench_optimizer`.
 """
 
 import os
@@ -126,19 +126,21 @@ def _in_this_python(session, extras):
 @nox.session(python=False)
 def llm(session):
     """The LLM arm on a GPU: the learning-rate selection on validation (llm-lr), then C6 at the
-    selected lr (llm-calibrated), then C6 under the paper's protocol (llm-paper); on a CPU, the
-    tiny random config."""
+    selected lr (llm-calibrated), then C6 under the paper's protocol (llm-paper), then the
+    same protocol's 30-run grid with CUDA graphs and layer-scope compile, timed (llm-paper-graphs:
+    start the CUDA Multi-Process Service first); on a CPU, the tiny random config."""
     _in_this_python(session, "harness,llm")
     has_gpu = session.run("python", "-c", "import torch; print(int(torch.cuda.is_available()))",
                           silent=True, external=True).strip().endswith("1")
     if has_gpu:
-        for name in ("llm-lr", "llm-calibrated", "llm-paper"):
+        for name in ("llm-lr", "llm-calibrated", "llm-paper", "llm-paper-graphs"):
             session.run("python", "-m", "ablations", "run", f"ablations/configs/{name}.toml",
                         external=True)
     else:
         session.log("no GPU: running the tiny random config; the real LLM arm needs a GPU "
                     "(python -m ablations run ablations/configs/<name>.toml for llm-lr, "
-                    "llm-calibrated, llm-paper, in that order, on a CUDA machine)")
+                    "llm-calibrated, llm-paper, llm-paper-graphs, in that order, on a CUDA "
+                    "machine)")
         session.run("python", "-m", "ablations", "run", "ablations/configs/llm-smoke.toml",
                     "--results", ".nox/llm-smoke-results", external=True)
     session.run("python", "-m", "ablations", "report", "all", external=True)

@@ -85,7 +85,7 @@ __all__ = ["ConfigError", "RunSpec", "GridConfig", "load_config", "read_toml", "
 
 _GRID_KEYS = {"arm", "name", "results", "baseline_lr", "description", "protocol", "select_lr",
               "select_task", "selection", "runs_per_gpu", "exhibits", "seed_batched",
-              "seeds_per_job"}
+              "seeds_per_job", "extends"}
 _CELL_KEYS = {"name", "attention", "variants", "seeds", "lr", "task", "options"}
 #: the protocols a grid may follow (DESIGN.md: the paper's tables, or ours on validation data)
 PROTOCOLS = ("paper", "calibrated")
@@ -270,10 +270,43 @@ def read_toml(path: str | Path) -> dict[str, Any]:
                           "files are UTF-8") from None
 
 
-def load_config(path: str | Path, results: str | Path | None = None) -> GridConfig:
-    """Parse and validate a grid config; ``results`` overrides ``[grid].results``."""
+def read_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A grid config's tables, with ``[grid].extends`` resolved: ``extends = "other.toml"``
+    (relative to this file) starts from that config's tables and lays this file's over them,
+    table by table (a key given here wins; ``[[cells]]`` given here replace the base's cells
+    whole), so a variant of a grid states only what differs. Chains are followed; a cycle or
+    a base that is not a string raises ConfigError naming the file."""
     path = Path(path)
     raw = read_toml(path)
+    grid = raw.get("grid")
+    if not isinstance(grid, dict) or "extends" not in grid:
+        return raw
+    ref = grid["extends"]
+    if not isinstance(ref, str) or not ref:
+        raise ConfigError(f"{path}: [grid].extends must name a config file, got {ref!r}")
+    base_path = path.parent / ref
+    seen = (*_seen, path.resolve())
+    if base_path.resolve() in seen:
+        raise ConfigError(f"{path}: [grid].extends = {ref!r} makes a cycle: "
+                          f"{' -> '.join(p.name for p in (*seen, base_path))}")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: [grid].extends = {ref!r}: config file not found: "
+                          f"{base_path}")
+    merged = read_config(base_path, seen)
+    for key, value in raw.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    del merged["grid"]["extends"]
+    return merged
+
+
+def load_config(path: str | Path, results: str | Path | None = None) -> GridConfig:
+    """Parse and validate a grid config (``[grid].extends`` resolved, :func:`read_config`);
+    ``results`` overrides ``[grid].results``."""
+    path = Path(path)
+    raw = read_config(path)
     grid = raw.get("grid")
     if not isinstance(grid, dict):
         raise ConfigError(f"{path}: missing [grid] table")

@@ -207,3 +207,33 @@ def test_learning_rates_selected_on_another_grids_validation_runs(tmp_path):
     with pytest.raises(ConfigError, match=r"chose no lr for 'cos-l0\.5' \(it chose for adamw, "
                                           r"sin-l0\.5\)"):
         load_config(final)
+
+
+def test_a_config_extends_another_and_states_only_what_differs(tmp_path):
+    base = write(tmp_path, options="epochs = 3\nbatch_size = 16")
+    child = tmp_path / "child.toml"
+    child.write_text(f'[grid]\nextends = "{base.name}"\nname = "child"\n'
+                     f'results = "{tmp_path / "other"}"\n\n[classifier]\nepochs = 5\n')
+    parent, cfg = load_config(base), load_config(child)
+    assert cfg.name == "child" and cfg.results == tmp_path / "other"
+    assert cfg.options == {"epochs": 5, "batch_size": 16}  # table by table, the child wins
+    assert [s.variant for s in cfg.specs] == [s.variant for s in parent.specs]  # cells kept
+    assert {s.key for s in cfg.specs}.isdisjoint({s.key for s in parent.specs})
+    # cells given in the child replace the base's whole
+    child.write_text(child.read_text() + '\n[[cells]]\nvariants = ["cos-l0.5"]\nseeds = 1\n')
+    assert [s.variant for s in load_config(child).specs] == ["cos-l0.5"]
+    grandchild = tmp_path / "grandchild.toml"
+    grandchild.write_text('[grid]\nextends = "child.toml"\nname = "g"\n')
+    assert load_config(grandchild).options["batch_size"] == 16  # a chain is followed
+
+
+@pytest.mark.parametrize("extends, message", [
+    ('"grid.toml"', r"extends = 'grid\.toml' makes a cycle: grid\.toml -> grid\.toml"),
+    ('"missing.toml"', r"grid\.toml: \[grid\]\.extends = 'missing\.toml': config file not "
+                       r"found: .*missing\.toml"),
+    ("3", r"grid\.toml: \[grid\]\.extends must name a config file, got 3"),
+])
+def test_a_bad_extends_names_the_file(tmp_path, extends, message):
+    path = write(tmp_path, grid_extra=f"extends = {extends}")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from ablations import stats
-from ablations.config import ConfigError, SelectionPending, load_config, read_toml
+from ablations.config import ConfigError, SelectionPending, load_config, read_config, read_toml
 from ablations.provenance import provenance
 from ablations.report import render_arm
 from ablations.runner import run_grid
@@ -375,7 +375,7 @@ def test_nox_runs_every_classifier_grid_after_the_selections_it_reads():
     grids = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
                  and getattr(n.targets[0], "id", "") == "CLASSIFIER_GRIDS")
     configs = {p.stem for p in CONFIGS.glob("*.toml")
-               if read_toml(p)["grid"]["arm"] == "classifier"} - {"smoke"}
+               if read_config(p)["grid"]["arm"] == "classifier"} - {"smoke"}
     assert set(grids) == configs and len(grids) == len(configs)
     for i, name in enumerate(grids):
         grid = read_toml(CONFIGS / f"{name}.toml")["grid"]

@@ -38,9 +38,9 @@ def _options_from(config: Path | None, sets: list[str]) -> dict[str, Any]:
     # the [llm] table with the --set overrides, as a dict checked by LLMOptions.from_dict
     opts: dict[str, Any] = {}
     if config is not None:
-        from ..config import read_toml
+        from ..config import read_config
 
-        opts.update(read_toml(config).get("llm", {}))
+        opts.update(read_config(config).get("llm", {}))
     for item in sets:
         k, _, v = item.partition("=")
         if not _:
