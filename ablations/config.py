@@ -85,7 +85,7 @@ __all__ = ["ConfigError", "RunSpec", "GridConfig", "load_config", "read_toml", "
 
 _GRID_KEYS = {"arm", "name", "results", "baseline_lr", "description", "protocol", "select_lr",
               "select_task", "selection", "runs_per_gpu", "exhibits", "seed_batched",
-              "seeds_per_job", "extends"}
+              "seeds_per_job", "extends", "replicates"}
 _CELL_KEYS = {"name", "attention", "variants", "seeds", "lr", "task", "options"}
 #: the protocols a grid may follow (DESIGN.md: the paper's tables, or ours on validation data)
 PROTOCOLS = ("paper", "calibrated")
@@ -201,6 +201,9 @@ class GridConfig:
     seed_batched: bool = False
     #: the most seeds in one seed-batched job (``[grid].seeds_per_job``); part of no run's key
     seeds_per_job: int = 16
+    #: another grid whose runs this one repeats by other code paths (``[grid].replicates``,
+    #: a config file): the report pairs each run with its twin there, variant and seed
+    replicates: Path | None = None
 
     @property
     def arm_obj(self) -> Arm:
@@ -348,6 +351,12 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
         raise ConfigError(f"{path}: [grid].protocol must be one of {', '.join(PROTOCOLS)}, "
                           f"got {protocol!r}")
     exhibits = _exhibits(path, grid)
+    replicates = grid.get("replicates")
+    if replicates is not None:
+        if not isinstance(replicates, str) or not (path.parent / replicates).is_file():
+            raise ConfigError(f"{path}: [grid].replicates must name a config file next to it, "
+                              f"got {replicates!r}")
+        replicates = path.parent / replicates
     seed_batched, seeds_per_job = _seed_batching(path, grid, arm_obj)
     selected, lr_grid = (_selection(path, grid, arm_obj) if "select_lr" in grid
                          else (None, None))
@@ -419,7 +428,7 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
                       selected_task=level, selected_task_options=level_options,
                       selected_task_from=(path.parent / grid["select_task"] if level else None),
                       designs=designs, exhibits=exhibits, seed_batched=seed_batched,
-                      seeds_per_job=seeds_per_job)
+                      seeds_per_job=seeds_per_job, replicates=replicates)
 
 
 def _seed_batching(path: Path, grid: dict, arm_obj: Arm) -> tuple[bool, int]:

@@ -298,6 +298,64 @@ def _waves_section(records: list[dict[str, Any]]) -> list[str]:
             md_table(table, digits=3)]
 
 
+#: the columns a run is paired with its twin by (a replicating grid, ``[grid].replicates``)
+TWIN_KEYS = ["attention", "variant", "lr", "seed", "task"]
+
+
+def replication_table(runs: pd.DataFrame, twin: pd.DataFrame, metrics: list[str],
+                      baseline: str) -> pd.DataFrame:
+    """Each run of ``runs`` against its twin in ``twin`` (equal :data:`TWIN_KEYS`), per
+    variant and metric: the pairs, the mean and the largest |this − twin| (and the largest
+    relative to the twin), and the variant − ``baseline`` contrast (mean over the seeds both
+    grids ran) in each grid side by side."""
+    both = runs.merge(twin, on=TWIN_KEYS, suffixes=("", "_twin"))
+    rows = []
+    for m in metrics:
+        if m not in both.columns or f"{m}_twin" not in both.columns:
+            continue
+        d = both[m] - both[f"{m}_twin"]
+        base = both[both["variant"] == baseline].set_index(["attention", "lr", "seed", "task"])
+        for v, g in both.groupby("variant", sort=True):
+            dv = d[g.index]
+            row = {"variant": v, "metric": m, "pairs": len(g), "mean_diff": float(dv.mean()),
+                   "max_abs_diff": float(dv.abs().max()),
+                   "max_rel_diff": float((dv / g[f"{m}_twin"]).abs().max())}
+            if v != baseline and not base.empty:
+                idx = g.set_index(["attention", "lr", "seed", "task"])
+                common = idx.index.intersection(base.index)
+                row["contrast"] = float((idx.loc[common, m] - base.loc[common, m]).mean())
+                row["contrast_twin"] = float((idx.loc[common, f"{m}_twin"]
+                                              - base.loc[common, f"{m}_twin"]).mean())
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _replication_section(ctx: Context) -> list[str]:
+    """For a grid that repeats another by other code paths: each run against its twin."""
+    cfg = ctx.cfg
+    if cfg.replicates is None:
+        return []
+    other = load_config(cfg.replicates)
+    records, _ = current_records(load_records(other.results / RUNS_FILE),
+                                 {s.key for s in other.specs})
+    twin = runs_table(records, other.protocol)
+    metrics = [m.name for m in ctx.arm.metrics if m.compared and not m.timing]
+    baseline = ctx.arm.baselines[0]
+    table = (replication_table(ctx.runs, twin, metrics, baseline) if not twin.empty
+             else pd.DataFrame())
+    table.to_csv(cfg.results / "replication.csv", index=False)
+    head = [f"## Against `{_shown(other.results)}`: the same runs by other code paths\n",
+            f"This grid repeats runs of `{_shown(other.path)}` ([grid].replicates) with other "
+            "speed settings; each run is paired with its twin there (same variant, seed, lr, "
+            "attention). `max_abs_diff`: the largest |this − twin| of the variant's runs, the "
+            "spread that the choice of kernels alone makes; `contrast` and `contrast_twin`: "
+            f"the variant − {baseline} difference (mean over the seeds) in each grid. "
+            "`replication.csv` holds the table.\n"]
+    if table.empty:
+        return head + [f"No twins: `{_shown(other.results)}` holds none of these runs.\n"]
+    return head + [md_table(table, digits=3)]
+
+
 def _statistics_note(ctx: Context) -> str:
     margins = []
     shown = [m for m in ctx.arm.compared_metrics if m.name in ctx.runs.columns]
@@ -398,6 +456,7 @@ def render_arm(cfg: GridConfig) -> Path:
         for name in arm.analyses:
             body += _exhibit(name, ctx, None)
         body.append(_statistics_note(ctx))
+    body += _replication_section(ctx)
     body += _sweeps_section(out)
     if cfg.resources == "gpu":
         body += _waves_section(records)

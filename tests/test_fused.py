@@ -643,13 +643,12 @@ def test_dispatch_uses_the_fused_kernel_only_when_supported(monkeypatch):
         return list(calls)
 
     assert steps() == [True]                                   # auto on CUDA
-    for name in ("anti", "anneal", "annealrel", "circuit"):
+    for name in ("anti", "anneal", "annealrel", "circuit", "sinnorm", "moment"):
         assert steps(perturbation=name) == [True], name
     assert steps(fused=False) == []
     assert steps(foreach=False) == []                          # auto respects foreach=False
     assert steps(foreach=False, fused=True) == [True]
-    assert steps(perturbation="sinnorm") == [False]            # falls back, silently
-    assert steps(perturbation="circuit", circuit_shots=8) == [False]
+    assert steps(perturbation="circuit", circuit_shots=8) == [False]  # falls back, silently
     assert steps(track_ratio=True) == []                       # ratio uses the foreach path
     p = _make(SHAPES, torch.float64, "cuda")
     assert fused_unsupported_reason(p, p, p, p, get_perturbation("sin")).startswith("dtype")

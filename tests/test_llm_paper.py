@@ -160,6 +160,9 @@ def test_layer_scope_compiles_one_layer_for_all_and_trains_as_eager(data_dir, mo
     graphs = counters["stats"]["unique_graphs"]
     session._SESSIONS.clear()
     ref = llm.run(_spec(data_dir, "sin-l0.5", **over))
+    untrained = _spec(data_dir, "sin-l0.5", **over)
+    untrained.lr = 1e-12  # the run's lr (the grid's): too small to move the base weights
+    base_loss = llm.run(untrained)["metrics"]["test_loss"]
     session._SESSIONS.clear()
     n_layers = llm.load_base("random:tiny", init_seed=0).shape.num_layers
     assert n_layers > 1 and shapes > 1
@@ -168,7 +171,12 @@ def test_layer_scope_compiles_one_layer_for_all_and_trains_as_eager(data_dir, mo
     a, b = lay["metrics"], ref["metrics"]
     assert a["steps"] == b["steps"]
     assert a["mean_train_loss"] == pytest.approx(b["mean_train_loss"], rel=1e-5)
-    assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-5)
+    # the held-out loss comes after all 8 steps: Adam's first steps turn rounding-sized
+    # gradient differences of near-zero entries into full-sized updates, so the two runs part
+    # by more there (2.9e-5 relative on the CI machine, less on others); a layer skipped or
+    # run twice moves it by orders of magnitude more
+    assert a["test_loss"] == pytest.approx(b["test_loss"], rel=2e-4)
+    assert abs(a["test_loss"] - b["test_loss"]) < 0.01 * abs(b["test_loss"] - base_loss)
 
 
 def test_compile_mode_reaches_torch_compile_and_cuda_graphs_mark_each_step(data_dir,
