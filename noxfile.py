@@ -151,9 +151,11 @@ def llm(session):
 _PAPER_B1 = ("--config", "ablations/configs/llm-paper.toml", "--variants", "adamw,sin-l0.5",
              "--steps", "600", "--baseline-steps", "0", "--set", "eval_questions=0")
 LLM_BENCHES = (
-    ("results/llm", ()),
+    # every variant against adamw and the peer, one round per row (each row once in every
+    # position of a round), so that no row's timing carries its position's drift
+    ("results/llm", ("--rounds", "0")),
     # the same with the arm's forward and backward replayed as CUDA graphs (the peer unchanged)
-    ("results/llm/bench-graphs", ("--set", "compile_mode=reduce-overhead")),
+    ("results/llm/bench-graphs", ("--rounds", "0", "--set", "compile_mode=reduce-overhead")),
     ("results/llm/bench-1b", ("--set", "model=random:1b", "--set",
                               "tokenizer=smollm2-135m-instruct", "--set", "eval_questions=0",
                               "--variants", "adamw,sin-l0.5")),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 import torch
 
@@ -184,12 +185,53 @@ def test_bench_profiles_the_arm_and_the_peer(data_dir, tmp_path, capsys):
         assert str(out / name) in printed
 
 
-def test_bench_rejects_rounds_below_1(data_dir, tmp_path, capsys):
+def test_paired_ratio_is_the_median_of_the_rounds_adamw_over_variant():
+    from ablations.llm.bench import _paired
+
+    ref = [dict(seconds=s) for s in (1.0, 2.0, 1.0)]   # adamw's rounds (drift in round 2)
+    var = [dict(seconds=s) for s in (1.1, 2.2, 0.9)]
+    out = _paired(var, ref)
+    assert out["paired_ratio"] == round(1 / 1.1, 4)  # median of 1/1.1, 2/2.2, 1/0.9
+    assert out["paired_range"] == f"{1 / 1.1:.3f}–{1 / 0.9:.3f}"
+    assert _paired(var, None) == {} and _paired(var, ref[:2]) == {}
+
+
+def test_bench_balanced_rounds_put_every_row_in_every_position(data_dir, tmp_path, monkeypatch):
+    from ablations.llm import bench
+
+    calls, seconds = [], {}
+    real_epoch, real_time = bench.train_epoch, bench.HFPeer.time
+
+    def spy_epoch(sess, b, variant, lr, noise_seed, o, max_steps=0):
+        calls.append(variant.id)
+        res = real_epoch(sess, b, variant, lr, noise_seed, o, max_steps=max_steps)
+        seconds.setdefault(variant.id, []).append(res["seconds"])
+        return res
+
+    def spy_time(self, steps=0):
+        calls.append("peer")
+        return real_time(self, steps)
+
+    monkeypatch.setattr(bench, "train_epoch", spy_epoch)
+    monkeypatch.setattr(bench.HFPeer, "time", spy_time)
+    rows = _bench(data_dir, tmp_path / "r", "--rounds", "0", "--steps", "3")
+    rounds = [calls[i:i + 3] for i in range(0, 9, 3)]  # 3 rows: 3 rounds of one step
+    assert len(calls) == 9 and all(sorted(r) == ["adamw", "peer", "sin-l0.5"] for r in rounds)
+    for pos in range(3):  # each row once in each position
+        assert sorted(r[pos] for r in rounds) == ["adamw", "peer", "sin-l0.5"]
+    sin, = [r for r in rows if r["config"].startswith("arm loop") and r["variant"] == "sin-l0.5"]
+    per_round = [a / v for a, v in zip(seconds["adamw"], seconds["sin-l0.5"])]
+    assert float(sin["paired_ratio"]) == pytest.approx(float(np.median(per_round)), abs=1e-4)
+    md = (tmp_path / "r" / "throughput_bench.md").read_text()
+    assert "every row once in every position" in md and "paired_ratio" in md
+
+
+def test_bench_rejects_negative_rounds(data_dir, tmp_path, capsys):
     from ablations.llm.cli import main
 
-    assert main(["bench", f"--set=data_dir={data_dir}", "--rounds", "0",
+    assert main(["bench", f"--set=data_dir={data_dir}", "--rounds", "-1",
                  "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --rounds must be >= 1, got 0"]
+    assert err == ["error: --rounds must be >= 1, or 0 for one round per row, got -1"]
     assert main(["bench", "--profile", "-1", "--out", str(tmp_path)]) == 2
     assert "--profile must be >= 0, got -1" in capsys.readouterr().err

@@ -38,7 +38,8 @@ __all__ = ["benchmark", "decode_check", "HFPeer", "PEER", "BENCH_COLUMNS"]
 PEER = "HF peer: LlamaForCausalLM"
 #: columns of throughput_bench.csv (the markdown table: all but the device)
 BENCH_COLUMNS = ["config", "variant", "tokens_per_s", "ratio_to_peer", "step_ms", "spread",
-                 "epoch_s", "ratio_to_adamw", "cost_vs_adamw", "optimizer_share", "mfu",
+                 "epoch_s", "ratio_to_adamw", "paired_ratio", "paired_range", "cost_vs_adamw",
+                 "optimizer_share", "mfu",
                  "peak_mem_mib", "mean_train_loss", "skipped_steps", "warmup_s", "value",
                  "seconds", "device"]
 
@@ -265,6 +266,16 @@ def _segments(res: list[dict[str, Any]]) -> tuple[float, int, str]:
     return med, res[0]["steps"], f"{(sec.max() - sec.min()) / med:.1%}" if med > 0 else ""
 
 
+def _paired(res: list[dict[str, Any]], ref: list[dict[str, Any]] | None) -> dict[str, Any]:
+    # a variant's rounds against adamw's of the same rounds: the median and range of
+    # adamw seconds / variant seconds (its tokens/s ratio, paired within each round)
+    if not ref or len(ref) != len(res):
+        return {}
+    r = np.array([a["seconds"] / v["seconds"] for a, v in zip(ref, res)])
+    return dict(paired_ratio=round(float(np.median(r)), 4),
+                paired_range=f"{r.min():.3f}–{r.max():.3f}")
+
+
 def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
               out_dir: Path, lrs: Sequence[float] = (), max_steps: int = 0,
               peer: bool = True, rounds: int = 3, profile: int = 0,
@@ -286,13 +297,20 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
     0: all of them) are split into ``rounds`` segments of n = max(1, N // rounds) steps, each
     the first n steps of the epoch from the base weights (the same work every time). A round
     runs every row once (the peer, then each variant), the order rotating by one row per
-    round, so that the device's drift falls on every row alike. A row's figures: the median
+    round, so that the device's drift falls on every row alike; ``rounds = 0`` runs as many
+    rounds as there are rows, so that every row is timed once in every position of a round (a
+    balanced rotation: no row always follows another, nor always comes first). A row's
+    figures: the median
     segment's seconds (tokens/s, step time, the epoch's seconds extrapolated as seconds / n ×
     steps, MFU), the median optimizer share, ``spread`` = (max − min) / median of the segment
     seconds, the mean training loss and skipped steps of the first segment, the largest peak
     memory of the segments. The peer stays resident during the arm's segments: its resident
     memory (:attr:`HFPeer.resident_mib`) is subtracted from the arm rows' peak, which is then
-    what the arm alone holds. Compilation is outside the rounds, in ``warmup_s``.
+    what the arm alone holds. Compilation is outside the rounds, in ``warmup_s``. Besides the
+    ratio of the median timings (``ratio_to_adamw``), each variant's ``paired_ratio`` is the
+    median over rounds of adamw's seconds over the variant's in the same round (the same steps:
+    a ratio of tokens/s, paired within a round, so drift between rounds cancels), and
+    ``paired_range`` its smallest and largest round.
 
     Args:
         o: the options.
@@ -331,8 +349,8 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
     """
     import gc
 
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if rounds < 0:
+        raise ValueError(f"rounds must be >= 1, or 0 for one per row, got {rounds}")
     seeds = derived_seeds(0)
     sess = open_session(o, seeds["init"])
     dev = sess.device
@@ -341,9 +359,11 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
     fig = epoch_figures(b, o)
     S = int(fig["steps"])
     N = min(S, max_steps) if max_steps else S
+    per_example = o.per_example
+    if rounds == 0:  # balanced: every row in every position once
+        rounds = len(variants) + (1 if peer and not per_example else 0)
     n = max(1, N // rounds)
     capacity = getattr(b, "capacity", 0)
-    per_example = o.per_example
     step_text = (f"one example a step (bucket {o.bucket}, {len(b.shapes)} shapes)" if per_example
                  else f"{o.tokens_per_batch} tokens a step")
     peak = peak_flops(dev)
@@ -460,6 +480,7 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
         tps = fig["real"] / epoch_s
         row = dict(config=config, variant=vid, **t, **extra,
                    ratio_to_adamw=round(tps / ref_tps, 4) if ref_tps else "",
+                   **_paired(res, segs[ref] if ref is not None and vid != "adamw" else None),
                    ratio_to_peer=round(tps / peer_tps, 4) if peer_tps else "",
                    cost_vs_adamw=f"{epoch_s / ref_epoch - 1:+.2%}" if ref_epoch else "",
                    mean_train_loss=round(float(np.mean(res[0]["losses"])), 5),
@@ -537,11 +558,17 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
         (f" Each row is timed in {rounds} interleaved rounds: a round runs every row once"
          + (" (the peer, then each variant)" if peer_tps else "")
          + ", the order rotating by one row per round so that the device's drift falls on "
-         f"every row alike; each round times the first {n} step{'s' * (n > 1)} of the epoch "
+         "every row alike"
+         + (" (as many rounds as rows: every row once in every position)"
+            if rounds == len(segs) else "")
+         + f"; each round times the first {n} step{'s' * (n > 1)} of the epoch "
          "from the base weights (the same work every time). A row's figures come from its "
          f"median round (optimizer_share: the median); spread = (max − min) / median of its "
          f"{rounds} timings; peak_mem_mib: the largest of its rounds; mean_train_loss: the "
-         "mean training loss over the timed steps of its first round."
+         "mean training loss over the timed steps of its first round. paired_ratio: the "
+         "median over rounds of adamw's seconds over the variant's in the same round (a "
+         "tokens/s ratio paired within rounds, which drift between rounds does not move); "
+         "paired_range: its smallest and largest round."
          if rounds > 1 else " Each row is timed once, one after another; mean_train_loss: "
          "the mean training loss over its timed steps.")
         + (f" The peer's model stays resident while the arm's loop is timed: its "

@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                          "the base weights, and time them in R rounds that run every row "
                          "(the peer, then each variant) once, the order rotating by one row "
                          "a round; a row's figures are its median segment's, spread = "
-                         "(max - min) / median (default: 3)")
+                         "(max - min) / median; 0: as many rounds as rows, every row once "
+                         "in every position (default: 3)")
     bn.add_argument("--profile", type=int, default=0,
                     help="after the rounds, profile K steps of the adamw arm loop and K of "
                          "the peer with torch.profiler -> OUT/profile_arm.txt, "
@@ -166,8 +167,9 @@ def _command(args: argparse.Namespace) -> int:
 
     if args.steps < 0:
         raise UsageError(f"--steps must be >= 0, got {args.steps}")
-    if args.rounds < 1:
-        raise UsageError(f"--rounds must be >= 1, got {args.rounds}")
+    if args.rounds < 0:
+        raise UsageError(f"--rounds must be >= 1, or 0 for one round per row, got "
+                         f"{args.rounds}")
     if args.profile < 0:
         raise UsageError(f"--profile must be >= 0, got {args.profile}")
     benchmark(LLMOptions.from_dict(opts), [v for v in args.variants.split(",") if v],
