@@ -57,8 +57,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -388,25 +386,9 @@ def bench_optimizer_cpu(warmup: int, reps: int) -> list[dict]:
 
 
 def machine_info(threads: int) -> dict[str, str]:
-    from .provenance import commit, cpu_model
+    from .provenance import machine_info as machine
 
-    info = {
-        "commit": commit(),
-        "cpu": cpu_model(),
-        "logical cores": str(os.cpu_count()),
-        "torch threads": str(threads),
-        "load average (1 min) at start": f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg")
-        else "n/a",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
-    for mod in ("qiskit", "qiskit_aer"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except ImportError:
-            info[mod] = "not installed"
-    return info
+    return machine(("qiskit", "qiskit-aer"), **{"torch threads": str(threads)})
 
 
 def _fmt(v: float, digits: int = 3) -> str:

@@ -66,7 +66,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -402,12 +401,9 @@ def machine_info(gpu: bool = False) -> dict[str, str]:
 
     import torch
 
-    from .provenance import commit, cpu_model
+    from .provenance import machine_info as machine
 
-    info = {"commit": commit(), "cpu": cpu_model(), "logical cores": str(os.cpu_count()),
-            "load average (1 min) at start": f"{os.getloadavg()[0]:.2f}",
-            "python": platform.python_version(), "torch": torch.__version__,
-            "platform": platform.platform()}
+    info = machine(torch=torch.__version__)
     if gpu:  # asked in a child: this process must not initialise CUDA before the pools fork
         out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda."
                               "get_device_name(0), torch.version.cuda, sep='|')"],

@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.metadata as md
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -102,19 +100,9 @@ def bench_executors(workers: int = 1, rounds: int = 5) -> list[dict]:
 
 
 def machine_info() -> dict[str, str]:
-    from .provenance import commit, cpu_model
+    from .provenance import machine_info as machine
 
-    def version(dist: str) -> str:
-        try:
-            return md.version(dist)
-        except md.PackageNotFoundError:
-            return "not installed"
-
-    return {"commit": commit(), "cpu": cpu_model(), "logical cores": str(os.cpu_count()),
-            "load average (1 min) at start": f"{os.getloadavg()[0]:.2f}",
-            "python": platform.python_version(), "torch": version("torch"),
-            "dask": version("dask"), "distributed": version("distributed"),
-            "platform": platform.platform()}
+    return machine(("dask", "distributed"))
 
 
 def _summary(rows: list[dict], kind: str) -> dict[str, float]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["commit", "commit_info", "require_commit", "known_commit", "provenance", "utc_now",
-           "ProvenanceError"]
+           "machine_info", "ProvenanceError"]
 
 COMMIT_ENV = "QSGD_COMMIT"
 _ROOT = Path(__file__).resolve().parent.parent
@@ -129,6 +129,36 @@ def cpu_device() -> str:
 
 def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def machine_info(versions: tuple[str, ...] = (), **extra: str | None) -> dict[str, str]:
+    """The machine a bench ran on, as its report states it (one helper for every bench):
+    the code's commit (``-dirty`` for uncommitted changes), the UTC time, the CPU with torch's
+    instruction set, logical cores, the 1-minute load average at the call, Python, torch and
+    the platform; then the installed version of each distribution in ``versions`` ("not
+    installed" where absent); then ``extra``'s keys in their order (a value of None leaves
+    its key out; a key also above replaces that value in place)."""
+    import importlib.metadata as md
+
+    def version(dist: str) -> str:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    info = {"commit": commit(), "utc": utc_now(), "cpu": cpu_model(),
+            "logical cores": str(os.cpu_count()),
+            "load average (1 min) at start": (f"{os.getloadavg()[0]:.2f}"
+                                              if hasattr(os, "getloadavg") else "n/a"),
+            "python": platform.python_version(), "torch": version("torch"),
+            "platform": platform.platform()}
+    info |= {dist: version(dist) for dist in versions}
+    for key, value in extra.items():
+        if value is None:
+            info.pop(key, None)
+        else:
+            info[key] = str(value)
+    return info
 
 
 def provenance(wall_seconds: float | None = None, device: str | None = None) -> dict[str, Any]:

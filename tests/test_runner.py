@@ -492,3 +492,20 @@ def test_appending_runs_to_results_does_not_mark_the_code_dirty(tmp_path, monkey
     prov.commit_info.cache_clear()
     assert prov.commit_info() == (sha, True)
     prov.commit_info.cache_clear()
+
+
+def test_machine_info_is_one_helper_for_every_bench():
+    import platform
+
+    from ablations.provenance import commit, machine_info
+
+    info = machine_info(("pytest", "no-such-dist-qsgd"), device="cpu", cpu=None,
+                        torch="custom")
+    assert info["commit"] == commit() and info["python"] == platform.python_version()
+    assert info["pytest"] == pytest.__version__ and info["no-such-dist-qsgd"] == "not installed"
+    assert "cpu" not in info                                  # None leaves the key out
+    assert info["torch"] == "custom" and info["device"] == "cpu"
+    keys = list(info)
+    assert keys.index("torch") < keys.index("platform") < keys.index("device")  # in place
+    assert all(isinstance(v, str) for v in info.values())
+    assert not any("/work/" in v or "/home/" in v for v in info.values())  # no machine paths

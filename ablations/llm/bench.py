@@ -611,19 +611,11 @@ def machine_section(device: str, command: str = "") -> str:
     """The report's ``## Machine`` section: the code's commit (``-dirty`` for uncommitted
     changes), the command that made it (when given), the device, and the versions the
     timings depend on."""
-    import platform
+    from ..provenance import machine_info
 
-    from ..provenance import commit, utc_now
-
-    try:
-        import transformers
-        tv = transformers.__version__
-    except ImportError:  # pragma: no cover - the llm extra installs it
-        tv = "not installed"
-    info = {"commit": commit(), "utc": utc_now(),
-            "command": f"`{command}`" if command else "(called from Python)",
-            "device": device, "python": platform.python_version(), "torch": torch.__version__,
-            "cuda": str(torch.version.cuda), "transformers": tv}
+    info = machine_info(("transformers",),
+                        command=f"`{command}`" if command else "(called from Python)",
+                        device=device, torch=torch.__version__, cuda=str(torch.version.cuda))
     return "## Machine\n\n" + "\n".join(f"- {k}: {v}" for k, v in info.items())
 
 
