@@ -177,3 +177,30 @@ def test_waves_group_runs_that_overlapped_in_time():
     assert list(t["commit"]) == ["abcdef1", "0123456"]
     assert list(t["started (UTC)"]) == ["2026-01-01T00:00", "2026-01-01T00:25"]
     assert waves_table([]).empty
+
+
+def test_a_replicating_grid_pairs_its_runs_with_their_twins(tmp_path, monkeypatch):
+    """llm-paper-graphs repeats llm-paper's runs with other kernels ([grid].replicates): its
+    report's last section pairs each stored run with its twin, and the committed
+    replication.csv comes out of the two grids' stored runs again."""
+    import numpy as np
+
+    monkeypatch.chdir(ROOT)  # the twin's [grid].results is relative to the repository
+    name = "llm-paper-graphs"
+    cfg = load_config(ROOT / "ablations" / "configs" / f"{name}.toml", results=tmp_path / name)
+    assert cfg.replicates == ROOT / "ablations" / "configs" / "llm-paper.toml"
+    (tmp_path / name).mkdir()
+    stored = ROOT / "results" / name
+    (tmp_path / name / "runs.jsonl").write_bytes((stored / "runs.jsonl").read_bytes())
+    text = render_arm(cfg).read_text()
+    assert "## Against `results/llm-paper`: the same runs by other code paths" in text
+    new = pd.read_csv(tmp_path / name / "replication.csv")
+    old = pd.read_csv(stored / "replication.csv")
+    assert list(new.columns) == list(old.columns) and len(new) == len(old)
+    assert set(new["pairs"]) == {5} and set(new["variant"]) == {
+        "adamw", "sin-l0.1", "sin-l0.5", "moment-l0.5", "sin-l0.5-first4", "gauss-l0.5"}
+    for col in old.columns:
+        if pd.api.types.is_numeric_dtype(old[col]):
+            np.testing.assert_allclose(new[col], old[col], rtol=1e-12, equal_nan=True)
+        else:
+            assert new[col].equals(old[col]), col
