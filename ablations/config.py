@@ -64,6 +64,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -86,6 +87,8 @@ __all__ = ["ConfigError", "RunSpec", "GridConfig", "load_config", "read_toml", "
 _GRID_KEYS = {"arm", "name", "results", "baseline_lr", "description", "protocol", "select_lr",
               "select_task", "selection", "runs_per_gpu", "exhibits", "seed_batched",
               "seeds_per_job", "extends", "replicates"}
+#: [grid] keys that name another config file, relative to the config's own folder
+_GRID_FILE_KEYS = ("select_lr", "select_task", "replicates")
 _CELL_KEYS = {"name", "attention", "variants", "seeds", "lr", "task", "options"}
 #: the protocols a grid may follow (DESIGN.md: the paper's tables, or ours on validation data)
 PROTOCOLS = ("paper", "calibrated")
@@ -277,8 +280,10 @@ def read_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     """A grid config's tables, with ``[grid].extends`` resolved: ``extends = "other.toml"``
     (relative to this file) starts from that config's tables and lays this file's over them,
     table by table (a key given here wins; ``[[cells]]`` given here replace the base's cells
-    whole), so a variant of a grid states only what differs. Chains are followed; a cycle or
-    a base that is not a string raises ConfigError naming the file."""
+    whole), so a variant of a grid states only what differs. The base's references to other
+    configs (``select_lr``, ``select_task``, ``replicates``) keep naming the files beside the
+    base. Chains are followed; a cycle, a missing base or one that is not a string raises
+    ConfigError naming the file."""
     path = Path(path)
     raw = read_toml(path)
     grid = raw.get("grid")
@@ -296,6 +301,11 @@ def read_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
         raise ConfigError(f"{path}: [grid].extends = {ref!r}: config file not found: "
                           f"{base_path}")
     merged = read_config(base_path, seen)
+    # the base's own file references name files beside the base: keep them pointing there
+    for key in _GRID_FILE_KEYS:
+        ref_value = merged.get("grid", {}).get(key)
+        if isinstance(ref_value, str):
+            merged["grid"][key] = os.path.relpath(base_path.parent / ref_value, path.parent)
     for key, value in raw.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = {**merged[key], **value}

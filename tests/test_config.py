@@ -237,3 +237,13 @@ def test_a_bad_extends_names_the_file(tmp_path, extends, message):
     path = write(tmp_path, grid_extra=f"extends = {extends}")
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_an_extended_configs_file_references_stay_beside_it(tmp_path):
+    base = write(tmp_path, grid_extra='replicates = "twin.toml"')
+    (tmp_path / "twin.toml").write_text(base.read_text().replace('replicates = "twin.toml"', ""))
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    child = sub / "child.toml"
+    child.write_text('[grid]\nextends = "../grid.toml"\nname = "child"\n')
+    assert load_config(child).replicates.resolve() == (tmp_path / "twin.toml").resolve()
