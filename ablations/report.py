@@ -25,7 +25,8 @@ import pandas as pd
 from . import stats
 from .arms import get_arm
 from .claims import Claim, ClaimResult, Evidence, claimed_effects, claims, claims_for, get_claim
-from .config import GridConfig, SelectionPending, load_config, selection_runs
+from .cli_support import first_line
+from .config import ConfigError, GridConfig, SelectionPending, load_config, selection_runs
 from .exhibits import EXHIBITS, Context, md_table
 from .fmt import num
 from .records import RUNS_FILE, json_default, load_records
@@ -335,7 +336,12 @@ def _replication_section(ctx: Context) -> list[str]:
     cfg = ctx.cfg
     if cfg.replicates is None:
         return []
-    other = load_config(cfg.replicates)
+    try:
+        other = load_config(cfg.replicates)
+    except (ConfigError, SelectionPending) as err:  # the twin grid cannot be read: say so
+        return ["## Against its twin grid\n",
+                f"`{_shown(cfg.replicates)}` ([grid].replicates) does not load, so no run is "
+                f"paired: {first_line(err)}\n"]
     records, _ = current_records(load_records(other.results / RUNS_FILE),
                                  {s.key for s in other.specs})
     twin = runs_table(records, other.protocol)

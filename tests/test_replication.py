@@ -41,3 +41,15 @@ def test_replicates_must_name_a_config_next_to_it(tmp_path):
     (tmp_path / "nope.toml").write_text(path.read_text().replace('replicates = "nope.toml"\n',
                                                                  ""))
     assert load_config(path).replicates == tmp_path / "nope.toml"
+
+
+def test_a_twin_grid_that_does_not_load_is_named_in_the_report(tmp_path):
+    from types import SimpleNamespace
+
+    from ablations.report import _replication_section
+
+    twin = tmp_path / "twin.toml"
+    twin.write_text("[grid]\narm = 'classifier'\n")  # no cells: does not load
+    ctx = SimpleNamespace(cfg=SimpleNamespace(replicates=twin, results=tmp_path))
+    text = "".join(_replication_section(ctx))
+    assert "twin.toml" in text and "does not load" in text and "[[cells]]" in text
