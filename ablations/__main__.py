@@ -1,10 +1,13 @@
-"""``python -m ablations run|report ...``
+"""``python -m ablations run|report|prune ...``
 
 ``run CONFIG`` runs the grid's missing runs into its results folder (``--results``, else the
 config's ``[grid].results``; ``~`` expanded), then renders that folder's report, and the claims
 ledger ``results/README.md`` when the folder is one of ``results/`` under the working directory
 and was not overridden. ``report CONFIG`` re-renders one grid's report (its folder only);
 ``report all`` every grid of ``ablations/configs`` whose runs exist, then the ledger.
+``prune CONFIG`` drops the grid's dirty records (made by a tree with uncommitted changes) that
+no report reads, superseded by a clean record of their key or of a key the grid no longer has,
+then re-renders its report.
 
 Everything the command reads is checked before the first run starts: the config, and the
 results folder (a folder, writable, not in use by another ``run``).
@@ -96,7 +99,12 @@ def _parser() -> tuple[argparse.ArgumentParser, tuple[argparse.ArgumentParser, .
     rep_p.add_argument("config", help="a config path, or 'all' (every grid of ablations/configs "
                        "whose results exist, then the ledger results/README.md)")
     rep_p.add_argument("--results", type=Path, default=None)
-    return parser, (run_p, rep_p)
+    pr_p = sub.add_parser("prune", help="drop a grid's records whose code cannot be named "
+                          "(dirty) and that no report reads: superseded by a clean record of "
+                          "their key, or of a key the grid no longer has; then its report")
+    pr_p.add_argument("config", type=Path)
+    pr_p.add_argument("--results", type=Path, default=None)
+    return parser, (run_p, rep_p, pr_p)
 
 
 def _load(args):
@@ -190,14 +198,27 @@ def _interrupted(err: KeyboardInterrupt) -> str:
             f"{counts['total']} in the grid) in {err.results}; rerun to resume")
 
 
+def _prune(args) -> int:
+    from .records import RUNS_FILE, prune_dirty
+    from .report import render_arm
+
+    cfg = _load(args)
+    superseded, stale = prune_dirty(cfg.results / RUNS_FILE, {s.key for s in cfg.specs})
+    print(f"{cfg.name}: dropped {superseded} dirty record(s) superseded by clean ones and "
+          f"{stale} dirty record(s) of keys the grid no longer has -> {cfg.results / RUNS_FILE}")
+    if superseded or stale:
+        render_arm(cfg)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the command; return the exit status
     (module docstring)."""
     parser, subs = _parser()
     add_debug_flag(parser, subs)
     args = parser.parse_args(argv)
-    body = _run if args.command == "run" else _report
-    source = args.config if args.command == "run" or args.config != "all" else None
+    body = {"run": _run, "report": _report, "prune": _prune}[args.command]
+    source = args.config if args.command != "report" or args.config != "all" else None
     return guarded(lambda: body(args), debug=args.debug, source=source,
                    interrupted=_interrupted)
 

@@ -192,6 +192,43 @@ def load_records(path: Path | str) -> list[dict[str, Any]]:
     return list(by_key.values())
 
 
+def prune_dirty(path: Path | str, keys: set[str]) -> tuple[int, int]:
+    """Drop from a runs.jsonl the records whose code cannot be named (:func:`is_dirty`) and
+    that no report reads: those a clean record of the same key supersedes, and those whose
+    key is not in ``keys`` (the grid's current specs: an older config or numerics version).
+    Every other line stays as it is, in its order. The file is rewritten whole (a temporary
+    file beside it, then one rename), under the folder's lock. Returns (superseded, stale)."""
+    path = Path(path)
+    if not path.is_file():
+        return 0, 0
+    with results_lock(path.parent):
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        parsed = []
+        for raw in lines:
+            try:
+                rec = json.loads(raw) if raw.strip() else None
+            except json.JSONDecodeError:
+                rec = None  # a line this function does not understand is kept as it is
+            parsed.append(rec if isinstance(rec, dict) and _problem(rec) is None else None)
+        clean = {r["key"] for r in parsed if r is not None and not is_dirty(r)}
+        keep, superseded, stale = [], 0, 0
+        for raw, rec in zip(lines, parsed):
+            if rec is not None and is_dirty(rec) and rec["key"] in clean:
+                superseded += 1
+            elif rec is not None and is_dirty(rec) and rec["key"] not in keys:
+                stale += 1
+            else:
+                keep.append(raw)
+        if superseded or stale:
+            fd, tmp = tempfile.mkstemp(prefix=".runs-", dir=path.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.writelines(keep)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        return superseded, stale
+
+
 def load_log(path: Path | str) -> list[dict[str, Any]]:
     """The entries of a log written line by line with :func:`append_record` (the sweep and
     failure logs), oldest first; none when the file is absent. A torn or unreadable line is

@@ -509,3 +509,29 @@ def test_machine_info_is_one_helper_for_every_bench():
     assert keys.index("torch") < keys.index("platform") < keys.index("device")  # in place
     assert all(isinstance(v, str) for v in info.values())
     assert not any("/work/" in v or "/home/" in v for v in info.values())  # no machine paths
+
+
+def test_prune_drops_only_dirty_records_no_report_reads(tmp_path):
+    from ablations.records import load_records, prune_dirty
+
+    def rec(key, dirty, loss):
+        return json.dumps({"key": key, "run_id": key, "metrics": {"loss": loss},
+                           "provenance": {"commit": "a" * 40 + ("-dirty" if dirty else ""),
+                                          "dirty": dirty}}) + "\n"
+
+    path = tmp_path / "runs.jsonl"
+    lines = [rec("k1", True, 1.0),    # superseded by the clean k1 below: dropped
+             rec("k2", False, 2.0),   # clean: kept
+             rec("k1", False, 1.5),
+             rec("k3", True, 3.0),    # dirty, its key in the grid, nothing newer: kept
+             rec("old", True, 4.0),   # dirty, a key the grid no longer has: dropped
+             rec("old2", False, 5.0),  # clean, an older config's: kept (reports count it)
+             "not json\n"]            # a line it does not understand: kept as it is
+    path.write_text("".join(lines))
+    assert prune_dirty(path, {"k1", "k2", "k3"}) == (1, 1)
+    assert path.read_text() == "".join(lines[1:4] + lines[5:])
+    assert prune_dirty(path, {"k1", "k2", "k3"}) == (0, 0)  # nothing left to drop
+    with pytest.warns(RuntimeWarning, match="malformed"):
+        assert {r["key"]: r["metrics"]["loss"] for r in load_records(path)} == {
+            "k1": 1.5, "k2": 2.0, "k3": 3.0, "old2": 5.0}
+    assert prune_dirty(tmp_path / "absent.jsonl", set()) == (0, 0)
