@@ -399,11 +399,9 @@ def machine_info(gpu: bool = False) -> dict[str, str]:
     import subprocess
     import sys
 
-    import torch
-
     from .provenance import machine_info as machine
 
-    info = machine(torch=torch.__version__)
+    info = machine()
     if gpu:  # asked in a child: this process must not initialise CUDA before the pools fork
         out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda."
                               "get_device_name(0), torch.version.cuda, sep='|')"],

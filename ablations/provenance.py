@@ -140,6 +140,8 @@ def machine_info(versions: tuple[str, ...] = (), **extra: str | None) -> dict[st
     its key out; a key also above replaces that value in place)."""
     import importlib.metadata as md
 
+    import torch
+
     def version(dist: str) -> str:
         try:
             return md.version(dist)
@@ -150,7 +152,7 @@ def machine_info(versions: tuple[str, ...] = (), **extra: str | None) -> dict[st
             "logical cores": str(os.cpu_count()),
             "load average (1 min) at start": (f"{os.getloadavg()[0]:.2f}"
                                               if hasattr(os, "getloadavg") else "n/a"),
-            "python": platform.python_version(), "torch": version("torch"),
+            "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform()}
     info |= {dist: version(dist) for dist in versions}
     for key, value in extra.items():

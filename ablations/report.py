@@ -310,19 +310,20 @@ def replication_table(runs: pd.DataFrame, twin: pd.DataFrame, metrics: list[str]
     relative to the twin), and the variant − ``baseline`` contrast (mean over the seeds both
     grids ran) in each grid side by side."""
     both = runs.merge(twin, on=TWIN_KEYS, suffixes=("", "_twin"))
+    pair = [k for k in TWIN_KEYS if k != "variant"]  # a variant's run and its baseline's
+    base = both[both["variant"] == baseline].set_index(pair)
     rows = []
     for m in metrics:
         if m not in both.columns or f"{m}_twin" not in both.columns:
             continue
         d = both[m] - both[f"{m}_twin"]
-        base = both[both["variant"] == baseline].set_index(["attention", "lr", "seed", "task"])
         for v, g in both.groupby("variant", sort=True):
             dv = d[g.index]
             row = {"variant": v, "metric": m, "pairs": len(g), "mean_diff": float(dv.mean()),
                    "max_abs_diff": float(dv.abs().max()),
                    "max_rel_diff": float((dv / g[f"{m}_twin"]).abs().max())}
             if v != baseline and not base.empty:
-                idx = g.set_index(["attention", "lr", "seed", "task"])
+                idx = g.set_index(pair)
                 common = idx.index.intersection(base.index)
                 row["contrast"] = float((idx.loc[common, m] - base.loc[common, m]).mean())
                 row["contrast_twin"] = float((idx.loc[common, f"{m}_twin"]
@@ -342,9 +343,7 @@ def _replication_section(ctx: Context) -> list[str]:
         return ["## Against its twin grid\n",
                 f"`{_shown(cfg.replicates)}` ([grid].replicates) does not load, so no run is "
                 f"paired: {first_line(err)}\n"]
-    records, _ = current_records(load_records(other.results / RUNS_FILE),
-                                 {s.key for s in other.specs})
-    twin = runs_table(records, other.protocol)
+    twin = selection_runs(other)  # its current records' runs table
     metrics = [m.name for m in ctx.arm.metrics if m.compared and not m.timing]
     baseline = ctx.arm.baselines[0]
     table = (replication_table(ctx.runs, twin, metrics, baseline) if not twin.empty

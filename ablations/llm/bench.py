@@ -615,7 +615,7 @@ def machine_section(device: str, command: str = "") -> str:
 
     info = machine_info(("transformers",),
                         command=f"`{command}`" if command else "(called from Python)",
-                        device=device, torch=torch.__version__, cuda=str(torch.version.cuda))
+                        device=device, cuda=str(torch.version.cuda))
     return "## Machine\n\n" + "\n".join(f"- {k}: {v}" for k, v in info.items())
 
 
