@@ -185,37 +185,51 @@ def variants(compiled: bool) -> list[tuple[str, Callable, int]]:
     return rows
 
 
-UPDATE_CONFIGS = [(512, 2), (512, 4), (1024, 2), (1024, 4), (1024, 8), (2048, 4), (2048, 8)]
+UPDATE_CONFIGS = [(256, 2), (512, 2), (512, 4), (1024, 2), (1024, 4), (1024, 8), (2048, 4),
+                  (2048, 8), (4096, 8), (4096, 16)]
 REDUCE_CONFIGS = [(8192, 1024, 4), (16384, 1024, 4), (16384, 2048, 4), (32768, 4096, 8)]
 
 
+#: the perturbations the update sweep times (anti: two noise draws per element, the most work)
+SWEEP_UPDATE = ("none", "sin", "gauss", "anti")
+
+
 def sweep(bench: Bench, warmup: int, reps: int, log) -> list[str]:
-    """Time the kernels' launch configurations (update: none, sin, gauss; reduction: gauss) and
-    return markdown lines; the rows then run with the defaults of qsgd/fused.py."""
+    """Time the kernels' launch configurations (update: :data:`SWEEP_UPDATE`, each at every
+    configuration, qsgd.fused.UPDATE_LAUNCH set aside; reduction: gauss and anti) and return
+    markdown lines; the rows then run with the defaults of qsgd/fused.py."""
     import qsgd.fused as F
 
     saved = (F.BLOCK, F.NUM_WARPS, F.RED_RB, F.RED_BLOCK, F.RED_WARPS)
+    launch = dict(F.UPDATE_LAUNCH)
+    per = "".join(f"; {k}: BLOCK={b}, num_warps={w}" for k, (b, w) in launch.items())
     lines = [f"Launch-configuration sweep at {_fmt_params(bench.total)} (median ms; the rows "
-             f"above use the defaults, update BLOCK={saved[0]}, num_warps={saved[1]}, "
+             f"above use the defaults, update BLOCK={saved[0]}, num_warps={saved[1]}{per}, "
              f"reduction RB={saved[2]}, BLOCK={saved[3]}, num_warps={saved[4]}):", "",
-             "| update BLOCK, warps | none | sin | gauss |", "|---|---|---|---|"]
+             "| update BLOCK, warps | " + " | ".join(SWEEP_UPDATE) + " |",
+             "|---|" + "---|" * len(SWEEP_UPDATE)]
     try:
+        F.UPDATE_LAUNCH.clear()
         for block, warps in UPDATE_CONFIGS:
             F.BLOCK, F.NUM_WARPS = block, warps
             ts = [statistics.median(bench.time(_qsgd(name), warmup, reps)[0])
-                  for name in ("none", "sin", "gauss")]
-            log(f"sweep update BLOCK={block} warps={warps}: none {ts[0]:.3f} sin {ts[1]:.3f} "
-                f"gauss {ts[2]:.3f} ms")
+                  for name in SWEEP_UPDATE]
+            log(f"sweep update BLOCK={block} warps={warps}: " + " ".join(
+                f"{n} {t:.3f}" for n, t in zip(SWEEP_UPDATE, ts)) + " ms")
             lines.append(f"| {block}, {warps} | " + " | ".join(f"{t:.3f}" for t in ts) + " |")
         F.BLOCK, F.NUM_WARPS = saved[0], saved[1]
-        lines += ["", "| reduction RB, BLOCK, warps | gauss |", "|---|---|"]
+        lines += ["", "| reduction RB, BLOCK, warps | gauss | anti |", "|---|---|---|"]
         for rb, blk, warps in REDUCE_CONFIGS:
             F.RED_RB, F.RED_BLOCK, F.RED_WARPS = rb, blk, warps
-            t = statistics.median(bench.time(_qsgd("gauss"), warmup, reps)[0])
-            log(f"sweep reduce RB={rb} BLOCK={blk} warps={warps}: gauss {t:.3f} ms")
-            lines.append(f"| {rb}, {blk}, {warps} | {t:.3f} |")
+            ts = [statistics.median(bench.time(_qsgd(name), warmup, reps)[0])
+                  for name in ("gauss", "anti")]
+            log(f"sweep reduce RB={rb} BLOCK={blk} warps={warps}: gauss {ts[0]:.3f} anti "
+                f"{ts[1]:.3f} ms")
+            lines.append(f"| {rb}, {blk}, {warps} | {ts[0]:.3f} | {ts[1]:.3f} |")
     finally:
         F.BLOCK, F.NUM_WARPS, F.RED_RB, F.RED_BLOCK, F.RED_WARPS = saved
+        F.UPDATE_LAUNCH.clear()
+        F.UPDATE_LAUNCH.update(launch)
     return lines
 
 
@@ -370,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                      time.gmtime()),
                 n_tensors=args.tensors, reps=args.reps, warmup=args.warmup, copy_tb_s=copy_bw,
                 sizes=sorted({r["params"] for r in rows}),
-                config=f"update BLOCK={F.BLOCK}, num_warps={F.NUM_WARPS}; reduction "
+                config=f"update BLOCK={F.BLOCK}, num_warps={F.NUM_WARPS}"
+                       + "".join(f" ({k}: BLOCK={b}, num_warps={w})"
+                                 for k, (b, w) in F.UPDATE_LAUNCH.items()) + "; reduction "
                        f"RB={F.RED_RB}, BLOCK={F.RED_BLOCK}, num_warps={F.RED_WARPS}",
                 notes=notes)
     write_markdown(args.out / "optimizer_step.md", rows, meta)

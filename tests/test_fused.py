@@ -718,3 +718,24 @@ def test_fused_circuit_closed_form_matches_the_simulator(depth, hadamard, entang
     _run(fo, a, 3)
     _run(ro, b, 3)
     _close_step(a, b, start, rtol=2e-5)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["anti", "gauss", "sin"])
+def test_a_per_perturbation_launch_changes_no_number(monkeypatch, variant):
+    """qsgd.fused.UPDATE_LAUNCH (BLOCK, num_warps per perturbation): the noise is keyed on
+    element positions, so another launch of the update kernel gives the same bits."""
+    import qsgd.fused as F
+
+    runs = []
+    for launch in (None, (512, 4), (4096, 16)):
+        monkeypatch.setattr(F, "UPDATE_LAUNCH", {} if launch is None else {variant: launch})
+        a = _make(SHAPES + [(9000,)], torch.float32, "cuda")
+        opt = SuperpositionalAdamW(a, fused=True, perturbation=variant, quantum_weight=1.0,
+                                   lr=1e-2, weight_decay=0.1)
+        _run(opt, a, 3)
+        runs.append([p.detach().clone() for p in a])
+    for other in runs[1:]:
+        for x, y in zip(runs[0], other, strict=True):
+            assert torch.equal(x, y)

@@ -103,7 +103,13 @@ def test_bench_writes_the_peer_row_the_loss_check_and_ratio_to_peer(data_dir, tm
     # the same loop (adamw is AdamW), the same rows, loss and schedule: the same epoch
     assert float(peer["mean_train_loss"]) == pytest.approx(float(arm[0]["mean_train_loss"]),
                                                            rel=1e-4)
+    # the matrix-product floor: its own row, with a ratio to the peer, explained in the md
+    floor, = [r for r in rows if r["config"].startswith("floor: ")]
+    assert float(floor["ratio_to_peer"]) == pytest.approx(
+        float(floor["tokens_per_s"]) / float(peer["tokens_per_s"]), rel=1e-3)
+    assert "fp32" in floor["config"] and floor["value"].endswith("TFLOP/s")
     md = (tmp_path / "b" / "throughput_bench.md").read_text()
+    assert "The `floor` row times the step's matrix products alone" in md
     # the figure beside the table, linked from it
     assert (tmp_path / "b" / "throughput_bench.png").stat().st_size > 5000
     assert "](throughput_bench.png)" in md
@@ -115,6 +121,18 @@ def test_bench_writes_the_peer_row_the_loss_check_and_ratio_to_peer(data_dir, tm
     rows = _bench(data_dir, tmp_path / "n", "--no-peer")
     assert not [r for r in rows if r["config"].startswith(("HF", "check: HF"))]
     assert all(r["ratio_to_peer"] == "" for r in rows)
+
+
+def test_matmul_floor_counts_the_step_s_products():
+    """The floor's FLOPs are the decoder's and the LM head's of train_flops (no attention) at
+    the rows it was given; its rate is FLOPs over its seconds."""
+    from ablations.llm.bench import matmul_floor
+    from qsgd.models.llama import PRESETS
+
+    shape = PRESETS["tiny"]
+    f = matmul_floor(shape, 96, 40, torch.device("cpu"), torch.float32, reps=2)
+    assert f["flops"] == pytest.approx(shape.train_flops(96, 40, 0.0), rel=1e-12)
+    assert f["seconds"] > 0 and f["tflops"] == pytest.approx(f["flops"] / f["seconds"] / 1e12)
 
 
 def test_bench_help_documents_the_peer(capsys):

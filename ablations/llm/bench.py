@@ -24,6 +24,7 @@ from .packing import DeviceBatches
 from .precision import LossScaling
 from .session import Session, device_name, epoch_batches, open_session, peak_flops, sync
 from .train import (
+    attention_args,
     epoch_figures,
     evaluate_exact_match,
     evaluate_loss,
@@ -32,7 +33,7 @@ from .train import (
     warm_up,
 )
 
-__all__ = ["benchmark", "decode_check", "HFPeer", "PEER", "BENCH_COLUMNS"]
+__all__ = ["benchmark", "decode_check", "HFPeer", "PEER", "BENCH_COLUMNS", "matmul_floor"]
 
 #: the peer row's config prefix (the summary keeps rows starting "HF ")
 PEER = "HF peer: LlamaForCausalLM"
@@ -238,6 +239,59 @@ def _hf_baseline(sess: Session, o: LLMOptions, steps: int, warmup: int = 5) -> d
     return {"tokens_per_s": tokens / sec, "step_ms": 1e3 * sec / steps, "batch": batch}
 
 
+def matmul_floor(shape, slots: float, scored: float, device: torch.device,
+                 dtype: torch.dtype = torch.bfloat16, reps: int = 10) -> dict[str, float]:
+    """Seconds a training step spends in its matrix products alone: each linear layer of the
+    decoder at ``slots`` token rows (the packed step's slots, padding included: what a loop on
+    packed rows multiplies), the LM head at ``scored`` rows (the step's mean scored tokens),
+    each as its forward product and the two of its backward (input and weight gradients),
+    ``torch.mm`` on random ``dtype`` operands of those shapes on ``device``, the median of
+    ``reps`` timings per shape (CUDA events on a GPU), summed over the layers.
+
+    No attention, norms, activations, optimizer step or launch gaps are counted, so no loop
+    that runs these products with these kernels steps faster: ``real tokens per step /
+    seconds`` bounds its tokens/s from above. Returns ``seconds``, ``flops`` (of the products
+    counted: equals :meth:`LlamaShape.train_flops` without attention, at these rows) and
+    ``tflops`` (their rate)."""
+    s = shape
+    D, q = s.hidden_size, s.num_heads * s.head_dim
+    qkv = q + 2 * s.num_kv_heads * s.head_dim
+    M, Mh = max(1, round(slots)), max(1, round(scored))
+    layer = [(M, D, qkv), (M, q, D), (M, D, 2 * s.intermediate_size), (M, s.intermediate_size, D)]
+    cuda = device.type == "cuda"
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def one(m: int, k: int, n: int) -> float:
+        x = torch.randn(m, k, device=device, dtype=dtype, generator=gen)
+        w = torch.randn(n, k, device=device, dtype=dtype, generator=gen)
+        g = torch.randn(m, n, device=device, dtype=dtype, generator=gen)
+
+        def products():
+            x @ w.t()   # forward
+            g @ w       # input gradient
+            g.t() @ x   # weight gradient
+
+        products()
+        times = []
+        for _ in range(reps):
+            if cuda:
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                products()
+                b.record()
+                b.synchronize()
+                times.append(a.elapsed_time(b) / 1e3)
+            else:
+                t = time.perf_counter()
+                products()
+                times.append(time.perf_counter() - t)
+        return float(np.median(times))
+
+    sec = s.num_layers * sum(one(*mkn) for mkn in layer) + one(Mh, D, s.vocab_size)
+    flops = 6.0 * (s.num_layers * sum(m * k * n for m, k, n in layer) + Mh * D * s.vocab_size)
+    return dict(seconds=sec, flops=flops, tflops=flops / sec / 1e12)
+
+
 def _peak_mib(dev: torch.device) -> float | str:
     # peak allocated memory since the last reset, MiB ("" on a CPU)
     return round(torch.cuda.max_memory_allocated(dev) / 2**20) if dev.type == "cuda" else ""
@@ -284,7 +338,9 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
 
     Rows: with packed batching and ``peer``, the compiled Hugging Face peer (:class:`HFPeer`)
     on the arm's own packed steps, timed over the same steps as the arm's loop, and the check
-    that it and the arm compute the same loss of step 0 from the base weights; with example
+    that it and the arm compute the same loss of step 0 from the base weights, and the
+    matrix-product floor (:func:`matmul_floor`: the step's products alone at its shapes, an
+    upper bound of any such loop's tokens/s, with its ratio to the peer); with example
     batching, the plain HF loop at batch 1 (:func:`_hf_baseline`, ``baseline_steps`` steps
     after 5 warm-up steps; CUDA only); then the arm's loop per variant (seed 0 data order, no
     evaluation), each with its tokens/s, ratio to adamw, ratio to the peer (``ratio_to_peer``:
@@ -380,16 +436,15 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
         reset_weights(sess)
         with torch.no_grad():
             args = (b.ids[0], b.pos[0], b.doc[0], b.loss_idx[0], b.loss_tgt[0], b.n_loss[0])
-            if b.block_masks is not None:
-                sess.flex.buf.copy_(b.doc[0])
-                ref = float(sess.model.loss(*args, None))
-                arm0 = float(sess.loss_fn(*args, b.block_masks[0]))
-                print(f"[bench] loss of batch 0: flex (compiled) {arm0:.5f}, dense SDPA "
+            kw = attention_args(sess, b, 0)
+            arm0 = float(sess.loss_fn(*args, **kw))
+            if kw:
+                impl = sess.attn_impl
+                ref = float(sess.model.loss(*args))
+                print(f"[bench] loss of batch 0: {impl} (compiled) {arm0:.5f}, dense SDPA "
                       f"{ref:.5f}", flush=True)
-                rows.append(dict(config="check: flex vs dense-mask SDPA loss, batch 0",
+                rows.append(dict(config=f"check: {impl} vs dense-mask SDPA loss, batch 0",
                                  value=f"{arm0:.5f} vs {ref:.5f}", device=name))
-            else:
-                arm0 = float(sess.loss_fn(*args, None))
 
     def timing(seconds: float, steps: int) -> dict[str, Any]:
         # the figures every timed row shares; the epoch's seconds extrapolated by steps
@@ -399,6 +454,14 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
                     mfu=round(flops / epoch_s / peak, 4) if peak else "")
 
     hf = HFPeer(sess, o, b) if peer and not per_example else None
+    floor = None
+    if not per_example:  # the step's matrix products alone, at its shapes: a speed bound
+        slots = int(b.ids.shape[1] * b.ids.shape[2])
+        scored = fig["scored"] / S
+        floor_dtype = o.effective_precision
+        floor = matmul_floor(sess.base.shape, slots, scored, dev,
+                             {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+                                 floor_dtype, torch.float32))
     resident = hf.resident_mib if hf is not None and hf.resident_mib is not None else 0.0
     if hf is not None and cuda:
         print(f"[bench] the peer holds {resident:.0f} MiB between its timings (subtracted "
@@ -466,6 +529,17 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
               f"(spread {spread}), loss of batch 0 {loss0:.5f} (arm {arm0:.5f})", flush=True)
     if base_row is not None:
         rows.append(base_row)
+    if floor is not None:
+        t = timing(floor["seconds"], 1)
+        rows.append(dict(
+            config=f"floor: the step's matrix products alone (torch.mm, {floor_dtype}, the "
+                   f"arm's shapes: the decoder on {slots} token slots, the LM head on "
+                   f"{scored:.0f} scored tokens, forward and both backward products; no "
+                   "attention, norms, optimizer or launch gaps): no loop running them is faster",
+            **t, ratio_to_peer=round(t["tokens_per_s"] / peer_tps, 4) if peer_tps else "",
+            value=f"{floor['tflops']:.0f} TFLOP/s", device=name))
+        print(f"[bench] matrix-product floor: {t['tokens_per_s']} tokens/s, step "
+              f"{t['step_ms']} ms, {floor['tflops']:.0f} TFLOP/s", flush=True)
     graphs = f" {o.compile_mode}" if o.compile and o.compile_mode != "default" else ""
     loop = f"arm loop ({sess.attn_impl}, compile={o.compile}{graphs}, {step_text}, " \
            f"{o.effective_precision}{timed}"
@@ -596,6 +670,12 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
         f"does beyond it is not counted) over time and the dense bf16 peak "
         f"({peak or 'unknown'} FLOP/s)."
         + rounds_text + peer_text
+        + (" The `floor` row times the step's matrix products alone (`matmul_floor`: each "
+           "linear layer's forward product and both backward ones, torch.mm at the arm's "
+           "shapes, the LM head on the mean scored tokens of a step): attention, norms, "
+           "activations, the optimizer and launch gaps cost more on top, so no loop that runs "
+           "these products with these kernels reaches its tokens/s; its ratio_to_peer is the "
+           "most any such loop can be ahead of the peer." if floor is not None else "")
         + "\n\n![tokens per second of every timed row](throughput_bench.png)\n\n"
         + "\n".join(lines) + "\n\n" + machine_section(name, command) + "\n")
     from .bench_plot import plot_bench

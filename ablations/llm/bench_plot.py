@@ -4,8 +4,10 @@ One horizontal bar per timed row of ``throughput_bench.csv`` (the compiled Huggi
 then the arm's variants), its length the row's tokens per second; where the CSV has a
 ``spread`` column (the bench's interleaved rounds: (max − min) / median of a row's segment
 times) a whisker spans it. Reference lines: the peer's throughput (×1) and the issue's targets,
-twice the peer for the arm and 0.95 of the arm's AdamW for every variant. Rows that time
-nothing (checks, test loss, decoding) and lr-check rows are left out.
+twice the peer for the arm and 0.95 of the arm's AdamW for every variant, and where the bench
+measured it, the matrix-product floor (the ``floor:`` row: the most tokens/s any loop running
+the step's matrix products can reach). Rows that time nothing (checks, test loss, decoding)
+and lr-check rows are left out.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from ..style import BASELINE_COLOR, REFERENCE_COLOR, new_figure, themed, variant
 
 __all__ = ["plot_bench", "bench_rows"]
 
-#: the config prefix of the peer's row (bench.PEER) and of the arm's rows
-_PEER, _ARM = "HF peer", "arm loop"
+#: the config prefix of the peer's row (bench.PEER), of the arm's rows and of the floor's
+_PEER, _ARM, _FLOOR = "HF peer", "arm loop", "floor:"
 
 
 def _pct(text: str) -> float | None:
@@ -53,6 +55,10 @@ def plot_bench(csv_path: Path, out_png: Path, title: str = "") -> Path | None:
     rows = bench_rows(csv_path)
     if not rows:
         return None
+    with open(csv_path, newline="") as fh:
+        floor = next((float(r["tokens_per_s"]) / 1e3 for r in csv.DictReader(fh)
+                      if r.get("config", "").startswith(_FLOOR) and r.get("tokens_per_s")),
+                     None)
     fig, axes = new_figure(1, 1, 7.0, 0.32 * len(rows) + 1.6)
     ax = axes[0, 0]
     y = list(range(len(rows)))[::-1]
@@ -71,6 +77,8 @@ def plot_bench(csv_path: Path, out_png: Path, title: str = "") -> Path | None:
         lines += [(peer, "-", "HF peer"), (2 * peer, "--", "2× the peer (target)")]
     if adamw:
         lines.append((0.95 * adamw, ":", "0.95 × the arm's adamw (target)"))
+    if floor:
+        lines.append((floor, "-.", "matrix-product floor (bound)"))
     for x, style, label in lines:
         ax.axvline(x, color=REFERENCE_COLOR, ls=style, lw=1, label=label)
     if lines:

@@ -19,7 +19,7 @@ __all__ = ["LLMOptions", "lr_at", "DEFAULT_MODEL", "ATTN_IMPLS", "BATCHINGS", "P
            "LOSS_TOKENS", "COMPILE_MODES", "CUDA_GRAPH_MODES", "COMPILE_SCOPES"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-ATTN_IMPLS = ("auto", "flex", "sdpa")
+ATTN_IMPLS = ("auto", "flex", "varlen", "sdpa")
 #: packed rows of many examples (the calibrated protocol) or one example a step (the paper's)
 BATCHINGS = ("packed", "example")
 #: "auto" follows ``amp`` (bf16 when on, else fp32), as before the option existed
@@ -66,7 +66,10 @@ class LLMOptions:
     shape) or ``"layer"`` (example batching only: one decoder layer is compiled and reused by
     every layer, so each shape costs one layer's compilation; the embedding, LM head and loss
     run eager; other fusions, so not the same bits). attn_impl: auto (flex on CUDA, sdpa on CPU),
-    flex, sdpa (packed only: example batching attends causally with SDPA). amp: mixed
+    flex (FlexAttention, a document-causal block mask), varlen (torch's variable-length
+    FlashAttention over the examples of a step: no masked blocks computed; CUDA, torch ≥ 2.9),
+    sdpa (the dense-mask reference; packed only: example batching attends causally with
+    SDPA). amp: mixed
     precision (bfloat16 autocast unless ``precision`` says otherwise). precision: ``"auto"``
     (default: bf16 with ``amp``, else fp32), ``"bf16"``, ``"fp16"`` (float16 autocast with
     dynamic loss scaling, :mod:`ablations.llm.precision`) or ``"fp32"``; an explicit value
@@ -167,9 +170,10 @@ class LLMOptions:
         if self.batching == "packed" and self.loss_tokens != "answer":
             raise ValueError(f"[llm].loss_tokens = {self.loss_tokens!r} needs batching = "
                              "'example' (packed rows score the answer tokens only)")
-        if self.per_example and self.attn_impl == "flex":
-            raise ValueError("[llm].attn_impl = 'flex' applies to packed rows; batching = "
-                             "'example' attends causally with SDPA (use 'auto' or 'sdpa')")
+        if self.per_example and self.attn_impl in ("flex", "varlen"):
+            raise ValueError(f"[llm].attn_impl = {self.attn_impl!r} applies to packed rows; "
+                             "batching = 'example' attends causally with SDPA (use 'auto' or "
+                             "'sdpa')")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"[llm].min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
         for key in ("warmup", "val_examples", "train_examples", "test_loss_examples",

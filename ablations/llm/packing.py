@@ -21,7 +21,8 @@ from torch.nn.attention.flex_attention import create_block_mask
 
 from qsgd.models.llama import IGNORE
 
-__all__ = ["Packed", "pack", "DeviceBatches", "to_device", "loss_capacity", "FlexMasks"]
+__all__ = ["Packed", "pack", "DeviceBatches", "to_device", "loss_capacity", "FlexMasks",
+           "varlen_segments"]
 
 
 @dataclass
@@ -111,6 +112,7 @@ class DeviceBatches:
     block_masks: list | None
     packed: Packed
     capacity: int
+    cu_seqlens: Tensor | None = None  # [S, K + 1] int32 (attn_impl "varlen"), else None
 
     @property
     def steps(self) -> int:
@@ -125,12 +127,38 @@ def loss_capacity(count: int, total: int) -> int:
     return min(total, quantum * math.ceil(max(count, 1) / quantum))
 
 
+def varlen_segments(doc: np.ndarray, bound: int = 0) -> np.ndarray:
+    """Cumulative segment offsets [S, K + 1] (int32) of the steps' flattened rows, for
+    variable-length attention: ``doc`` [S, R, L] holds each token's example id (−1 padding); a
+    segment is a run of one id within a row (an example, or a row's padding), so attention
+    within segments is the document-causal mask. Every step has K segments: the steps with
+    fewer end in empty segments (repeated offsets R·L), which attend to nothing and cost
+    nothing, so every step has one shape. K = ``bound`` when the steps fit in it, else the
+    most segments of a step rounded up to a multiple of 16 (few shapes, few graphs)."""
+    S, R, L = doc.shape
+    flat = doc.reshape(S, R * L)
+    starts = np.ones((S, R * L), dtype=bool)
+    starts[:, 1:] = flat[:, 1:] != flat[:, :-1]
+    starts[:, ::L] = True  # a row starts a segment, whatever ids its neighbour holds
+    counts = starts.sum(1)
+    need = int(counts.max()) if S else 1
+    K = bound if need <= bound else 16 * math.ceil(need / 16)
+    cu = np.full((S, K + 1), R * L, dtype=np.int32)
+    for s in range(S):
+        pos = np.nonzero(starts[s])[0]
+        cu[s, :len(pos)] = pos
+    return cu
+
+
 def to_device(p: Packed, device: torch.device, rank: int = 0, world: int = 1,
-              mask_builder: Callable | None = None, capacity: int | None = None) -> DeviceBatches:
+              mask_builder: Callable | None = None, capacity: int | None = None,
+              segments: int | None = None) -> DeviceBatches:
     """Rank ``rank``'s share (rows ``rank·R/world`` to ``(rank+1)·R/world`` of every step) of
     ``p`` on ``device``, with the scored positions of each step gathered into ``capacity``
     slots (default :func:`loss_capacity` of the largest step) and, when ``mask_builder`` is
-    given, one attention block mask per step built from the step's example ids."""
+    given, one attention block mask per step built from the step's example ids; when
+    ``segments`` is not None, the steps' segment offsets for variable-length attention
+    (:func:`varlen_segments` with that bound; 0: the steps' own)."""
     S, R, L = p.ids.shape
     if R % world:
         raise ValueError(f"{R} rows per step do not split over {world} ranks")
@@ -150,8 +178,11 @@ def to_device(p: Packed, device: torch.device, rank: int = 0, world: int = 1,
     ids, pos = t(p.ids[:, r0:r1]), t(p.pos[:, r0:r1])
     doc = t(p.doc[:, r0:r1], torch.int32)
     masks = [mask_builder(doc[s]) for s in range(S)] if mask_builder is not None else None
+    cu = (t(varlen_segments(p.doc[:, r0:r1], segments), torch.int32)
+          if segments is not None else None)
     return DeviceBatches(ids, pos, doc, t(idx), t(lt),
-                         torch.from_numpy(p.n_loss.astype(np.float32)).to(device), masks, p, C)
+                         torch.from_numpy(p.n_loss.astype(np.float32)).to(device), masks, p, C,
+                         cu)
 
 
 class FlexMasks:

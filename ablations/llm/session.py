@@ -86,7 +86,10 @@ class Session:
     batching); example_fn: with example batching,
     ``(ids, tgt, ans) -> (loss, [all-token loss, answer loss])``
     (:func:`ablations.llm.examples.example_losses`, compiled or not); train_cache: training
-    batches per data-order seed; warm: (variant, shapes) pairs whose step is compiled.
+    batches per data-order seed; warm: (variant, shapes) pairs whose step is compiled;
+    segments: with ``attn_impl = "varlen"``, the segments per step of the training batches
+    (later data orders and the test and validation sets pad to as many when they fit, so one
+    graph serves them), else None.
     """
 
     key: tuple
@@ -108,6 +111,7 @@ class Session:
     train_cache: dict = field(default_factory=dict)
     eval_cache: dict = field(default_factory=dict)
     warm: set = field(default_factory=set)
+    segments: int | None = None
 
 
 _SESSIONS: dict[str, Session] = {}
@@ -148,6 +152,9 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
     if impl == "flex" and device.type != "cuda":
         raise ValueError("[llm].attn_impl = 'flex' needs a CUDA device (FlexAttention has no "
                          "CPU backward); use 'sdpa' on a CPU")
+    if impl == "varlen" and device.type != "cuda":
+        raise ValueError("[llm].attn_impl = 'varlen' needs a CUDA device (FlashAttention); use "
+                         "'sdpa' on a CPU")
     if per_example and d.world > 1:
         raise ValueError("[llm].batching = 'example' trains one example a step, which does not "
                          f"split over {d.world} data-parallel ranks: run it on one device")
@@ -190,7 +197,7 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
         if val else []
     sess = Session(key, o, base, device, d, model, base_params, loss_fn, flex, enc_train,
                    enc_test, test, task, val_examples=enc_val, attn_impl=impl,
-                   example_fn=example_fn)
+                   example_fn=example_fn, segments=0 if impl == "varlen" else None)
     _SESSIONS["current"] = sess
     return sess
 
@@ -211,8 +218,11 @@ def epoch_batches(sess: Session, order_seed: int) -> DeviceBatches | ExampleBatc
         else:
             p = pack(sess.train_examples, order, o.max_len, o.tokens_per_batch // o.max_len,
                      sess.base.tokenizer.pad_id)
-            sess.train_cache[order_seed] = to_device(p, sess.device, sess.dist.rank,
-                                                     sess.dist.world, sess.flex)
+            b = to_device(p, sess.device, sess.dist.rank, sess.dist.world, sess.flex,
+                          segments=sess.segments)
+            if b.cu_seqlens is not None:  # later orders and the eval sets pad to the same K
+                sess.segments = b.cu_seqlens.shape[1] - 1
+            sess.train_cache[order_seed] = b
     return sess.train_cache[order_seed]
 
 
@@ -237,7 +247,7 @@ def eval_batches(sess: Session, capacity: int, split: str = "test"
         need = int(p.n_loss.max())
         cap = capacity if need <= capacity else loss_capacity(need, rows * o.max_len)
         sess.eval_cache[split] = cached = to_device(p, sess.device, 0, 1, sess.flex,
-                                                    capacity=cap)
+                                                    capacity=cap, segments=sess.segments)
     return cached
 
 

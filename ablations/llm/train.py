@@ -37,7 +37,8 @@ from .session import (
 )
 
 __all__ = ["run", "train_epoch", "reset_weights", "warm_up", "evaluate_loss",
-           "evaluate_losses", "evaluate_exact_match", "recorded_losses", "epoch_figures"]
+           "evaluate_losses", "evaluate_exact_match", "recorded_losses", "epoch_figures",
+           "attention_args"]
 
 
 def _step_loss(sess: Session, b: DeviceBatches | ExampleBatches, s: int
@@ -51,13 +52,21 @@ def _step_loss(sess: Session, b: DeviceBatches | ExampleBatches, s: int
         torch.compiler.cudagraph_mark_step_begin()
     if sess.opts.per_example:
         return sess.example_fn(b.ids[s], b.tgt[s], b.ans[s])
-    bm = None
-    if b.block_masks is not None:
-        bm = b.block_masks[s]
-        sess.flex.buf.copy_(b.doc[s])  # the mask_mod reads this step's example ids
     loss = sess.loss_fn(b.ids[s], b.pos[s], b.doc[s], b.loss_idx[s], b.loss_tgt[s], b.n_loss[s],
-                        bm)
+                        **attention_args(sess, b, s))
     return loss, loss.detach().reshape(1)
+
+
+def attention_args(sess: Session, b: DeviceBatches, s: int) -> dict[str, Any]:
+    """The attention keywords of packed step s for ``model.loss``: its FlexAttention block mask
+    (the mask_mod's id buffer then holds the step's example ids), or its segment offsets for
+    variable-length attention, or none (the dense-mask SDPA reference)."""
+    if b.block_masks is not None:
+        sess.flex.buf.copy_(b.doc[s])  # the mask_mod reads this step's example ids
+        return {"block_mask": b.block_masks[s]}
+    if b.cu_seqlens is not None:
+        return {"cu_seqlens": b.cu_seqlens[s]}
+    return {}
 
 
 def recorded_losses(b: DeviceBatches | ExampleBatches, o: LLMOptions) -> tuple[str, ...]:

@@ -19,7 +19,8 @@ autocast when ``amp`` is on.
 
 :meth:`CompactLlama.loss` is the training forward over packed rows: attention is causal within
 each example (document masking, by FlexAttention block mask, Dong et al. 2024, arXiv
-2412.05496, or a dense SDPA mask), and logits are computed only at the scored positions.
+2412.05496, by variable-length FlashAttention over the examples, Dao 2023, arXiv 2307.08691,
+or a dense SDPA mask), and logits are computed only at the scored positions.
 Targets equal to :data:`IGNORE` are not scored (``F.cross_entropy``'s ``ignore_index``).
 
 FLOP counts (:meth:`LlamaShape.train_flops`) follow Kaplan et al. 2020 (arXiv 2001.08361:
@@ -38,7 +39,7 @@ from torch import Tensor, nn
 from torch.nn.attention.flex_attention import flex_attention
 
 __all__ = ["IGNORE", "LlamaShape", "PRESETS", "CompactLlama", "RMSNorm", "default_inv_freq",
-           "random_state"]
+           "random_state", "varlen_attend"]
 
 #: target id of a position that is not scored (``F.cross_entropy``'s default ignore_index)
 IGNORE = -100
@@ -193,6 +194,46 @@ class _Body(nn.Module):
         self.norm = RMSNorm(s.hidden_size, s.rms_eps)
 
 
+def _varlen_keywords(fn: Callable) -> dict:
+    # torch 2.9/2.10 take is_causal; later versions window_size=(-1, 0) and enable_gqa
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    kw: dict = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    if "enable_gqa" in params:
+        kw["enable_gqa"] = True
+    return kw
+
+
+try:  # resolved once at import: the compiled step traces no signature inspection
+    from torch.nn.attention.varlen import varlen_attn as _varlen_attn
+except ImportError:  # torch < 2.9
+    _varlen_attn = None
+_VARLEN_KW = _varlen_keywords(_varlen_attn) if _varlen_attn is not None else {}
+
+
+def varlen_attend(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor) -> Tensor:
+    """Causal attention within the segments of the flattened rows: q [B, H, T, d], k, v
+    [B, H_kv, T, d] (grouped-query heads shared natively), ``cu_seqlens`` [K + 1] int32
+    offsets into the B·T tokens (:func:`ablations.llm.packing.varlen_segments`; empty
+    segments allowed, each segment within one row, so at most T long). torch's
+    variable-length FlashAttention (``torch.nn.attention.varlen``, torch ≥ 2.9, CUDA,
+    bf16/fp16); its keywords (causal as ``is_causal`` or ``window_size``, ``enable_gqa``)
+    follow the installed version. Returns [B, H, T, d]."""
+    if _varlen_attn is None:
+        raise ImportError(f"attn_impl 'varlen' needs torch.nn.attention.varlen (torch >= 2.9); "
+                          f"this is torch {torch.__version__}: use 'flex'")
+    B, H, T, d = q.shape
+    Hkv = k.shape[1]
+
+    def flat(x, h):
+        return x.transpose(1, 2).reshape(B * T, h, d)
+
+    o = _varlen_attn(flat(q, H), flat(k, Hkv), flat(v, Hkv), cu_seqlens, cu_seqlens, T, T,
+                     **_VARLEN_KW)
+    return o.view(B, T, H, d).transpose(1, 2)
+
+
 class CompactLlama(nn.Module):
     """A Llama decoder in plain PyTorch whose parameters carry the Hugging Face names.
 
@@ -248,16 +289,20 @@ class CompactLlama(nn.Module):
         return self.model.norm(x)
 
     def loss(self, ids: Tensor, pos: Tensor, doc: Tensor, loss_idx: Tensor, loss_tgt: Tensor,
-             n_tok: Tensor, block_mask=None) -> Tensor:
+             n_tok: Tensor, block_mask=None, cu_seqlens: Tensor | None = None) -> Tensor:
         """Σ cross-entropy over the scored positions, divided by ``n_tok`` (a 0-dim tensor).
 
         ids, pos, doc: [R, L] packed rows (doc: example id per token; -1 for padding).
         loss_idx, loss_tgt: [C] flat positions into the R·L tokens and their targets
-        (IGNORE for unused slots). block_mask: a FlexAttention block mask, or None for the
-        dense-mask SDPA reference.
+        (IGNORE for unused slots). block_mask: a FlexAttention block mask; cu_seqlens: the
+        rows' segment offsets for variable-length FlashAttention (:func:`varlen_attend`); with
+        neither, the dense-mask SDPA reference.
         """
         with self.autocast(ids.device):
-            if block_mask is None:
+            if cu_seqlens is not None:
+                def attend(q, k, v, i):
+                    return varlen_attend(q, k, v, cu_seqlens)
+            elif block_mask is None:
                 T = ids.shape[1]
                 causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
                 mask = ((doc.unsqueeze(2) == doc.unsqueeze(1)) & causal).unsqueeze(1)
