@@ -92,6 +92,8 @@ def test_varlen_is_packed_only_and_named_in_the_options():
     llm.LLMOptions.from_dict({"attn_impl": "varlen"})  # packed: accepted
     with pytest.raises(ValueError, match=r"attn_impl = 'varlen' applies to packed rows"):
         llm.LLMOptions.from_dict({"batching": "example", "attn_impl": "varlen"})
+    with pytest.raises(ValueError, match=r"'varlen' does not run under CUDA graphs"):
+        llm.LLMOptions.from_dict({"attn_impl": "varlen", "compile_mode": "reduce-overhead"})
 
 
 def test_varlen_keywords_follow_the_installed_signature():
@@ -154,7 +156,7 @@ def test_varlen_loss_and_grads_equal_the_dense_reference(shape_name):
 
 
 @needs_cuda
-@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+@pytest.mark.parametrize("mode", ["default"])  # under CUDA graphs it fails (the options refuse)
 def test_compiled_varlen_equals_eager(mode):
     shape, b = _gpu_batch("tiny", seed=1)
     m = _model(shape, 1)
