@@ -150,15 +150,21 @@ def llm(session):
 #: (every variant) and at the Llama-3.2-1B shape (random weights, SmolLM2's tokenizer)
 _PAPER_B1 = ("--config", "ablations/configs/llm-paper.toml", "--variants", "adamw,sin-l0.5",
              "--steps", "600", "--baseline-steps", "0", "--set", "eval_questions=0")
+_BENCH_1B = ("--set", "model=random:1b", "--set", "tokenizer=smollm2-135m-instruct", "--set",
+             "eval_questions=0", "--variants", "adamw,sin-l0.5")
 LLM_BENCHES = (
     # every variant against adamw and the peer, one round per row (each row once in every
     # position of a round), so that no row's timing carries its position's drift
     ("results/llm", ("--rounds", "0")),
     # the same with the arm's forward and backward replayed as CUDA graphs (the peer unchanged)
     ("results/llm/bench-graphs", ("--rounds", "0", "--set", "compile_mode=reduce-overhead")),
-    ("results/llm/bench-1b", ("--set", "model=random:1b", "--set",
-                              "tokenizer=smollm2-135m-instruct", "--set", "eval_questions=0",
-                              "--variants", "adamw,sin-l0.5")),
+    # max-autotune: CUDA graphs with the step's kernels (FlexAttention's and the products')
+    # chosen by timing their candidate configurations on this device
+    ("results/llm/bench-autotune", ("--rounds", "0", "--variants", "adamw,sin-l0.5", "--set",
+                                    "compile_mode=max-autotune")),
+    # the Llama-3.2-1B shape, with a profile of both loops' kernels
+    ("results/llm/bench-1b", (*_BENCH_1B, "--profile", "5")),
+    ("results/llm/bench-1b-graphs", (*_BENCH_1B, "--set", "compile_mode=reduce-overhead")),
     # the paper's batch-1 protocol (C4 at both shapes), the first 600 steps of the epoch
     ("results/llm/paper-135m", _PAPER_B1),
     ("results/llm/paper-135m-graphs", (*_PAPER_B1, "--set", "compile_mode=reduce-overhead")),

@@ -159,20 +159,29 @@ def test_bench_interleaves_the_rows_in_rotating_rounds(data_dir, tmp_path, monke
     calls = []
     real_epoch, real_time = bench.train_epoch, bench.HFPeer.time
 
+    def slow_first(key, res):
+        # a row's first segment (the rehearsal's) 10^4 times slower: it must not count
+        if sum(c[0] == key for c in calls) == 1:
+            res = {**res, "seconds": res["seconds"] * 1e4}
+        return res
+
     def spy_epoch(sess, b, variant, lr, noise_seed, o, max_steps=0):
         calls.append((variant.id, max_steps))
-        return real_epoch(sess, b, variant, lr, noise_seed, o, max_steps=max_steps)
+        res = real_epoch(sess, b, variant, lr, noise_seed, o, max_steps=max_steps)
+        return slow_first(variant.id, res)
 
     def spy_time(self, steps=0):
         calls.append(("peer", steps))
-        return real_time(self, steps)
+        return slow_first("peer", real_time(self, steps))
 
     monkeypatch.setattr(bench, "train_epoch", spy_epoch)
     monkeypatch.setattr(bench.HFPeer, "time", spy_time)
     rows = _bench(data_dir, tmp_path / "r", "--rounds", "2", "--steps", "2")
-    # 2 timed steps in 2 rounds: one step a segment; round 2 starts one row further on
-    assert calls == [("peer", 1), ("adamw", 1), ("sin-l0.5", 1),
-                     ("adamw", 1), ("sin-l0.5", 1), ("peer", 1)]
+    # 2 timed steps in 2 rounds: one step a segment, after the untimed rehearsal of every row
+    # (min(1, REHEARSAL_STEPS) steps each); round 2 starts one row further on
+    rehearsal = [("peer", 1), ("adamw", 1), ("sin-l0.5", 1)]
+    assert calls == rehearsal + [("peer", 1), ("adamw", 1), ("sin-l0.5", 1),
+                                 ("adamw", 1), ("sin-l0.5", 1), ("peer", 1)]
     assert list(rows[0]) == bench.BENCH_COLUMNS
     assert bench.BENCH_COLUMNS.index("spread") == bench.BENCH_COLUMNS.index("step_ms") + 1
     peer, = [r for r in rows if r["config"].startswith(bench.PEER)]
@@ -181,6 +190,8 @@ def test_bench_interleaves_the_rows_in_rotating_rounds(data_dir, tmp_path, monke
     for r in [peer, *arm]:
         assert "first 1 step, median of 2 rounds" in r["config"]
         assert r["spread"].endswith("%") and float(r["spread"][:-1]) >= 0
+        # the rehearsal's 10^4-times-slower segment is none of the timed ones
+        assert float(r["spread"][:-1]) < 1000
         # 1 of the epoch's 9 steps timed: the epoch's seconds are 9 times the median step's
         assert float(r["epoch_s"]) == pytest.approx(9 * float(r["step_ms"]) / 1e3, abs=0.01)
     for r in arm:
@@ -191,6 +202,7 @@ def test_bench_interleaves_the_rows_in_rotating_rounds(data_dir, tmp_path, monke
                                                            rel=1e-4)
     md = (tmp_path / "r" / "throughput_bench.md").read_text()
     assert "2 interleaved rounds" in md and "rotating by one row" in md
+    assert "untimed rehearsal round of 1 step a row" in md
 
 
 def test_bench_profiles_the_arm_and_the_peer(data_dir, tmp_path, capsys):
@@ -233,6 +245,9 @@ def test_bench_balanced_rounds_put_every_row_in_every_position(data_dir, tmp_pat
     monkeypatch.setattr(bench, "train_epoch", spy_epoch)
     monkeypatch.setattr(bench.HFPeer, "time", spy_time)
     rows = _bench(data_dir, tmp_path / "r", "--rounds", "0", "--steps", "3")
+    assert calls[:3] == ["peer", "adamw", "sin-l0.5"]  # the untimed rehearsal
+    calls = calls[3:]
+    seconds = {k: v[1:] for k, v in seconds.items()}
     rounds = [calls[i:i + 3] for i in range(0, 9, 3)]  # 3 rows: 3 rounds of one step
     assert len(calls) == 9 and all(sorted(r) == ["adamw", "peer", "sin-l0.5"] for r in rounds)
     for pos in range(3):  # each row once in each position

@@ -35,6 +35,8 @@ from .train import (
 
 __all__ = ["benchmark", "decode_check", "HFPeer", "PEER", "BENCH_COLUMNS", "matmul_floor"]
 
+#: steps of each row in the untimed rehearsal round before the timed rounds
+REHEARSAL_STEPS = 3
 #: the peer row's config prefix (the summary keeps rows starting "HF ")
 PEER = "HF peer: LlamaForCausalLM"
 #: columns of throughput_bench.csv (the markdown table: all but the device)
@@ -320,6 +322,12 @@ def _segments(res: list[dict[str, Any]]) -> tuple[float, int, str]:
     return med, res[0]["steps"], f"{(sec.max() - sec.min()) / med:.1%}" if med > 0 else ""
 
 
+def _ratio_text(r: float) -> str:
+    # the perturbation ratio of a segment, "untracked" when no step of it tracked one (a
+    # segment shorter than [llm].ratio_every)
+    return "untracked" if r != r else f"{r:.3g}"
+
+
 def _paired(res: list[dict[str, Any]], ref: list[dict[str, Any]] | None) -> dict[str, Any]:
     # a variant's rounds against adamw's of the same rounds: the median and range of
     # adamw seconds / variant seconds (its tokens/s ratio, paired within each round)
@@ -360,7 +368,10 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
     segment's seconds (tokens/s, step time, the epoch's seconds extrapolated as seconds / n ×
     steps, MFU), the median optimizer share, ``spread`` = (max − min) / median of the segment
     seconds, the mean training loss and skipped steps of the first segment, the largest peak
-    memory of the segments. The peer stays resident during the arm's segments: its resident
+    memory of the segments. Before the rounds, one untimed rehearsal round runs every row
+    for ``REHEARSAL_STEPS`` steps (at most n), so that what a row does once only (a CUDA-graph
+    tree recording a graph again after the other rows' warm-ups) is not timed. The peer stays
+    resident during the arm's segments: its resident
     memory (:attr:`HFPeer.resident_mib`) is subtracted from the arm rows' peak, which is then
     what the arm alone holds. Compilation is outside the rounds, in ``warmup_s``. Besides the
     ratio of the median timings (``ratio_to_adamw``), each variant's ``paired_ratio`` is the
@@ -481,8 +492,20 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
         t_warm = time.perf_counter()
         warm_up(sess, b, v, o)
         warm.setdefault(v.id, time.perf_counter() - t_warm)
-    # the rounds: every row once a round, the order rotating by one row per round
     keys: list[Any] = (["peer"] if hf is not None else []) + list(range(len(arms)))
+    # an untimed rehearsal round first: what a row's first segment does once (a CUDA-graph
+    # tree re-recording a graph after the other rows' warm-ups, the allocator growing its
+    # pools) then falls outside the timed rounds, where it made a row's first segment slow
+    rehearse = min(n, REHEARSAL_STEPS)
+    t_reh = time.perf_counter()
+    for k in keys:
+        if k == "peer":
+            hf.time(rehearse)
+        else:
+            train_epoch(sess, b, arms[k], o.lr, seeds["noise"], o, max_steps=rehearse)
+    print(f"[bench] rehearsal ({rehearse} steps a row, untimed): "
+          f"{time.perf_counter() - t_reh:.1f} s", flush=True)
+    # the rounds: every row once a round, the order rotating by one row per round
     segs: dict[Any, list[dict[str, Any]]] = {k: [] for k in keys}
     for r in range(rounds if keys else 0):
         turn = r % len(keys)
@@ -564,8 +587,9 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
         print(f"[bench] {vid} lr {lr:g}: {tps:.0f} tokens/s, {epoch_s:.1f} s an epoch "
               f"({row['cost_vs_adamw'] or 'reference'}), spread {row.get('spread', '-')}, "
               f"ratio to the peer {row['ratio_to_peer'] or '-'}, optimizer share "
-              f"{row['optimizer_share']:.3f}, mean loss {row['mean_train_loss']}, ratio "
-              f"{res[0]['perturbation_ratio']:.3g} {row.get('value', '')}", flush=True)
+              f"{row['optimizer_share']:.3f}, mean loss {row['mean_train_loss']}, perturbation "
+              f"ratio {_ratio_text(res[0]['perturbation_ratio'])} {row.get('value', '')}",
+              flush=True)
         return row
 
     for k, v in enumerate(arms):
@@ -637,7 +661,9 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
             if rounds == len(segs) else "")
          + f"; each round times the first {n} step{'s' * (n > 1)} of the epoch "
          "from the base weights (the same work every time). A row's figures come from its "
-         f"median round (optimizer_share: the median); spread = (max − min) / median of its "
+         f"median round (optimizer_share: the median), after one untimed rehearsal round "
+         f"of {rehearse} step{'s' * (rehearse > 1)} a row (what a row does once only, such "
+         "as a CUDA graph recorded again, falls there); spread = (max − min) / median of its "
          f"{rounds} timings; peak_mem_mib: the largest of its rounds; mean_train_loss: the "
          "mean training loss over the timed steps of its first round. paired_ratio: the "
          "median over rounds of adamw's seconds over the variant's in the same round (a "
