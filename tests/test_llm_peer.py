@@ -178,7 +178,7 @@ def test_bench_interleaves_the_rows_in_rotating_rounds(data_dir, tmp_path, monke
     monkeypatch.setattr(bench.HFPeer, "time", spy_time)
     rows = _bench(data_dir, tmp_path / "r", "--rounds", "2", "--steps", "2")
     # 2 timed steps in 2 rounds: one step a segment, after the untimed rehearsal of every row
-    # (min(1, REHEARSAL_STEPS) steps each); round 2 starts one row further on
+    # (the same one step each); round 2 starts one row further on
     rehearsal = [("peer", 1), ("adamw", 1), ("sin-l0.5", 1)]
     assert calls == rehearsal + [("peer", 1), ("adamw", 1), ("sin-l0.5", 1),
                                  ("adamw", 1), ("sin-l0.5", 1), ("peer", 1)]

@@ -35,8 +35,6 @@ from .train import (
 
 __all__ = ["benchmark", "decode_check", "HFPeer", "PEER", "BENCH_COLUMNS", "matmul_floor"]
 
-#: steps of each row in the untimed rehearsal round before the timed rounds
-REHEARSAL_STEPS = 3
 #: the peer row's config prefix (the summary keeps rows starting "HF ")
 PEER = "HF peer: LlamaForCausalLM"
 #: columns of throughput_bench.csv (the markdown table: all but the device)
@@ -369,8 +367,8 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
     steps, MFU), the median optimizer share, ``spread`` = (max − min) / median of the segment
     seconds, the mean training loss and skipped steps of the first segment, the largest peak
     memory of the segments. Before the rounds, one untimed rehearsal round runs every row
-    for ``REHEARSAL_STEPS`` steps (at most n), so that what a row does once only (a CUDA-graph
-    tree recording a graph again after the other rows' warm-ups) is not timed. The peer stays
+    over the same n steps, so that what is done once only in them (a one-time cost of 5.4 s
+    inside steps 3 to n on the H200) is not timed. The peer stays
     resident during the arm's segments: its resident
     memory (:attr:`HFPeer.resident_mib`) is subtracted from the arm rows' peak, which is then
     what the arm alone holds. Compilation is outside the rounds, in ``warmup_s``. Besides the
@@ -493,10 +491,11 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
         warm_up(sess, b, v, o)
         warm.setdefault(v.id, time.perf_counter() - t_warm)
     keys: list[Any] = (["peer"] if hf is not None else []) + list(range(len(arms)))
-    # an untimed rehearsal round first: what a row's first segment does once (a CUDA-graph
-    # tree re-recording a graph after the other rows' warm-ups, the allocator growing its
-    # pools) then falls outside the timed rounds, where it made a row's first segment slow
-    rehearse = min(n, REHEARSAL_STEPS)
+    # an untimed rehearsal round first, of the rounds' own n steps a row: what the first
+    # segment that runs them does once then falls outside the timed rounds (on the H200 the
+    # first arm row's first segment took 5.4 s longer, at both shapes, also after a rehearsal
+    # of 3 steps: a one-time cost inside steps 3 to n)
+    rehearse = n
     t_reh = time.perf_counter()
     for k in keys:
         if k == "peer":
@@ -662,8 +661,8 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
          + f"; each round times the first {n} step{'s' * (n > 1)} of the epoch "
          "from the base weights (the same work every time). A row's figures come from its "
          f"median round (optimizer_share: the median), after one untimed rehearsal round "
-         f"of {rehearse} step{'s' * (rehearse > 1)} a row (what a row does once only, such "
-         "as a CUDA graph recorded again, falls there); spread = (max − min) / median of its "
+         f"of {rehearse} step{'s' * (rehearse > 1)} a row (what is done once only in "
+         "these steps falls there); spread = (max − min) / median of its "
          f"{rounds} timings; peak_mem_mib: the largest of its rounds; mean_train_loss: the "
          "mean training loss over the timed steps of its first round. paired_ratio: the "
          "median over rounds of adamw's seconds over the variant's in the same round (a "
