@@ -358,24 +358,22 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
     Interleaved rounds: the timed steps of a row (the first ``max_steps`` steps of the epoch,
     0: all of them) are split into ``rounds`` segments of n = max(1, N // rounds) steps, each
     the first n steps of the epoch from the base weights (the same work every time). A round
-    runs every row once (the peer, then each variant), the order rotating by one row per
-    round, so that the device's drift falls on every row alike; ``rounds = 0`` runs as many
-    rounds as there are rows, so that every row is timed once in every position of a round (a
-    balanced rotation: no row always follows another, nor always comes first). A row's
-    figures: the median
-    segment's seconds (tokens/s, step time, the epoch's seconds extrapolated as seconds / n ×
-    steps, MFU), the median optimizer share, ``spread`` = (max − min) / median of the segment
-    seconds, the mean training loss and skipped steps of the first segment, the largest peak
-    memory of the segments. Before the rounds, one untimed rehearsal round runs every row
+    runs every row once (the peer, then each variant), the order rotating by one row per round,
+    so that the device's drift falls on every row alike; ``rounds = 0`` runs as many rounds as
+    there are rows, so that every row is timed once in every position of a round (a balanced
+    rotation: no row always follows another, nor always comes first). A row's figures: the
+    median segment's seconds (tokens/s, step time, the epoch's seconds extrapolated as seconds
+    / n × steps, MFU), the median optimizer share, ``spread`` = (max − min) / median of the
+    segment seconds, the mean training loss and skipped steps of the first segment, the largest
+    peak memory of the segments. Before the rounds, one untimed rehearsal round runs every row
     over the same n steps, so that what is done once only in them (a one-time cost of 5.4 s
-    inside steps 3 to n on the H200) is not timed. The peer stays
-    resident during the arm's segments: its resident
-    memory (:attr:`HFPeer.resident_mib`) is subtracted from the arm rows' peak, which is then
-    what the arm alone holds. Compilation is outside the rounds, in ``warmup_s``. Besides the
-    ratio of the median timings (``ratio_to_adamw``), each variant's ``paired_ratio`` is the
-    median over rounds of adamw's seconds over the variant's in the same round (the same steps:
-    a ratio of tokens/s, paired within a round, so drift between rounds cancels), and
-    ``paired_range`` its smallest and largest round.
+    inside steps 3 to n on the H200) is not timed. The peer stays resident during the arm's
+    segments: its resident memory (:attr:`HFPeer.resident_mib`) is subtracted from the arm
+    rows' peak, which is then what the arm alone holds. Compilation is outside the rounds, in
+    ``warmup_s``. Besides the ratio of the median timings (``ratio_to_adamw``), each variant's
+    ``paired_ratio`` is the median over rounds of adamw's seconds over the variant's in the
+    same round (the same steps: a ratio of tokens/s, paired within a round, so drift between
+    rounds cancels), and ``paired_range`` its smallest and largest round.
 
     Args:
         o: the options.
@@ -491,35 +489,35 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
         warm_up(sess, b, v, o)
         warm.setdefault(v.id, time.perf_counter() - t_warm)
     keys: list[Any] = (["peer"] if hf is not None else []) + list(range(len(arms)))
+
+    def segment(k) -> dict[str, Any]:
+        # one row's first n steps of the epoch from the base weights, timed
+        if k == "peer":
+            return hf.time(n)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(dev)
+        res = train_epoch(sess, b, arms[k], o.lr, seeds["noise"], o, max_steps=n)
+        # CUDA graphs keep their activations in pools the allocator's peak leaves out:
+        # no figure rather than a wrong one
+        res["peak_mem_mib"] = ((torch.cuda.max_memory_allocated(dev) / 2**20 - resident)
+                               if cuda and not o.cuda_graphs else None)
+        return res
+
     # an untimed rehearsal round first, of the rounds' own n steps a row: what the first
     # segment that runs them does once then falls outside the timed rounds (on the H200 the
     # first arm row's first segment took 5.4 s longer, at both shapes, also after a rehearsal
     # of 3 steps: a one-time cost inside steps 3 to n)
-    rehearse = n
     t_reh = time.perf_counter()
     for k in keys:
-        if k == "peer":
-            hf.time(rehearse)
-        else:
-            train_epoch(sess, b, arms[k], o.lr, seeds["noise"], o, max_steps=rehearse)
-    print(f"[bench] rehearsal ({rehearse} steps a row, untimed): "
+        segment(k)
+    print(f"[bench] rehearsal ({n} steps a row, untimed): "
           f"{time.perf_counter() - t_reh:.1f} s", flush=True)
     # the rounds: every row once a round, the order rotating by one row per round
     segs: dict[Any, list[dict[str, Any]]] = {k: [] for k in keys}
     for r in range(rounds if keys else 0):
         turn = r % len(keys)
         for k in keys[turn:] + keys[:turn]:
-            if k == "peer":
-                segs[k].append(hf.time(n))
-                continue
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(dev)
-            res = train_epoch(sess, b, arms[k], o.lr, seeds["noise"], o, max_steps=n)
-            # CUDA graphs keep their activations in pools the allocator's peak leaves out:
-            # no figure rather than a wrong one
-            res["peak_mem_mib"] = ((torch.cuda.max_memory_allocated(dev) / 2**20 - resident)
-                                   if cuda and not o.cuda_graphs else None)
-            segs[k].append(res)
+            segs[k].append(segment(k))
         print(f"[bench] round {r + 1}/{rounds}, step ms: " + ", ".join(
             f"{'peer' if k == 'peer' else arms[k].id} {1e3 * segs[k][-1]['seconds'] / n:.2f}"
             for k in keys[turn:] + keys[:turn]), flush=True)
@@ -661,7 +659,7 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
          + f"; each round times the first {n} step{'s' * (n > 1)} of the epoch "
          "from the base weights (the same work every time). A row's figures come from its "
          f"median round (optimizer_share: the median), after one untimed rehearsal round "
-         f"of {rehearse} step{'s' * (rehearse > 1)} a row (what is done once only in "
+         f"of {n} step{'s' * (n > 1)} a row (what is done once only in "
          "these steps falls there); spread = (max − min) / median of its "
          f"{rounds} timings; peak_mem_mib: the largest of its rounds; mean_train_loss: the "
          "mean training loss over the timed steps of its first round. paired_ratio: the "
