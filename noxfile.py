@@ -21,6 +21,7 @@ that order (what `nox -s llm` runs), `python -m ablations.bench_optimizer`.
 """
 
 import os
+from pathlib import Path
 
 import nox
 
@@ -152,6 +153,26 @@ _PAPER_B1 = ("--config", "ablations/configs/llm-paper.toml", "--variants", "adam
              "--steps", "600", "--baseline-steps", "0", "--set", "eval_questions=0")
 _BENCH_1B = ("--set", "model=random:1b", "--set", "tokenizer=smollm2-135m-instruct", "--set",
              "eval_questions=0", "--variants", "adamw,sin-l0.5")
+
+
+def bench_args(args) -> list[str]:
+    """An LLM_BENCHES entry's arguments, the callables among them (:func:`_flex_best`) called
+    now."""
+    return [x for a in args for x in (a() if callable(a) else (a,))]
+
+
+def _flex_best(shape: str):
+    """The ``--set`` arguments of the fastest FlexAttention block and tiles that
+    ``python -m ablations.llm.bench_flex`` measured at ``shape`` on this device
+    (results/llm/flex_best_<shape>.txt, which that bench writes before the LLM benches run):
+    a callable, read when its bench starts; none (torch's own) where the file is absent."""
+    def sets() -> tuple[str, ...]:
+        path = Path("results/llm") / f"flex_best_{shape}.txt"
+        lines = path.read_text().split() if path.exists() else []
+        return tuple(a for line in lines for a in ("--set", line))
+    return sets
+
+
 LLM_BENCHES = (
     # every variant against adamw and the peer, one round per row (each row once in every
     # position of a round), so that no row's timing carries its position's drift
@@ -165,6 +186,10 @@ LLM_BENCHES = (
     # the Llama-3.2-1B shape, with a profile of both loops' kernels
     ("results/llm/bench-1b", (*_BENCH_1B, "--profile", "5")),
     ("results/llm/bench-1b-graphs", (*_BENCH_1B, "--set", "compile_mode=reduce-overhead")),
+    # FlexAttention's fastest mask block and kernel tiles (bench_flex) at both shapes
+    ("results/llm/bench-graphs-flex", ("--rounds", "0", "--variants", "adamw,sin-l0.5", "--set",
+                                       "compile_mode=reduce-overhead", _flex_best("135m"))),
+    ("results/llm/bench-1b-flex", (*_BENCH_1B, _flex_best("1b"))),
     # the paper's batch-1 protocol (C4 at both shapes), the first 600 steps of the epoch
     ("results/llm/paper-135m", _PAPER_B1),
     ("results/llm/paper-135m-graphs", (*_PAPER_B1, "--set", "compile_mode=reduce-overhead")),
@@ -194,6 +219,7 @@ def bench(session):
     session.run("python", "-m", "ablations.bench_compile", "--device", "cuda", "--lengths",
                 "128,192,256,320,384,448,512,576", "--out", "results/bench/compile-gpu",
                 external=True)
+    session.run("python", "-m", "ablations.llm.bench_flex", external=True)
     for out, args in LLM_BENCHES:
-        session.run("python", "-m", "ablations.llm", "bench", *args, "--out", out,
+        session.run("python", "-m", "ablations.llm", "bench", *bench_args(args), "--out", out,
                     external=True)

@@ -561,7 +561,10 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
         print(f"[bench] matrix-product floor: {t['tokens_per_s']} tokens/s, step "
               f"{t['step_ms']} ms, {floor['tflops']:.0f} TFLOP/s", flush=True)
     graphs = f" {o.compile_mode}" if o.compile and o.compile_mode != "default" else ""
-    loop = f"arm loop ({sess.attn_impl}, compile={o.compile}{graphs}, {step_text}, " \
+    impl = sess.attn_impl
+    if impl == "flex" and (o.flex_block != 128 or o.flex_kernel):
+        impl += f" block {o.flex_block}" + (f" {o.flex_kernel}" if o.flex_kernel else "")
+    loop = f"arm loop ({impl}, compile={o.compile}{graphs}, {step_text}, " \
            f"{o.effective_precision}{timed}"
     med = [_segments(segs[k]) for k in range(len(arms))]
     ref = next((k for k, v in enumerate(arms) if v.id == "adamw"), None)

@@ -16,7 +16,8 @@ from ..schedules import lr_at as _lr_at
 from .data import task_names
 
 __all__ = ["LLMOptions", "lr_at", "DEFAULT_MODEL", "ATTN_IMPLS", "BATCHINGS", "PRECISIONS",
-           "LOSS_TOKENS", "COMPILE_MODES", "CUDA_GRAPH_MODES", "COMPILE_SCOPES"]
+           "LOSS_TOKENS", "COMPILE_MODES", "CUDA_GRAPH_MODES", "COMPILE_SCOPES",
+           "FLEX_KERNEL_KEYS", "parse_flex_kernel", "flex_kernel_options"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 ATTN_IMPLS = ("auto", "flex", "varlen", "sdpa")
@@ -31,6 +32,13 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 #: what torch.compile compiles: the whole training step, or one decoder layer shared by all
 COMPILE_SCOPES = ("model", "layer")
+#: the FlexAttention kernel options ``[llm].flex_kernel`` may set: the forward kernel's tiles
+#: (queries × keys) and the backward's (M1 × N1 for the key/value gradients, M2 × N2 for the
+#: query gradient), and each kernel's warps and pipeline stages
+FLEX_TILE_KEYS = ("fwd_BLOCK_M", "fwd_BLOCK_N", "bwd_BLOCK_M1", "bwd_BLOCK_N1", "bwd_BLOCK_M2",
+                  "bwd_BLOCK_N2")
+FLEX_KERNEL_KEYS = FLEX_TILE_KEYS + ("fwd_num_warps", "fwd_num_stages", "bwd_num_warps",
+                                     "bwd_num_stages")
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,17 @@ class LLMOptions:
     independent kernel for cross-checks, measured slower than flex at the 135M shape: 50.9
     against 35.0 ms a compiled forward + backward on an H200),
     sdpa (the dense-mask reference; packed only: example batching attends causally with
-    SDPA). amp: mixed
+    SDPA). flex_block: the FlexAttention block mask's block (tokens, a power of two from 16
+    to 128; default 128, torch's): the kernels skip the blocks of query × key pairs that the
+    document-causal mask leaves empty, so a finer block computes fewer masked pairs (GSM8K's
+    short examples leave most 128-blocks partly empty). flex_kernel: FlexAttention's kernel
+    options as ``key=value`` pairs separated by commas (keys :data:`FLEX_KERNEL_KEYS`, e.g.
+    ``"fwd_BLOCK_M=64,fwd_BLOCK_N=64"``; "" default: torch's own choice for the device); every
+    tile must be a power of two from 16 that divides flex_block, with bwd_BLOCK_N1 a multiple
+    of bwd_BLOCK_M1 and bwd_BLOCK_M2 of bwd_BLOCK_N2 (the kernels' constraints). With a
+    flex_block below 128 a tile left unset is the flex_block (torch's defaults are 128-wide,
+    which no smaller block divides). Both change the kernels' summation order, so the loss to
+    rounding, not the function. amp: mixed
     precision (bfloat16 autocast unless ``precision`` says otherwise). precision: ``"auto"``
     (default: bf16 with ``amp``, else fp32), ``"bf16"``, ``"fp16"`` (float16 autocast with
     dynamic loss scaling, :mod:`ablations.llm.precision`) or ``"fp32"``; an explicit value
@@ -111,6 +129,8 @@ class LLMOptions:
     compile_mode: str = "default"
     compile_scope: str = "model"
     attn_impl: str = "auto"
+    flex_block: int = 128
+    flex_kernel: str = ""
     amp: bool = True
     precision: str = "auto"
     device: str = "auto"
@@ -176,6 +196,16 @@ class LLMOptions:
         if self.batching == "packed" and self.loss_tokens != "answer":
             raise ValueError(f"[llm].loss_tokens = {self.loss_tokens!r} needs batching = "
                              "'example' (packed rows score the answer tokens only)")
+        if self.flex_block not in (16, 32, 64, 128):
+            raise ValueError(f"[llm].flex_block must be 16, 32, 64 or 128, got "
+                             f"{self.flex_block!r}")
+        parse_flex_kernel(self.flex_kernel, self.flex_block)
+        if (self.flex_block != 128 or self.flex_kernel) and (
+                self.attn_impl in ("varlen", "sdpa") or self.per_example):
+            raise ValueError("[llm].flex_block and [llm].flex_kernel apply to FlexAttention "
+                             "over packed rows (attn_impl = 'flex', or 'auto' on CUDA), not "
+                             f"to attn_impl = {self.attn_impl!r} with batching = "
+                             f"{self.batching!r}")
         if self.per_example and self.attn_impl in ("flex", "varlen"):
             raise ValueError(f"[llm].attn_impl = {self.attn_impl!r} applies to packed rows; "
                              "batching = 'example' attends causally with SDPA (use 'auto' or "
@@ -212,6 +242,52 @@ class LLMOptions:
         if self.precision != "auto":
             return self.precision
         return "bf16" if self.amp else "fp32"
+
+
+def parse_flex_kernel(text: str, block: int = 128) -> dict[str, int]:
+    """``[llm].flex_kernel`` (``"key=value,key=value"``) as a dict of ints; ValueError naming
+    ``[llm].flex_kernel`` and the pair at fault for an unknown key, a value that is not a
+    positive integer, a key given twice, a tile that is not a power of two from 16 dividing
+    ``block`` (``[llm].flex_block``), or backward tiles the kernels reject."""
+    if not isinstance(text, str):
+        raise ValueError(f"[llm].flex_kernel must be a string of key=value pairs, got "
+                         f"{text!r}")
+    out: dict[str, int] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, val = (t.strip() for t in pair.partition("="))
+        if key not in FLEX_KERNEL_KEYS:
+            raise ValueError(f"[llm].flex_kernel: unknown key {key!r} in {pair!r} (valid: "
+                             f"{', '.join(FLEX_KERNEL_KEYS)})")
+        if not eq or not val.isdigit() or int(val) < 1:
+            raise ValueError(f"[llm].flex_kernel: {pair!r} needs a positive integer value")
+        if key in out:
+            raise ValueError(f"[llm].flex_kernel: {key!r} is given twice")
+        n = int(val)
+        if key in FLEX_TILE_KEYS and (n < 16 or n & (n - 1) or block % n):
+            raise ValueError(f"[llm].flex_kernel: {key} = {n} must be a power of two from 16 "
+                             f"that divides flex_block = {block}")
+        out[key] = n
+    full = flex_kernel_options(out, block)
+    m1, n1 = full.get("bwd_BLOCK_M1"), full.get("bwd_BLOCK_N1")
+    m2, n2 = full.get("bwd_BLOCK_M2"), full.get("bwd_BLOCK_N2")
+    if m1 and n1 and n1 % m1:
+        raise ValueError(f"[llm].flex_kernel: bwd_BLOCK_N1 = {n1} must be a multiple of "
+                         f"bwd_BLOCK_M1 = {m1}")
+    if m2 and n2 and m2 % n2:
+        raise ValueError(f"[llm].flex_kernel: bwd_BLOCK_M2 = {m2} must be a multiple of "
+                         f"bwd_BLOCK_N2 = {n2}")
+    return out
+
+
+def flex_kernel_options(given: dict[str, int], block: int) -> dict[str, int]:
+    """The kernel options FlexAttention is called with: ``given`` (parsed
+    ``[llm].flex_kernel``), and with a block below 128 every tile left unset equal to the
+    block (torch's own tiles are 128 wide at the 64-wide heads of these models)."""
+    out = dict(given)
+    if block < 128:
+        for key in FLEX_TILE_KEYS:
+            out.setdefault(key, block)
+    return out
 
 
 def lr_at(step: int, steps: int, o: LLMOptions, lr: float) -> float:

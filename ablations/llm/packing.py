@@ -189,9 +189,10 @@ class FlexMasks:
     """Document-causal FlexAttention block masks that all share one mask_mod object.
 
     The mask_mod reads the example ids from one persistent buffer; the step copies its ids into
-    the buffer before the forward, so the compiled graph never sees a new function."""
+    the buffer before the forward, so the compiled graph never sees a new function. ``block``:
+    the masks' block (``BLOCK_SIZE`` of ``create_block_mask``, ``[llm].flex_block``)."""
 
-    def __init__(self, rows: int, length: int, device: torch.device):
+    def __init__(self, rows: int, length: int, device: torch.device, block: int = 128):
         self.buf = torch.full((rows, length), -1, dtype=torch.int32, device=device)
         buf = self.buf
 
@@ -199,9 +200,9 @@ class FlexMasks:
             return (buf[b, q] == buf[b, kv]) & (q >= kv)
 
         self.mask_mod = mask_mod
-        self.rows, self.length, self.device = rows, length, device
+        self.rows, self.length, self.device, self.block = rows, length, device, block
 
     def __call__(self, doc: Tensor):
         self.buf.copy_(doc)
         return create_block_mask(self.mask_mod, self.rows, None, self.length, self.length,
-                                 device=self.device)
+                                 device=self.device, BLOCK_SIZE=self.block)

@@ -23,7 +23,7 @@ from qsgd.models.llama import CompactLlama
 from .data import LMTask, get_task
 from .examples import ExampleBatches, causal_layer, example_batches, example_losses
 from .loading import BaseModel, load_base
-from .options import LLMOptions
+from .options import LLMOptions, flex_kernel_options, parse_flex_kernel
 from .packing import DeviceBatches, FlexMasks, loss_capacity, pack, to_device
 from .precision import build_model
 
@@ -125,8 +125,8 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
     device = _pick_device(o, d)
     key = (o.model, o.tokenizer, o.task, o.data_dir, o.max_len, o.tokens_per_batch,
            o.val_examples, o.train_examples, o.test_loss_examples, o.compile, o.compile_mode,
-           o.compile_scope, o.attn_impl, o.amp, o.batching, o.bucket, o.effective_precision,
-           o.loss_tokens,
+           o.compile_scope, o.attn_impl, o.flex_block, o.flex_kernel, o.amp, o.batching,
+           o.bucket, o.effective_precision, o.loss_tokens,
            str(device), d.world, d.rank, init_seed if o.model.startswith("random:") else None)
     cur = _SESSIONS.get("current")
     if cur is not None and cur.key == key:
@@ -161,7 +161,11 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
     rows = max(1, o.tokens_per_batch // o.max_len)
     if rows % d.world:
         raise ValueError(f"{rows} rows per step do not split over {d.world} ranks")
-    flex = FlexMasks(rows // d.world, o.max_len, device) if impl == "flex" else None
+    flex = FlexMasks(rows // d.world, o.max_len, device, o.flex_block) if impl == "flex" \
+        else None
+    if impl == "flex":  # the kernels' tiles ([llm].flex_kernel): None is torch's choice
+        model.flex_kernel_options = flex_kernel_options(
+            parse_flex_kernel(o.flex_kernel, o.flex_block), o.flex_block) or None
     loss_fn = model.loss
     if o.compile and not per_example:  # example batching steps through example_fn alone
         loss_fn = torch.compile(model.loss, dynamic=False, mode=o.compile_mode)

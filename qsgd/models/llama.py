@@ -246,7 +246,12 @@ class CompactLlama(nn.Module):
         inv_freq: RoPE inverse frequencies [head_dim / 2] (:func:`default_inv_freq`, or a
             loaded model's own).
         amp: run the matrix products under bfloat16 autocast (default True).
+
+    :attr:`flex_kernel_options`: the ``kernel_options`` of every FlexAttention call (its
+    kernels' tiles, warps and stages; None: torch's choice for the device).
     """
+
+    flex_kernel_options: dict[str, int] | None = None
 
     def __init__(self, shape: LlamaShape, inv_freq: Tensor, amp: bool = True):
         super().__init__()
@@ -312,7 +317,8 @@ class CompactLlama(nn.Module):
                                                           enable_gqa=True)
             else:
                 def attend(q, k, v, i):
-                    return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=True)
+                    return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=True,
+                                          kernel_options=self.flex_kernel_options)
 
             h = self.hidden(ids, pos, attend)
             h = h.flatten(0, 1).index_select(0, loss_idx)
