@@ -7,6 +7,8 @@ and other tiles against torch's default, compiled."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -177,7 +179,7 @@ def test_bench_outputs_name_the_fastest_candidate(tmp_path):
     assert (tmp_path / "flex_best_1b.txt").read_text() == (
         "flex_block=128\nflex_kernel=fwd_BLOCK_M=64,fwd_BLOCK_N=64\n")
     md = (tmp_path / "flex_blocks.md").read_text()
-    assert "Fastest at 135m: **64** (4.5 ms a step, 1.333× the default)" in md
+    assert "Fastest at 135m: **64** (4.5 GPU ms a step, 1.333× the default)" in md
     assert "ValueError: rejected" in md and "- commit: abc" in md
     csv = (tmp_path / "flex_blocks.csv").read_text().splitlines()
     assert csv[0] == ",".join(bench_flex.CSV_COLUMNS) and len(csv) == 6
@@ -187,6 +189,54 @@ def test_bench_outputs_name_the_fastest_candidate(tmp_path):
                   (tmp_path / f"flex_best_{shape}.txt").read_text().split())
         llm.LLMOptions.from_dict({"flex_block": int(kv["flex_block"]),
                                   "flex_kernel": kv.get("flex_kernel", "")})
+
+
+@dataclasses.dataclass
+class _Fwd:
+    block_m: int
+    block_n: int
+    num_stages: int
+    num_warps: int
+
+
+@dataclasses.dataclass
+class _Bwd:
+    block_m1: int
+    block_n1: int
+    block_m2: int
+    block_n2: int
+    num_stages: int
+    num_warps: int
+
+
+def test_inductor_tiles_are_clipped_to_a_finer_block(monkeypatch):
+    from torch._inductor.choices import InductorChoices
+
+    fwd = [_Fwd(128, 128, 3, 4), _Fwd(128, 64, 3, 4), _Fwd(64, 128, 2, 8)]
+    bwd = [_Bwd(64, 128, 128, 64, 3, 8), _Bwd(32, 64, 64, 32, 3, 4)]
+    assert L._clip_flex_tiles(fwd, 64) == [_Fwd(64, 64, 3, 4), _Fwd(64, 64, 2, 8)]
+    assert L._clip_flex_tiles(bwd, 32) == [_Bwd(32, 32, 32, 32, 3, 8), _Bwd(32, 32, 32, 32, 3, 4)]
+    assert L._clip_flex_tiles(bwd, None) is bwd
+    for b in (16, 32, 64):  # the kernels' constraints hold after clipping
+        for c in L._clip_flex_tiles(bwd, b):
+            assert c.block_n1 % c.block_m1 == 0 and c.block_m2 % c.block_n2 == 0
+    # set_flex_block wraps Inductor's class methods (every thread's handler sees them)
+    monkeypatch.setattr(InductorChoices, "get_flex_attention_fwd_configs",
+                        lambda self, *a, **k: list(fwd))
+    monkeypatch.setattr(InductorChoices, "get_flex_attention_bwd_configs",
+                        lambda self, *a, **k: list(bwd))
+    monkeypatch.setitem(L._FLEX_BLOCK, "block", None)
+    ch = InductorChoices()
+    L.set_flex_block(128)  # nothing to clip: Inductor's own methods stay
+    assert not getattr(InductorChoices.get_flex_attention_bwd_configs, "_qsgd_clipped", False)
+    L.set_flex_block(64)
+    L.set_flex_block(32)  # wrapped once, clipped to the latest block
+    assert ch.get_flex_attention_bwd_configs(64, torch.bfloat16, "cuda") == [
+        _Bwd(32, 32, 32, 32, 3, 8), _Bwd(32, 32, 32, 32, 3, 4)]
+    assert ch.get_flex_attention_fwd_configs(64, torch.bfloat16, "cuda") == [
+        _Fwd(32, 32, 3, 4), _Fwd(32, 32, 2, 8)]
+    L.set_flex_block(None)
+    assert ch.get_flex_attention_bwd_configs(64, torch.bfloat16, "cuda") == bwd
 
 
 def test_bench_main_checks_its_arguments_and_needs_a_gpu(capsys, tmp_path):

@@ -14,10 +14,15 @@ every candidate of :data:`CANDIDATES`: a mask block (``[llm].flex_block``) and k
 block, :func:`ablations.llm.options.flex_kernel_options`). Queries, keys, values and the
 output's gradient are normal random numbers (the kernels' time does not depend on them).
 
-A candidate is compiled and run once over the steps (untimed), then timed over ``--reps``
-passes over the steps with CUDA events; its figure is the median pass: ms a layer's forward +
-backward, and × the shape's layers, ms a training step. ``vs_default``: the default's time
-over the candidate's (the first candidate, torch's own block and tiles). Agreement with the
+A candidate is compiled and run once over the steps (untimed), then run ``--reps`` passes
+over the steps under ``torch.profiler``: its figure is the GPU time of its kernels (every
+CUDA kernel of the passes but the copies of the example ids) a call: ms a layer's forward +
+backward, and × the shape's layers, ms a training step (``wall_ms_layer``, the median pass by
+CUDA events over ``--reps`` more passes, is reported beside it: one call at a time from
+Python, it is mostly the call's own overhead, which the arm's loop, with CUDA graphs or a
+whole compiled step, does not pay per layer). ``vs_default``: the default's GPU time over
+the candidate's (the first candidate, torch's own block and tiles). A block below 128 is
+compiled with :func:`qsgd.models.llama.set_flex_block` as the arm does. Agreement with the
 default: the largest absolute difference of the output and of the three gradients over the
 default's largest absolute value (bf16 rounding, since a tile changes the summation order).
 ``visited``: the query-key pairs of the blocks the kernels visit (partial and full) over the
@@ -26,8 +31,8 @@ pairs the mask allows, over the timed steps (1.0 would be no masked pair compute
 The fastest candidate of each shape is written to ``flex_best_<shape>.txt`` as ``--set``
 arguments of ``python -m ablations.llm bench`` (one a line), which the bench can be given.
 
-Columns of flex_blocks.csv: shape, candidate, flex_block, flex_kernel, ms_layer,
-ms_step, vs_default, max_rel_out, max_rel_grad, visited, error.
+Columns of flex_blocks.csv: shape, candidate, flex_block, flex_kernel, ms_layer (GPU),
+ms_step, wall_ms_layer, vs_default, max_rel_out, max_rel_grad, visited, error.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ CANDIDATES = (
 #: shape name → (query heads, key-value heads, head dim, layers) of its model preset
 SHAPES = {"135m": (9, 3, 64, 30), "1b": (32, 8, 64, 16)}
 CSV_COLUMNS = ["shape", "candidate", "flex_block", "flex_kernel", "ms_layer", "ms_step",
-               "vs_default", "max_rel_out", "max_rel_grad", "visited", "error"]
+               "wall_ms_layer", "vs_default", "max_rel_out", "max_rel_grad", "visited", "error"]
 
 
 def candidate_options(block: int, kernel: str) -> dict[str, int] | None:
@@ -115,7 +120,10 @@ def packed_docs(steps: int, max_len: int = 2048, tokens_per_batch: int = 8192):
 
 
 def _time_candidate(fn, q, k, v, gout, masks, buf, docs, opts, reps: int):
+    """(GPU ms a call, wall ms a call, the last output, its gradients) of one candidate."""
     import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
 
     def one_pass():
         out = grads = None
@@ -127,15 +135,22 @@ def _time_candidate(fn, q, k, v, gout, masks, buf, docs, opts, reps: int):
 
     out, grads = one_pass()  # compiles
     torch.cuda.synchronize()
-    times = []
+    wall = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         one_pass()
         b.record()
         torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / len(masks))
-    return statistics.median(times), out, grads
+        wall.append(a.elapsed_time(b) / len(masks))
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            one_pass()
+        torch.cuda.synchronize()
+    us = sum(getattr(e, "self_device_time_total", None) or e.self_cuda_time_total
+             for e in prof.key_averages()
+             if e.device_type == DeviceType.CUDA and not e.key.startswith("Memcpy"))
+    return us / 1e3 / (reps * len(masks)), statistics.median(wall), out, grads
 
 
 def _rel_diff(x, ref) -> float:
@@ -147,6 +162,8 @@ def bench(shapes: list[str], steps: int, reps: int, log=print) -> list[dict]:
     """Every candidate at every shape (module docstring): the rows of flex_blocks.csv."""
     import torch
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from qsgd.models.llama import set_flex_block
 
     # one compiled flex_attention, recompiled per candidate and block: lift the limits so
     # that none falls back to the (slow) eager path unnoticed
@@ -189,8 +206,10 @@ def bench(shapes: list[str], steps: int, reps: int, log=print) -> list[dict]:
             row = dict(shape=shape, candidate=name, flex_block=block, flex_kernel=kernel,
                        visited=round(visited[block], 3))
             try:
-                ms, out, grads = _time_candidate(fn, q, k, v, gout, masks[block], buf, docs,
-                                                 candidate_options(block, kernel), reps)
+                set_flex_block(block)
+                ms, wall, out, grads = _time_candidate(fn, q, k, v, gout, masks[block], buf,
+                                                       docs, candidate_options(block, kernel),
+                                                       reps)
             except Exception as err:  # a candidate the kernels reject is a row, not a stop
                 row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
                 log(f"[flex] {shape} {name}: {row['error']}")
@@ -201,11 +220,13 @@ def bench(shapes: list[str], steps: int, reps: int, log=print) -> list[dict]:
             d_out = _rel_diff(out, ref[1])
             d_grad = max(_rel_diff(g, r) for g, r in zip(grads, ref[2]))
             row |= dict(ms_layer=round(ms, 4), ms_step=round(ms * layers, 3),
+                        wall_ms_layer=round(wall, 4),
                         vs_default=round(ref[0] / ms, 3), max_rel_out=f"{d_out:.2e}",
                         max_rel_grad=f"{d_grad:.2e}")
-            log(f"[flex] {shape} {name}: {ms:.4f} ms a layer, {ms * layers:.2f} ms a step, "
-                f"{row['vs_default']}x the default", flush=True)
+            log(f"[flex] {shape} {name}: {ms:.4f} ms a layer on the GPU ({wall:.4f} wall), "
+                f"{ms * layers:.2f} ms a step, {row['vs_default']}x the default", flush=True)
             rows.append(row)
+    set_flex_block(None)
     return rows
 
 
@@ -224,12 +245,15 @@ def write_outputs(rows: list[dict], info: dict[str, str], out: Path, steps: int,
              "Generated by `python -m ablations.llm.bench_flex` (method in its docstring): one "
              f"layer's FlexAttention forward + backward over the block masks of the first "
              f"{steps} training steps (GSM8K's training split packed as the LLM bench packs "
-             f"it, 4 rows of 2048 tokens), bf16, median of {reps} passes; ms_step = ms_layer × "
+             f"it, 4 rows of 2048 tokens), bf16, the GPU time of its kernels over {reps} passes "
+             "(wall: the median pass by CUDA events, mostly each call's overhead); ms_step = "
+             "ms_layer × "
              "the shape's layers; vs_default = the default's time over the row's; visited = "
              "the pairs of the blocks the kernels visit over the pairs the mask allows.\n",
-             "| shape | candidate | flex_block | flex_kernel | ms a layer | ms a step | "
-             "vs default | max rel. diff out | max rel. diff grads | visited | error |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| shape | candidate | flex_block | flex_kernel | GPU ms a layer | GPU ms a step | "
+             "wall ms a layer | vs default | max rel. diff out | max rel. diff grads | visited "
+             "| error |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append("| " + " | ".join(str(r.get(c, "")) for c in CSV_COLUMNS) + " |")
     lines.append("")
@@ -240,7 +264,7 @@ def write_outputs(rows: list[dict], info: dict[str, str], out: Path, steps: int,
         sets = [f"flex_block={b['flex_block']}"] + (
             [f"flex_kernel={b['flex_kernel']}"] if b["flex_kernel"] else [])
         (out / f"flex_best_{shape}.txt").write_text("\n".join(sets) + "\n")
-        lines.append(f"Fastest at {shape}: **{b['candidate']}** ({b['ms_step']} ms a step, "
+        lines.append(f"Fastest at {shape}: **{b['candidate']}** ({b['ms_step']} GPU ms a step, "
                      f"{b['vs_default']}× the default): `--set {' --set '.join(sets)}`.\n")
     lines += ["## Machine\n"] + [f"- {k}: {v}" for k, v in info.items()]
     (out / "flex_blocks.md").write_text("\n".join(lines) + "\n")

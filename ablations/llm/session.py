@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from qsgd.models.llama import CompactLlama
+from qsgd.models.llama import CompactLlama, set_flex_block
 
 from .data import LMTask, get_task
 from .examples import ExampleBatches, causal_layer, example_batches, example_losses
@@ -166,6 +166,8 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
     if impl == "flex":  # the kernels' tiles ([llm].flex_kernel): None is torch's choice
         model.flex_kernel_options = flex_kernel_options(
             parse_flex_kernel(o.flex_kernel, o.flex_block), o.flex_block) or None
+    # a mask finer than Inductor's own tiles compiles (128: Inductor's configurations as they are)
+    set_flex_block(o.flex_block if impl == "flex" else None)
     loss_fn = model.loss
     if o.compile and not per_example:  # example batching steps through example_fn alone
         loss_fn = torch.compile(model.loss, dynamic=False, mode=o.compile_mode)

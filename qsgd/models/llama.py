@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.nn.attention.flex_attention import flex_attention
 
 __all__ = ["IGNORE", "LlamaShape", "PRESETS", "CompactLlama", "RMSNorm", "default_inv_freq",
-           "random_state", "varlen_attend"]
+           "random_state", "varlen_attend", "set_flex_block"]
 
 #: target id of a position that is not scored (``F.cross_entropy``'s default ignore_index)
 IGNORE = -100
@@ -210,6 +210,59 @@ try:  # resolved once at import: the compiled step traces no signature inspectio
 except ImportError:  # torch < 2.9
     _varlen_attn = None
 _VARLEN_KW = _varlen_keywords(_varlen_attn) if _varlen_attn is not None else {}
+
+
+#: the mask block that compiled FlexAttention's configurations are clipped to (None: none)
+_FLEX_BLOCK: dict[str, int | None] = {"block": None}
+
+
+def _clip_flex_tiles(configs: list, block: int | None) -> list:
+    """``configs`` (Inductor's FlexAttention forward or backward configurations) with every
+    tile (``block_*`` field) clipped to ``block``, duplicates dropped (None: as they are):
+    powers of two stay powers of two, and the kernels' constraints (N1 a multiple of M1, M2
+    of N2) hold after."""
+    import dataclasses
+
+    if block is None:
+        return configs
+    out: list = []
+    for c in configs:
+        clipped = dataclasses.replace(c, **{f.name: min(getattr(c, f.name), block)
+                                            for f in dataclasses.fields(c)
+                                            if f.name.startswith("block_")})
+        if clipped not in out:
+            out.append(clipped)
+    return out
+
+
+def set_flex_block(block: int | None) -> None:
+    """Let compiled FlexAttention run over block masks of ``block`` < 128 tokens (None or 128:
+    Inductor's own configurations again), for this process's compilations from now on.
+
+    Inductor lowers FlexAttention only with configurations of its own whose tiles divide the
+    mask's block, filtered before the ``kernel_options`` of the call apply, and its backward's
+    for 64-wide heads on a GPU are 128 wide: with a finer mask no candidate is left and the
+    compile fails (``NoValidChoicesError``). From the first call with a block below 128,
+    ``InductorChoices.get_flex_attention_{fwd,bwd}_configs`` return Inductor's own
+    configurations with every tile clipped to the block set here (:func:`_clip_flex_tiles`;
+    unchanged while it is None). The methods are wrapped on the class, not on a thread's
+    handler, because Inductor compiles a backward lazily on autograd's device thread. The
+    call's ``kernel_options`` still win over these tiles."""
+    _FLEX_BLOCK["block"] = block if block is not None and block < 128 else None
+    if _FLEX_BLOCK["block"] is None:
+        return
+    from torch._inductor.choices import InductorChoices
+
+    for name in ("get_flex_attention_fwd_configs", "get_flex_attention_bwd_configs"):
+        method = getattr(InductorChoices, name)
+        if getattr(method, "_qsgd_clipped", False):
+            continue
+
+        def clipped(self, *args, _method=method, **kwargs):
+            return _clip_flex_tiles(_method(self, *args, **kwargs), _FLEX_BLOCK["block"])
+
+        clipped._qsgd_clipped = True
+        setattr(InductorChoices, name, clipped)
 
 
 def varlen_attend(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor) -> Tensor:
