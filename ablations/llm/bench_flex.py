@@ -43,6 +43,7 @@ import sys
 from pathlib import Path
 
 from ..fmt import write_csv
+from .options import flex_call_options
 
 __all__ = ["CANDIDATES", "SHAPES", "CSV_COLUMNS", "candidate_options", "visited_fraction",
            "packed_docs", "bench", "write_outputs", "main"]
@@ -69,12 +70,8 @@ CSV_COLUMNS = ["shape", "candidate", "flex_block", "flex_kernel", "ms_layer", "m
                "wall_ms_layer", "vs_default", "max_rel_out", "max_rel_grad", "visited", "error"]
 
 
-def candidate_options(block: int, kernel: str) -> dict[str, int] | None:
-    """The ``kernel_options`` the arm calls FlexAttention with for ``[llm].flex_block`` =
-    ``block`` and ``[llm].flex_kernel`` = ``kernel`` (validated as the options are)."""
-    from .options import flex_kernel_options, parse_flex_kernel
-
-    return flex_kernel_options(parse_flex_kernel(kernel, block), block) or None
+#: the kernel options of a (flex_block, flex_kernel) pair, as the arm calls FlexAttention
+candidate_options = flex_call_options
 
 
 def visited_fraction(doc, block: int) -> float:
@@ -85,15 +82,15 @@ def visited_fraction(doc, block: int) -> float:
     (numpy)."""
     import numpy as np
 
-    rows = np.asarray(doc).reshape(-1, np.asarray(doc).shape[-1])
+    doc = np.asarray(doc)
+    rows = doc.reshape(-1, doc.shape[-1])
     L = rows.shape[1]
     if L % block:
         raise ValueError(f"row length {L} is not a multiple of the block {block}")
-    q = np.arange(L)
+    q, nb = np.arange(L), L // block
     visited = allowed = 0
     for d in rows:
         ok = (d[:, None] == d[None, :]) & (q[:, None] >= q[None, :])
-        nb = L // block
         visited += int(ok.reshape(nb, block, nb, block).any(axis=(1, 3)).sum()) * block * block
         allowed += int(ok.sum())
     return visited / allowed if allowed else float("nan")
@@ -103,19 +100,18 @@ def packed_docs(steps: int, max_len: int = 2048, tokens_per_batch: int = 8192):
     """The example ids [steps, rows, max_len] of the first ``steps`` packed training steps of
     the epoch of order seed 0, as the LLM arm packs GSM8K's training split (SmolLM2's
     tokenizer; ``$QSGD_GSM8K_DIR`` or the hub)."""
-    import numpy as np
 
     from .data import get_task
     from .loading import _tokenizer_of
     from .options import DEFAULT_MODEL, LLMOptions
     from .packing import pack
+    from .session import epoch_order
 
     o = LLMOptions(max_len=max_len, tokens_per_batch=tokens_per_batch, device="cpu")
     tok = _tokenizer_of(DEFAULT_MODEL)
     train = list(get_task(o.task).from_options(o).train_examples())
     enc = tok.encode_examples([e.question for e in train], [e.answer for e in train])
-    order = np.random.default_rng(0).permutation(len(enc))
-    p = pack(enc, order, max_len, tokens_per_batch // max_len, tok.pad_id)
+    p = pack(enc, epoch_order(len(enc), 0), max_len, tokens_per_batch // max_len, tok.pad_id)
     return p.doc[:steps]
 
 
@@ -161,9 +157,11 @@ def _rel_diff(x, ref) -> float:
 def bench(shapes: list[str], steps: int, reps: int, log=print) -> list[dict]:
     """Every candidate at every shape (module docstring): the rows of flex_blocks.csv."""
     import torch
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
 
     from qsgd.models.llama import set_flex_block
+
+    from .packing import FlexMasks
 
     # one compiled flex_attention, recompiled per candidate and block: lift the limits so
     # that none falls back to the (slow) eager path unnoticed
@@ -177,18 +175,12 @@ def bench(shapes: list[str], steps: int, reps: int, log=print) -> list[dict]:
     docs_np = packed_docs(steps)
     R, L = docs_np.shape[1:]
     docs = torch.from_numpy(docs_np).to(device, torch.int32)
-    buf = torch.full((R, L), -1, dtype=torch.int32, device=device)
-
-    def mask_mod(b, h, qi, kv):
-        return (buf[b, qi] == buf[b, kv]) & (qi >= kv)
-
+    # the arm's own masks: one FlexMasks per block, whose mask_mod reads the step's ids from
+    # its buffer (copied there before each call, as the arm's step does)
     masks, visited = {}, {}
     for block in sorted({c[1] for c in CANDIDATES}):
-        masks[block] = []
-        for s in range(steps):
-            buf.copy_(docs[s])
-            masks[block].append(create_block_mask(mask_mod, R, None, L, L, device=device,
-                                                  BLOCK_SIZE=block))
+        fm = FlexMasks(R, L, device, block)
+        masks[block] = (fm.buf, [fm(docs[s]) for s in range(steps)])
         visited[block] = visited_fraction(docs_np, block)
     rows = []
     gen = torch.Generator(device=device).manual_seed(0)
@@ -207,8 +199,9 @@ def bench(shapes: list[str], steps: int, reps: int, log=print) -> list[dict]:
                        visited=round(visited[block], 3))
             try:
                 set_flex_block(block)
-                ms, wall, out, grads = _time_candidate(fn, q, k, v, gout, masks[block], buf,
-                                                       docs, candidate_options(block, kernel),
+                buf, block_masks = masks[block]
+                ms, wall, out, grads = _time_candidate(fn, q, k, v, gout, block_masks, buf,
+                                                       docs, flex_call_options(block, kernel),
                                                        reps)
             except Exception as err:  # a candidate the kernels reject is a row, not a stop
                 row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"

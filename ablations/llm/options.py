@@ -17,7 +17,7 @@ from .data import task_names
 
 __all__ = ["LLMOptions", "lr_at", "DEFAULT_MODEL", "ATTN_IMPLS", "BATCHINGS", "PRECISIONS",
            "LOSS_TOKENS", "COMPILE_MODES", "CUDA_GRAPH_MODES", "COMPILE_SCOPES",
-           "FLEX_KERNEL_KEYS", "parse_flex_kernel", "flex_kernel_options"]
+           "FLEX_KERNEL_KEYS", "parse_flex_kernel", "flex_kernel_options", "flex_call_options"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 ATTN_IMPLS = ("auto", "flex", "varlen", "sdpa")
@@ -288,6 +288,12 @@ def flex_kernel_options(given: dict[str, int], block: int) -> dict[str, int]:
         for key in FLEX_TILE_KEYS:
             out.setdefault(key, block)
     return out
+
+
+def flex_call_options(block: int, kernel: str) -> dict[str, int] | None:
+    """The ``kernel_options`` the arm calls FlexAttention with for ``[llm].flex_block`` =
+    ``block`` and ``[llm].flex_kernel`` = ``kernel`` (validated; None: torch's choice)."""
+    return flex_kernel_options(parse_flex_kernel(kernel, block), block) or None
 
 
 def lr_at(step: int, steps: int, o: LLMOptions, lr: float) -> float:

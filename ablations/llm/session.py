@@ -23,7 +23,7 @@ from qsgd.models.llama import CompactLlama, set_flex_block
 from .data import LMTask, get_task
 from .examples import ExampleBatches, causal_layer, example_batches, example_losses
 from .loading import BaseModel, load_base
-from .options import LLMOptions, flex_kernel_options, parse_flex_kernel
+from .options import LLMOptions, flex_call_options
 from .packing import DeviceBatches, FlexMasks, loss_capacity, pack, to_device
 from .precision import build_model
 
@@ -164,8 +164,7 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
     flex = FlexMasks(rows // d.world, o.max_len, device, o.flex_block) if impl == "flex" \
         else None
     if impl == "flex":  # the kernels' tiles ([llm].flex_kernel): None is torch's choice
-        model.flex_kernel_options = flex_kernel_options(
-            parse_flex_kernel(o.flex_kernel, o.flex_block), o.flex_block) or None
+        model.flex_kernel_options = flex_call_options(o.flex_block, o.flex_kernel)
     # a mask finer than Inductor's own tiles compiles (128: Inductor's configurations as they are)
     set_flex_block(o.flex_block if impl == "flex" else None)
     loss_fn = model.loss
@@ -208,13 +207,19 @@ def open_session(o: LLMOptions, init_seed: int) -> Session:
     return sess
 
 
+def epoch_order(n: int, order_seed: int) -> np.ndarray:
+    """The order of ``n`` training examples in the epoch of ``order_seed``: a permutation by
+    numpy's default generator."""
+    return np.random.default_rng(order_seed).permutation(n)
+
+
 def epoch_batches(sess: Session, order_seed: int) -> DeviceBatches | ExampleBatches:
     """The training examples in the order of ``order_seed`` (a permutation by numpy's
     default generator), packed (or one a step, with example batching) and on this rank's
     device."""
     if order_seed not in sess.train_cache:
         o = sess.opts
-        order = np.random.default_rng(order_seed).permutation(len(sess.train_examples))
+        order = epoch_order(len(sess.train_examples), order_seed)
         while len(sess.train_cache) >= 2:
             sess.train_cache.pop(next(iter(sess.train_cache)))
         if o.per_example:
