@@ -161,6 +161,31 @@ class _CompiledSin:
                 self.fn(p, p.grad, m, v, sc)
 
 
+CLIP = 1.0  # max_norm of the clipping rows (the LLM arm's clip_grad)
+
+
+class _Clipped:
+    """An optimizer whose ``step()`` first clips the gradients' global norm to :data:`CLIP`:
+    by torch's ``clip_grad_norm_`` (``own=False``; what a user writes before
+    ``opt.step()``) or by the optimizer's own ``clip_grad_norm_`` (qsgd: the product with the
+    gradients done by the fused kernel as it reads them)."""
+
+    def __init__(self, make: Callable[[list], object], own: bool):
+        self.make, self.own = make, own
+
+    def __call__(self, params):
+        opt, own = self.make(params), self.own
+
+        class Step:
+            def step(self):
+                if own:
+                    opt.clip_grad_norm_(CLIP)
+                else:
+                    torch.nn.utils.clip_grad_norm_(params, CLIP)
+                opt.step()
+        return Step()
+
+
 def variants(compiled: bool) -> list[tuple[str, Callable, int]]:
     """(name, optimizer factory, bytes per parameter)."""
     rows: list[tuple[str, Callable, int]] = [
@@ -177,6 +202,15 @@ def variants(compiled: bool) -> list[tuple[str, Callable, int]]:
         ("qsgd-sin-fused-check", _qsgd("sin", nonfinite="raise"), 28),
         ("qsgd-sin-foreach", _qsgd("sin", fused=False, foreach=True), 28),
         ("qsgd-gauss-foreach", _qsgd("gauss", fused=False, foreach=True), 32),
+    ]
+    # with gradient clipping (the LLM arm's step): torch's clipping before each optimizer,
+    # and qsgd's own, deferred into the kernel; bytes as the optimizer alone (the norm's read
+    # of g comes on top for all three; torch's clipping also reads and writes g once more)
+    torch_fused = rows[0][1]
+    rows += [
+        ("torch-adamw-fused+clip", _Clipped(torch_fused, own=False), 28),
+        ("qsgd-sin-fused+torch-clip", _Clipped(_qsgd("sin"), own=False), 28),
+        ("qsgd-sin-fused+clip", _Clipped(_qsgd("sin"), own=True), 28),
     ]
     if compiled:
         rows.append(("qsgd-sin-compiled", _CompiledSin, 28))
@@ -252,7 +286,11 @@ def write_markdown(path: Path, rows: list[dict], meta: dict) -> None:
              "(qsgd/fused.py; `first4`: scope first_n, n = 4; `-check`: with the default "
              "nonfinite=\"raise\"); `qsgd-<p>-foreach`: the same optimizer through its "
              "torch._foreach path; `qsgd-sin-compiled`: the sin step as a torch.compile'd "
-             "per-tensor function (the alternative to the Triton kernel); "
+             "per-tensor function (the alternative to the Triton kernel); `+torch-clip`: "
+             f"torch.nn.utils.clip_grad_norm_(params, {CLIP}) before the step (what a user "
+             "writes; the LLM arm's step clips so), `qsgd-sin-fused+clip`: the optimizer's own "
+             "clip_grad_norm_, its product with the gradients done by the kernel as it reads "
+             "them (compare with `torch-adamw-fused+clip`, the peer's clipped step); "
              "`torch-adamw-fused-again`: the baseline repeated last (run noise).", ""]
     sizes = meta["sizes"]
     lines.append("| variant | " + " | ".join(f"{_fmt_params(n)} ms (×fused AdamW)"

@@ -135,33 +135,51 @@ def _tensor_ptr(base, tab, tid, k, T, VEC: tl.constexpr):
 
 
 @triton.jit
-def _sq(tp, gp, offs, n, SQ: tl.constexpr, MASKED: tl.constexpr):
+def _scaled(g, gp, gs_ptr, GSCALE: tl.constexpr):
+    """g (float32) times the clipping coefficient at gs_ptr when GSCALE, rounded to the
+    gradient's dtype first: what ``torch._foreach_mul_(grads, coef)`` writes and a later load
+    reads (qsgd.SuperpositionalAdamW.clip_grad_norm_ defers that product to this load)."""
+    if GSCALE:
+        c = tl.load(gs_ptr).to(tl.float32)
+        if _INTERPRET:
+            g = g * c
+        else:  # rounded on its own, never contracted into a later add (an fma would skip it)
+            g = libdevice.mul_rn(g, c)
+        g = g.to(gp.dtype.element_ty).to(tl.float32)
+    return g
+
+
+@triton.jit
+def _sq(tp, gp, offs, n, gs_ptr, SQ: tl.constexpr, MASKED: tl.constexpr,
+        GSCALE: tl.constexpr):
     """The squares the reduction sums, of the in-scope entries offs (< n when MASKED)."""
     if MASKED:
         mask = offs < n
         if SQ == 2:
-            x = tl.load(gp + offs, mask=mask, other=0.0).to(tl.float32)
+            x = _scaled(tl.load(gp + offs, mask=mask, other=0.0).to(tl.float32), gp, gs_ptr,
+                        GSCALE)
         else:
             x = sinpi(tl.load(tp + offs, mask=mask, other=0.0).to(tl.float32))
             if SQ == 1:
-                x = x * tl.load(gp + offs, mask=mask, other=0.0).to(tl.float32)
+                x = x * _scaled(tl.load(gp + offs, mask=mask, other=0.0).to(tl.float32), gp,
+                                gs_ptr, GSCALE)
         return tl.where(mask, x * x, 0.0)
     else:
         if SQ == 2:
-            x = tl.load(gp + offs).to(tl.float32)
+            x = _scaled(tl.load(gp + offs).to(tl.float32), gp, gs_ptr, GSCALE)
         else:
             x = sinpi(tl.load(tp + offs).to(tl.float32))
             if SQ == 1:
-                x = x * tl.load(gp + offs).to(tl.float32)
+                x = x * _scaled(tl.load(gp + offs).to(tl.float32), gp, gs_ptr, GSCALE)
         return x * x
 
 
 @triton.jit(do_not_specialize=["T", "n_qubits"])
 def sumsq_kernel(base, off_tab, numel_tab, rblk_tensor, rblk_first, partial_ptr, T,
-                 n_qubits, SQ: tl.constexpr, FIRST_N: tl.constexpr, VEC: tl.constexpr,
-                 RB: tl.constexpr, BLOCK: tl.constexpr):
+                 n_qubits, gs_ptr, SQ: tl.constexpr, FIRST_N: tl.constexpr, VEC: tl.constexpr,
+                 RB: tl.constexpr, BLOCK: tl.constexpr, GSCALE: tl.constexpr):
     """partial[b] = Σ x² over reduction block b (RB in-scope elements of one tensor), with
-    x = sin(πθ) (SQ 0), sin(πθ)·g (SQ 1) or g (SQ 2)."""
+    x = sin(πθ) (SQ 0), sin(πθ)·g (SQ 1) or g (SQ 2); g scaled by *gs_ptr when GSCALE."""
     pid = tl.program_id(0)
     tid = tl.load(rblk_tensor + pid)
     lb = pid - tl.load(rblk_first + tid)
@@ -173,10 +191,12 @@ def sumsq_kernel(base, off_tab, numel_tab, rblk_tensor, rblk_first, partial_ptr,
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     if (lb + 1) * RB <= n:
         for i in range(0, RB, BLOCK):
-            acc += _sq(tp, gp, lb * RB + i + tl.arange(0, BLOCK), n, SQ, False)
+            acc += _sq(tp, gp, lb * RB + i + tl.arange(0, BLOCK), n, gs_ptr, SQ, False,
+                        GSCALE)
     else:
         for i in range(0, RB, BLOCK):
-            acc += _sq(tp, gp, lb * RB + i + tl.arange(0, BLOCK), n, SQ, True)
+            acc += _sq(tp, gp, lb * RB + i + tl.arange(0, BLOCK), n, gs_ptr, SQ, True,
+                        GSCALE)
     tl.store(partial_ptr + pid, tl.sum(acc, axis=0))
 
 
@@ -228,7 +248,7 @@ def _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid,
                  n_qubits, lam, sigma, PERT: tl.constexpr, FIRST_N: tl.constexpr,
                  LERP_LOW: tl.constexpr, PREV: tl.constexpr, NQ: tl.constexpr,
                  CMASK: tl.constexpr, CCOS: tl.constexpr, BLOCK: tl.constexpr,
-                 MASKED: tl.constexpr):
+                 MASKED: tl.constexpr, gs_ptr, GSCALE: tl.constexpr):
     offs = start + tl.arange(0, BLOCK)
     if MASKED:
         mask = offs < n
@@ -241,6 +261,7 @@ def _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid,
         g = tl.load(gp + offs).to(tl.float32)
         m = tl.load(mp + offs).to(tl.float32)
         v = tl.load(vp + offs).to(tl.float32)
+    g = _scaled(g, gp, gs_ptr, GSCALE)  # the deferred clipping product, if any
 
     # the direction term q (PERT 1-7), the gradient the moments see (PERT 8, 9), or the one
     # the first moment sees (PERT 10); sinnorm's term (PERT 11) needs this step's u, below
@@ -322,10 +343,11 @@ def _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid,
                                "neg_step_size", "neg_lr_lam", "n_qubits", "lam", "sigma"])
 def adamw_kernel(base, off_tab, numel_tab, index_tab, blk_tensor, blk_first, s_ptr, T,
                  seed, step, decay, w1, beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam,
-                 n_qubits, lam, sigma,
+                 n_qubits, lam, sigma, gs_ptr,
                  PERT: tl.constexpr, FIRST_N: tl.constexpr, LERP_LOW: tl.constexpr,
                  PREV: tl.constexpr, NQ: tl.constexpr, CMASK: tl.constexpr,
-                 CCOS: tl.constexpr, VEC: tl.constexpr, BLOCK: tl.constexpr):
+                 CCOS: tl.constexpr, VEC: tl.constexpr, BLOCK: tl.constexpr,
+                 GSCALE: tl.constexpr = False):
     """One SuperpositionalAdamW step over BLOCK elements of one tensor (see qsgd.fused).
 
     Op order mirrors qsgd.optimizer.reference_step (itself torch.optim.AdamW's):
@@ -339,7 +361,8 @@ def adamw_kernel(base, off_tab, numel_tab, index_tab, blk_tensor, blk_first, s_p
     sigma (σ_t of anneal; the decay factor of annealrel; bc1 for sinnorm),
     PREV: step > 1 (anti's z_{t−1});
     NQ, CMASK, CCOS: the circuit's group size, supports and sines/cosines
-    (_circuit_readout).
+    (_circuit_readout); GSCALE: g is multiplied by *gs_ptr at its load (a deferred gradient
+    clipping; gs_ptr is unread otherwise).
     """
     pid = tl.program_id(0)
     tid = tl.load(blk_tensor + pid)
@@ -356,16 +379,20 @@ def adamw_kernel(base, off_tab, numel_tab, index_tab, blk_tensor, blk_first, s_p
         if full:
             _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid, seed, step, decay, w1,
                          beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam, n_qubits, lam, sigma,
-                         0, FIRST_N, LERP_LOW, PREV, NQ, CMASK, CCOS, BLOCK, False)
+                         0, FIRST_N, LERP_LOW, PREV, NQ, CMASK, CCOS, BLOCK, False, gs_ptr,
+                         GSCALE)
         else:
             _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid, seed, step, decay, w1,
                          beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam, n_qubits, lam, sigma,
-                         0, FIRST_N, LERP_LOW, PREV, NQ, CMASK, CCOS, BLOCK, True)
+                         0, FIRST_N, LERP_LOW, PREV, NQ, CMASK, CCOS, BLOCK, True, gs_ptr,
+                         GSCALE)
     elif full:
         _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid, seed, step, decay, w1,
                      beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam, n_qubits, lam, sigma,
-                     PERT, FIRST_N, LERP_LOW, PREV, NQ, CMASK, CCOS, BLOCK, False)
+                     PERT, FIRST_N, LERP_LOW, PREV, NQ, CMASK, CCOS, BLOCK, False, gs_ptr,
+                         GSCALE)
     else:
         _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid, seed, step, decay, w1,
                      beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam, n_qubits, lam, sigma,
-                     PERT, FIRST_N, LERP_LOW, PREV, NQ, CMASK, CCOS, BLOCK, True)
+                     PERT, FIRST_N, LERP_LOW, PREV, NQ, CMASK, CCOS, BLOCK, True, gs_ptr,
+                         GSCALE)

@@ -47,7 +47,12 @@ after the load, before anything else reads g: both moments see it, weight decay 
 not, exactly the reference's order. The first-moment kind (moment) feeds g + λ·sin(πθ)·g to m
 alone (v from the raw g); the normalized kind (sinnorm) adds −lr·λ·sin(πθ)·u after the Adam
 step, u = (m/bc1)/denom this step's Adam direction, in the reference's op order. Gradient
-clipping is the caller's, before ``step``, so it sees the raw g in both.
+clipping is the caller's, before ``step``, so it sees the raw g in both; with
+:meth:`qsgd.SuperpositionalAdamW.clip_grad_norm_` the clipping product g·c (c a device scalar,
+``grad_scale``) is done here, at the load of g (rounded on its own, then to g's dtype, as
+``torch._foreach_mul_`` writes it), which saves the pass over the gradients that multiplying
+them in place costs (a read and a write of g: 2.7 ms a step at 1.2B float32 parameters on an
+H200).
 
 Reductions. gauss and unif need s = RMS of sin(πθ), anti s = RMS of sin(πθ)·g, annealrel
 RMS(g), each over the in-scope tensor *before* the update: a first pass over θ and/or g
@@ -331,6 +336,7 @@ def fused_group(
     bias_correction: bool,
     seed: int,
     sharded: bool = False,
+    grad_scale: Tensor | None = None,
 ) -> bool:
     """In-place fused form of :func:`qsgd.optimizer.reference_step` for a list of tensors.
 
@@ -353,7 +359,7 @@ def fused_group(
               lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
               lam=quantum_weight, first_n=scope == "first_n", n_qubits=n_qubits,
               bias_correction=bias_correction, seed=seed, perturbation=perturbation,
-              addrs=tuple(map(Tensor.data_ptr, tensors)))
+              addrs=tuple(map(Tensor.data_ptr, tensors)), grad_scale=grad_scale)
     return True
 
 
@@ -414,7 +420,7 @@ def _kernel_args(K, code: int, perturbation: Perturbation | None, step: int,
 
 def _launch(params, grads, exp_avgs, exp_avg_sqs, indices, numels, device, step, code, *,
             lr, beta1, beta2, eps, weight_decay, lam, first_n, n_qubits, bias_correction,
-            seed, perturbation=None, addrs=None) -> None:
+            seed, perturbation=None, addrs=None, grad_scale=None) -> None:
     K = triton_kernels()
     T = len(params)
     if addrs is None:
@@ -425,6 +431,8 @@ def _launch(params, grads, exp_avgs, exp_avg_sqs, indices, numels, device, step,
     if code == 0:  # PERT_NONE (λ = 0 included): the plain AdamW launch
         block, warps = BLOCK, NUM_WARPS
     blk_tensor, blk_first, numel_tab, nblocks = _layout(device, numels, block)
+    gscale = grad_scale is not None
+    gs = grad_scale if gscale else numel_tab  # unread without GSCALE
 
     # s = RMS over each in-scope tensor, a first pass: of sin(πθ) (gauss, unif), of
     # sin(πθ)·g (anti), of g (annealrel)
@@ -441,8 +449,8 @@ def _launch(params, grads, exp_avgs, exp_avg_sqs, indices, numels, device, step,
         s_buf = torch.empty(T, dtype=torch.float32, device=device)
         if nrblocks:
             K.sumsq_kernel[(nrblocks,)](
-                base, off_tab, numel_tab, rblk_tensor, rblk_first, partial, T, n_qubits,
-                SQ=sq, FIRST_N=first_n, VEC=vec, RB=RED_RB, BLOCK=RED_BLOCK,
+                base, off_tab, numel_tab, rblk_tensor, rblk_first, partial, T, n_qubits, gs,
+                SQ=sq, FIRST_N=first_n, VEC=vec, RB=RED_RB, BLOCK=RED_BLOCK, GSCALE=gscale,
                 num_warps=RED_WARPS)
         # a power of two ≥ the most partials of one tensor: few compiled variants
         max_parts = max(_FIN_FB, 1 << max(most - 1, 0).bit_length())
@@ -464,6 +472,6 @@ def _launch(params, grads, exp_avgs, exp_avg_sqs, indices, numels, device, step,
         base, off_tab, numel_tab, index_tab, blk_tensor, blk_first, s_buf, T,
         int(seed) & 0xFFFFFFFFFFFFFFFF, int(step),
         1.0 - lr * weight_decay, w1, beta2, 1.0 - beta2, bc2**0.5, eps, -(lr / bc1),
-        -lr * lam, n_qubits, lam,
+        -lr * lam, n_qubits, lam, gs_ptr=gs,
         PERT=code, FIRST_N=first_n, LERP_LOW=abs(w1) < 0.5, VEC=vec, BLOCK=block,
-        num_warps=warps, **kargs)
+        GSCALE=gscale, num_warps=warps, **kargs)

@@ -222,6 +222,7 @@ class SuperpositionalAdamW(Optimizer):
         self.skipped_steps = 0
         self._ratios: list[Tensor] = []
         self._warned_dominant = False
+        self._pending_clip: tuple[Tensor, list[Tensor]] | None = None
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -263,6 +264,7 @@ class SuperpositionalAdamW(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("_ratios", [])
         self.__dict__.setdefault("_warned_dominant", False)
+        self.__dict__["_pending_clip"] = None  # a deferred clipping product is not state
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
@@ -291,6 +293,89 @@ class SuperpositionalAdamW(Optimizer):
     def ratio_history(self) -> list[float]:
         """Per-step ratios recorded with ``track_ratio=True``."""
         return [float(r) for r in self._ratios]
+
+    @torch.no_grad()
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0,
+                        error_if_nonfinite: bool = False, foreach: bool | None = None) -> Tensor:
+        """``torch.nn.utils.clip_grad_norm_`` over this optimizer's parameters, with the
+        gradients' product by the clipping coefficient moved into the next :meth:`step`'s
+        fused kernel where it runs (one pass over the gradients fewer: ~2.7 ms a step at 1.2B
+        parameters on an H200).
+
+        Returns the total norm, as torch's function does. The coefficient is torch's,
+        ``min(max_norm / (total_norm + 1e-6), 1)`` from ``torch.nn.utils.get_total_norm``, and
+        the kernel multiplies each gradient it reads by it and rounds to the gradient's dtype,
+        as ``torch._foreach_mul_`` does: the step is the one that clipping the gradients in
+        place and then stepping gives. The product is deferred only when the next step is
+        sure to take the fused kernel (every parameter a plain tensor on one CUDA device with
+        a kernel for its group: :func:`qsgd.fused.fused_unsupported_reason`; no ``maximize``,
+        AMSGrad, ``track_ratio`` or ``fused=False``; not under ``torch.compile``; torch ≥ 2.6);
+        otherwise the gradients are clipped here, by torch's function. While a product is
+        deferred, ``p.grad`` holds the unclipped gradient, and keeps holding it after the
+        step; :meth:`zero_grad` drops the pending product, a second call first applies it,
+        and a step that finds other gradient tensors than this call saw applies it to those
+        it saw, then steps as usual.
+        """
+        self._apply_pending_clip()
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not self._can_defer_clip():
+            return torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type,
+                                                  error_if_nonfinite, foreach)
+        grads = [p.grad for p in params]
+        total = torch.nn.utils.get_total_norm(grads, norm_type, error_if_nonfinite, foreach)
+        coef = torch.clamp(float(max_norm) / (total + 1e-6), max=1.0)
+        self._pending_clip = (coef.to(grads[0].device), grads)
+        return total
+
+    def _can_defer_clip(self) -> bool:
+        """Whether the next step will run every group through the fused kernel (see
+        :meth:`clip_grad_norm_`), so that the kernel can apply the clipping product."""
+        if (torch.compiler.is_compiling() or self.track_ratio
+                or not hasattr(torch.nn.utils, "get_total_norm")):
+            return False
+        from .fused import fused_unsupported_reason
+
+        devices = set()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            fused = group.get("fused")
+            if fused is False or (fused is None and group["foreach"] is False):
+                return False
+            if group["amsgrad"] or group["maximize"]:
+                return False
+            grads = [p.grad for p in params]
+            if any(_real_local(p) is not p or _real_local(g) is not g or g.is_sparse
+                   for p, g in zip(params, grads)):
+                return False
+            devices.update(p.device for p in params)
+            # the moments are zeros_like(p) or p's own: p stands in for them on a first step
+            moments = [self.state[p].get("exp_avg", p) for p in params]
+            sqs = [self.state[p].get("exp_avg_sq", p) for p in params]
+            pert = self._hyper(group)["perturbation"]
+            if fused_unsupported_reason(params, grads, moments, sqs, pert,
+                                        group["n_qubits"]) is not None:
+                return False
+        return len(devices) == 1
+
+    def _apply_pending_clip(self, grads: list[Tensor] | None = None) -> None:
+        """Multiply the gradients a deferred clipping saw (or ``grads``, the ones a step
+        path is about to read) by its coefficient, as torch's clipping would have."""
+        pending = self._pending_clip
+        if pending is None:
+            return
+        if grads is None:
+            self._pending_clip = None
+            grads = pending[1]
+        if grads:
+            torch._foreach_mul_(grads, pending[0])
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As ``torch.optim.Optimizer.zero_grad``; a deferred clipping product
+        (:meth:`clip_grad_norm_`) is dropped with the gradients."""
+        self._pending_clip = None
+        super().zero_grad(set_to_none=set_to_none)
 
     def _param_name(self, gi: int, pi: int, p: Tensor) -> str:
         names = self.param_groups[gi].get("param_names")
@@ -473,6 +558,17 @@ class SuperpositionalAdamW(Optimizer):
 
         work = self._collect()
         compiling = torch.compiler.is_compiling()
+        pending = self._pending_clip
+        if pending is not None:
+            seen = [g for w in work for g in w.grads]
+            if (compiling or any(w.flat or w.shards is not None for w in work)
+                    or len(seen) != len(pending[1])
+                    or any(a is not b for a, b in zip(seen, pending[1]))):
+                self._apply_pending_clip()  # not the step clipping expected: as torch
+                pending = None
+        # a deferred clipping product (clip_grad_norm_): the fused kernel applies it; any
+        # other path multiplies its group's gradients first
+        scale = None if pending is None else pending[0]
         if compiling and self.track_ratio:
             raise ValueError("track_ratio=True appends to a host list every step, which "
                              "torch.compile would recompile for each time: switch it off for "
@@ -481,7 +577,9 @@ class SuperpositionalAdamW(Optimizer):
         # non-finite check and the update
         flat = {} if compiling else {w.gi: _concat(w.grads) for w in work if w.flat}
         if self.nonfinite != "off" and not self._nonfinite_ok(work, flat):
+            self._apply_pending_clip()  # the step is skipped: the gradients as torch leaves them
             return loss
+        self._pending_clip = None
 
         stats: dict[str, Tensor] | None = {} if self.track_ratio else None
         for w in work:
@@ -523,9 +621,11 @@ class SuperpositionalAdamW(Optimizer):
                 from .fused import fused_group
 
                 if fused_group(params, grads, m, v, steps, idx, sharded=shards is not None,
-                               **hyper):
+                               grad_scale=scale, **hyper):
                     continue
             # [/fused]
+            if scale is not None:  # this group's gradients as clipping would have left them
+                torch._foreach_mul_(grads, scale)
             use_foreach = group["foreach"]
             if use_foreach is None:  # on CPU too: fewer Python-level ops for small models
                 use_foreach = len({p.device for p in params}) == 1

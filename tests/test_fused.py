@@ -326,6 +326,17 @@ def test_fused_true_on_cpu_falls_back_to_the_reference(variant):
         assert torch.equal(x, y)
 
 
+# the interpreter scripts' tensors: sizes 37, 1, 3x3 and 2050 (a second block; tails) and
+# their hyperparameters; mk() gives params, grads, exp_avgs, exp_avg_sqs
+_INTERP_DATA = textwrap.dedent("""
+    shapes = [(37,), (1,), (3, 3), (2050,)]
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, n_qubits=4,
+                 seed=7)
+    def mk():
+        g = torch.Generator().manual_seed(5)
+        return [[torch.randn(s, generator=g) * sc for s in shapes] for sc in (0.8, 1.0, 0.1)] + \\
+               [[torch.rand(s, generator=g) * 1e-2 for s in shapes]]
+""")
 _INTERP_SCRIPT = textwrap.dedent("""
     import math, torch
     from qsgd import fused, noise
@@ -338,13 +349,7 @@ _INTERP_SCRIPT = textwrap.dedent("""
         long = noise.cuda_noise(key, 4099, kind, "cpu")
         short = noise.cuda_noise(key, 6, kind, "cpu")
         assert torch.equal(long[:6], short), "noise of element i must not depend on n"
-    shapes = [(37,), (1,), (3, 3), (2050,)]
-    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, n_qubits=4,
-                 seed=7)
-    def mk():
-        g = torch.Generator().manual_seed(5)
-        return [[torch.randn(s, generator=g) * sc for s in shapes] for sc in (0.8, 1.0, 0.1)] + \\
-               [[torch.rand(s, generator=g) * 1e-2 for s in shapes]]
+""") + _INTERP_DATA + textwrap.dedent("""
     for pert in ["none", "sin", "cos", "taylor", "gauss", "unif"]:
         for scope in ["all", "first_n"]:
             for bc in (True, False):
@@ -462,22 +467,58 @@ def test_new_variant_kernels_under_the_triton_interpreter():
     sinnorm: the fused
     kernel equals the reference step for 3 steps, scopes all and first_n, bias correction on
     and off, sizes 1, 3, 5, 1025 (a second block; a tail group), on CPU (TRITON_INTERPRET=1)."""
-    pytest.importorskip("triton", reason="Triton not installed (CPU CI); the GPU tests cover it")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", _INTERP_VARIANTS_SCRIPT], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-4000:]
-    assert "interpreter variants ok" in out.stdout
+    _interpreted(_INTERP_VARIANTS_SCRIPT, "interpreter variants ok")
 
 
 def test_kernels_under_the_triton_interpreter():
     """The kernels' maths on CPU (TRITON_INTERPRET=1), when Triton is installed."""
+    _interpreted(_INTERP_SCRIPT, "interpreter ok")
+
+
+def _interpreted(script: str, done: str) -> None:
+    """Run ``script`` under TRITON_INTERPRET=1 in a fresh interpreter; it prints ``done``."""
     pytest.importorskip("triton", reason="Triton not installed (CPU CI); the GPU tests cover it")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", _INTERP_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
-    assert "interpreter ok" in out.stdout
+    assert done in out.stdout
+
+
+_INTERP_CLIP_SCRIPT = textwrap.dedent("""
+    import torch
+    from qsgd import fused
+    from qsgd.fused import FUSED_PERTURBATIONS
+    from qsgd.perturbations import get_perturbation
+""") + _INTERP_DATA + textwrap.dedent("""
+    for name in ["none", *FUSED_PERTURBATIONS]:
+        P = get_perturbation(name)
+        for scope in ("all", "first_n"):
+            for step in (1, 2):
+                A, R = mk(), mk()
+                coef = torch.tensor(0.37)
+                raw = [g.clone() for g in A[1]]
+                kw = dict(lam=0.5, first_n=scope == "first_n", bias_correction=True,
+                          perturbation=P, **hyper)
+                n = [t.numel() for t in A[0]]
+                idx = list(range(3, 3 + len(shapes)))
+                fused._dispatch(*A, [step] * 4, idx, n, fused.fused_code(P), grad_scale=coef, **kw)
+                torch._foreach_mul_(R[1], coef)
+                fused._dispatch(*R, [step] * 4, idx, n, fused.fused_code(P), **kw)
+                for x, y in zip(A[0] + A[2] + A[3], R[0] + R[2] + R[3]):
+                    assert torch.equal(x, y), (name, scope, step)
+                assert all(torch.equal(x, y) for x, y in zip(A[1], raw)), "gradients written"
+    print("interpreter clip ok")
+""")
+
+
+def test_clipping_product_under_the_triton_interpreter():
+    """grad_scale (SuperpositionalAdamW.clip_grad_norm_'s deferred product), every fused code,
+    float32 (the interpreter's bfloat16 conversion truncates, unlike the GPU's: bfloat16 is
+    tests/test_clip.py's GPU test): the kernel equals clipping the gradients in place."""
+    _interpreted(_INTERP_CLIP_SCRIPT, "interpreter clip ok")
+
+
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ CANDIDATES = (
     ("torch default", 128, ""),
     ("128, forward 64x64", 128, "fwd_BLOCK_M=64,fwd_BLOCK_N=64"),
     ("128, forward 128x64", 128, "fwd_BLOCK_M=128,fwd_BLOCK_N=64"),
+    ("128, 4 warps", 128, "fwd_num_warps=4,bwd_num_warps=4"),
     ("128, backward 64", 128, "bwd_BLOCK_M1=64,bwd_BLOCK_N1=64,bwd_BLOCK_M2=64,bwd_BLOCK_N2=64"),
     ("128, backward 32/64", 128,
      "bwd_BLOCK_M1=32,bwd_BLOCK_N1=64,bwd_BLOCK_M2=64,bwd_BLOCK_N2=32"),

@@ -64,8 +64,8 @@ def build_model(shape: LlamaShape, inv_freq: Tensor, precision: str) -> CompactL
 
 class LossScaling:
     """Backward, clipping and optimizer step of one training step, with GradScaler for fp16
-    (see the module docstring) and exactly ``loss.backward()``, ``clip_grad_norm_`` and
-    ``opt.step()`` otherwise.
+    (see the module docstring) and exactly ``loss.backward()``, ``clip_grad_norm_`` (the
+    optimizer's own, where it has one: :meth:`clip`) and ``opt.step()`` otherwise.
 
     precision: the precision in effect; device: the training device (GradScaler runs on CPU
     too, which the tests use).
@@ -80,11 +80,18 @@ class LossScaling:
 
     def clip(self, opt: torch.optim.Optimizer, params: list[Tensor], max_norm: float) -> None:
         """Unscale the gradients (fp16), then clip their global norm to ``max_norm`` (0: no
-        clipping)."""
+        clipping). ``params`` are ``opt``'s parameters, in its order. Without fp16 scaling,
+        :class:`qsgd.SuperpositionalAdamW` clips with its own ``clip_grad_norm_``: torch's
+        norm and coefficient, whose product with the gradients its fused CUDA kernel does
+        as it reads them (the same step, one pass over the gradients fewer)."""
         if self.scaler is not None:
             self.scaler.unscale_(opt)
         if max_norm:
-            torch.nn.utils.clip_grad_norm_(params, max_norm)
+            own = getattr(opt, "clip_grad_norm_", None)
+            if own is not None and self.scaler is None:
+                own(max_norm)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     def step(self, opt: torch.optim.Optimizer) -> None:
         """``opt.step()``; with fp16, skipped when a gradient is inf/NaN (counted), then the
