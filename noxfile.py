@@ -187,13 +187,16 @@ LLM_BENCHES = (
     ("results/llm/bench-1b", (*_BENCH_1B, "--profile", "5")),
     ("results/llm/bench-1b-graphs", (*_BENCH_1B, "--set", "compile_mode=reduce-overhead")),
     # FlexAttention's fastest mask block and kernel tiles (bench_flex) at both shapes
+    # (and the clipping product done by the fused kernel: [llm].fused_clip)
     ("results/llm/bench-graphs-flex", ("--rounds", "0", "--variants", "adamw,sin-l0.5", "--set",
-                                       "compile_mode=reduce-overhead", _flex_best("135m"))),
-    ("results/llm/bench-1b-flex", (*_BENCH_1B, _flex_best("1b"))),
+                                       "compile_mode=reduce-overhead", "--set", "fused_clip=true",
+                                       _flex_best("135m"))),
+    ("results/llm/bench-1b-flex", (*_BENCH_1B, "--set", "fused_clip=true", _flex_best("1b"))),
     # bench-graphs-flex's partner with torch's own block and tiles, run right after it on the
     # same device (the A/B of the FlexAttention choice; the peer is timed in both)
     ("results/llm/bench-graphs-torch-tiles", ("--rounds", "0", "--variants", "adamw,sin-l0.5",
-                                              "--set", "compile_mode=reduce-overhead")),
+                                              "--set", "compile_mode=reduce-overhead", "--set",
+                                              "fused_clip=true")),
     # the paper's batch-1 protocol (C4 at both shapes), the first 600 steps of the epoch
     ("results/llm/paper-135m", _PAPER_B1),
     ("results/llm/paper-135m-graphs", (*_PAPER_B1, "--set", "compile_mode=reduce-overhead")),

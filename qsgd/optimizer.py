@@ -305,11 +305,14 @@ class SuperpositionalAdamW(Optimizer):
         Returns the total norm, as torch's function does. The coefficient is torch's,
         ``min(max_norm / (total_norm + 1e-6), 1)`` from ``torch.nn.utils.get_total_norm``, and
         the kernel multiplies each gradient it reads by it and rounds to the gradient's dtype,
-        as ``torch._foreach_mul_`` does: the step is the one that clipping the gradients in
-        place and then stepping gives. The product is deferred only when the next step is
-        sure to take the fused kernel (every parameter a plain tensor on one CUDA device with
-        a kernel for its group: :func:`qsgd.fused.fused_unsupported_reason`; no ``maximize``,
-        AMSGrad, ``track_ratio`` or ``fused=False``; not under ``torch.compile``; torch ≥ 2.6);
+        as ``torch._foreach_mul_`` does; the step then agrees with clipping in place and
+        stepping to a rounding (the kernel with the product is another compilation, whose
+        fused multiply-adds may differ: on an H200 the second moment came out one rounding
+        apart in places), and on every other path bit for bit. The product is deferred only
+        when the next step is sure to take the fused kernel (every parameter a plain tensor
+        on one CUDA device with a kernel for its group:
+        :func:`qsgd.fused.fused_unsupported_reason`; no ``maximize``, AMSGrad,
+        ``track_ratio`` or ``fused=False``; not under ``torch.compile``; torch ≥ 2.6);
         otherwise the gradients are clipped here, by torch's function. While a product is
         deferred, ``p.grad`` holds the unclipped gradient, and keeps holding it after the
         step; :meth:`zero_grad` drops the pending product, a second call first applies it,

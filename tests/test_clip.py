@@ -1,9 +1,10 @@
 """``SuperpositionalAdamW.clip_grad_norm_``: torch's gradient clipping, its product with the
 gradients moved into the fused CUDA kernel's read of them.
 
-The contract: whatever path the step takes, ``opt.clip_grad_norm_(c); opt.step()`` gives the
-weights, moments and returned norm of ``torch.nn.utils.clip_grad_norm_(params, c);
-opt.step()``, bit for bit. On the CPU no product is deferred (torch's function clips); the
+The contract: ``opt.clip_grad_norm_(c); opt.step()`` gives the returned norm of
+``torch.nn.utils.clip_grad_norm_(params, c); opt.step()`` bit for bit, and its weights and
+moments bit for bit on every path but the fused kernel's, where they agree to a rounding.
+On the CPU no product is deferred (torch's function clips); the
 deferral's fallbacks are checked here by forcing it (every CPU path then multiplies the
 gradients itself, as torch would have). The GPU tests check the kernel's product against
 clipping in place, for every fused perturbation, float32 and bfloat16 (float32 under Triton's
@@ -43,14 +44,24 @@ def _twins(dtype=torch.float32, device="cpu", **kw):
     return a, SuperpositionalAdamW(a, **kw), b, SuperpositionalAdamW(b, **kw)
 
 
-def _same(a, oa, b, ob):
+def _same(a, oa, b, ob, ulps=0):
+    """Weights and moments equal, bit for bit (``ulps`` 0), or to ``ulps`` roundings of the
+    dtype relative to each value."""
+    def check(x, y, what):
+        if ulps == 0:
+            assert torch.equal(x, y), (what, float((x.float() - y.float()).abs().max()))
+        else:
+            tol = ulps * torch.finfo(x.dtype).eps * y.double().abs()
+            err = (x.double() - y.double()).abs()
+            assert bool((err <= tol).all()), (what, float((err - tol).max()))
     for x, y in zip(a, b, strict=True):
-        assert torch.equal(x, y), float((x.float() - y.float()).abs().max())
+        check(x, y, "param")
         for key in ("exp_avg", "exp_avg_sq"):
-            assert torch.equal(oa.state[x][key], ob.state[y][key]), key
+            check(oa.state[x][key], ob.state[y][key], key)
 
 
-def _torch_then_own(a, oa, b, ob, steps=3, max_norm=1.0, expect_deferred=None, kernel=False):
+def _torch_then_own(a, oa, b, ob, steps=3, max_norm=1.0, expect_deferred=None, kernel=False,
+                    ulps=0):
     """Steps of (a: the optimizer's clipping) against (b: torch's clipping in place);
     ``kernel``: the fused kernel applies the product (the gradients stay unclipped)."""
     for t in range(steps):
@@ -71,7 +82,7 @@ def _torch_then_own(a, oa, b, ob, steps=3, max_norm=1.0, expect_deferred=None, k
         assert oa._pending_clip is None
         oa.zero_grad()
         ob.zero_grad()
-    _same(a, oa, b, ob)
+    _same(a, oa, b, ob, ulps)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(foreach=True, scope="first_n"),
@@ -159,21 +170,28 @@ def test_the_pending_product_is_not_state():
     assert "_pending_clip" not in str(oa.state_dict().keys())
 
 
-def test_the_llm_arm_clips_with_the_optimizers_own(monkeypatch):
+def test_the_llm_arm_clips_with_the_optimizers_own_under_fused_clip(monkeypatch):
+    from ablations.llm.options import LLMOptions
     from ablations.llm.precision import LossScaling
 
+    assert LLMOptions().fused_clip is False and LLMOptions.from_dict(
+        {"fused_clip": True}).fused_clip is True
+    cpu = torch.device("cpu")
     a, oa, _, _ = _twins()
     calls = []
     monkeypatch.setattr(oa, "clip_grad_norm_", lambda c: calls.append(c))
     _set_grads(a, 0)
-    LossScaling("bf16", torch.device("cpu")).clip(oa, a, 1.0)
-    LossScaling("bf16", torch.device("cpu")).clip(oa, a, 0.0)  # 0: no clipping
+    LossScaling("bf16", cpu, fused_clip=True).clip(oa, a, 1.0)
+    LossScaling("bf16", cpu, fused_clip=True).clip(oa, a, 0.0)  # 0: no clipping
     assert calls == [1.0]
+    LossScaling("bf16", cpu).clip(oa, a, 1.0)  # the default: torch's clipping
+    assert calls == [1.0]
+    assert float(torch.nn.utils.get_total_norm([p.grad for p in a])) <= 1.0 + 1e-5
     # torch's optimizers (the peer's) keep torch's clipping
     b = _params()
     _set_grads(b, 0)
     want = torch.nn.utils.get_total_norm([p.grad for p in b])
-    LossScaling("bf16", torch.device("cpu")).clip(torch.optim.AdamW(b), b, 1.0)
+    LossScaling("bf16", cpu, fused_clip=True).clip(torch.optim.AdamW(b), b, 1.0)
     assert float(torch.nn.utils.get_total_norm([p.grad for p in b])) <= 1.0 + 1e-5 < float(want)
 
 
@@ -183,9 +201,13 @@ def test_the_llm_arm_clips_with_the_optimizers_own(monkeypatch):
 @pytest.mark.parametrize("variant", ["none", *FUSED_PERTURBATIONS])
 @pytest.mark.parametrize("scope", ["all", "first_n"])
 def test_fused_kernel_product_is_clipping_in_place(variant, dtype, scope):
+    """To two roundings of the dtype: the kernel with the product is another compilation,
+    whose contractions (fma) of the moments' arithmetic may differ (on an H200 the second
+    moment came out one rounding apart in places)."""
     kw = dict(quantum_weight=0.0) if variant == "none" else dict(perturbation=variant)
     a, oa, b, ob = _twins(dtype, "cuda", scope=scope, fused=True, **kw)
-    _torch_then_own(a, oa, b, ob, steps=3, max_norm=1.0, expect_deferred=True, kernel=True)
+    _torch_then_own(a, oa, b, ob, steps=3, max_norm=1.0, expect_deferred=True, kernel=True,
+                    ulps=2)
 
 
 @gpu

@@ -564,7 +564,8 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
     impl = sess.attn_impl
     if impl == "flex" and (o.flex_block != 128 or o.flex_kernel):
         impl += f" block {o.flex_block}" + (f" {o.flex_kernel}" if o.flex_kernel else "")
-    loop = f"arm loop ({impl}, compile={o.compile}{graphs}, {step_text}, " \
+    clip = ", fused clip" if o.fused_clip else ""
+    loop = f"arm loop ({impl}, compile={o.compile}{graphs}{clip}, {step_text}, " \
            f"{o.effective_precision}{timed}"
     med = [_segments(segs[k]) for k in range(len(arms))]
     ref = next((k for k, v in enumerate(arms) if v.id == "adamw"), None)

@@ -62,6 +62,12 @@ class LLMOptions:
     the first of the chat-formatted example, as a plain causal-LM recipe; example batching
     only). Example batching records both losses each step, whichever is trained on.
     lr, schedule, warmup, min_lr_ratio, weight_decay, clip_grad, bias_correction: optimisation.
+    fused_clip: clip with :meth:`qsgd.SuperpositionalAdamW.clip_grad_norm_` (torch's norm and
+    coefficient, the product with the gradients done by the fused CUDA kernel as it reads
+    them: one pass over the gradients fewer) instead of ``torch.nn.utils.clip_grad_norm_``
+    (default false). The same clipping, but a differently compiled kernel: on an H200 the
+    second moment came out one rounding apart in places, so runs with it are other runs (their
+    own keys), not the default's numbers.
     val_examples: the last N of the task's training examples held out as the validation set
     (0: none; every choice reads it, never the test set); its loss is ``val_loss``.
     train_examples / test_loss_examples: use only the first N (0: all). eval_questions: test
@@ -116,6 +122,7 @@ class LLMOptions:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     clip_grad: float = 1.0
+    fused_clip: bool = False
     bias_correction: bool = True
     val_examples: int = 0
     train_examples: int = 0

@@ -64,14 +64,16 @@ def build_model(shape: LlamaShape, inv_freq: Tensor, precision: str) -> CompactL
 
 class LossScaling:
     """Backward, clipping and optimizer step of one training step, with GradScaler for fp16
-    (see the module docstring) and exactly ``loss.backward()``, ``clip_grad_norm_`` (the
-    optimizer's own, where it has one: :meth:`clip`) and ``opt.step()`` otherwise.
+    (see the module docstring) and exactly ``loss.backward()``, ``clip_grad_norm_`` (with
+    ``fused_clip`` the optimizer's own, where it has one: :meth:`clip`) and ``opt.step()``
+    otherwise.
 
     precision: the precision in effect; device: the training device (GradScaler runs on CPU
-    too, which the tests use).
+    too, which the tests use); fused_clip: ``[llm].fused_clip``.
     """
 
-    def __init__(self, precision: str, device: torch.device):
+    def __init__(self, precision: str, device: torch.device, fused_clip: bool = False):
+        self.fused_clip = fused_clip
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         self._skipped = torch.zeros((), dtype=torch.float32, device=device)
 
@@ -80,14 +82,14 @@ class LossScaling:
 
     def clip(self, opt: torch.optim.Optimizer, params: list[Tensor], max_norm: float) -> None:
         """Unscale the gradients (fp16), then clip their global norm to ``max_norm`` (0: no
-        clipping). ``params`` are ``opt``'s parameters, in its order. Without fp16 scaling,
-        :class:`qsgd.SuperpositionalAdamW` clips with its own ``clip_grad_norm_``: torch's
-        norm and coefficient, whose product with the gradients its fused CUDA kernel does
-        as it reads them (the same step, one pass over the gradients fewer)."""
+        clipping). ``params`` are ``opt``'s parameters, in its order. With ``fused_clip``
+        and no fp16 scaling, :class:`qsgd.SuperpositionalAdamW` clips with its own
+        ``clip_grad_norm_``: torch's norm and coefficient, whose product with the gradients
+        its fused CUDA kernel does as it reads them (one pass over the gradients fewer)."""
         if self.scaler is not None:
             self.scaler.unscale_(opt)
         if max_norm:
-            own = getattr(opt, "clip_grad_norm_", None)
+            own = getattr(opt, "clip_grad_norm_", None) if self.fused_clip else None
             if own is not None and self.scaler is None:
                 own(max_norm)
             else:

@@ -148,7 +148,7 @@ def _warm_steps(sess: Session, b: DeviceBatches | ExampleBatches, variant,
     # one step of every shape at lr 0, then the base weights back (warm_up's work)
     params = list(sess.model.parameters())
     opt = _make_optimizer(params, variant, 0.0, o, 0)
-    scaling = LossScaling(o.effective_precision, sess.device)
+    scaling = LossScaling(o.effective_precision, sess.device, o.fused_clip)
     if o.per_example:
         first = {}
         for s, L in enumerate(b.lengths):
@@ -201,7 +201,7 @@ def train_epoch(sess: Session, b: DeviceBatches | ExampleBatches, variant, lr: f
     reset_weights(sess)
     params = list(sess.model.parameters())
     opt = _make_optimizer(params, variant, lr, o, noise_seed)
-    scaling = LossScaling(o.effective_precision, sess.device)
+    scaling = LossScaling(o.effective_precision, sess.device, o.fused_clip)
     names = recorded_losses(b, o)
     S, dev = b.steps, sess.device
     run_steps = min(S, max_steps) if max_steps else S
