@@ -269,10 +269,14 @@ def test_compiled_finer_blocks_agree_with_torch_default_on_a_gpu(block, kernel):
         m = m.to(dev)
         m.flex_kernel_options = opts
         bm = FlexMasks(2, 512, dev, blk)(b.doc[0])
-        loss = torch.compile(m.loss, dynamic=False)(b.ids[0], b.pos[0], b.doc[0],
-                                                    b.loss_idx[0], b.loss_tgt[0], b.n_loss[0],
-                                                    block_mask=bm)
-        loss.backward()
+        L.set_flex_block(blk)  # as the session does (a block of 32 does not compile without)
+        try:
+            loss = torch.compile(m.loss, dynamic=False)(b.ids[0], b.pos[0], b.doc[0],
+                                                        b.loss_idx[0], b.loss_tgt[0],
+                                                        b.n_loss[0], block_mask=bm)
+            loss.backward()
+        finally:
+            L.set_flex_block(None)
         return loss.detach(), [q.grad.float() for q in m.parameters()]
 
     ref, gref = run(128, None)
