@@ -47,6 +47,8 @@ from .update import (
 __all__ = ["SuperpositionalAdamW", "NonFiniteGradientError", "reference_step", "in_scope",
            "SCOPES", "NONFINITE"]  # the last two live in qsgd.hyper
 
+_LAYOUT, _DEVICE = operator.attrgetter("layout"), operator.attrgetter("device")
+
 #: the flat CPU path (:func:`_flat_group`) is taken for groups of at most this many entries
 FLAT_MAX_NUMEL = 1 << 24
 
@@ -332,12 +334,16 @@ class SuperpositionalAdamW(Optimizer):
 
     def _can_defer_clip(self) -> bool:
         """Whether the next step will run every group through the fused kernel (see
-        :meth:`clip_grad_norm_`), so that the kernel can apply the clipping product."""
+        :meth:`clip_grad_norm_`), so that the kernel can apply the clipping product. Checked
+        with C-level maps over the tensors (it runs every step); a group the kernel turns
+        down after all (:func:`qsgd.fused.fused_group` checks the real moments) multiplies
+        its gradients itself in :meth:`step`, so this only has to be right to be fast."""
         if (torch.compiler.is_compiling() or self.track_ratio
                 or not hasattr(torch.nn.utils, "get_total_norm")):
             return False
         from .fused import fused_unsupported_reason
 
+        plain = {torch.Tensor, torch.nn.Parameter}
         devices = set()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
@@ -349,15 +355,14 @@ class SuperpositionalAdamW(Optimizer):
             if group["amsgrad"] or group["maximize"]:
                 return False
             grads = [p.grad for p in params]
-            if any(_real_local(p) is not p or _real_local(g) is not g or g.is_sparse
-                   for p, g in zip(params, grads)):
+            # plain real tensors (no DTensor, complex or sparse): the step's own tensors
+            if (not set(map(type, params)) | set(map(type, grads)) <= plain
+                    or any(map(Tensor.is_complex, params))
+                    or set(map(_LAYOUT, grads)) != {torch.strided}):
                 return False
-            devices.update(p.device for p in params)
-            # the moments are zeros_like(p) or p's own: p stands in for them on a first step
-            moments = [self.state[p].get("exp_avg", p) for p in params]
-            sqs = [self.state[p].get("exp_avg_sq", p) for p in params]
-            pert = self._hyper(group)["perturbation"]
-            if fused_unsupported_reason(params, grads, moments, sqs, pert,
+            devices.update(map(_DEVICE, params))
+            # the moments are zeros_like(p), p's dtype, device and strides: p stands in
+            if fused_unsupported_reason(params, grads, params, params, group_perturbation(group),
                                         group["n_qubits"]) is not None:
                 return False
         return len(devices) == 1

@@ -220,3 +220,29 @@ def test_no_deferral_where_the_kernel_would_not_run():
                dict(perturbation="sin", track_ratio=True)):
         a, oa, b, ob = _twins(torch.float32, "cuda", **kw)
         _torch_then_own(a, oa, b, ob, steps=2, expect_deferred=False)
+
+
+def test_the_deferral_decision(monkeypatch):
+    """With the kernel's support check passing (patched: CPU tensors have no kernel), the
+    product is deferred for plain tensors only, and never where the step would not take the
+    kernel."""
+    import qsgd.fused as F
+
+    monkeypatch.setattr(F, "fused_unsupported_reason", lambda *a, **k: None)
+    for kw, want in [(dict(), True), (dict(fused=False), False), (dict(foreach=False), False),
+                     (dict(foreach=False, fused=True), True), (dict(amsgrad=True), False),
+                     (dict(maximize=True), False), (dict(track_ratio=True), False)]:
+        a, oa, _, _ = _twins(**kw)
+        _set_grads(a, 0)
+        assert oa._can_defer_clip() is want, kw
+    a, oa, _, _ = _twins()
+    _set_grads(a, 0)
+    a[1].grad = a[1].grad.to_sparse()
+    assert oa._can_defer_clip() is False
+    z = torch.zeros(3, dtype=torch.complex64, requires_grad=True)
+    z.grad = torch.ones(3, dtype=torch.complex64)
+    assert SuperpositionalAdamW([z])._can_defer_clip() is False
+    monkeypatch.setattr(F, "fused_unsupported_reason", lambda *a, **k: "no kernel")
+    a, oa, _, _ = _twins()
+    _set_grads(a, 0)
+    assert oa._can_defer_clip() is False
