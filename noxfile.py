@@ -217,6 +217,10 @@ def bench(session):
     _in_this_python(session, "harness,quantum,llm")
     session.run("python", "-m", "ablations.bench_attention", external=True)
     session.run("python", "-m", "ablations.bench_optimizer", external=True)
+    # the clipped step alone (torch's clipping against the optimizer's own, in the kernel)
+    session.run("python", "-m", "ablations.bench_optimizer", "--sizes", "1e8,1e9", "--only",
+                "torch-adamw-fused+clip,qsgd-sin-fused+torch-clip,qsgd-sin-fused+clip,"
+                "qsgd-sin-fused", "--out", "results/bench/optimizer-clip", external=True)
     has_gpu = session.run("python", "-c", "import torch; print(int(torch.cuda.is_available()))",
                           silent=True, external=True).strip().endswith("1")
     if not has_gpu:

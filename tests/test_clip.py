@@ -246,3 +246,19 @@ def test_the_deferral_decision(monkeypatch):
     a, oa, _, _ = _twins()
     _set_grads(a, 0)
     assert oa._can_defer_clip() is False
+
+
+def test_the_optimizer_bench_clipped_rows_step_alike_on_cpu():
+    """bench_optimizer's clipped rows: torch's clipping and the optimizer's own run the same
+    step (on a CPU nothing is deferred), and both clip to the bench's CLIP."""
+    from ablations import bench_optimizer as bo
+
+    runs = []
+    for own in (False, True):
+        ps = _params()
+        _set_grads(ps, 0, scale=5.0)
+        opt = bo._Clipped(bo._qsgd("sin", fused=None), own=own)(ps)
+        opt.step()
+        assert float(torch.nn.utils.get_total_norm([p.grad for p in ps])) <= bo.CLIP + 1e-5
+        runs.append(ps)
+    assert all(torch.equal(x, y) for x, y in zip(*runs))
