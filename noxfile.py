@@ -212,8 +212,9 @@ LLM_BENCHES = (
 def bench(session):
     """GPU benchmarks (in the current interpreter): attention, the optimizer step, the
     seed-batched classifier on CUDA, and the LLM arm against the compiled HF peer and under the
-    paper's batch-1 protocol (LLM_BENCHES); on a CPU only the attention one (the optimizer
-    bench says it has nothing to measure)."""
+    paper's batch-1 protocol (LLM_BENCHES); on a CPU the attention one and the seed-batched
+    classifier on the CPU (results/bench/seed_batched.*: run it on the 2-core machine its
+    target names; the optimizer bench says it has nothing to measure)."""
     _in_this_python(session, "harness,quantum,llm")
     session.run("python", "-m", "ablations.bench_attention", external=True)
     session.run("python", "-m", "ablations.bench_optimizer", external=True)
@@ -224,6 +225,7 @@ def bench(session):
     has_gpu = session.run("python", "-c", "import torch; print(int(torch.cuda.is_available()))",
                           silent=True, external=True).strip().endswith("1")
     if not has_gpu:
+        session.run("python", "-m", "ablations.bench_batched", external=True)
         session.log("no GPU: the LLM throughput bench (python -m ablations.llm bench) is skipped")
         return
     session.run("python", "-m", "ablations.bench_batched", "--device", "cuda", external=True)
