@@ -225,7 +225,7 @@ def bench(session):
     has_gpu = session.run("python", "-c", "import torch; print(int(torch.cuda.is_available()))",
                           silent=True, external=True).strip().endswith("1")
     if not has_gpu:
-        session.run("python", "-m", "ablations.bench_batched", external=True)
+        session.run("python", "-m", "ablations.bench_batched", "--rounds", "3", external=True)
         session.log("no GPU: the LLM throughput bench (python -m ablations.llm bench) is skipped")
         return
     session.run("python", "-m", "ablations.bench_batched", "--device", "cuda", external=True)
