@@ -165,25 +165,28 @@ CLIP = 1.0  # max_norm of the clipping rows (the LLM arm's clip_grad)
 
 
 class _Clipped:
-    """An optimizer whose ``step()`` first clips the gradients' global norm to :data:`CLIP`:
-    by torch's ``clip_grad_norm_`` (``own=False``; what a user writes before
-    ``opt.step()``) or by the optimizer's own ``clip_grad_norm_`` (qsgd: the product with the
-    gradients done by the fused kernel as it reads them)."""
+    """An optimizer factory whose optimizers' ``step()`` first clips the gradients' global
+    norm to :data:`CLIP`: by torch's ``clip_grad_norm_`` (``own=False``; what a user writes
+    before ``opt.step()``) or by the optimizer's own ``clip_grad_norm_`` (qsgd: the product
+    with the gradients done by the fused kernel as it reads them)."""
 
     def __init__(self, make: Callable[[list], object], own: bool):
         self.make, self.own = make, own
 
     def __call__(self, params):
-        opt, own = self.make(params), self.own
+        return _ClippedStep(self.make(params), params, self.own)
 
-        class Step:
-            def step(self):
-                if own:
-                    opt.clip_grad_norm_(CLIP)
-                else:
-                    torch.nn.utils.clip_grad_norm_(params, CLIP)
-                opt.step()
-        return Step()
+
+class _ClippedStep:
+    def __init__(self, opt, params, own: bool):
+        self.opt, self.params, self.own = opt, params, own
+
+    def step(self):
+        if self.own:
+            self.opt.clip_grad_norm_(CLIP)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.params, CLIP)
+        self.opt.step()
 
 
 def variants(compiled: bool) -> list[tuple[str, Callable, int]]:

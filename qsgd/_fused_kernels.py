@@ -347,7 +347,7 @@ def adamw_kernel(base, off_tab, numel_tab, index_tab, blk_tensor, blk_first, s_p
                  PERT: tl.constexpr, FIRST_N: tl.constexpr, LERP_LOW: tl.constexpr,
                  PREV: tl.constexpr, NQ: tl.constexpr, CMASK: tl.constexpr,
                  CCOS: tl.constexpr, VEC: tl.constexpr, BLOCK: tl.constexpr,
-                 GSCALE: tl.constexpr = False):
+                 GSCALE: tl.constexpr):
     """One SuperpositionalAdamW step over BLOCK elements of one tensor (see qsgd.fused).
 
     Op order mirrors qsgd.optimizer.reference_step (itself torch.optim.AdamW's):
@@ -390,9 +390,9 @@ def adamw_kernel(base, off_tab, numel_tab, index_tab, blk_tensor, blk_first, s_p
         _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid, seed, step, decay, w1,
                      beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam, n_qubits, lam, sigma,
                      PERT, FIRST_N, LERP_LOW, PREV, NQ, CMASK, CCOS, BLOCK, False, gs_ptr,
-                         GSCALE)
+                     GSCALE)
     else:
         _adamw_block(pp, gp, mp, vp, start, n, s_ptr, index_tab, tid, seed, step, decay, w1,
                      beta2, c2, bc2s, eps, neg_step_size, neg_lr_lam, n_qubits, lam, sigma,
                      PERT, FIRST_N, LERP_LOW, PREV, NQ, CMASK, CCOS, BLOCK, True, gs_ptr,
-                         GSCALE)
+                     GSCALE)

@@ -322,8 +322,9 @@ class SuperpositionalAdamW(Optimizer):
         it saw, then steps as usual.
         """
         self._apply_pending_clip()
-        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not self._can_defer_clip():
+        groups = [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
+        params = [p for ps in groups for p in ps]
+        if not self._can_defer_clip(groups):
             return torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type,
                                                   error_if_nonfinite, foreach)
         grads = [p.grad for p in params]
@@ -332,9 +333,10 @@ class SuperpositionalAdamW(Optimizer):
         self._pending_clip = (coef.to(grads[0].device), grads)
         return total
 
-    def _can_defer_clip(self) -> bool:
+    def _can_defer_clip(self, groups: list[list[Tensor]] | None = None) -> bool:
         """Whether the next step will run every group through the fused kernel (see
-        :meth:`clip_grad_norm_`), so that the kernel can apply the clipping product. Checked
+        :meth:`clip_grad_norm_`), so that the kernel can apply the clipping product;
+        ``groups``: each group's parameters with a gradient, if at hand. Checked
         with C-level maps over the tensors (it runs every step); a group the kernel turns
         down after all (:func:`qsgd.fused.fused_group` checks the real moments) multiplies
         its gradients itself in :meth:`step`, so this only has to be right to be fast."""
@@ -345,8 +347,9 @@ class SuperpositionalAdamW(Optimizer):
 
         plain = {torch.Tensor, torch.nn.Parameter}
         devices = set()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+        if groups is None:
+            groups = [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
+        for group, params in zip(self.param_groups, groups, strict=True):
             if not params:
                 continue
             fused = group.get("fused")

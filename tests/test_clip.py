@@ -103,13 +103,13 @@ def test_cpu_clip_is_torchs(kw):
 def test_a_forced_deferral_on_any_path_is_torchs(monkeypatch, kw, max_norm):
     """Deferred although no fused kernel runs (forced): the flat, multi-tensor and per-tensor
     CPU paths multiply their gradients first, so the step is torch's clipping + step."""
-    monkeypatch.setattr(SuperpositionalAdamW, "_can_defer_clip", lambda self: True)
+    monkeypatch.setattr(SuperpositionalAdamW, "_can_defer_clip", lambda self, *a: True)
     a, oa, b, ob = _twins(**kw)
     _torch_then_own(a, oa, b, ob, max_norm=max_norm, expect_deferred=True)
 
 
 def test_zero_grad_drops_and_a_second_clip_applies_the_pending_product(monkeypatch):
-    monkeypatch.setattr(SuperpositionalAdamW, "_can_defer_clip", lambda self: True)
+    monkeypatch.setattr(SuperpositionalAdamW, "_can_defer_clip", lambda self, *a: True)
     a, oa, b, ob = _twins()
     _set_grads(a, 0)
     oa.clip_grad_norm_(1.0)
@@ -129,7 +129,7 @@ def test_zero_grad_drops_and_a_second_clip_applies_the_pending_product(monkeypat
 def test_new_gradient_tensors_after_clipping_get_torchs_treatment(monkeypatch):
     """Gradients replaced between clipping and the step: the product goes to the tensors it
     was computed for (as torch's in-place clipping), the step reads the new ones as they are."""
-    monkeypatch.setattr(SuperpositionalAdamW, "_can_defer_clip", lambda self: True)
+    monkeypatch.setattr(SuperpositionalAdamW, "_can_defer_clip", lambda self, *a: True)
     a, oa, b, ob = _twins()
     _set_grads(a, 0)
     _set_grads(b, 0)
@@ -146,7 +146,7 @@ def test_new_gradient_tensors_after_clipping_get_torchs_treatment(monkeypatch):
 
 
 def test_a_skipped_step_leaves_torchs_clipped_gradients(monkeypatch):
-    monkeypatch.setattr(SuperpositionalAdamW, "_can_defer_clip", lambda self: True)
+    monkeypatch.setattr(SuperpositionalAdamW, "_can_defer_clip", lambda self, *a: True)
     a, oa, b, ob = _twins(nonfinite="skip")
     for ps in (a, b):
         _set_grads(ps, 0)
