@@ -176,7 +176,7 @@ def _flex_best(shape: str):
 LLM_BENCHES = (
     # every variant against adamw and the peer, one round per row (each row once in every
     # position of a round), so that no row's timing carries its position's drift
-    ("results/llm", ("--rounds", "0")),
+    ("results/llm", ("--rounds", "0", "--profile", "20")),
     # the same with the arm's forward and backward replayed as CUDA graphs (the peer unchanged)
     ("results/llm/bench-graphs", ("--rounds", "0", "--set", "compile_mode=reduce-overhead")),
     # max-autotune: CUDA graphs with the step's kernels (FlexAttention's and the products')
@@ -191,7 +191,8 @@ LLM_BENCHES = (
     ("results/llm/bench-graphs-flex", ("--rounds", "0", "--variants", "adamw,sin-l0.5", "--set",
                                        "compile_mode=reduce-overhead", "--set", "fused_clip=true",
                                        _flex_best("135m"))),
-    ("results/llm/bench-1b-flex", (*_BENCH_1B, "--set", "fused_clip=true", _flex_best("1b"))),
+    ("results/llm/bench-1b-flex", (*_BENCH_1B, "--set", "fused_clip=true", _flex_best("1b"),
+                                   "--profile", "5")),
     # bench-graphs-flex's partner with torch's own block and tiles, run right after it on the
     # same device (the A/B of the FlexAttention choice; the peer is timed in both)
     ("results/llm/bench-graphs-torch-tiles", ("--rounds", "0", "--variants", "adamw,sin-l0.5",

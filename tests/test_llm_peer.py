@@ -215,6 +215,41 @@ def test_bench_profiles_the_arm_and_the_peer(data_dir, tmp_path, capsys):
         assert str(out / name) in printed
 
 
+def test_kernel_categories_sorts_a_profile_s_kernels_by_what_they_do():
+    from ablations.llm.bench import _kernel_table, kernel_categories
+
+    # kernel names as a profile of the arm at 1B printed them (microseconds of 2 steps)
+    kernels = [("nvjet_sm90_tst_128x256_64x4_2x1_v_bz_coopA_NTN", 900.0),
+               ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT", 600.0),
+               ("triton_tem_fused_flex_attention_backward_transpose_view_3", 390.0),
+               ("adamw_kernel", 8000.0),
+               ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<...>", 40.0),
+               ("triton_red_fused__log_softmax__to_copy_prepare_softmax_2", 900.0),
+               ("triton_poi_fused__unsafe_view_cat_mul_silu_silu_backward_5", 300.0),
+               ("triton_poi_fused__unsafe_view_cat_mul_silu_silu_backward_5", 300.0),
+               ("triton_per_fused__to_copy_add_div_expand_mul_pow_sum_4", 60.0),
+               ("Memset (Device)", 10.0), ("some_vendor_kernel", 4.0)]
+    rows = kernel_categories(kernels, steps=2)
+    by = {r["category"]: r for r in rows}
+    assert by["matrix products"]["ms_per_step"] == pytest.approx(0.75)
+    assert by["matrix products"]["largest"].endswith("NTN")
+    assert by["attention"]["launches_per_step"] == 0.5
+    assert by["optimizer and clipping"]["ms_per_step"] == pytest.approx(4.02)
+    assert by["loss"]["ms_per_step"] == pytest.approx(0.45)  # not counted as elementwise
+    el = by["Inductor's elementwise kernels and norms"]
+    assert el["ms_per_step"] == pytest.approx(0.33) and el["launches_per_step"] == 1.5
+    assert "silu_backward" in el["largest"]
+    assert by["copies and fills"]["ms_per_step"] == pytest.approx(0.005)
+    assert by["other"]["largest"] == "some_vendor_kernel"
+    assert [r["category"] for r in rows][0] == "optimizer and clipping"  # by time
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    table = _kernel_table(kernels, 2, wall_s=0.01)
+    assert "5.75 ms of kernels a step against 5.00 ms of wall clock" in table
+    assert "| optimizer and clipping | 4.02 | 69.9% | 1 | `adamw_kernel` |" in table
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        kernel_categories(kernels, steps=0)
+
+
 def test_paired_ratio_is_the_median_of_the_rounds_adamw_over_variant():
     from ablations.llm.bench import _paired
 

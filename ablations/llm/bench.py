@@ -4,6 +4,7 @@ the CUDA-graph decoding (``decode-check``)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -297,19 +298,84 @@ def _peak_mib(dev: torch.device) -> float | str:
     return round(torch.cuda.max_memory_allocated(dev) / 2**20) if dev.type == "cuda" else ""
 
 
-def _profile(fn, dev: torch.device, path: Path) -> Path:
-    """Run ``fn()`` under torch.profiler (CPU and CUDA activities on a GPU, CPU only on a CPU)
-    and write the operators' key averages to ``path``: sorted by self CUDA time on a GPU, by
-    self CPU time on a CPU, the first 40 rows."""
+# kernel name -> category, the first pattern that matches (re.search); the order matters:
+# Inductor names its fused loss kernels triton_red_fused__log_softmax...
+KERNEL_CATEGORIES = (
+    ("matrix products", r"nvjet|gemm|cutlass|xmma|cublas|wgmma|s16816|splitKreduce"),
+    ("attention", r"flex_attention|fmha|flash|attention|cudnn"),
+    ("optimizer and clipping", r"adamw_kernel|sumsq_kernel|multi_tensor|FusedAdam|fused_adam"),
+    ("loss", r"log_softmax|cross_entropy|nll_loss"),
+    ("Inductor's elementwise kernels and norms", r"^triton_(poi|red|per)_"),
+    ("other Triton kernels", r"^triton"),
+    ("copies and fills", r"[Mm]emcpy|[Mm]emset|copy|fill"),
+)
+
+
+def kernel_categories(kernels: list[tuple[str, float]], steps: int) -> list[dict[str, Any]]:
+    """GPU kernels ``(name, microseconds)`` by :data:`KERNEL_CATEGORIES` (``other`` for no
+    match): per category the milliseconds a step, its share of all kernel time, the launches a
+    step and its largest kernel (by total time); the categories in descending time."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    total = sum(us for _, us in kernels) or 1.0
+    cats: dict[str, dict[str, Any]] = {}
+    by_name: dict[tuple[str, str], float] = {}
+    for name, us in kernels:
+        cat = next((c for c, pat in KERNEL_CATEGORIES if re.search(pat, name)), "other")
+        row = cats.setdefault(cat, dict(category=cat, us=0.0, launches=0))
+        row["us"] += us
+        row["launches"] += 1
+        by_name[cat, name] = by_name.get((cat, name), 0.0) + us
+    out = []
+    for row in sorted(cats.values(), key=lambda r: -r["us"]):
+        top = max((k for k in by_name if k[0] == row["category"]), key=by_name.get)[1]
+        out.append(dict(category=row["category"], ms_per_step=row["us"] / steps / 1e3,
+                        share=row["us"] / total, launches_per_step=row["launches"] / steps,
+                        largest=top))
+    return out
+
+
+def _kernel_table(kernels: list[tuple[str, float]], steps: int, wall_s: float) -> str:
+    # the markdown of kernel_categories, with the kernels' sum against the wall clock
+    rows = kernel_categories(kernels, steps)
+    busy = sum(us for _, us in kernels) / 1e6
+    lines = [f"GPU kernels by category over {steps} step(s): {busy / steps * 1e3:.2f} ms of "
+             f"kernels a step against {wall_s / steps * 1e3:.2f} ms of wall clock a step "
+             f"under the profiler ({busy / wall_s:.0%} busy, kernels of concurrent streams "
+             "counted each)", "",
+             "| category | ms a step | share | launches a step | largest kernel |",
+             "|---|---:|---:|---:|---|"]
+    lines += [f"| {r['category']} | {r['ms_per_step']:.2f} | {r['share']:.1%} | "
+              f"{r['launches_per_step']:g} | `{r['largest'][:90]}` |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _profile(fn, dev: torch.device, path: Path, steps: int = 1) -> Path:
+    """Run ``fn()`` (``steps`` steps) under torch.profiler (CPU and CUDA activities on a GPU,
+    CPU only on a CPU) and write the operators' key averages to ``path``: sorted by self CUDA
+    time on a GPU, by self CPU time on a CPU, the first 40 rows; on a GPU followed by its
+    kernels' time by category (:func:`kernel_categories`; annotations and runtime calls,
+    which overlap the kernels, are not counted)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = dev.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
+        sync(dev)
+        t0 = time.perf_counter()
         fn()
         sync(dev)
+        wall = time.perf_counter() - t0
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    path.write_text(prof.key_averages().table(sort_by=key, row_limit=40) + "\n")
+    text = prof.key_averages().table(sort_by=key, row_limit=40) + "\n"
+    if cuda:
+        kernels = [(e.name, e.time_range.elapsed_us()) for e in prof.events()
+                   if e.device_type != torch.autograd.DeviceType.CPU
+                   and not getattr(e, "is_user_annotation", False)
+                   and getattr(e, "activity_type", None) in (None, "kernel", "gpu_memcpy",
+                                                             "gpu_memset")]
+        text += "\n" + _kernel_table(kernels, steps, wall)
+    path.write_text(text)
     return path
 
 
@@ -604,9 +670,10 @@ def benchmark(o: LLMOptions, variants: Sequence[str], baseline_steps: int,
         warm_up(sess, b, adamw, o)
         paths = [_profile(lambda: train_epoch(sess, b, adamw, o.lr, seeds["noise"], o,
                                               max_steps=profile), dev,
-                          out_dir / "profile_arm.txt")]
+                          out_dir / "profile_arm.txt", profile)]
         if hf is not None:
-            paths.append(_profile(lambda: hf.time(profile), dev, out_dir / "profile_peer.txt"))
+            paths.append(_profile(lambda: hf.time(profile), dev, out_dir / "profile_peer.txt",
+                                  profile))
         print(f"[bench] profiles of {profile} steps: " + ", ".join(map(str, paths)), flush=True)
     if hf is not None:  # the peer's model is dropped: the lr checks' peak memory is the arm's
         del hf
