@@ -215,13 +215,15 @@ def test_bench_profiles_the_arm_and_the_peer(data_dir, tmp_path, capsys):
         assert str(out / name) in printed
 
 
-def test_kernel_categories_sorts_a_profile_s_kernels_by_what_they_do():
+def test_kernel_categories_sorts_a_profile_s_kernels_by_what_they_do(tmp_path):
     from ablations.llm.bench import _kernel_table, kernel_categories
 
     # kernel names as a profile of the arm at 1B printed them (microseconds of 2 steps)
     kernels = [("nvjet_sm90_tst_128x256_64x4_2x1_v_bz_coopA_NTN", 900.0),
                ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT", 600.0),
                ("triton_tem_fused_flex_attention_backward_transpose_view_3", 390.0),
+               # the peer's cuDNN attention: its name says wgmma, yet it is no product
+               ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_3", 610.0),
                ("adamw_kernel", 8000.0),
                ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<...>", 40.0),
                ("triton_red_fused__log_softmax__to_copy_prepare_softmax_2", 900.0),
@@ -233,7 +235,9 @@ def test_kernel_categories_sorts_a_profile_s_kernels_by_what_they_do():
     by = {r["category"]: r for r in rows}
     assert by["matrix products"]["ms_per_step"] == pytest.approx(0.75)
     assert by["matrix products"]["largest"].endswith("NTN")
-    assert by["attention"]["launches_per_step"] == 0.5
+    assert by["attention"]["launches_per_step"] == 1
+    assert by["attention"]["ms_per_step"] == pytest.approx(0.5)
+    assert by["attention"]["largest"].startswith("cudnn_generated")
     assert by["optimizer and clipping"]["ms_per_step"] == pytest.approx(4.02)
     assert by["loss"]["ms_per_step"] == pytest.approx(0.45)  # not counted as elementwise
     el = by["Inductor's elementwise kernels and norms"]
@@ -244,10 +248,21 @@ def test_kernel_categories_sorts_a_profile_s_kernels_by_what_they_do():
     assert [r["category"] for r in rows][0] == "optimizer and clipping"  # by time
     assert sum(r["share"] for r in rows) == pytest.approx(1.0)
     table = _kernel_table(kernels, 2, wall_s=0.01)
-    assert "5.75 ms of kernels a step against 5.00 ms of wall clock" in table
-    assert "| optimizer and clipping | 4.02 | 69.9% | 1 | `adamw_kernel` |" in table
+    assert "6.06 ms of kernels a step against 5.00 ms of wall clock" in table
+    assert "| optimizer and clipping | 4.02 | 66.4% | 1 | `adamw_kernel` |" in table
     with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
         kernel_categories(kernels, steps=0)
+    from ablations.llm.bench import write_kernels_csv
+
+    path = write_kernels_csv(kernels, 2, tmp_path / "profile_kernels.csv")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["kernel"] for r in rows][:2] == [
+        "adamw_kernel", "nvjet_sm90_tst_128x256_64x4_2x1_v_bz_coopA_NTN"]
+    silu = next(r for r in rows if "silu_backward" in r["kernel"])
+    assert (silu["category"], float(silu["us"]), silu["launches"], silu["steps"]) == (
+        "Inductor's elementwise kernels and norms", 600.0, "2", "2")
+    assert len(rows) == len(kernels) - 1  # the two launches of one kernel are one row
 
 
 def test_paired_ratio_is_the_median_of_the_rounds_adamw_over_variant():

@@ -299,16 +299,22 @@ def _peak_mib(dev: torch.device) -> float | str:
 
 
 # kernel name -> category, the first pattern that matches (re.search); the order matters:
-# Inductor names its fused loss kernels triton_red_fused__log_softmax...
+# cuDNN's attention kernels carry "wgmma" in their names (cudnn_generated_..._sdpa_sm90_
+# flash_bprop_wgmma...), Inductor's fused loss kernels start triton_red_fused__log_softmax
 KERNEL_CATEGORIES = (
+    ("attention", r"flex_attention|fmha|flash|attention|sdpa|cudnn"),
     ("matrix products", r"nvjet|gemm|cutlass|xmma|cublas|wgmma|s16816|splitKreduce"),
-    ("attention", r"flex_attention|fmha|flash|attention|cudnn"),
     ("optimizer and clipping", r"adamw_kernel|sumsq_kernel|multi_tensor|FusedAdam|fused_adam"),
     ("loss", r"log_softmax|cross_entropy|nll_loss"),
     ("Inductor's elementwise kernels and norms", r"^triton_(poi|red|per)_"),
     ("other Triton kernels", r"^triton"),
     ("copies and fills", r"[Mm]emcpy|[Mm]emset|copy|fill"),
 )
+
+
+def kernel_category(name: str) -> str:
+    """The :data:`KERNEL_CATEGORIES` entry of a GPU kernel's name (``other`` for none)."""
+    return next((c for c, pat in KERNEL_CATEGORIES if re.search(pat, name)), "other")
 
 
 def kernel_categories(kernels: list[tuple[str, float]], steps: int) -> list[dict[str, Any]]:
@@ -321,7 +327,7 @@ def kernel_categories(kernels: list[tuple[str, float]], steps: int) -> list[dict
     cats: dict[str, dict[str, Any]] = {}
     by_name: dict[tuple[str, str], float] = {}
     for name, us in kernels:
-        cat = next((c for c, pat in KERNEL_CATEGORIES if re.search(pat, name)), "other")
+        cat = kernel_category(name)
         row = cats.setdefault(cat, dict(category=cat, us=0.0, launches=0))
         row["us"] += us
         row["launches"] += 1
@@ -375,7 +381,23 @@ def _profile(fn, dev: torch.device, path: Path, steps: int = 1) -> Path:
                    and getattr(e, "activity_type", None) in (None, "kernel", "gpu_memcpy",
                                                              "gpu_memset")]
         text += "\n" + _kernel_table(kernels, steps, wall)
+        write_kernels_csv(kernels, steps, path.with_name(path.stem + "_kernels.csv"))
     path.write_text(text)
+    return path
+
+
+def write_kernels_csv(kernels: list[tuple[str, float]], steps: int, path: Path) -> Path:
+    """A profile's GPU kernels, one row per name (its category, microseconds over all
+    ``steps`` and launches), longest first: the data behind :func:`kernel_categories`'s
+    table, for another grouping of the same kernels."""
+    tot: dict[str, list[float]] = {}
+    for name, us in kernels:
+        row = tot.setdefault(name, [0.0, 0])
+        row[0] += us
+        row[1] += 1
+    rows = [dict(kernel=n, category=kernel_category(n), us=round(v[0], 3), launches=v[1],
+                 steps=steps) for n, v in sorted(tot.items(), key=lambda kv: -kv[1][0])]
+    write_csv(path, ("kernel", "category", "us", "launches", "steps"), rows)
     return path
 
 
