@@ -308,7 +308,7 @@ KERNEL_CATEGORIES = (
     ("loss", r"log_softmax|cross_entropy|nll_loss"),
     ("Inductor's elementwise kernels and norms", r"^triton_(poi|red|per)_"),
     ("other Triton kernels", r"^triton"),
-    ("copies and fills", r"[Mm]emcpy|[Mm]emset|copy|fill"),
+    ("copies and fills", r"(?i)memcpy|memset|copy|fill"),
 )
 
 
