@@ -220,7 +220,8 @@ def bench(session):
     session.run("python", "-m", "ablations.bench_attention", external=True)
     session.run("python", "-m", "ablations.bench_optimizer", external=True)
     # the clipped step alone (torch's clipping against the optimizer's own, in the kernel)
-    session.run("python", "-m", "ablations.bench_optimizer", "--sizes", "1e8,1e9", "--only",
+    session.run("python", "-m", "ablations.bench_optimizer", "--sizes", "1e8,1e9", "--clipped",
+                "--only",
                 "torch-adamw-fused+clip,qsgd-sin-fused+torch-clip,qsgd-sin-fused+clip,"
                 "qsgd-sin-fused", "--out", "results/bench/optimizer-clip", external=True)
     has_gpu = session.run("python", "-c", "import torch; print(int(torch.cuda.is_available()))",

@@ -5,6 +5,8 @@ parameters in 100 equal tensors.
     python -m ablations.bench_optimizer                 # writes results/bench/optimizer_step.*
     python -m ablations.bench_optimizer --compiled --sweep   # also: a torch.compile'd step
                                                # (at 1B) and a launch-configuration sweep
+    python -m ablations.bench_optimizer --clipped --sizes 1e8,1e9 --out results/bench/optimizer-clip
+                                               # the clipped steps (nox -s bench: 4 rows)
 
 Method: every variant runs on the same random data (θ ~ N(0, 0.5²), g ~ N(0, 10⁻⁶), moments
 from warm-up steps), after ``--warmup`` untimed steps (compilation, state creation); each timed
@@ -189,8 +191,9 @@ class _ClippedStep:
         self.opt.step()
 
 
-def variants(compiled: bool) -> list[tuple[str, Callable, int]]:
-    """(name, optimizer factory, bytes per parameter)."""
+def variants(compiled: bool, clipped: bool = False) -> list[tuple[str, Callable, int]]:
+    """(name, optimizer factory, bytes per parameter); with ``clipped`` the clipped steps'
+    rows too (``--clipped``: results/bench/optimizer-clip)."""
     rows: list[tuple[str, Callable, int]] = [
         ("torch-adamw-fused",
          lambda ps: torch.optim.AdamW(ps, lr=LR, weight_decay=WD, fused=True), 28),
@@ -209,12 +212,12 @@ def variants(compiled: bool) -> list[tuple[str, Callable, int]]:
     # with gradient clipping (the LLM arm's step): torch's clipping before each optimizer,
     # and qsgd's own, deferred into the kernel; bytes as the optimizer alone (the norm's read
     # of g comes on top for all three; torch's clipping also reads and writes g once more)
-    torch_fused = rows[0][1]
-    rows += [
-        ("torch-adamw-fused+clip", _Clipped(torch_fused, own=False), 28),
-        ("qsgd-sin-fused+torch-clip", _Clipped(_qsgd("sin"), own=False), 28),
-        ("qsgd-sin-fused+clip", _Clipped(_qsgd("sin"), own=True), 28),
-    ]
+    if clipped:
+        rows += [
+            ("torch-adamw-fused+clip", _Clipped(rows[0][1], own=False), 28),
+            ("qsgd-sin-fused+torch-clip", _Clipped(_qsgd("sin"), own=False), 28),
+            ("qsgd-sin-fused+clip", _Clipped(_qsgd("sin"), own=True), 28),
+        ]
     if compiled:
         rows.append(("qsgd-sin-compiled", _CompiledSin, 28))
     # the baseline once more, last: the spread between the two is the run's noise
@@ -337,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="add the torch.compile'd sin step at the largest size")
     ap.add_argument("--sweep", action="store_true",
                     help="also time the kernels' launch configurations at the largest size")
+    ap.add_argument("--clipped", action="store_true",
+                    help="add the clipped steps (torch's clipping + each optimizer, and the "
+                         "optimizer's own clip_grad_norm_)")
     ap.add_argument("--only", default=None, help="comma-separated variant names to run")
     ap.add_argument("--log", type=Path, default=None, help="also write the log to this file")
     args = ap.parse_args(argv)
@@ -372,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         n = bench.total
         base = None
         hosts: dict[str, float] = {}
-        for name, make, bpp in variants(args.compiled and total == sizes[-1]):
+        for name, make, bpp in variants(args.compiled and total == sizes[-1], args.clipped):
             if only and name not in only and not name.startswith("torch-adamw-fused"):
                 continue
             t0 = time.perf_counter()

@@ -317,6 +317,16 @@ def kernel_category(name: str) -> str:
     return next((c for c, pat in KERNEL_CATEGORIES if re.search(pat, name)), "other")
 
 
+def _per_kernel(kernels: list[tuple[str, float]]) -> dict[str, list[float]]:
+    # each kernel name's [microseconds, launches], in the order the names first came
+    tot: dict[str, list[float]] = {}
+    for name, us in kernels:
+        row = tot.setdefault(name, [0.0, 0])
+        row[0] += us
+        row[1] += 1
+    return tot
+
+
 def kernel_categories(kernels: list[tuple[str, float]], steps: int) -> list[dict[str, Any]]:
     """GPU kernels ``(name, microseconds)`` by :data:`KERNEL_CATEGORIES` (``other`` for no
     match): per category the milliseconds a step, its share of all kernel time, the launches a
@@ -325,20 +335,16 @@ def kernel_categories(kernels: list[tuple[str, float]], steps: int) -> list[dict
         raise ValueError(f"steps must be >= 1, got {steps}")
     total = sum(us for _, us in kernels) or 1.0
     cats: dict[str, dict[str, Any]] = {}
-    by_name: dict[tuple[str, str], float] = {}
-    for name, us in kernels:
+    for name, (us, launches) in _per_kernel(kernels).items():
         cat = kernel_category(name)
-        row = cats.setdefault(cat, dict(category=cat, us=0.0, launches=0))
+        row = cats.setdefault(cat, dict(category=cat, us=0.0, launches=0, top=0.0))
         row["us"] += us
-        row["launches"] += 1
-        by_name[cat, name] = by_name.get((cat, name), 0.0) + us
-    out = []
-    for row in sorted(cats.values(), key=lambda r: -r["us"]):
-        top = max((k for k in by_name if k[0] == row["category"]), key=by_name.get)[1]
-        out.append(dict(category=row["category"], ms_per_step=row["us"] / steps / 1e3,
-                        share=row["us"] / total, launches_per_step=row["launches"] / steps,
-                        largest=top))
-    return out
+        row["launches"] += launches
+        if us > row["top"]:
+            row["top"], row["largest"] = us, name
+    return [dict(category=r["category"], ms_per_step=r["us"] / steps / 1e3,
+                 share=r["us"] / total, launches_per_step=r["launches"] / steps,
+                 largest=r["largest"]) for r in sorted(cats.values(), key=lambda r: -r["us"])]
 
 
 def _kernel_table(kernels: list[tuple[str, float]], steps: int, wall_s: float) -> str:
@@ -390,11 +396,7 @@ def write_kernels_csv(kernels: list[tuple[str, float]], steps: int, path: Path) 
     """A profile's GPU kernels, one row per name (its category, microseconds over all
     ``steps`` and launches), longest first: the data behind :func:`kernel_categories`'s
     table, for another grouping of the same kernels."""
-    tot: dict[str, list[float]] = {}
-    for name, us in kernels:
-        row = tot.setdefault(name, [0.0, 0])
-        row[0] += us
-        row[1] += 1
+    tot = _per_kernel(kernels)
     rows = [dict(kernel=n, category=kernel_category(n), us=round(v[0], 3), launches=v[1],
                  steps=steps) for n, v in sorted(tot.items(), key=lambda kv: -kv[1][0])]
     write_csv(path, ("kernel", "category", "us", "launches", "steps"), rows)
