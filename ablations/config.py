@@ -47,7 +47,8 @@ each GPU: small-batch runs are launch-bound, and several per device use it bette
 where runs go, not what they compute, so it is part of no run's key.
 
 ``[grid].seed_batched = true`` (an arm with a seed-batched path: ``Arm.batched_numerics``) runs
-the grid seed-batched: the runner hands the seeds of a cell to the arm as one job
+the grid seed-batched (unset: ``Arm.seed_batched_by_default``, true for the classifier on CUDA
+only): the runner hands the seeds of a cell to the arm as one job
 (``Arm.run_batch``), which trains them at once, each run still its own record. Its specs carry
 the arm's ``batched_numerics`` instead of ``numerics``, so a grid is batched or not, never
 both: a batched run and a one-run run never share a key (nor a report). ``[grid].seeds_per_job``
@@ -367,7 +368,7 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
             raise ConfigError(f"{path}: [grid].replicates must name a config file next to it, "
                               f"got {replicates!r}")
         replicates = path.parent / replicates
-    seed_batched, seeds_per_job = _seed_batching(path, grid, arm_obj)
+    seed_batched, seeds_per_job = _seed_batching(path, grid, arm_obj, arm_options)
     selected, lr_grid = (_selection(path, grid, arm_obj) if "select_lr" in grid
                          else (None, None))
     if "baseline_lr" in grid:
@@ -441,10 +442,14 @@ def load_config(path: str | Path, results: str | Path | None = None) -> GridConf
                       seeds_per_job=seeds_per_job, replicates=replicates)
 
 
-def _seed_batching(path: Path, grid: dict, arm_obj: Arm) -> tuple[bool, int]:
-    """``[grid].seed_batched`` (true or false; true needs an arm with a seed-batched path) and
-    ``[grid].seeds_per_job`` (an integer >= 1, only with seed_batched = true)."""
-    batched = grid.get("seed_batched", False)
+def _seed_batching(path: Path, grid: dict, arm_obj: Arm, arm_options) -> tuple[bool, int]:
+    """``[grid].seed_batched`` (true or false; true needs an arm with a seed-batched path;
+    unset: the arm's :meth:`~ablations.arms.Arm.seed_batched_by_default`, e.g. true for the
+    classifier on CUDA) and ``[grid].seeds_per_job`` (an integer >= 1, only for a seed-batched
+    grid)."""
+    default = (arm_obj.batched_numerics is not None
+               and bool(arm_obj.seed_batched_by_default(arm_options)))
+    batched = grid.get("seed_batched", default)
     if not isinstance(batched, bool):
         raise ConfigError(f"{path}: [grid].seed_batched must be true or false, got {batched!r}")
     if batched and arm_obj.batched_numerics is None:

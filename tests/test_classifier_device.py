@@ -106,9 +106,20 @@ def test_a_cuda_grid_has_keys_of_its_own_and_the_gpu_layout(tmp_path, monkeypatc
     assert not {s.key for s in cpu.specs} & {s.key for s in cuda.specs}
     assert all(s.config["device"] == "cuda" for s in cuda.specs)
     assert "device" not in cpu.specs[0].config  # existing grids keep their keys
+    # on CUDA a grid is seed-batched unless it says otherwise; on the CPU one run a job
+    assert cuda.seed_batched and not cpu.seed_batched and not explicit.seed_batched
+    assert {s.numerics for s in cuda.specs} == {BATCHED_NUMERICS}
+    assert {s.numerics for s in cpu.specs} == {NUMERICS}
     batched = _config(tmp_path, "b", device='device = "cuda"', grid="seed_batched = true")
-    assert {s.numerics for s in batched.specs} == {BATCHED_NUMERICS}
-    assert not {s.key for s in batched.specs} & {s.key for s in cuda.specs}
+    one_run = _config(tmp_path, "o", device='device = "cuda"', grid="seed_batched = false")
+    assert {s.key for s in batched.specs} == {s.key for s in cuda.specs}
+    assert {s.numerics for s in one_run.specs} == {NUMERICS}
+    assert not {s.key for s in one_run.specs} & {s.key for s in cuda.specs}
+    with pytest.raises(ConfigError, match=r"seeds_per_job applies to a seed-batched grid"):
+        _config(tmp_path, "bad", device='device = "cuda"',
+                grid="seed_batched = false\nseeds_per_job = 4")
+    assert _config(tmp_path, "spj", device='device = "cuda"',
+                   grid="seeds_per_job = 4").seeds_per_job == 4
     monkeypatch.setattr("ablations.runner._visible_gpus", lambda: 2)
     monkeypatch.setattr("ablations.runner.cpu_count", lambda: 16)
     assert worker_layout("classifier", None, cuda.runs_per_gpu, cuda.resources) == (

@@ -232,6 +232,12 @@ class Arm(abc.ABC):
         optionally ``"device"`` (a name for the provenance). Pure: everything it depends on is
         in ``spec`` (variant, attention, seed, lr, config)."""
 
+    def seed_batched_by_default(self, options) -> bool:
+        """Whether a grid of the parsed ``options`` that leaves ``[grid].seed_batched`` unset
+        runs seed-batched: where this arm's batched path is measured faster and the default
+        changes no stored record. The default: never (and never without ``batched_numerics``)."""
+        return False
+
     def resources_of(self, options) -> str:
         """Where runs of the parsed ``options`` train, ``"cpu"`` or ``"gpu"`` (the runner's
         worker layout, :func:`ablations.runner.worker_layout`): this arm's :attr:`resources`,
