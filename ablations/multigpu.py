@@ -56,6 +56,7 @@ Bad arguments stop with one line ``error: …`` and exit status 2 before any pro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
 import os
@@ -275,8 +276,27 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+@contextlib.contextmanager
+def full_float32_products():
+    """CUDA float32 matrix products in full float32 (no TF32) inside, restored after: the
+    reference runs in the caller's process, whose setting another part of a program may have
+    changed (the LLM arm turns TF32 on), and the ranks start with torch's default (off); the
+    check compares the optimizer's sharding, not two precisions of the products."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def reference(setup: Setup, variant: str, noise_seed: int | None = None) -> dict:
     """The one-process, unsharded run of a variant: its curve, timings, final parameters."""
+    with full_float32_products():
+        return _reference(setup, variant, noise_seed)
+
+
+def _reference(setup: Setup, variant: str, noise_seed: int | None) -> dict:
     device = torch.device(setup.device)
     _reset_peak(device)
     model = make_model(setup, device)
@@ -304,6 +324,7 @@ def _worker(rank: int, setup: Setup, world: int, folder: str) -> None:
         # the ranks share the host's cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         device = torch.device("cpu")
+    torch.backends.cuda.matmul.allow_tf32 = False  # as the reference (full_float32_products)
     dist.init_process_group(setup.backend, rank=rank, world_size=world,
                             init_method=f"file://{folder}/rendezvous")
     try:

@@ -140,3 +140,24 @@ def test_nccl_elementwise_variants_match_one_process(tmp_path):
         assert float(r["loss_rel_max"]) < LOSS_REL_TOL
         assert float(r["param_max_abs"]) < PARAM_TOL
         assert len(r["peak_mem_mib"].split(";")) == world
+
+
+def test_the_reference_computes_products_in_full_float32_and_restores_the_caller(monkeypatch):
+    """The reference runs in the caller's process: a caller that turned TF32 on (the LLM arm
+    does) made the world-1 NCCL run differ from it by 2e-3 on the H200 (the ranks start with
+    TF32 off); inside the check it is off, and the caller's setting comes back after."""
+    matmul = torch.backends.cuda.matmul  # a module of properties: monkeypatch cannot undo it
+    before = matmul.allow_tf32
+    matmul.allow_tf32 = True
+    try:
+        seen = []
+        monkeypatch.setattr(multigpu, "_reference", lambda *a: seen.append(
+            matmul.allow_tf32) or {"ok": True})
+        assert multigpu.reference(None, "adamw") == {"ok": True}
+        assert seen == [False] and matmul.allow_tf32 is True
+        monkeypatch.setattr(multigpu, "_reference", lambda *a: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            multigpu.reference(None, "adamw")
+        assert matmul.allow_tf32 is True
+    finally:
+        matmul.allow_tf32 = before
