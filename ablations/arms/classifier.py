@@ -485,7 +485,7 @@ class Classifier(Arm):
         (results/bench/seed_batched_gpu.md); one run a job on the CPU, where it gains 1.2x in
         CPU time (results/bench/seed_batched.md) and the committed grids' records are one-run
         ones. ``[grid].seed_batched`` set either way wins."""
-        return getattr(options, "device", "cpu") == "cuda"
+        return self.resources_of(options) == "gpu"
 
     def resources_of(self, options: ClassifierOptions) -> str:
         """``gpu`` for ``[classifier].device = "cuda"`` (the runner's GPU layout), else
